@@ -1,0 +1,269 @@
+//! An HTTP client for the origin's publisher and edge APIs.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde::{Deserialize, Serialize};
+
+use crate::{ChunkHash, Manifest};
+
+/// The body type uploads are sent with.
+pub type UploadBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Bytes that are percent-encoded in a path segment; `/` is kept as the separator.
+const PATH_SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|');
+
+/// Percent-encodes a publish path for use in a URL.
+pub fn encode_path(path: &str) -> String {
+    utf8_percent_encode(path, PATH_SEGMENT).to_string()
+}
+
+/// The origin's reply to a publish (`201`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishReply {
+    /// Where the file was published.
+    pub path: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// blake3 of the whole file, hex.
+    pub blake3: ChunkHash,
+    /// Number of chunks the file was cut into.
+    pub chunks: u64,
+    /// How many of those the origin did not have before.
+    pub new_chunks: u64,
+    /// Bytes the origin's chunk store grew by (after compression).
+    pub stored_bytes_added: u64,
+}
+
+/// The origin's storage figures, `GET /api/v1/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Published files.
+    pub objects: u64,
+    /// Sum of the published files' sizes.
+    pub logical_bytes: u64,
+    /// Sum of the sizes of the distinct chunks, before compression.
+    pub unique_bytes: u64,
+    /// Bytes the chunk store and the metadata occupy on disk (allocated blocks).
+    pub stored_bytes: u64,
+    /// `logical_bytes / unique_bytes`.
+    pub dedup_ratio: f64,
+    /// `unique_bytes / stored_bytes`.
+    pub compression_ratio: f64,
+    /// `logical_bytes / stored_bytes`.
+    pub efficiency: f64,
+}
+
+/// Where a client call failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base URL given is not usable.
+    #[error("bad origin URL {url:?}: {why}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The origin could not be reached or the connection broke (upstream; retryable).
+    #[error("origin {url} unreachable: {source}")]
+    Transport {
+        /// The request URL.
+        url: String,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The origin answered with an error status (upstream; retryable if 5xx).
+    #[error("origin answered {status} for {url}: {message}")]
+    Status {
+        /// The request URL.
+        url: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The `error` field of the JSON body, or the body itself.
+        message: String,
+    },
+    /// The origin's reply could not be decoded (upstream; not retryable on this node).
+    #[error("origin reply from {url} is malformed: {why}")]
+    Malformed {
+        /// The request URL.
+        url: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A chunk's bytes do not hash to its address (upstream corruption; try another replica).
+    #[error("chunk {hash} from {url} failed its blake3 check")]
+    Corrupt {
+        /// The request URL.
+        url: String,
+        /// The address requested.
+        hash: ChunkHash,
+    },
+}
+
+impl ClientError {
+    /// Whether the same request may succeed later or on another replica.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } | ClientError::Corrupt { .. } => true,
+            ClientError::Status { status, .. } => status.is_server_error(),
+            ClientError::BadUrl { .. } | ClientError::Malformed { .. } => false,
+        }
+    }
+}
+
+/// A client for one origin node. Cheap to clone; clones share connections.
+#[derive(Clone, Debug)]
+pub struct OriginClient {
+    base: String,
+    token: Option<String>,
+    http: Client<HttpConnector, UploadBody>,
+}
+
+impl OriginClient {
+    /// A client for the origin at `base` (`http://host:port`), sending `token` on writes.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        let uri: http::Uri = base.parse().map_err(|e: http::uri::InvalidUri| ClientError::BadUrl {
+            url: base.clone(),
+            why: e.to_string(),
+        })?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ClientError::BadUrl { url: base, why: "expected http://HOST:PORT".into() });
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Self { base, token, http })
+    }
+
+    /// The base URL this client talks to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: String,
+        body: UploadBody,
+        extra: &[(header::HeaderName, String)],
+    ) -> Result<(http::response::Parts, Bytes), ClientError> {
+        let mut req = Request::builder().method(method.clone()).uri(&url);
+        if method != Method::GET {
+            if let Some(t) = &self.token {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+        }
+        for (k, v) in extra {
+            req = req.header(k, v);
+        }
+        let req = req.body(body).map_err(|e| ClientError::BadUrl { url: url.clone(), why: e.to_string() })?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Transport { url: url.clone(), source: Box::new(e) })?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport { url: url.clone(), source: Box::new(e) })?
+            .to_bytes();
+        if !parts.status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Status { url, status: parts.status, message });
+        }
+        Ok((parts, bytes))
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Malformed { url: url.to_string(), why: e.to_string() })
+    }
+
+    /// Publishes `body` at `path` (`PUT /api/v1/files/{path}`).
+    pub async fn put_file(&self, path: &str, body: UploadBody) -> Result<PublishReply, ClientError> {
+        let url = format!("{}/api/v1/files/{}", self.base, encode_path(path));
+        let (_, bytes) = self.send(Method::PUT, url.clone(), body, &[]).await?;
+        Self::json(&url, &bytes)
+    }
+
+    /// Publishes an in-memory body at `path`.
+    pub async fn put_bytes(&self, path: &str, data: impl Into<Bytes>) -> Result<PublishReply, ClientError> {
+        self.put_file(path, full(data.into())).await
+    }
+
+    /// The storage figures (`GET /api/v1/stats`).
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let url = format!("{}/api/v1/stats", self.base);
+        let (_, bytes) = self.send(Method::GET, url.clone(), full(Bytes::new()), &[]).await?;
+        Self::json(&url, &bytes)
+    }
+
+    /// The manifest of the file at `path`, checked; `None` when nothing is published there.
+    pub async fn manifest(&self, path: &str) -> Result<Option<Manifest>, ClientError> {
+        let url = format!("{}/api/v1/manifests/{}", self.base, encode_path(path));
+        match self.send(Method::GET, url.clone(), full(Bytes::new()), &[]).await {
+            Ok((_, bytes)) => Manifest::from_json(&bytes)
+                .map(Some)
+                .map_err(|e| ClientError::Malformed { url, why: e.to_string() }),
+            Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The bytes of chunk `hash`, fetched brotli-encoded where the origin stores it so, decoded,
+    /// and checked against `hash`: corrupt bytes are an error, never a result.
+    pub async fn chunk(&self, hash: ChunkHash) -> Result<Bytes, ClientError> {
+        let url = format!("{}/api/v1/chunks/{hash}", self.base);
+        let (parts, bytes) = self
+            .send(Method::GET, url.clone(), full(Bytes::new()), &[(header::ACCEPT_ENCODING, "br".into())])
+            .await?;
+        let data = match parts.headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()) {
+            None | Some(b"identity") => bytes,
+            Some(b"br") => {
+                let mut out = Vec::new();
+                brotli::BrotliDecompress(&mut &bytes[..], &mut out)
+                    .map_err(|e| ClientError::Malformed { url: url.clone(), why: format!("brotli: {e}") })?;
+                Bytes::from(out)
+            }
+            Some(other) => {
+                return Err(ClientError::Malformed {
+                    url,
+                    why: format!("unknown Content-Encoding {:?}", String::from_utf8_lossy(other)),
+                });
+            }
+        };
+        if ChunkHash::of(&data) != hash {
+            return Err(ClientError::Corrupt { url, hash });
+        }
+        Ok(data)
+    }
+}
+
+/// A complete in-memory upload body.
+pub fn full(data: Bytes) -> UploadBody {
+    Full::new(data).map_err(|never| match never {}).boxed()
+}

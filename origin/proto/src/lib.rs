@@ -1,0 +1,25 @@
+//! The wire format between Tessera's origin and its clients (edges and publishers), and the
+//! client that speaks it.
+//!
+//! This crate is the slice of the origin that edges depend on: it holds no storage and no
+//! server code, so an edge can read manifests and chunks without pulling in redb, the chunker
+//! or the origin's HTTP server.
+//!
+//! # Layout
+//! - [`hash`]: [`ChunkHash`], the blake3 address of a chunk or a whole file, in hex on the wire.
+//! - [`manifest`]: [`Manifest`], the ordered chunk list of a published file (format version 1).
+//! - [`path`]: the rules a publish path must follow, shared by server and client.
+//! - [`client`]: [`OriginClient`], an HTTP client for the publisher and edge APIs.
+
+pub mod client;
+pub mod hash;
+pub mod manifest;
+pub mod path;
+
+pub use client::{ClientError, OriginClient, PublishReply};
+pub use hash::ChunkHash;
+pub use manifest::{Manifest, ManifestChunk};
+pub use path::{PathError, validate_path};
+
+/// `Cache-Control` sent with every chunk: a chunk's address is its content, so it never changes.
+pub const CHUNK_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";

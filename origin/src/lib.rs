@@ -1,0 +1,86 @@
+//! A Tessera origin storage node: publishers push files over HTTP; each file is cut into
+//! content-defined chunks (FastCDC), each chunk is addressed by its blake3 hash, stored once,
+//! brotli-compressed, and every chunk is verified against its hash before it is served.
+//!
+//! This crate is the server side. The wire formats and the client that edges and publishers
+//! use are in `tessera-origin-proto`, which does not depend on this crate. A single node is
+//! built here; placement across several nodes comes with the cluster.
+//!
+//! # Layout
+//! - [`chunker`]: streaming FastCDC, no I/O.
+//! - [`codec`]: brotli or raw, per chunk.
+//! - [`store`]: pack files, the redb index, publish, read, delete and garbage collection.
+//! - [`server`]: the HTTP API on hyper.
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod chunker;
+pub mod codec;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use store::{Store, StoreConfig, StoreError};
+
+/// Configuration of one origin node (TOML, every field optional but `data`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Folder for pack files and the metadata database.
+    pub data: PathBuf,
+    /// Bearer token required on writes (`PUT`, `POST`, `DELETE`); reads stay open.
+    pub token: Option<String>,
+    /// Largest accepted publish body, in bytes (`413` above it).
+    pub max_body_bytes: u64,
+    /// `Cache-Control` sent with files and manifests (edges revalidate with the `ETag`).
+    pub file_cache_control: String,
+    /// Chunking, compression and pack settings.
+    pub store: StoreConfig,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("tessera-data/origin"),
+            token: None,
+            max_body_bytes: 64 << 30,
+            file_cache_control: "public, max-age=60".into(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// Why an origin could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The store could not be opened.
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        /// The data folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: StoreError,
+    },
+    /// Serving failed.
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the store in `config.data` and serves the origin API on `listener` until
+/// `shutdown` completes.
+pub async fn run(listener: TcpListener, config: OriginConfig, shutdown: impl Future<Output = ()>) -> Result<(), OriginError> {
+    let (data, store_cfg) = (config.data.clone(), config.store.clone());
+    let store = tokio::task::spawn_blocking(move || Store::open(&data, store_cfg))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(|source| OriginError::Store { path: config.data.clone(), source })?;
+    let app = Arc::new(server::App { store: Arc::new(store), config, metrics: metrics::Metrics::new() });
+    server::serve(app, listener, shutdown).await?;
+    Ok(())
+}

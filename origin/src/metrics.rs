@@ -1,0 +1,109 @@
+//! The origin's Prometheus metrics. Each server has its own registry, so several origins
+//! can run in one process (tests, `tessera up`).
+
+use prometheus::{Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use tessera_origin_proto::client::Stats;
+
+/// The metrics of one origin node.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by operation and status code.
+    pub requests: IntCounterVec,
+    /// Request latency by operation (to the response head; bodies stream after).
+    pub latency: HistogramVec,
+    /// Bytes received in published bodies.
+    pub ingested_bytes: IntCounter,
+    /// Chunks in published files, and of those the ones that were new.
+    pub chunks_published: IntCounter,
+    pub chunks_new: IntCounter,
+    /// Bytes added to the chunk store by publishes.
+    pub chunk_bytes_added: IntCounter,
+    /// Chunks that failed their blake3 check on read and were not served.
+    pub corrupt_chunks: IntCounter,
+    /// Chunks removed by garbage collection.
+    pub gc_chunks: IntCounter,
+    objects: IntGauge,
+    logical_bytes: IntGauge,
+    unique_bytes: IntGauge,
+    stored_bytes: IntGauge,
+    dedup_ratio: Gauge,
+    compression_ratio: Gauge,
+    efficiency: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tessera_origin_requests_total", "Origin HTTP requests by operation and status"),
+            &["op", "status"],
+        )
+        .unwrap();
+        let latency = HistogramVec::new(
+            HistogramOpts::new("tessera_origin_request_duration_seconds", "Origin request latency by operation")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["op"],
+        )
+        .unwrap();
+        let c = |n: &str, h: &str| IntCounter::new(n, h).unwrap();
+        let g = |n: &str, h: &str| IntGauge::new(n, h).unwrap();
+        let f = |n: &str, h: &str| Gauge::new(n, h).unwrap();
+        let m = Self {
+            requests,
+            latency,
+            ingested_bytes: c("tessera_origin_ingested_bytes_total", "Bytes received in published bodies"),
+            chunks_published: c("tessera_origin_chunks_published_total", "Chunks in published files"),
+            chunks_new: c("tessera_origin_chunks_new_total", "Published chunks the store did not have"),
+            chunk_bytes_added: c("tessera_origin_chunk_bytes_added_total", "Bytes added to the chunk store by publishes"),
+            corrupt_chunks: c("tessera_origin_corrupt_chunks_total", "Chunks that failed their blake3 check and were not served"),
+            gc_chunks: c("tessera_origin_gc_chunks_total", "Chunks reclaimed by garbage collection"),
+            objects: g("tessera_origin_objects", "Published files"),
+            logical_bytes: g("tessera_origin_logical_bytes", "Sum of published file sizes"),
+            unique_bytes: g("tessera_origin_unique_bytes", "Sum of distinct chunk sizes before compression"),
+            stored_bytes: g("tessera_origin_stored_bytes", "Bytes allocated on disk for chunks and metadata"),
+            dedup_ratio: f("tessera_origin_dedup_ratio", "logical_bytes / unique_bytes"),
+            compression_ratio: f("tessera_origin_compression_ratio", "unique_bytes / stored_bytes"),
+            efficiency: f("tessera_origin_storage_efficiency", "logical_bytes / stored_bytes"),
+            registry,
+        };
+        m.registry.register(Box::new(m.requests.clone())).unwrap();
+        m.registry.register(Box::new(m.latency.clone())).unwrap();
+        for x in [&m.ingested_bytes, &m.chunks_published, &m.chunks_new, &m.chunk_bytes_added, &m.corrupt_chunks, &m.gc_chunks] {
+            m.registry.register(Box::new(x.clone())).unwrap();
+        }
+        for x in [&m.objects, &m.logical_bytes, &m.unique_bytes, &m.stored_bytes] {
+            m.registry.register(Box::new(x.clone())).unwrap();
+        }
+        for x in [&m.dedup_ratio, &m.compression_ratio, &m.efficiency] {
+            m.registry.register(Box::new(x.clone())).unwrap();
+        }
+        m
+    }
+
+    /// Sets the storage gauges from `stats`.
+    pub fn set_storage(&self, s: &Stats) {
+        self.objects.set(s.objects as i64);
+        self.logical_bytes.set(s.logical_bytes as i64);
+        self.unique_bytes.set(s.unique_bytes as i64);
+        self.stored_bytes.set(s.stored_bytes as i64);
+        self.dedup_ratio.set(s.dedup_ratio);
+        self.compression_ratio.set(s.compression_ratio);
+        self.efficiency.set(s.efficiency);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).unwrap();
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,627 @@
+//! The origin's HTTP API (hyper 1, HTTP/1.1 and h2c).
+//!
+//! Routes:
+//! - `PUT|GET|HEAD|DELETE /api/v1/files/{path}`, `POST /api/v1/files`, `GET /api/v1/files?prefix=P`
+//! - `GET|HEAD /api/v1/manifests/{path}`, `GET|HEAD /api/v1/chunks/{blake3}` (the edges' view)
+//! - `GET /api/v1/stats`, `GET /metrics`, `GET /healthz`
+//!
+//! Every error reply is JSON `{"error": "..."}` naming the problem.
+
+pub mod range;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tessera_origin_proto::{CHUNK_CACHE_CONTROL, ChunkHash, Manifest, validate_path};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use crate::OriginConfig;
+use crate::codec::Codec;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use range::{RangeAsk, accepts_encoding, etag_matches, parse_range};
+
+/// Response body type of every handler.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Shared state of one origin server.
+#[derive(Debug)]
+pub struct App {
+    pub store: Arc<Store>,
+    pub config: OriginConfig,
+    pub metrics: Metrics,
+}
+
+/// An error reply: a status and a message for the JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), headers: Vec::new() }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        let mut r = Response::builder()
+            .status(self.status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-store");
+        for (k, v) in self.headers {
+            r = r.header(k, v);
+        }
+        r.body(full(body)).unwrap()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Corrupt { hash, .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("chunk {hash} failed its integrity check and was not served"))
+            }
+            _ => {
+                error!(error = %e, "store error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal storage error: {e}"))
+            }
+        }
+    }
+}
+
+type Reply = Result<Response<Body>, ApiError>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn empty() -> Body {
+    full(Bytes::new())
+}
+
+fn json_reply(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(serde_json::to_vec(v).unwrap()))
+        .unwrap()
+}
+
+/// Runs `f` on a blocking thread (the store does file I/O).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal task failed: {e}")))
+}
+
+/// Serves the origin API on `listener` until `shutdown` completes, then lets requests in
+/// flight finish (up to 30 s).
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let (stream, peer) = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(handle(app, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+        warn!("connections still open 30 s after shutdown; closing them");
+    }
+    Ok(())
+}
+
+/// The operation label of a request, for metrics.
+fn op_of(method: &Method, path: &str) -> &'static str {
+    let files = path.strip_prefix("/api/v1/files");
+    match (method, path) {
+        (_, "/metrics") => "metrics",
+        (_, "/healthz") => "health",
+        (_, "/api/v1/stats") => "stats",
+        (&Method::POST, _) if files.is_some() => "post",
+        (&Method::GET, _) if files == Some("") => "list",
+        (&Method::PUT, _) if files.is_some() => "put",
+        (&Method::GET, _) if files.is_some() => "get",
+        (&Method::HEAD, _) if files.is_some() => "head",
+        (&Method::DELETE, _) if files.is_some() => "delete",
+        _ if path.starts_with("/api/v1/manifests/") => "manifest",
+        _ if path.starts_with("/api/v1/chunks/") => "chunk",
+        _ => "other",
+    }
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let op = op_of(req.method(), req.uri().path());
+    let span = info_span!("request", op, method = %req.method(), path = %req.uri().path());
+    let resp = async {
+        match route(&app, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status.is_server_error() {
+                    warn!(status = %e.status, error = %e.message, "request failed");
+                } else {
+                    debug!(status = %e.status, error = %e.message, "request refused");
+                }
+                e.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    app.metrics.requests.with_label_values(&[op, resp.status().as_str()]).inc();
+    app.metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The decoded, validated publish path after `prefix` in the request path.
+fn publish_path(raw: &str) -> Result<String, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "path is not valid UTF-8 once percent-decoded"))?;
+    validate_path(&decoded).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))?;
+    Ok(decoded.into_owned())
+}
+
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed here; allowed: {allow}"))
+        .with_header(header::ALLOW, HeaderValue::from_static(allow))
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if path == "/healthz" {
+        return Ok(json_reply(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+    }
+    if path == "/metrics" {
+        let store = app.store.clone();
+        if let Ok(stats) = blocking(move || store.stats()).await? {
+            app.metrics.set_storage(&stats);
+        }
+        return Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(full(app.metrics.encode()))
+            .unwrap());
+    }
+    if path == "/api/v1/stats" {
+        let store = app.store.clone();
+        let stats = blocking(move || store.stats()).await??;
+        app.metrics.set_storage(&stats);
+        return Ok(json_reply(StatusCode::OK, &stats));
+    }
+    if path == "/api/v1/files" || path == "/api/v1/files/" {
+        return match method {
+            Method::GET => list(app, req.uri().query().unwrap_or("")).await,
+            Method::POST => {
+                authorize(app, req.headers())?;
+                let id = format!("{:032x}", rand::random::<u128>());
+                let mut resp = publish(app, id.clone(), req).await?;
+                if let Some(Ok(loc)) = Some(HeaderValue::from_str(&format!("/api/v1/files/{id}"))) {
+                    resp.headers_mut().insert(header::LOCATION, loc);
+                }
+                Ok(resp)
+            }
+            _ => Err(method_not_allowed("GET, POST")),
+        };
+    }
+    if let Some(raw) = path.strip_prefix("/api/v1/files/") {
+        let p = publish_path(raw)?;
+        return match method {
+            Method::GET | Method::HEAD => get_file(app, p, req.headers(), method == Method::HEAD).await,
+            Method::PUT => {
+                authorize(app, req.headers())?;
+                publish(app, p, req).await
+            }
+            Method::DELETE => {
+                authorize(app, req.headers())?;
+                delete(app, p).await
+            }
+            _ => Err(method_not_allowed("GET, HEAD, PUT, DELETE")),
+        };
+    }
+    if let Some(raw) = path.strip_prefix("/api/v1/manifests/") {
+        let p = publish_path(raw)?;
+        return match method {
+            Method::GET | Method::HEAD => get_manifest(app, p, req.headers(), method == Method::HEAD).await,
+            _ => Err(method_not_allowed("GET, HEAD")),
+        };
+    }
+    if let Some(raw) = path.strip_prefix("/api/v1/chunks/") {
+        let hash: ChunkHash = raw
+            .parse()
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{raw:?} is not a chunk address (64 hex digits)")))?;
+        return match method {
+            Method::GET | Method::HEAD => get_chunk(app, hash, req.headers(), method == Method::HEAD).await,
+            _ => Err(method_not_allowed("GET, HEAD")),
+        };
+    }
+    Err(ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")))
+}
+
+/// Checks the bearer token on writes, when the node has one. Compares in constant time.
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &app.config.token else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "writes need the header 'Authorization: Bearer <token>' with this node's token")
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera-origin\"")))
+    }
+}
+
+/// What the body reader hands the ingest thread.
+enum Piece {
+    Data(Bytes),
+    /// The body ended normally; without it the upload is abandoned.
+    End,
+}
+
+async fn publish(app: &Arc<App>, path: String, req: Request<Incoming>) -> Reply {
+    let limit = app.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than this node's limit of {limit} bytes"))
+    };
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    let content_type = mime_guess::from_path(&path).first_or_octet_stream().essence_str().to_string();
+    let (tx, mut rx) = mpsc::channel::<Piece>(8);
+    let store = app.store.clone();
+    let target = path.clone();
+    let ingest = tokio::task::spawn_blocking(move || -> Result<Option<_>, StoreError> {
+        let mut upload = store.upload();
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                Piece::Data(b) => upload.write(&b)?,
+                Piece::End => return upload.finish(&target, &content_type).map(Some),
+            }
+        }
+        Ok(None) // abandoned: dropping `upload` removes what it wrote
+    });
+    let mut body = req.into_body();
+    let mut received = 0u64;
+    let mut refused = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                refused = Some(ApiError::new(StatusCode::BAD_REQUEST, format!("request body ended early: {e}")));
+                break;
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        received += data.len() as u64;
+        if received > limit {
+            refused = Some(too_large());
+            break;
+        }
+        if tx.send(Piece::Data(data)).await.is_err() {
+            break; // the ingest thread stopped on an error; it is reported below
+        }
+    }
+    if refused.is_none() {
+        let _ = tx.send(Piece::End).await;
+    }
+    drop(tx);
+    let outcome = ingest
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("ingest task failed: {e}")))?;
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    let Some((reply, replaced)) = outcome? else {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "upload was abandoned"));
+    };
+    let m = &app.metrics;
+    m.ingested_bytes.inc_by(reply.size);
+    m.chunks_published.inc_by(reply.chunks);
+    m.chunks_new.inc_by(reply.new_chunks);
+    m.chunk_bytes_added.inc_by(reply.stored_bytes_added);
+    if replaced {
+        // Reclaim the replaced version's chunks in the background; the publish is done.
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || gc(&app));
+    }
+    let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
+    let mut v = serde_json::to_value(&reply).unwrap();
+    if path.len() == 32 && v.get("id").is_none() {
+        v["id"] = serde_json::Value::String(path.clone());
+    }
+    Ok(json_reply(status, &v))
+}
+
+fn gc(app: &App) {
+    match app.store.collect_garbage() {
+        Ok(r) => app.metrics.gc_chunks.inc_by(r.chunks),
+        Err(e) => error!(error = %e, "garbage collection failed"),
+    }
+}
+
+async fn delete(app: &Arc<App>, path: String) -> Reply {
+    let store = app.store.clone();
+    let p = path.clone();
+    let existed = blocking(move || store.delete(&p)).await??;
+    if !existed {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("nothing is published at {path:?}")));
+    }
+    // Reclaim before replying, so a 204 means the space is free.
+    let a = app.clone();
+    blocking(move || gc(&a)).await?;
+    Ok(Response::builder().status(StatusCode::NO_CONTENT).body(empty()).unwrap())
+}
+
+async fn list(app: &Arc<App>, query: &str) -> Reply {
+    let mut prefix = String::new();
+    for (k, v) in form_pairs(query) {
+        if k == "prefix" {
+            prefix = v;
+        }
+    }
+    let store = app.store.clone();
+    let files = blocking(move || store.list(&prefix)).await??;
+    Ok(json_reply(StatusCode::OK, &files))
+}
+
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|s| !s.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+        (dec(k), dec(v))
+    })
+}
+
+async fn load_manifest(app: &Arc<App>, path: String) -> Result<Manifest, ApiError> {
+    let store = app.store.clone();
+    let p = path.clone();
+    blocking(move || store.manifest(&p))
+        .await??
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("nothing is published at {path:?}")))
+}
+
+/// Validators of a manifest: the quoted whole-file hash and the publish time.
+fn validators(m: &Manifest) -> (String, String, u64) {
+    (format!("\"{}\"", m.blake3), httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m.modified)), m.modified)
+}
+
+/// Evaluates `If-Match`, `If-None-Match` and `If-Modified-Since` (RFC 9110 §13.2.2 order).
+fn preconditions(headers: &HeaderMap, etag: &str, modified: u64) -> Option<StatusCode> {
+    let h = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(list) = h(header::IF_MATCH)
+        && !etag_matches(list, etag, false)
+    {
+        return Some(StatusCode::PRECONDITION_FAILED);
+    }
+    if let Some(list) = h(header::IF_NONE_MATCH) {
+        return etag_matches(list, etag, true).then_some(StatusCode::NOT_MODIFIED);
+    }
+    if let Some(since) = h(header::IF_MODIFIED_SINCE).and_then(|v| httpdate::parse_http_date(v).ok()) {
+        let since = since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        return (modified <= since).then_some(StatusCode::NOT_MODIFIED);
+    }
+    None
+}
+
+async fn get_file(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool) -> Reply {
+    let m = load_manifest(app, path).await?;
+    let (etag, last_modified, modified) = validators(&m);
+    let base = |status| {
+        Response::builder()
+            .status(status)
+            .header(header::ETAG, &etag)
+            .header(header::LAST_MODIFIED, &last_modified)
+            .header(header::CACHE_CONTROL, &app.config.file_cache_control)
+            .header(header::ACCEPT_RANGES, "bytes")
+    };
+    match preconditions(headers, &etag, modified) {
+        Some(StatusCode::NOT_MODIFIED) => return Ok(base(StatusCode::NOT_MODIFIED).body(empty()).unwrap()),
+        Some(s) => return Err(ApiError::new(s, "If-Match does not match the current ETag")),
+        None => {}
+    }
+    let mut ask = headers
+        .get(header::RANGE)
+        .map(|v| v.to_str().map(|s| parse_range(s, m.size)).unwrap_or(RangeAsk::Malformed))
+        .unwrap_or(RangeAsk::Whole);
+    // If-Range: a range only applies to the representation the client already has part of.
+    if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        let same = if ir.starts_with('"') {
+            ir == etag
+        } else {
+            httpdate::parse_http_date(ir).is_ok_and(|d| d == UNIX_EPOCH + Duration::from_secs(modified))
+        };
+        if !same {
+            ask = RangeAsk::Whole;
+        }
+    }
+    let (status, start, end) = match ask {
+        RangeAsk::Whole => (StatusCode::OK, 0, m.size),
+        RangeAsk::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        RangeAsk::Unsatisfiable | RangeAsk::Malformed => {
+            let what = if ask == RangeAsk::Malformed { "malformed" } else { "not satisfiable" };
+            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("Range {range:?} is {what} for a file of {} bytes", m.size),
+            )
+            .with_header(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{}", m.size)).unwrap()));
+        }
+    };
+    let mut r = base(status)
+        .header(header::CONTENT_TYPE, &m.content_type)
+        .header(header::CONTENT_LENGTH, end - start);
+    if status == StatusCode::PARTIAL_CONTENT {
+        r = r.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{}", end - 1, m.size));
+    }
+    let body = if head { empty() } else { stream_file(app, m, start, end).await? };
+    Ok(r.body(body).unwrap())
+}
+
+/// How many chunks a reader decodes and verifies at once, in parallel.
+const READ_GROUP: usize = 16;
+
+/// Streams bytes `start..end` of the file. The first group of chunks is read and verified
+/// before the reply starts, so a corrupt beginning is a clean `500`; a corrupt chunk later
+/// aborts the body (the client sees a truncated transfer), so wrong bytes are never sent.
+async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Result<Body, ApiError> {
+    let chunks = m.chunks_covering(start, end);
+    if chunks.is_empty() {
+        return Ok(empty());
+    }
+    let store = app.store.clone();
+    let metrics = app.metrics.clone();
+    let hashes: Arc<Vec<ChunkHash>> = Arc::new(m.chunks.iter().map(|c| c.hash).collect());
+    let slice = move |i: usize, data: Bytes| {
+        let c = m.chunks[i];
+        let from = start.saturating_sub(c.offset) as usize;
+        let to = (end - c.offset).min(u64::from(c.size)) as usize;
+        data.slice(from..to)
+    };
+    let read_group = {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        move |ids: std::ops::Range<usize>, hashes: &[ChunkHash]| -> Result<Vec<Bytes>, StoreError> {
+            use rayon::prelude::*;
+            hashes[ids]
+                .par_iter()
+                .map(|h| store.read_chunk(h)?.ok_or(StoreError::MissingChunk(*h)))
+                .collect::<Result<Vec<_>, _>>()
+                .inspect_err(|e| {
+                    if matches!(e, StoreError::Corrupt { .. }) {
+                        metrics.corrupt_chunks.inc();
+                    }
+                })
+        }
+    };
+    let first = chunks.start..(chunks.start + READ_GROUP).min(chunks.end);
+    let (h, f, rg) = (hashes.clone(), first.clone(), read_group.clone());
+    let first_data = blocking(move || rg(f, &h)).await??;
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let send = |i: usize, d: Bytes| tx.blocking_send(Ok(Frame::data(slice(i, d)))).is_ok();
+        for (i, d) in first.clone().zip(first_data) {
+            if !send(i, d) {
+                return;
+            }
+        }
+        let mut at = first.end;
+        while at < chunks.end {
+            let group = at..(at + READ_GROUP).min(chunks.end);
+            match read_group(group.clone(), &hashes) {
+                Ok(datas) => {
+                    for (i, d) in group.clone().zip(datas) {
+                        if !send(i, d) {
+                            return; // the client went away
+                        }
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "aborting a response body: a chunk could not be served");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+            at = group.end;
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    Ok(StreamBody::new(stream).boxed())
+}
+
+async fn get_manifest(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool) -> Reply {
+    let m = load_manifest(app, path).await?;
+    let (etag, last_modified, modified) = validators(&m);
+    let base = |status| {
+        Response::builder()
+            .status(status)
+            .header(header::ETAG, &etag)
+            .header(header::LAST_MODIFIED, &last_modified)
+            .header(header::CACHE_CONTROL, &app.config.file_cache_control)
+    };
+    if let Some(s) = preconditions(headers, &etag, modified) {
+        return if s == StatusCode::NOT_MODIFIED {
+            Ok(base(s).body(empty()).unwrap())
+        } else {
+            Err(ApiError::new(s, "If-Match does not match the current ETag"))
+        };
+    }
+    let json = serde_json::to_vec(&m).unwrap();
+    let r = base(StatusCode::OK).header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, json.len());
+    Ok(r.body(if head { empty() } else { full(json) }).unwrap())
+}
+
+async fn get_chunk(app: &Arc<App>, hash: ChunkHash, headers: &HeaderMap, head: bool) -> Reply {
+    let store = app.store.clone();
+    let loaded = blocking(move || store.load_chunk(&hash)).await?.inspect_err(|e| {
+        if matches!(e, StoreError::Corrupt { .. }) {
+            app.metrics.corrupt_chunks.inc();
+        }
+    })?;
+    let Some(c) = loaded else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("this node has no chunk {hash}")));
+    };
+    let etag = format!("\"{hash}\"");
+    let r = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, CHUNK_CACHE_CONTROL)
+        .header(header::VARY, "Accept-Encoding")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|l| etag_matches(l, &etag, true)) {
+        return Ok(r.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap());
+    }
+    let br = c.codec == Codec::Brotli
+        && headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| accepts_encoding(v, "br"));
+    let (r, bytes) = if br { (r.header(header::CONTENT_ENCODING, "br"), c.stored) } else { (r, c.data) };
+    let r = r.header(header::CONTENT_LENGTH, bytes.len());
+    Ok(r.body(if head { empty() } else { full(bytes) }).unwrap())
+}

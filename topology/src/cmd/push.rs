@@ -1,0 +1,155 @@
+//! `tessera push`: publish a file or a folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_origin_proto::client::UploadBody;
+use tessera_origin_proto::{OriginClient, PublishReply, validate_path};
+use tokio::io::AsyncReadExt;
+
+/// Options of `tessera push`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// File or folder to publish. A folder's files are published under their paths relative
+    /// to it.
+    path: PathBuf,
+    /// Origin URL, e.g. http://127.0.0.1:7070.
+    #[arg(long)]
+    origin: String,
+    /// Path prefix to publish under (e.g. `site` puts `index.html` at `site/index.html`).
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// The origin's write token.
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Files uploaded at once.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+}
+
+/// Lists the files to publish with the path each gets.
+fn plan(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
+    let prefix = prefix.trim_matches('/');
+    let join = |rel: &str| if prefix.is_empty() { rel.to_string() } else { format!("{prefix}/{rel}") };
+    let meta = std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let mut out = Vec::new();
+    if meta.is_file() {
+        let name = root.file_name().and_then(|n| n.to_str()).context("the file name is not UTF-8")?;
+        out.push((root.to_path_buf(), join(name)));
+    } else {
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+                let p = e?.path();
+                let m = match std::fs::metadata(&p) {
+                    Ok(m) => m,
+                    // A dangling symlink has nothing to publish; say so and go on.
+                    Err(e) if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_symlink()) => {
+                        eprintln!("skipping {}: {e}", p.display());
+                        continue;
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+                };
+                if m.is_dir() {
+                    stack.push(p);
+                } else if m.is_file() {
+                    let rel = p.strip_prefix(root)?.to_str().with_context(|| format!("{} is not UTF-8", p.display()))?;
+                    out.push((p.clone(), join(&rel.replace(std::path::MAIN_SEPARATOR, "/"))));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+    }
+    for (local, path) in &out {
+        validate_path(path).map_err(|e| anyhow::anyhow!("{} cannot be published as {path:?}: {e}", local.display()))?;
+    }
+    Ok(out)
+}
+
+/// A request body that streams `file` and advances `bar`.
+fn file_body(file: tokio::fs::File, bar: ProgressBar) -> UploadBody {
+    let stream = futures_util::stream::unfold((file, bar), |(mut file, bar)| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                bar.inc(n as u64);
+                Some((Ok(Frame::data(Bytes::from(buf))), (file, bar)))
+            }
+            Err(e) => Some((Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>), (file, bar))),
+        }
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+pub async fn run(a: Args) -> Result<()> {
+    let client = OriginClient::new(&a.origin, a.token.clone())?;
+    let files = plan(&a.path, &a.prefix)?;
+    if files.is_empty() {
+        bail!("{} holds no files to publish", a.path.display());
+    }
+    let total: u64 = files.iter().map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .unwrap(),
+    );
+    // Small work finishes before a bar would help; only draw one for big pushes.
+    if total < 64 << 20 && files.len() < 50 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let client = Arc::new(client);
+    let results: Vec<(String, Result<PublishReply>)> = futures_util::stream::iter(files)
+        .map(|(local, path)| {
+            let client = client.clone();
+            let bar = bar.clone();
+            async move {
+                let r = async {
+                    let f = tokio::fs::File::open(&local).await.with_context(|| format!("cannot open {}", local.display()))?;
+                    Ok(client.put_file(&path, file_body(f, bar)).await?)
+                }
+                .await;
+                (path, r)
+            }
+        })
+        .buffer_unordered(a.jobs.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let (mut n, mut bytes, mut chunks, mut new_chunks, mut added, mut failed) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    for (path, r) in &results {
+        match r {
+            Ok(rep) => {
+                n += 1;
+                bytes += rep.size;
+                chunks += rep.chunks;
+                new_chunks += rep.new_chunks;
+                added += rep.stored_bytes_added;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("failed: {path}: {e:#}");
+            }
+        }
+    }
+    let ratio = if added == 0 { f64::INFINITY } else { bytes as f64 / added as f64 };
+    println!("published {n} files, {bytes} bytes in {chunks} chunks ({new_chunks} new)");
+    println!("new bytes stored: {added} ({ratio:.2}x smaller than the files, after dedup and compression)");
+    if let Ok(s) = client.stats().await {
+        println!(
+            "origin now holds {} files, {} bytes; dedup {:.2}x, compression {:.2}x, overall {:.2}x",
+            s.objects, s.logical_bytes, s.dedup_ratio, s.compression_ratio, s.efficiency
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} of {} files failed to publish", results.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! `tessera`: one binary for every role of a Tessera network.
+//!
+//! Subcommands: `origin` runs a storage node, `push` publishes files to it. Later roles
+//! (`edge`, `up`, `plugin`) are added here too; the roles themselves live in their own
+//! library crates and this binary only wires them together.
+
+mod cmd;
+mod size;
+
+use clap::{Parser, Subcommand};
+
+/// Tessera: a content delivery network you can run yourself.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an origin storage node: publishers push files to it; edges read from it.
+    Origin(cmd::origin::Args),
+    /// Publish a file or a folder to an origin.
+    Push(cmd::push::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Origin(a) => cmd::origin::run(a).await,
+            Command::Push(a) => cmd::push::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
