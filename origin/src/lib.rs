@@ -74,13 +74,24 @@ pub enum OriginError {
 
 /// Opens the store in `config.data` and serves the origin API on `listener` until
 /// `shutdown` completes.
-pub async fn run(listener: TcpListener, config: OriginConfig, shutdown: impl Future<Output = ()>) -> Result<(), OriginError> {
+pub async fn run(
+    listener: TcpListener,
+    config: OriginConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), OriginError> {
     let (data, store_cfg) = (config.data.clone(), config.store.clone());
     let store = tokio::task::spawn_blocking(move || Store::open(&data, store_cfg))
         .await
         .map_err(std::io::Error::other)?
-        .map_err(|source| OriginError::Store { path: config.data.clone(), source })?;
-    let app = Arc::new(server::App { store: Arc::new(store), config, metrics: metrics::Metrics::new() });
+        .map_err(|source| OriginError::Store {
+            path: config.data.clone(),
+            source,
+        })?;
+    let app = Arc::new(server::App {
+        store: Arc::new(store),
+        config,
+        metrics: metrics::Metrics::new(),
+    });
     server::serve(app, listener, shutdown).await?;
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! The origin's Prometheus metrics. Each server has its own registry, so several origins
 //! can run in one process (tests, `tessera up`).
 
-use prometheus::{Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
 
 use tessera_origin_proto::client::Stats;
 
@@ -44,13 +47,22 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("tessera_origin_requests_total", "Origin HTTP requests by operation and status"),
+            Opts::new(
+                "tessera_origin_requests_total",
+                "Origin HTTP requests by operation and status",
+            ),
             &["op", "status"],
         )
         .unwrap();
         let latency = HistogramVec::new(
-            HistogramOpts::new("tessera_origin_request_duration_seconds", "Origin request latency by operation")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "tessera_origin_request_duration_seconds",
+                "Origin request latency by operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
             &["op"],
         )
         .unwrap();
@@ -60,27 +72,72 @@ impl Metrics {
         let m = Self {
             requests,
             latency,
-            ingested_bytes: c("tessera_origin_ingested_bytes_total", "Bytes received in published bodies"),
-            chunks_published: c("tessera_origin_chunks_published_total", "Chunks in published files"),
-            chunks_new: c("tessera_origin_chunks_new_total", "Published chunks the store did not have"),
-            chunk_bytes_added: c("tessera_origin_chunk_bytes_added_total", "Bytes added to the chunk store by publishes"),
-            corrupt_chunks: c("tessera_origin_corrupt_chunks_total", "Chunks that failed their blake3 check and were not served"),
-            gc_chunks: c("tessera_origin_gc_chunks_total", "Chunks reclaimed by garbage collection"),
+            ingested_bytes: c(
+                "tessera_origin_ingested_bytes_total",
+                "Bytes received in published bodies",
+            ),
+            chunks_published: c(
+                "tessera_origin_chunks_published_total",
+                "Chunks in published files",
+            ),
+            chunks_new: c(
+                "tessera_origin_chunks_new_total",
+                "Published chunks the store did not have",
+            ),
+            chunk_bytes_added: c(
+                "tessera_origin_chunk_bytes_added_total",
+                "Bytes added to the chunk store by publishes",
+            ),
+            corrupt_chunks: c(
+                "tessera_origin_corrupt_chunks_total",
+                "Chunks that failed their blake3 check and were not served",
+            ),
+            gc_chunks: c(
+                "tessera_origin_gc_chunks_total",
+                "Chunks reclaimed by garbage collection",
+            ),
             objects: g("tessera_origin_objects", "Published files"),
-            logical_bytes: g("tessera_origin_logical_bytes", "Sum of published file sizes"),
-            unique_bytes: g("tessera_origin_unique_bytes", "Sum of distinct chunk sizes before compression"),
-            stored_bytes: g("tessera_origin_stored_bytes", "Bytes allocated on disk for chunks and metadata"),
+            logical_bytes: g(
+                "tessera_origin_logical_bytes",
+                "Sum of published file sizes",
+            ),
+            unique_bytes: g(
+                "tessera_origin_unique_bytes",
+                "Sum of distinct chunk sizes before compression",
+            ),
+            stored_bytes: g(
+                "tessera_origin_stored_bytes",
+                "Bytes allocated on disk for chunks and metadata",
+            ),
             dedup_ratio: f("tessera_origin_dedup_ratio", "logical_bytes / unique_bytes"),
-            compression_ratio: f("tessera_origin_compression_ratio", "unique_bytes / stored_bytes"),
-            efficiency: f("tessera_origin_storage_efficiency", "logical_bytes / stored_bytes"),
+            compression_ratio: f(
+                "tessera_origin_compression_ratio",
+                "unique_bytes / stored_bytes",
+            ),
+            efficiency: f(
+                "tessera_origin_storage_efficiency",
+                "logical_bytes / stored_bytes",
+            ),
             registry,
         };
         m.registry.register(Box::new(m.requests.clone())).unwrap();
         m.registry.register(Box::new(m.latency.clone())).unwrap();
-        for x in [&m.ingested_bytes, &m.chunks_published, &m.chunks_new, &m.chunk_bytes_added, &m.corrupt_chunks, &m.gc_chunks] {
+        for x in [
+            &m.ingested_bytes,
+            &m.chunks_published,
+            &m.chunks_new,
+            &m.chunk_bytes_added,
+            &m.corrupt_chunks,
+            &m.gc_chunks,
+        ] {
             m.registry.register(Box::new(x.clone())).unwrap();
         }
-        for x in [&m.objects, &m.logical_bytes, &m.unique_bytes, &m.stored_bytes] {
+        for x in [
+            &m.objects,
+            &m.logical_bytes,
+            &m.unique_bytes,
+            &m.stored_bytes,
+        ] {
             m.registry.register(Box::new(x.clone())).unwrap();
         }
         for x in [&m.dedup_ratio, &m.compression_ratio, &m.efficiency] {
@@ -103,7 +160,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).unwrap();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .unwrap();
         String::from_utf8(out).unwrap_or_default()
     }
 }

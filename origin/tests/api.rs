@@ -10,7 +10,21 @@ use tessera_origin_proto::ChunkHash;
 #[tokio::test]
 async fn round_trips_of_many_sizes() {
     let node = Node::start(|_| {}).await;
-    let sizes = [0usize, 1, 63, 4095, 4096, 4097, 16384, 65535, 65536, 65537, 1 << 20, (1 << 20) + 3, 50 << 20];
+    let sizes = [
+        0usize,
+        1,
+        63,
+        4095,
+        4096,
+        4097,
+        16384,
+        65535,
+        65536,
+        65537,
+        1 << 20,
+        (1 << 20) + 3,
+        50 << 20,
+    ];
     for (i, &n) in sizes.iter().enumerate() {
         let data = noise(n, i as u64 + 1);
         let path = format!("sizes/{n}.bin");
@@ -27,7 +41,13 @@ async fn round_trips_of_many_sizes() {
         assert_eq!(r.header("content-type"), "application/octet-stream");
         assert!(httpdate::parse_http_date(r.header("last-modified")).is_ok());
 
-        let h = send(Method::HEAD, &node.url(&format!("/api/v1/files/{path}")), &[], Bytes::new()).await;
+        let h = send(
+            Method::HEAD,
+            &node.url(&format!("/api/v1/files/{path}")),
+            &[],
+            Bytes::new(),
+        )
+        .await;
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.header("content-length"), n.to_string());
         assert!(h.body.is_empty());
@@ -50,17 +70,34 @@ async fn round_trips_of_many_sizes() {
 async fn content_type_comes_from_the_path_and_chunks_are_immutable() {
     let node = Node::start(|_| {}).await;
     let css = "body { color: red; }\n".repeat(2000);
-    node.client.put_bytes("site/style.css", css.clone()).await.unwrap();
+    node.client
+        .put_bytes("site/style.css", css.clone())
+        .await
+        .unwrap();
     let r = get(&node.url("/api/v1/files/site/style.css")).await;
     assert_eq!(r.header("content-type"), "text/css");
-    let m = node.client.manifest("site/style.css").await.unwrap().unwrap();
+    let m = node
+        .client
+        .manifest("site/style.css")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.content_type, "text/css");
     // Stored brotli-compressed: sent as such to a client that accepts br, raw otherwise.
     let url = node.url(&format!("/api/v1/chunks/{}", m.chunks[0].hash));
-    let br = send(Method::GET, &url, &[("accept-encoding", "gzip, br")], Bytes::new()).await;
+    let br = send(
+        Method::GET,
+        &url,
+        &[("accept-encoding", "gzip, br")],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(br.status, StatusCode::OK);
     assert_eq!(br.header("content-encoding"), "br");
-    assert_eq!(br.header("cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(
+        br.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
     assert!(br.body.len() < m.chunks[0].size as usize / 4);
     let raw = get(&url).await;
     assert_eq!(raw.header("content-encoding"), "");
@@ -77,10 +114,23 @@ async fn a_new_version_with_an_insertion_shares_most_chunks() {
     v2.splice(4 << 20..4 << 20, noise(1000, 7));
     let r1 = node.client.put_bytes("release.tar", v1).await.unwrap();
     assert_eq!(r1.new_chunks, r1.chunks);
-    let r2 = node.client.put_bytes("release.tar", v2.clone()).await.unwrap();
+    let r2 = node
+        .client
+        .put_bytes("release.tar", v2.clone())
+        .await
+        .unwrap();
     assert!(r2.chunks > 200, "{} chunks", r2.chunks);
-    assert!(r2.new_chunks <= 3, "{} of {} chunks were new", r2.new_chunks, r2.chunks);
-    assert!(r2.stored_bytes_added < 200_000, "{} bytes added", r2.stored_bytes_added);
+    assert!(
+        r2.new_chunks <= 3,
+        "{} of {} chunks were new",
+        r2.new_chunks,
+        r2.chunks
+    );
+    assert!(
+        r2.stored_bytes_added < 200_000,
+        "{} bytes added",
+        r2.stored_bytes_added
+    );
     assert!(get(&node.url("/api/v1/files/release.tar")).await.body == v2);
     let stats = node.client.stats().await.unwrap();
     assert_eq!(stats.objects, 1);
@@ -99,19 +149,40 @@ async fn delete_reclaims_unshared_chunks_only() {
     node.client.put_bytes("b.bin", b.clone()).await.unwrap();
     let before = node.client.stats().await.unwrap();
 
-    let r = send(Method::DELETE, &node.url("/api/v1/files/a.bin"), &[], Bytes::new()).await;
+    let r = send(
+        Method::DELETE,
+        &node.url("/api/v1/files/a.bin"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(get(&node.url("/api/v1/files/a.bin")).await.status, StatusCode::NOT_FOUND);
-    let r = send(Method::DELETE, &node.url("/api/v1/files/a.bin"), &[], Bytes::new()).await;
+    assert_eq!(
+        get(&node.url("/api/v1/files/a.bin")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = send(
+        Method::DELETE,
+        &node.url("/api/v1/files/a.bin"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     let after = node.client.stats().await.unwrap();
     assert_eq!(after.objects, 1);
     // Roughly a's own 6 MiB are gone from the index and from the disk.
     let freed_unique = before.unique_bytes - after.unique_bytes;
-    assert!((5 << 20..7 << 20).contains(&freed_unique), "freed {freed_unique} unique bytes");
+    assert!(
+        (5 << 20..7 << 20).contains(&freed_unique),
+        "freed {freed_unique} unique bytes"
+    );
     let freed_disk = before.stored_bytes - after.stored_bytes;
-    assert!(freed_disk > 4 << 20, "only {freed_disk} bytes freed on disk");
+    assert!(
+        freed_disk > 4 << 20,
+        "only {freed_disk} bytes freed on disk"
+    );
     // b, which shares a's first chunks, is intact.
     assert!(get(&node.url("/api/v1/files/b.bin")).await.body == b);
     node.stop().await;
@@ -135,10 +206,19 @@ async fn post_stores_under_a_generated_id() {
 async fn list_by_prefix() {
     let node = Node::start(|_| {}).await;
     for p in ["img/a.png", "img/b.png", "imgx/c.png", "js/app.js"] {
-        node.client.put_bytes(p, p.as_bytes().to_vec()).await.unwrap();
+        node.client
+            .put_bytes(p, p.as_bytes().to_vec())
+            .await
+            .unwrap();
     }
     let r = get(&node.url("/api/v1/files?prefix=img%2F")).await;
-    let paths: Vec<String> = r.json().as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().into()).collect();
+    let paths: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().into())
+        .collect();
     assert_eq!(paths, ["img/a.png", "img/b.png"]);
     assert_eq!(r.json()[0]["size"], 9);
     let all = get(&node.url("/api/v1/files")).await;
@@ -155,11 +235,27 @@ async fn ranges_and_conditional_requests() {
     let n = data.len();
     let cases: &[(&str, StatusCode, Option<(usize, usize)>)] = &[
         ("bytes=0-0", StatusCode::PARTIAL_CONTENT, Some((0, 1))),
-        ("bytes=100-199", StatusCode::PARTIAL_CONTENT, Some((100, 200))),
-        ("bytes=16000-70000", StatusCode::PARTIAL_CONTENT, Some((16000, 70001))),
-        ("bytes=299990-", StatusCode::PARTIAL_CONTENT, Some((299_990, n))),
+        (
+            "bytes=100-199",
+            StatusCode::PARTIAL_CONTENT,
+            Some((100, 200)),
+        ),
+        (
+            "bytes=16000-70000",
+            StatusCode::PARTIAL_CONTENT,
+            Some((16000, 70001)),
+        ),
+        (
+            "bytes=299990-",
+            StatusCode::PARTIAL_CONTENT,
+            Some((299_990, n)),
+        ),
         ("bytes=-10", StatusCode::PARTIAL_CONTENT, Some((n - 10, n))),
-        ("bytes=299999-400000", StatusCode::PARTIAL_CONTENT, Some((n - 1, n))),
+        (
+            "bytes=299999-400000",
+            StatusCode::PARTIAL_CONTENT,
+            Some((n - 1, n)),
+        ),
         ("bytes=300000-", StatusCode::RANGE_NOT_SATISFIABLE, None),
         ("bytes=-0", StatusCode::RANGE_NOT_SATISFIABLE, None),
         ("bytes=abc", StatusCode::RANGE_NOT_SATISFIABLE, None),
@@ -174,12 +270,19 @@ async fn ranges_and_conditional_requests() {
             Some((a, b)) => {
                 assert!(r.body[..] == data[a..b], "{range}: wrong bytes");
                 if status == StatusCode::PARTIAL_CONTENT {
-                    assert_eq!(r.header("content-range"), format!("bytes {a}-{}/{n}", b - 1), "{range}");
+                    assert_eq!(
+                        r.header("content-range"),
+                        format!("bytes {a}-{}/{n}", b - 1),
+                        "{range}"
+                    );
                 }
             }
             None => {
                 assert_eq!(r.header("content-range"), format!("bytes */{n}"), "{range}");
-                assert!(r.json()["error"].as_str().unwrap().contains("Range"), "{range}");
+                assert!(
+                    r.json()["error"].as_str().unwrap().contains("Range"),
+                    "{range}"
+                );
             }
         }
     }
@@ -187,12 +290,24 @@ async fn ranges_and_conditional_requests() {
     let lm = get(&url).await.header("last-modified").to_string();
     let cond: &[(&str, String, StatusCode)] = &[
         ("if-none-match", etag.clone(), StatusCode::NOT_MODIFIED),
-        ("if-none-match", format!("\"nope\", W/{etag}"), StatusCode::NOT_MODIFIED),
+        (
+            "if-none-match",
+            format!("\"nope\", W/{etag}"),
+            StatusCode::NOT_MODIFIED,
+        ),
         ("if-none-match", "*".into(), StatusCode::NOT_MODIFIED),
         ("if-none-match", "\"other\"".into(), StatusCode::OK),
         ("if-modified-since", lm.clone(), StatusCode::NOT_MODIFIED),
-        ("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT".into(), StatusCode::OK),
-        ("if-match", "\"other\"".into(), StatusCode::PRECONDITION_FAILED),
+        (
+            "if-modified-since",
+            "Sat, 01 Jan 2000 00:00:00 GMT".into(),
+            StatusCode::OK,
+        ),
+        (
+            "if-match",
+            "\"other\"".into(),
+            StatusCode::PRECONDITION_FAILED,
+        ),
         ("if-match", etag.clone(), StatusCode::OK),
     ];
     for (name, value, status) in cond {
@@ -204,9 +319,21 @@ async fn ranges_and_conditional_requests() {
         }
     }
     // If-Range: the range applies only while the validator still matches.
-    let r = send(Method::GET, &url, &[("range", "bytes=0-9"), ("if-range", &etag)], Bytes::new()).await;
+    let r = send(
+        Method::GET,
+        &url,
+        &[("range", "bytes=0-9"), ("if-range", &etag)],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
-    let r = send(Method::GET, &url, &[("range", "bytes=0-9"), ("if-range", "\"stale\"")], Bytes::new()).await;
+    let r = send(
+        Method::GET,
+        &url,
+        &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body.len(), n);
     node.stop().await;
@@ -223,48 +350,199 @@ async fn bad_input_gets_a_clear_error() {
     let long = format!("/api/v1/files/{}", "a".repeat(1025));
     let big = vec![0u8; (1 << 20) + 1];
     let cases: Vec<(Method, String, Vec<(&str, &str)>, Vec<u8>, StatusCode, &str)> = vec![
-        (Method::PUT, "/api/v1/files/a/../b".into(), vec![auth], b"x".to_vec(), StatusCode::BAD_REQUEST, "'..'"),
-        (Method::GET, "/api/v1/files/a/./b".into(), vec![], vec![], StatusCode::BAD_REQUEST, "'.'"),
-        (Method::PUT, "/api/v1/files/a//b".into(), vec![auth], b"x".to_vec(), StatusCode::BAD_REQUEST, "empty segment"),
-        (Method::PUT, "/api/v1/files/a/".into(), vec![auth], b"x".to_vec(), StatusCode::BAD_REQUEST, "empty segment"),
-        (Method::PUT, "/api/v1/files/a%00b".into(), vec![auth], b"x".to_vec(), StatusCode::BAD_REQUEST, "control"),
-        (Method::PUT, "/api/v1/files/%2e%2e/x".into(), vec![auth], b"x".to_vec(), StatusCode::BAD_REQUEST, "'..'"),
-        (Method::PUT, "/api/v1/files/%ff".into(), vec![auth], b"x".to_vec(), StatusCode::BAD_REQUEST, "UTF-8"),
-        (Method::PUT, long.clone(), vec![auth], b"x".to_vec(), StatusCode::BAD_REQUEST, "1025 bytes"),
-        (Method::PUT, "/api/v1/files/big".into(), vec![auth], big.clone(), StatusCode::PAYLOAD_TOO_LARGE, "limit"),
-        (Method::PUT, "/api/v1/files/x".into(), vec![], b"x".to_vec(), StatusCode::UNAUTHORIZED, "Bearer"),
-        (Method::PUT, "/api/v1/files/x".into(), vec![("authorization", "Bearer wrong")], b"x".to_vec(), StatusCode::UNAUTHORIZED, "token"),
-        (Method::DELETE, "/api/v1/files/x".into(), vec![], vec![], StatusCode::UNAUTHORIZED, "Bearer"),
-        (Method::POST, "/api/v1/files".into(), vec![], b"x".to_vec(), StatusCode::UNAUTHORIZED, "Bearer"),
-        (Method::GET, "/api/v1/files/missing".into(), vec![], vec![], StatusCode::NOT_FOUND, "missing"),
-        (Method::GET, "/api/v1/manifests/missing".into(), vec![], vec![], StatusCode::NOT_FOUND, "missing"),
-        (Method::GET, "/api/v1/chunks/xyz".into(), vec![], vec![], StatusCode::BAD_REQUEST, "64 hex"),
-        (Method::GET, format!("/api/v1/chunks/{}", ChunkHash::of(b"none")), vec![], vec![], StatusCode::NOT_FOUND, "no chunk"),
-        (Method::GET, "/nope".into(), vec![], vec![], StatusCode::NOT_FOUND, "no such endpoint"),
-        (Method::PATCH, "/api/v1/files/x".into(), vec![auth], vec![], StatusCode::METHOD_NOT_ALLOWED, "allowed"),
+        (
+            Method::PUT,
+            "/api/v1/files/a/../b".into(),
+            vec![auth],
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "'..'",
+        ),
+        (
+            Method::GET,
+            "/api/v1/files/a/./b".into(),
+            vec![],
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "'.'",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/files/a//b".into(),
+            vec![auth],
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "empty segment",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/files/a/".into(),
+            vec![auth],
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "empty segment",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/files/a%00b".into(),
+            vec![auth],
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "control",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/files/%2e%2e/x".into(),
+            vec![auth],
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "'..'",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/files/%ff".into(),
+            vec![auth],
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "UTF-8",
+        ),
+        (
+            Method::PUT,
+            long.clone(),
+            vec![auth],
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "1025 bytes",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/files/big".into(),
+            vec![auth],
+            big.clone(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limit",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/files/x".into(),
+            vec![],
+            b"x".to_vec(),
+            StatusCode::UNAUTHORIZED,
+            "Bearer",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/files/x".into(),
+            vec![("authorization", "Bearer wrong")],
+            b"x".to_vec(),
+            StatusCode::UNAUTHORIZED,
+            "token",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/files/x".into(),
+            vec![],
+            vec![],
+            StatusCode::UNAUTHORIZED,
+            "Bearer",
+        ),
+        (
+            Method::POST,
+            "/api/v1/files".into(),
+            vec![],
+            b"x".to_vec(),
+            StatusCode::UNAUTHORIZED,
+            "Bearer",
+        ),
+        (
+            Method::GET,
+            "/api/v1/files/missing".into(),
+            vec![],
+            vec![],
+            StatusCode::NOT_FOUND,
+            "missing",
+        ),
+        (
+            Method::GET,
+            "/api/v1/manifests/missing".into(),
+            vec![],
+            vec![],
+            StatusCode::NOT_FOUND,
+            "missing",
+        ),
+        (
+            Method::GET,
+            "/api/v1/chunks/xyz".into(),
+            vec![],
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "64 hex",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/chunks/{}", ChunkHash::of(b"none")),
+            vec![],
+            vec![],
+            StatusCode::NOT_FOUND,
+            "no chunk",
+        ),
+        (
+            Method::GET,
+            "/nope".into(),
+            vec![],
+            vec![],
+            StatusCode::NOT_FOUND,
+            "no such endpoint",
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/files/x".into(),
+            vec![auth],
+            vec![],
+            StatusCode::METHOD_NOT_ALLOWED,
+            "allowed",
+        ),
     ];
     for (method, path, headers, body, status, mention) in cases {
         let r = send(method.clone(), &node.url(&path), &headers, body).await;
         assert_eq!(r.status, status, "{method} {path:.60}");
         let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
-        assert!(msg.contains(mention), "{method} {path:.60}: {msg:?} does not mention {mention:?}");
+        assert!(
+            msg.contains(mention),
+            "{method} {path:.60}: {msg:?} does not mention {mention:?}"
+        );
     }
     // A body over the limit without Content-Length is cut off while streaming.
-    let stream = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![1u8; 100_000])))));
+    let stream = futures_util::stream::iter((0..20).map(|_| {
+        Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![1u8; 100_000])))
+    }));
     let body = http_body_util::StreamBody::new(stream);
     let client: hyper_util::client::legacy::Client<_, _> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let req = http::Request::put(node.url("/api/v1/files/streamed")).header("authorization", "Bearer secret").body(body).unwrap();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = http::Request::put(node.url("/api/v1/files/streamed"))
+        .header("authorization", "Bearer secret")
+        .body(body)
+        .unwrap();
     match client.request(req).await {
         Ok(r) => assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE),
         Err(e) => panic!("expected a 413, got {e}"),
     }
     // Nothing refused was stored, and reads need no token.
     assert_eq!(node.client.stats().await.unwrap().objects, 0);
-    let ok = send(Method::PUT, &node.url("/api/v1/files/ok"), &[auth], b"fine".to_vec()).await;
+    let ok = send(
+        Method::PUT,
+        &node.url("/api/v1/files/ok"),
+        &[auth],
+        b"fine".to_vec(),
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::CREATED);
     assert_eq!(get(&node.url("/api/v1/files/ok")).await.body, "fine");
-    assert_eq!(get(&node.url("/api/v1/files/big")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&node.url("/api/v1/files/big")).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(get(&node.url("/healthz")).await.status, StatusCode::OK);
     node.stop().await;
 }
@@ -273,18 +551,28 @@ async fn bad_input_gets_a_clear_error() {
 async fn a_flipped_byte_on_disk_is_never_served() {
     let node = Node::start(|_| {}).await;
     let small = noise(100_000, 11); // a handful of chunks, stored raw (incompressible)
-    node.client.put_bytes("small.bin", small.clone()).await.unwrap();
+    node.client
+        .put_bytes("small.bin", small.clone())
+        .await
+        .unwrap();
     let big = noise(3 << 20, 12); // ~190 chunks: corruption far from the start
     node.client.put_bytes("big.bin", big.clone()).await.unwrap();
     let flip = |pack: &std::path::Path, at: u64| {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(pack).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(pack)
+            .unwrap();
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, at).unwrap();
         f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
     };
     // Each upload wrote its own pack; tell them apart by size.
-    let mut packs: Vec<_> = std::fs::read_dir(node.packs_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut packs: Vec<_> = std::fs::read_dir(node.packs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
     assert_eq!(packs.len(), 2);
     flip(&packs[0], 50_000);
@@ -294,22 +582,40 @@ async fn a_flipped_byte_on_disk_is_never_served() {
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(r.json()["error"].as_str().unwrap().contains("integrity"));
     let m = node.client.manifest("small.bin").await.unwrap().unwrap();
-    let bad_chunk = m.chunks.iter().find(|c| c.offset <= 50_000 && 50_000 < c.offset + c.size as u64);
+    let bad_chunk = m
+        .chunks
+        .iter()
+        .find(|c| c.offset <= 50_000 && 50_000 < c.offset + c.size as u64);
     assert!(bad_chunk.is_some() || m.chunks.len() > 1);
     let statuses: Vec<StatusCode> = {
         let mut v = Vec::new();
         for c in &m.chunks {
-            v.push(get(&node.url(&format!("/api/v1/chunks/{}", c.hash))).await.status);
+            v.push(
+                get(&node.url(&format!("/api/v1/chunks/{}", c.hash)))
+                    .await
+                    .status,
+            );
         }
         v
     };
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::INTERNAL_SERVER_ERROR).count(), 1, "{statuses:?}");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::INTERNAL_SERVER_ERROR)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
 
     // Corruption deep in a big file: the reply starts, then the body is cut before the bad
     // chunk; the client never receives the whole, let alone wrong bytes.
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let resp = client.get(node.url("/api/v1/files/big.bin").parse().unwrap()).await.unwrap();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = client
+        .get(node.url("/api/v1/files/big.bin").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let mut got = Vec::new();
@@ -326,10 +632,18 @@ async fn a_flipped_byte_on_disk_is_never_served() {
     }
     assert!(failed, "the body completed although a chunk was corrupt");
     assert!(got.len() < 2_900_000, "{} bytes delivered", got.len());
-    assert!(got[..] == big[..got.len()], "delivered bytes differ from the file");
+    assert!(
+        got[..] == big[..got.len()],
+        "delivered bytes differ from the file"
+    );
 
     let text = get(&node.url("/metrics")).await;
-    assert!(metric(std::str::from_utf8(&text.body).unwrap(), "tessera_origin_corrupt_chunks_total") >= 3.0);
+    assert!(
+        metric(
+            std::str::from_utf8(&text.body).unwrap(),
+            "tessera_origin_corrupt_chunks_total"
+        ) >= 3.0
+    );
     node.stop().await;
 }
 
@@ -348,7 +662,10 @@ async fn metrics_and_stats_report_storage() {
     assert!((s.efficiency - s.logical_bytes as f64 / s.stored_bytes as f64).abs() < 1e-9);
     let m = get(&node.url("/metrics")).await;
     let m = std::str::from_utf8(&m.body).unwrap();
-    assert_eq!(metric(m, "tessera_origin_ingested_bytes_total"), 2.0 * text.len() as f64);
+    assert_eq!(
+        metric(m, "tessera_origin_ingested_bytes_total"),
+        2.0 * text.len() as f64
+    );
     assert_eq!(metric(m, "tessera_origin_objects"), 2.0);
     assert!(metric(m, "tessera_origin_dedup_ratio") >= 2.0);
     assert!(m.contains("tessera_origin_request_duration_seconds_bucket{op=\"put\""));

@@ -13,7 +13,10 @@ use tessera_origin::{Store, StoreConfig};
 #[test]
 fn collection_spares_chunks_pinned_by_an_upload_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig { batch_bytes: 64 * 1024, ..Default::default() };
+    let cfg = StoreConfig {
+        batch_bytes: 64 * 1024,
+        ..Default::default()
+    };
     let store = Store::open(dir.path(), cfg).unwrap();
     let x = noise(4 << 20, 3);
 
@@ -25,14 +28,22 @@ fn collection_spares_chunks_pinned_by_an_upload_in_flight() {
     let mut up_b = store.upload();
     up_b.write(&x[..3 << 20]).unwrap(); // batches processed: a's chunks are found and pinned
     // The chunker holds back at most one maximum-size chunk; everything before was seen.
-    let seen: Vec<_> = a.chunks.iter().filter(|c| c.offset + u64::from(c.size) + 65536 <= 3 << 20).collect();
+    let seen: Vec<_> = a
+        .chunks
+        .iter()
+        .filter(|c| c.offset + u64::from(c.size) + 65536 <= 3 << 20)
+        .collect();
 
     assert!(store.delete("a").unwrap());
     let gc = store.collect_garbage().unwrap();
     // Only chunks the upload has not reached yet may go.
     assert!(gc.chunks <= (a.chunks.len() - seen.len()) as u64, "{gc:?}");
     for c in &seen {
-        assert!(store.read_chunk(&c.hash).unwrap().is_some(), "pinned chunk {} was collected", c.hash);
+        assert!(
+            store.read_chunk(&c.hash).unwrap().is_some(),
+            "pinned chunk {} was collected",
+            c.hash
+        );
     }
 
     up_b.write(&x[3 << 20..]).unwrap();
@@ -43,21 +54,39 @@ fn collection_spares_chunks_pinned_by_an_upload_in_flight() {
     let m = store.manifest("b").unwrap().unwrap();
     let mut joined = Vec::new();
     for c in &m.chunks {
-        joined.extend_from_slice(&store.read_chunk(&c.hash).unwrap().expect("chunk collected under an upload"));
+        joined.extend_from_slice(
+            &store
+                .read_chunk(&c.hash)
+                .unwrap()
+                .expect("chunk collected under an upload"),
+        );
     }
     assert!(joined == x);
     // Once nothing references them, the same chunks are collected.
     assert!(store.delete("b").unwrap());
     let gc = store.collect_garbage().unwrap();
     assert_eq!(gc.chunks, m.chunks.len() as u64);
-    assert!(std::fs::read_dir(store.packs_dir()).unwrap().next().is_none(), "packs left after everything was deleted");
+    assert!(
+        std::fs::read_dir(store.packs_dir())
+            .unwrap()
+            .next()
+            .is_none(),
+        "packs left after everything was deleted"
+    );
 }
 
 /// An abandoned upload unpins what it pinned, so the chunks can be collected later.
 #[test]
 fn an_abandoned_upload_releases_its_pins() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig { batch_bytes: 64 * 1024, ..Default::default() }).unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            batch_bytes: 64 * 1024,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let x = noise(1 << 20, 4);
     let mut up = store.upload();
     up.write(&x).unwrap();
@@ -71,7 +100,12 @@ fn an_abandoned_upload_releases_its_pins() {
     assert!(store.collect_garbage().unwrap().chunks <= 1);
     drop(half);
     assert!(store.collect_garbage().unwrap().chunks >= total - 1);
-    assert!(std::fs::read_dir(store.packs_dir()).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(store.packs_dir())
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 /// The same race through HTTP, many times with real concurrency: DELETE of `a` and PUT of

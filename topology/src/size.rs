@@ -5,9 +5,13 @@
 /// as in nginx.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size: expected a number and a unit such as 256MiB"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: expected a number and a unit such as 256MiB"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "k" | "KiB" => 1 << 10,
@@ -18,7 +22,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        u => return Err(format!("unknown size unit {u:?} in {s:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")),
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            ));
+        }
     };
     let v = n * mult as f64;
     if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {

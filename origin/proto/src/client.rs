@@ -142,12 +142,17 @@ impl OriginClient {
     /// A client for the origin at `base` (`http://host:port`), sending `token` on writes.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_string();
-        let uri: http::Uri = base.parse().map_err(|e: http::uri::InvalidUri| ClientError::BadUrl {
-            url: base.clone(),
-            why: e.to_string(),
-        })?;
+        let uri: http::Uri =
+            base.parse()
+                .map_err(|e: http::uri::InvalidUri| ClientError::BadUrl {
+                    url: base.clone(),
+                    why: e.to_string(),
+                })?;
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(ClientError::BadUrl { url: base, why: "expected http://HOST:PORT".into() });
+            return Err(ClientError::BadUrl {
+                url: base,
+                why: "expected http://HOST:PORT".into(),
+            });
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -169,67 +174,104 @@ impl OriginClient {
         extra: &[(header::HeaderName, String)],
     ) -> Result<(http::response::Parts, Bytes), ClientError> {
         let mut req = Request::builder().method(method.clone()).uri(&url);
-        if method != Method::GET {
-            if let Some(t) = &self.token {
-                req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-            }
+        if method != Method::GET
+            && let Some(t) = &self.token
+        {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         for (k, v) in extra {
             req = req.header(k, v);
         }
-        let req = req.body(body).map_err(|e| ClientError::BadUrl { url: url.clone(), why: e.to_string() })?;
+        let req = req.body(body).map_err(|e| ClientError::BadUrl {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
         let resp = self
             .http
             .request(req)
             .await
-            .map_err(|e| ClientError::Transport { url: url.clone(), source: Box::new(e) })?;
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                source: Box::new(e),
+            })?;
         let (parts, body) = resp.into_parts();
         let bytes = body
             .collect()
             .await
-            .map_err(|e| ClientError::Transport { url: url.clone(), source: Box::new(e) })?
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                source: Box::new(e),
+            })?
             .to_bytes();
         if !parts.status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Status { url, status: parts.status, message });
+            return Err(ClientError::Status {
+                url,
+                status: parts.status,
+                message,
+            });
         }
         Ok((parts, bytes))
     }
 
     fn json<T: serde::de::DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, ClientError> {
-        serde_json::from_slice(bytes).map_err(|e| ClientError::Malformed { url: url.to_string(), why: e.to_string() })
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Malformed {
+            url: url.to_string(),
+            why: e.to_string(),
+        })
     }
 
     /// Publishes `body` at `path` (`PUT /api/v1/files/{path}`).
-    pub async fn put_file(&self, path: &str, body: UploadBody) -> Result<PublishReply, ClientError> {
+    pub async fn put_file(
+        &self,
+        path: &str,
+        body: UploadBody,
+    ) -> Result<PublishReply, ClientError> {
         let url = format!("{}/api/v1/files/{}", self.base, encode_path(path));
         let (_, bytes) = self.send(Method::PUT, url.clone(), body, &[]).await?;
         Self::json(&url, &bytes)
     }
 
     /// Publishes an in-memory body at `path`.
-    pub async fn put_bytes(&self, path: &str, data: impl Into<Bytes>) -> Result<PublishReply, ClientError> {
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        data: impl Into<Bytes>,
+    ) -> Result<PublishReply, ClientError> {
         self.put_file(path, full(data.into())).await
     }
 
     /// The storage figures (`GET /api/v1/stats`).
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         let url = format!("{}/api/v1/stats", self.base);
-        let (_, bytes) = self.send(Method::GET, url.clone(), full(Bytes::new()), &[]).await?;
+        let (_, bytes) = self
+            .send(Method::GET, url.clone(), full(Bytes::new()), &[])
+            .await?;
         Self::json(&url, &bytes)
     }
 
     /// The manifest of the file at `path`, checked; `None` when nothing is published there.
     pub async fn manifest(&self, path: &str) -> Result<Option<Manifest>, ClientError> {
         let url = format!("{}/api/v1/manifests/{}", self.base, encode_path(path));
-        match self.send(Method::GET, url.clone(), full(Bytes::new()), &[]).await {
-            Ok((_, bytes)) => Manifest::from_json(&bytes)
-                .map(Some)
-                .map_err(|e| ClientError::Malformed { url, why: e.to_string() }),
-            Err(ClientError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
+        match self
+            .send(Method::GET, url.clone(), full(Bytes::new()), &[])
+            .await
+        {
+            Ok((_, bytes)) => {
+                Manifest::from_json(&bytes)
+                    .map(Some)
+                    .map_err(|e| ClientError::Malformed {
+                        url,
+                        why: e.to_string(),
+                    })
+            }
+            Err(ClientError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -239,20 +281,36 @@ impl OriginClient {
     pub async fn chunk(&self, hash: ChunkHash) -> Result<Bytes, ClientError> {
         let url = format!("{}/api/v1/chunks/{hash}", self.base);
         let (parts, bytes) = self
-            .send(Method::GET, url.clone(), full(Bytes::new()), &[(header::ACCEPT_ENCODING, "br".into())])
+            .send(
+                Method::GET,
+                url.clone(),
+                full(Bytes::new()),
+                &[(header::ACCEPT_ENCODING, "br".into())],
+            )
             .await?;
-        let data = match parts.headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()) {
+        let data = match parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.as_bytes())
+        {
             None | Some(b"identity") => bytes,
             Some(b"br") => {
                 let mut out = Vec::new();
-                brotli::BrotliDecompress(&mut &bytes[..], &mut out)
-                    .map_err(|e| ClientError::Malformed { url: url.clone(), why: format!("brotli: {e}") })?;
+                brotli::BrotliDecompress(&mut &bytes[..], &mut out).map_err(|e| {
+                    ClientError::Malformed {
+                        url: url.clone(),
+                        why: format!("brotli: {e}"),
+                    }
+                })?;
                 Bytes::from(out)
             }
             Some(other) => {
                 return Err(ClientError::Malformed {
                     url,
-                    why: format!("unknown Content-Encoding {:?}", String::from_utf8_lossy(other)),
+                    why: format!(
+                        "unknown Content-Encoding {:?}",
+                        String::from_utf8_lossy(other)
+                    ),
                 });
             }
         };

@@ -56,7 +56,9 @@ impl FromStr for ChunkHash {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // blake3 accepts upper case too; the canonical form we print is lower case.
-        blake3::Hash::from_hex(s).map(Self::from).map_err(|_| BadHash)
+        blake3::Hash::from_hex(s)
+            .map(Self::from)
+            .map_err(|_| BadHash)
     }
 }
 

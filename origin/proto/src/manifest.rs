@@ -86,15 +86,24 @@ impl Manifest {
         let mut at = 0u64;
         for (index, c) in self.chunks.iter().enumerate() {
             if c.size == 0 {
-                return Err(ManifestError::Chunks { index, why: "size is 0" });
+                return Err(ManifestError::Chunks {
+                    index,
+                    why: "size is 0",
+                });
             }
             if c.offset != at {
-                return Err(ManifestError::Chunks { index, why: "offset does not follow the previous chunk" });
+                return Err(ManifestError::Chunks {
+                    index,
+                    why: "offset does not follow the previous chunk",
+                });
             }
             at += u64::from(c.size);
         }
         if at != self.size {
-            return Err(ManifestError::Chunks { index: self.chunks.len(), why: "chunk sizes do not add up to the file size" });
+            return Err(ManifestError::Chunks {
+                index: self.chunks.len(),
+                why: "chunk sizes do not add up to the file size",
+            });
         }
         Ok(())
     }
@@ -104,7 +113,9 @@ impl Manifest {
         if start >= end {
             return 0..0;
         }
-        let first = self.chunks.partition_point(|c| c.offset + u64::from(c.size) <= start);
+        let first = self
+            .chunks
+            .partition_point(|c| c.offset + u64::from(c.size) <= start);
         let last = self.chunks.partition_point(|c| c.offset < end);
         first..last
     }
@@ -118,7 +129,11 @@ mod tests {
         let chunks = [10u32, 20, 5]
             .iter()
             .scan(0u64, |at, &size| {
-                let c = ManifestChunk { hash: ChunkHash::of(&at.to_le_bytes()), offset: *at, size };
+                let c = ManifestChunk {
+                    hash: ChunkHash::of(&at.to_le_bytes()),
+                    offset: *at,
+                    size,
+                };
                 *at += u64::from(size);
                 Some(c)
             })
@@ -142,10 +157,16 @@ mod tests {
 
         let mut bad = m.clone();
         bad.size = 36;
-        assert!(matches!(bad.check(), Err(ManifestError::Chunks { index: 3, .. })));
+        assert!(matches!(
+            bad.check(),
+            Err(ManifestError::Chunks { index: 3, .. })
+        ));
         let mut bad = m.clone();
         bad.chunks[1].offset = 11;
-        assert!(matches!(bad.check(), Err(ManifestError::Chunks { index: 1, .. })));
+        assert!(matches!(
+            bad.check(),
+            Err(ManifestError::Chunks { index: 1, .. })
+        ));
         let mut bad = m;
         bad.format = 2;
         assert!(matches!(bad.check(), Err(ManifestError::Format(2))));

@@ -63,6 +63,9 @@ mod tests {
         assert_eq!(validate_path("./b"), Err(PathError::DotSegment));
         assert_eq!(validate_path("a\0b"), Err(PathError::ControlChar));
         assert_eq!(validate_path(&"a".repeat(1024)), Ok(()));
-        assert_eq!(validate_path(&"a".repeat(1025)), Err(PathError::TooLong(1025)));
+        assert_eq!(
+            validate_path(&"a".repeat(1025)),
+            Err(PathError::TooLong(1025))
+        );
     }
 }

@@ -51,7 +51,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), headers: Vec::new() }
+        Self {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+        }
     }
 
     fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
@@ -75,12 +79,16 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::Corrupt { hash, .. } => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("chunk {hash} failed its integrity check and was not served"))
-            }
+            StoreError::Corrupt { hash, .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("chunk {hash} failed its integrity check and was not served"),
+            ),
             _ => {
                 error!(error = %e, "store error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal storage error: {e}"))
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal storage error: {e}"),
+                )
             }
         }
     }
@@ -106,15 +114,24 @@ fn json_reply(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
 }
 
 /// Runs `f` on a blocking thread (the store does file I/O).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal task failed: {e}")))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal task failed: {e}"),
+        )
+    })
 }
 
 /// Serves the origin API on `listener` until `shutdown` completes, then lets requests in
 /// flight finish (up to 30 s).
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -148,7 +165,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         }
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("connections still open 30 s after shutdown; closing them");
     }
     Ok(())
@@ -192,8 +212,14 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
     .instrument(span)
     .await;
-    app.metrics.requests.with_label_values(&[op, resp.status().as_str()]).inc();
-    app.metrics.latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .requests
+        .with_label_values(&[op, resp.status().as_str()])
+        .inc();
+    app.metrics
+        .latency
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -201,21 +227,33 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 fn publish_path(raw: &str) -> Result<String, ApiError> {
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "path is not valid UTF-8 once percent-decoded"))?;
-    validate_path(&decoded).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "path is not valid UTF-8 once percent-decoded",
+            )
+        })?;
+    validate_path(&decoded)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))?;
     Ok(decoded.into_owned())
 }
 
 fn method_not_allowed(allow: &'static str) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed here; allowed: {allow}"))
-        .with_header(header::ALLOW, HeaderValue::from_static(allow))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed here; allowed: {allow}"),
+    )
+    .with_header(header::ALLOW, HeaderValue::from_static(allow))
 }
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if path == "/healthz" {
-        return Ok(json_reply(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+        return Ok(json_reply(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        ));
     }
     if path == "/metrics" {
         let store = app.store.clone();
@@ -251,7 +289,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
     if let Some(raw) = path.strip_prefix("/api/v1/files/") {
         let p = publish_path(raw)?;
         return match method {
-            Method::GET | Method::HEAD => get_file(app, p, req.headers(), method == Method::HEAD).await,
+            Method::GET | Method::HEAD => {
+                get_file(app, p, req.headers(), method == Method::HEAD).await
+            }
             Method::PUT => {
                 authorize(app, req.headers())?;
                 publish(app, p, req).await
@@ -266,36 +306,59 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
     if let Some(raw) = path.strip_prefix("/api/v1/manifests/") {
         let p = publish_path(raw)?;
         return match method {
-            Method::GET | Method::HEAD => get_manifest(app, p, req.headers(), method == Method::HEAD).await,
+            Method::GET | Method::HEAD => {
+                get_manifest(app, p, req.headers(), method == Method::HEAD).await
+            }
             _ => Err(method_not_allowed("GET, HEAD")),
         };
     }
     if let Some(raw) = path.strip_prefix("/api/v1/chunks/") {
-        let hash: ChunkHash = raw
-            .parse()
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{raw:?} is not a chunk address (64 hex digits)")))?;
+        let hash: ChunkHash = raw.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{raw:?} is not a chunk address (64 hex digits)"),
+            )
+        })?;
         return match method {
-            Method::GET | Method::HEAD => get_chunk(app, hash, req.headers(), method == Method::HEAD).await,
+            Method::GET | Method::HEAD => {
+                get_chunk(app, hash, req.headers(), method == Method::HEAD).await
+            }
             _ => Err(method_not_allowed("GET, HEAD")),
         };
     }
-    Err(ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")))
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {path}"),
+    ))
 }
 
 /// Checks the bearer token on writes, when the node has one. Compares in constant time.
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &app.config.token else { return Ok(()) };
+    let Some(token) = &app.config.token else {
+        return Ok(());
+    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let ok = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let ok = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if ok {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "writes need the header 'Authorization: Bearer <token>' with this node's token")
-            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera-origin\"")))
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "writes need the header 'Authorization: Bearer <token>' with this node's token",
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tessera-origin\""),
+        ))
     }
 }
 
@@ -309,14 +372,24 @@ enum Piece {
 async fn publish(app: &Arc<App>, path: String, req: Request<Incoming>) -> Reply {
     let limit = app.config.max_body_bytes;
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than this node's limit of {limit} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than this node's limit of {limit} bytes"),
+        )
     };
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
         && len > limit
     {
         return Err(too_large());
     }
-    let content_type = mime_guess::from_path(&path).first_or_octet_stream().essence_str().to_string();
+    let content_type = mime_guess::from_path(&path)
+        .first_or_octet_stream()
+        .essence_str()
+        .to_string();
     let (tx, mut rx) = mpsc::channel::<Piece>(8);
     let store = app.store.clone();
     let target = path.clone();
@@ -337,11 +410,16 @@ async fn publish(app: &Arc<App>, path: String, req: Request<Incoming>) -> Reply 
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
-                refused = Some(ApiError::new(StatusCode::BAD_REQUEST, format!("request body ended early: {e}")));
+                refused = Some(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body ended early: {e}"),
+                ));
                 break;
             }
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         received += data.len() as u64;
         if received > limit {
             refused = Some(too_large());
@@ -355,14 +433,20 @@ async fn publish(app: &Arc<App>, path: String, req: Request<Incoming>) -> Reply 
         let _ = tx.send(Piece::End).await;
     }
     drop(tx);
-    let outcome = ingest
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("ingest task failed: {e}")))?;
+    let outcome = ingest.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("ingest task failed: {e}"),
+        )
+    })?;
     if let Some(e) = refused {
         return Err(e);
     }
     let Some((reply, replaced)) = outcome? else {
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "upload was abandoned"));
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "upload was abandoned",
+        ));
     };
     let m = &app.metrics;
     m.ingested_bytes.inc_by(reply.size);
@@ -374,7 +458,11 @@ async fn publish(app: &Arc<App>, path: String, req: Request<Incoming>) -> Reply 
         let app = app.clone();
         tokio::task::spawn_blocking(move || gc(&app));
     }
-    let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let mut v = serde_json::to_value(&reply).unwrap();
     if path.len() == 32 && v.get("id").is_none() {
         v["id"] = serde_json::Value::String(path.clone());
@@ -394,12 +482,18 @@ async fn delete(app: &Arc<App>, path: String) -> Reply {
     let p = path.clone();
     let existed = blocking(move || store.delete(&p)).await??;
     if !existed {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("nothing is published at {path:?}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("nothing is published at {path:?}"),
+        ));
     }
     // Reclaim before replying, so a 204 means the space is free.
     let a = app.clone();
     blocking(move || gc(&a)).await?;
-    Ok(Response::builder().status(StatusCode::NO_CONTENT).body(empty()).unwrap())
+    Ok(Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(empty())
+        .unwrap())
 }
 
 async fn list(app: &Arc<App>, query: &str) -> Reply {
@@ -417,7 +511,11 @@ async fn list(app: &Arc<App>, query: &str) -> Reply {
 fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|s| !s.is_empty()).map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         (dec(k), dec(v))
     })
 }
@@ -425,14 +523,21 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 async fn load_manifest(app: &Arc<App>, path: String) -> Result<Manifest, ApiError> {
     let store = app.store.clone();
     let p = path.clone();
-    blocking(move || store.manifest(&p))
-        .await??
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("nothing is published at {path:?}")))
+    blocking(move || store.manifest(&p)).await??.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("nothing is published at {path:?}"),
+        )
+    })
 }
 
 /// Validators of a manifest: the quoted whole-file hash and the publish time.
 fn validators(m: &Manifest) -> (String, String, u64) {
-    (format!("\"{}\"", m.blake3), httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m.modified)), m.modified)
+    (
+        format!("\"{}\"", m.blake3),
+        httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m.modified)),
+        m.modified,
+    )
 }
 
 /// Evaluates `If-Match`, `If-None-Match` and `If-Modified-Since` (RFC 9110 §13.2.2 order).
@@ -446,8 +551,13 @@ fn preconditions(headers: &HeaderMap, etag: &str, modified: u64) -> Option<Statu
     if let Some(list) = h(header::IF_NONE_MATCH) {
         return etag_matches(list, etag, true).then_some(StatusCode::NOT_MODIFIED);
     }
-    if let Some(since) = h(header::IF_MODIFIED_SINCE).and_then(|v| httpdate::parse_http_date(v).ok()) {
-        let since = since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if let Some(since) =
+        h(header::IF_MODIFIED_SINCE).and_then(|v| httpdate::parse_http_date(v).ok())
+    {
+        let since = since
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         return (modified <= since).then_some(StatusCode::NOT_MODIFIED);
     }
     None
@@ -465,20 +575,27 @@ async fn get_file(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool)
             .header(header::ACCEPT_RANGES, "bytes")
     };
     match preconditions(headers, &etag, modified) {
-        Some(StatusCode::NOT_MODIFIED) => return Ok(base(StatusCode::NOT_MODIFIED).body(empty()).unwrap()),
+        Some(StatusCode::NOT_MODIFIED) => {
+            return Ok(base(StatusCode::NOT_MODIFIED).body(empty()).unwrap());
+        }
         Some(s) => return Err(ApiError::new(s, "If-Match does not match the current ETag")),
         None => {}
     }
     let mut ask = headers
         .get(header::RANGE)
-        .map(|v| v.to_str().map(|s| parse_range(s, m.size)).unwrap_or(RangeAsk::Malformed))
+        .map(|v| {
+            v.to_str()
+                .map(|s| parse_range(s, m.size))
+                .unwrap_or(RangeAsk::Malformed)
+        })
         .unwrap_or(RangeAsk::Whole);
     // If-Range: a range only applies to the representation the client already has part of.
     if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         let same = if ir.starts_with('"') {
             ir == etag
         } else {
-            httpdate::parse_http_date(ir).is_ok_and(|d| d == UNIX_EPOCH + Duration::from_secs(modified))
+            httpdate::parse_http_date(ir)
+                .is_ok_and(|d| d == UNIX_EPOCH + Duration::from_secs(modified))
         };
         if !same {
             ask = RangeAsk::Whole;
@@ -488,22 +605,39 @@ async fn get_file(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool)
         RangeAsk::Whole => (StatusCode::OK, 0, m.size),
         RangeAsk::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end + 1),
         RangeAsk::Unsatisfiable | RangeAsk::Malformed => {
-            let what = if ask == RangeAsk::Malformed { "malformed" } else { "not satisfiable" };
-            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let what = if ask == RangeAsk::Malformed {
+                "malformed"
+            } else {
+                "not satisfiable"
+            };
+            let range = headers
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             return Err(ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 format!("Range {range:?} is {what} for a file of {} bytes", m.size),
             )
-            .with_header(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{}", m.size)).unwrap()));
+            .with_header(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{}", m.size)).unwrap(),
+            ));
         }
     };
     let mut r = base(status)
         .header(header::CONTENT_TYPE, &m.content_type)
         .header(header::CONTENT_LENGTH, end - start);
     if status == StatusCode::PARTIAL_CONTENT {
-        r = r.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{}", end - 1, m.size));
+        r = r.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{}", end - 1, m.size),
+        );
     }
-    let body = if head { empty() } else { stream_file(app, m, start, end).await? };
+    let body = if head {
+        empty()
+    } else {
+        stream_file(app, m, start, end).await?
+    };
     Ok(r.body(body).unwrap())
 }
 
@@ -574,7 +708,8 @@ async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Resul
             at = group.end;
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     Ok(StreamBody::new(stream).boxed())
 }
 
@@ -596,19 +731,26 @@ async fn get_manifest(app: &Arc<App>, path: String, headers: &HeaderMap, head: b
         };
     }
     let json = serde_json::to_vec(&m).unwrap();
-    let r = base(StatusCode::OK).header(header::CONTENT_TYPE, "application/json").header(header::CONTENT_LENGTH, json.len());
+    let r = base(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, json.len());
     Ok(r.body(if head { empty() } else { full(json) }).unwrap())
 }
 
 async fn get_chunk(app: &Arc<App>, hash: ChunkHash, headers: &HeaderMap, head: bool) -> Reply {
     let store = app.store.clone();
-    let loaded = blocking(move || store.load_chunk(&hash)).await?.inspect_err(|e| {
-        if matches!(e, StoreError::Corrupt { .. }) {
-            app.metrics.corrupt_chunks.inc();
-        }
-    })?;
+    let loaded = blocking(move || store.load_chunk(&hash))
+        .await?
+        .inspect_err(|e| {
+            if matches!(e, StoreError::Corrupt { .. }) {
+                app.metrics.corrupt_chunks.inc();
+            }
+        })?;
     let Some(c) = loaded else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("this node has no chunk {hash}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("this node has no chunk {hash}"),
+        ));
     };
     let etag = format!("\"{hash}\"");
     let r = Response::builder()
@@ -616,12 +758,23 @@ async fn get_chunk(app: &Arc<App>, hash: ChunkHash, headers: &HeaderMap, head: b
         .header(header::CACHE_CONTROL, CHUNK_CACHE_CONTROL)
         .header(header::VARY, "Accept-Encoding")
         .header(header::CONTENT_TYPE, "application/octet-stream");
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|l| etag_matches(l, &etag, true)) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|l| etag_matches(l, &etag, true))
+    {
         return Ok(r.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap());
     }
     let br = c.codec == Codec::Brotli
-        && headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| accepts_encoding(v, "br"));
-    let (r, bytes) = if br { (r.header(header::CONTENT_ENCODING, "br"), c.stored) } else { (r, c.data) };
+        && headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| accepts_encoding(v, "br"));
+    let (r, bytes) = if br {
+        (r.header(header::CONTENT_ENCODING, "br"), c.stored)
+    } else {
+        (r, c.data)
+    };
     let r = r.header(header::CONTENT_LENGTH, bytes.len());
     Ok(r.body(if head { empty() } else { full(bytes) }).unwrap())
 }

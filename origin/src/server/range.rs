@@ -15,37 +15,56 @@ pub enum RangeAsk {
 }
 
 fn num(s: &str) -> Option<u64> {
-    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// Evaluates a `Range` header value against a representation of `size` bytes.
 pub fn parse_range(value: &str, size: u64) -> RangeAsk {
     let value = value.trim();
-    let Some((unit, spec)) = value.split_once('=') else { return RangeAsk::Malformed };
+    let Some((unit, spec)) = value.split_once('=') else {
+        return RangeAsk::Malformed;
+    };
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return RangeAsk::Whole;
     }
     let spec = spec.trim();
     if spec.contains(',') {
         // Each part must still be well-formed, or the header is malformed.
-        let all_ok = spec.split(',').all(|p| !matches!(parse_one(p.trim(), u64::MAX), RangeAsk::Malformed));
-        return if all_ok { RangeAsk::Whole } else { RangeAsk::Malformed };
+        let all_ok = spec
+            .split(',')
+            .all(|p| !matches!(parse_one(p.trim(), u64::MAX), RangeAsk::Malformed));
+        return if all_ok {
+            RangeAsk::Whole
+        } else {
+            RangeAsk::Malformed
+        };
     }
     parse_one(spec, size)
 }
 
 fn parse_one(spec: &str, size: u64) -> RangeAsk {
-    let Some((a, b)) = spec.split_once('-') else { return RangeAsk::Malformed };
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeAsk::Malformed;
+    };
     let (a, b) = (a.trim(), b.trim());
     if a.is_empty() {
         // Suffix: the last `n` bytes.
-        let Some(n) = num(b) else { return RangeAsk::Malformed };
+        let Some(n) = num(b) else {
+            return RangeAsk::Malformed;
+        };
         if n == 0 || size == 0 {
             return RangeAsk::Unsatisfiable;
         }
-        return RangeAsk::Part { start: size.saturating_sub(n), end: size - 1 };
+        return RangeAsk::Part {
+            start: size.saturating_sub(n),
+            end: size - 1,
+        };
     }
-    let Some(start) = num(a) else { return RangeAsk::Malformed };
+    let Some(start) = num(a) else {
+        return RangeAsk::Malformed;
+    };
     let end = if b.is_empty() {
         u64::MAX
     } else {
@@ -57,7 +76,10 @@ fn parse_one(spec: &str, size: u64) -> RangeAsk {
     if start >= size {
         return RangeAsk::Unsatisfiable;
     }
-    RangeAsk::Part { start, end: end.min(size - 1) }
+    RangeAsk::Part {
+        start,
+        end: end.min(size - 1),
+    }
 }
 
 /// Whether an `If-None-Match` / `If-Match` list matches `etag` (quoted). `weak` selects the
@@ -80,7 +102,8 @@ pub fn accepts_encoding(header: &str, coding: &str) -> bool {
         let mut parts = item.split(';').map(str::trim);
         let name = parts.next().unwrap_or("");
         let zero = parts.any(|p| {
-            p.strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().map(|q| q == 0.0).unwrap_or(false))
+            p.strip_prefix("q=")
+                .is_some_and(|q| q.trim().parse::<f32>().map(|q| q == 0.0).unwrap_or(false))
         });
         name.eq_ignore_ascii_case(coding) && !zero
     })
@@ -95,10 +118,16 @@ mod tests {
     fn ranges() {
         assert_eq!(parse_range("bytes=0-9", 100), Part { start: 0, end: 9 });
         assert_eq!(parse_range("bytes=90-", 100), Part { start: 90, end: 99 });
-        assert_eq!(parse_range("bytes=90-200", 100), Part { start: 90, end: 99 });
+        assert_eq!(
+            parse_range("bytes=90-200", 100),
+            Part { start: 90, end: 99 }
+        );
         assert_eq!(parse_range("bytes=-10", 100), Part { start: 90, end: 99 });
         assert_eq!(parse_range("bytes=-200", 100), Part { start: 0, end: 99 });
-        assert_eq!(parse_range(" bytes = 5 - 6 ", 100), Part { start: 5, end: 6 });
+        assert_eq!(
+            parse_range(" bytes = 5 - 6 ", 100),
+            Part { start: 5, end: 6 }
+        );
         assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);

@@ -138,14 +138,19 @@ impl StoredManifest {
         if b.len() < Self::HEAD || b[0] != Self::VERSION {
             return None;
         }
-        Some((u64::from_le_bytes(b[1..9].try_into().ok()?), ChunkHash(b[9..41].try_into().ok()?)))
+        Some((
+            u64::from_le_bytes(b[1..9].try_into().ok()?),
+            ChunkHash(b[9..41].try_into().ok()?),
+        ))
     }
 
     pub fn decode(path: &str, b: &[u8]) -> Option<Manifest> {
         let (size, blake3) = Self::decode_head(b)?;
         let modified = u64::from_le_bytes(b.get(41..49)?.try_into().ok()?);
         let ct_len = u16::from_le_bytes(b.get(49..51)?.try_into().ok()?) as usize;
-        let content_type = std::str::from_utf8(b.get(51..51 + ct_len)?).ok()?.to_string();
+        let content_type = std::str::from_utf8(b.get(51..51 + ct_len)?)
+            .ok()?
+            .to_string();
         let mut at = 51 + ct_len;
         let n = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
         at += 4;
@@ -157,12 +162,24 @@ impl StoredManifest {
             .chunks_exact(36)
             .map(|r| {
                 let size = u32::from_le_bytes(r[32..36].try_into().unwrap());
-                let c = ManifestChunk { hash: ChunkHash(r[..32].try_into().unwrap()), offset, size };
+                let c = ManifestChunk {
+                    hash: ChunkHash(r[..32].try_into().unwrap()),
+                    offset,
+                    size,
+                };
                 offset += u64::from(size);
                 c
             })
             .collect();
-        let m = Manifest { format: MANIFEST_FORMAT, path: path.to_string(), size, blake3, content_type, modified, chunks };
+        let m = Manifest {
+            format: MANIFEST_FORMAT,
+            path: path.to_string(),
+            size,
+            blake3,
+            content_type,
+            modified,
+            chunks,
+        };
         m.check().ok()?;
         Some(m)
     }
@@ -174,7 +191,14 @@ mod tests {
 
     #[test]
     fn encodings_round_trip() {
-        let e = ChunkEntry { pack: 7, offset: 99, stored_len: 5, raw_len: 9, codec: Codec::Brotli, refs: 3 };
+        let e = ChunkEntry {
+            pack: 7,
+            offset: 99,
+            stored_len: 5,
+            raw_len: 9,
+            codec: Codec::Brotli,
+            refs: 3,
+        };
         assert_eq!(ChunkEntry::decode(&e.encode()), Some(e));
         assert_eq!(ChunkEntry::decode(&[0u8; 32]), None);
         let p = PackEntry { total: 10, dead: 4 };
@@ -188,14 +212,26 @@ mod tests {
             content_type: "text/css".into(),
             modified: 1234,
             chunks: vec![
-                ManifestChunk { hash: ChunkHash::of(b"a"), offset: 0, size: 3 },
-                ManifestChunk { hash: ChunkHash::of(b"b"), offset: 3, size: 4 },
+                ManifestChunk {
+                    hash: ChunkHash::of(b"a"),
+                    offset: 0,
+                    size: 3,
+                },
+                ManifestChunk {
+                    hash: ChunkHash::of(b"b"),
+                    offset: 3,
+                    size: 4,
+                },
             ],
         };
         let b = StoredManifest::encode(&m);
         assert_eq!(StoredManifest::decode("x/y.css", &b), Some(m));
         for cut in 0..b.len() {
-            assert_eq!(StoredManifest::decode("x/y.css", &b[..cut]), None, "truncated at {cut}");
+            assert_eq!(
+                StoredManifest::decode("x/y.css", &b[..cut]),
+                None,
+                "truncated at {cut}"
+            );
         }
     }
 }

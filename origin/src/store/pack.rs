@@ -33,7 +33,9 @@ pub fn pack_path(dir: &Path, id: u64) -> PathBuf {
 /// The pack id a file name stands for, if it is a pack's name.
 pub fn parse_pack_name(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(".pack")?;
-    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok()).flatten()
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
 }
 
 /// A pack being written by one upload.
@@ -61,12 +63,23 @@ impl PackWriter {
             out.write_all(MAGIC)?;
             out.write_all(&VERSION.to_le_bytes())?;
             out.write_all(&[0u8; 4])?;
-            return Ok(Self { id, path, out, len: 0 });
+            return Ok(Self {
+                id,
+                path,
+                out,
+                len: 0,
+            });
         }
     }
 
     /// Appends a record; returns its offset in the file.
-    pub fn append(&mut self, hash: &ChunkHash, codec: Codec, raw_len: u32, stored: &[u8]) -> std::io::Result<u64> {
+    pub fn append(
+        &mut self,
+        hash: &ChunkHash,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> std::io::Result<u64> {
         let offset = HEADER_LEN + self.len;
         self.out.write_all(hash.as_bytes())?;
         self.out.write_all(&[codec as u8])?;
@@ -102,10 +115,18 @@ pub fn read_record(file: &File, offset: u64, stored_len: u32) -> std::io::Result
     let raw_len = u32::from_le_bytes(buf[33..37].try_into().unwrap());
     let recorded = u32::from_le_bytes(buf[37..41].try_into().unwrap());
     if recorded != stored_len {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "pack record length differs from the index"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "pack record length differs from the index",
+        ));
     }
     buf.drain(..RECORD_HEAD as usize);
-    Ok(Record { hash, codec, raw_len, stored: buf })
+    Ok(Record {
+        hash,
+        codec,
+        raw_len,
+        stored: buf,
+    })
 }
 
 /// Walks every record of a pack file: `(offset, hash, stored_len)`. Stops at the first
@@ -115,7 +136,10 @@ pub fn scan(file: &File) -> std::io::Result<Vec<(u64, ChunkHash, u32)>> {
     let mut head = [0u8; HEADER_LEN as usize];
     file.read_exact_at(&mut head, 0)?;
     if &head[..8] != MAGIC {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a Tessera pack"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a Tessera pack",
+        ));
     }
     let mut out = Vec::new();
     let mut at = HEADER_LEN;

@@ -24,7 +24,10 @@ pub struct Node {
 impl Node {
     pub async fn start(tweak: impl FnOnce(&mut OriginConfig)) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = OriginConfig { data: dir.path().join("data"), ..Default::default() };
+        let mut cfg = OriginConfig {
+            data: dir.path().join("data"),
+            ..Default::default()
+        };
         tweak(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -37,7 +40,13 @@ impl Node {
             .unwrap();
         });
         let client = OriginClient::new(&format!("http://{addr}"), Some("secret".into())).unwrap();
-        Node { addr, dir, client, stop: Some(stop), task: Some(task) }
+        Node {
+            addr,
+            dir,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -62,25 +71,41 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
 /// Sends one request with the path exactly as written (no normalisation).
-pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
+    let resp = client
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 pub async fn get(url: &str) -> Reply {

@@ -29,8 +29,10 @@ pub struct Args {
 pub async fn run(a: Args) -> Result<()> {
     let mut config = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str::<OriginConfig>(&text).with_context(|| format!("config {}", p.display()))?
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str::<OriginConfig>(&text)
+                .with_context(|| format!("config {}", p.display()))?
         }
         None => OriginConfig::default(),
     };
@@ -48,7 +50,10 @@ pub async fn run(a: Args) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     // The line tests and scripts wait for: the bound address (the port may have been 0).
-    println!("tessera origin listening on http://{addr} (data in {})", config.data.display());
+    println!(
+        "tessera origin listening on http://{addr} (data in {})",
+        config.data.display()
+    );
     tessera_origin::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }

@@ -36,16 +36,28 @@ pub struct Args {
 /// Lists the files to publish with the path each gets.
 fn plan(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
     let prefix = prefix.trim_matches('/');
-    let join = |rel: &str| if prefix.is_empty() { rel.to_string() } else { format!("{prefix}/{rel}") };
-    let meta = std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let join = |rel: &str| {
+        if prefix.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{prefix}/{rel}")
+        }
+    };
+    let meta =
+        std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
     let mut out = Vec::new();
     if meta.is_file() {
-        let name = root.file_name().and_then(|n| n.to_str()).context("the file name is not UTF-8")?;
+        let name = root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the file name is not UTF-8")?;
         out.push((root.to_path_buf(), join(name)));
     } else {
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            for e in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            for e in
+                std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+            {
                 let p = e?.path();
                 let m = match std::fs::metadata(&p) {
                     Ok(m) => m,
@@ -54,20 +66,30 @@ fn plan(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
                         eprintln!("skipping {}: {e}", p.display());
                         continue;
                     }
-                    Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", p.display()));
+                    }
                 };
                 if m.is_dir() {
                     stack.push(p);
                 } else if m.is_file() {
-                    let rel = p.strip_prefix(root)?.to_str().with_context(|| format!("{} is not UTF-8", p.display()))?;
-                    out.push((p.clone(), join(&rel.replace(std::path::MAIN_SEPARATOR, "/"))));
+                    let rel = p
+                        .strip_prefix(root)?
+                        .to_str()
+                        .with_context(|| format!("{} is not UTF-8", p.display()))?;
+                    out.push((
+                        p.clone(),
+                        join(&rel.replace(std::path::MAIN_SEPARATOR, "/")),
+                    ));
                 }
             }
         }
         out.sort_by(|a, b| a.1.cmp(&b.1));
     }
     for (local, path) in &out {
-        validate_path(path).map_err(|e| anyhow::anyhow!("{} cannot be published as {path:?}: {e}", local.display()))?;
+        validate_path(path).map_err(|e| {
+            anyhow::anyhow!("{} cannot be published as {path:?}: {e}", local.display())
+        })?;
     }
     Ok(out)
 }
@@ -83,7 +105,10 @@ fn file_body(file: tokio::fs::File, bar: ProgressBar) -> UploadBody {
                 bar.inc(n as u64);
                 Some((Ok(Frame::data(Bytes::from(buf))), (file, bar)))
             }
-            Err(e) => Some((Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>), (file, bar))),
+            Err(e) => Some((
+                Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+                (file, bar),
+            )),
         }
     });
     BodyExt::boxed(StreamBody::new(stream))
@@ -95,11 +120,16 @@ pub async fn run(a: Args) -> Result<()> {
     if files.is_empty() {
         bail!("{} holds no files to publish", a.path.display());
     }
-    let total: u64 = files.iter().map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let total: u64 = files
+        .iter()
+        .map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-            .unwrap(),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap(),
     );
     // Small work finishes before a bar would help; only draw one for big pushes.
     if total < 64 << 20 && files.len() < 50 {
@@ -112,7 +142,9 @@ pub async fn run(a: Args) -> Result<()> {
             let bar = bar.clone();
             async move {
                 let r = async {
-                    let f = tokio::fs::File::open(&local).await.with_context(|| format!("cannot open {}", local.display()))?;
+                    let f = tokio::fs::File::open(&local)
+                        .await
+                        .with_context(|| format!("cannot open {}", local.display()))?;
                     Ok(client.put_file(&path, file_body(f, bar)).await?)
                 }
                 .await;
@@ -123,7 +155,8 @@ pub async fn run(a: Args) -> Result<()> {
         .collect()
         .await;
     bar.finish_and_clear();
-    let (mut n, mut bytes, mut chunks, mut new_chunks, mut added, mut failed) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut n, mut bytes, mut chunks, mut new_chunks, mut added, mut failed) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for (path, r) in &results {
         match r {
             Ok(rep) => {
@@ -139,9 +172,15 @@ pub async fn run(a: Args) -> Result<()> {
             }
         }
     }
-    let ratio = if added == 0 { f64::INFINITY } else { bytes as f64 / added as f64 };
+    let ratio = if added == 0 {
+        f64::INFINITY
+    } else {
+        bytes as f64 / added as f64
+    };
     println!("published {n} files, {bytes} bytes in {chunks} chunks ({new_chunks} new)");
-    println!("new bytes stored: {added} ({ratio:.2}x smaller than the files, after dedup and compression)");
+    println!(
+        "new bytes stored: {added} ({ratio:.2}x smaller than the files, after dedup and compression)"
+    );
     if let Ok(s) = client.stats().await {
         println!(
             "origin now holds {} files, {} bytes; dedup {:.2}x, compression {:.2}x, overall {:.2}x",
