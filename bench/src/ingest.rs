@@ -22,6 +22,13 @@ pub struct Args {
     /// Work folder (a temporary one on the same disk as the project by default).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// A folder of many small files, published file by file (4 at a time, as `tessera push`
+    /// does) and backed up by restic.
+    #[arg(long, default_value = "/usr/share/doc")]
+    folder: PathBuf,
+    /// Files published at once in the folder workload.
+    #[arg(long, default_value_t = 16)]
+    jobs: usize,
     /// Skip the restic comparison.
     #[arg(long)]
     no_restic: bool,
@@ -114,6 +121,26 @@ fn time(mut f: impl FnMut()) -> Duration {
         n += 1;
     }
     start.elapsed() / n
+}
+
+/// Regular files under `dir` (symlinks not followed) with their sizes, in path order.
+fn list_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match std::fs::symlink_metadata(e.path()) {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) if m.is_file() => out.push((e.path(), m.len())),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn du(path: &Path) -> Result<u64> {
@@ -268,7 +295,7 @@ pub fn run(a: Args) -> Result<()> {
         .enable_all()
         .build()?;
     let origin_dir = tmp.path().join("origin");
-    let (t_ours, stored_ours, read_rows) = rt.block_on(async {
+    let (t_ours, stored_ours, read_rows, folder) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let cfg = OriginConfig {
@@ -288,6 +315,39 @@ pub fn run(a: Args) -> Result<()> {
             times.push(start.elapsed());
         }
         let stored = client.stats().await?.stored_bytes;
+        // The folder goes to an origin of its own: the corpus above holds some of its files.
+        let folder_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let folder_url = format!("http://{}", folder_listener.local_addr()?);
+        let folder_cfg = OriginConfig {
+            data: tmp.path().join("origin-folder"),
+            ..Default::default()
+        };
+        let (folder_stop, folder_stopped) = tokio::sync::oneshot::channel::<()>();
+        let folder_server = tokio::spawn(tessera_origin::run(folder_listener, folder_cfg, async {
+            let _ = folder_stopped.await;
+        }));
+        let folder_client = OriginClient::new(&folder_url, None)?;
+        let folder_files = list_files(&a.folder);
+        let folder_bytes: u64 = folder_files.iter().map(|(_, n)| n).sum();
+        let start = Instant::now();
+        use futures_util::StreamExt;
+        let results: Vec<_> = futures_util::stream::iter(folder_files.iter().enumerate())
+            .map(|(i, (p, _))| {
+                let client = folder_client.clone();
+                async move {
+                    let data = tokio::fs::read(p).await?;
+                    client.put_bytes(&format!("folder/{i}"), data).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(a.jobs)
+            .collect()
+            .await;
+        let folder_time = start.elapsed();
+        results.into_iter().collect::<Result<Vec<_>>>()?;
+        let folder_stored = folder_client.stats().await?.stored_bytes;
+        let _ = folder_stop.send(());
+        folder_server.await??;
         // Reads of stored 100 MiB files: compressible (corpus) and incompressible (noise).
         let mut rows = Vec::new();
         let text: Vec<u8> = v1.iter().cycle().take(100 << 20).copied().collect();
@@ -320,8 +380,14 @@ pub fn run(a: Args) -> Result<()> {
         }
         let _ = stop.send(());
         server.await??;
-        anyhow::Ok((times, stored, rows))
+        anyhow::Ok((
+            times,
+            stored,
+            rows,
+            (folder_files.len(), folder_bytes, folder_time, folder_stored),
+        ))
     })?;
+    let (folder_n, folder_bytes, folder_time, folder_stored) = folder;
 
     println!("\n### Full ingest: Tessera origin vs restic, same files, same disk\n");
     println!(
@@ -334,6 +400,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     let mut restic_times = Vec::new();
     let mut restic_stored = 0;
+    let mut restic_folder = None;
     if !a.no_restic {
         let repo = tmp.path().join("restic");
         let cache = tmp.path().join("restic-cache");
@@ -364,6 +431,22 @@ pub fn run(a: Args) -> Result<()> {
             restic_times.push(start.elapsed());
         }
         restic_stored = du(&repo)?;
+        let repo2 = tmp.path().join("restic-folder");
+        let ok = Command::new("restic")
+            .envs(env)
+            .args(["init", "--repository-version", "2", "-q", "-r"])
+            .arg(&repo2)
+            .status()?;
+        anyhow::ensure!(ok.success(), "restic init failed");
+        let start = Instant::now();
+        let st = Command::new("restic")
+            .envs(env)
+            .args(["backup", "-q", "--host", "bench", "-r"])
+            .arg(&repo2)
+            .arg(&a.folder)
+            .status()?;
+        anyhow::ensure!(st.success(), "restic backup failed");
+        restic_folder = Some((start.elapsed(), du(&repo2)?));
     }
     for (i, t) in t_ours.iter().enumerate() {
         let size = if i == 0 { v1.len() } else { v2.len() };
@@ -400,6 +483,33 @@ pub fn run(a: Args) -> Result<()> {
         println!(
             "\nTessera stores {:.3}x the bytes restic does.",
             stored_ours as f64 / restic_stored as f64
+        );
+    }
+    println!(
+        "\n### Many small files: {} ({folder_n} files, {} MiB)\n",
+        a.folder.display(),
+        folder_bytes >> 20
+    );
+    println!(
+        "Tessera: one `PUT` per file, {} at a time (`tessera push --jobs`). restic: `restic backup` of the folder.\n",
+        a.jobs
+    );
+    println!("| | seconds | MB/s | stored bytes |\n|---|---|---|---|");
+    println!(
+        "| Tessera | {:.2} | {:.0} | {folder_stored} |",
+        folder_time.as_secs_f64(),
+        mbps(folder_bytes as usize, folder_time)
+    );
+    if let Some((t, st)) = restic_folder {
+        println!(
+            "| restic | {:.2} | {:.0} | {st} |",
+            t.as_secs_f64(),
+            mbps(folder_bytes as usize, t)
+        );
+        println!(
+            "\nTessera/restic: speed {:.2}x, stored bytes {:.3}x.",
+            t.as_secs_f64() / folder_time.as_secs_f64(),
+            folder_stored as f64 / st as f64
         );
     }
     println!(

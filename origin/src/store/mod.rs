@@ -20,6 +20,7 @@
 //! reach. Packs whose records are all dead are deleted; packs more than half dead are
 //! compacted (live records copied to a new pack).
 
+mod commit;
 pub mod meta;
 pub mod pack;
 
@@ -27,6 +28,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,6 +38,8 @@ use rayon::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, Table};
 use serde::{Deserialize, Serialize};
 use tessera_origin_proto::client::{PublishReply, Stats};
+
+use commit::{CommitJob, Committer, SmallRecord};
 use tessera_origin_proto::manifest::MANIFEST_FORMAT;
 use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk};
 use tracing::{info, warn};
@@ -77,6 +82,9 @@ pub enum StoreError {
     /// The configuration is invalid.
     #[error("invalid store configuration: {0}")]
     Config(String),
+    /// The group commit that carried this publish failed (the cause is logged).
+    #[error("commit failed: {0}")]
+    Commit(String),
 }
 
 macro_rules! from_redb {
@@ -173,8 +181,13 @@ pub struct Listed {
 pub struct Store {
     dir: PathBuf,
     packs_dir: PathBuf,
-    db: Database,
+    db: Arc<Database>,
     cfg: StoreConfig,
+    /// Publishes waiting for the committer thread ([`commit`]). `None` only during drop.
+    jobs: Option<SyncSender<CommitJob>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    /// The shared pack the committer appends to (0: none); never collected while open.
+    open_shared: Arc<AtomicU64>,
     /// Chunks that uploads in flight will reference, with a count per upload. A std Mutex:
     /// it is held only in blocking code, never across an await; the collector holds it
     /// across its commit so that check-and-pin and check-and-delete are mutually atomic.
@@ -256,16 +269,33 @@ impl Store {
             }
             txn.commit()?;
         }
+        let db = Arc::new(db);
+        remove_orphan_packs(&db, &packs_dir)?;
+        let open_shared = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::sync_channel(256);
+        let committer = Committer {
+            db: db.clone(),
+            packs_dir: packs_dir.clone(),
+            pack_target: cfg.pack_target_bytes,
+            open_id: open_shared.clone(),
+            open: None,
+        };
+        let committer = std::thread::Builder::new()
+            .name("tessera-commit".into())
+            .spawn(move || committer.run(rx))
+            .map_err(io(dir))?;
         let store = Self {
             dir: dir.to_path_buf(),
             packs_dir,
             db,
             cfg,
+            jobs: Some(tx),
+            committer: Some(committer),
+            open_shared,
             pins: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             gc: Mutex::new(()),
         };
-        store.remove_orphan_packs()?;
         store.collect_garbage()?;
         Ok(store)
     }
@@ -280,35 +310,6 @@ impl Store {
         &self.packs_dir
     }
 
-    /// Deletes pack files no committed publish registered: what torn uploads left.
-    fn remove_orphan_packs(&self) -> Result<()> {
-        let registered: HashSet<u64> = {
-            let txn = self.db.begin_read()?;
-            let t = txn.open_table(PACKS)?;
-            t.iter()?
-                .map(|r| r.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()?
-        };
-        let mut removed = 0;
-        for e in std::fs::read_dir(&self.packs_dir).map_err(io(&self.packs_dir))? {
-            let e = e.map_err(io(&self.packs_dir))?;
-            let name = e.file_name();
-            let keep = name
-                .to_str()
-                .and_then(pack::parse_pack_name)
-                .is_some_and(|id| registered.contains(&id));
-            if !keep {
-                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            fsync_dir(&self.packs_dir)?;
-            info!(removed, "removed pack files left by interrupted uploads");
-        }
-        Ok(())
-    }
-
     /// Starts an upload.
     pub fn upload(&self) -> Upload<'_> {
         Upload {
@@ -321,6 +322,8 @@ impl Store {
             chunks: Vec::new(),
             pinned: HashSet::new(),
             written: HashMap::new(),
+            small: Vec::new(),
+            small_len: 0,
             packs: Vec::new(),
         }
     }
@@ -473,6 +476,9 @@ impl Store {
                 let mut chunks = txn.open_table(CHUNKS)?;
                 let mut packs = txn.open_table(PACKS)?;
                 let mut counters = txn.open_table(COUNTERS)?;
+                // Read inside the transaction: a shared pack registered by an earlier commit
+                // was opened before it, so it is seen here if it is still being appended to.
+                let open = self.open_shared.load(Ordering::SeqCst);
                 let candidates: Vec<[u8; 32]> = garbage
                     .iter()?
                     .map(|r| r.map(|(k, _)| *k.value()))
@@ -499,12 +505,12 @@ impl Store {
                         .and_then(|v| PackEntry::decode(v.value()))
                         .ok_or_else(|| StoreError::Damaged(format!("pack entry {id:016x}")))?;
                     p.dead += bytes;
-                    if p.dead >= p.total {
+                    if p.dead >= p.total && id != open {
                         packs.remove(id)?;
                         to_delete.push(id);
                     } else {
                         packs.insert(id, &p.encode()[..])?;
-                        if p.dead * 2 > p.total {
+                        if p.dead * 2 > p.total && id != open {
                             half_dead.push(id);
                         }
                     }
@@ -640,6 +646,72 @@ impl Store {
     }
 }
 
+/// Deletes pack files no committed publish registered, and cuts registered packs back to
+/// their registered extent: what torn uploads and torn group commits left.
+fn remove_orphan_packs(db: &Database, packs_dir: &Path) -> Result<()> {
+    let registered: HashMap<u64, PackEntry> = {
+        let txn = db.begin_read()?;
+        let t = txn.open_table(PACKS)?;
+        let mut m = HashMap::new();
+        for r in t.iter()? {
+            let (k, v) = r?;
+            let e = PackEntry::decode(v.value())
+                .ok_or_else(|| StoreError::Damaged(format!("pack entry {:016x}", k.value())))?;
+            m.insert(k.value(), e);
+        }
+        m
+    };
+    let (mut removed, mut truncated) = (0, 0);
+    for e in std::fs::read_dir(packs_dir).map_err(io(packs_dir))? {
+        let e = e.map_err(io(packs_dir))?;
+        let path = e.path();
+        match e
+            .file_name()
+            .to_str()
+            .and_then(pack::parse_pack_name)
+            .and_then(|id| registered.get(&id))
+        {
+            None => {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                removed += 1;
+            }
+            Some(entry) => {
+                let extent = pack::HEADER_LEN + entry.total;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                if f.metadata().map_err(io(&path))?.len() > extent {
+                    f.set_len(extent)
+                        .and_then(|()| f.sync_all())
+                        .map_err(io(&path))?;
+                    truncated += 1;
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        fsync_dir(packs_dir)?;
+    }
+    if removed + truncated > 0 {
+        info!(
+            removed,
+            truncated, "cleaned pack files left by interrupted uploads"
+        );
+    }
+    Ok(())
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing the queue ends the committer once it has committed what was queued.
+        drop(self.jobs.take());
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Drops one reference per manifest entry; chunks reaching 0 become garbage.
 fn release(
     chunks: &mut Table<&[u8; 32], &[u8]>,
@@ -682,8 +754,14 @@ pub struct Upload<'s> {
     pinned: HashSet<ChunkHash>,
     /// Chunks this upload stored in its own packs.
     written: HashMap<ChunkHash, Written>,
+    /// New chunks held in memory for the committer's shared pack, while they are few.
+    small: Vec<SmallRecord>,
+    small_len: usize,
     packs: Vec<PackWriter>,
 }
+
+/// New chunk bytes an upload may hand to the shared pack; past this it writes its own packs.
+const SMALL_UPLOAD: usize = 1 << 20;
 
 impl Upload<'_> {
     /// Bytes received so far.
@@ -731,7 +809,8 @@ impl Upload<'_> {
             let t = txn.open_table(CHUNKS)?;
             let mut in_batch = HashSet::new();
             for (i, h) in hashes.iter().enumerate() {
-                if self.written.contains_key(h) || self.pinned.contains(h) || !in_batch.insert(*h) {
+                let known = self.written.contains_key(h) || self.small.iter().any(|r| r.hash == *h);
+                if known || self.pinned.contains(h) || !in_batch.insert(*h) {
                     continue;
                 }
                 if t.get(h.as_bytes())?.is_some() {
@@ -752,6 +831,34 @@ impl Upload<'_> {
                 Some(v) => (Codec::Brotli, v),
                 None => (Codec::Raw, &batch[i]),
             };
+            let raw_len = batch[i].len() as u32;
+            if self.packs.is_empty() && self.small_len + stored.len() <= SMALL_UPLOAD {
+                self.small_len += stored.len();
+                self.small.push(SmallRecord {
+                    hash: hashes[i],
+                    codec,
+                    raw_len,
+                    stored: stored.to_vec(),
+                });
+                continue;
+            }
+            // Too much for the shared pack: this upload writes its own, starting with what it
+            // held back.
+            for r in std::mem::take(&mut self.small) {
+                let pack = self.current_pack()?;
+                let offset = pack
+                    .append(&r.hash, r.codec, r.raw_len, &r.stored)
+                    .map_err(io(&pack.path))?;
+                let w = Written {
+                    pack: pack.id,
+                    offset,
+                    stored_len: r.stored.len() as u32,
+                    raw_len: r.raw_len,
+                    codec: r.codec,
+                };
+                self.written.insert(r.hash, w);
+            }
+            self.small_len = 0;
             let pack = self.current_pack()?;
             let offset = pack
                 .append(&hashes[i], codec, batch[i].len() as u32, stored)
@@ -816,97 +923,28 @@ impl Upload<'_> {
                 })
                 .collect(),
         };
-        let (mut new_chunks, mut stored_added, mut unique_added) = (0u64, 0u64, 0u64);
-        let mut unused_packs = Vec::new();
-        let replaced;
-        let txn = self.store.db.begin_write()?;
-        {
-            let mut chunks = txn.open_table(CHUNKS)?;
-            let mut garbage = txn.open_table(GARBAGE)?;
-            for c in &manifest.chunks {
-                match get_entry(&chunks, &c.hash)? {
-                    Some(mut e) => {
-                        e.refs += 1;
-                        if e.refs == 1 {
-                            garbage.remove(c.hash.as_bytes())?;
-                        }
-                        chunks.insert(c.hash.as_bytes(), &e.encode()[..])?;
-                    }
-                    None => {
-                        let w = self
-                            .written
-                            .get(&c.hash)
-                            .ok_or(StoreError::MissingChunk(c.hash))?;
-                        let e = ChunkEntry {
-                            pack: w.pack,
-                            offset: w.offset,
-                            stored_len: w.stored_len,
-                            raw_len: w.raw_len,
-                            codec: w.codec,
-                            refs: 1,
-                        };
-                        chunks.insert(c.hash.as_bytes(), &e.encode()[..])?;
-                        new_chunks += 1;
-                        stored_added += RECORD_HEAD + u64::from(w.stored_len);
-                        unique_added += u64::from(w.raw_len);
-                    }
-                }
-            }
-            // Records another upload committed first are dead on arrival.
-            let mut dead: HashMap<u64, u64> = HashMap::new();
-            for (h, w) in &self.written {
-                let e = get_entry(&chunks, h)?.ok_or(StoreError::MissingChunk(*h))?;
-                if e.pack != w.pack || e.offset != w.offset {
-                    *dead.entry(w.pack).or_default() += RECORD_HEAD + u64::from(w.stored_len);
-                }
-            }
-            let mut packs = txn.open_table(PACKS)?;
-            for p in &self.packs {
-                let entry = PackEntry {
-                    total: p.len,
-                    dead: dead.get(&p.id).copied().unwrap_or(0),
-                };
-                if entry.dead >= entry.total {
-                    unused_packs.push(p.id);
-                } else {
-                    packs.insert(p.id, &entry.encode()[..])?;
-                }
-            }
-            let mut manifests = txn.open_table(MANIFESTS)?;
-            let mut counters = txn.open_table(COUNTERS)?;
-            let old = manifests
-                .insert(path, &StoredManifest::encode(&manifest)[..])?
-                .map(|v| v.value().to_vec());
-            replaced = old.is_some();
-            if let Some(old) = old {
-                let old = StoredManifest::decode(path, &old)
-                    .ok_or_else(|| StoreError::Damaged(format!("manifest of {path}")))?;
-                release(&mut chunks, &mut garbage, &old)?;
-                counter_add(&mut counters, "objects", -1)?;
-                counter_add(&mut counters, "logical_bytes", -i128::from(old.size))?;
-            }
-            counter_add(&mut counters, "objects", 1)?;
-            counter_add(&mut counters, "logical_bytes", i128::from(manifest.size))?;
-            counter_add(&mut counters, "unique_bytes", i128::from(unique_added))?;
-        }
-        txn.commit()?;
-        let registered: HashSet<u64> = self
-            .packs
-            .iter()
-            .map(|p| p.id)
-            .filter(|id| !unused_packs.contains(id))
-            .collect();
-        // Committed: the packs now belong to the store; Drop must not delete them.
-        self.packs.retain(|p| !registered.contains(&p.id));
-        let reply = PublishReply {
-            path: path.to_string(),
-            size: manifest.size,
-            blake3: manifest.blake3,
-            chunks: manifest.chunks.len() as u64,
-            new_chunks,
-            stored_bytes_added: stored_added,
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job = CommitJob {
+            manifest,
+            written: std::mem::take(&mut self.written),
+            small: std::mem::take(&mut self.small),
+            packs: self.packs.iter().map(|p| (p.id, p.len)).collect(),
+            reply: tx,
         };
-        Ok((reply, replaced))
+        let queue = self
+            .store
+            .jobs
+            .as_ref()
+            .ok_or_else(|| StoreError::Commit("the store is closing".into()))?;
+        queue
+            .send(job)
+            .map_err(|_| StoreError::Commit("the committer has stopped".into()))?;
+        let done = rx
+            .recv()
+            .map_err(|_| StoreError::Commit("the committer has stopped".into()))??;
+        // Committed: registered packs now belong to the store; Drop deletes the others.
+        self.packs.retain(|p| !done.registered.contains(&p.id));
+        Ok((done.reply, done.replaced))
     }
 }
 
