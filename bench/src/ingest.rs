@@ -29,6 +29,9 @@ pub struct Args {
     /// Files published at once in the folder workload.
     #[arg(long, default_value_t = 16)]
     jobs: usize,
+    /// brotli quality for the origin (default: the origin's own default).
+    #[arg(long)]
+    quality: Option<u32>,
     /// Skip the restic comparison.
     #[arg(long)]
     no_restic: bool,
@@ -104,10 +107,13 @@ fn next_version(v: &[u8], edits: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Chunks `data` fed in 256 KiB pieces, as a network body arrives.
 fn chunks_of(data: &[u8], p: ChunkParams) -> Vec<Bytes> {
     let mut c = Chunker::new(p);
     let mut out = Vec::new();
-    c.push(data, &mut out);
+    for piece in data.chunks(256 << 10) {
+        c.push(piece, &mut out);
+    }
     c.finish(&mut out);
     out
 }
@@ -184,9 +190,15 @@ pub fn run(a: Args) -> Result<()> {
         mbps(n, t_chunk)
     );
     println!("| chunk + blake3 | {:.0} |", mbps(n, t_chunk_hash));
-    let q_default = StoreConfig::default().compression_quality;
+    let q_default = a
+        .quality
+        .unwrap_or(StoreConfig::default().compression_quality);
+    let store_cfg = StoreConfig {
+        compression_quality: q_default,
+        ..Default::default()
+    };
     let sample = &v1[..(32 << 20).min(n)];
-    for q in [1u32, 3, 5, 7] {
+    for q in [1u32, 2, 3, 4, 5, 7] {
         let start = Instant::now();
         let mut stored = 0usize;
         for c in chunks_of(sample, default) {
@@ -194,7 +206,7 @@ pub fn run(a: Args) -> Result<()> {
             stored += codec::compress(&c, q).map_or(c.len(), |v| v.len());
         }
         let d = start.elapsed();
-        let mark = if q == q_default { " (default)" } else { "" };
+        let mark = if q == q_default { " (used below)" } else { "" };
         println!(
             "| chunk + blake3 + brotli q{q}{mark} | {:.0} (ratio {:.2}x on the first {} MiB) |",
             mbps(sample.len(), d),
@@ -300,6 +312,7 @@ pub fn run(a: Args) -> Result<()> {
         let url = format!("http://{}", listener.local_addr()?);
         let cfg = OriginConfig {
             data: origin_dir.clone(),
+            store: store_cfg.clone(),
             ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -320,6 +333,7 @@ pub fn run(a: Args) -> Result<()> {
         let folder_url = format!("http://{}", folder_listener.local_addr()?);
         let folder_cfg = OriginConfig {
             data: tmp.path().join("origin-folder"),
+            store: store_cfg.clone(),
             ..Default::default()
         };
         let (folder_stop, folder_stopped) = tokio::sync::oneshot::channel::<()>();
