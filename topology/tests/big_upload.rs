@@ -1,8 +1,7 @@
 //! A 2 GiB upload streams through a real `tessera origin` process: it is never held whole in
 //! memory (peak resident set under 256 MiB) and reads back with the right hash.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
@@ -22,22 +21,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2_gib_upload_streams_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["origin", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("origin"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let (mut child, url) = common::start_origin(&dir.path().join("origin"));
 
     // 2 GiB of incompressible bytes made on the fly (blake3 in XOF mode), hashed as sent.
     const SIZE: u64 = 2 << 30;

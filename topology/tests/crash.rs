@@ -1,48 +1,15 @@
 //! `kill -9` of a real `tessera origin` process during uploads, then a restart: what was
 //! acknowledged survives, no partial file is visible, and what torn uploads wrote is reclaimed.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
+use common::{noise, start_origin as start};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tessera_origin_proto::{ChunkHash, OriginClient};
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
-/// Starts `tessera origin` on 127.0.0.1:0 and returns it with its URL, read from the line it
-/// prints once it listens.
-fn start(data: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["origin", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("no URL in the origin's first line");
-    (child, url.to_string())
-}
 
 fn pack_count(data: &Path) -> usize {
     std::fs::read_dir(data.join("packs")).unwrap().count()

@@ -277,10 +277,15 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
             Method::POST => {
                 authorize(app, req.headers())?;
                 let id = format!("{:032x}", rand::random::<u128>());
-                let mut resp = publish(app, id.clone(), req).await?;
-                if let Some(Ok(loc)) = Some(HeaderValue::from_str(&format!("/api/v1/files/{id}"))) {
-                    resp.headers_mut().insert(header::LOCATION, loc);
-                }
+                let (status, reply) = publish(app, id.clone(), req).await?;
+                let mut v = serde_json::to_value(&reply).unwrap();
+                v["id"] = serde_json::Value::String(id.clone());
+                let mut resp = json_reply(status, &v);
+                // The id is 32 hex digits: always a valid header value.
+                resp.headers_mut().insert(
+                    header::LOCATION,
+                    HeaderValue::from_str(&format!("/api/v1/files/{id}")).unwrap(),
+                );
                 Ok(resp)
             }
             _ => Err(method_not_allowed("GET, POST")),
@@ -294,7 +299,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
             }
             Method::PUT => {
                 authorize(app, req.headers())?;
-                publish(app, p, req).await
+                let (status, reply) = publish(app, p, req).await?;
+                Ok(json_reply(status, &reply))
             }
             Method::DELETE => {
                 authorize(app, req.headers())?;
@@ -369,7 +375,13 @@ enum Piece {
     End,
 }
 
-async fn publish(app: &Arc<App>, path: String, req: Request<Incoming>) -> Reply {
+/// Streams the body into a new version of `path`; returns `201` (or `200` when it replaced
+/// one) with the publish reply.
+async fn publish(
+    app: &Arc<App>,
+    path: String,
+    req: Request<Incoming>,
+) -> Result<(StatusCode, tessera_origin_proto::PublishReply), ApiError> {
     let limit = app.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -463,11 +475,7 @@ async fn publish(app: &Arc<App>, path: String, req: Request<Incoming>) -> Reply 
     } else {
         StatusCode::CREATED
     };
-    let mut v = serde_json::to_value(&reply).unwrap();
-    if path.len() == 32 && v.get("id").is_none() {
-        v["id"] = serde_json::Value::String(path.clone());
-    }
-    Ok(json_reply(status, &v))
+    Ok((status, reply))
 }
 
 fn gc(app: &App) {
@@ -531,13 +539,43 @@ async fn load_manifest(app: &Arc<App>, path: String) -> Result<Manifest, ApiErro
     })
 }
 
-/// Validators of a manifest: the quoted whole-file hash and the publish time.
-fn validators(m: &Manifest) -> (String, String, u64) {
-    (
-        format!("\"{}\"", m.blake3),
-        httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m.modified)),
-        m.modified,
-    )
+/// A manifest's validators (the quoted whole-file hash and the publish time) and the
+/// response head its file and manifest replies share.
+struct Validated<'a> {
+    etag: String,
+    last_modified: String,
+    modified: u64,
+    cache_control: &'a str,
+}
+
+impl<'a> Validated<'a> {
+    fn new(app: &'a App, m: &Manifest) -> Self {
+        Self {
+            etag: format!("\"{}\"", m.blake3),
+            last_modified: httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m.modified)),
+            modified: m.modified,
+            cache_control: &app.config.file_cache_control,
+        }
+    }
+
+    fn head(&self, status: StatusCode) -> http::response::Builder {
+        Response::builder()
+            .status(status)
+            .header(header::ETAG, &self.etag)
+            .header(header::LAST_MODIFIED, &self.last_modified)
+            .header(header::CACHE_CONTROL, self.cache_control)
+    }
+
+    /// The reply when the request's preconditions decide it: `304`, or `412` as an error.
+    fn decide(&self, headers: &HeaderMap) -> Result<Option<Response<Body>>, ApiError> {
+        match preconditions(headers, &self.etag, self.modified) {
+            None => Ok(None),
+            Some(StatusCode::NOT_MODIFIED) => Ok(Some(
+                self.head(StatusCode::NOT_MODIFIED).body(empty()).unwrap(),
+            )),
+            Some(s) => Err(ApiError::new(s, "If-Match does not match the current ETag")),
+        }
+    }
 }
 
 /// Evaluates `If-Match`, `If-None-Match` and `If-Modified-Since` (RFC 9110 §13.2.2 order).
@@ -565,21 +603,9 @@ fn preconditions(headers: &HeaderMap, etag: &str, modified: u64) -> Option<Statu
 
 async fn get_file(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool) -> Reply {
     let m = load_manifest(app, path).await?;
-    let (etag, last_modified, modified) = validators(&m);
-    let base = |status| {
-        Response::builder()
-            .status(status)
-            .header(header::ETAG, &etag)
-            .header(header::LAST_MODIFIED, &last_modified)
-            .header(header::CACHE_CONTROL, &app.config.file_cache_control)
-            .header(header::ACCEPT_RANGES, "bytes")
-    };
-    match preconditions(headers, &etag, modified) {
-        Some(StatusCode::NOT_MODIFIED) => {
-            return Ok(base(StatusCode::NOT_MODIFIED).body(empty()).unwrap());
-        }
-        Some(s) => return Err(ApiError::new(s, "If-Match does not match the current ETag")),
-        None => {}
+    let v = Validated::new(app, &m);
+    if let Some(r) = v.decide(headers)? {
+        return Ok(r);
     }
     let mut ask = headers
         .get(header::RANGE)
@@ -592,10 +618,10 @@ async fn get_file(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool)
     // If-Range: a range only applies to the representation the client already has part of.
     if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         let same = if ir.starts_with('"') {
-            ir == etag
+            ir == v.etag
         } else {
             httpdate::parse_http_date(ir)
-                .is_ok_and(|d| d == UNIX_EPOCH + Duration::from_secs(modified))
+                .is_ok_and(|d| d == UNIX_EPOCH + Duration::from_secs(v.modified))
         };
         if !same {
             ask = RangeAsk::Whole;
@@ -624,7 +650,9 @@ async fn get_file(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool)
             ));
         }
     };
-    let mut r = base(status)
+    let mut r = v
+        .head(status)
+        .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_TYPE, &m.content_type)
         .header(header::CONTENT_LENGTH, end - start);
     if status == StatusCode::PARTIAL_CONTENT {
@@ -715,23 +743,13 @@ async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Resul
 
 async fn get_manifest(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool) -> Reply {
     let m = load_manifest(app, path).await?;
-    let (etag, last_modified, modified) = validators(&m);
-    let base = |status| {
-        Response::builder()
-            .status(status)
-            .header(header::ETAG, &etag)
-            .header(header::LAST_MODIFIED, &last_modified)
-            .header(header::CACHE_CONTROL, &app.config.file_cache_control)
-    };
-    if let Some(s) = preconditions(headers, &etag, modified) {
-        return if s == StatusCode::NOT_MODIFIED {
-            Ok(base(s).body(empty()).unwrap())
-        } else {
-            Err(ApiError::new(s, "If-Match does not match the current ETag"))
-        };
+    let v = Validated::new(app, &m);
+    if let Some(r) = v.decide(headers)? {
+        return Ok(r);
     }
     let json = serde_json::to_vec(&m).unwrap();
-    let r = base(StatusCode::OK)
+    let r = v
+        .head(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_LENGTH, json.len());
     Ok(r.body(if head { empty() } else { full(json) }).unwrap())

@@ -38,6 +38,19 @@ pub(super) struct SmallRecord {
     pub stored: Vec<u8>,
 }
 
+impl SmallRecord {
+    /// Where this record is once appended to pack `pack` at `offset`.
+    pub fn written_at(&self, pack: u64, offset: u64) -> Written {
+        Written {
+            pack,
+            offset,
+            stored_len: self.stored.len() as u32,
+            raw_len: self.raw_len,
+            codec: self.codec,
+        }
+    }
+}
+
 /// What the committer did for one publish.
 #[derive(Debug)]
 pub(super) struct Committed {
@@ -140,14 +153,7 @@ impl Committer {
                     if !touched.contains(&p.id) {
                         touched.push(p.id);
                     }
-                    let w = Written {
-                        pack: p.id,
-                        offset,
-                        stored_len: rec.stored.len() as u32,
-                        raw_len: rec.raw_len,
-                        codec: rec.codec,
-                    };
-                    job.written.insert(rec.hash, w);
+                    job.written.insert(rec.hash, rec.written_at(p.id, offset));
                 }
             }
         }

@@ -849,14 +849,8 @@ impl Upload<'_> {
                 let offset = pack
                     .append(&r.hash, r.codec, r.raw_len, &r.stored)
                     .map_err(io(&pack.path))?;
-                let w = Written {
-                    pack: pack.id,
-                    offset,
-                    stored_len: r.stored.len() as u32,
-                    raw_len: r.raw_len,
-                    codec: r.codec,
-                };
-                self.written.insert(r.hash, w);
+                let id = pack.id;
+                self.written.insert(r.hash, r.written_at(id, offset));
             }
             self.small_len = 0;
             let pack = self.current_pack()?;
