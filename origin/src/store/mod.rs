@@ -153,6 +153,9 @@ pub struct GcReport {
     pub packs_compacted: u64,
 }
 
+/// Pack files kept open for readers at most.
+const MAX_OPEN_PACKS: usize = 256;
+
 /// A chunk read back and verified.
 #[derive(Debug, Clone)]
 pub struct LoadedChunk {
@@ -369,6 +372,11 @@ impl Store {
         }
         let path = pack::pack_path(&self.packs_dir, id);
         let f = Arc::new(File::open(&path).map_err(io(&path))?);
+        if files.len() >= MAX_OPEN_PACKS {
+            // Bound the descriptors held; readers of an evicted pack keep their handle.
+            let evict = files.keys().next().copied();
+            evict.map(|k| files.remove(&k));
+        }
         files.insert(id, f.clone());
         Ok(f)
     }
@@ -396,14 +404,15 @@ impl Store {
                 }
                 Err(e) => return Err(e),
             };
+            let corrupt = |why| {
+                warn!(chunk = %hash, pack = entry.pack, offset = entry.offset, why, "corrupt chunk refused");
+                StoreError::Corrupt { hash: *hash, why }
+            };
             let rec = pack::read_record(&file, entry.offset, entry.stored_len).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::InvalidData
                     || e.kind() == std::io::ErrorKind::UnexpectedEof
                 {
-                    StoreError::Corrupt {
-                        hash: *hash,
-                        why: "pack record header is damaged",
-                    }
+                    corrupt("pack record header is damaged")
                 } else {
                     StoreError::Io {
                         path: pack::pack_path(&self.packs_dir, entry.pack),
@@ -411,10 +420,6 @@ impl Store {
                     }
                 }
             })?;
-            let corrupt = |why| {
-                warn!(chunk = %hash, pack = entry.pack, offset = entry.offset, why, "corrupt chunk refused");
-                StoreError::Corrupt { hash: *hash, why }
-            };
             if rec.hash != *hash || rec.codec != Some(entry.codec) || rec.raw_len != entry.raw_len {
                 return Err(corrupt("pack record header does not match the index"));
             }
