@@ -198,9 +198,17 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let op = op_of(req.method(), req.uri().path());
     let span = info_span!("request", op, method = %req.method(), path = %req.uri().path());
     let resp = async {
-        match route(&app, req).await {
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        match route(&app, &parts, &mut body).await {
             Ok(r) => r,
             Err(e) => {
+                // Refused before its body was read: read (and drop) a bounded amount of it
+                // first, so the client finishes sending and sees this reply rather than a
+                // reset connection.
+                if let Some(b) = body.take() {
+                    drain(b).await;
+                }
                 if e.status.is_server_error() {
                     warn!(status = %e.status, error = %e.message, "request failed");
                 } else {
@@ -246,9 +254,24 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
     .with_header(header::ALLOW, HeaderValue::from_static(allow))
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
-    let path = req.uri().path().to_string();
-    let method = req.method().clone();
+/// Reads and drops up to 16 MiB of a refused request's body, for at most 5 s.
+async fn drain(mut body: Incoming) {
+    let mut left: i64 = 16 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while left > 0 {
+            match body.frame().await {
+                Some(Ok(f)) => left -= f.data_ref().map_or(0, |d| d.len() as i64),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// `body` is taken by the handler that reads it; one left in place was not read.
+async fn route(app: &Arc<App>, req: &http::request::Parts, body: &mut Option<Incoming>) -> Reply {
+    let path = req.uri.path().to_string();
+    let method = req.method.clone();
     if path == "/healthz" {
         return Ok(json_reply(
             StatusCode::OK,
@@ -273,11 +296,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
     }
     if path == "/api/v1/files" || path == "/api/v1/files/" {
         return match method {
-            Method::GET => list(app, req.uri().query().unwrap_or("")).await,
+            Method::GET => list(app, req.uri.query().unwrap_or("")).await,
             Method::POST => {
-                authorize(app, req.headers())?;
+                authorize(app, &req.headers)?;
                 let id = format!("{:032x}", rand::random::<u128>());
-                let (status, reply) = publish(app, id.clone(), req).await?;
+                let (status, reply) = publish(app, id.clone(), &req.headers, body).await?;
                 let mut v = serde_json::to_value(&reply).unwrap();
                 v["id"] = serde_json::Value::String(id.clone());
                 let mut resp = json_reply(status, &v);
@@ -295,15 +318,15 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
         let p = publish_path(raw)?;
         return match method {
             Method::GET | Method::HEAD => {
-                get_file(app, p, req.headers(), method == Method::HEAD).await
+                get_file(app, p, &req.headers, method == Method::HEAD).await
             }
             Method::PUT => {
-                authorize(app, req.headers())?;
-                let (status, reply) = publish(app, p, req).await?;
+                authorize(app, &req.headers)?;
+                let (status, reply) = publish(app, p, &req.headers, body).await?;
                 Ok(json_reply(status, &reply))
             }
             Method::DELETE => {
-                authorize(app, req.headers())?;
+                authorize(app, &req.headers)?;
                 delete(app, p).await
             }
             _ => Err(method_not_allowed("GET, HEAD, PUT, DELETE")),
@@ -313,7 +336,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
         let p = publish_path(raw)?;
         return match method {
             Method::GET | Method::HEAD => {
-                get_manifest(app, p, req.headers(), method == Method::HEAD).await
+                get_manifest(app, p, &req.headers, method == Method::HEAD).await
             }
             _ => Err(method_not_allowed("GET, HEAD")),
         };
@@ -327,7 +350,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Reply {
         })?;
         return match method {
             Method::GET | Method::HEAD => {
-                get_chunk(app, hash, req.headers(), method == Method::HEAD).await
+                get_chunk(app, hash, &req.headers, method == Method::HEAD).await
             }
             _ => Err(method_not_allowed("GET, HEAD")),
         };
@@ -380,7 +403,8 @@ enum Piece {
 async fn publish(
     app: &Arc<App>,
     path: String,
-    req: Request<Incoming>,
+    headers: &HeaderMap,
+    body: &mut Option<Incoming>,
 ) -> Result<(StatusCode, tessera_origin_proto::PublishReply), ApiError> {
     let limit = app.config.max_body_bytes;
     let too_large = || {
@@ -389,8 +413,7 @@ async fn publish(
             format!("body is larger than this node's limit of {limit} bytes"),
         )
     };
-    if let Some(len) = req
-        .headers()
+    if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
@@ -415,7 +438,12 @@ async fn publish(
         }
         Ok(None) // abandoned: dropping `upload` removes what it wrote
     });
-    let mut body = req.into_body();
+    let Some(mut body) = body.take() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "request body already read",
+        ));
+    };
     let mut received = 0u64;
     let mut refused = None;
     while let Some(frame) = body.frame().await {

@@ -9,9 +9,15 @@ use std::process::{Child, Command, Stdio};
 /// Starts `tessera origin` on 127.0.0.1:0 with `data` and returns it with its URL, read
 /// from the line it prints once it listens.
 pub fn start_origin(data: &Path) -> (Child, String) {
+    start_origin_with(data, &[])
+}
+
+/// [`start_origin`] with more options.
+pub fn start_origin_with(data: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["origin", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -1,0 +1,87 @@
+//! The `tessera` command line: help, `push` of a folder with its summary, and clear failures.
+
+mod common;
+
+use std::process::Command;
+
+fn tessera(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let (ok, out, _) = tessera(&["--help"]);
+    assert!(ok);
+    assert!(out.contains("origin") && out.contains("push"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_publishes_a_folder_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("img")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>hello</h1>").unwrap();
+    std::fs::write(site.join("img/a.bin"), common::noise(300_000, 1)).unwrap();
+    std::fs::write(site.join("img/copy.bin"), common::noise(300_000, 1)).unwrap();
+    let (mut child, url) = common::start_origin(&dir.path().join("origin"));
+
+    let site_arg = site.to_str().unwrap();
+    let (ok, out, err) = tessera(&["push", site_arg, "--origin", &url, "--prefix", "www"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("published 3 files, 600014 bytes"), "{out}");
+    assert!(out.contains("dedup"), "{out}");
+    let client = tessera_origin_proto::OriginClient::new(&url, None).unwrap();
+    let m = client.manifest("www/img/copy.bin").await.unwrap().unwrap();
+    assert_eq!(m.size, 300_000);
+    assert!(client.manifest("www/index.html").await.unwrap().is_some());
+    // The copy cost nothing: stored bytes are about one copy's worth.
+    let stats = client.stats().await.unwrap();
+    assert!(stats.unique_bytes < 310_000, "{stats:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Failures: an origin that is not there, a path that does not exist, a bad URL.
+    let (ok, _, err) = tessera(&["push", site_arg, "--origin", &url]);
+    assert!(!ok);
+    assert!(
+        err.contains("unreachable") && err.contains("failed to publish"),
+        "{err}"
+    );
+    let (ok, _, err) = tessera(&["push", "/no/such/folder", "--origin", &url]);
+    assert!(!ok);
+    assert!(err.contains("/no/such/folder"), "{err}");
+    let (ok, _, err) = tessera(&["push", site_arg, "--origin", "ftp://x"]);
+    assert!(!ok);
+    assert!(err.contains("expected http://HOST:PORT"), "{err}");
+}
+
+#[test]
+fn push_without_the_token_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.txt");
+    std::fs::write(&file, "x").unwrap();
+    let (mut child, url) =
+        common::start_origin_with(&dir.path().join("origin"), &["--token", "s3cret"]);
+    let (ok, _, err) = tessera(&["push", file.to_str().unwrap(), "--origin", &url]);
+    assert!(!ok);
+    assert!(err.contains("401") && err.contains("Bearer"), "{err}");
+    let (ok, out, err) = tessera(&[
+        "push",
+        file.to_str().unwrap(),
+        "--origin",
+        &url,
+        "--token",
+        "s3cret",
+    ]);
+    assert!(ok, "{out}{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
