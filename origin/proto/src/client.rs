@@ -276,6 +276,22 @@ impl OriginClient {
         }
     }
 
+    /// The changes after `since`, waiting up to `wait_secs` for one (long poll).
+    pub async fn changes(
+        &self,
+        since: u64,
+        wait_secs: u64,
+    ) -> Result<crate::changes::ChangesReply, ClientError> {
+        let url = format!(
+            "{}/api/v1/changes?since={since}&wait={wait_secs}",
+            self.base
+        );
+        let (_, bytes) = self
+            .send(Method::GET, url.clone(), full(Bytes::new()), &[])
+            .await?;
+        Self::json(&url, &bytes)
+    }
+
     /// The bytes of chunk `hash`, fetched brotli-encoded where the origin stores it so, decoded,
     /// and checked against `hash`: corrupt bytes are an error, never a result.
     pub async fn chunk(&self, hash: ChunkHash) -> Result<Bytes, ClientError> {

@@ -9,8 +9,17 @@
 //! - [`hash`]: [`ChunkHash`], the blake3 address of a chunk or a whole file, in hex on the wire.
 //! - [`manifest`]: [`Manifest`], the ordered chunk list of a published file (format version 1).
 //! - [`path`]: the rules a publish path must follow, shared by server and client.
+//! - [`changes`]: the change feed edges follow.
 //! - [`client`]: [`OriginClient`], an HTTP client for the publisher and edge APIs.
+//!
+//! # Chunk wire format (version 1)
+//! `GET /api/v1/chunks/{blake3}` answers with the chunk's bytes, whose blake3 is the address
+//! (`application/octet-stream`, `ETag: "{blake3}"`, [`CHUNK_CACHE_CONTROL`]). A client that
+//! sends `Accept-Encoding: br` may get the origin's stored brotli stream instead, marked
+//! `Content-Encoding: br`; decoding it gives the chunk. Clients check the hash after decoding
+//! ([`OriginClient::chunk`] does).
 
+pub mod changes;
 pub mod client;
 pub mod hash;
 pub mod manifest;

@@ -187,6 +187,7 @@ fn op_of(method: &Method, path: &str) -> &'static str {
         (_, "/metrics") => "metrics",
         (_, "/healthz") => "health",
         (_, "/api/v1/stats") => "stats",
+        (_, "/api/v1/changes") => "changes",
         (&Method::POST, _) if files.is_some() => "post",
         (&Method::GET, _) if files == Some("") => "list",
         (&Method::PUT, _) if files.is_some() => "put",
@@ -299,6 +300,12 @@ async fn route(app: &Arc<App>, req: &http::request::Parts, body: &mut Option<Inc
         let stats = blocking(move || store.stats()).await??;
         app.metrics.set_storage(&stats);
         return Ok(json_reply(StatusCode::OK, &stats));
+    }
+    if path == "/api/v1/changes" {
+        return match method {
+            Method::GET => changes(app, req.uri.query().unwrap_or("")).await,
+            _ => Err(method_not_allowed("GET")),
+        };
     }
     if path == "/api/v1/files" || path == "/api/v1/files/" {
         return match method {
@@ -548,6 +555,49 @@ async fn list(app: &Arc<App>, query: &str) -> Reply {
     let store = app.store.clone();
     let files = blocking(move || store.list(&prefix)).await??;
     Ok(json_reply(StatusCode::OK, &files))
+}
+
+/// Longest a change feed request may wait, in seconds.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// `GET /api/v1/changes?since=N&wait=S&limit=L`: the change feed, long-polled with `wait`.
+async fn changes(app: &Arc<App>, query: &str) -> Reply {
+    let (mut since, mut wait, mut limit) = (0u64, 0u64, 1000usize);
+    for (k, v) in form_pairs(query) {
+        let bad =
+            |what: &str| ApiError::new(StatusCode::BAD_REQUEST, format!("{k}={v:?} is not {what}"));
+        match k.as_str() {
+            "since" => since = v.parse().map_err(|_| bad("a change number"))?,
+            "wait" => {
+                wait = v
+                    .parse::<u64>()
+                    .map_err(|_| bad("a number of seconds"))?
+                    .min(MAX_WAIT_SECS)
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .map_err(|_| bad("a count"))?
+                    .clamp(1, 10_000)
+            }
+            _ => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    // Subscribed before reading, so a commit between the read and the wait is not missed.
+    let mut rx = app.store.subscribe();
+    loop {
+        rx.borrow_and_update();
+        let store = app.store.clone();
+        let reply = blocking(move || store.changes_since(since, limit)).await??;
+        if !reply.changes.is_empty() || reply.truncated {
+            return Ok(json_reply(StatusCode::OK, &reply));
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok(json_reply(StatusCode::OK, &reply)), // waited long enough
+        }
+    }
 }
 
 fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {

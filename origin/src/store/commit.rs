@@ -26,8 +26,11 @@ use super::meta::{
     CHUNKS, COUNTERS, ChunkEntry, GARBAGE, MANIFESTS, PACKS, PackEntry, StoredManifest,
 };
 use super::pack::{PackWriter, RECORD_HEAD};
-use super::{Result, StoreError, Written, counter_add, fsync_dir, get_entry, io, release};
+use super::{
+    Result, StoreError, Written, counter_add, fsync_dir, get_entry, io, record_change, release,
+};
 use crate::codec::Codec;
+use tessera_origin_proto::changes::ChangeOp;
 
 /// A chunk record an upload kept in memory for the shared pack.
 #[derive(Debug)]
@@ -83,6 +86,10 @@ pub(super) struct Committer {
     /// never deletes or compacts the pack under the committer.
     pub open_id: Arc<AtomicU64>,
     pub open: Option<PackWriter>,
+    /// Told the latest change sequence number after each commit.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Changes the feed keeps.
+    pub change_retention: u64,
 }
 
 /// Most publishes committed in one transaction.
@@ -170,8 +177,17 @@ impl Committer {
         // 2. One transaction for every publish in the batch.
         let mut dead: HashMap<u64, u64> = HashMap::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut seq = 0;
         for job in jobs.iter() {
             outcomes.push(apply(&txn, job, &mut dead)?);
+            let m = &job.manifest;
+            seq = record_change(
+                &txn,
+                ChangeOp::Put,
+                &m.path,
+                Some(m.blake3),
+                self.change_retention,
+            )?;
         }
         {
             let mut packs = txn.open_table(PACKS)?;
@@ -186,6 +202,7 @@ impl Committer {
             }
         }
         txn.commit()?;
+        self.changes.send_replace(seq);
         Ok(outcomes)
     }
 }

@@ -8,12 +8,14 @@
 //! - `chunks`: blake3 (32 bytes) → [`ChunkEntry`] encoding (33 bytes).
 //! - `garbage`: blake3 → `()`: chunks whose reference count reached 0, awaiting collection.
 //! - `packs`: pack id → [`PackEntry`] encoding (16 bytes).
-//! - `counters`: name → u64 (`objects`, `logical_bytes`, `unique_bytes`).
+//! - `changes`: sequence number → [`StoredChange`] encoding: the change feed.
+//! - `counters`: name → u64 (`objects`, `logical_bytes`, `unique_bytes`, `change_seq`).
 //!
 //! Integers are little-endian. A change to an encoding bumps [`META_FORMAT`], which is
 //! stored under `counters["format"]`; an origin refuses to open a database of another format.
 
 use redb::TableDefinition;
+use tessera_origin_proto::changes::{Change, ChangeOp};
 use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk, manifest::MANIFEST_FORMAT};
 
 use crate::codec::Codec;
@@ -26,6 +28,42 @@ pub const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chun
 pub const GARBAGE: TableDefinition<&[u8; 32], ()> = TableDefinition::new("garbage");
 pub const PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("packs");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+pub const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+
+/// A change feed entry as the `changes` table keeps it (the sequence number is the key).
+///
+/// Encoding: `op u8 (1 put, 2 delete) | blake3 [32] (zeros for a delete) | path bytes`.
+#[derive(Debug)]
+pub struct StoredChange;
+
+impl StoredChange {
+    pub fn encode(op: ChangeOp, blake3: Option<ChunkHash>, path: &str) -> Vec<u8> {
+        let mut b = Vec::with_capacity(33 + path.len());
+        b.push(match op {
+            ChangeOp::Put => 1,
+            ChangeOp::Delete => 2,
+        });
+        b.extend_from_slice(blake3.as_ref().map_or(&[0u8; 32], |h| h.as_bytes()));
+        b.extend_from_slice(path.as_bytes());
+        b
+    }
+
+    pub fn decode(seq: u64, b: &[u8]) -> Option<Change> {
+        let op = match *b.first()? {
+            1 => ChangeOp::Put,
+            2 => ChangeOp::Delete,
+            _ => return None,
+        };
+        let hash = ChunkHash(b.get(1..33)?.try_into().ok()?);
+        let path = std::str::from_utf8(b.get(33..)?).ok()?.to_string();
+        Some(Change {
+            seq,
+            op,
+            path,
+            blake3: (op == ChangeOp::Put).then_some(hash),
+        })
+    }
+}
 
 /// Where a chunk is stored and how many manifest entries reference it.
 ///
@@ -287,6 +325,7 @@ mod robustness {
             let _ = StoredManifest::decode("p", &b);
             let _ = ChunkEntry::decode(&b);
             let _ = PackEntry::decode(&b);
+            let _ = StoredChange::decode(1, &b);
             let _ = tessera_origin_proto::Manifest::from_json(&b);
         }
     }

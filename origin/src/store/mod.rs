@@ -37,6 +37,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, Table};
 use serde::{Deserialize, Serialize};
+use tessera_origin_proto::changes::{ChangeOp, ChangesReply};
 use tessera_origin_proto::client::{PublishReply, Stats};
 
 use commit::{CommitJob, Committer, SmallRecord};
@@ -47,7 +48,8 @@ use tracing::{info, warn};
 use crate::chunker::{ChunkParams, Chunker};
 use crate::codec::{self, Codec};
 use meta::{
-    CHUNKS, COUNTERS, ChunkEntry, GARBAGE, MANIFESTS, META_FORMAT, PACKS, PackEntry, StoredManifest,
+    CHANGES, CHUNKS, COUNTERS, ChunkEntry, GARBAGE, MANIFESTS, META_FORMAT, PACKS, PackEntry,
+    StoredChange, StoredManifest,
 };
 use pack::{PackWriter, RECORD_HEAD};
 
@@ -129,6 +131,8 @@ pub struct StoreConfig {
     /// Chunk bytes an upload gathers before hashing and compressing them as a batch, in
     /// parallel; also the most chunk data an upload holds in memory.
     pub batch_bytes: usize,
+    /// Changes the change feed keeps; an edge that falls further behind revalidates all.
+    pub change_retention: u64,
 }
 
 impl Default for StoreConfig {
@@ -138,6 +142,7 @@ impl Default for StoreConfig {
             compression_quality: 3,
             pack_target_bytes: 64 << 20,
             batch_bytes: 4 << 20,
+            change_retention: 100_000,
         }
     }
 }
@@ -191,6 +196,8 @@ pub struct Store {
     committer: Option<std::thread::JoinHandle<()>>,
     /// The shared pack the committer appends to (0: none); never collected while open.
     open_shared: Arc<AtomicU64>,
+    /// The latest change feed sequence number, for long-polling readers.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Chunks that uploads in flight will reference, with a count per upload. A std Mutex:
     /// it is held only in blocking code, never across an await; the collector holds it
     /// across its commit so that check-and-pin and check-and-delete are mutually atomic.
@@ -255,6 +262,7 @@ impl Store {
                 txn.open_table(CHUNKS)?;
                 txn.open_table(GARBAGE)?;
                 txn.open_table(PACKS)?;
+                txn.open_table(CHANGES)?;
                 let mut c = txn.open_table(COUNTERS)?;
                 let format = c.get("format")?.map(|v| v.value());
                 match format {
@@ -275,6 +283,12 @@ impl Store {
         let db = Arc::new(db);
         remove_orphan_packs(&db, &packs_dir)?;
         let open_shared = Arc::new(AtomicU64::new(0));
+        let latest = {
+            let txn = db.begin_read()?;
+            let c = txn.open_table(COUNTERS)?;
+            c.get("change_seq")?.map(|v| v.value()).unwrap_or(0)
+        };
+        let changes = Arc::new(tokio::sync::watch::Sender::new(latest));
         let (tx, rx) = std::sync::mpsc::sync_channel(256);
         let committer = Committer {
             db: db.clone(),
@@ -282,6 +296,8 @@ impl Store {
             pack_target: cfg.pack_target_bytes,
             open_id: open_shared.clone(),
             open: None,
+            changes: changes.clone(),
+            change_retention: cfg.change_retention,
         };
         let committer = std::thread::Builder::new()
             .name("tessera-commit".into())
@@ -295,6 +311,7 @@ impl Store {
             jobs: Some(tx),
             committer: Some(committer),
             open_shared,
+            changes,
             pins: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             gc: Mutex::new(()),
@@ -462,8 +479,55 @@ impl Store {
             counter_add(&mut c, "objects", -1)?;
             counter_add(&mut c, "logical_bytes", -i128::from(old.size))?;
         }
+        let seq = record_change(
+            &txn,
+            ChangeOp::Delete,
+            path,
+            None,
+            self.cfg.change_retention,
+        )?;
         txn.commit()?;
+        self.changes.send_replace(seq);
         Ok(true)
+    }
+
+    /// A receiver that sees the latest change sequence number whenever it moves.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Up to `limit` changes after `since`, oldest first (see [`ChangesReply`]).
+    pub fn changes_since(&self, since: u64, limit: usize) -> Result<ChangesReply> {
+        let txn = self.db.begin_read()?;
+        let latest = txn
+            .open_table(COUNTERS)?
+            .get("change_seq")?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let t = txn.open_table(CHANGES)?;
+        let oldest = match t.first()? {
+            Some((k, _)) => k.value(),
+            None => latest + 1,
+        };
+        let mut changes = Vec::new();
+        for r in t.range(since.saturating_add(1)..)?.take(limit) {
+            let (k, v) = r?;
+            let c = StoredChange::decode(k.value(), v.value())
+                .ok_or_else(|| StoreError::Damaged(format!("change {}", k.value())))?;
+            changes.push(c);
+        }
+        // A `since` beyond the latest change means the feed restarted (a new data folder):
+        // the caller starts over from here.
+        let restarted = since > latest;
+        let next = changes
+            .last()
+            .map_or(if restarted { latest } else { since }, |c| c.seq);
+        let truncated = restarted || (since < latest && since.saturating_add(1) < oldest);
+        Ok(ChangesReply {
+            changes,
+            next,
+            truncated,
+        })
     }
 
     /// Removes unreferenced, unpinned chunks from the index, deletes packs left with no live
@@ -715,6 +779,33 @@ impl Drop for Store {
             let _ = t.join();
         }
     }
+}
+
+/// Appends a change to the feed in `txn`, drops what falls out of `retention`; returns its
+/// sequence number.
+fn record_change(
+    txn: &redb::WriteTransaction,
+    op: ChangeOp,
+    path: &str,
+    blake3: Option<ChunkHash>,
+    retention: u64,
+) -> Result<u64> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    let seq = counters.get("change_seq")?.map(|v| v.value()).unwrap_or(0) + 1;
+    counters.insert("change_seq", seq)?;
+    let mut t = txn.open_table(CHANGES)?;
+    t.insert(seq, &StoredChange::encode(op, blake3, path)[..])?;
+    // Each append drops at most a couple of old entries, so the table stays at `retention`.
+    for _ in 0..2 {
+        let first = t.first()?.map(|(k, _)| k.value());
+        match first {
+            Some(k) if k + retention.max(1) <= seq => {
+                t.remove(k)?;
+            }
+            _ => break,
+        }
+    }
+    Ok(seq)
 }
 
 /// Drops one reference per manifest entry; chunks reaching 0 become garbage.
