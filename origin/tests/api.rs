@@ -672,3 +672,29 @@ async fn metrics_and_stats_report_storage() {
     assert!(m.contains("tessera_origin_requests_total{op=\"put\",status=\"201\"} 2"));
     node.stop().await;
 }
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_works_too() {
+    let node = Node::start(|_| {}).await;
+    let data = noise(500_000, 21);
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let put = http::Request::put(node.url("/api/v1/files/h2.bin"))
+        .body(http_body_util::Full::new(Bytes::from(data.clone())))
+        .unwrap();
+    let r = client.request(put).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    let get = http::Request::get(node.url("/api/v1/files/h2.bin"))
+        .header("range", "bytes=1000-1999")
+        .body(Default::default())
+        .unwrap();
+    let r = client.request(get).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    use http_body_util::BodyExt;
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert!(body[..] == data[1000..2000]);
+    node.stop().await;
+}
