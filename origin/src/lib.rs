@@ -40,6 +40,8 @@ pub struct OriginConfig {
     pub max_body_bytes: u64,
     /// `Cache-Control` sent with files and manifests (edges revalidate with the `ETag`).
     pub file_cache_control: String,
+    /// Publishes ingested at once; more wait their turn (each holds up to ~6 MiB).
+    pub max_concurrent_uploads: usize,
     /// Chunking, compression and pack settings.
     pub store: StoreConfig,
 }
@@ -51,6 +53,7 @@ impl Default for OriginConfig {
             token: None,
             max_body_bytes: 64 << 30,
             file_cache_control: "public, max-age=60".into(),
+            max_concurrent_uploads: 64,
             store: StoreConfig::default(),
         }
     }
@@ -87,10 +90,12 @@ pub async fn run(
             path: config.data.clone(),
             source,
         })?;
+    let uploads = tokio::sync::Semaphore::new(config.max_concurrent_uploads.max(1));
     let app = Arc::new(server::App {
         store: Arc::new(store),
         config,
         metrics: metrics::Metrics::new(),
+        uploads,
     });
     server::serve(app, listener, shutdown).await?;
     Ok(())

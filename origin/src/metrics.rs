@@ -27,6 +27,8 @@ pub struct Metrics {
     pub corrupt_chunks: IntCounter,
     /// Chunks removed by garbage collection.
     pub gc_chunks: IntCounter,
+    /// Publishes being ingested now.
+    pub uploads_in_flight: IntGauge,
     objects: IntGauge,
     logical_bytes: IntGauge,
     unique_bytes: IntGauge,
@@ -96,6 +98,10 @@ impl Metrics {
                 "tessera_origin_gc_chunks_total",
                 "Chunks reclaimed by garbage collection",
             ),
+            uploads_in_flight: g(
+                "tessera_origin_uploads_in_flight",
+                "Publishes being ingested now",
+            ),
             objects: g("tessera_origin_objects", "Published files"),
             logical_bytes: g(
                 "tessera_origin_logical_bytes",
@@ -133,6 +139,7 @@ impl Metrics {
             m.registry.register(Box::new(x.clone())).unwrap();
         }
         for x in [
+            &m.uploads_in_flight,
             &m.objects,
             &m.logical_bytes,
             &m.unique_bytes,

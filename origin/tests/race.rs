@@ -228,3 +228,27 @@ async fn concurrent_small_publishes_share_commits_and_chunks() {
     assert_eq!(packs, new_bytes + headers);
     node.stop().await;
 }
+
+/// With room for one publish at a time, many at once all succeed: they queue, none is
+/// refused or lost, and the in-flight gauge returns to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_beyond_the_concurrency_limit_wait_their_turn() {
+    let node = Node::start(|c| c.max_concurrent_uploads = 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let client = node.client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .put_bytes(&format!("q/{i}"), noise(300_000, 500 + i))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(node.client.stats().await.unwrap().objects, 8);
+    let m = get(&node.url("/metrics")).await;
+    let m = std::str::from_utf8(&m.body).unwrap();
+    assert!(m.lines().any(|l| l == "tessera_origin_uploads_in_flight 0"), "{m}");
+    node.stop().await;
+}

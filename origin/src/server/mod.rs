@@ -39,6 +39,9 @@ pub struct App {
     pub store: Arc<Store>,
     pub config: OriginConfig,
     pub metrics: Metrics,
+    /// Publishes that may ingest at once (`max_concurrent_uploads`); others wait their turn,
+    /// their bodies held back by TCP, so memory stays bounded whatever clients send.
+    pub uploads: tokio::sync::Semaphore,
 }
 
 /// An error reply: a status and a message for the JSON body.
@@ -434,6 +437,12 @@ async fn publish(
     {
         return Err(too_large());
     }
+    let _permit =
+        app.uploads.acquire().await.map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
+        })?;
+    app.metrics.uploads_in_flight.inc();
+    let _in_flight = scopeguard_dec(&app.metrics.uploads_in_flight);
     let content_type = mime_guess::from_path(&path)
         .first_or_octet_stream()
         .essence_str()
@@ -517,6 +526,17 @@ async fn publish(
         StatusCode::CREATED
     };
     Ok((status, reply))
+}
+
+/// Decrements `g` when dropped.
+fn scopeguard_dec(g: &prometheus::IntGauge) -> impl Drop + '_ {
+    struct Dec<'a>(&'a prometheus::IntGauge);
+    impl Drop for Dec<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Dec(g)
 }
 
 fn gc(app: &App) {
