@@ -249,6 +249,9 @@ async fn publishes_beyond_the_concurrency_limit_wait_their_turn() {
     assert_eq!(node.client.stats().await.unwrap().objects, 8);
     let m = get(&node.url("/metrics")).await;
     let m = std::str::from_utf8(&m.body).unwrap();
-    assert!(m.lines().any(|l| l == "tessera_origin_uploads_in_flight 0"), "{m}");
+    assert!(
+        m.lines().any(|l| l == "tessera_origin_uploads_in_flight 0"),
+        "{m}"
+    );
     node.stop().await;
 }

@@ -38,6 +38,13 @@ async fn push_publishes_a_folder_and_reports() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("published 3 files, 600014 bytes"), "{out}");
     assert!(out.contains("dedup"), "{out}");
+    // Pushing the same folder again stores nothing new.
+    let (ok, again, err) = tessera(&["push", site_arg, "--origin", &url, "--prefix", "www2"]);
+    assert!(ok, "{again}{err}");
+    assert!(
+        again.contains("(0 new)") && again.contains("already had every chunk"),
+        "{again}"
+    );
     let client = tessera_origin_proto::OriginClient::new(&url, None).unwrap();
     let m = client.manifest("www/img/copy.bin").await.unwrap().unwrap();
     assert_eq!(m.size, 300_000);

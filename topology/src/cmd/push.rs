@@ -173,15 +173,15 @@ pub async fn run(a: Args) -> Result<()> {
             }
         }
     }
-    let ratio = if added == 0 {
-        f64::INFINITY
-    } else {
-        bytes as f64 / added as f64
-    };
     println!("published {n} files, {bytes} bytes in {chunks} chunks ({new_chunks} new)");
-    println!(
-        "new bytes stored: {added} ({ratio:.2}x smaller than the files, after dedup and compression)"
-    );
+    if added == 0 {
+        println!("new bytes stored: 0 (the origin already had every chunk)");
+    } else {
+        let ratio = bytes as f64 / added as f64;
+        println!(
+            "new bytes stored: {added} ({ratio:.2}x smaller than the files, after dedup and compression)"
+        );
+    }
     if let Ok(s) = client.stats().await {
         println!(
             "origin now holds {} files, {} bytes; dedup {:.2}x, compression {:.2}x, overall {:.2}x",
