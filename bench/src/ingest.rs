@@ -143,6 +143,43 @@ fn time(mut f: impl FnMut()) -> Duration {
     start.elapsed() / n
 }
 
+/// A real origin on 127.0.0.1:0, in this process.
+struct Origin {
+    url: String,
+    client: OriginClient,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), tessera_origin::OriginError>>,
+}
+
+impl Origin {
+    async fn start(data: PathBuf, store: &StoreConfig) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let cfg = OriginConfig {
+            data,
+            store: store.clone(),
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(tessera_origin::run(listener, cfg, async {
+            let _ = stopped.await;
+        }));
+        let client = OriginClient::new(&url, None)?;
+        Ok(Self {
+            url,
+            client,
+            stop,
+            server,
+        })
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        Ok(())
+    }
+}
+
 /// Regular files under `dir` (symlinks not followed) with their sizes, in path order.
 fn list_files(dir: &Path) -> Vec<(PathBuf, u64)> {
     let mut out = Vec::new();
@@ -326,18 +363,8 @@ pub fn run(a: Args) -> Result<()> {
         .build()?;
     let origin_dir = tmp.path().join("origin");
     let (t_ours, stored_ours, read_rows, folder) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let cfg = OriginConfig {
-            data: origin_dir.clone(),
-            store: store_cfg.clone(),
-            ..Default::default()
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(tessera_origin::run(listener, cfg, async {
-            let _ = stopped.await;
-        }));
-        let client = OriginClient::new(&url, None)?;
+        let origin = Origin::start(origin_dir.clone(), &store_cfg).await?;
+        let (url, client) = (origin.url.clone(), origin.client.clone());
         let mut times = Vec::new();
         for i in 1..=2 {
             let data = std::fs::read(files.join(format!("v{i}/release.tar")))?;
@@ -347,18 +374,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         let stored = client.stats().await?.stored_bytes;
         // The folder goes to an origin of its own: the corpus above holds some of its files.
-        let folder_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let folder_url = format!("http://{}", folder_listener.local_addr()?);
-        let folder_cfg = OriginConfig {
-            data: tmp.path().join("origin-folder"),
-            store: store_cfg.clone(),
-            ..Default::default()
-        };
-        let (folder_stop, folder_stopped) = tokio::sync::oneshot::channel::<()>();
-        let folder_server = tokio::spawn(tessera_origin::run(folder_listener, folder_cfg, async {
-            let _ = folder_stopped.await;
-        }));
-        let folder_client = OriginClient::new(&folder_url, None)?;
+        let folder_origin = Origin::start(tmp.path().join("origin-folder"), &store_cfg).await?;
+        let folder_client = folder_origin.client.clone();
         let folder_files = list_files(&a.folder);
         let folder_bytes: u64 = folder_files.iter().map(|(_, n)| n).sum();
         let start = Instant::now();
@@ -378,8 +395,7 @@ pub fn run(a: Args) -> Result<()> {
         let folder_time = start.elapsed();
         results.into_iter().collect::<Result<Vec<_>>>()?;
         let folder_stored = folder_client.stats().await?.stored_bytes;
-        let _ = folder_stop.send(());
-        folder_server.await??;
+        folder_origin.stop().await?;
         // Reads of stored 100 MiB files: compressible (corpus) and incompressible (noise).
         let mut rows = Vec::new();
         let text: Vec<u8> = v1.iter().cycle().take(100 << 20).copied().collect();
@@ -410,8 +426,7 @@ pub fn run(a: Args) -> Result<()> {
             }
             rows.push((name, mbps(data.len(), best)));
         }
-        let _ = stop.send(());
-        server.await??;
+        origin.stop().await?;
         anyhow::Ok((
             times,
             stored,
