@@ -52,8 +52,7 @@ async fn push_publishes_a_folder_and_reports() {
     // The copy cost nothing: stored bytes are about one copy's worth.
     let stats = client.stats().await.unwrap();
     assert!(stats.unique_bytes < 310_000, "{stats:?}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill_9();
 
     // Failures: an origin that is not there, a path that does not exist, a bad URL.
     let (ok, _, err) = tessera(&["push", site_arg, "--origin", &url]);
@@ -89,6 +88,5 @@ fn push_without_the_token_fails_with_the_reason() {
         "s3cret",
     ]);
     assert!(ok, "{out}{err}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill_9();
 }

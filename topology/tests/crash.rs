@@ -85,8 +85,7 @@ async fn kill_9_during_uploads_then_restart() {
         let body = noise(300_000 + round * 1000, 100 + round as u64);
         client.put_bytes(&name, body.clone()).await.unwrap();
         acked.push((name, body));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.kill_9(); // SIGKILL
         for t in tasks {
             t.await.unwrap();
         }
@@ -130,8 +129,7 @@ async fn kill_9_during_uploads_then_restart() {
                 "{name} reads back differently"
             );
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.kill_9();
     }
 }
 

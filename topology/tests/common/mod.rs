@@ -6,14 +6,38 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// A running `tessera origin` process, killed when dropped so a failing test leaves none
+/// behind.
+pub struct OriginProcess(Child);
+
+impl OriginProcess {
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// `kill -9`, and reaps it.
+    pub fn kill_9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for OriginProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `tessera origin` on 127.0.0.1:0 with `data` and returns it with its URL, read
 /// from the line it prints once it listens.
-pub fn start_origin(data: &Path) -> (Child, String) {
+pub fn start_origin(data: &Path) -> (OriginProcess, String) {
     start_origin_with(data, &[])
 }
 
 /// [`start_origin`] with more options.
-pub fn start_origin_with(data: &Path, extra: &[&str]) -> (Child, String) {
+pub fn start_origin_with(data: &Path, extra: &[&str]) -> (OriginProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["origin", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
@@ -30,7 +54,7 @@ pub fn start_origin_with(data: &Path, extra: &[&str]) -> (Child, String) {
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
         .expect("no URL in the origin's first line");
-    (child, url.to_string())
+    (OriginProcess(child), url.to_string())
 }
 
 /// Deterministic pseudo-random bytes (xorshift).
