@@ -27,7 +27,7 @@ use super::meta::{
 };
 use super::pack::{PackWriter, RECORD_HEAD};
 use super::{
-    Result, StoreError, Written, counter_add, fsync_dir, get_entry, io, record_change, release,
+    Result, StoreError, Written, counter_add, fsync_dir, get_entry, io, record_change, retire,
 };
 use crate::codec::Codec;
 use tessera_origin_proto::changes::ChangeOp;
@@ -280,11 +280,7 @@ fn apply(
         .map(|v| v.value().to_vec());
     let replaced = old.is_some();
     if let Some(old) = old {
-        let old = StoredManifest::decode(&m.path, &old)
-            .ok_or_else(|| StoreError::Damaged(format!("manifest of {}", m.path)))?;
-        release(&mut chunks, &mut garbage, &old)?;
-        counter_add(&mut counters, "objects", -1)?;
-        counter_add(&mut counters, "logical_bytes", -i128::from(old.size))?;
+        retire(&mut chunks, &mut garbage, &mut counters, &m.path, &old)?;
     }
     counter_add(&mut counters, "objects", 1)?;
     counter_add(&mut counters, "logical_bytes", i128::from(m.size))?;

@@ -39,14 +39,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table};
 use serde::{Deserialize, Serialize};
 use tessera_origin_proto::changes::{ChangeOp, ChangesReply};
 use tessera_origin_proto::client::{PublishReply, Stats};
-
-use commit::{CommitJob, Committer, SmallRecord};
 use tessera_origin_proto::manifest::MANIFEST_FORMAT;
 use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk};
 use tracing::{info, warn};
 
 use crate::chunker::{ChunkParams, Chunker};
 use crate::codec::{self, Codec};
+use commit::{CommitJob, Committer, SmallRecord};
 use meta::{
     CHANGES, CHUNKS, COUNTERS, ChunkEntry, GARBAGE, MANIFESTS, META_FORMAT, PACKS, PackEntry,
     StoredChange, StoredManifest,
@@ -470,14 +469,10 @@ impl Store {
             let Some(old) = manifests.remove(path)? else {
                 return Ok(false);
             };
-            let old = StoredManifest::decode(path, old.value())
-                .ok_or_else(|| StoreError::Damaged(format!("manifest of {path}")))?;
             let mut chunks = txn.open_table(CHUNKS)?;
             let mut garbage = txn.open_table(GARBAGE)?;
-            release(&mut chunks, &mut garbage, &old)?;
-            let mut c = txn.open_table(COUNTERS)?;
-            counter_add(&mut c, "objects", -1)?;
-            counter_add(&mut c, "logical_bytes", -i128::from(old.size))?;
+            let mut counters = txn.open_table(COUNTERS)?;
+            retire(&mut chunks, &mut garbage, &mut counters, path, old.value())?;
         }
         let seq = record_change(
             &txn,
@@ -808,12 +803,20 @@ fn record_change(
     Ok(seq)
 }
 
-/// Drops one reference per manifest entry; chunks reaching 0 become garbage.
-fn release(
+/// Retires the version of `path` whose stored manifest is `stored` (deleted or replaced):
+/// drops one reference per manifest entry, chunks reaching 0 become garbage, and the file
+/// leaves the counters.
+fn retire(
     chunks: &mut Table<&[u8; 32], &[u8]>,
     garbage: &mut Table<&[u8; 32], ()>,
-    m: &Manifest,
+    counters: &mut Table<&str, u64>,
+    path: &str,
+    stored: &[u8],
 ) -> Result<()> {
+    let m = StoredManifest::decode(path, stored)
+        .ok_or_else(|| StoreError::Damaged(format!("manifest of {path}")))?;
+    counter_add(counters, "objects", -1)?;
+    counter_add(counters, "logical_bytes", -i128::from(m.size))?;
     for c in &m.chunks {
         let mut e = get_entry(chunks, &c.hash)?.ok_or(StoreError::MissingChunk(c.hash))?;
         e.refs = e.refs.saturating_sub(1);
