@@ -784,8 +784,6 @@ async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Resul
     if chunks.is_empty() {
         return Ok(empty());
     }
-    let store = app.store.clone();
-    let metrics = app.metrics.clone();
     let hashes: Arc<Vec<ChunkHash>> = Arc::new(m.chunks.iter().map(|c| c.hash).collect());
     let slice = move |i: usize, data: Bytes| {
         let c = m.chunks[i];
@@ -794,8 +792,8 @@ async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Resul
         data.slice(from..to)
     };
     let read_group = {
-        let store = store.clone();
-        let metrics = metrics.clone();
+        let store = app.store.clone();
+        let metrics = app.metrics.clone();
         move |ids: std::ops::Range<usize>, hashes: &[ChunkHash]| -> Result<Vec<Bytes>, StoreError> {
             use rayon::prelude::*;
             hashes[ids]
@@ -814,19 +812,12 @@ async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Resul
     let first_data = blocking(move || rg(f, &h)).await??;
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
-        let send = |i: usize, d: Bytes| tx.blocking_send(Ok(Frame::data(slice(i, d)))).is_ok();
-        for (i, d) in first.clone().zip(first_data) {
-            if !send(i, d) {
-                return;
-            }
-        }
-        let mut at = first.end;
-        while at < chunks.end {
-            let group = at..(at + READ_GROUP).min(chunks.end);
-            match read_group(group.clone(), &hashes) {
+        let (mut group, mut datas): (_, Result<_, StoreError>) = (first, Ok(first_data));
+        loop {
+            match datas {
                 Ok(datas) => {
                     for (i, d) in group.clone().zip(datas) {
-                        if !send(i, d) {
+                        if tx.blocking_send(Ok(Frame::data(slice(i, d)))).is_err() {
                             return; // the client went away
                         }
                     }
@@ -837,7 +828,11 @@ async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Resul
                     return;
                 }
             }
-            at = group.end;
+            if group.end >= chunks.end {
+                return;
+            }
+            group = group.end..(group.end + READ_GROUP).min(chunks.end);
+            datas = read_group(group.clone(), &hashes);
         }
     });
     let stream =
