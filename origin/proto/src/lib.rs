@@ -10,6 +10,7 @@
 //! - [`manifest`]: [`Manifest`], the ordered chunk list of a published file (format version 1).
 //! - [`path`]: the rules a publish path must follow, shared by server and client.
 //! - [`changes`]: the change feed edges follow.
+//! - [`range`]: `Range` and conditional request evaluation (RFC 9110), shared by origin and edge.
 //! - [`client`]: [`OriginClient`], an HTTP client for the publisher and edge APIs.
 //!
 //! # Chunk wire format (version 1)
@@ -24,6 +25,7 @@ pub mod client;
 pub mod hash;
 pub mod manifest;
 pub mod path;
+pub mod range;
 
 pub use client::{ClientError, OriginClient, PublishReply};
 pub use hash::ChunkHash;

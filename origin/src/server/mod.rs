@@ -7,8 +7,6 @@
 //!
 //! Every error reply is JSON `{"error": "..."}` naming the problem.
 
-pub mod range;
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +26,7 @@ use crate::OriginConfig;
 use crate::codec::Codec;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use range::{RangeAsk, accepts_encoding, etag_matches, parse_range};
+use tessera_origin_proto::range::{RangeAsk, accepts_encoding, etag_matches, parse_range};
 
 /// Response body type of every handler.
 pub type Body = BoxBody<Bytes, std::io::Error>;

@@ -1,4 +1,5 @@
-//! `Range` (RFC 9110 §14) and conditional request (RFC 9110 §13) evaluation. No I/O.
+//! `Range` (RFC 9110 §14) and conditional request (RFC 9110 §13) evaluation, shared by the
+//! origin server and the edge. No I/O.
 
 /// What a `Range` header asks of a representation of `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
