@@ -1,6 +1,8 @@
 //! `Range` (RFC 9110 §14) and conditional request (RFC 9110 §13) evaluation, shared by the
 //! origin server and the edge. No I/O.
 
+use http::{HeaderMap, StatusCode, header};
+
 /// What a `Range` header asks of a representation of `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeAsk {
@@ -108,6 +110,64 @@ pub fn accepts_encoding(header: &str, coding: &str) -> bool {
         });
         name.eq_ignore_ascii_case(coding) && !zero
     })
+}
+
+/// Evaluates `If-Match`, `If-Unmodified-Since`, `If-None-Match` and `If-Modified-Since` in
+/// RFC 9110 §13.2.2 order for a GET or HEAD of a representation with validators `etag`
+/// (quoted) and `modified` (seconds since the epoch): `Some(304)` or `Some(412)` when they
+/// decide the answer, `None` to answer normally.
+pub fn preconditions(
+    headers: &HeaderMap,
+    etag: Option<&str>,
+    modified: Option<u64>,
+) -> Option<StatusCode> {
+    let h = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(list) = h(header::IF_MATCH) {
+        let ok = match etag {
+            Some(e) => etag_matches(list, e, false),
+            None => list.trim() == "*",
+        };
+        if !ok {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    } else if let (Some(since), Some(m)) = (h(header::IF_UNMODIFIED_SINCE).and_then(date), modified)
+        && m > since
+    {
+        return Some(StatusCode::PRECONDITION_FAILED);
+    }
+    if let Some(list) = h(header::IF_NONE_MATCH) {
+        let hit = match etag {
+            Some(e) => etag_matches(list, e, true),
+            None => list.trim() == "*",
+        };
+        return hit.then_some(StatusCode::NOT_MODIFIED);
+    }
+    if let (Some(since), Some(m)) = (h(header::IF_MODIFIED_SINCE).and_then(date), modified) {
+        return (m <= since).then_some(StatusCode::NOT_MODIFIED);
+    }
+    None
+}
+
+/// Whether a `Range` still applies under the request's `If-Range` (RFC 9110 §13.1.5): true
+/// without `If-Range`, or when it names this representation exactly (a strong ETag, or the
+/// exact `Last-Modified` date).
+pub fn if_range_holds(headers: &HeaderMap, etag: Option<&str>, modified: Option<u64>) -> bool {
+    let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    if ir.starts_with('"') {
+        etag.is_some_and(|e| e == ir)
+    } else {
+        date(ir).is_some_and(|d| Some(d) == modified)
+    }
+}
+
+fn date(v: &str) -> Option<u64> {
+    httpdate::parse_http_date(v)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 #[cfg(test)]

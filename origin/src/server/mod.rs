@@ -26,7 +26,9 @@ use crate::OriginConfig;
 use crate::codec::Codec;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use tessera_origin_proto::range::{RangeAsk, accepts_encoding, etag_matches, parse_range};
+use tessera_origin_proto::range::{
+    RangeAsk, accepts_encoding, etag_matches, if_range_holds, parse_range, preconditions,
+};
 
 /// Response body type of every handler.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -670,7 +672,7 @@ impl<'a> Validated<'a> {
 
     /// The reply when the request's preconditions decide it: `304`, or `412` as an error.
     fn decide(&self, headers: &HeaderMap) -> Result<Option<Response<Body>>, ApiError> {
-        match preconditions(headers, &self.etag, self.modified) {
+        match preconditions(headers, Some(&self.etag), Some(self.modified)) {
             None => Ok(None),
             Some(StatusCode::NOT_MODIFIED) => Ok(Some(
                 self.head(StatusCode::NOT_MODIFIED).body(empty()).unwrap(),
@@ -678,29 +680,6 @@ impl<'a> Validated<'a> {
             Some(s) => Err(ApiError::new(s, "If-Match does not match the current ETag")),
         }
     }
-}
-
-/// Evaluates `If-Match`, `If-None-Match` and `If-Modified-Since` (RFC 9110 §13.2.2 order).
-fn preconditions(headers: &HeaderMap, etag: &str, modified: u64) -> Option<StatusCode> {
-    let h = |n: header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
-    if let Some(list) = h(header::IF_MATCH)
-        && !etag_matches(list, etag, false)
-    {
-        return Some(StatusCode::PRECONDITION_FAILED);
-    }
-    if let Some(list) = h(header::IF_NONE_MATCH) {
-        return etag_matches(list, etag, true).then_some(StatusCode::NOT_MODIFIED);
-    }
-    if let Some(since) =
-        h(header::IF_MODIFIED_SINCE).and_then(|v| httpdate::parse_http_date(v).ok())
-    {
-        let since = since
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        return (modified <= since).then_some(StatusCode::NOT_MODIFIED);
-    }
-    None
 }
 
 async fn get_file(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool) -> Reply {
@@ -718,16 +697,8 @@ async fn get_file(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool)
         })
         .unwrap_or(RangeAsk::Whole);
     // If-Range: a range only applies to the representation the client already has part of.
-    if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        let same = if ir.starts_with('"') {
-            ir == v.etag
-        } else {
-            httpdate::parse_http_date(ir)
-                .is_ok_and(|d| d == UNIX_EPOCH + Duration::from_secs(v.modified))
-        };
-        if !same {
-            ask = RangeAsk::Whole;
-        }
+    if !if_range_holds(headers, Some(&v.etag), Some(v.modified)) {
+        ask = RangeAsk::Whole;
     }
     let (status, start, end) = match ask {
         RangeAsk::Whole => (StatusCode::OK, 0, m.size),
