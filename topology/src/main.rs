@@ -1,7 +1,7 @@
 //! `tessera`: one binary for every role of a Tessera network.
 //!
-//! Subcommands: `origin` runs a storage node, `push` publishes files to it. Later roles
-//! (`edge`, `up`, `plugin`) are added here too; the roles themselves live in their own
+//! Subcommands: `origin` runs a storage node, `edge` a caching edge node, `push` publishes
+//! files to an origin. Later roles (`up`, `plugin`) are added here too; the roles themselves live in their own
 //! library crates and this binary only wires them together.
 
 mod cmd;
@@ -21,12 +21,16 @@ struct Cli {
 enum Command {
     /// Run an origin storage node: publishers push files to it; edges read from it.
     Origin(cmd::origin::Args),
+    /// Run an edge node: a caching proxy in front of origins or any HTTP server.
+    Edge(cmd::edge::Args),
     /// Publish a file or a folder to an origin.
     Push(cmd::push::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process, installed before anything uses rustls.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Origin(a) => cmd::origin::run(a).await,
+            Command::Edge(a) => cmd::edge::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
         }
     });

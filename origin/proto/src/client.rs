@@ -130,6 +130,20 @@ impl ClientError {
     }
 }
 
+/// The answer to [`OriginClient::manifest_revalidate`].
+#[derive(Debug)]
+pub enum ManifestFetch {
+    /// The current manifest, and the response headers it came with.
+    Found {
+        manifest: Manifest,
+        headers: http::HeaderMap,
+    },
+    /// The ETag sent is still current; the headers refresh the stored copy's freshness.
+    NotModified { headers: http::HeaderMap },
+    /// Nothing is published at that path.
+    Missing,
+}
+
 /// A client for one origin node. Cheap to clone; clones share connections.
 #[derive(Clone, Debug)]
 pub struct OriginClient {
@@ -173,6 +187,29 @@ impl OriginClient {
         body: UploadBody,
         extra: &[(header::HeaderName, String)],
     ) -> Result<(http::response::Parts, Bytes), ClientError> {
+        let (parts, bytes) = self.send_raw(method, url.clone(), body, extra).await?;
+        if !parts.status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Status {
+                url,
+                status: parts.status,
+                message,
+            });
+        }
+        Ok((parts, bytes))
+    }
+
+    /// Sends a request and reads the whole answer, whatever its status.
+    async fn send_raw(
+        &self,
+        method: Method,
+        url: String,
+        body: UploadBody,
+        extra: &[(header::HeaderName, String)],
+    ) -> Result<(http::response::Parts, Bytes), ClientError> {
         let mut req = Request::builder().method(method.clone()).uri(&url);
         if method != Method::GET
             && let Some(t) = &self.token
@@ -203,17 +240,6 @@ impl OriginClient {
                 source: Box::new(e),
             })?
             .to_bytes();
-        if !parts.status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Status {
-                url,
-                status: parts.status,
-                message,
-            });
-        }
         Ok((parts, bytes))
     }
 
@@ -273,6 +299,44 @@ impl OriginClient {
                 ..
             }) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The manifest of `path` with the headers that govern caching it (`Cache-Control`,
+    /// `ETag`, `Date`, …), revalidating `etag` when given: the edge's manifest fetch.
+    pub async fn manifest_revalidate(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+    ) -> Result<ManifestFetch, ClientError> {
+        let url = format!("{}/api/v1/manifests/{}", self.base, encode_path(path));
+        let extra: Vec<_> = etag
+            .map(|e| (header::IF_NONE_MATCH, e.to_string()))
+            .into_iter()
+            .collect();
+        let (parts, bytes) = self
+            .send_raw(Method::GET, url.clone(), full(Bytes::new()), &extra)
+            .await?;
+        match parts.status {
+            StatusCode::OK => {
+                let manifest = Manifest::from_json(&bytes).map_err(|e| ClientError::Malformed {
+                    url,
+                    why: e.to_string(),
+                })?;
+                Ok(ManifestFetch::Found {
+                    manifest,
+                    headers: parts.headers,
+                })
+            }
+            StatusCode::NOT_MODIFIED => Ok(ManifestFetch::NotModified {
+                headers: parts.headers,
+            }),
+            StatusCode::NOT_FOUND => Ok(ManifestFetch::Missing),
+            status => Err(ClientError::Status {
+                url,
+                status,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            }),
         }
     }
 

@@ -27,7 +27,7 @@ pub mod manifest;
 pub mod path;
 pub mod range;
 
-pub use client::{ClientError, OriginClient, PublishReply};
+pub use client::{ClientError, ManifestFetch, OriginClient, PublishReply};
 pub use hash::ChunkHash;
 pub use manifest::{Manifest, ManifestChunk};
 pub use path::{PathError, validate_path};

@@ -1,0 +1,92 @@
+//! The edge's configuration, read from TOML (`tessera edge --config FILE`) or built by the
+//! command line; every field has a default that serves a laptop.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Policy;
+
+/// Where misses go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Tessera origin nodes (`http://host:port`), tried in order: the edge reads manifests
+    /// and chunks and caches chunks by content address.
+    Origin(Vec<String>),
+    /// Any HTTP server (`http://host:port`), fronted as a standard RFC 9111 proxy cache.
+    Upstream(String),
+}
+
+impl Backend {
+    pub fn is_origin(&self) -> bool {
+        matches!(self, Backend::Origin(_))
+    }
+}
+
+/// Configuration of one edge node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Where misses go.
+    pub backend: Backend,
+    /// Folder of the SSD tier and the edge's small state files (purges, feed position).
+    pub data: PathBuf,
+    /// Bytes of the memory tier.
+    pub memory_bytes: usize,
+    /// Bytes of the SSD tier.
+    pub disk_bytes: usize,
+    /// Eviction policy of the memory tier.
+    pub policy: Policy,
+    /// Token required by the admin listener (`Authorization: Bearer …`); `None` refuses
+    /// every admin request but `/healthz`.
+    pub admin_token: Option<String>,
+    /// Cap on heuristic freshness (10 % of the time since `Last-Modified`), seconds.
+    pub heuristic_cap_secs: u64,
+    /// Largest response body the edge stores; larger ones are streamed through uncached.
+    pub max_object_bytes: u64,
+    /// Time to connect to an origin, seconds.
+    pub connect_timeout_secs: u64,
+    /// Time to wait for an origin's response head, seconds (then `504`).
+    pub origin_timeout_secs: u64,
+    /// Time a client has to send a request head, seconds.
+    pub header_timeout_secs: u64,
+    /// Largest request header section, bytes (larger gets `431`).
+    pub max_header_bytes: usize,
+    /// Follow the origin's change feed (origin mode), so publishes and deletes reach this
+    /// cache at once.
+    pub follow_changes: bool,
+    /// Compress compressible responses with brotli for clients that accept it.
+    pub brotli: bool,
+    /// Bytes of compressed bodies kept in memory (so a hit is not compressed twice).
+    pub brotli_cache_entries: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            backend: Backend::Upstream("http://127.0.0.1:8080".into()),
+            data: PathBuf::from("tessera-edge-data"),
+            memory_bytes: 256 << 20,
+            disk_bytes: 1 << 30,
+            policy: Policy::default(),
+            admin_token: None,
+            heuristic_cap_secs: 24 * 3600,
+            max_object_bytes: 1 << 30,
+            connect_timeout_secs: 5,
+            origin_timeout_secs: 30,
+            header_timeout_secs: 10,
+            max_header_bytes: 32 << 10,
+            follow_changes: true,
+            brotli: true,
+            brotli_cache_entries: 4096,
+        }
+    }
+}
+
+impl EdgeConfig {
+    pub(crate) fn origin_timeout(&self) -> Duration {
+        Duration::from_secs(self.origin_timeout_secs)
+    }
+}

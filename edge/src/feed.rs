@@ -1,0 +1,132 @@
+//! Following the origin's change feed (origin mode): a publish or delete at the origin
+//! removes the edge's copy of that file's manifest within a long-poll round trip, without
+//! the origin knowing its edges.
+//!
+//! The position is saved in `feed.json` in the data folder after each batch, so a restarted
+//! edge resumes where it stopped; when the origin says changes were dropped from its history
+//! since then (`truncated`), every stored manifest is marked stale (a soft purge of all),
+//! so each is revalidated by `ETag` on its next use.
+//!
+//! A manifest fetch in flight while its file changes could store the old version after the
+//! change removed it: [`Recent`] remembers recently changed paths so such a fetch is served
+//! but not stored.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::origin_mode::manifest_key;
+use crate::proxy::{Edge, now_ms};
+use crate::purge::{Ban, Selector};
+
+/// Seconds the origin holds a long poll.
+const WAIT_SECS: u64 = 20;
+
+/// `feed.json`, format version 1.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Position {
+    version: u32,
+    /// The `since` of the next call.
+    next: u64,
+}
+
+/// Paths changed recently, with the feed position of the change.
+#[derive(Debug, Default)]
+pub struct Recent {
+    /// A std mutex: map operations only, no `.await` while held.
+    map: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+/// How long a change is remembered: longer than any manifest fetch may take.
+const REMEMBER: Duration = Duration::from_secs(120);
+
+impl Recent {
+    fn note(&self, path: &str, seq: u64) {
+        let mut m = self.map.lock().unwrap();
+        if m.len() > 10_000 {
+            m.retain(|_, (_, at)| at.elapsed() < REMEMBER);
+        }
+        m.insert(path.to_string(), (seq, Instant::now()));
+    }
+
+    /// The feed position of the latest change to `path` still remembered.
+    pub fn changed_at(&self, path: &str) -> Option<u64> {
+        self.map.lock().unwrap().get(path).map(|(s, _)| *s)
+    }
+}
+
+/// Starts following the feed when the edge is in origin mode and configured to.
+pub fn spawn(edge: Arc<Edge>) -> Option<tokio::task::JoinHandle<()>> {
+    if edge.origins.is_empty() || !edge.cfg.follow_changes {
+        return None;
+    }
+    Some(tokio::spawn(follow(edge)))
+}
+
+async fn follow(edge: Arc<Edge>) {
+    let file: PathBuf = edge.cfg.data.join("feed.json");
+    let mut since = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Position>(&b).ok())
+        .map(|p| p.next)
+        .unwrap_or(0);
+    let mut origin = 0usize;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let client = &edge.origins[origin % edge.origins.len()];
+        match client.changes(since, WAIT_SECS).await {
+            Ok(reply) => {
+                backoff = Duration::from_millis(200);
+                if reply.truncated || reply.next < since {
+                    // Missed changes (or the origin's history restarted): revalidate all.
+                    tracing::warn!(
+                        since,
+                        next = reply.next,
+                        "change feed gap; marking every manifest stale"
+                    );
+                    let _ = edge
+                        .bans
+                        .add(Ban {
+                            selector: Selector::All,
+                            at_ms: now_ms() + 1,
+                            soft: true,
+                        })
+                        .await;
+                    edge.metrics
+                        .purges
+                        .with_label_values(&["all", "soft"])
+                        .inc();
+                }
+                for c in &reply.changes {
+                    edge.recent.note(&c.path, c.seq);
+                    edge.cache.remove(&manifest_key(&c.path));
+                }
+                if reply.next != since {
+                    since = reply.next;
+                    edge.metrics.feed_position.set(since as i64);
+                    edge.feed_position
+                        .store(since, std::sync::atomic::Ordering::SeqCst);
+                    let json = serde_json::to_vec(&Position {
+                        version: 1,
+                        next: since,
+                    })
+                    .unwrap();
+                    let (tmp, f) = (file.with_extension("json.tmp"), file.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &f))
+                    })
+                    .await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(origin = client.base(), error = %e, "change feed unavailable; retrying");
+                origin += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! HTTP caching rules (RFC 9111, RFC 9213 `CDN-Cache-Control`, RFC 5861 stale extensions) for
+//! a shared cache. No I/O and no clock: every function takes the times it needs, so the rules
+//! are tested with made-up times.
+
+use http::{HeaderMap, Method, StatusCode, header};
+
+/// The directives of one `Cache-Control` (or `CDN-Cache-Control`) field that a shared cache
+/// acts on. Unknown directives are ignored, as RFC 9111 §5.2.3 requires.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub no_store: bool,
+    /// `no-cache` without field names: the response may be stored but must be revalidated
+    /// before every use. With field names (`no-cache="Set-Cookie"`) those fields are not
+    /// reused, which this cache does by dropping them when storing.
+    pub no_cache: bool,
+    pub no_cache_fields: Vec<String>,
+    pub private: bool,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub immutable: bool,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+    /// Request directives.
+    pub max_stale: Option<Option<u64>>,
+    pub min_fresh: Option<u64>,
+    pub only_if_cached: bool,
+    /// Whether any directive was present at all.
+    pub present: bool,
+}
+
+fn seconds(v: Option<&str>) -> Option<u64> {
+    let v = v?.trim().trim_matches('"');
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // RFC 9111 §1.2.2: a delta-seconds too large to hold is taken as 2^31.
+    Some(v.parse::<u64>().unwrap_or(1 << 31).min(1 << 31))
+}
+
+impl CacheControl {
+    /// Parses every value of `name` in `headers` (directives may be split over several lines).
+    pub fn parse(headers: &HeaderMap, name: impl header::AsHeaderName) -> Self {
+        let mut cc = CacheControl::default();
+        for value in headers.get_all(name) {
+            let Ok(value) = value.to_str() else { continue };
+            for item in split_list(value) {
+                cc.present = true;
+                let (k, v) = match item.split_once('=') {
+                    Some((k, v)) => (k.trim(), Some(v.trim())),
+                    None => (item.trim(), None),
+                };
+                match k.to_ascii_lowercase().as_str() {
+                    "max-age" => cc.max_age = seconds(v).or(Some(0)),
+                    "s-maxage" => cc.s_maxage = seconds(v).or(Some(0)),
+                    "no-store" => cc.no_store = true,
+                    "no-cache" => match v {
+                        Some(fields) => cc.no_cache_fields.extend(
+                            fields
+                                .trim_matches('"')
+                                .split(',')
+                                .map(|f| f.trim().to_ascii_lowercase())
+                                .filter(|f| !f.is_empty()),
+                        ),
+                        None => cc.no_cache = true,
+                    },
+                    "private" => cc.private = true,
+                    "public" => cc.public = true,
+                    "must-revalidate" => cc.must_revalidate = true,
+                    "proxy-revalidate" => cc.proxy_revalidate = true,
+                    "immutable" => cc.immutable = true,
+                    "stale-while-revalidate" => cc.stale_while_revalidate = seconds(v),
+                    "stale-if-error" => cc.stale_if_error = seconds(v),
+                    "max-stale" => cc.max_stale = Some(seconds(v)),
+                    "min-fresh" => cc.min_fresh = seconds(v),
+                    "only-if-cached" => cc.only_if_cached = true,
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+}
+
+/// Splits a comma-separated list, keeping commas inside quoted strings.
+fn split_list(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, b) in value.bytes().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// The caching directives that apply to this cache: `CDN-Cache-Control` when the response
+/// has one (RFC 9213 §2.1: it then replaces `Cache-Control` for CDNs), else `Cache-Control`.
+pub fn response_directives(headers: &HeaderMap) -> CacheControl {
+    let cdn = CacheControl::parse(headers, "cdn-cache-control");
+    if cdn.present {
+        cdn
+    } else {
+        CacheControl::parse(headers, header::CACHE_CONTROL)
+    }
+}
+
+/// Status codes that are heuristically cacheable (RFC 9110 §15.1).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Why a response may not be stored, or `None` when it may (RFC 9111 §3).
+pub fn not_storable(
+    method: &Method,
+    req: &HeaderMap,
+    status: StatusCode,
+    resp: &HeaderMap,
+) -> Option<&'static str> {
+    if method != Method::GET && method != Method::HEAD {
+        return Some("method");
+    }
+    if status == StatusCode::PARTIAL_CONTENT || status.is_informational() {
+        return Some("status");
+    }
+    let req_cc = CacheControl::parse(req, header::CACHE_CONTROL);
+    if req_cc.no_store {
+        return Some("request no-store");
+    }
+    let cc = response_directives(resp);
+    if cc.no_store {
+        return Some("no-store");
+    }
+    if cc.private {
+        return Some("private");
+    }
+    if req.contains_key(header::AUTHORIZATION)
+        && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
+    {
+        return Some("authorization");
+    }
+    if resp.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
+    }) {
+        return Some("vary *");
+    }
+    let explicit = cc.max_age.is_some()
+        || cc.s_maxage.is_some()
+        || cc.public
+        || resp.contains_key(header::EXPIRES)
+        || cc.no_cache;
+    if !explicit && !heuristically_cacheable(status) {
+        return Some("status without explicit freshness");
+    }
+    None
+}
+
+/// What a cache needs to know of a stored response to judge its freshness: the parsed
+/// directives and the times of RFC 9111 §4.2.3, in seconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freshness {
+    /// Freshness lifetime in seconds (§4.2.1), including heuristic freshness.
+    pub lifetime: u64,
+    /// `corrected_initial_age` at the time the response was received.
+    pub initial_age: u64,
+    /// When the response was received.
+    pub response_time: u64,
+    pub must_revalidate: bool,
+    pub no_cache: bool,
+    pub immutable: bool,
+    pub stale_while_revalidate: u64,
+    pub stale_if_error: u64,
+}
+
+/// Parses an HTTP date header into seconds since the epoch.
+pub fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<u64> {
+    let v = headers.get(name)?.to_str().ok()?;
+    let t = httpdate::parse_http_date(v).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+impl Freshness {
+    /// Computes freshness for a response received at `response_time` for a request sent at
+    /// `request_time`. `heuristic_percent` of the time since `Last-Modified` is used when the
+    /// response has no explicit lifetime and its status allows it (10 % in RFC 9111 §4.2.2),
+    /// capped at `heuristic_cap` seconds.
+    pub fn of(
+        status: StatusCode,
+        headers: &HeaderMap,
+        request_time: u64,
+        response_time: u64,
+        heuristic_cap: u64,
+    ) -> Self {
+        let cc = response_directives(headers);
+        let date = date_header(headers, header::DATE).unwrap_or(response_time);
+        let lifetime = if let Some(s) = cc.s_maxage {
+            s
+        } else if let Some(m) = cc.max_age {
+            m
+        } else if headers.contains_key(header::EXPIRES) {
+            // An invalid Expires (for example "0") means already expired (§5.3).
+            date_header(headers, header::EXPIRES)
+                .map(|e| e.saturating_sub(date))
+                .unwrap_or(0)
+        } else if heuristically_cacheable(status) {
+            date_header(headers, header::LAST_MODIFIED)
+                .map(|lm| (date.saturating_sub(lm) / 10).min(heuristic_cap))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        // §4.2.3
+        let age_value = headers
+            .get(header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| seconds(Some(v)))
+            .unwrap_or(0);
+        let apparent_age = response_time.saturating_sub(date);
+        let response_delay = response_time.saturating_sub(request_time);
+        let corrected_age_value = age_value + response_delay;
+        let initial_age = apparent_age.max(corrected_age_value);
+        Freshness {
+            lifetime,
+            initial_age,
+            response_time,
+            // s-maxage also implies proxy-revalidate for shared caches (§5.2.2.10).
+            must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
+            no_cache: cc.no_cache,
+            immutable: cc.immutable,
+            stale_while_revalidate: cc.stale_while_revalidate.unwrap_or(0),
+            stale_if_error: cc.stale_if_error.unwrap_or(0),
+        }
+    }
+
+    /// The response's current age at `now` (§4.2.3).
+    pub fn age(&self, now: u64) -> u64 {
+        self.initial_age + now.saturating_sub(self.response_time)
+    }
+
+    /// How a request with directives `req` may use this stored response at `now`.
+    pub fn judge(&self, now: u64, req: &CacheControl) -> Use {
+        let age = self.age(now);
+        if self.no_cache || req.no_cache {
+            return Use::Revalidate;
+        }
+        // Request max-age and min-fresh narrow what counts as fresh (§5.2.1).
+        let mut lifetime = self.lifetime;
+        if let Some(ma) = req.max_age {
+            lifetime = lifetime.min(ma);
+        }
+        let needed = age + req.min_fresh.unwrap_or(0);
+        if needed < lifetime {
+            return Use::Fresh;
+        }
+        if self.must_revalidate {
+            return Use::Revalidate;
+        }
+        let stale_by = age.saturating_sub(lifetime);
+        match req.max_stale {
+            Some(None) => return Use::StaleAllowed,
+            Some(Some(s)) if stale_by <= s => return Use::StaleAllowed,
+            _ => {}
+        }
+        if stale_by < self.stale_while_revalidate && req.max_age.is_none() {
+            return Use::StaleWhileRevalidate;
+        }
+        Use::Revalidate
+    }
+
+    /// Whether a stale response may be served at `now` because the origin failed.
+    pub fn usable_on_error(&self, now: u64, req: &CacheControl) -> bool {
+        if self.must_revalidate {
+            return false;
+        }
+        let stale_by = self.age(now).saturating_sub(self.lifetime);
+        stale_by <= self.stale_if_error
+            || req
+                .max_stale
+                .is_some_and(|s| s.is_none_or(|s| stale_by <= s))
+    }
+
+    /// Seconds this response stays useful in cache (fresh or usable stale); a bound for the
+    /// storage TTL.
+    pub fn keep_for(&self) -> u64 {
+        self.lifetime + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+}
+
+/// How a stored response may be used for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Fresh: serve it.
+    Fresh,
+    /// Stale, and the request's `max-stale` accepts that: serve it.
+    StaleAllowed,
+    /// Stale within `stale-while-revalidate`: serve it and revalidate in the background.
+    StaleWhileRevalidate,
+    /// Must be revalidated with the origin before use.
+    Revalidate,
+}
+
+/// Headers a cache does not store or forward (RFC 9110 §7.6.1 hop-by-hop, plus those only
+/// meaningful on one connection).
+pub fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+/// Updates stored headers from a `304` (RFC 9111 §4.3.4): every header of the `304` replaces
+/// the stored one of that name, except framing headers.
+pub fn update_from_304(stored: &mut HeaderMap, not_modified: &HeaderMap) {
+    for name in not_modified.keys() {
+        if is_hop_by_hop(name)
+            || name == header::CONTENT_LENGTH
+            || name == header::CONTENT_ENCODING
+            || name == header::CONTENT_RANGE
+        {
+            continue;
+        }
+        stored.remove(name);
+        for v in not_modified.get_all(name) {
+            stored.append(name.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    const T: u64 = 1_700_000_000;
+
+    fn date(t: u64) -> String {
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+    }
+
+    #[test]
+    fn parses_directives_split_over_lines_and_quoted_lists() {
+        let cc = CacheControl::parse(
+            &h(&[
+                ("cache-control", "public, max-age=60"),
+                (
+                    "cache-control",
+                    "no-cache=\"set-cookie, x-a\", s-maxage=\"120\"",
+                ),
+            ]),
+            header::CACHE_CONTROL,
+        );
+        assert!(cc.public);
+        assert_eq!(cc.max_age, Some(60));
+        assert_eq!(cc.s_maxage, Some(120));
+        assert!(!cc.no_cache);
+        assert_eq!(cc.no_cache_fields, vec!["set-cookie", "x-a"]);
+    }
+
+    #[test]
+    fn cdn_cache_control_takes_precedence() {
+        let hs = h(&[
+            ("cache-control", "max-age=10"),
+            ("cdn-cache-control", "max-age=600"),
+        ]);
+        let f = Freshness::of(StatusCode::OK, &hs, T, T, 3600);
+        assert_eq!(f.lifetime, 600);
+    }
+
+    #[test]
+    fn s_maxage_beats_max_age_which_beats_expires() {
+        let hs = h(&[
+            ("cache-control", "max-age=10, s-maxage=20"),
+            ("expires", &date(T + 1000)),
+            ("date", &date(T)),
+        ]);
+        assert_eq!(Freshness::of(StatusCode::OK, &hs, T, T, 3600).lifetime, 20);
+        let hs = h(&[("expires", &date(T + 1000)), ("date", &date(T))]);
+        assert_eq!(
+            Freshness::of(StatusCode::OK, &hs, T, T, 3600).lifetime,
+            1000
+        );
+        let hs = h(&[("expires", "0"), ("date", &date(T))]);
+        assert_eq!(Freshness::of(StatusCode::OK, &hs, T, T, 3600).lifetime, 0);
+    }
+
+    #[test]
+    fn heuristic_is_a_tenth_of_last_modified_age_and_capped() {
+        let hs = h(&[("date", &date(T)), ("last-modified", &date(T - 1000))]);
+        assert_eq!(Freshness::of(StatusCode::OK, &hs, T, T, 3600).lifetime, 100);
+        assert_eq!(Freshness::of(StatusCode::OK, &hs, T, T, 50).lifetime, 50);
+        // Not for statuses that are not heuristically cacheable.
+        assert_eq!(
+            Freshness::of(StatusCode::FOUND, &hs, T, T, 3600).lifetime,
+            0
+        );
+    }
+
+    #[test]
+    fn age_counts_upstream_age_and_delay() {
+        let hs = h(&[
+            ("cache-control", "max-age=100"),
+            ("age", "30"),
+            ("date", &date(T)),
+        ]);
+        let f = Freshness::of(StatusCode::OK, &hs, T, T + 2, 3600);
+        assert_eq!(f.age(T + 2), 32);
+        assert_eq!(f.age(T + 12), 42);
+        assert_eq!(f.judge(T + 60, &CacheControl::default()), Use::Fresh);
+        assert_eq!(f.judge(T + 80, &CacheControl::default()), Use::Revalidate);
+    }
+
+    #[test]
+    fn request_directives_narrow_or_widen() {
+        let hs = h(&[("cache-control", "max-age=100"), ("date", &date(T))]);
+        let f = Freshness::of(StatusCode::OK, &hs, T, T, 3600);
+        let req = |v: &str| CacheControl::parse(&h(&[("cache-control", v)]), header::CACHE_CONTROL);
+        assert_eq!(f.judge(T + 50, &req("max-age=10")), Use::Revalidate);
+        assert_eq!(f.judge(T + 50, &req("min-fresh=60")), Use::Revalidate);
+        assert_eq!(f.judge(T + 50, &req("no-cache")), Use::Revalidate);
+        assert_eq!(f.judge(T + 150, &req("max-stale=60")), Use::StaleAllowed);
+        assert_eq!(f.judge(T + 150, &req("max-stale=10")), Use::Revalidate);
+        assert_eq!(f.judge(T + 5000, &req("max-stale")), Use::StaleAllowed);
+    }
+
+    #[test]
+    fn stale_extensions_and_must_revalidate() {
+        let hs = h(&[(
+            "cache-control",
+            "max-age=10, stale-while-revalidate=30, stale-if-error=300",
+        )]);
+        let f = Freshness::of(StatusCode::OK, &hs, T, T, 3600);
+        let none = CacheControl::default();
+        assert_eq!(f.judge(T + 20, &none), Use::StaleWhileRevalidate);
+        assert_eq!(f.judge(T + 50, &none), Use::Revalidate);
+        assert!(f.usable_on_error(T + 200, &none));
+        assert!(!f.usable_on_error(T + 400, &none));
+        let hs = h(&[(
+            "cache-control",
+            "max-age=10, must-revalidate, stale-while-revalidate=30, stale-if-error=300",
+        )]);
+        let f = Freshness::of(StatusCode::OK, &hs, T, T, 3600);
+        let stale =
+            CacheControl::parse(&h(&[("cache-control", "max-stale")]), header::CACHE_CONTROL);
+        assert_eq!(f.judge(T + 20, &stale), Use::Revalidate);
+        assert!(!f.usable_on_error(T + 20, &none));
+    }
+
+    #[test]
+    fn storability() {
+        let get = Method::GET;
+        let none = HeaderMap::new();
+        let ok = StatusCode::OK;
+        assert_eq!(
+            not_storable(&get, &none, ok, &h(&[("cache-control", "max-age=1")])),
+            None
+        );
+        assert_eq!(
+            not_storable(&get, &none, ok, &h(&[("cache-control", "no-store")])),
+            Some("no-store")
+        );
+        assert_eq!(
+            not_storable(
+                &get,
+                &none,
+                ok,
+                &h(&[("cache-control", "private, max-age=60")])
+            ),
+            Some("private")
+        );
+        assert_eq!(
+            not_storable(
+                &Method::POST,
+                &none,
+                ok,
+                &h(&[("cache-control", "max-age=60")])
+            ),
+            Some("method")
+        );
+        let auth = h(&[("authorization", "Bearer x")]);
+        assert_eq!(
+            not_storable(&get, &auth, ok, &h(&[("cache-control", "max-age=60")])),
+            Some("authorization")
+        );
+        assert_eq!(
+            not_storable(&get, &auth, ok, &h(&[("cache-control", "s-maxage=60")])),
+            None
+        );
+        assert_eq!(
+            not_storable(&get, &none, ok, &h(&[("vary", "accept, *")])),
+            Some("vary *")
+        );
+        assert_eq!(
+            not_storable(&get, &none, StatusCode::FOUND, &none),
+            Some("status without explicit freshness")
+        );
+        assert_eq!(
+            not_storable(&get, &h(&[("cache-control", "no-store")]), ok, &none),
+            Some("request no-store")
+        );
+    }
+
+    #[test]
+    fn a_304_updates_headers_but_not_framing() {
+        let mut stored = h(&[
+            ("etag", "\"a\""),
+            ("cache-control", "max-age=1"),
+            ("content-length", "10"),
+        ]);
+        update_from_304(
+            &mut stored,
+            &h(&[
+                ("cache-control", "max-age=99"),
+                ("content-length", "0"),
+                ("x-new", "1"),
+            ]),
+        );
+        assert_eq!(stored["cache-control"], "max-age=99");
+        assert_eq!(stored["content-length"], "10");
+        assert_eq!(stored["x-new"], "1");
+        assert_eq!(stored["etag"], "\"a\"");
+    }
+}

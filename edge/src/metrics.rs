@@ -1,0 +1,173 @@
+//! The edge's Prometheus metrics, in a registry of its own (so several edges in one process,
+//! as in tests, count apart). Served on the admin listener at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the edge exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests answered, by protocol (`http/1.1`, `h2`, `h3`) and status code.
+    pub requests: IntCounterVec,
+    /// Cache lookups by result (`hit`, `miss`, `stale`, `revalidated`, `pass`) and tier
+    /// (`memory`, `disk`, `none`).
+    pub cache: IntCounterVec,
+    /// Body bytes sent to clients, by where they came from (`memory`, `disk`, `origin`).
+    pub bytes_served: IntCounterVec,
+    /// Time to the response head, by result (`hit`, `miss`).
+    pub latency: HistogramVec,
+    /// Requests to origins, by kind (`manifest`, `chunk`, `object`, `revalidate`, `pass`).
+    pub origin_fetches: IntCounterVec,
+    /// Origin failures by kind (`connect`, `timeout`, `status`, `corrupt`, `malformed`).
+    pub origin_errors: IntCounterVec,
+    /// Time from a request to an origin to its response head.
+    pub origin_latency: Histogram,
+    /// Requests that waited for another request's origin fetch instead of making their own.
+    pub coalesced: IntCounter,
+    /// Chunks refused because their bytes did not match their blake3.
+    pub corrupt_chunks: IntCounter,
+    /// Bytes held per tier (`memory`).
+    pub cache_bytes: IntGaugeVec,
+    /// Requests refused as malformed (400, 431, bad paths).
+    pub bad_requests: IntCounter,
+    /// Purges by kind (`path`, `prefix`, `key`, `all`) and mode (`hard`, `soft`).
+    pub purges: IntCounterVec,
+    /// Change feed position (origin mode).
+    pub feed_position: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+            )
+        };
+        Metrics {
+            requests: counter_vec(
+                "tessera_edge_requests_total",
+                "Requests answered, by protocol and status",
+                &["protocol", "status"],
+            ),
+            cache: counter_vec(
+                "tessera_edge_cache_lookups_total",
+                "Cache lookups by result and tier",
+                &["result", "tier"],
+            ),
+            bytes_served: counter_vec(
+                "tessera_edge_bytes_served_total",
+                "Body bytes sent to clients, by source",
+                &["source"],
+            ),
+            latency: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "tessera_edge_response_seconds",
+                        "Time to the response head, by cache result",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            origin_fetches: counter_vec(
+                "tessera_edge_origin_fetches_total",
+                "Requests to origins, by kind",
+                &["kind"],
+            ),
+            origin_errors: counter_vec(
+                "tessera_edge_origin_errors_total",
+                "Origin failures, by kind",
+                &["kind"],
+            ),
+            origin_latency: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tessera_edge_origin_fetch_seconds",
+                        "Time from a request to an origin to its response head",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .unwrap(),
+            ),
+            coalesced: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_coalesced_total",
+                    "Requests served by another request's origin fetch",
+                )
+                .unwrap(),
+            ),
+            corrupt_chunks: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_corrupt_chunks_total",
+                    "Chunks refused because their bytes did not match their blake3",
+                )
+                .unwrap(),
+            ),
+            cache_bytes: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("tessera_edge_cache_bytes", "Bytes held, by tier"),
+                    &["tier"],
+                )
+                .unwrap(),
+            ),
+            bad_requests: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_bad_requests_total",
+                    "Requests refused as malformed",
+                )
+                .unwrap(),
+            ),
+            purges: counter_vec(
+                "tessera_edge_purges_total",
+                "Purges, by kind and mode",
+                &["kind", "mode"],
+            ),
+            feed_position: reg(
+                &registry,
+                IntGauge::new(
+                    "tessera_edge_feed_position",
+                    "Last change feed sequence number applied",
+                )
+                .unwrap(),
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

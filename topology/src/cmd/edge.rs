@@ -1,0 +1,130 @@
+//! `tessera edge`: one edge node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tessera_edge::{Backend, EdgeConfig, Listeners};
+
+/// Options of `tessera edge`. Every option may also come from `--config` (TOML with any
+/// `EdgeConfig` field); options given here override the file.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Serve plain HTTP/1.1 (and h2c with prior knowledge) here.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) here.
+    #[arg(long)]
+    https: Option<SocketAddr>,
+    /// Certificate chain (PEM) for --https; without it a development certificate is made.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --https.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Tessera origin node(s) to serve published files from (tried in order).
+    #[arg(long, num_args = 1.., conflicts_with = "upstream")]
+    origin: Vec<String>,
+    /// Any HTTP server to front as a caching reverse proxy.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Folder of the SSD tier and the edge's state (created if missing).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Size of the memory tier, e.g. 256MiB.
+    #[arg(long, value_parser = crate::size::parse_size)]
+    memory: Option<u64>,
+    /// Size of the SSD tier, e.g. 4GiB.
+    #[arg(long, value_parser = crate::size::parse_size)]
+    disk: Option<u64>,
+    /// Serve the admin API (purge, stats, /metrics, /healthz) here.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Token the admin API requires.
+    #[arg(long, env = "TESSERA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// TOML file with any `EdgeConfig` field.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+pub async fn run(a: Args) -> Result<()> {
+    let mut config = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str::<EdgeConfig>(&text)
+                .with_context(|| format!("config {}", p.display()))?
+        }
+        None => EdgeConfig::default(),
+    };
+    match (a.origin.is_empty(), a.upstream) {
+        (false, _) => config.backend = Backend::Origin(a.origin),
+        (true, Some(u)) => config.backend = Backend::Upstream(u),
+        (true, None) if a.config.is_some() => {}
+        (true, None) => anyhow::bail!("say where misses go: --origin URL... or --upstream URL"),
+    }
+    if let Some(d) = a.data {
+        config.data = d;
+    }
+    if let Some(m) = a.memory {
+        config.memory_bytes = usize::try_from(m).context("--memory is too large")?;
+    }
+    if let Some(d) = a.disk {
+        config.disk_bytes = usize::try_from(d).context("--disk is too large")?;
+    }
+    if a.admin_token.is_some() {
+        config.admin_token = a.admin_token;
+    }
+    let (http, https) = match (a.http, a.https) {
+        (None, None) => (Some("127.0.0.1:8080".parse()?), None),
+        other => other,
+    };
+    let mut listeners = Listeners::default();
+    let mut lines = Vec::new();
+    if let Some(addr) = http {
+        let l = bind(addr).await?;
+        lines.push(format!(
+            "tessera edge listening on http://{}",
+            l.local_addr()?
+        ));
+        listeners.http = Some(l);
+    }
+    if let Some(addr) = https {
+        let id = match (&a.tls_cert, &a.tls_key) {
+            (Some(c), Some(k)) => tessera_edge::tls::load(c, k)?,
+            _ => {
+                let id = tessera_edge::tls::development(&config.data.join("tls"))?;
+                eprintln!(
+                    "no --tls-cert given: using the development certificate {} (for localhost only)",
+                    id.cert_path.display()
+                );
+                id
+            }
+        };
+        let tls = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"])?;
+        let l = bind(addr).await?;
+        lines.push(format!(
+            "tessera edge listening on https://{}",
+            l.local_addr()?
+        ));
+        listeners.https = Some((l, tls));
+    }
+    if let Some(addr) = a.admin {
+        let l = bind(addr).await?;
+        lines.push(format!("tessera edge admin on http://{}", l.local_addr()?));
+        listeners.admin = Some(l);
+    }
+    let edge = tessera_edge::Edge::open(config, Default::default()).await?;
+    // The lines tests and scripts wait for: the bound addresses (ports may have been 0).
+    for l in lines {
+        println!("{l}");
+    }
+    tessera_edge::run(listeners, edge, super::origin::shutdown_signal()).await
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
