@@ -73,11 +73,15 @@ pub(crate) async fn handle(
         let ttl = meta.freshness.lifetime as i64 - meta.freshness.age(now) as i64;
         match usage {
             Use::Fresh => {
-                let r = edge.serve(headers, &method, meta, key, Some(tier), now);
+                let r = edge
+                    .serve(headers, &method, meta, key, Some(tier), now)
+                    .await;
                 return Ok((r, Outcome::hit(tier, ttl)));
             }
             Use::StaleAllowed => {
-                let r = edge.serve(headers, &method, meta, key, Some(tier), now);
+                let r = edge
+                    .serve(headers, &method, meta, key, Some(tier), now)
+                    .await;
                 return Ok((r, Outcome::stale(tier, ttl, "max-stale")));
             }
             Use::StaleWhileRevalidate => {
@@ -87,19 +91,23 @@ pub(crate) async fn handle(
                     let _ = tokio::time::timeout(BACKGROUND_REVALIDATE, manifest(&e, &f, Some(m)))
                         .await;
                 });
-                let r = edge.serve(headers, &method, meta, key, Some(tier), now);
+                let r = edge
+                    .serve(headers, &method, meta, key, Some(tier), now)
+                    .await;
                 return Ok((r, Outcome::stale(tier, ttl, "stale-while-revalidate")));
             }
             Use::Revalidate => {
                 return match manifest(edge, &file, Some(meta.clone())).await {
                     Ok((Some(m), status)) => {
-                        let r = edge.serve(headers, &method, m, key, None, now);
+                        let r = edge.serve(headers, &method, m, key, None, now).await;
                         Ok((r, Outcome::revalidated(status)))
                     }
                     Ok((None, _)) => Err(not_published(&file)),
                     Err(e) if meta.freshness.usable_on_error(now, &req_cc) => {
                         tracing::warn!(path = %file, error = %e.message, "origin failed; serving stale");
-                        let r = edge.serve(headers, &method, meta, key, Some(tier), now);
+                        let r = edge
+                            .serve(headers, &method, meta, key, Some(tier), now)
+                            .await;
                         Ok((r, Outcome::stale(tier, ttl, "stale-if-error")))
                     }
                     Err(e) => Err(Refusal::new(e.status, e.message.clone())),
@@ -115,7 +123,7 @@ pub(crate) async fn handle(
     }
     match manifest(edge, &file, None).await {
         Ok((Some(m), _)) => {
-            let r = edge.serve(headers, &method, m, key, None, now);
+            let r = edge.serve(headers, &method, m, key, None, now).await;
             Ok((r, Outcome::miss(true)))
         }
         Ok((None, _)) => Err(not_published(&file)),

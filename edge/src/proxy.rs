@@ -342,7 +342,7 @@ impl Edge {
 
     /// Answers `req` from the stored response `meta` (conditionals, `Range`, `HEAD`, brotli,
     /// `Age`).
-    pub(crate) fn serve(
+    pub(crate) async fn serve(
         self: &Arc<Self>,
         req_headers: &HeaderMap,
         method: &Method,
@@ -424,7 +424,9 @@ impl Edge {
         let head = method == Method::HEAD;
         let source = tier.map(Tier::as_str).unwrap_or("origin");
         if code == StatusCode::OK
-            && let Some(compressed) = self.brotli_variant(req_headers, &meta, key, &mut headers)
+            && let Some(compressed) = self
+                .brotli_variant(req_headers, &meta, key, &mut headers)
+                .await
         {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(compressed.len()));
             if !head {
@@ -510,8 +512,8 @@ impl Edge {
 
     /// A brotli-compressed copy of the stored body when the client accepts it and the type
     /// compresses; updates `headers` to describe it.
-    fn brotli_variant(
-        &self,
+    async fn brotli_variant(
+        self: &Arc<Self>,
         req: &HeaderMap,
         meta: &Meta,
         key: Key,
@@ -533,28 +535,50 @@ impl Edge {
         {
             return None;
         }
-        // Only bodies held whole in one entry: compressing means having every byte.
-        let BodyRef::Inline(body) = &meta.body else {
+        // Compressing needs every byte: bodies up to BROTLI_MAX only.
+        if meta.size > BROTLI_MAX {
             return None;
-        };
+        }
         let cache_key = (key, meta.stored_at_ms);
         let cached = self.brotli.lock().unwrap().cache_get(&cache_key).cloned();
         let compressed = match cached {
             Some(c) => c,
             None => {
-                let mut out = Vec::with_capacity(body.len() / 3);
-                let params = brotli::enc::BrotliEncoderParams {
-                    quality: 5,
-                    lgwin: 22,
-                    ..Default::default()
+                let body = match &meta.body {
+                    BodyRef::Inline(b) => b.clone(),
+                    _ => {
+                        let mut all = Vec::with_capacity(meta.size as usize);
+                        let mut s = self
+                            .clone()
+                            .body_stream(Arc::new(meta.clone()), 0, meta.size);
+                        while let Some(part) = s.next().await {
+                            all.extend_from_slice(&part.ok()?);
+                        }
+                        Bytes::from(all)
+                    }
                 };
-                brotli::BrotliCompress(&mut &body[..], &mut out, &params).ok()?;
-                let c = Bytes::from(out);
+                let c = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::with_capacity(body.len() / 3);
+                    let params = brotli::enc::BrotliEncoderParams {
+                        quality: 5,
+                        lgwin: 22,
+                        ..Default::default()
+                    };
+                    brotli::BrotliCompress(&mut &body[..], &mut out, &params).ok()?;
+                    // Not worth it: remember that as an empty entry.
+                    Some(if out.len() < body.len() {
+                        Bytes::from(out)
+                    } else {
+                        Bytes::new()
+                    })
+                })
+                .await
+                .ok()??;
                 self.brotli.lock().unwrap().cache_set(cache_key, c.clone());
                 c
             }
         };
-        if compressed.len() >= body.len() {
+        if compressed.is_empty() {
             return None;
         }
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
@@ -711,6 +735,9 @@ pub(crate) fn request_directives(h: &HeaderMap) -> CacheControl {
     }
     cc
 }
+
+/// Largest body compressed for a client.
+const BROTLI_MAX: u64 = 8 << 20;
 
 /// How long a background revalidation may be delayed before it is pointless.
 pub(crate) const BACKGROUND_REVALIDATE: Duration = Duration::from_secs(30);

@@ -196,11 +196,15 @@ pub(crate) async fn handle(
         let ttl = meta.freshness.lifetime as i64 - meta.freshness.age(now) as i64;
         match usage {
             Use::Fresh => {
-                let r = edge.serve(&parts.headers, &method, meta, vkey, Some(tier), now);
+                let r = edge
+                    .serve(&parts.headers, &method, meta, vkey, Some(tier), now)
+                    .await;
                 return Ok((r, Outcome::hit(tier, ttl)));
             }
             Use::StaleAllowed => {
-                let r = edge.serve(&parts.headers, &method, meta, vkey, Some(tier), now);
+                let r = edge
+                    .serve(&parts.headers, &method, meta, vkey, Some(tier), now)
+                    .await;
                 return Ok((r, Outcome::stale(tier, ttl, "max-stale")));
             }
             Use::StaleWhileRevalidate => {
@@ -216,7 +220,9 @@ pub(crate) async fn handle(
                         .await;
                     });
                 }
-                let r = edge.serve(&parts.headers, &method, meta, vkey, Some(tier), now);
+                let r = edge
+                    .serve(&parts.headers, &method, meta, vkey, Some(tier), now)
+                    .await;
                 return Ok((r, Outcome::stale(tier, ttl, "stale-while-revalidate")));
             }
             Use::Revalidate => stale = Some((meta, tier, vkey)),
@@ -256,19 +262,10 @@ async fn fetch(
             (fill, false)
         }
     };
-    let serve_stale = |why: &str| {
-        stale.as_ref().and_then(|(m, tier, k)| {
-            m.freshness.usable_on_error(now, req_cc).then(|| {
-                let ttl = m.freshness.lifetime as i64 - m.freshness.age(now) as i64;
-                let r = edge.serve(&parts.headers, &method, m.clone(), *k, Some(*tier), now);
-                (r, Outcome::stale(*tier, ttl, why))
-            })
-        })
-    };
     let head = match fill.head().await {
         Ok(h) => h,
         Err(e) => {
-            if let Some(r) = serve_stale("stale-if-error") {
+            if let Some(r) = serve_stale(edge, &parts, &stale, now, req_cc).await {
                 return Ok(r);
             }
             let status = match e {
@@ -279,11 +276,13 @@ async fn fetch(
         }
     };
     if let Some(m) = &head.revalidated {
-        let r = edge.serve(&parts.headers, &method, m.clone(), head.key, None, now);
+        let r = edge
+            .serve(&parts.headers, &method, m.clone(), head.key, None, now)
+            .await;
         return Ok((r, Outcome::revalidated(304)));
     }
     if head.status.is_server_error()
-        && let Some(r) = serve_stale("stale-if-error")
+        && let Some(r) = serve_stale(edge, &parts, &stale, now, req_cc).await
     {
         return Ok(r);
     }
@@ -300,6 +299,33 @@ async fn fetch(
         respond_from_fill(edge, &parts, &fill, &head),
         Outcome::miss(head.storable),
     ))
+}
+
+/// The stored response, when the origin failed and `stale-if-error` (or the request's
+/// `max-stale`) allows serving it.
+async fn serve_stale(
+    edge: &Arc<Edge>,
+    parts: &http::request::Parts,
+    stale: &Option<(Arc<Meta>, Tier, Key)>,
+    now: u64,
+    req_cc: &crate::freshness::CacheControl,
+) -> Option<(Response<EdgeBody>, Outcome)> {
+    let (m, tier, k) = stale.as_ref()?;
+    if !m.freshness.usable_on_error(now, req_cc) {
+        return None;
+    }
+    let ttl = m.freshness.lifetime as i64 - m.freshness.age(now) as i64;
+    let r = edge
+        .serve(
+            &parts.headers,
+            &parts.method,
+            m.clone(),
+            *k,
+            Some(*tier),
+            now,
+        )
+        .await;
+    Some((r, Outcome::stale(*tier, ttl, "stale-if-error")))
 }
 
 /// The response to one client from a fill in progress.

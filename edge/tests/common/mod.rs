@@ -1,0 +1,414 @@
+//! Helpers shared by the edge's integration tests: real origins, real edges and a scriptable
+//! upstream HTTP server, all on 127.0.0.1:0, and clients for HTTP/1.1, h2c and HTTP/2 over
+//! TLS.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tessera_edge::{Backend, Edge, EdgeConfig, Listeners};
+use tessera_origin::OriginConfig;
+use tessera_origin_proto::OriginClient;
+
+pub const ADMIN_TOKEN: &str = "admin-secret";
+
+/// A real origin node.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub client: OriginClient,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = OriginConfig {
+            data: dir.path().join("data"),
+            token: Some("t".into()),
+            ..Default::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            tessera_origin::run(listener, cfg, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let client = OriginClient::new(&format!("http://{addr}"), Some("t".into())).unwrap();
+        Origin {
+            addr,
+            dir,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn publish(&self, path: &str, data: impl Into<Bytes>) -> u64 {
+        self.client.put_bytes(path, data.into()).await.unwrap();
+        self.client.changes(0, 0).await.unwrap().next
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+/// A real edge node, in process.
+pub struct EdgeNode {
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub edge: Arc<Edge>,
+    pub data: PathBuf,
+    pub cert: Option<PathBuf>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn config(backend: Backend, data: &Path) -> EdgeConfig {
+    EdgeConfig {
+        backend,
+        data: data.to_path_buf(),
+        memory_bytes: 64 << 20,
+        disk_bytes: 256 << 20,
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Default::default()
+    }
+}
+
+impl EdgeNode {
+    pub async fn start(cfg: EdgeConfig) -> EdgeNode {
+        Self::start_with(cfg, false).await
+    }
+
+    pub async fn start_with(cfg: EdgeConfig, tls: bool) -> EdgeNode {
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let http = bind().await.unwrap();
+        let admin = bind().await.unwrap();
+        let (http_addr, admin_addr) = (http.local_addr().unwrap(), admin.local_addr().unwrap());
+        let mut listeners = Listeners {
+            http: Some(http),
+            admin: Some(admin),
+            https: None,
+        };
+        let (mut https_addr, mut cert) = (None, None);
+        if tls {
+            let id = tessera_edge::tls::development(&cfg.data.join("tls")).unwrap();
+            let l = bind().await.unwrap();
+            https_addr = Some(l.local_addr().unwrap());
+            cert = Some(id.cert_path.clone());
+            let c = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"]).unwrap();
+            listeners.https = Some((l, c));
+        }
+        let data = cfg.data.clone();
+        let edge = Edge::open(cfg, Default::default()).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let e = edge.clone();
+        let task = tokio::spawn(async move {
+            tessera_edge::run(listeners, e, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        EdgeNode {
+            http: http_addr,
+            https: https_addr,
+            admin: admin_addr,
+            edge,
+            data,
+            cert,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        get(&self.url(path), &[]).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        get(&self.url(path), headers).await
+    }
+
+    /// A counter of the edge's metrics by name and label values (0 when never set).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.edge.metrics().render(), name, labels)
+    }
+
+    pub fn origin_fetches(&self, kind: &str) -> u64 {
+        self.edge
+            .metrics()
+            .origin_fetches
+            .with_label_values(&[kind])
+            .get()
+    }
+
+    /// Stops the edge gracefully (the cache is flushed to SSD) and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: &str) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.admin, path))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap();
+        send(req).await
+    }
+
+    /// Waits until `cond` holds, up to 10 s: for conditions the edge reaches on its own
+    /// (a feed position, a count), never as a stand-in for a response.
+    pub async fn until(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond(self) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = key.split_once('{').unwrap_or((key, ""));
+        if n != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            return value.parse().unwrap();
+        }
+    }
+    0.0
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    request("GET", url, headers).await
+}
+
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// An HTTP/2-over-TLS client that trusts exactly the certificate in `cert`.
+pub async fn h2_tls_get(addr: SocketAddr, cert: &Path, path: &str) -> (Reply, String) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let alpn = String::from_utf8_lossy(tls.get_ref().1.alpn_protocol().unwrap_or(b"")).to_string();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("https://localhost:{}{path}", addr.port()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        },
+        alpn,
+    )
+}
+
+/// What the scripted upstream answers: a function of the request and how many requests for
+/// the same path came before it.
+pub type Script = dyn Fn(&Request<Bytes>, usize) -> Response<Full<Bytes>> + Send + Sync;
+
+/// A small HTTP server the test controls, counting requests per path.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<HashMap<String, Vec<HeaderMap>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(
+        script: impl Fn(&Request<Bytes>, usize) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    ) -> Upstream {
+        let script: Arc<Script> = Arc::new(script);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<HashMap<String, Vec<HeaderMap>>>> = Default::default();
+        let s2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (script, seen) = (script.clone(), s2.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (script, seen) = (script.clone(), seen.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let req = Request::from_parts(parts, body);
+                            let key = req.uri().path_and_query().unwrap().to_string();
+                            let n = {
+                                let mut seen = seen.lock().unwrap();
+                                let list = seen.entry(key).or_default();
+                                list.push(req.headers().clone());
+                                list.len() - 1
+                            };
+                            Ok::<_, Infallible>(script(&req, n))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests the upstream received for `path_and_query`.
+    pub fn count(&self, path_and_query: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .get(path_and_query)
+            .map_or(0, |v| v.len())
+    }
+
+    /// The headers of the `i`th request for `path_and_query`.
+    pub fn request_headers(&self, path_and_query: &str, i: usize) -> HeaderMap {
+        self.seen.lock().unwrap()[path_and_query][i].clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn response(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> Response<Full<Bytes>> {
+    let mut r = Response::builder().status(status);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(Full::new(Bytes::from_static(body))).unwrap()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
