@@ -5,7 +5,8 @@
 //! The position is saved in `feed.json` in the data folder after each batch, so a restarted
 //! edge resumes where it stopped; when the origin says changes were dropped from its history
 //! since then (`truncated`), every stored manifest is marked stale (a soft purge of all),
-//! so each is revalidated by `ETag` on its next use.
+//! so each is revalidated by `ETag` on its next use. An edge without a saved position starts
+//! at the head of the feed.
 //!
 //! A manifest fetch in flight while its file changes could store the old version after the
 //! change removed it: [`Recent`] remembers recently changed paths so such a fetch is served
@@ -68,11 +69,14 @@ pub fn spawn(edge: Arc<Edge>) -> Option<tokio::task::JoinHandle<()>> {
 
 async fn follow(edge: Arc<Edge>) {
     let file: PathBuf = edge.cfg.data.join("feed.json");
-    let mut since = std::fs::read(&file)
+    let saved = std::fs::read(&file)
         .ok()
         .and_then(|b| serde_json::from_slice::<Position>(&b).ok())
-        .map(|p| p.next)
-        .unwrap_or(0);
+        .map(|p| p.next);
+    // Without a saved position, start at the feed's head: replaying old history would only
+    // remove what this edge fetched since it started. `since = MAX` asks for the head (the
+    // origin answers "restarted" with its latest number), which is saved at once.
+    let mut since = saved.unwrap_or(u64::MAX);
     let mut origin = 0usize;
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -80,7 +84,9 @@ async fn follow(edge: Arc<Edge>) {
         match client.changes(since, WAIT_SECS).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(200);
-                if reply.truncated || reply.next < since {
+                if since == u64::MAX {
+                    // First contact: nothing was missed that this edge holds.
+                } else if reply.truncated || reply.next < since {
                     // Missed changes (or the origin's history restarted): revalidate all.
                     tracing::warn!(
                         since,

@@ -60,6 +60,9 @@ pub struct Fill {
     /// A std mutex: held only to copy a few fields, never across an `.await`.
     state: Mutex<State>,
     version: watch::Sender<u64>,
+    /// Set when an unsafe request invalidated the key during the fill: its response must
+    /// not stay in the cache.
+    invalidated: std::sync::atomic::AtomicBool,
 }
 
 impl Fill {
@@ -67,6 +70,7 @@ impl Fill {
         Fill {
             state: Mutex::new(State::default()),
             version: watch::channel(0).0,
+            invalidated: Default::default(),
         }
     }
 
@@ -74,10 +78,19 @@ impl Fill {
         self.version.send_modify(|v| *v += 1);
     }
 
-    /// Publishes the response head (leader only).
+    /// Publishes the response head (leader only; the first call wins).
     pub fn set_head(&self, head: Result<FillHead, FillError>) {
-        self.state.lock().unwrap().head = Some(head.map(Arc::new));
+        self.state
+            .lock()
+            .unwrap()
+            .head
+            .get_or_insert(head.map(Arc::new));
         self.bump();
+    }
+
+    /// Whether an unsafe request invalidated the key during this fill.
+    pub fn is_invalidated(&self) -> bool {
+        self.invalidated.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Appends body bytes (leader only).
@@ -86,9 +99,9 @@ impl Fill {
         self.bump();
     }
 
-    /// Marks the body complete or failed (leader only).
+    /// Marks the body complete or failed (leader only; the first call wins).
     pub fn finish(&self, result: Result<(), FillError>) {
-        self.state.lock().unwrap().done = Some(result);
+        self.state.lock().unwrap().done.get_or_insert(result);
         self.bump();
     }
 
@@ -171,6 +184,14 @@ impl Fills {
         let f = Arc::new(Fill::new());
         map.insert(key, f.clone());
         Role::Leader(f)
+    }
+
+    /// Marks the fill in progress for `key`, if any, as invalidated.
+    pub fn invalidate(&self, key: &Key) {
+        if let Some(f) = self.map.lock().unwrap().get(key) {
+            f.invalidated
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Ends the fill for `key`: later misses start a new one (by then the cache has the

@@ -150,6 +150,17 @@ impl Outcome {
             },
         }
     }
+    /// A stale entry's revalidation that got a new response instead of `304`.
+    pub fn refetched(status: u16, stored: bool) -> Outcome {
+        Outcome {
+            result: "miss",
+            tier: "none",
+            cache_status: format!(
+                "fwd=stale; fwd-status={status}{}",
+                if stored { "; stored" } else { "" }
+            ),
+        }
+    }
     pub fn revalidated(status: u16) -> Outcome {
         Outcome {
             result: "revalidated",

@@ -163,6 +163,7 @@ pub(crate) async fn handle(
         // RFC 9111 §4.4: a successful unsafe request invalidates its target and the URIs in
         // its Location and Content-Location (same host only).
         if r.status().is_success() || r.status().is_redirection() {
+            edge.fills.invalidate(&key);
             edge.cache.remove(&key);
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(target) = r.headers().get(&name).and_then(|v| v.to_str().ok())
@@ -172,7 +173,9 @@ pub(crate) async fn handle(
                         .is_none_or(|a| a.as_str().eq_ignore_ascii_case(&host))
                     && let Some(p) = uri.path_and_query()
                 {
-                    edge.cache.remove(&url_key(&host, p.as_str()));
+                    let k = url_key(&host, p.as_str());
+                    edge.fills.invalidate(&k);
+                    edge.cache.remove(&k);
                 }
             }
         }
@@ -295,10 +298,11 @@ async fn fetch(
         let r = pass(edge, &parts, &pq, None).await?;
         return Ok((r, Outcome::pass("uncacheable")));
     }
-    Ok((
-        respond_from_fill(edge, &parts, &fill, &head),
-        Outcome::miss(head.storable),
-    ))
+    let outcome = match &stale {
+        Some(_) => Outcome::refetched(head.status.as_u16(), head.storable),
+        None => Outcome::miss(head.storable),
+    };
+    Ok((respond_from_fill(edge, &parts, &fill, &head), outcome))
 }
 
 /// The stored response, when the origin failed and `stale-if-error` (or the request's
@@ -578,6 +582,7 @@ async fn lead(
     let mut segments = 0u32;
     let mut inline = BytesMut::new();
     let mut total = 0u64;
+    let mut held = None;
     loop {
         match body.frame().await {
             None => break,
@@ -617,7 +622,19 @@ async fn lead(
                         }
                     }
                 }
-                fill.push(data);
+                // The last byte is held back until the end: no client has the whole body
+                // before the cache has the response (so a request right after it hits),
+                // and everything before it streams as it arrives.
+                if data.is_empty() {
+                    continue;
+                }
+                if let Some(h) = held.take() {
+                    fill.push(h);
+                }
+                if data.len() > 1 {
+                    fill.push(data.slice(..data.len() - 1));
+                }
+                held = Some(data.slice(data.len() - 1..));
             }
         }
     }
@@ -672,13 +689,25 @@ async fn lead(
             size: total,
             body,
         };
-        if names.is_empty() {
-            edge.cache.insert(guard.key, Value::Meta(Arc::new(meta)));
-        } else {
-            let vkey = variant_key(&guard.key, &names, &parts.headers);
-            edge.cache.insert(vkey, Value::Meta(Arc::new(meta)));
-            edge.cache.insert(guard.key, Value::Vary(Arc::new(names)));
+        let useless = meta.freshness.keep_for() == 0
+            && !meta.headers.contains_key(header::ETAG)
+            && !meta.headers.contains_key(header::LAST_MODIFIED);
+        if !useless {
+            if names.is_empty() {
+                edge.cache.insert(guard.key, Value::Meta(Arc::new(meta)));
+            } else {
+                let vkey = variant_key(&guard.key, &names, &parts.headers);
+                edge.cache.insert(vkey, Value::Meta(Arc::new(meta)));
+                edge.cache.insert(guard.key, Value::Vary(Arc::new(names)));
+            }
+            // An unsafe request that invalidated this key while the body was arriving wins.
+            if fill.is_invalidated() {
+                edge.cache.remove(&guard.key);
+            }
         }
+    }
+    if let Some(last) = held {
+        fill.push(last);
     }
     fill.finish(Ok(()));
 }

@@ -313,14 +313,21 @@ pub async fn h2_tls_get(addr: SocketAddr, cert: &Path, path: &str) -> (Reply, St
     )
 }
 
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
 /// What the scripted upstream answers: a function of the request and how many requests for
 /// the same path came before it.
 pub type Script = dyn Fn(&Request<Bytes>, usize) -> Response<Full<Bytes>> + Send + Sync;
 
 /// A small HTTP server the test controls, counting requests per path.
+///
+/// Paths under `/gated/` wait for [`Upstream::open_gate`] before answering. Paths under
+/// `/stream/` answer with the script's body split in two: the first 64 KiB at once, the rest
+/// after the gate opens.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<HashMap<String, Vec<HeaderMap>>>>,
+    gate: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -333,13 +340,15 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<HashMap<String, Vec<HeaderMap>>>> = Default::default();
         let s2 = seen.clone();
+        let (gate, gate_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let (script, seen) = (script.clone(), s2.clone());
+                let (script, seen, gate_rx) = (script.clone(), s2.clone(), gate_rx.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (script, seen) = (script.clone(), seen.clone());
+                        let (script, seen, mut gate_rx) =
+                            (script.clone(), seen.clone(), gate_rx.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.unwrap().to_bytes();
@@ -351,7 +360,34 @@ impl Upstream {
                                 list.push(req.headers().clone());
                                 list.len() - 1
                             };
-                            Ok::<_, Infallible>(script(&req, n))
+                            let path = req.uri().path().to_string();
+                            if path.starts_with("/gated/") {
+                                gate_rx.wait_for(|open| *open).await.unwrap();
+                            }
+                            let (parts, body) = script(&req, n).into_parts();
+                            let body: UpBody = if path.starts_with("/stream/") {
+                                let all = body.collect().await.unwrap().to_bytes();
+                                let first = all.slice(..all.len().min(64 << 10));
+                                let rest = all.slice(first.len()..);
+                                let s = futures_util::stream::unfold(0, move |step| {
+                                    let (first, rest, mut gate_rx) =
+                                        (first.clone(), rest.clone(), gate_rx.clone());
+                                    async move {
+                                        match step {
+                                            0 => Some((Ok(hyper::body::Frame::data(first)), 1)),
+                                            1 => {
+                                                gate_rx.wait_for(|open| *open).await.unwrap();
+                                                Some((Ok(hyper::body::Frame::data(rest)), 2))
+                                            }
+                                            _ => None,
+                                        }
+                                    }
+                                });
+                                http_body_util::StreamBody::new(s).boxed()
+                            } else {
+                                body.boxed()
+                            };
+                            Ok::<_, Infallible>(Response::from_parts(parts, body))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -360,7 +396,17 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            gate,
+            task,
+        }
+    }
+
+    /// Lets gated requests and held stream bodies proceed.
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
     }
 
     pub fn url(&self) -> String {
