@@ -455,6 +455,20 @@ impl Edge {
             return r.unwrap();
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        if !head
+            && end > start
+            && let BodyRef::Chunks(chunks) = &meta.body
+        {
+            // The first chunk before the head: when the origin cannot give it (or gives
+            // corrupt bytes), the client gets a clear 502 instead of a cut-off 200.
+            let i = chunks.partition_point(|c| c.offset + c.size as u64 <= start);
+            if let Some(c) = chunks.get(i)
+                && let Err(e) = crate::origin_mode::chunk(self, c.hash).await
+            {
+                return Refusal::new(StatusCode::BAD_GATEWAY, format!("origin error: {e}"))
+                    .response();
+            }
+        }
         let body = if head || end == start {
             empty_body()
         } else {

@@ -1,0 +1,224 @@
+//! What clients and origins send that they should not: every case gets a clear refusal or
+//! is cut off, nothing bad is cached, and the edge keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tessera_edge::Backend;
+use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends raw bytes and reads until the edge closes the connection (or 5 s pass).
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(reply: &str) -> u16 {
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused() {
+    let up = Upstream::start(|_, _| response(200, &[("cache-control", "max-age=60")], b"ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    cfg.header_timeout_secs = 1;
+    let edge = EdgeNode::start(cfg).await;
+    let a = edge.http;
+
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (
+            "differing Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd"
+                .to_vec(),
+            400,
+        ),
+        (
+            "oversized header section",
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(100 << 10)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            "dot segments",
+            b"GET /a/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "encoded dot segments",
+            b"GET /%2e%2e/secret HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "NUL in path",
+            b"GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let reply = raw(a, &bytes).await;
+        assert_eq!(status_of(&reply), want, "{what}: {reply:.200}");
+    }
+    assert_eq!(up.count("/etc/passwd") + up.count("/secret"), 0);
+
+    // A request head that never ends is cut off by the header timeout.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "slow client still connected after 5 s");
+
+    // Still serving everyone else.
+    assert_eq!(edge.get("/fine").await.status, 200);
+    assert!(edge.metric("tessera_edge_bad_requests_total", &[]) >= 3.0);
+}
+
+#[tokio::test]
+async fn a_smuggled_request_behind_te_and_cl_is_never_processed() {
+    let up = Upstream::start(|_, _| response(200, &[], b"ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start(config(Backend::Upstream(up.url()), dir.path())).await;
+    let reply = raw(
+        edge.http,
+        b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        reply.matches("HTTP/1.1 ").count(),
+        1,
+        "one response, then close: {reply}"
+    );
+    assert_eq!(up.count("/smuggled"), 0);
+}
+
+/// A raw upstream that announces `Content-Length: 100` and sends 50 bytes.
+async fn lying_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=600\r\n\r\n")
+                    .await;
+                let _ = s.write_all(&[b'x'; 50]).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, n)
+}
+
+#[tokio::test]
+async fn an_upstream_that_breaks_its_content_length_poisons_nothing() {
+    let (addr, count) = lying_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start(config(
+        Backend::Upstream(format!("http://{addr}")),
+        dir.path(),
+    ))
+    .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    for _ in 0..2 {
+        let resp = client
+            .get(edge.url("/short").parse().unwrap())
+            .await
+            .unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+        assert!(body.is_err(), "a body cut short must not look complete");
+    }
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "nothing was cached"
+    );
+}
+
+/// A fake origin serving a manifest whose chunk it then corrupts. A real origin checks its
+/// chunks before serving them, so this fault cannot be caused with one: this stands in for
+/// a disk or network that flips bits.
+async fn corrupting_origin(data: &'static [u8]) -> std::net::SocketAddr {
+    let hash = ChunkHash::of(data);
+    let manifest = Manifest {
+        format: 1,
+        path: "f.bin".into(),
+        size: data.len() as u64,
+        blake3: hash,
+        content_type: "application/octet-stream".into(),
+        modified: 1_700_000_000,
+        chunks: vec![ManifestChunk {
+            hash,
+            offset: 0,
+            size: data.len() as u32,
+        }],
+    };
+    let json: &'static [u8] = Box::leak(serde_json::to_vec(&manifest).unwrap().into_boxed_slice());
+    let mut bad = data.to_vec();
+    bad[7] ^= 0x40;
+    let bad: &'static [u8] = Box::leak(bad.into_boxed_slice());
+    let up = Upstream::start(move |req, _| {
+        if req.uri().path().starts_with("/api/v1/manifests/") {
+            response(
+                200,
+                &[("cache-control", "max-age=60"), ("etag", "\"m\"")],
+                json,
+            )
+        } else {
+            response(200, &[], bad)
+        }
+    })
+    .await;
+    let addr = up.addr;
+    std::mem::forget(up);
+    addr
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_from_the_origin_is_refused_and_not_cached() {
+    let data: &'static [u8] = Box::leak(noise(10_000, 8).into_boxed_slice());
+    let addr = corrupting_origin(data).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Origin(vec![format!("http://{addr}")]), dir.path());
+    cfg.follow_changes = false;
+    let edge = EdgeNode::start(cfg).await;
+    for attempt in 1..=2 {
+        let r = edge.get("/f.bin").await;
+        assert_eq!(r.status, 502, "attempt {attempt}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("blake3"),
+            "{:?}",
+            r.body
+        );
+        assert_eq!(edge.edge.metrics().corrupt_chunks.get(), attempt);
+    }
+    assert_eq!(
+        edge.origin_fetches("chunk"),
+        2,
+        "a corrupt chunk is never cached"
+    );
+}
