@@ -1,11 +1,15 @@
 //! `tessera-bench`: Tessera's benchmarks. Every figure it prints comes with a peer measured
 //! in the same run where one exists.
 //!
-//! This part is `ingest`: chunking, hashing and compression rates per core, the
-//! choice of chunk sizes and brotli quality, a full ingest through a real origin side by
-//! side with `restic backup` of the same data, and reads of a stored 100 MiB file.
+//! - `ingest`: chunking, hashing and compression rates per core, the choice of chunk sizes
+//!   and brotli quality, a full ingest through a real origin side by side with
+//!   `restic backup` of the same data, and reads of a stored 100 MiB file.
+//! - `edge-hits`: memory hits of the edge against nginx `proxy_cache` and Varnish (wrk).
+//! - `policy`: hit ratios of foyer's eviction policies on Zipf workloads.
 
+mod edge_hits;
 mod ingest;
+mod policy;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +24,16 @@ struct Cli {
 enum Command {
     /// Ingest and read benchmarks of the origin, against restic.
     Ingest(ingest::Args),
+    /// Memory hits over HTTP/1.1 against nginx proxy_cache and Varnish (wrk).
+    EdgeHits(edge_hits::Args),
+    /// Hit ratios of foyer's eviction policies on Zipf workloads (the edge's choice).
+    Policy(policy::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest(a) => ingest::run(a),
+        Command::Policy(a) => policy::run(a),
+        Command::EdgeHits(a) => edge_hits::run(a),
     }
 }

@@ -275,9 +275,11 @@ impl Code for Value {
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// W-TinyLFU: a small LRU window in front of a frequency-filtered segmented LRU.
-    #[default]
     WTinyLfu,
-    /// S3-FIFO: small and main FIFO queues with a ghost queue.
+    /// S3-FIFO: small and main FIFO queues with a ghost queue. The default: on Zipf
+    /// workloads it ties W-TinyLFU's hit ratio (within 0.3 points, both 5–11 points above
+    /// LRU; `tessera-bench policy`) and a hit only bumps a counter, with no list to relink.
+    #[default]
     S3Fifo,
 }
 

@@ -1,0 +1,380 @@
+//! `tessera-bench edge-hits`: memory hits of a 1 KiB and a 1 MiB object over HTTP/1.1,
+//! Tessera's edge side by side with nginx `proxy_cache` and Varnish, in one run.
+//!
+//! All three front the same upstream (a small HTTP server inside this process that answers
+//! with `Cache-Control: public, max-age=3600`), are warmed so every measured request is a
+//! hit, and are loaded by `wrk -t2 -c64 -d10s` (peak throughput) and then by an open-loop
+//! generator at half of each one's own peak, whose latencies count from the intended send
+//! time (so queueing is not hidden). Peers' configurations are in `bench/peers/`.
+//!
+//! Needs `wrk`, `nginx` and `varnishd` on the PATH (Debian packages `wrk`, `nginx-light`,
+//! `varnish`) and the release `tessera` binary next to this one
+//! (`cargo build --release -p tessera-topology -p tessera-bench`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+
+/// Options of `tessera-bench edge-hits`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Cache size given to every server, MiB.
+    #[arg(long, default_value_t = 256)]
+    cache_mib: usize,
+    /// Skip the open-loop latency runs.
+    #[arg(long)]
+    no_latency: bool,
+}
+
+struct Server {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The upstream every server fronts: `/1k` and `/1m`, cacheable for an hour.
+async fn upstream() -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let small = Bytes::from(vec![b'a'; 1024]);
+    let big = Bytes::from(vec![b'b'; 1 << 20]);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { continue };
+            let (small, big) = (small.clone(), big.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let body = if req.uri().path() == "/1m" { big.clone() } else { small.clone() };
+                    async move {
+                        Ok::<_, Infallible>(
+                            hyper::Response::builder()
+                                .header("cache-control", "public, max-age=3600")
+                                .header("content-type", "application/octet-stream")
+                                .header("etag", "\"v1\"")
+                                .body(Full::new(body))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn fill(template: &str, vars: &[(&str, String)]) -> String {
+    let mut s = template.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    s
+}
+
+fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
+}
+
+async fn wait_listening(addr: SocketAddr, name: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{name} did not start listening on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
+    let exe = std::env::current_exe()?.with_file_name("tessera");
+    if !exe.exists() {
+        bail!(
+            "{} is missing: build it with cargo build --release -p tessera-topology",
+            exe.display()
+        );
+    }
+    let port = free_port();
+    let child = Command::new(&exe)
+        .args(["edge", "--upstream", &format!("http://{up}"), "--http"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--memory", &format!("{cache_mib}MiB"), "--disk", "1GiB", "--data"])
+        .arg(dir.join("tessera"))
+        .env("TESSERA_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting tessera edge")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_listening(addr, "tessera").await?;
+    Ok(Server { name: "tessera", addr, child })
+}
+
+async fn start_nginx(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
+    let port = free_port();
+    let conf = fill(
+        &std::fs::read_to_string(peers_dir().join("nginx.conf"))?,
+        &[
+            ("DIR", dir.display().to_string()),
+            ("PORT", port.to_string()),
+            ("UPSTREAM", up.to_string()),
+            ("CACHE_MB", cache_mib.to_string()),
+        ],
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx (Debian package nginx-light)")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_listening(addr, "nginx").await?;
+    Ok(Server { name: "nginx", addr, child })
+}
+
+async fn start_varnish(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
+    let port = free_port();
+    let vcl = fill(
+        &std::fs::read_to_string(peers_dir().join("varnish.vcl"))?,
+        &[
+            ("UPSTREAM_HOST", up.ip().to_string()),
+            ("UPSTREAM_PORT", up.port().to_string()),
+            ("CACHE_MB", cache_mib.to_string()),
+        ],
+    );
+    let path = dir.join("varnish.vcl");
+    std::fs::write(&path, vcl)?;
+    let child = Command::new("varnishd")
+        .args(["-F", "-a"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-f")
+        .arg(&path)
+        .args(["-s", &format!("malloc,{cache_mib}m"), "-n"])
+        .arg(dir.join("varnish"))
+        .args(["-T", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting varnishd (Debian package varnish)")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_listening(addr, "varnish").await?;
+    Ok(Server { name: "varnish", addr, child })
+}
+
+/// Peak figures from one wrk run.
+#[derive(Debug, Clone, Copy)]
+struct Peak {
+    rps: f64,
+    bytes_per_sec: f64,
+    p99_ms: f64,
+}
+
+fn unit(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (num, mult) = if let Some(n) = v.strip_suffix("GB") {
+        (n, 1e9_f64.max((1u64 << 30) as f64))
+    } else if let Some(n) = v.strip_suffix("MB") {
+        (n, (1u64 << 20) as f64)
+    } else if let Some(n) = v.strip_suffix("KB") {
+        (n, 1024.0)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = v.strip_suffix('B') {
+        (n, 1.0)
+    } else {
+        (v, 1.0)
+    };
+    num.trim().parse::<f64>().ok().map(|n| n * mult)
+}
+
+fn wrk(url: &str, a: &Args) -> Result<Peak> {
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{}", a.connections), &format!("-d{}s", a.seconds), "--latency", url])
+        .output()
+        .context("running wrk (Debian package wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let find = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
+    };
+    let rps = find("Requests/sec:").and_then(|v| v.trim().parse().ok());
+    let bps = find("Transfer/sec:").and_then(|v| unit(&v));
+    let p99 = find("99%").and_then(|v| unit(&v));
+    let errors = find("Non-2xx or 3xx responses:");
+    if let Some(e) = errors {
+        bail!("{url}: wrk saw errors ({e}):\n{text}");
+    }
+    match (rps, bps, p99) {
+        (Some(rps), Some(bytes_per_sec), Some(p99_ms)) => Ok(Peak { rps, bytes_per_sec, p99_ms }),
+        _ => bail!("cannot read wrk's output for {url}:\n{text}"),
+    }
+}
+
+/// Open loop at `rate` requests/s for `secs`: latencies from the intended send time.
+async fn open_loop(addr: SocketAddr, path: &str, rate: f64, secs: u64, conns: usize) -> Result<(f64, f64, u64)> {
+    let per_conn = rate / conns as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_conn);
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let end = start + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            // Spread connections over the interval so they do not fire in step.
+            let mut next = start + interval.mul_f64(c as f64 / conns as f64);
+            let mut errors = 0u64;
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                let req = hyper::Request::get(&path)
+                    .header("host", "bench")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                match send.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        let _ = resp.into_body().collect().await;
+                        if !ok {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+                let micros = (tokio::time::Instant::now() - next).as_micros() as u64;
+                hist.record(micros.max(1)).ok();
+                next += interval;
+            }
+            anyhow::Ok((hist, errors))
+        }));
+    }
+    let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await??;
+        all.add(h).ok();
+        errors += e;
+    }
+    Ok((
+        all.value_at_quantile(0.5) as f64 / 1000.0,
+        all.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+    ))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    format!("{} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: Args) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let up = upstream().await?;
+    println!("machine: {}", machine());
+    println!("wrk -t2 -c{} -d{}s --latency (memory hits, HTTP/1.1)", a.connections, a.seconds);
+    let mut results: Vec<(&'static str, [Peak; 2], [(f64, f64, u64); 2])> = Vec::new();
+    for name in ["tessera", "nginx", "varnish"] {
+        let server = match name {
+            "tessera" => start_tessera(dir.path(), up, a.cache_mib).await?,
+            "nginx" => start_nginx(dir.path(), up, a.cache_mib).await?,
+            _ => start_varnish(dir.path(), up, a.cache_mib).await?,
+        };
+        let mut peaks = [Peak { rps: 0.0, bytes_per_sec: 0.0, p99_ms: 0.0 }; 2];
+        let mut lat = [(0.0, 0.0, 0); 2];
+        for (i, path) in ["/1k", "/1m"].iter().enumerate() {
+            let url = format!("http://{}{path}", server.addr);
+            // Warm: the first request fills, the next ones must hit.
+            for _ in 0..3 {
+                let _ = Command::new("wrk").args(["-t1", "-c1", "-d1s", &url]).output();
+            }
+            peaks[i] = wrk(&url, &a)?;
+            if !a.no_latency {
+                lat[i] = open_loop(server.addr, path, peaks[i].rps / 2.0, a.seconds, a.connections).await?;
+            }
+            println!(
+                "{:8} {path}: {:>9.0} req/s {:>8.1} MB/s p99 {:.2} ms | at half peak: p50 {:.3} ms p99 {:.3} ms ({} errors)",
+                server.name,
+                peaks[i].rps,
+                peaks[i].bytes_per_sec / 1e6,
+                peaks[i].p99_ms,
+                lat[i].0,
+                lat[i].1,
+                lat[i].2
+            );
+        }
+        results.push((name, peaks, lat));
+        drop(server);
+    }
+    println!();
+    println!("| server | 1 KiB req/s | 1 KiB p99 (wrk) | 1 KiB p99 at half peak | 1 MiB MB/s | 1 MiB p99 at half peak |");
+    println!("|---|---|---|---|---|---|");
+    for (name, p, l) in &results {
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.3} ms | {:.0} | {:.3} ms |",
+            p[0].rps,
+            p[0].p99_ms,
+            l[0].1,
+            p[1].bytes_per_sec / 1e6,
+            l[1].1
+        );
+    }
+    let t = &results[0].1;
+    for (name, p, _) in &results[1..] {
+        println!(
+            "tessera/{name}: 1 KiB req/s x{:.2}, 1 MiB bytes/s x{:.2}",
+            t[0].rps / p[0].rps,
+            t[1].bytes_per_sec / p[1].bytes_per_sec
+        );
+    }
+    Ok(())
+}
