@@ -68,22 +68,30 @@ async fn upstream() -> Result<SocketAddr> {
     let big = Bytes::from(vec![b'b'; 1 << 20]);
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
             let (small, big) = (small.clone(), big.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let body = if req.uri().path() == "/1m" { big.clone() } else { small.clone() };
-                    async move {
-                        Ok::<_, Infallible>(
-                            hyper::Response::builder()
-                                .header("cache-control", "public, max-age=3600")
-                                .header("content-type", "application/octet-stream")
-                                .header("etag", "\"v1\"")
-                                .body(Full::new(body))
-                                .unwrap(),
-                        )
-                    }
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let body = if req.uri().path() == "/1m" {
+                            big.clone()
+                        } else {
+                            small.clone()
+                        };
+                        async move {
+                            Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .header("cache-control", "public, max-age=3600")
+                                    .header("content-type", "application/octet-stream")
+                                    .header("etag", "\"v1\"")
+                                    .body(Full::new(body))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
@@ -128,7 +136,13 @@ async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<S
     let child = Command::new(&exe)
         .args(["edge", "--upstream", &format!("http://{up}"), "--http"])
         .arg(format!("127.0.0.1:{port}"))
-        .args(["--memory", &format!("{cache_mib}MiB"), "--disk", "1GiB", "--data"])
+        .args([
+            "--memory",
+            &format!("{cache_mib}MiB"),
+            "--disk",
+            "1GiB",
+            "--data",
+        ])
         .arg(dir.join("tessera"))
         .env("TESSERA_LOG", "warn")
         .stdout(Stdio::null())
@@ -136,7 +150,11 @@ async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<S
         .context("starting tessera edge")?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     wait_listening(addr, "tessera").await?;
-    Ok(Server { name: "tessera", addr, child })
+    Ok(Server {
+        name: "tessera",
+        addr,
+        child,
+    })
 }
 
 async fn start_nginx(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
@@ -161,7 +179,11 @@ async fn start_nginx(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Ser
         .context("starting nginx (Debian package nginx-light)")?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     wait_listening(addr, "nginx").await?;
-    Ok(Server { name: "nginx", addr, child })
+    Ok(Server {
+        name: "nginx",
+        addr,
+        child,
+    })
 }
 
 async fn start_varnish(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
@@ -190,7 +212,11 @@ async fn start_varnish(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<S
         .context("starting varnishd (Debian package varnish)")?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     wait_listening(addr, "varnish").await?;
-    Ok(Server { name: "varnish", addr, child })
+    Ok(Server {
+        name: "varnish",
+        addr,
+        child,
+    })
 }
 
 /// Peak figures from one wrk run.
@@ -225,7 +251,13 @@ fn unit(v: &str) -> Option<f64> {
 
 fn wrk(url: &str, a: &Args) -> Result<Peak> {
     let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{}", a.connections), &format!("-d{}s", a.seconds), "--latency", url])
+        .args([
+            "-t2",
+            &format!("-c{}", a.connections),
+            &format!("-d{}s", a.seconds),
+            "--latency",
+            url,
+        ])
         .output()
         .context("running wrk (Debian package wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -241,13 +273,23 @@ fn wrk(url: &str, a: &Args) -> Result<Peak> {
         bail!("{url}: wrk saw errors ({e}):\n{text}");
     }
     match (rps, bps, p99) {
-        (Some(rps), Some(bytes_per_sec), Some(p99_ms)) => Ok(Peak { rps, bytes_per_sec, p99_ms }),
+        (Some(rps), Some(bytes_per_sec), Some(p99_ms)) => Ok(Peak {
+            rps,
+            bytes_per_sec,
+            p99_ms,
+        }),
         _ => bail!("cannot read wrk's output for {url}:\n{text}"),
     }
 }
 
 /// Open loop at `rate` requests/s for `secs`: latencies from the intended send time.
-async fn open_loop(addr: SocketAddr, path: &str, rate: f64, secs: u64, conns: usize) -> Result<(f64, f64, u64)> {
+async fn open_loop(
+    addr: SocketAddr,
+    path: &str,
+    rate: f64,
+    secs: u64,
+    conns: usize,
+) -> Result<(f64, f64, u64)> {
     let per_conn = rate / conns as f64;
     let interval = Duration::from_secs_f64(1.0 / per_conn);
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -256,10 +298,12 @@ async fn open_loop(addr: SocketAddr, path: &str, rate: f64, secs: u64, conns: us
     for c in 0..conns {
         let path = path.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut hist =
+                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             // Spread connections over the interval so they do not fire in step.
             let mut next = start + interval.mul_f64(c as f64 / conns as f64);
@@ -304,9 +348,18 @@ async fn open_loop(addr: SocketAddr, path: &str, rate: f64, secs: u64, conns: us
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    format!("{} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))
+    format!(
+        "{} cores, {cpu}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -321,7 +374,10 @@ async fn run_async(a: Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let up = upstream().await?;
     println!("machine: {}", machine());
-    println!("wrk -t2 -c{} -d{}s --latency (memory hits, HTTP/1.1)", a.connections, a.seconds);
+    println!(
+        "wrk -t2 -c{} -d{}s --latency (memory hits, HTTP/1.1)",
+        a.connections, a.seconds
+    );
     let mut results: Vec<(&'static str, [Peak; 2], [(f64, f64, u64); 2])> = Vec::new();
     for name in ["tessera", "nginx", "varnish"] {
         let server = match name {
@@ -329,17 +385,30 @@ async fn run_async(a: Args) -> Result<()> {
             "nginx" => start_nginx(dir.path(), up, a.cache_mib).await?,
             _ => start_varnish(dir.path(), up, a.cache_mib).await?,
         };
-        let mut peaks = [Peak { rps: 0.0, bytes_per_sec: 0.0, p99_ms: 0.0 }; 2];
+        let mut peaks = [Peak {
+            rps: 0.0,
+            bytes_per_sec: 0.0,
+            p99_ms: 0.0,
+        }; 2];
         let mut lat = [(0.0, 0.0, 0); 2];
         for (i, path) in ["/1k", "/1m"].iter().enumerate() {
             let url = format!("http://{}{path}", server.addr);
             // Warm: the first request fills, the next ones must hit.
             for _ in 0..3 {
-                let _ = Command::new("wrk").args(["-t1", "-c1", "-d1s", &url]).output();
+                let _ = Command::new("wrk")
+                    .args(["-t1", "-c1", "-d1s", &url])
+                    .output();
             }
             peaks[i] = wrk(&url, &a)?;
             if !a.no_latency {
-                lat[i] = open_loop(server.addr, path, peaks[i].rps / 2.0, a.seconds, a.connections).await?;
+                lat[i] = open_loop(
+                    server.addr,
+                    path,
+                    peaks[i].rps / 2.0,
+                    a.seconds,
+                    a.connections,
+                )
+                .await?;
             }
             println!(
                 "{:8} {path}: {:>9.0} req/s {:>8.1} MB/s p99 {:.2} ms | at half peak: p50 {:.3} ms p99 {:.3} ms ({} errors)",
@@ -356,7 +425,9 @@ async fn run_async(a: Args) -> Result<()> {
         drop(server);
     }
     println!();
-    println!("| server | 1 KiB req/s | 1 KiB p99 (wrk) | 1 KiB p99 at half peak | 1 MiB MB/s | 1 MiB p99 at half peak |");
+    println!(
+        "| server | 1 KiB req/s | 1 KiB p99 (wrk) | 1 KiB p99 at half peak | 1 MiB MB/s | 1 MiB p99 at half peak |"
+    );
     println!("|---|---|---|---|---|---|");
     for (name, p, l) in &results {
         println!(

@@ -367,6 +367,10 @@ impl Cache {
     /// Looks `key` up in memory, then on SSD (a disk hit is promoted to memory by foyer).
     /// An I/O error reading the SSD tier is logged and reads as a miss.
     pub async fn get(&self, key: &Key) -> Option<(Value, Tier)> {
+        // A memory hit needs none of the hybrid lookup's machinery.
+        if let Some(e) = self.hybrid.memory().get(key) {
+            return Some((e.value().clone(), Tier::Memory));
+        }
         match self.hybrid.get(key).await {
             Ok(Some(e)) => {
                 let tier = match e.source() {

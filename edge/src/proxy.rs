@@ -471,6 +471,12 @@ impl Edge {
         }
         let body = if head || end == start {
             empty_body()
+        } else if let BodyRef::Inline(b) = &meta.body {
+            self.metrics
+                .bytes_served
+                .with_label_values(&[source])
+                .inc_by(end - start);
+            full_body(b.slice(start as usize..end as usize))
         } else {
             let counter = self.metrics.bytes_served.with_label_values(&[source]);
             stream_body(
