@@ -418,16 +418,7 @@ impl Edge {
                 (StatusCode::PARTIAL_CONTENT, start, end + 1)
             }
             RangeAsk::Unsatisfiable => {
-                let mut r = Refusal::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    format!("the range is outside the representation's {size} bytes"),
-                )
-                .response();
-                r.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
-                );
-                return r;
+                return unsatisfiable(size);
             }
             // A malformed range is ignored (RFC 9110 §14.2 allows it): the whole body.
             RangeAsk::Whole | RangeAsk::Malformed => (status, 0, size),
@@ -691,6 +682,20 @@ pub(crate) fn add_vary(headers: &mut HeaderMap, name: &str) {
         return;
     }
     headers.append(header::VARY, HeaderValue::from_str(name).unwrap());
+}
+
+/// `416` for a range outside a representation of `size` bytes.
+pub(crate) fn unsatisfiable(size: u64) -> Response<EdgeBody> {
+    let mut r = Refusal::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        format!("the range is outside the representation's {size} bytes"),
+    )
+    .response();
+    r.headers_mut().insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
+    );
+    r
 }
 
 /// Whether a content type is worth compressing.

@@ -29,7 +29,7 @@ use crate::freshness::{
 };
 use crate::proxy::{
     BACKGROUND_REVALIDATE, BoxError, Edge, EdgeBody, Outcome, Refusal, empty_body, now_ms,
-    now_secs, request_directives, stream_body, variant_key, vary_names,
+    now_secs, request_directives, stream_body, unsatisfiable, variant_key, vary_names,
 };
 use crate::purge::Verdict;
 
@@ -385,16 +385,7 @@ fn respond_from_fill(
                 );
             }
             RangeAsk::Unsatisfiable => {
-                let mut r = Refusal::new(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    format!("the range is outside the representation's {size} bytes"),
-                )
-                .response();
-                r.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
-                );
-                return r;
+                return unsatisfiable(size);
             }
             RangeAsk::Whole | RangeAsk::Malformed => {}
         }
