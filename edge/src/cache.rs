@@ -315,7 +315,14 @@ pub enum CacheError {
 #[derive(Clone, Debug)]
 pub struct Cache {
     hybrid: HybridCache<Key, Value>,
+    /// Recent removals (key → time in ms). foyer's removal from the SSD tier is queued, and
+    /// a copy still waiting to be written may be found after it; a stored response older
+    /// than its key's removal is treated as gone. A std mutex: map operations only.
+    removed: Arc<std::sync::Mutex<std::collections::HashMap<Key, u64>>>,
 }
+
+/// How long removals are remembered: far longer than foyer's write queue takes to drain.
+const REMEMBER_REMOVALS_MS: u64 = 10 * 60 * 1000;
 
 impl Cache {
     /// Opens the cache: `memory` bytes in RAM, `disk` bytes in files under `dir` (recovered
@@ -361,7 +368,10 @@ impl Cache {
             .build()
             .await
             .map_err(open_err)?;
-        Ok(Cache { hybrid })
+        Ok(Cache {
+            hybrid,
+            removed: Default::default(),
+        })
     }
 
     /// Looks `key` up in memory, then on SSD (a disk hit is promoted to memory by foyer).
@@ -410,7 +420,22 @@ impl Cache {
 
     /// Removes `key` from both tiers.
     pub fn remove(&self, key: &Key) {
+        let now = crate::proxy::now_ms();
+        {
+            let mut removed = self.removed.lock().unwrap();
+            if removed.len() >= 100_000 {
+                removed.retain(|_, at| now.saturating_sub(*at) < REMEMBER_REMOVALS_MS);
+            }
+            removed.insert(*key, now);
+        }
         self.hybrid.remove(key);
+    }
+
+    /// Whether `key` was removed at or after `stored_at_ms` (so what was found under it is a
+    /// copy the removal has not reached yet).
+    pub fn removed_since(&self, key: &Key, stored_at_ms: u64) -> bool {
+        let removed = self.removed.lock().unwrap();
+        !removed.is_empty() && removed.get(key).is_some_and(|at| *at >= stored_at_ms)
     }
 
     /// Bytes in use in the memory tier.

@@ -321,6 +321,7 @@ impl Edge {
         key: &Key,
         req: &HeaderMap,
     ) -> Option<(Arc<Meta>, Tier, Key, crate::purge::Verdict)> {
+        let primary = key;
         let (mut value, mut tier) = self.cache.get(key).await?;
         let mut key = *key;
         if let Value::Vary(names) = &value {
@@ -331,6 +332,9 @@ impl Edge {
         let Value::Meta(meta) = value else {
             return None;
         };
+        if self.cache.removed_since(primary, meta.stored_at_ms) {
+            return None;
+        }
         if let BodyRef::Segments { id, count } = &meta.body {
             // Segments are separate entries and may have been evicted on their own.
             for i in 0..*count {
