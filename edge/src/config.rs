@@ -90,3 +90,29 @@ impl EdgeConfig {
         Duration::from_secs(self.origin_timeout_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_sets_any_field_and_refuses_unknown_ones() {
+        let cfg: EdgeConfig = toml::from_str(
+            r#"
+            backend = { origin = ["http://127.0.0.1:7070"] }
+            memory_bytes = 1048576
+            policy = "w-tiny-lfu"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.backend,
+            Backend::Origin(vec!["http://127.0.0.1:7070".into()])
+        );
+        assert_eq!(cfg.memory_bytes, 1 << 20);
+        assert_eq!(cfg.policy, Policy::WTinyLfu);
+        assert_eq!(cfg.disk_bytes, EdgeConfig::default().disk_bytes);
+        let err = toml::from_str::<EdgeConfig>("memroy_bytes = 1").unwrap_err();
+        assert!(err.to_string().contains("memroy_bytes"), "{err}");
+    }
+}

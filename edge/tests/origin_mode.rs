@@ -361,3 +361,27 @@ async fn conditional_requests_are_answered_from_cache() {
     assert_eq!(r.header("content-length"), "5");
     assert!(r.body.is_empty());
 }
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_on_the_plain_listener() {
+    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+    origin.publish("a.txt", "plain h2").await;
+    let tcp = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/a.txt", edge.http))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"plain h2");
+}
