@@ -266,9 +266,24 @@ impl Edge {
         self: &Arc<Self>,
         req: Request<Incoming>,
         proto: Protocol,
-        _client: SocketAddr,
+        client: SocketAddr,
     ) -> Response<EdgeBody> {
         let start = Instant::now();
+        let mut req = req;
+        if self.upstream.is_some() {
+            // The upstream sees who asked: appended to any X-Forwarded-For already present.
+            let xff = match req
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {}", client.ip()),
+                None => client.ip().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                req.headers_mut().insert("x-forwarded-for", v);
+            }
+        }
         let (resp, outcome) = match self.route(req).await {
             Ok(r) => r,
             Err(refusal) => {

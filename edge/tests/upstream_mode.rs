@@ -415,6 +415,11 @@ async fn unsafe_methods_pass_through_and_invalidate() {
         .unwrap();
     let r = send(post).await;
     assert_eq!(r.status, 201);
+    assert_eq!(
+        up.request_headers("/item", 1)["x-forwarded-for"],
+        "127.0.0.1"
+    );
+    assert_eq!(up.request_headers("/item", 1)["via"], "1.1 tessera");
     assert!(edge.get("/item").await.cache_status().contains("fwd=miss"));
     let o = edge.get("/other").await;
     assert!(
