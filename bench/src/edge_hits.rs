@@ -157,6 +157,73 @@ async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<S
     })
 }
 
+/// Tessera in origin mode: a `tessera origin` with `/1k` and `/1m` published, and an edge
+/// in front of it (hits cost a manifest and a chunk lookup instead of one entry).
+async fn start_tessera_origin_mode(
+    dir: &Path,
+    cache_mib: usize,
+    keep: &mut Vec<Server>,
+) -> Result<Server> {
+    let exe = std::env::current_exe()?.with_file_name("tessera");
+    let origin_port = free_port();
+    let origin_addr: SocketAddr = format!("127.0.0.1:{origin_port}").parse()?;
+    let origin = Command::new(&exe)
+        .args([
+            "origin",
+            "--listen",
+            &origin_addr.to_string(),
+            "--token",
+            "bench",
+            "--data",
+        ])
+        .arg(dir.join("origin"))
+        .env("TESSERA_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting tessera origin")?;
+    // Killed when `keep` is dropped, at the end of the run.
+    keep.push(Server {
+        name: "origin",
+        addr: origin_addr,
+        child: origin,
+    });
+    wait_listening(origin_addr, "tessera origin").await?;
+    let client = tessera_origin_proto::OriginClient::new(
+        &format!("http://{origin_addr}"),
+        Some("bench".into()),
+    )?;
+    client.put_bytes("1k", vec![b'a'; 1024]).await?;
+    client.put_bytes("1m", vec![b'b'; 1 << 20]).await?;
+    let port = free_port();
+    let child = Command::new(&exe)
+        .args([
+            "edge",
+            "--origin",
+            &format!("http://{origin_addr}"),
+            "--http",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "--memory",
+            &format!("{cache_mib}MiB"),
+            "--disk",
+            "1GiB",
+            "--data",
+        ])
+        .arg(dir.join("tessera-origin-mode"))
+        .env("TESSERA_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting tessera edge")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_listening(addr, "tessera edge (origin mode)").await?;
+    Ok(Server {
+        name: "tessera-origin",
+        addr,
+        child,
+    })
+}
+
 async fn start_nginx(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
     let port = free_port();
     let conf = fill(
@@ -379,9 +446,13 @@ async fn run_async(a: Args) -> Result<()> {
         a.connections, a.seconds
     );
     let mut results: Vec<(&'static str, [Peak; 2], [(f64, f64, u64); 2])> = Vec::new();
-    for name in ["tessera", "nginx", "varnish"] {
+    let mut keep = Vec::new();
+    for name in ["tessera", "nginx", "varnish", "tessera-origin"] {
         let server = match name {
             "tessera" => start_tessera(dir.path(), up, a.cache_mib).await?,
+            "tessera-origin" => {
+                start_tessera_origin_mode(dir.path(), a.cache_mib, &mut keep).await?
+            }
             "nginx" => start_nginx(dir.path(), up, a.cache_mib).await?,
             _ => start_varnish(dir.path(), up, a.cache_mib).await?,
         };
@@ -440,7 +511,7 @@ async fn run_async(a: Args) -> Result<()> {
         );
     }
     let t = &results[0].1;
-    for (name, p, _) in &results[1..] {
+    for (name, p, _) in &results[1..3] {
         println!(
             "tessera/{name}: 1 KiB req/s x{:.2}, 1 MiB bytes/s x{:.2}",
             t[0].rps / p[0].rps,

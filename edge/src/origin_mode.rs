@@ -73,6 +73,7 @@ pub(crate) async fn handle(
         let ttl = meta.freshness.lifetime as i64 - meta.freshness.age(now) as i64;
         match usage {
             Use::Fresh => {
+                let meta = assemble(edge, meta, key, headers).await;
                 let r = edge
                     .serve(headers, &method, meta, key, Some(tier), now)
                     .await;
@@ -129,6 +130,36 @@ pub(crate) async fn handle(
         Ok((None, _)) => Err(not_published(&file)),
         Err(e) => Err(Refusal::new(e.status, e.message.clone())),
     }
+}
+
+/// A small file hit again in whole is kept assembled: its stored response gets the bytes
+/// inline, so later hits cost one lookup instead of a manifest and chunk lookups
+/// (`tessera-bench edge-hits`, figures in `bench/RESULTS.md`). The chunks stay cached by address for
+/// ranges and for other files sharing them. Anything that fails leaves `meta` as it was.
+async fn assemble(edge: &Arc<Edge>, meta: Arc<Meta>, key: Key, req: &HeaderMap) -> Arc<Meta> {
+    let BodyRef::Chunks(chunks) = &meta.body else {
+        return meta;
+    };
+    // Only once every chunk is cached: assembling must not be a second origin fetch.
+    if meta.size as usize > crate::cache::INLINE_MAX
+        || req.contains_key(header::RANGE)
+        || !chunks.iter().all(|c| edge.cache.contains(&Key(c.hash.0)))
+    {
+        return meta;
+    }
+    let mut all = Vec::with_capacity(meta.size as usize);
+    let mut parts = edge.clone().body_stream(meta.clone(), 0, meta.size);
+    while let Some(p) = parts.next().await {
+        match p {
+            Ok(b) => all.extend_from_slice(&b),
+            Err(_) => return meta,
+        }
+    }
+    let mut m = (*meta).clone();
+    m.body = BodyRef::Inline(Bytes::from(all));
+    let m = Arc::new(m);
+    edge.cache.insert(key, Value::Meta(m.clone()));
+    m
 }
 
 fn not_published(file: &str) -> Refusal {
