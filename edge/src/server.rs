@@ -20,7 +20,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
@@ -46,7 +45,8 @@ pub async fn run(
     edge: Arc<Edge>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let graceful = Arc::new(GracefulShutdown::new());
+    // Every connection task holds a clone of `live`; shutdown waits for them to go.
+    let live = Arc::new(());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(l) = listeners.http {
@@ -54,7 +54,7 @@ pub async fn run(
             l,
             None,
             edge.clone(),
-            graceful.clone(),
+            live.clone(),
             stop_rx.clone(),
             false,
         ));
@@ -64,7 +64,7 @@ pub async fn run(
             l,
             Some(tls),
             edge.clone(),
-            graceful.clone(),
+            live.clone(),
             stop_rx.clone(),
             false,
         ));
@@ -74,7 +74,7 @@ pub async fn run(
             l,
             None,
             edge.clone(),
-            graceful.clone(),
+            live.clone(),
             stop_rx.clone(),
             true,
         ));
@@ -86,13 +86,15 @@ pub async fn run(
     if let Some(f) = feed {
         f.abort();
     }
-    let graceful =
-        Arc::try_unwrap(graceful).map_err(|_| anyhow::anyhow!("listener still running"))?;
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("connections still open 30 s after shutdown; closing them");
+    // Connections were told to finish their requests in flight and close (HTTP/2 GOAWAY);
+    // give them 30 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while Arc::strong_count(&live) > 1 {
+        if tokio::time::Instant::now() > deadline {
+            warn!("connections still open 30 s after shutdown; closing them");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     edge.cache().close().await;
     Ok(())
@@ -115,11 +117,31 @@ fn builder(edge: &Edge) -> Builder<TokioExecutor> {
     b
 }
 
+/// Runs one connection until it ends, or until `stop`, then lets it finish the requests in
+/// flight and close (HTTP/2: GOAWAY). A macro, not a generic function: a spawned generic
+/// future over hyper's connection types trips the compiler's higher-ranked lifetime check.
+macro_rules! drive {
+    ($conn:expr, $stop:expr, $peer:expr) => {{
+        let mut stop = $stop;
+        let mut conn = std::pin::pin!($conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { drop(stop.wait_for(|stopped| *stopped).await) } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(peer = %$peer, error = %e, "connection ended with an error");
+        }
+    }};
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     edge: Arc<Edge>,
-    graceful: Arc<GracefulShutdown>,
+    live: Arc<()>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     admin: bool,
 ) {
@@ -162,16 +184,15 @@ async fn accept_loop(
                 let conn = builder
                     .serve_connection(TokioIo::new(stream), svc)
                     .into_owned();
-                let conn = graceful.watch(conn);
+                let (stop, live) = (stop.clone(), live.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    drive!(conn, stop, peer);
+                    drop(live);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let graceful = graceful.clone();
+                let (stop, live) = (stop.clone(), live.clone());
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(
                         Duration::from_secs(10),
@@ -192,9 +213,8 @@ async fn accept_loop(
                     let conn = builder
                         .serve_connection(TokioIo::new(tls), svc)
                         .into_owned();
-                    if let Err(e) = graceful.watch(conn).await {
-                        debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    drive!(conn, stop, peer);
+                    drop(live);
                 });
             }
         }

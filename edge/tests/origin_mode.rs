@@ -385,3 +385,74 @@ async fn h2c_with_prior_knowledge_on_the_plain_listener() {
         .to_bytes();
     assert_eq!(&body[..], b"plain h2");
 }
+
+#[tokio::test]
+async fn shutdown_completes_with_an_idle_tls_connection_open() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start_with(
+        config(Backend::Origin(vec![origin.url()]), dir.path()),
+        true,
+    )
+    .await;
+    origin.publish("index.html", "x").await;
+    let (r, _) = h2_tls_get(edge.https.unwrap(), edge.cert.as_ref().unwrap(), "/").await;
+    assert_eq!(r.status, 200);
+    // A second client that completes a TLS handshake and then sits idle.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(edge.https.unwrap())
+        .await
+        .unwrap();
+    let _idle = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    // Stops (and panics inside if `run` failed) while that connection is still open.
+    tokio::time::timeout(std::time::Duration::from_secs(20), edge.stop())
+        .await
+        .expect("shutdown finished");
+}
+
+/// Accepts any server certificate (the test only needs a TLS session, not trust).
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
