@@ -132,7 +132,11 @@ pub fn not_storable(
     if method != Method::GET && method != Method::HEAD {
         return Some("method");
     }
-    if status == StatusCode::PARTIAL_CONTENT || status.is_informational() {
+    // A 304 or 206 is not a whole representation: never stored as one.
+    if status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational()
+    {
         return Some("status");
     }
     let req_cc = CacheControl::parse(req, header::CACHE_CONTROL);
@@ -527,6 +531,15 @@ mod tests {
         assert_eq!(
             not_storable(&get, &h(&[("cache-control", "no-store")]), ok, &none),
             Some("request no-store")
+        );
+        assert_eq!(
+            not_storable(
+                &get,
+                &none,
+                StatusCode::NOT_MODIFIED,
+                &h(&[("cache-control", "max-age=60")])
+            ),
+            Some("status")
         );
     }
 
