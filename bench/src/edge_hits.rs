@@ -46,7 +46,19 @@ struct Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so a master process (nginx, varnishd) stops its workers; SIGKILL after
+    /// 5 s. A bare SIGKILL of nginx's master leaves its workers running.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
