@@ -8,7 +8,6 @@
 //! before it is stored or sent.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -217,29 +216,18 @@ async fn fetch_manifest(
     let position = edge.feed_position.load(std::sync::atomic::Ordering::SeqCst);
     for origin in &edge.origins {
         let request_time = now_secs();
-        let started = Instant::now();
-        edge.metrics
-            .origin_fetches
-            .with_label_values(&[if stale.is_some() {
-                "revalidate"
-            } else {
-                "manifest"
-            }])
-            .inc();
+        let kind = if stale.is_some() {
+            "revalidate"
+        } else {
+            "manifest"
+        };
         let r = edge
-            .with_timeout(origin.manifest_revalidate(file, etag.as_deref()))
+            .call_origin(kind, origin.manifest_revalidate(file, etag.as_deref()))
             .await;
-        edge.metrics
-            .origin_latency
-            .observe(started.elapsed().as_secs_f64());
         let response_time = now_secs();
         let key = manifest_key(file);
         match r {
             None => {
-                edge.metrics
-                    .origin_errors
-                    .with_label_values(&["timeout"])
-                    .inc();
                 last = Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("origin {} did not answer in time", origin.base()),
@@ -295,7 +283,7 @@ async fn fetch_manifest(
             }
             Some(Err(e)) => {
                 let kind = error_kind(&e);
-                edge.metrics.origin_errors.with_label_values(&[kind]).inc();
+                edge.origin_error(kind);
                 tracing::warn!(origin = origin.base(), path = file, error = %e, "manifest fetch failed");
                 last = Refusal::new(StatusCode::BAD_GATEWAY, format!("origin error: {e}"));
                 if !e.retryable() && !matches!(e, ClientError::Malformed { .. }) {
@@ -431,33 +419,18 @@ pub(crate) async fn chunk(edge: &Arc<Edge>, hash: ChunkHash) -> Result<Bytes, Bo
 async fn fetch_chunk(edge: &Arc<Edge>, hash: ChunkHash) -> anyhow::Result<Bytes> {
     let mut last = anyhow::anyhow!("no origin configured");
     for origin in &edge.origins {
-        edge.metrics
-            .origin_fetches
-            .with_label_values(&["chunk"])
-            .inc();
-        let started = Instant::now();
-        let r = edge.with_timeout(origin.chunk(hash)).await;
-        edge.metrics
-            .origin_latency
-            .observe(started.elapsed().as_secs_f64());
+        let r = edge.call_origin("chunk", origin.chunk(hash)).await;
         match r {
             Some(Ok(b)) => return Ok(b),
             Some(Err(e)) => {
                 if matches!(e, ClientError::Corrupt { .. }) {
                     edge.metrics.corrupt_chunks.inc();
                 }
-                edge.metrics
-                    .origin_errors
-                    .with_label_values(&[error_kind(&e)])
-                    .inc();
+                edge.origin_error(error_kind(&e));
                 tracing::warn!(origin = origin.base(), chunk = %hash, error = %e, "chunk fetch failed");
                 last = e.into();
             }
             None => {
-                edge.metrics
-                    .origin_errors
-                    .with_label_values(&["timeout"])
-                    .inc();
                 last = anyhow::anyhow!("origin {} did not answer in time", origin.base());
             }
         }

@@ -634,14 +634,33 @@ impl Edge {
         Some(compressed)
     }
 
-    /// Runs `f` with a timeout of the configured origin timeout.
-    pub(crate) async fn with_timeout<T>(
+    /// One request to an origin or upstream: counted by `kind` (`manifest`, `chunk`,
+    /// `object`, `revalidate`, `pass`), timed to its answer, and cut off after the configured
+    /// origin timeout, which is counted as a `timeout` error and gives `None`.
+    pub(crate) async fn call_origin<T>(
         &self,
+        kind: &str,
         f: impl std::future::Future<Output = T>,
     ) -> Option<T> {
-        tokio::time::timeout(self.cfg.origin_timeout(), f)
-            .await
-            .ok()
+        self.metrics.origin_fetches.with_label_values(&[kind]).inc();
+        let started = Instant::now();
+        match tokio::time::timeout(self.cfg.origin_timeout(), f).await {
+            Ok(answer) => {
+                self.metrics
+                    .origin_latency
+                    .observe(started.elapsed().as_secs_f64());
+                Some(answer)
+            }
+            Err(_) => {
+                self.origin_error("timeout");
+                None
+            }
+        }
+    }
+
+    /// Counts an origin failure of `kind` (`connect`, `status`, `body`, `malformed`, …).
+    pub(crate) fn origin_error(&self, kind: &str) {
+        self.metrics.origin_errors.with_label_values(&[kind]).inc();
     }
 }
 

@@ -8,7 +8,7 @@
 //! Unsafe methods pass through and invalidate what the cache holds for their target.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -475,30 +475,19 @@ async fn lead(
     *req.uri_mut() = up.uri(pq);
     *req.headers_mut() = headers;
     let request_time = now_secs();
-    let started = Instant::now();
-    edge.metrics
-        .origin_fetches
-        .with_label_values(&[if stale.is_some() {
-            "revalidate"
-        } else {
-            "object"
-        }])
-        .inc();
-    let resp = match edge.with_timeout(up.client.request(req)).await {
+    let kind = if stale.is_some() {
+        "revalidate"
+    } else {
+        "object"
+    };
+    let resp = match edge.call_origin(kind, up.client.request(req)).await {
         None => {
-            edge.metrics
-                .origin_errors
-                .with_label_values(&["timeout"])
-                .inc();
             fill.set_head(Err(FillError::Timeout));
             guard.head_set = true;
             return;
         }
         Some(Err(e)) => {
-            edge.metrics
-                .origin_errors
-                .with_label_values(&["connect"])
-                .inc();
+            edge.origin_error("connect");
             tracing::warn!(upstream = %up.authority, error = %e, "upstream request failed");
             fill.set_head(Err(FillError::Unreachable(e.to_string())));
             guard.head_set = true;
@@ -506,16 +495,10 @@ async fn lead(
         }
         Some(Ok(r)) => r,
     };
-    edge.metrics
-        .origin_latency
-        .observe(started.elapsed().as_secs_f64());
     let response_time = now_secs();
     let (rparts, mut body) = resp.into_parts();
     if rparts.status.is_server_error() {
-        edge.metrics
-            .origin_errors
-            .with_label_values(&["status"])
-            .inc();
+        edge.origin_error("status");
     }
     let cap = edge.cfg.heuristic_cap_secs;
     if let (Some((old, vkey)), StatusCode::NOT_MODIFIED) = (&stale, rparts.status) {
@@ -578,10 +561,7 @@ async fn lead(
         match body.frame().await {
             None => break,
             Some(Err(e)) => {
-                edge.metrics
-                    .origin_errors
-                    .with_label_values(&["body"])
-                    .inc();
+                edge.origin_error("body");
                 tracing::warn!(upstream = %up.authority, error = %e, "upstream body failed; nothing stored");
                 fill.finish(Err(FillError::Body(e.to_string())));
                 return;
@@ -719,27 +699,15 @@ async fn pass(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = up.uri(pq);
     *req.headers_mut() = forward_headers(up, &parts.headers, false);
-    edge.metrics
-        .origin_fetches
-        .with_label_values(&["pass"])
-        .inc();
-    let started = Instant::now();
-    let resp = match edge.with_timeout(up.client.request(req)).await {
+    let resp = match edge.call_origin("pass", up.client.request(req)).await {
         None => {
-            edge.metrics
-                .origin_errors
-                .with_label_values(&["timeout"])
-                .inc();
             return Err(Refusal::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "the upstream did not answer in time",
             ));
         }
         Some(Err(e)) => {
-            edge.metrics
-                .origin_errors
-                .with_label_values(&["connect"])
-                .inc();
+            edge.origin_error("connect");
             return Err(Refusal::new(
                 StatusCode::BAD_GATEWAY,
                 format!("upstream request failed: {e}"),
@@ -747,9 +715,6 @@ async fn pass(
         }
         Some(Ok(r)) => r,
     };
-    edge.metrics
-        .origin_latency
-        .observe(started.elapsed().as_secs_f64());
     let (rparts, body) = resp.into_parts();
     let counter = edge.metrics.bytes_served.with_label_values(&["origin"]);
     let body = body
