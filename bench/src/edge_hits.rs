@@ -136,7 +136,8 @@ async fn wait_listening(addr: SocketAddr, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
+/// The `tessera` binary built next to this one.
+fn tessera_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?.with_file_name("tessera");
     if !exe.exists() {
         bail!(
@@ -144,9 +145,22 @@ async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<S
             exe.display()
         );
     }
+    Ok(exe)
+}
+
+/// A `tessera edge` with `backend` (`--upstream URL` or `--origin URL`), its data in
+/// `data`, on a free port.
+async fn spawn_edge(
+    name: &'static str,
+    backend: [&str; 2],
+    data: PathBuf,
+    cache_mib: usize,
+) -> Result<Server> {
     let port = free_port();
-    let child = Command::new(&exe)
-        .args(["edge", "--upstream", &format!("http://{up}"), "--http"])
+    let child = Command::new(tessera_exe()?)
+        .arg("edge")
+        .args(backend)
+        .arg("--http")
         .arg(format!("127.0.0.1:{port}"))
         .args([
             "--memory",
@@ -155,18 +169,26 @@ async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<S
             "1GiB",
             "--data",
         ])
-        .arg(dir.join("tessera"))
+        .arg(data)
         .env("TESSERA_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .context("starting tessera edge")?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    wait_listening(addr, "tessera").await?;
-    Ok(Server {
-        name: "tessera",
-        addr,
-        child,
-    })
+    let server = Server { name, addr, child };
+    wait_listening(addr, name).await?;
+    Ok(server)
+}
+
+async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
+    let upstream = format!("http://{up}");
+    spawn_edge(
+        "tessera",
+        ["--upstream", &upstream],
+        dir.join("tessera"),
+        cache_mib,
+    )
+    .await
 }
 
 /// Tessera in origin mode: a `tessera origin` with `/1k` and `/1m` published, and an edge
@@ -176,10 +198,9 @@ async fn start_tessera_origin_mode(
     cache_mib: usize,
     keep: &mut Vec<Server>,
 ) -> Result<Server> {
-    let exe = std::env::current_exe()?.with_file_name("tessera");
     let origin_port = free_port();
     let origin_addr: SocketAddr = format!("127.0.0.1:{origin_port}").parse()?;
-    let origin = Command::new(&exe)
+    let origin = Command::new(tessera_exe()?)
         .args([
             "origin",
             "--listen",
@@ -200,40 +221,17 @@ async fn start_tessera_origin_mode(
         child: origin,
     });
     wait_listening(origin_addr, "tessera origin").await?;
-    let client = tessera_origin_proto::OriginClient::new(
-        &format!("http://{origin_addr}"),
-        Some("bench".into()),
-    )?;
+    let origin_url = format!("http://{origin_addr}");
+    let client = tessera_origin_proto::OriginClient::new(&origin_url, Some("bench".into()))?;
     client.put_bytes("1k", vec![b'a'; 1024]).await?;
     client.put_bytes("1m", vec![b'b'; 1 << 20]).await?;
-    let port = free_port();
-    let child = Command::new(&exe)
-        .args([
-            "edge",
-            "--origin",
-            &format!("http://{origin_addr}"),
-            "--http",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .args([
-            "--memory",
-            &format!("{cache_mib}MiB"),
-            "--disk",
-            "1GiB",
-            "--data",
-        ])
-        .arg(dir.join("tessera-origin-mode"))
-        .env("TESSERA_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting tessera edge")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    wait_listening(addr, "tessera edge (origin mode)").await?;
-    Ok(Server {
-        name: "tessera-origin",
-        addr,
-        child,
-    })
+    spawn_edge(
+        "tessera-origin",
+        ["--origin", &origin_url],
+        dir.join("tessera-origin-mode"),
+        cache_mib,
+    )
+    .await
 }
 
 async fn start_nginx(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
