@@ -49,15 +49,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let mut config = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str::<EdgeConfig>(&text)
-                .with_context(|| format!("config {}", p.display()))?
-        }
-        None => EdgeConfig::default(),
-    };
+    let mut config: EdgeConfig = super::load_config(a.config.as_deref())?;
     match (a.origin.is_empty(), a.upstream) {
         (false, _) => config.backend = Backend::Origin(a.origin),
         (true, Some(u)) => config.backend = Backend::Upstream(u),

@@ -27,15 +27,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let mut config = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str::<OriginConfig>(&text)
-                .with_context(|| format!("config {}", p.display()))?
-        }
-        None => OriginConfig::default(),
-    };
+    let mut config: OriginConfig = super::load_config(a.config.as_deref())?;
     if let Some(d) = a.data {
         config.data = d;
     }
