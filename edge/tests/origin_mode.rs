@@ -18,6 +18,14 @@ async fn origin_and_edge(
     (origin, edge, dir)
 }
 
+async fn origin_and_tls_edge() -> (Origin, EdgeNode, tempfile::TempDir) {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(Backend::Origin(vec![origin.url()]), dir.path());
+    let edge = EdgeNode::start_with(cfg, true).await;
+    (origin, edge, dir)
+}
+
 #[tokio::test]
 async fn serves_published_files_then_hits_memory() {
     let (origin, edge, _d) = origin_and_edge(|_| {}).await;
@@ -284,13 +292,7 @@ async fn purges_by_path_and_prefix_and_soft() {
 
 #[tokio::test]
 async fn http2_over_tls_by_alpn() {
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let edge = EdgeNode::start_with(
-        config(Backend::Origin(vec![origin.url()]), dir.path()),
-        true,
-    )
-    .await;
+    let (origin, edge, _d) = origin_and_tls_edge().await;
     origin.publish("index.html", "<p>tls</p>").await;
     let (r, alpn) = h2_tls_get(edge.https.unwrap(), edge.cert.as_ref().unwrap(), "/").await;
     assert_eq!(alpn, "h2");
@@ -388,71 +390,14 @@ async fn h2c_with_prior_knowledge_on_the_plain_listener() {
 
 #[tokio::test]
 async fn shutdown_completes_with_an_idle_tls_connection_open() {
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let edge = EdgeNode::start_with(
-        config(Backend::Origin(vec![origin.url()]), dir.path()),
-        true,
-    )
-    .await;
+    let (origin, edge, _d) = origin_and_tls_edge().await;
     origin.publish("index.html", "x").await;
     let (r, _) = h2_tls_get(edge.https.unwrap(), edge.cert.as_ref().unwrap(), "/").await;
     assert_eq!(r.status, 200);
     // A second client that completes a TLS handshake and then sits idle.
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(edge.https.unwrap())
-        .await
-        .unwrap();
-    let _idle = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let _idle = tls_connect(edge.https.unwrap(), edge.cert.as_ref().unwrap()).await;
     // Stops (and panics inside if `run` failed) while that connection is still open.
     tokio::time::timeout(std::time::Duration::from_secs(20), edge.stop())
         .await
         .expect("shutdown finished");
-}
-
-/// Accepts any server certificate (the test only needs a TLS session, not trust).
-#[derive(Debug)]
-struct AcceptAny;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

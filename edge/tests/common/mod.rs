@@ -246,16 +246,22 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// Reads a whole response.
+    pub async fn read(resp: Response<Incoming>) -> Reply {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
 pub async fn send(req: Request<Full<Bytes>>) -> Reply {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let resp = client.request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply::read(client.request(req).await.unwrap()).await
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
@@ -271,7 +277,12 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply
 }
 
 /// An HTTP/2-over-TLS client that trusts exactly the certificate in `cert`.
-pub async fn h2_tls_get(addr: SocketAddr, cert: &Path, path: &str) -> (Reply, String) {
+/// A TLS connection to the edge at `addr` as `localhost`, trusting exactly the certificate
+/// in `cert`, offering ALPN `h2` and `http/1.1`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cert: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
@@ -284,12 +295,16 @@ pub async fn h2_tls_get(addr: SocketAddr, cert: &Path, path: &str) -> (Reply, St
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect("localhost".try_into().unwrap(), tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// `GET path` over HTTP/2 over TLS; also returns the protocol ALPN chose.
+pub async fn h2_tls_get(addr: SocketAddr, cert: &Path, path: &str) -> (Reply, String) {
+    let tls = tls_connect(addr, cert).await;
     let alpn = String::from_utf8_lossy(tls.get_ref().1.alpn_protocol().unwrap_or(b"")).to_string();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -301,16 +316,7 @@ pub async fn h2_tls_get(addr: SocketAddr, cert: &Path, path: &str) -> (Reply, St
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        },
-        alpn,
-    )
+    (Reply::read(resp).await, alpn)
 }
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
