@@ -323,7 +323,8 @@ impl Edge {
     ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
         let path = check_path(req.uri().path())?;
         if self.upstream.is_some() {
-            crate::upstream::handle(self, req, path).await
+            // Checked only: the upstream gets the path as the client sent it.
+            crate::upstream::handle(self, req).await
         } else {
             crate::origin_mode::handle(self, req, path).await
         }
@@ -391,32 +392,7 @@ impl Edge {
         if status == StatusCode::OK
             && let Some(decided) = preconditions(req_headers, etag, modified)
         {
-            if decided == StatusCode::NOT_MODIFIED {
-                let mut r = Response::builder()
-                    .status(StatusCode::NOT_MODIFIED)
-                    .body(empty_body())
-                    .unwrap();
-                for name in [
-                    header::ETAG,
-                    header::LAST_MODIFIED,
-                    header::CACHE_CONTROL,
-                    header::EXPIRES,
-                    header::VARY,
-                    header::CONTENT_LOCATION,
-                    header::DATE,
-                ] {
-                    if let Some(v) = headers.get(&name) {
-                        r.headers_mut().insert(name, v.clone());
-                    }
-                }
-                r.headers_mut().insert(header::AGE, HeaderValue::from(age));
-                return r;
-            }
-            return Refusal::new(
-                decided,
-                "a precondition (If-Match or If-Unmodified-Since) does not hold",
-            )
-            .response();
+            return precondition_answer(decided, &headers);
         }
         let size = meta.size;
         let mut ask = RangeAsk::Whole;
@@ -720,6 +696,36 @@ pub(crate) fn add_vary(headers: &mut HeaderMap, name: &str) {
         return;
     }
     headers.append(header::VARY, HeaderValue::from_str(name).unwrap());
+}
+
+/// The answer when a request's preconditions decided it: `304` with the validators and
+/// caching headers of the response it stands for (RFC 9110 §15.4.5), or `412` naming the
+/// problem.
+pub(crate) fn precondition_answer(decided: StatusCode, headers: &HeaderMap) -> Response<EdgeBody> {
+    if decided != StatusCode::NOT_MODIFIED {
+        return Refusal::new(
+            decided,
+            "a precondition (If-Match or If-Unmodified-Since) does not hold",
+        )
+        .response();
+    }
+    let mut r = Response::new(empty_body());
+    *r.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CACHE_CONTROL,
+        header::EXPIRES,
+        header::VARY,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::AGE,
+    ] {
+        if let Some(v) = headers.get(&name) {
+            r.headers_mut().insert(name, v.clone());
+        }
+    }
+    r
 }
 
 /// `416` for a range outside a representation of `size` bytes.

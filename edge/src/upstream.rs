@@ -29,7 +29,8 @@ use crate::freshness::{
 };
 use crate::proxy::{
     BACKGROUND_REVALIDATE, BoxError, Edge, EdgeBody, Outcome, Refusal, empty_body, now_ms,
-    now_secs, request_directives, stream_body, unsatisfiable, variant_key, vary_names,
+    now_secs, precondition_answer, request_directives, stream_body, unsatisfiable, variant_key,
+    vary_names,
 };
 use crate::purge::Verdict;
 
@@ -147,7 +148,6 @@ fn response_headers(from: &HeaderMap) -> HeaderMap {
 pub(crate) async fn handle(
     edge: &Arc<Edge>,
     req: Request<Incoming>,
-    _path: String,
 ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
     let (parts, body) = req.into_parts();
     let host = host_of(&parts);
@@ -349,21 +349,7 @@ fn respond_from_fill(
     if head.status == StatusCode::OK
         && let Some(decided) = preconditions(&parts.headers, etag, modified)
     {
-        let mut r = Response::new(empty_body());
-        *r.status_mut() = decided;
-        if decided == StatusCode::NOT_MODIFIED {
-            for name in [
-                header::ETAG,
-                header::LAST_MODIFIED,
-                header::CACHE_CONTROL,
-                header::VARY,
-            ] {
-                if let Some(v) = headers.get(&name) {
-                    r.headers_mut().insert(name, v.clone());
-                }
-            }
-        }
-        return r;
+        return precondition_answer(decided, &headers);
     }
     let (mut status, mut start, mut end) = (head.status, 0u64, u64::MAX);
     if head.status == StatusCode::OK
