@@ -61,6 +61,12 @@ pub struct EdgeConfig {
     pub brotli: bool,
     /// Bytes of compressed bodies kept in memory (so a hit is not compressed twice).
     pub brotli_cache_entries: usize,
+    /// Time a response may wait for a client to accept more of its body (a client that
+    /// stopped reading), seconds; then the stream is reset. HTTP/3 only: hyper's HTTP/1.1
+    /// and HTTP/2 connections end on TCP's own timeouts.
+    pub send_stall_secs: u64,
+    /// QUIC settings of the HTTP/3 listener.
+    pub quic: crate::h3::QuicSettings,
 }
 
 impl Default for EdgeConfig {
@@ -81,6 +87,8 @@ impl Default for EdgeConfig {
             follow_changes: true,
             brotli: true,
             brotli_cache_entries: 4096,
+            send_stall_secs: 30,
+            quic: crate::h3::QuicSettings::default(),
         }
     }
 }

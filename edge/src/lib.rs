@@ -16,14 +16,18 @@
 //! - [`purge`]: purges as bans, persistent.
 //! - [`feed`]: following the origin's change feed.
 //! - [`server`]: listeners (HTTP, HTTPS with HTTP/2) and the admin API.
+//! - [`h3`]: the HTTP/3 listener (quinn + h3).
 //! - [`tls`]: certificates and the rustls configuration.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`client`]: an HTTP/1.1, HTTP/2 and HTTP/3 client (`tessera get`, tests, benchmarks).
 
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod feed;
 pub mod fill;
 pub mod freshness;
+pub mod h3;
 pub mod metrics;
 pub mod origin_mode;
 pub mod proxy;

@@ -37,6 +37,12 @@ pub struct Metrics {
     pub purges: IntCounterVec,
     /// Change feed position (origin mode).
     pub feed_position: IntGauge,
+    /// HTTP/3 and QUIC events that end a connection or a request early, by event
+    /// (`handshake_failed`, `handshake_timeout`, `connection_error`, `request_error`,
+    /// `header_too_big`, `request_timeout`, `send_stalled`, `client_reset`).
+    pub quic_events: IntCounterVec,
+    /// QUIC connections open.
+    pub quic_connections: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -151,6 +157,15 @@ impl Metrics {
                     "Last change feed sequence number applied",
                 )
                 .unwrap(),
+            ),
+            quic_events: counter_vec(
+                "tessera_edge_quic_events_total",
+                "HTTP/3 connections and requests ended early, by event",
+                &["event"],
+            ),
+            quic_connections: reg(
+                &registry,
+                IntGauge::new("tessera_edge_quic_connections", "QUIC connections open").unwrap(),
             ),
             registry,
         }

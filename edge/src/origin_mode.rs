@@ -12,7 +12,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use tessera_origin_proto::{
     ChunkHash, ClientError, Manifest, ManifestChunk, ManifestFetch, validate_path,
 };
@@ -42,7 +41,7 @@ pub fn file_path(request_path: &str) -> String {
 
 pub(crate) async fn handle(
     edge: &Arc<Edge>,
-    req: Request<Incoming>,
+    req: Request<EdgeBody>,
     path: String,
 ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
     let method = req.method().clone();

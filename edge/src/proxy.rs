@@ -15,7 +15,7 @@ use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use tessera_origin_proto::OriginClient;
 use tessera_origin_proto::range::{
     RangeAsk, accepts_encoding, if_range_holds, parse_range, preconditions,
@@ -264,7 +264,7 @@ impl Edge {
     /// response.
     pub async fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<EdgeBody>,
         proto: Protocol,
         client: SocketAddr,
     ) -> Response<EdgeBody> {
@@ -319,7 +319,7 @@ impl Edge {
 
     async fn route(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<EdgeBody>,
     ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
         let path = check_path(req.uri().path())?;
         if self.upstream.is_some() {

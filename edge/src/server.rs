@@ -1,5 +1,6 @@
 //! The edge's listeners: plain HTTP (HTTP/1.1 and h2c with prior knowledge), HTTPS (HTTP/1.1
-//! and HTTP/2 by ALPN), and the admin API (purges, stats, `/metrics`, `/healthz`).
+//! and HTTP/2 by ALPN), HTTP/3 over QUIC ([`crate::h3`]), and the admin API (purges, stats,
+//! `/metrics`, `/healthz`).
 //!
 //! Limits applied before a request reaches the pipeline: a request head must arrive within
 //! `header_timeout_secs` (else the connection is closed), and may be at most
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,7 +25,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::proxy::{Edge, EdgeBody, Protocol, Refusal, full_body, json_response, now_ms};
+use crate::proxy::{
+    BoxError, Edge, EdgeBody, Protocol, Refusal, full_body, json_response, now_ms,
+};
 use crate::purge::{Ban, Selector};
 
 /// The sockets an edge serves, bound by the caller (tests bind `127.0.0.1:0`).
@@ -34,6 +37,10 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     /// HTTPS, with its TLS configuration (ALPN `h2`, `http/1.1`).
     pub https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// HTTP/3: a UDP socket (normally on the HTTPS address) and its QUIC configuration
+    /// ([`crate::h3::server_config`]). HTTP/1.1 and HTTP/2 responses then advertise it in
+    /// `Alt-Svc`.
+    pub h3: Option<(std::net::UdpSocket, quinn::ServerConfig)>,
     /// The admin API.
     pub admin: Option<TcpListener>,
 }
@@ -49,6 +56,25 @@ pub async fn run(
     let live = Arc::new(());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut endpoint = None;
+    let mut alt_svc = None;
+    if let Some((socket, config)) = listeners.h3 {
+        let port = socket.local_addr()?.port();
+        let ep = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        alt_svc = Some(crate::h3::alt_svc(port));
+        tasks.spawn(crate::h3::accept_loop(
+            ep.clone(),
+            edge.clone(),
+            live.clone(),
+            stop_rx.clone(),
+        ));
+        endpoint = Some(ep);
+    }
     if let Some(l) = listeners.http {
         tasks.spawn(accept_loop(
             l,
@@ -56,7 +82,7 @@ pub async fn run(
             edge.clone(),
             live.clone(),
             stop_rx.clone(),
-            false,
+            Role::Public(alt_svc.clone()),
         ));
     }
     if let Some((l, tls)) = listeners.https {
@@ -66,7 +92,7 @@ pub async fn run(
             edge.clone(),
             live.clone(),
             stop_rx.clone(),
-            false,
+            Role::Public(alt_svc.clone()),
         ));
     }
     if let Some(l) = listeners.admin {
@@ -76,7 +102,7 @@ pub async fn run(
             edge.clone(),
             live.clone(),
             stop_rx.clone(),
-            true,
+            Role::Admin,
         ));
     }
     let feed = crate::feed::spawn(edge.clone());
@@ -95,6 +121,10 @@ pub async fn run(
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(ep) = endpoint {
+        // Let the last close frames go out.
+        let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
     }
     edge.cache().close().await;
     Ok(())
@@ -137,13 +167,22 @@ macro_rules! drive {
     }};
 }
 
+/// What a TCP listener serves.
+#[derive(Debug, Clone)]
+enum Role {
+    /// Content, advertising HTTP/3 with this `Alt-Svc` value when it is on.
+    Public(Option<HeaderValue>),
+    /// The admin API.
+    Admin,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     edge: Arc<Edge>,
     live: Arc<()>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    admin: bool,
+    role: Role,
 ) {
     let builder = Arc::new(builder(&edge));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -162,18 +201,26 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let edge = edge.clone();
+        let role = role.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let edge = edge.clone();
+            let role = role.clone();
             async move {
-                let resp = if admin {
-                    admin_handle(&edge, req).await
-                } else {
-                    let proto = if req.version() == Version::HTTP_2 {
-                        Protocol::Http2
-                    } else {
-                        Protocol::Http1
-                    };
-                    edge.handle(req, proto, peer).await
+                let resp = match role {
+                    Role::Admin => admin_handle(&edge, req).await,
+                    Role::Public(alt_svc) => {
+                        let proto = if req.version() == Version::HTTP_2 {
+                            Protocol::Http2
+                        } else {
+                            Protocol::Http1
+                        };
+                        let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                        let mut resp = edge.handle(req, proto, peer).await;
+                        if let Some(v) = alt_svc {
+                            resp.headers_mut().insert(header::ALT_SVC, v);
+                        }
+                        resp
+                    }
                 };
                 Ok::<_, Infallible>(resp)
             }

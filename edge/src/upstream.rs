@@ -15,7 +15,6 @@ use futures_util::StreamExt;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -147,7 +146,7 @@ fn response_headers(from: &HeaderMap) -> HeaderMap {
 
 pub(crate) async fn handle(
     edge: &Arc<Edge>,
-    req: Request<Incoming>,
+    req: Request<EdgeBody>,
 ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
     let (parts, body) = req.into_parts();
     let host = host_of(&parts);
@@ -674,11 +673,11 @@ async fn pass(
     edge: &Arc<Edge>,
     parts: &http::request::Parts,
     pq: &str,
-    body: Option<Incoming>,
+    body: Option<EdgeBody>,
 ) -> Result<Response<EdgeBody>, Refusal> {
     let up = edge.upstream.as_ref().expect("upstream mode");
     let body: EdgeBody = match body {
-        Some(b) => b.map_err(BoxError::from).boxed_unsync(),
+        Some(b) => b,
         None => empty_body(),
     };
     let mut req = Request::new(body);

@@ -1,7 +1,7 @@
 //! `tessera`: one binary for every role of a Tessera network.
 //!
 //! Subcommands: `origin` runs a storage node, `edge` a caching edge node, `push` publishes
-//! files to an origin. Later roles (`up`, `plugin`) are added here too; the roles themselves live in their own
+//! files to an origin, `get` fetches a URL over HTTP/1.1, HTTP/2 or HTTP/3. Later roles (`up`, `plugin`) are added here too; the roles themselves live in their own
 //! library crates and this binary only wires them together.
 
 mod cmd;
@@ -25,6 +25,8 @@ enum Command {
     Edge(cmd::edge::Args),
     /// Publish a file or a folder to an origin.
     Push(cmd::push::Args),
+    /// Fetch a URL over HTTP/1.1, HTTP/2 or HTTP/3 (`--http3`).
+    Get(cmd::get::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +55,7 @@ fn main() -> std::process::ExitCode {
             Command::Origin(a) => cmd::origin::run(a).await,
             Command::Edge(a) => cmd::edge::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
+            Command::Get(a) => cmd::get::run(a).await,
         }
     });
     match result {

@@ -13,9 +13,12 @@ pub struct Args {
     /// Serve plain HTTP/1.1 (and h2c with prior knowledge) here.
     #[arg(long)]
     http: Option<SocketAddr>,
-    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) here.
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) here, and HTTP/3 on the same UDP port.
     #[arg(long)]
     https: Option<SocketAddr>,
+    /// Do not serve HTTP/3 (QUIC) beside --https.
+    #[arg(long)]
+    no_http3: bool,
     /// Certificate chain (PEM) for --https; without it a development certificate is made.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -96,10 +99,16 @@ pub async fn run(a: Args) -> Result<()> {
         };
         let tls = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"])?;
         let l = bind(addr).await?;
-        lines.push(format!(
-            "tessera edge listening on https://{}",
-            l.local_addr()?
-        ));
+        let bound = l.local_addr()?;
+        lines.push(format!("tessera edge listening on https://{bound}"));
+        if !a.no_http3 {
+            // The same address and port, over UDP (a port 0 was resolved by the TCP bind).
+            let udp = std::net::UdpSocket::bind(bound)
+                .with_context(|| format!("cannot listen for HTTP/3 on UDP {bound}"))?;
+            let quic = tessera_edge::h3::server_config(&id, &config)?;
+            lines.push(format!("tessera edge HTTP/3 on udp://{bound}"));
+            listeners.h3 = Some((udp, quic));
+        }
         listeners.https = Some((l, tls));
     }
     if let Some(addr) = a.admin {

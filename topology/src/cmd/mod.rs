@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod edge;
+pub mod get;
 pub mod origin;
 pub mod push;
 
