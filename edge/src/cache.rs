@@ -399,6 +399,13 @@ impl Cache {
 
     /// Stores `value` under `key` in memory and (written behind) on SSD.
     pub fn insert(&self, key: Key, value: Value) {
+        // A store after a removal supersedes it (even within the same millisecond).
+        {
+            let mut removed = self.removed.lock().unwrap();
+            if !removed.is_empty() {
+                removed.remove(&key);
+            }
+        }
         self.hybrid.insert(key, value);
     }
 

@@ -166,7 +166,10 @@ fn split(url: &str) -> Result<(bool, String, u16, String), ClientError> {
         _ => return Err(bad()),
     };
     let host = uri.host().ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let pq = uri
         .path_and_query()
@@ -279,11 +282,22 @@ impl Connection {
                     .send_request(Request::from_parts(parts, ()))
                     .await
                     .map_err(|e| fail(&e))?;
-                if !body.is_empty() {
-                    stream.send_data(body).await.map_err(|e| fail(&e))?;
+                // A server may answer before reading the whole request and stop our sending
+                // (RFC 9114 §4.1): then the response still counts, so a failed send only
+                // matters when no response follows.
+                let sent = async {
+                    if !body.is_empty() {
+                        stream.send_data(body).await?;
+                    }
+                    stream.finish().await
                 }
-                stream.finish().await.map_err(|e| fail(&e))?;
-                let head = stream.recv_response().await.map_err(|e| fail(&e))?;
+                .await;
+                let head = match stream.recv_response().await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        return Err(fail(&sent.err().map_or(e.to_string(), |s| s.to_string())));
+                    }
+                };
                 let (_, recv) = stream.split();
                 Ok(head.map(|()| H3Body { recv, done: false }.boxed_unsync()))
             }

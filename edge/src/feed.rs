@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tessera_origin_proto::ChunkHash;
 
 use crate::origin_mode::manifest_key;
 use crate::proxy::{Edge, now_ms};
@@ -34,28 +35,34 @@ struct Position {
     next: u64,
 }
 
-/// Paths changed recently, with the feed position of the change.
+/// Paths changed recently: the feed position of the change and the new version's hash
+/// (`None` for a delete).
 #[derive(Debug, Default)]
 pub struct Recent {
     /// A std mutex: map operations only, no `.await` while held.
-    map: Mutex<HashMap<String, (u64, Instant)>>,
+    map: Mutex<HashMap<String, (u64, Option<ChunkHash>, Instant)>>,
 }
 
 /// How long a change is remembered: longer than any manifest fetch may take.
 const REMEMBER: Duration = Duration::from_secs(120);
 
 impl Recent {
-    fn note(&self, path: &str, seq: u64) {
+    fn note(&self, path: &str, seq: u64, version: Option<ChunkHash>) {
         let mut m = self.map.lock().unwrap();
         if m.len() > 10_000 {
-            m.retain(|_, (_, at)| at.elapsed() < REMEMBER);
+            m.retain(|_, (_, _, at)| at.elapsed() < REMEMBER);
         }
-        m.insert(path.to_string(), (seq, Instant::now()));
+        m.insert(path.to_string(), (seq, version, Instant::now()));
     }
 
-    /// The feed position of the latest change to `path` still remembered.
-    pub fn changed_at(&self, path: &str) -> Option<u64> {
-        self.map.lock().unwrap().get(path).map(|(s, _)| *s)
+    /// Whether `path` changed after feed position `position` to something other than
+    /// `version` (a fetch that started at `position` and returned `version` is then stale).
+    pub fn superseded(&self, path: &str, position: u64, version: &ChunkHash) -> bool {
+        self.map
+            .lock()
+            .unwrap()
+            .get(path)
+            .is_some_and(|(seq, v, _)| *seq > position && v.as_ref() != Some(version))
     }
 }
 
@@ -107,8 +114,23 @@ async fn follow(edge: Arc<Edge>) {
                         .inc();
                 }
                 for c in &reply.changes {
-                    edge.recent.note(&c.path, c.seq);
-                    edge.cache.remove(&manifest_key(&c.path));
+                    // Noted first: a manifest fetch that returns after this sees the change
+                    // (see `Recent::superseded` in origin_mode).
+                    edge.recent.note(&c.path, c.seq, c.blake3);
+                    let key = manifest_key(&c.path);
+                    // A manifest already of the published version (fetched after the publish,
+                    // before its change arrived here) stays; none held, nothing to do.
+                    let stale = match edge.cache.get(&key).await {
+                        Some((crate::cache::Value::Meta(m), _)) => c.blake3.is_none_or(|h| {
+                            m.headers.get(http::header::ETAG).map(|v| v.as_bytes())
+                                != Some(format!("\"{h}\"").as_bytes())
+                        }),
+                        Some(_) => true,
+                        None => false,
+                    };
+                    if stale {
+                        edge.cache.remove(&key);
+                    }
                 }
                 if reply.next != since {
                     since = reply.next;

@@ -227,7 +227,10 @@ fn connection_error(edge: &Edge, peer: SocketAddr, e: &ConnectionError) {
     use h3::quic::ConnectionErrorIncoming as Incoming;
     let kind = match e {
         ConnectionError::Timeout { .. } => "idle_timeout",
-        ConnectionError::Remote { 0: Incoming::Timeout, .. } => "idle_timeout",
+        ConnectionError::Remote {
+            0: Incoming::Timeout,
+            ..
+        } => "idle_timeout",
         _ => "connection_error",
     };
     debug!(%peer, error = %e, "HTTP/3 connection ended");
@@ -319,6 +322,18 @@ impl std::fmt::Debug for RecvBody {
 impl RecvBody {
     fn new(recv: RecvStream) -> RecvBody {
         RecvBody { recv, done: false }
+    }
+}
+
+impl Drop for RecvBody {
+    /// A request body the pipeline did not read (a GET whose end of stream had not arrived
+    /// yet): tell the client to stop sending with `H3_NO_ERROR`, which RFC 9114 §4.1 allows
+    /// once the response does not depend on the rest. quinn would otherwise send
+    /// STOP_SENDING with code 0, which clients read as an error.
+    fn drop(&mut self) {
+        if !self.done {
+            self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+        }
     }
 }
 

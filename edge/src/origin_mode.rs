@@ -19,8 +19,7 @@ use tessera_origin_proto::{
 use crate::cache::{BodyRef, Key, Meta, Value};
 use crate::freshness::{Freshness, Use, update_from_304};
 use crate::proxy::{
-    BACKGROUND_REVALIDATE, BoxError, Edge, EdgeBody, Outcome, Refusal, now_ms, now_secs,
-    request_directives,
+    BACKGROUND_REVALIDATE, BoxError, Edge, EdgeBody, Outcome, Refusal, now_secs, request_directives,
 };
 use crate::purge::Verdict;
 
@@ -176,29 +175,45 @@ async fn manifest(
     stale: Option<Arc<Meta>>,
 ) -> Result<(Option<Arc<Meta>>, u16), Arc<Refusal>> {
     let key = manifest_key(file);
-    let flight = {
-        let mut flights = edge.flights.lock().unwrap();
-        match flights.get(&key) {
-            Some(f) => {
-                edge.metrics.coalesced.inc();
-                f.clone()
-            }
-            None => {
-                let e = edge.clone();
-                let f = file.to_string();
-                let fut = async move {
-                    let r = fetch_manifest(&e, &f, stale).await.map_err(Arc::new);
-                    e.flights.lock().unwrap().remove(&manifest_key(&f));
-                    r
+    let mut recheck = stale.is_none();
+    loop {
+        let flight = {
+            let mut flights = edge.flights.lock().unwrap();
+            match flights.get(&key) {
+                Some(f) => {
+                    edge.metrics.coalesced.inc();
+                    Some(f.clone())
                 }
-                .boxed()
-                .shared();
-                flights.insert(key, fut.clone());
-                fut
+                // A flight that ended between this request's cache miss and now has stored
+                // its manifest: take that instead of fetching again.
+                None if recheck && edge.cache.contains(&key) => None,
+                None => {
+                    let e = edge.clone();
+                    let f = file.to_string();
+                    let stale = stale.clone();
+                    let fut = async move {
+                        let r = fetch_manifest(&e, &f, stale).await.map_err(Arc::new);
+                        e.flights.lock().unwrap().remove(&manifest_key(&f));
+                        r
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, fut.clone());
+                    Some(fut)
+                }
+            }
+        };
+        match flight {
+            Some(f) => return f.await,
+            None => {
+                recheck = false;
+                if let Some((Value::Meta(m), _)) = edge.cache.get(&key).await {
+                    edge.metrics.coalesced.inc();
+                    return Ok((Some(m), 200));
+                }
             }
         }
-    };
-    flight.await
+    }
 }
 
 async fn fetch_manifest(
@@ -242,9 +257,14 @@ async fn fetch_manifest(
                 ));
                 // A change reported while this fetch was in flight may be newer than what
                 // it returned: serve it, but do not keep it.
-                let raced = edge.recent.changed_at(file).is_some_and(|s| s > position);
-                if !raced {
+                // Checked again after storing: a change noted between the check and the
+                // store would otherwise find nothing to remove and leave this copy behind.
+                let raced = || edge.recent.superseded(file, position, &manifest.blake3);
+                if !raced() {
                     edge.cache.insert(key, Value::Meta(meta.clone()));
+                    if raced() {
+                        edge.cache.remove(&key);
+                    }
                 }
                 return Ok((Some(meta), 200));
             }
@@ -271,7 +291,7 @@ async fn fetch_manifest(
                     response_time,
                     edge.cfg.heuristic_cap_secs,
                 );
-                m.stored_at_ms = now_ms();
+                m.stored_at_ms = edge.bans.stamp_ms();
                 let m = Arc::new(m);
                 edge.cache.insert(key, Value::Meta(m.clone()));
                 return Ok((Some(m), 304));
@@ -348,7 +368,7 @@ fn meta_of(
             response_time,
             edge.cfg.heuristic_cap_secs,
         ),
-        stored_at_ms: now_ms(),
+        stored_at_ms: edge.bans.stamp_ms(),
         path: format!("/{}", m.path),
         surrogate_keys,
         size: m.size,

@@ -109,6 +109,15 @@ impl Bans {
         })
     }
 
+    /// The time to stamp on a response stored now: the clock, but never before the newest
+    /// ban, so a response stored in the same millisecond as a purge, after it, is not
+    /// covered by it (a ban covers what was stored before its `at_ms`).
+    pub fn stamp_ms(&self) -> u64 {
+        let now = crate::proxy::now_ms();
+        let s = self.state.read().unwrap();
+        s.bans.last().map_or(now, |b| now.max(b.at_ms))
+    }
+
     /// What the bans say of `meta`.
     pub fn verdict(&self, meta: &Meta) -> Verdict {
         let s = self.state.read().unwrap();

@@ -25,9 +25,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::proxy::{
-    BoxError, Edge, EdgeBody, Protocol, Refusal, full_body, json_response, now_ms,
-};
+use crate::proxy::{BoxError, Edge, EdgeBody, Protocol, Refusal, full_body, json_response, now_ms};
 use crate::purge::{Ban, Selector};
 
 /// The sockets an edge serves, bound by the caller (tests bind `127.0.0.1:0`).

@@ -27,9 +27,8 @@ use crate::freshness::{
     Freshness, Use, date_header, is_hop_by_hop, not_storable, response_directives, update_from_304,
 };
 use crate::proxy::{
-    BACKGROUND_REVALIDATE, BoxError, Edge, EdgeBody, Outcome, Refusal, empty_body, now_ms,
-    now_secs, precondition_answer, request_directives, stream_body, unsatisfiable, variant_key,
-    vary_names,
+    BACKGROUND_REVALIDATE, BoxError, Edge, EdgeBody, Outcome, Refusal, empty_body, now_secs,
+    precondition_answer, request_directives, stream_body, unsatisfiable, variant_key, vary_names,
 };
 use crate::purge::Verdict;
 
@@ -495,7 +494,7 @@ async fn lead(
             fresh.insert(header::AGE, a.clone());
         }
         m.freshness = Freshness::of(StatusCode::OK, &fresh, request_time, response_time, cap);
-        m.stored_at_ms = now_ms();
+        m.stored_at_ms = edge.bans.stamp_ms();
         let m = Arc::new(m);
         edge.cache.insert(*vkey, Value::Meta(m.clone()));
         fill.set_head(Ok(FillHead {
@@ -639,7 +638,7 @@ async fn lead(
                 response_time,
                 cap,
             ),
-            stored_at_ms: now_ms(),
+            stored_at_ms: edge.bans.stamp_ms(),
             path: parts.uri.path().to_string(),
             surrogate_keys,
             size: total,

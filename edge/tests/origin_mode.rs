@@ -1,5 +1,6 @@
 //! The edge in front of a real Tessera origin: tiers, restart, content addressing, ranges,
-//! coalescing, the change feed, purges, corrupt chunks, HTTP/2 over TLS.
+//! coalescing, the change feed, purges, corrupt chunks; each over HTTP/1.1, HTTP/2 and
+//! HTTP/3 (`over_protocols!`). Also HTTP/2 by ALPN, h2c, and shutdown with idle connections.
 
 mod common;
 
@@ -27,270 +28,6 @@ async fn origin_and_tls_edge() -> (Origin, EdgeNode, tempfile::TempDir) {
 }
 
 #[tokio::test]
-async fn serves_published_files_then_hits_memory() {
-    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
-    origin.publish("index.html", "<h1>home</h1>").await;
-    origin.publish("assets/app.js", "console.log(1)").await;
-
-    let r = edge.get("/").await;
-    assert_eq!(r.status, 200);
-    assert_eq!(&r.body[..], b"<h1>home</h1>");
-    assert_eq!(r.header("content-type"), "text/html");
-    assert!(
-        r.cache_status().contains("fwd=miss"),
-        "{}",
-        r.cache_status()
-    );
-
-    let r = edge.get("/assets/app.js").await;
-    assert_eq!(&r.body[..], b"console.log(1)");
-    let r = edge.get("/assets/app.js").await;
-    assert!(
-        r.cache_status().contains("hit") && r.cache_status().contains("memory"),
-        "{}",
-        r.cache_status()
-    );
-    assert_eq!(
-        r.header("etag"),
-        format!("\"{}\"", blake3::hash(b"console.log(1)").to_hex())
-    );
-    assert_eq!(
-        edge.metric(
-            "tessera_edge_cache_lookups_total",
-            &[("result", "hit"), ("tier", "memory")]
-        ),
-        1.0
-    );
-
-    let r = edge.get("/missing.css").await;
-    assert_eq!(r.status, 404);
-    assert!(r.json()["error"].as_str().unwrap().contains("missing.css"));
-}
-
-#[tokio::test]
-async fn ssd_tier_serves_what_memory_evicted_and_promotes_it() {
-    // A memory tier far smaller than the files: early files leave memory but stay on SSD.
-    let (origin, edge, _d) = origin_and_edge(|c| c.memory_bytes = 1 << 20).await;
-    for i in 0..8 {
-        origin
-            .publish(&format!("f{i}.bin"), noise(512 << 10, i))
-            .await;
-    }
-    for i in 0..8 {
-        assert_eq!(edge.get(&format!("/f{i}.bin")).await.body.len(), 512 << 10);
-    }
-    let chunk_fetches = edge.origin_fetches("chunk");
-    // HEAD reads only the stored response (no chunks), so nothing else passes through the
-    // memory tier between the two lookups.
-    let r = request("HEAD", &edge.url("/f0.bin"), &[]).await;
-    assert!(r.cache_status().contains("disk"), "{}", r.cache_status());
-    let r = request("HEAD", &edge.url("/f0.bin"), &[]).await;
-    assert!(
-        r.cache_status().contains("memory"),
-        "promoted: {}",
-        r.cache_status()
-    );
-    let r = edge.get("/f0.bin").await;
-    assert_eq!(&r.body[..], &noise(512 << 10, 0)[..]);
-    assert_eq!(
-        edge.origin_fetches("chunk"),
-        chunk_fetches,
-        "served without the origin"
-    );
-}
-
-#[tokio::test]
-async fn a_restarted_edge_serves_its_ssd_tier_without_the_origin() {
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(Backend::Origin(vec![origin.url()]), dir.path());
-    origin.publish("page.html", "<p>kept</p>").await;
-    origin.publish("big.bin", noise(300_000, 9)).await;
-    let edge = EdgeNode::start(cfg.clone()).await;
-    assert_eq!(edge.get("/page.html").await.status, 200);
-    assert_eq!(edge.get("/big.bin").await.status, 200);
-    edge.stop().await;
-    origin.stop().await;
-
-    let edge = EdgeNode::start(cfg).await;
-    let r = edge.get("/page.html").await;
-    assert_eq!(r.status, 200);
-    assert_eq!(&r.body[..], b"<p>kept</p>");
-    assert!(r.cache_status().contains("hit; "), "{}", r.cache_status());
-    let r = edge.get("/big.bin").await;
-    assert_eq!(&r.body[..], &noise(300_000, 9)[..]);
-    assert_eq!(
-        edge.origin_fetches("manifest") + edge.origin_fetches("chunk"),
-        0
-    );
-}
-
-#[tokio::test]
-async fn a_new_version_pulls_only_its_changed_chunks() {
-    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
-    let v1 = noise(4 << 20, 1);
-    origin.publish("app.bin", v1.clone()).await;
-    assert_eq!(&edge.get("/app.bin").await.body[..], &v1[..]);
-    let first = edge.origin_fetches("chunk");
-    assert!(first > 20, "4 MiB is many chunks: {first}");
-
-    let mut v2 = v1.clone();
-    v2[2_000_000..2_001_000].copy_from_slice(&noise(1000, 2));
-    let seq = origin.publish("app.bin", v2.clone()).await;
-    edge.until("the feed to report the publish", |e| {
-        e.metric("tessera_edge_feed_position", &[]) >= seq as f64
-    })
-    .await;
-    let r = edge.get("/app.bin").await;
-    assert_eq!(&r.body[..], &v2[..]);
-    let more = edge.origin_fetches("chunk") - first;
-    assert!((1..=3).contains(&more), "only the changed chunks: {more}");
-
-    // A second file sharing the content costs no chunk fetch at all.
-    origin.publish("copy.bin", v2.clone()).await;
-    assert_eq!(&edge.get("/copy.bin").await.body[..], &v2[..]);
-    assert_eq!(edge.origin_fetches("chunk") - first, more);
-}
-
-#[tokio::test]
-async fn a_range_fetches_only_the_chunks_it_covers() {
-    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
-    let data = noise(3 << 20, 3);
-    origin.publish("video.bin", data.clone()).await;
-    let r = edge
-        .get_with("/video.bin", &[("range", "bytes=1000000-1000099")])
-        .await;
-    assert_eq!(r.status, 206);
-    assert_eq!(r.header("content-range"), "bytes 1000000-1000099/3145728");
-    assert_eq!(&r.body[..], &data[1_000_000..1_000_100]);
-    assert!(
-        edge.origin_fetches("chunk") <= 2,
-        "{}",
-        edge.origin_fetches("chunk")
-    );
-
-    let r = edge
-        .get_with("/video.bin", &[("range", "bytes=5000000-")])
-        .await;
-    assert_eq!(r.status, 416);
-    assert_eq!(r.header("content-range"), "bytes */3145728");
-    let r = edge.get_with("/video.bin", &[("range", "bytes=-10")]).await;
-    assert_eq!(&r.body[..], &data[data.len() - 10..]);
-}
-
-#[tokio::test]
-async fn concurrent_misses_make_one_origin_fetch() {
-    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
-    let data = noise(1 << 20, 4);
-    origin.publish("hot.bin", data.clone()).await;
-    let chunks = origin
-        .client
-        .manifest("hot.bin")
-        .await
-        .unwrap()
-        .unwrap()
-        .chunks
-        .len() as u64;
-    let url = edge.url("/hot.bin");
-    let gets = (0..100).map(|_| {
-        let url = url.clone();
-        tokio::spawn(async move { get(&url, &[]).await })
-    });
-    for r in futures_util::future::join_all(gets).await {
-        let r = r.unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body.len(), data.len());
-    }
-    assert_eq!(edge.origin_fetches("manifest"), 1);
-    assert_eq!(edge.origin_fetches("chunk"), chunks);
-}
-
-#[tokio::test]
-async fn publish_and_delete_reach_the_edge_through_the_feed() {
-    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
-    origin.publish("news.html", "old").await;
-    assert_eq!(&edge.get("/news.html").await.body[..], b"old");
-    assert!(edge.get("/news.html").await.cache_status().contains("hit"));
-
-    let seq = origin.publish("news.html", "new").await;
-    edge.until("the feed", |e| {
-        e.metric("tessera_edge_feed_position", &[]) >= seq as f64
-    })
-    .await;
-    assert_eq!(&edge.get("/news.html").await.body[..], b"new");
-
-    let del = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<Bytes>>()
-        .request(
-            http::Request::delete(format!("{}/api/v1/files/news.html", origin.url()))
-                .header("authorization", "Bearer t")
-                .body(Default::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(del.status(), 204);
-    let seq = origin.client.changes(0, 0).await.unwrap().next;
-    edge.until("the feed", |e| {
-        e.metric("tessera_edge_feed_position", &[]) >= seq as f64
-    })
-    .await;
-    assert_eq!(edge.get("/news.html").await.status, 404);
-}
-
-#[tokio::test]
-async fn purges_by_path_and_prefix_and_soft() {
-    let (origin, edge, _d) = origin_and_edge(|c| c.follow_changes = false).await;
-    for p in ["img/a.png", "img/b.png", "css/c.css"] {
-        origin.publish(p, p.as_bytes().to_vec()).await;
-        edge.get(&format!("/{p}")).await;
-    }
-    let manifests = edge.origin_fetches("manifest");
-    let r = edge
-        .admin("POST", "/api/v1/purge", r#"{"prefix":"/img/"}"#)
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert!(
-        edge.get("/img/a.png")
-            .await
-            .cache_status()
-            .contains("fwd=miss")
-    );
-    assert!(
-        edge.get("/img/b.png")
-            .await
-            .cache_status()
-            .contains("fwd=miss")
-    );
-    assert!(edge.get("/css/c.css").await.cache_status().contains("hit"));
-    assert_eq!(edge.origin_fetches("manifest"), manifests + 2);
-
-    let r = edge
-        .admin(
-            "POST",
-            "/api/v1/purge",
-            r#"{"path":"/css/c.css","soft":true}"#,
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    let r = edge.get("/css/c.css").await;
-    assert!(
-        r.cache_status().contains("fwd=stale; fwd-status=304"),
-        "{}",
-        r.cache_status()
-    );
-    assert!(edge.get("/css/c.css").await.cache_status().contains("hit"));
-
-    let r = edge
-        .admin("POST", "/api/v1/purge", r#"{"path":"/x","prefix":"/y"}"#)
-        .await;
-    assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().contains("exactly one"));
-    let unauth = request("POST", &format!("http://{}/api/v1/purge", edge.admin), &[]).await;
-    assert_eq!(unauth.status, 401);
-}
-
-#[tokio::test]
 async fn http2_over_tls_by_alpn() {
     let (origin, edge, _d) = origin_and_tls_edge().await;
     origin.publish("index.html", "<p>tls</p>").await;
@@ -305,63 +42,6 @@ async fn http2_over_tls_by_alpn() {
         ),
         1.0
     );
-}
-
-#[tokio::test]
-async fn brotli_for_clients_that_accept_it() {
-    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
-    let css = "body { color: red; margin: 0 auto; }\n".repeat(200);
-    origin.publish("site.css", css.clone()).await;
-    let r = edge
-        .get_with("/site.css", &[("accept-encoding", "gzip, br")])
-        .await;
-    assert_eq!(r.header("content-encoding"), "br");
-    assert!(
-        r.header("vary")
-            .to_ascii_lowercase()
-            .contains("accept-encoding")
-    );
-    assert!(r.header("etag").starts_with("W/"));
-    let mut plain = Vec::new();
-    brotli::BrotliDecompress(&mut &r.body[..], &mut plain).unwrap();
-    assert_eq!(plain, css.as_bytes());
-    let r = edge.get("/site.css").await;
-    assert_eq!(r.header("content-encoding"), "");
-    assert_eq!(&r.body[..], css.as_bytes());
-}
-
-#[tokio::test]
-async fn conditional_requests_are_answered_from_cache() {
-    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
-    origin.publish("doc.txt", "hello").await;
-    let r = edge.get("/doc.txt").await;
-    let etag = r.header("etag").to_string();
-    let lm = r.header("last-modified").to_string();
-    let r = edge.get_with("/doc.txt", &[("if-none-match", &etag)]).await;
-    assert_eq!(r.status, 304);
-    assert!(r.body.is_empty());
-    let r = edge
-        .get_with("/doc.txt", &[("if-modified-since", &lm)])
-        .await;
-    assert_eq!(r.status, 304);
-    let r = edge
-        .get_with("/doc.txt", &[("if-match", "\"other\"")])
-        .await;
-    assert_eq!(r.status, 412);
-    let r = edge
-        .get_with(
-            "/doc.txt",
-            &[("range", "bytes=0-1"), ("if-range", "\"other\"")],
-        )
-        .await;
-    assert_eq!(r.status, 200, "If-Range mismatch gives the whole file");
-    let r = edge
-        .get_with("/doc.txt", &[("range", "bytes=0-1"), ("if-range", &etag)])
-        .await;
-    assert_eq!((r.status.as_u16(), &r.body[..]), (206, &b"he"[..]));
-    let r = request("HEAD", &edge.url("/doc.txt"), &[]).await;
-    assert_eq!(r.header("content-length"), "5");
-    assert!(r.body.is_empty());
 }
 
 #[tokio::test]
@@ -400,4 +80,308 @@ async fn shutdown_completes_with_an_idle_tls_connection_open() {
     tokio::time::timeout(std::time::Duration::from_secs(20), edge.stop())
         .await
         .expect("shutdown finished");
+}
+
+over_protocols! {
+    async fn serves_published_files_then_hits_memory() {
+        let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+        origin.publish("index.html", "<h1>home</h1>").await;
+        origin.publish("assets/app.js", "console.log(1)").await;
+
+        let r = edge.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"<h1>home</h1>");
+        assert_eq!(r.header("content-type"), "text/html");
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "{}",
+            r.cache_status()
+        );
+
+        let r = edge.get("/assets/app.js").await;
+        assert_eq!(&r.body[..], b"console.log(1)");
+        let r = edge.get("/assets/app.js").await;
+        assert!(
+            r.cache_status().contains("hit") && r.cache_status().contains("memory"),
+            "{}",
+            r.cache_status()
+        );
+        assert_eq!(
+            r.header("etag"),
+            format!("\"{}\"", blake3::hash(b"console.log(1)").to_hex())
+        );
+        assert_eq!(
+            edge.metric(
+                "tessera_edge_cache_lookups_total",
+                &[("result", "hit"), ("tier", "memory")]
+            ),
+            1.0
+        );
+
+        let r = edge.get("/missing.css").await;
+        assert_eq!(r.status, 404);
+        assert!(r.json()["error"].as_str().unwrap().contains("missing.css"));
+    }
+async fn ssd_tier_serves_what_memory_evicted_and_promotes_it() {
+        // A memory tier far smaller than the files: early files leave memory but stay on SSD.
+        let (origin, edge, _d) = origin_and_edge(|c| c.memory_bytes = 1 << 20).await;
+        for i in 0..8 {
+            origin
+                .publish(&format!("f{i}.bin"), noise(512 << 10, i))
+                .await;
+        }
+        for i in 0..8 {
+            assert_eq!(edge.get(&format!("/f{i}.bin")).await.body.len(), 512 << 10);
+        }
+        let chunk_fetches = edge.origin_fetches("chunk");
+        // HEAD reads only the stored response (no chunks), so nothing else passes through the
+        // memory tier between the two lookups.
+        let r = edge.request("HEAD", "/f0.bin", &[]).await;
+        assert!(r.cache_status().contains("disk"), "{}", r.cache_status());
+        let r = edge.request("HEAD", "/f0.bin", &[]).await;
+        assert!(
+            r.cache_status().contains("memory"),
+            "promoted: {}",
+            r.cache_status()
+        );
+        let r = edge.get("/f0.bin").await;
+        assert_eq!(&r.body[..], &noise(512 << 10, 0)[..]);
+        assert_eq!(
+            edge.origin_fetches("chunk"),
+            chunk_fetches,
+            "served without the origin"
+        );
+    }
+async fn a_restarted_edge_serves_its_ssd_tier_without_the_origin() {
+        let origin = Origin::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(Backend::Origin(vec![origin.url()]), dir.path());
+        origin.publish("page.html", "<p>kept</p>").await;
+        origin.publish("big.bin", noise(300_000, 9)).await;
+        let edge = EdgeNode::start(cfg.clone()).await;
+        assert_eq!(edge.get("/page.html").await.status, 200);
+        assert_eq!(edge.get("/big.bin").await.status, 200);
+        edge.stop().await;
+        origin.stop().await;
+
+        let edge = EdgeNode::start(cfg).await;
+        let r = edge.get("/page.html").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"<p>kept</p>");
+        assert!(r.cache_status().contains("hit; "), "{}", r.cache_status());
+        let r = edge.get("/big.bin").await;
+        assert_eq!(&r.body[..], &noise(300_000, 9)[..]);
+        assert_eq!(
+            edge.origin_fetches("manifest") + edge.origin_fetches("chunk"),
+            0
+        );
+    }
+async fn a_new_version_pulls_only_its_changed_chunks() {
+        let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+        let v1 = noise(4 << 20, 1);
+        origin.publish("app.bin", v1.clone()).await;
+        assert_eq!(&edge.get("/app.bin").await.body[..], &v1[..]);
+        let first = edge.origin_fetches("chunk");
+        assert!(first > 20, "4 MiB is many chunks: {first}");
+
+        let mut v2 = v1.clone();
+        v2[2_000_000..2_001_000].copy_from_slice(&noise(1000, 2));
+        let seq = origin.publish("app.bin", v2.clone()).await;
+        edge.until("the feed to report the publish", |e| {
+            e.metric("tessera_edge_feed_position", &[]) >= seq as f64
+        })
+        .await;
+        let r = edge.get("/app.bin").await;
+        assert_eq!(&r.body[..], &v2[..]);
+        let more = edge.origin_fetches("chunk") - first;
+        assert!((1..=3).contains(&more), "only the changed chunks: {more}");
+
+        // A second file sharing the content costs no chunk fetch at all.
+        origin.publish("copy.bin", v2.clone()).await;
+        assert_eq!(&edge.get("/copy.bin").await.body[..], &v2[..]);
+        assert_eq!(edge.origin_fetches("chunk") - first, more);
+    }
+async fn a_range_fetches_only_the_chunks_it_covers() {
+        let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+        let data = noise(3 << 20, 3);
+        origin.publish("video.bin", data.clone()).await;
+        let r = edge
+            .get_with("/video.bin", &[("range", "bytes=1000000-1000099")])
+            .await;
+        assert_eq!(r.status, 206);
+        assert_eq!(r.header("content-range"), "bytes 1000000-1000099/3145728");
+        assert_eq!(&r.body[..], &data[1_000_000..1_000_100]);
+        assert!(
+            edge.origin_fetches("chunk") <= 2,
+            "{}",
+            edge.origin_fetches("chunk")
+        );
+
+        let r = edge
+            .get_with("/video.bin", &[("range", "bytes=5000000-")])
+            .await;
+        assert_eq!(r.status, 416);
+        assert_eq!(r.header("content-range"), "bytes */3145728");
+        let r = edge.get_with("/video.bin", &[("range", "bytes=-10")]).await;
+        assert_eq!(&r.body[..], &data[data.len() - 10..]);
+    }
+async fn concurrent_misses_make_one_origin_fetch() {
+        let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+        let data = noise(1 << 20, 4);
+        origin.publish("hot.bin", data.clone()).await;
+        let chunks = origin
+            .client
+            .manifest("hot.bin")
+            .await
+            .unwrap()
+            .unwrap()
+            .chunks
+            .len() as u64;
+        let edge = std::sync::Arc::new(edge);
+        let gets = (0..100).map(|_| {
+            let edge = edge.clone();
+            tokio::spawn(async move { edge.get("/hot.bin").await })
+        });
+        for r in futures_util::future::join_all(gets).await {
+            let r = r.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len(), data.len());
+        }
+        assert_eq!(edge.origin_fetches("manifest"), 1);
+        assert_eq!(edge.origin_fetches("chunk"), chunks);
+    }
+async fn publish_and_delete_reach_the_edge_through_the_feed() {
+        let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+        origin.publish("news.html", "old").await;
+        assert_eq!(&edge.get("/news.html").await.body[..], b"old");
+        assert!(edge.get("/news.html").await.cache_status().contains("hit"));
+
+        let seq = origin.publish("news.html", "new").await;
+        edge.until("the feed", |e| {
+            e.metric("tessera_edge_feed_position", &[]) >= seq as f64
+        })
+        .await;
+        assert_eq!(&edge.get("/news.html").await.body[..], b"new");
+
+        let del = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<Bytes>>()
+            .request(
+                http::Request::delete(format!("{}/api/v1/files/news.html", origin.url()))
+                    .header("authorization", "Bearer t")
+                    .body(Default::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(del.status(), 204);
+        let seq = origin.client.changes(0, 0).await.unwrap().next;
+        edge.until("the feed", |e| {
+            e.metric("tessera_edge_feed_position", &[]) >= seq as f64
+        })
+        .await;
+        assert_eq!(edge.get("/news.html").await.status, 404);
+    }
+async fn purges_by_path_and_prefix_and_soft() {
+        let (origin, edge, _d) = origin_and_edge(|c| c.follow_changes = false).await;
+        for p in ["img/a.png", "img/b.png", "css/c.css"] {
+            origin.publish(p, p.as_bytes().to_vec()).await;
+            edge.get(&format!("/{p}")).await;
+        }
+        let manifests = edge.origin_fetches("manifest");
+        let r = edge
+            .admin("POST", "/api/v1/purge", r#"{"prefix":"/img/"}"#)
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(
+            edge.get("/img/a.png")
+                .await
+                .cache_status()
+                .contains("fwd=miss")
+        );
+        assert!(
+            edge.get("/img/b.png")
+                .await
+                .cache_status()
+                .contains("fwd=miss")
+        );
+        assert!(edge.get("/css/c.css").await.cache_status().contains("hit"));
+        assert_eq!(edge.origin_fetches("manifest"), manifests + 2);
+
+        let r = edge
+            .admin(
+                "POST",
+                "/api/v1/purge",
+                r#"{"path":"/css/c.css","soft":true}"#,
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let r = edge.get("/css/c.css").await;
+        assert!(
+            r.cache_status().contains("fwd=stale; fwd-status=304"),
+            "{}",
+            r.cache_status()
+        );
+        assert!(edge.get("/css/c.css").await.cache_status().contains("hit"));
+
+        let r = edge
+            .admin("POST", "/api/v1/purge", r#"{"path":"/x","prefix":"/y"}"#)
+            .await;
+        assert_eq!(r.status, 400);
+        assert!(r.json()["error"].as_str().unwrap().contains("exactly one"));
+        let unauth = request("POST", &format!("http://{}/api/v1/purge", edge.admin), &[]).await;
+        assert_eq!(unauth.status, 401);
+    }
+async fn brotli_for_clients_that_accept_it() {
+        let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+        let css = "body { color: red; margin: 0 auto; }\n".repeat(200);
+        origin.publish("site.css", css.clone()).await;
+        let r = edge
+            .get_with("/site.css", &[("accept-encoding", "gzip, br")])
+            .await;
+        assert_eq!(r.header("content-encoding"), "br");
+        assert!(
+            r.header("vary")
+                .to_ascii_lowercase()
+                .contains("accept-encoding")
+        );
+        assert!(r.header("etag").starts_with("W/"));
+        let mut plain = Vec::new();
+        brotli::BrotliDecompress(&mut &r.body[..], &mut plain).unwrap();
+        assert_eq!(plain, css.as_bytes());
+        let r = edge.get("/site.css").await;
+        assert_eq!(r.header("content-encoding"), "");
+        assert_eq!(&r.body[..], css.as_bytes());
+    }
+async fn conditional_requests_are_answered_from_cache() {
+        let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+        origin.publish("doc.txt", "hello").await;
+        let r = edge.get("/doc.txt").await;
+        let etag = r.header("etag").to_string();
+        let lm = r.header("last-modified").to_string();
+        let r = edge.get_with("/doc.txt", &[("if-none-match", &etag)]).await;
+        assert_eq!(r.status, 304);
+        assert!(r.body.is_empty());
+        let r = edge
+            .get_with("/doc.txt", &[("if-modified-since", &lm)])
+            .await;
+        assert_eq!(r.status, 304);
+        let r = edge
+            .get_with("/doc.txt", &[("if-match", "\"other\"")])
+            .await;
+        assert_eq!(r.status, 412);
+        let r = edge
+            .get_with(
+                "/doc.txt",
+                &[("range", "bytes=0-1"), ("if-range", "\"other\"")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "If-Range mismatch gives the whole file");
+        let r = edge
+            .get_with("/doc.txt", &[("range", "bytes=0-1"), ("if-range", &etag)])
+            .await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (206, &b"he"[..]));
+        let r = edge.request("HEAD", "/doc.txt", &[]).await;
+        assert_eq!(r.header("content-length"), "5");
+        assert!(r.body.is_empty());
+    }
 }

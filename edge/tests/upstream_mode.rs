@@ -30,500 +30,469 @@ async fn twice(edge: &EdgeNode, up: &Upstream, path: &str) -> (usize, Reply) {
     (up.count(path), second)
 }
 
-#[tokio::test]
-async fn response_directives_decide_what_is_stored() {
-    let up = Upstream::start(|req, _| {
-        let cc: &str = match req.uri().path() {
-            "/max-age" => "max-age=60",
-            "/s-maxage" => "max-age=0, s-maxage=60",
-            "/no-store" => "no-store, max-age=60",
-            "/private" => "private, max-age=60",
-            "/expires-past" => "",
-            "/immutable" => "public, max-age=31536000, immutable",
-            _ => "",
-        };
-        let mut h = vec![("content-type", "text/plain")];
-        if !cc.is_empty() {
-            h.push(("cache-control", cc));
-        }
-        if req.uri().path() == "/expires-past" {
-            h.push(("expires", "0"));
-        }
-        if req.uri().path() == "/heuristic" {
-            h.push(("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"));
-        }
-        response(200, &h, b"body")
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    for (path, upstream_requests, status_has) in [
-        ("/max-age", 1, "hit"),
-        ("/s-maxage", 1, "hit"),
-        ("/immutable", 1, "hit"),
-        ("/heuristic", 1, "hit"),
-        ("/no-store", 2, "fwd=miss"),
-        ("/private", 2, "fwd=miss"),
-        ("/expires-past", 2, "fwd=miss"),
-        ("/none", 2, "fwd="),
-    ] {
-        let (n, r) = twice(&edge, &up, path).await;
-        assert_eq!(&r.body[..], b"body", "{path}");
-        assert_eq!(n, upstream_requests, "{path}: {}", r.cache_status());
-        assert!(
-            r.cache_status().contains(status_has),
-            "{path}: {}",
-            r.cache_status()
-        );
-    }
-}
-
-#[tokio::test]
-async fn cdn_cache_control_governs_the_edge_but_clients_see_cache_control() {
-    let up = Upstream::start(|_, _| {
-        response(
-            200,
-            &[
-                ("cache-control", "no-cache"),
-                ("cdn-cache-control", "max-age=60"),
-            ],
-            b"x",
-        )
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    let (n, r) = twice(&edge, &up, "/a").await;
-    assert_eq!(n, 1);
-    assert_eq!(r.header("cache-control"), "no-cache");
-}
-
-#[tokio::test]
-async fn stale_responses_revalidate_with_etag_and_take_the_304s_headers() {
-    let up = Upstream::start(|req, n| {
-        if n > 0 {
-            assert_eq!(req.headers()["if-none-match"], "\"v1\"");
-            return response(
-                304,
-                &[
-                    ("cache-control", "max-age=60"),
-                    ("etag", "\"v1\""),
-                    ("x-version", "2"),
-                ],
-                b"",
+over_protocols! {
+    async fn response_directives_decide_what_is_stored() {
+        let up = Upstream::start(|req, _| {
+            let cc: &str = match req.uri().path() {
+                "/max-age" => "max-age=60",
+                "/s-maxage" => "max-age=0, s-maxage=60",
+                "/no-store" => "no-store, max-age=60",
+                "/private" => "private, max-age=60",
+                "/expires-past" => "",
+                "/immutable" => "public, max-age=31536000, immutable",
+                _ => "",
+            };
+            let mut h = vec![("content-type", "text/plain")];
+            if !cc.is_empty() {
+                h.push(("cache-control", cc));
+            }
+            if req.uri().path() == "/expires-past" {
+                h.push(("expires", "0"));
+            }
+            if req.uri().path() == "/heuristic" {
+                h.push(("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"));
+            }
+            response(200, &h, b"body")
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        for (path, upstream_requests, status_has) in [
+            ("/max-age", 1, "hit"),
+            ("/s-maxage", 1, "hit"),
+            ("/immutable", 1, "hit"),
+            ("/heuristic", 1, "hit"),
+            ("/no-store", 2, "fwd=miss"),
+            ("/private", 2, "fwd=miss"),
+            ("/expires-past", 2, "fwd=miss"),
+            ("/none", 2, "fwd="),
+        ] {
+            let (n, r) = twice(&edge, &up, path).await;
+            assert_eq!(&r.body[..], b"body", "{path}");
+            assert_eq!(n, upstream_requests, "{path}: {}", r.cache_status());
+            assert!(
+                r.cache_status().contains(status_has),
+                "{path}: {}",
+                r.cache_status()
             );
         }
-        response(
-            200,
-            &[
-                ("cache-control", "max-age=10"),
-                ("age", "10"),
-                ("etag", "\"v1\""),
-                ("x-version", "1"),
-            ],
-            b"original",
-        )
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    let (n, r) = twice(&edge, &up, "/doc").await;
-    assert_eq!(n, 2);
-    assert_eq!(&r.body[..], b"original");
-    assert_eq!(r.header("x-version"), "2");
-    assert!(
-        r.cache_status().contains("fwd=stale; fwd-status=304"),
-        "{}",
-        r.cache_status()
-    );
-    let r = edge.get("/doc").await;
-    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
-    assert_eq!(up.count("/doc"), 2);
-}
-
-#[tokio::test]
-async fn last_modified_revalidation_and_no_cache() {
-    let up = Upstream::start(|req, n| {
-        let lm = "Mon, 01 Jan 2024 00:00:00 GMT";
-        if n > 0
-            && req
-                .headers()
-                .get("if-modified-since")
-                .is_some_and(|v| v == lm)
-        {
-            return response(304, &[], b"");
-        }
-        let cc = if req.uri().path() == "/nc" {
-            "no-cache"
-        } else {
-            "max-age=5"
-        };
-        response(
-            200,
-            &[("cache-control", cc), ("age", "9"), ("last-modified", lm)],
-            b"lm",
-        )
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    let (n, r) = twice(&edge, &up, "/lm").await;
-    assert_eq!((n, &r.body[..]), (2, &b"lm"[..]));
-    assert!(r.cache_status().contains("fwd-status=304"));
-    // no-cache: stored, but every use asks the upstream first.
-    for i in 1..=3 {
-        let r = edge.get("/nc").await;
-        assert_eq!(&r.body[..], b"lm");
-        assert_eq!(up.count("/nc"), i);
     }
-}
-
-#[tokio::test]
-async fn authorization_keeps_responses_private_unless_public() {
-    let up = Upstream::start(|req, _| {
-        let cc = if req.uri().path() == "/pub" {
-            "public, max-age=60"
-        } else {
-            "max-age=60"
-        };
-        response(200, &[("cache-control", cc)], b"secret")
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    let auth = [("authorization", "Bearer x")];
-    edge.get_with("/priv", &auth).await;
-    edge.get("/priv").await;
-    assert_eq!(up.count("/priv"), 2, "an authorized response is not shared");
-    edge.get_with("/pub", &auth).await;
-    let r = edge.get("/pub").await;
-    assert_eq!(up.count("/pub"), 1, "public allows sharing");
-    assert!(r.cache_status().contains("hit"));
-}
-
-#[tokio::test]
-async fn stale_while_revalidate_serves_at_once_and_refreshes_behind() {
-    let up = Upstream::start(|_, n| {
-        let body: &'static [u8] = if n == 0 { b"v1" } else { b"v2" };
-        response(
-            200,
-            &[
-                ("cache-control", "max-age=10, stale-while-revalidate=600"),
-                ("age", "20"),
-            ],
-            body,
-        )
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    edge.get("/swr").await;
-    let r = edge.get("/swr").await;
-    assert_eq!(&r.body[..], b"v1");
-    assert!(
-        r.cache_status().contains("stale-while-revalidate"),
-        "{}",
-        r.cache_status()
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = edge.get("/swr").await;
-        if &r.body[..] == b"v2" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "background refresh never landed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[tokio::test]
-async fn stale_if_error_but_not_must_revalidate() {
-    let up = Upstream::start(|req, n| {
-        if n > 0 {
-            return response(503, &[], b"down");
-        }
-        let cc = if req.uri().path() == "/sie" {
-            "max-age=10, stale-if-error=600"
-        } else {
-            "max-age=10, stale-if-error=600, must-revalidate"
-        };
-        response(200, &[("cache-control", cc), ("age", "20")], b"kept")
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    let (_, r) = twice(&edge, &up, "/sie").await;
-    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"kept"[..]));
-    assert!(
-        r.cache_status().contains("stale-if-error"),
-        "{}",
-        r.cache_status()
-    );
-    let (_, r) = twice(&edge, &up, "/mr").await;
-    assert_eq!(r.status, 503, "must-revalidate forbids serving stale");
-}
-
-#[tokio::test]
-async fn an_unreachable_upstream_is_a_502_with_a_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    // A port nothing listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let edge = EdgeNode::start(config(
-        Backend::Upstream(format!("http://127.0.0.1:{port}")),
-        dir.path(),
-    ))
-    .await;
-    let r = edge.get("/x").await;
-    assert_eq!(r.status, 502);
-    assert!(
-        r.json()["error"].as_str().unwrap().contains("unreachable"),
-        "{:?}",
-        r.body
-    );
-}
-
-#[tokio::test]
-async fn request_directives() {
-    let up = Upstream::start(|_, _| {
-        response(
-            200,
-            &[("cache-control", "max-age=60"), ("etag", "\"e\"")],
-            b"r",
-        )
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    let r = edge
-        .get_with("/r", &[("cache-control", "only-if-cached")])
+async fn cdn_cache_control_governs_the_edge_but_clients_see_cache_control() {
+        let up = Upstream::start(|_, _| {
+            response(
+                200,
+                &[
+                    ("cache-control", "no-cache"),
+                    ("cdn-cache-control", "max-age=60"),
+                ],
+                b"x",
+            )
+        })
         .await;
-    assert_eq!(r.status, 504);
-    assert_eq!(up.count("/r"), 0);
-    edge.get("/r").await;
-    let r = edge
-        .get_with("/r", &[("cache-control", "only-if-cached")])
-        .await;
-    assert_eq!(r.status, 200);
-    for cc in ["no-cache", "max-age=0"] {
-        let before = up.count("/r");
-        let r = edge.get_with("/r", &[("cache-control", cc)]).await;
-        assert_eq!(r.status, 200);
-        assert_eq!(up.count("/r"), before + 1, "{cc} goes to the upstream");
-        assert_eq!(up.request_headers("/r", before)["if-none-match"], "\"e\"");
+        let (edge, _d) = edge_for(&up).await;
+        let (n, r) = twice(&edge, &up, "/a").await;
+        assert_eq!(n, 1);
+        assert_eq!(r.header("cache-control"), "no-cache");
     }
-    let before = up.count("/r");
-    edge.get_with("/r", &[("pragma", "no-cache")]).await;
-    assert_eq!(up.count("/r"), before + 1);
-    let r = edge.get_with("/r", &[("cache-control", "no-store")]).await;
-    assert!(r.cache_status().contains("fwd=request"));
-}
-
-#[tokio::test]
-async fn vary_stores_several_variants() {
-    let up = Upstream::start(|req, _| {
-        let body: &'static [u8] = match req.headers().get("accept-language").map(|v| v.as_bytes()) {
-            Some(b"fr") => b"bonjour",
-            _ => b"hello",
-        };
-        response(
-            200,
-            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
-            body,
-        )
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    for lang in ["en", "fr", "en", "fr"] {
-        let r = edge.get_with("/v", &[("accept-language", lang)]).await;
-        assert_eq!(
-            &r.body[..],
-            if lang == "fr" {
-                &b"bonjour"[..]
-            } else {
-                &b"hello"[..]
+async fn stale_responses_revalidate_with_etag_and_take_the_304s_headers() {
+        let up = Upstream::start(|req, n| {
+            if n > 0 {
+                assert_eq!(req.headers()["if-none-match"], "\"v1\"");
+                return response(
+                    304,
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("etag", "\"v1\""),
+                        ("x-version", "2"),
+                    ],
+                    b"",
+                );
             }
+            response(
+                200,
+                &[
+                    ("cache-control", "max-age=10"),
+                    ("age", "10"),
+                    ("etag", "\"v1\""),
+                    ("x-version", "1"),
+                ],
+                b"original",
+            )
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let (n, r) = twice(&edge, &up, "/doc").await;
+        assert_eq!(n, 2);
+        assert_eq!(&r.body[..], b"original");
+        assert_eq!(r.header("x-version"), "2");
+        assert!(
+            r.cache_status().contains("fwd=stale; fwd-status=304"),
+            "{}",
+            r.cache_status()
+        );
+        let r = edge.get("/doc").await;
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        assert_eq!(up.count("/doc"), 2);
+    }
+async fn last_modified_revalidation_and_no_cache() {
+        let up = Upstream::start(|req, n| {
+            let lm = "Mon, 01 Jan 2024 00:00:00 GMT";
+            if n > 0
+                && req
+                    .headers()
+                    .get("if-modified-since")
+                    .is_some_and(|v| v == lm)
+            {
+                return response(304, &[], b"");
+            }
+            let cc = if req.uri().path() == "/nc" {
+                "no-cache"
+            } else {
+                "max-age=5"
+            };
+            response(
+                200,
+                &[("cache-control", cc), ("age", "9"), ("last-modified", lm)],
+                b"lm",
+            )
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let (n, r) = twice(&edge, &up, "/lm").await;
+        assert_eq!((n, &r.body[..]), (2, &b"lm"[..]));
+        assert!(r.cache_status().contains("fwd-status=304"));
+        // no-cache: stored, but every use asks the upstream first.
+        for i in 1..=3 {
+            let r = edge.get("/nc").await;
+            assert_eq!(&r.body[..], b"lm");
+            assert_eq!(up.count("/nc"), i);
+        }
+    }
+async fn authorization_keeps_responses_private_unless_public() {
+        let up = Upstream::start(|req, _| {
+            let cc = if req.uri().path() == "/pub" {
+                "public, max-age=60"
+            } else {
+                "max-age=60"
+            };
+            response(200, &[("cache-control", cc)], b"secret")
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let auth = [("authorization", "Bearer x")];
+        edge.get_with("/priv", &auth).await;
+        edge.get("/priv").await;
+        assert_eq!(up.count("/priv"), 2, "an authorized response is not shared");
+        edge.get_with("/pub", &auth).await;
+        let r = edge.get("/pub").await;
+        assert_eq!(up.count("/pub"), 1, "public allows sharing");
+        assert!(r.cache_status().contains("hit"));
+    }
+async fn stale_while_revalidate_serves_at_once_and_refreshes_behind() {
+        let up = Upstream::start(|_, n| {
+            let body: &'static [u8] = if n == 0 { b"v1" } else { b"v2" };
+            response(
+                200,
+                &[
+                    ("cache-control", "max-age=10, stale-while-revalidate=600"),
+                    ("age", "20"),
+                ],
+                body,
+            )
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        edge.get("/swr").await;
+        let r = edge.get("/swr").await;
+        assert_eq!(&r.body[..], b"v1");
+        assert!(
+            r.cache_status().contains("stale-while-revalidate"),
+            "{}",
+            r.cache_status()
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = edge.get("/swr").await;
+            if &r.body[..] == b"v2" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "background refresh never landed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+async fn stale_if_error_but_not_must_revalidate() {
+        let up = Upstream::start(|req, n| {
+            if n > 0 {
+                return response(503, &[], b"down");
+            }
+            let cc = if req.uri().path() == "/sie" {
+                "max-age=10, stale-if-error=600"
+            } else {
+                "max-age=10, stale-if-error=600, must-revalidate"
+            };
+            response(200, &[("cache-control", cc), ("age", "20")], b"kept")
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let (_, r) = twice(&edge, &up, "/sie").await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"kept"[..]));
+        assert!(
+            r.cache_status().contains("stale-if-error"),
+            "{}",
+            r.cache_status()
+        );
+        let (_, r) = twice(&edge, &up, "/mr").await;
+        assert_eq!(r.status, 503, "must-revalidate forbids serving stale");
+    }
+async fn an_unreachable_upstream_is_a_502_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // A port nothing listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let edge = EdgeNode::start(config(
+            Backend::Upstream(format!("http://127.0.0.1:{port}")),
+            dir.path(),
+        ))
+        .await;
+        let r = edge.get("/x").await;
+        assert_eq!(r.status, 502);
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("unreachable"),
+            "{:?}",
+            r.body
         );
     }
-    assert_eq!(up.count("/v"), 2);
-}
-
-#[tokio::test]
+async fn request_directives() {
+        let up = Upstream::start(|_, _| {
+            response(
+                200,
+                &[("cache-control", "max-age=60"), ("etag", "\"e\"")],
+                b"r",
+            )
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let r = edge
+            .get_with("/r", &[("cache-control", "only-if-cached")])
+            .await;
+        assert_eq!(r.status, 504);
+        assert_eq!(up.count("/r"), 0);
+        edge.get("/r").await;
+        let r = edge
+            .get_with("/r", &[("cache-control", "only-if-cached")])
+            .await;
+        assert_eq!(r.status, 200);
+        for cc in ["no-cache", "max-age=0"] {
+            let before = up.count("/r");
+            let r = edge.get_with("/r", &[("cache-control", cc)]).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(up.count("/r"), before + 1, "{cc} goes to the upstream");
+            assert_eq!(up.request_headers("/r", before)["if-none-match"], "\"e\"");
+        }
+        let before = up.count("/r");
+        edge.get_with("/r", &[("pragma", "no-cache")]).await;
+        assert_eq!(up.count("/r"), before + 1);
+        let r = edge.get_with("/r", &[("cache-control", "no-store")]).await;
+        assert!(r.cache_status().contains("fwd=request"));
+    }
+async fn vary_stores_several_variants() {
+        let up = Upstream::start(|req, _| {
+            let body: &'static [u8] = match req.headers().get("accept-language").map(|v| v.as_bytes()) {
+                Some(b"fr") => b"bonjour",
+                _ => b"hello",
+            };
+            response(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+                body,
+            )
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        for lang in ["en", "fr", "en", "fr"] {
+            let r = edge.get_with("/v", &[("accept-language", lang)]).await;
+            assert_eq!(
+                &r.body[..],
+                if lang == "fr" {
+                    &b"bonjour"[..]
+                } else {
+                    &b"hello"[..]
+                }
+            );
+        }
+        assert_eq!(up.count("/v"), 2);
+    }
 async fn conditionals_ranges_and_head_from_cache() {
-    let up = Upstream::start(|_, _| {
-        response(
-            200,
-            &[
-                ("cache-control", "max-age=60"),
-                ("etag", "\"abc\""),
-                ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
-            ],
-            b"0123456789",
-        )
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    let r = request("HEAD", &edge.url("/c"), &[]).await;
-    assert_eq!((r.status.as_u16(), r.header("content-length")), (200, "10"));
-    assert!(r.body.is_empty());
-    let r = edge.get("/c").await;
-    assert!(
-        r.cache_status().contains("hit"),
-        "HEAD filled the cache: {}",
-        r.cache_status()
-    );
-    assert_eq!(&r.body[..], b"0123456789");
-    assert_eq!(
-        edge.get_with("/c", &[("if-none-match", "\"abc\"")])
+        let up = Upstream::start(|_, _| {
+            response(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("etag", "\"abc\""),
+                    ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ],
+                b"0123456789",
+            )
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let r = edge.request("HEAD", "/c", &[]).await;
+        assert_eq!((r.status.as_u16(), r.header("content-length")), (200, "10"));
+        assert!(r.body.is_empty());
+        let r = edge.get("/c").await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "HEAD filled the cache: {}",
+            r.cache_status()
+        );
+        assert_eq!(&r.body[..], b"0123456789");
+        assert_eq!(
+            edge.get_with("/c", &[("if-none-match", "\"abc\"")])
+                .await
+                .status,
+            304
+        );
+        assert_eq!(
+            edge.get_with(
+                "/c",
+                &[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")]
+            )
             .await
             .status,
-        304
-    );
-    assert_eq!(
-        edge.get_with(
-            "/c",
-            &[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")]
-        )
-        .await
-        .status,
-        304
-    );
-    let r = edge.get_with("/c", &[("range", "bytes=2-4")]).await;
-    assert_eq!((r.status.as_u16(), &r.body[..]), (206, &b"234"[..]));
-    assert_eq!(r.header("content-range"), "bytes 2-4/10");
-    assert_eq!(
-        edge.get_with("/c", &[("range", "bytes=20-")]).await.status,
-        416
-    );
-    assert_eq!(up.count("/c"), 1);
-}
-
-#[tokio::test]
+            304
+        );
+        let r = edge.get_with("/c", &[("range", "bytes=2-4")]).await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (206, &b"234"[..]));
+        assert_eq!(r.header("content-range"), "bytes 2-4/10");
+        assert_eq!(
+            edge.get_with("/c", &[("range", "bytes=20-")]).await.status,
+            416
+        );
+        assert_eq!(up.count("/c"), 1);
+    }
 async fn unsafe_methods_pass_through_and_invalidate() {
-    let up = Upstream::start(|req, _| {
-        if req.method() == http::Method::POST {
-            assert_eq!(&req.body()[..], b"payload");
-            return response(201, &[("location", "/other")], b"created");
-        }
-        response(200, &[("cache-control", "max-age=60")], b"item")
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    edge.get("/item").await;
-    edge.get("/other").await;
-    assert!(edge.get("/item").await.cache_status().contains("hit"));
-    let post = http::Request::post(edge.url("/item"))
-        .body(http_body_util::Full::new(Bytes::from_static(b"payload")))
-        .unwrap();
-    let r = send(post).await;
-    assert_eq!(r.status, 201);
-    assert_eq!(
-        up.request_headers("/item", 1)["x-forwarded-for"],
-        "127.0.0.1"
-    );
-    assert_eq!(up.request_headers("/item", 1)["via"], "1.1 tessera");
-    assert!(edge.get("/item").await.cache_status().contains("fwd=miss"));
-    let o = edge.get("/other").await;
-    assert!(
-        o.cache_status().contains("fwd=miss"),
-        "Location invalidated too: {}",
-        o.cache_status()
-    );
-}
-
-#[tokio::test]
-async fn a_hundred_concurrent_misses_make_one_upstream_request() {
-    let body: &'static [u8] = Box::leak(noise(2 << 20, 5).into_boxed_slice());
-    let up =
-        Upstream::start(move |_, _| response(200, &[("cache-control", "max-age=60")], body)).await;
-    let (edge, _d) = edge_for(&up).await;
-    let url = edge.url("/gated/big");
-    let gets: Vec<_> = (0..100)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&url, &[]).await })
+        let up = Upstream::start(|req, _| {
+            if req.method() == http::Method::POST {
+                assert_eq!(&req.body()[..], b"payload");
+                return response(201, &[("location", "/other")], b"created");
+            }
+            response(200, &[("cache-control", "max-age=60")], b"item")
         })
-        .collect();
-    // Hold the upstream until every request has joined the one fill.
-    edge.until("100 requests to join the fill", |e| {
-        e.edge.metrics().coalesced.get() >= 99
-    })
-    .await;
-    up.open_gate();
-    for g in gets {
-        let r = g.await.unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(&r.body[..], body);
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        edge.get("/item").await;
+        edge.get("/other").await;
+        assert!(edge.get("/item").await.cache_status().contains("hit"));
+        let r = edge
+            .send("POST", "/item", &[], Bytes::from_static(b"payload"))
+            .await;
+        assert_eq!(r.status, 201);
+        assert_eq!(
+            up.request_headers("/item", 1)["x-forwarded-for"],
+            "127.0.0.1"
+        );
+        assert_eq!(up.request_headers("/item", 1)["via"], "1.1 tessera");
+        assert!(edge.get("/item").await.cache_status().contains("fwd=miss"));
+        let o = edge.get("/other").await;
+        assert!(
+            o.cache_status().contains("fwd=miss"),
+            "Location invalidated too: {}",
+            o.cache_status()
+        );
     }
-    assert_eq!(up.count("/gated/big"), 1);
-}
-
-#[tokio::test]
+async fn a_hundred_concurrent_misses_make_one_upstream_request() {
+        let body: &'static [u8] = Box::leak(noise(2 << 20, 5).into_boxed_slice());
+        let up =
+            Upstream::start(move |_, _| response(200, &[("cache-control", "max-age=60")], body)).await;
+        let (edge, _d) = edge_for(&up).await;
+        let edge = std::sync::Arc::new(edge);
+        let gets: Vec<_> = (0..100)
+            .map(|_| {
+                let edge = edge.clone();
+                tokio::spawn(async move { edge.get("/gated/big").await })
+            })
+            .collect();
+        // Hold the upstream until every request has joined the one fill.
+        edge.until("100 requests to join the fill", |e| {
+            e.edge.metrics().coalesced.get() >= 99
+        })
+        .await;
+        up.open_gate();
+        for g in gets {
+            let r = g.await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(&r.body[..], body);
+        }
+        assert_eq!(up.count("/gated/big"), 1);
+    }
 async fn a_large_miss_streams_before_the_upstream_finishes() {
-    let body: &'static [u8] = Box::leak(noise(3 << 20, 6).into_boxed_slice());
-    let up =
-        Upstream::start(move |_, _| response(200, &[("cache-control", "max-age=60")], body)).await;
-    let (edge, _d) = edge_for(&up).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<Bytes>>();
-    let resp = client
-        .get(edge.url("/stream/file").parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body_stream = resp.into_body();
-    // The upstream holds back everything after the first 64 KiB until the gate opens: bytes
-    // arriving now prove the edge streams instead of waiting for the whole object.
-    let mut got = Vec::new();
-    while got.len() < 32 << 10 {
-        let frame = body_stream.frame().await.unwrap().unwrap();
-        got.extend_from_slice(frame.data_ref().unwrap());
+        let body: &'static [u8] = Box::leak(noise(3 << 20, 6).into_boxed_slice());
+        let up =
+            Upstream::start(move |_, _| response(200, &[("cache-control", "max-age=60")], body)).await;
+        let (edge, _d) = edge_for(&up).await;
+        let resp = edge
+            .send_streaming("GET", "/stream/file", &[], Bytes::new())
+            .await;
+        assert_eq!(resp.status(), 200);
+        let mut body_stream = resp.into_body();
+        // The upstream holds back everything after the first 64 KiB until the gate opens: bytes
+        // arriving now prove the edge streams instead of waiting for the whole object.
+        let mut got = Vec::new();
+        while got.len() < 32 << 10 {
+            let frame = body_stream.frame().await.unwrap().unwrap();
+            got.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(&got[..], &body[..got.len()]);
+        up.open_gate();
+        while let Some(f) = body_stream.frame().await {
+            got.extend_from_slice(f.unwrap().data_ref().unwrap());
+        }
+        assert_eq!(&got[..], body);
+        // Stored in segments once complete.
+        let r = edge.get("/stream/file").await;
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        assert_eq!(&r.body[..], body);
+        let r = edge
+            .get_with("/stream/file", &[("range", "bytes=2097150-2097160")])
+            .await;
+        assert_eq!(
+            &r.body[..],
+            &body[2_097_150..=2_097_160],
+            "a range across a segment boundary"
+        );
     }
-    assert_eq!(&got[..], &body[..got.len()]);
-    up.open_gate();
-    while let Some(f) = body_stream.frame().await {
-        got.extend_from_slice(f.unwrap().data_ref().unwrap());
-    }
-    assert_eq!(&got[..], body);
-    // Stored in segments once complete.
-    let r = edge.get("/stream/file").await;
-    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
-    assert_eq!(&r.body[..], body);
-    let r = edge
-        .get_with("/stream/file", &[("range", "bytes=2097150-2097160")])
-        .await;
-    assert_eq!(
-        &r.body[..],
-        &body[2_097_150..=2_097_160],
-        "a range across a segment boundary"
-    );
-}
-
-#[tokio::test]
 async fn purge_by_surrogate_key() {
-    let up = Upstream::start(|req, _| {
-        let key = if req.uri().path().starts_with("/a") {
-            "team-a shared"
-        } else {
-            "team-b"
-        };
-        response(
-            200,
-            &[("cache-control", "max-age=60"), ("surrogate-key", key)],
-            b"k",
-        )
-    })
-    .await;
-    let (edge, _d) = edge_for(&up).await;
-    for p in ["/a1", "/a2", "/b1"] {
-        edge.get(p).await;
-    }
-    let r = edge
-        .admin("POST", "/api/v1/purge", r#"{"key":"team-a"}"#)
+        let up = Upstream::start(|req, _| {
+            let key = if req.uri().path().starts_with("/a") {
+                "team-a shared"
+            } else {
+                "team-b"
+            };
+            response(
+                200,
+                &[("cache-control", "max-age=60"), ("surrogate-key", key)],
+                b"k",
+            )
+        })
         .await;
-    assert_eq!(r.status, 200);
-    assert!(edge.get("/a1").await.cache_status().contains("fwd=miss"));
-    assert!(edge.get("/a2").await.cache_status().contains("fwd=miss"));
-    assert!(edge.get("/b1").await.cache_status().contains("hit"));
-    let stats = edge.admin("GET", "/api/v1/stats", "").await.json();
-    assert_eq!(stats["lookups"]["hit"]["memory"], 1);
-    assert_eq!(stats["purges_active"], 1);
+        let (edge, _d) = edge_for(&up).await;
+        for p in ["/a1", "/a2", "/b1"] {
+            edge.get(p).await;
+        }
+        let r = edge
+            .admin("POST", "/api/v1/purge", r#"{"key":"team-a"}"#)
+            .await;
+        assert_eq!(r.status, 200);
+        assert!(edge.get("/a1").await.cache_status().contains("fwd=miss"));
+        assert!(edge.get("/a2").await.cache_status().contains("fwd=miss"));
+        assert!(edge.get("/b1").await.cache_status().contains("hit"));
+        let stats = edge.admin("GET", "/api/v1/stats", "").await.json();
+        assert_eq!(stats["lookups"]["hit"]["memory"], 1);
+        assert_eq!(stats["purges_active"], 1);
+    }
 }

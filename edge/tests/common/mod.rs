@@ -1,6 +1,11 @@
 //! Helpers shared by the edge's integration tests: real origins, real edges and a scriptable
-//! upstream HTTP server, all on 127.0.0.1:0, and clients for HTTP/1.1, h2c and HTTP/2 over
-//! TLS.
+//! upstream HTTP server, all on 127.0.0.1:0, and clients for HTTP/1.1, h2c, HTTP/2 over TLS
+//! and HTTP/3.
+//!
+//! Behaviour tests are written once and run over each protocol by [`over_protocols!`]: the
+//! macro runs the test body three times with [`PROTO`] set, and every request an
+//! [`EdgeNode`] sends (`get`, `get_with`, `request`) goes over that protocol: HTTP/1.1 on
+//! the plain listener, HTTP/2 over TLS (ALPN), HTTP/3 over QUIC on the HTTPS port.
 
 #![allow(dead_code)]
 
@@ -17,11 +22,67 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tessera_edge::client::{ClientOptions, Connection, Mode};
 use tessera_edge::{Backend, Edge, EdgeConfig, Listeners};
 use tessera_origin::OriginConfig;
 use tessera_origin_proto::OriginClient;
 
 pub const ADMIN_TOKEN: &str = "admin-secret";
+
+/// The protocol a test's clients speak to the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+    Http3,
+}
+
+impl Proto {
+    /// The edge's `protocol` metric label for this protocol.
+    pub fn label(self) -> &'static str {
+        match self {
+            Proto::Http1 => "http/1.1",
+            Proto::Http2 => "h2",
+            Proto::Http3 => "h3",
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The protocol of the running test (HTTP/1.1 when a test does not set it).
+    pub static PROTO: Proto;
+}
+
+/// The protocol of the running test.
+pub fn proto() -> Proto {
+    PROTO.try_with(|p| *p).unwrap_or(Proto::Http1)
+}
+
+/// Runs each test body once per protocol: `over_protocols! { async fn name() { ... } }`
+/// makes tests `name::http1`, `name::http2` and `name::http3`.
+#[macro_export]
+macro_rules! over_protocols {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn case() $body
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn http1() {
+                $crate::common::PROTO.scope($crate::common::Proto::Http1, case()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn http2() {
+                $crate::common::PROTO.scope($crate::common::Proto::Http2, case()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn http3() {
+                $crate::common::PROTO.scope($crate::common::Proto::Http3, case()).await
+            }
+        }
+    )*};
+}
 
 /// A real origin node.
 pub struct Origin {
@@ -75,7 +136,7 @@ impl Origin {
     }
 }
 
-/// A real edge node, in process.
+/// A real edge node, in process, serving HTTP, HTTPS and HTTP/3 (on the HTTPS port).
 pub struct EdgeNode {
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
@@ -83,6 +144,10 @@ pub struct EdgeNode {
     pub edge: Arc<Edge>,
     pub data: PathBuf,
     pub cert: Option<PathBuf>,
+    /// The protocol `get`, `get_with` and `request` speak.
+    pub proto: Proto,
+    /// The HTTP/2 or HTTP/3 connection requests share.
+    conn: tokio::sync::Mutex<Option<Connection>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -100,9 +165,10 @@ pub fn config(backend: Backend, data: &Path) -> EdgeConfig {
 
 impl EdgeNode {
     pub async fn start(cfg: EdgeConfig) -> EdgeNode {
-        Self::start_with(cfg, false).await
+        Self::start_with(cfg, true).await
     }
 
+    /// Starts an edge; `tls` adds the HTTPS listener and HTTP/3 on the same port.
     pub async fn start_with(cfg: EdgeConfig, tls: bool) -> EdgeNode {
         let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
         let http = bind().await.unwrap();
@@ -112,15 +178,24 @@ impl EdgeNode {
             http: Some(http),
             admin: Some(admin),
             https: None,
+            h3: None,
         };
         let (mut https_addr, mut cert) = (None, None);
         if tls {
             let id = tessera_edge::tls::development(&cfg.data.join("tls")).unwrap();
-            let l = bind().await.unwrap();
+            // A TCP port and the same UDP port (another test may hold that UDP port).
+            let (l, udp) = loop {
+                let l = bind().await.unwrap();
+                if let Ok(u) = std::net::UdpSocket::bind(l.local_addr().unwrap()) {
+                    break (l, u);
+                }
+            };
             https_addr = Some(l.local_addr().unwrap());
             cert = Some(id.cert_path.clone());
             let c = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"]).unwrap();
+            let quic = tessera_edge::h3::server_config(&id, &cfg).unwrap();
             listeners.https = Some((l, c));
+            listeners.h3 = Some((udp, quic));
         }
         let data = cfg.data.clone();
         let edge = Edge::open(cfg, Default::default()).await.unwrap();
@@ -140,21 +215,93 @@ impl EdgeNode {
             edge,
             data,
             cert,
+            proto: if tls { proto() } else { Proto::Http1 },
+            conn: tokio::sync::Mutex::new(None),
             stop: Some(stop),
             task: Some(task),
         }
     }
 
+    /// The URL of `path` on the plain HTTP/1.1 listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        get(&self.url(path), &[]).await
+        self.request("GET", path, &[]).await
     }
 
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        get(&self.url(path), headers).await
+        self.request("GET", path, headers).await
+    }
+
+    /// `method path` with `headers`, over this edge's protocol.
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(method, path, headers, Bytes::new()).await
+    }
+
+    /// Sends a request over this edge's protocol and reads the whole response.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let resp = self.send_streaming(method, path, headers, body).await;
+        Reply::read(resp).await
+    }
+
+    /// Sends a request over this edge's protocol; the response body streams.
+    pub async fn send_streaming(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Response<tessera_edge::client::ClientBody> {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body).unwrap();
+        let mut conn = self.connection().await;
+        conn.send(req).await.unwrap()
+    }
+
+    /// A connection over this edge's protocol: a new one for HTTP/1.1, a shared one for
+    /// HTTP/2 and HTTP/3.
+    pub async fn connection(&self) -> Connection {
+        if self.proto == Proto::Http1 {
+            return Connection::connect(&self.url("/"), &ClientOptions::new(Mode::Http1))
+                .await
+                .unwrap();
+        }
+        let mut shared = self.conn.lock().await;
+        if let Some(c) = shared.as_ref() {
+            return c.clone();
+        }
+        let c = self.connect(self.proto).await;
+        *shared = Some(c.clone());
+        c
+    }
+
+    /// A new connection over HTTPS (`Http1`, `Http2`) or HTTP/3, trusting the edge's
+    /// development certificate.
+    pub async fn connect(&self, proto: Proto) -> Connection {
+        let https = self.https.expect("the edge serves HTTPS");
+        let mode = match proto {
+            Proto::Http1 => Mode::Http1,
+            Proto::Http2 => Mode::Http2,
+            Proto::Http3 => Mode::Http3,
+        };
+        let mut opts = ClientOptions::new(mode)
+            .trust_file(self.cert.as_ref().unwrap())
+            .unwrap();
+        opts.connect_to = Some(https);
+        Connection::connect(&format!("https://localhost:{}/", https.port()), &opts)
+            .await
+            .unwrap()
     }
 
     /// A counter of the edge's metrics by name and label values (0 when never set).
@@ -248,7 +395,11 @@ impl Reply {
 
 impl Reply {
     /// Reads a whole response.
-    pub async fn read(resp: Response<Incoming>) -> Reply {
+    pub async fn read<B>(resp: Response<B>) -> Reply
+    where
+        B: http_body::Body,
+        B::Error: std::fmt::Debug,
+    {
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         Reply {

@@ -98,13 +98,32 @@ pub async fn run(a: Args) -> Result<()> {
             }
         };
         let tls = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"])?;
-        let l = bind(addr).await?;
+        let mut l = bind(addr).await?;
+        let mut udp = None;
+        if !a.no_http3 {
+            // The same address and port over UDP; with port 0, pick a port free on both.
+            let mut tries = 0;
+            udp = loop {
+                match std::net::UdpSocket::bind(l.local_addr()?) {
+                    Ok(u) => break Some(u),
+                    Err(_) if addr.port() == 0 && tries < 50 => {
+                        tries += 1;
+                        l = bind(addr).await?;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "cannot listen for HTTP/3 on UDP {}",
+                                l.local_addr().unwrap()
+                            )
+                        });
+                    }
+                }
+            };
+        }
         let bound = l.local_addr()?;
         lines.push(format!("tessera edge listening on https://{bound}"));
-        if !a.no_http3 {
-            // The same address and port, over UDP (a port 0 was resolved by the TCP bind).
-            let udp = std::net::UdpSocket::bind(bound)
-                .with_context(|| format!("cannot listen for HTTP/3 on UDP {bound}"))?;
+        if let Some(udp) = udp {
             let quic = tessera_edge::h3::server_config(&id, &config)?;
             lines.push(format!("tessera edge HTTP/3 on udp://{bound}"));
             listeners.h3 = Some((udp, quic));
