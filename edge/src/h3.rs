@@ -231,6 +231,22 @@ fn connection_error(edge: &Edge, peer: SocketAddr, e: &ConnectionError) {
             0: Incoming::Timeout,
             ..
         } => "idle_timeout",
+        ConnectionError::Remote {
+            0: Incoming::Undefined(q),
+            ..
+        } => {
+            let q: &(dyn std::error::Error + 'static) = &**q;
+            match q.downcast_ref::<quinn::ConnectionError>() {
+                // Browsers close with QUIC's NO_ERROR rather than H3_NO_ERROR.
+                Some(quinn::ConnectionError::ConnectionClosed(c))
+                    if c.error_code == quinn::TransportErrorCode::NO_ERROR =>
+                {
+                    return;
+                }
+                Some(quinn::ConnectionError::TimedOut) => "idle_timeout",
+                _ => "connection_error",
+            }
+        }
         _ => "connection_error",
     };
     debug!(%peer, error = %e, "HTTP/3 connection ended");
