@@ -1,4 +1,5 @@
-//! The `tessera` command line: help, `push` of a folder with its summary, and clear failures.
+//! The `tessera` command line: help, `push` of a folder with its summary, `get` over HTTP/1.1,
+//! HTTP/2 and HTTP/3 from a real edge process, and clear failures.
 
 mod common;
 
@@ -89,4 +90,85 @@ fn push_without_the_token_fails_with_the_reason() {
     ]);
     assert!(ok, "{out}{err}");
     child.kill_9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_fetches_over_each_protocol_from_an_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("page.html");
+    std::fs::write(&file, "<p>over quic</p>").unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, common::noise(3 << 20, 7)).unwrap();
+    let (_origin, origin_url) = common::start_origin(&dir.path().join("origin"));
+    for f in [&file, &big] {
+        let (ok, out, err) = tessera(&["push", f.to_str().unwrap(), "--origin", &origin_url]);
+        assert!(ok, "{out}{err}");
+    }
+    let edge_data = dir.path().join("edge");
+    let (_edge, lines) = common::start_edge(
+        &edge_data,
+        &["--origin", &origin_url, "--https", "127.0.0.1:0"],
+        "HTTP/3 on udp://",
+    );
+    let addr = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("tessera edge HTTP/3 on udp://"))
+        .unwrap()
+        .to_string();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(&format!("https://{addr}"))),
+        "HTTP/3 shares the HTTPS address: {lines:?}"
+    );
+    let port = addr.rsplit(':').next().unwrap();
+    let url = format!("https://localhost:{port}/page.html");
+
+    let (ok, out, err) = tessera(&["get", "--http3", "--insecure", "-i", &url]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("h3 200 OK\n"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("\ncache-status: tessera;"),
+        "{out}"
+    );
+    assert!(out.ends_with("\n\n<p>over quic</p>"), "{out}");
+
+    // HTTP/2 and HTTP/1.1 over TLS advertise HTTP/3.
+    for (flag, proto) in [("--http2", "h2"), ("--http1", "http/1.1")] {
+        let (ok, out, err) = tessera(&["get", flag, "-k", "-i", &url]);
+        assert!(ok, "{err}");
+        assert!(out.starts_with(&format!("{proto} 200 OK")), "{out}");
+        assert!(
+            out.contains(&format!("alt-svc: h3=\":{port}\"; ma=86400")),
+            "{out}"
+        );
+    }
+
+    // -o writes the body, byte for byte; --cacert trusts the development certificate.
+    let saved = dir.path().join("saved.bin");
+    let cert = edge_data.join("tls/dev-cert.pem");
+    let (ok, out, err) = tessera(&[
+        "get",
+        "--http3",
+        "--cacert",
+        cert.to_str().unwrap(),
+        "-o",
+        saved.to_str().unwrap(),
+        &format!("https://localhost:{port}/big.bin"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.is_empty());
+    assert!(std::fs::read(&saved).unwrap() == std::fs::read(&big).unwrap());
+
+    // Failures say why and exit non-zero.
+    let (ok, _, err) = tessera(&["get", "--http3", &url]);
+    assert!(!ok);
+    assert!(err.contains("TLS with localhost failed"), "{err}");
+    let (ok, _, err) = tessera(&["get", "--http3", "http://localhost:1/x"]);
+    assert!(!ok);
+    assert!(err.contains("HTTP/3 needs an https:// URL"), "{err}");
+    let (ok, _, err) = tessera(&["get", "ftp://x/y"]);
+    assert!(!ok);
+    assert!(err.contains("bad URL"), "{err}");
 }

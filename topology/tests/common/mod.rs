@@ -57,6 +57,35 @@ pub fn start_origin_with(data: &Path, extra: &[&str]) -> (OriginProcess, String)
     (OriginProcess(child), url.to_string())
 }
 
+/// Starts `tessera edge` with `args` (plus `--data data`) and returns it with the lines it
+/// printed up to and including the one containing `last`.
+pub fn start_edge(data: &Path, args: &[&str], last: &str) -> (OriginProcess, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("edge")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the edge exited: {lines:?}"
+        );
+        let done = line.contains(last);
+        lines.push(line.trim_end().to_string());
+        if done {
+            break;
+        }
+    }
+    (OriginProcess(child), lines)
+}
+
 /// Deterministic pseudo-random bytes (xorshift).
 pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -1,0 +1,346 @@
+//! HTTP/3 specifics (the behaviour shared with HTTP/1.1 and HTTP/2 is tested over all three
+//! in `origin_mode.rs` and `upstream_mode.rs`): graceful shutdown, and what clients send that
+//! they should not: garbage datagrams, invalid frames, header sections over the limit,
+//! streams opened without end, clients that never read. Each is refused or cut off by
+//! QUIC's or HTTP/3's own errors and limits, counted, and the edge keeps serving everyone
+//! else (each test ends with a normal request that must succeed).
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::FutureExt;
+use tessera_edge::Backend;
+use tessera_edge::client::{ClientOptions, Connection, Mode};
+
+async fn origin_and_edge(
+    tweak: impl FnOnce(&mut tessera_edge::EdgeConfig),
+) -> (Origin, EdgeNode, tempfile::TempDir) {
+    let origin = Origin::start().await;
+    origin.publish("ok.txt", "still serving").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Origin(vec![origin.url()]), dir.path());
+    tweak(&mut cfg);
+    let edge = EdgeNode::start(cfg).await;
+    (origin, edge, dir)
+}
+
+/// A normal HTTP/3 request on a new connection succeeds.
+async fn still_serves(edge: &EdgeNode) {
+    let mut c = edge.connect(Proto::Http3).await;
+    let r = Reply::read(c.get("/ok.txt").await.unwrap()).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body[..]),
+        (200, &b"still serving"[..])
+    );
+    c.close().await;
+}
+
+/// Whether the raw bytes of a response stream carry the body `still serving` (they also
+/// hold frame headers and perhaps GREASE frames).
+fn served(raw: &[u8]) -> bool {
+    raw.windows(13).any(|w| w == b"still serving")
+}
+
+/// A bare QUIC connection offering ALPN `h3`, for speaking (broken) HTTP/3 by hand.
+async fn raw_quic(edge: &EdgeNode) -> (quinn::Endpoint, quinn::Connection) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(edge.cert.as_ref().unwrap()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            edge.https.unwrap(),
+            "localhost",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
+/// QUIC variable-length integer (RFC 9000 §16).
+fn varint(v: u64, out: &mut Vec<u8>) {
+    match v {
+        0..=63 => out.push(v as u8),
+        64..=16383 => out.extend_from_slice(&((v as u16) | 0x4000).to_be_bytes()),
+        _ => out.extend_from_slice(&((v as u32) | 0x8000_0000).to_be_bytes()),
+    }
+}
+
+/// QPACK prefixed integer (RFC 7541 §5.1) with `prefix` bits, `flags` in the first byte.
+fn prefixed(v: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
+    let max = (1usize << prefix) - 1;
+    if v < max {
+        out.push(flags | v as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    let mut v = v - max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// A HEADERS frame for `GET /ok.txt` with one extra header `x-big` of `big` bytes, QPACK
+/// encoded without the dynamic table (static references and literals only).
+fn headers_frame(big: usize) -> Vec<u8> {
+    let mut block = vec![0x00, 0x00]; // Required Insert Count 0, Base 0.
+    block.push(0xC0 | 17); // :method GET (static 17)
+    block.push(0xC0 | 23); // :scheme https (static 23)
+    // :authority (static 0) with a literal value.
+    block.push(0x50);
+    prefixed(b"localhost".len(), 7, 0, &mut block);
+    block.extend_from_slice(b"localhost");
+    // :path (static 1) with a literal value.
+    block.push(0x51);
+    prefixed(b"/ok.txt".len(), 7, 0, &mut block);
+    block.extend_from_slice(b"/ok.txt");
+    if big > 0 {
+        // Literal field line with a literal name: 001N H LLL.
+        prefixed(b"x-big".len(), 3, 0x20, &mut block);
+        block.extend_from_slice(b"x-big");
+        prefixed(big, 7, 0, &mut block);
+        block.extend(std::iter::repeat_n(b'a', big));
+    }
+    let mut frame = Vec::new();
+    varint(0x01, &mut frame);
+    varint(block.len() as u64, &mut frame);
+    frame.extend_from_slice(&block);
+    frame
+}
+
+async fn read_all(mut recv: quinn::RecvStream) -> Result<Vec<u8>, quinn::ReadToEndError> {
+    recv.read_to_end(1 << 20).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_are_dropped() {
+    let (_origin, edge, _d) = origin_and_edge(|_| {}).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = edge.https.unwrap();
+    for i in 0..2000usize {
+        let len = 1 + (i * 7919) % 1400;
+        let mut d = noise(len, i as u64);
+        if i % 2 == 0 {
+            // Shaped like a QUIC v1 long-header Initial, with garbage after the header.
+            d[0] = 0xC0 | (d[0] & 0x0F);
+            if len > 6 {
+                d[1..5].copy_from_slice(&1u32.to_be_bytes());
+                d[5] = 8;
+            }
+        }
+        sock.send_to(&d, target).await.unwrap();
+    }
+    still_serves(&edge).await;
+    // The one real connection came and went; the garbage made no connection and no error.
+    edge.until("the connection closed", |e| {
+        e.metric("tessera_edge_quic_connections", &[]) == 0.0
+    })
+    .await;
+    for event in ["connection_error", "handshake_failed"] {
+        assert_eq!(
+            edge.metric("tessera_edge_quic_events_total", &[("event", event)]),
+            0.0,
+            "{event}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_frame_closes_that_connection_with_an_h3_error() {
+    let (_origin, edge, _d) = origin_and_edge(|_| {}).await;
+    let (_ep, conn) = raw_quic(&edge).await;
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    // A DATA frame before any HEADERS: H3_FRAME_UNEXPECTED (RFC 9114 §4.1).
+    let mut frame = Vec::new();
+    varint(0x00, &mut frame);
+    varint(5, &mut frame);
+    frame.extend_from_slice(b"hello");
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    drop(recv);
+    let reason = conn.closed().await;
+    match &reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code,
+                0x105u32.into(),
+                "H3_FRAME_UNEXPECTED: {reason}"
+            )
+        }
+        other => panic!("expected an HTTP/3 application close, got {other}"),
+    }
+    edge.until("the error counted", |e| {
+        e.metric(
+            "tessera_edge_quic_events_total",
+            &[("event", "connection_error")],
+        ) >= 1.0
+    })
+    .await;
+    still_serves(&edge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_section_over_the_limit_gets_431() {
+    let (_origin, edge, _d) = origin_and_edge(|c| c.max_header_bytes = 8 << 10).await;
+    let (_ep, conn) = raw_quic(&edge).await;
+    // The same request shape, first within the limit: it is a valid request.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&headers_frame(100)).await.unwrap();
+    send.finish().unwrap();
+    let ok = read_all(recv).await.unwrap();
+    assert!(served(&ok), "{ok:?}");
+    // Then with a 16 KiB header.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&headers_frame(16 << 10)).await.unwrap();
+    send.finish().unwrap();
+    let _ = read_all(recv).await;
+    edge.until("the refusal counted", |e| {
+        e.metric(
+            "tessera_edge_quic_events_total",
+            &[("event", "header_too_big")],
+        ) == 1.0
+    })
+    .await;
+    // Through a real client the refusal is a 431 status.
+    let mut c = edge.connect(Proto::Http3).await;
+    let big = "b".repeat(16 << 10);
+    let req = http::Request::get("/ok.txt")
+        .header("x-big", big.as_str())
+        .body(Bytes::new())
+        .unwrap();
+    match c.send(req).await {
+        Ok(r) => assert_eq!(r.status(), 431),
+        // h3's client refuses to send a header section the server's SETTINGS forbid.
+        Err(e) => assert!(
+            e.to_string().contains("too big") || e.to_string().contains("HeaderTooBig"),
+            "{e}"
+        ),
+    }
+    still_serves(&edge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_without_end_are_limited_and_timed_out() {
+    let (_origin, edge, _d) = origin_and_edge(|c| {
+        c.quic.max_streams = 8;
+        c.header_timeout_secs = 1;
+    })
+    .await;
+    let (_ep, conn) = raw_quic(&edge).await;
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        // A stream only exists for the server once something is sent on it: one byte of a
+        // frame type, and then nothing.
+        send.write_all(&[0x01]).await.unwrap();
+        open.push((send, recv));
+    }
+    assert!(
+        conn.open_bi().now_or_never().is_none(),
+        "a ninth concurrent stream must wait for credit"
+    );
+    still_serves(&edge).await;
+    edge.until("the idle streams cut off", |e| {
+        e.metric(
+            "tessera_edge_quic_events_total",
+            &[("event", "request_timeout")],
+        ) == 8.0
+    })
+    .await;
+    // The edge stopped reading them; once this client lets go of them too, their credit
+    // comes back and a new stream opens.
+    drop(open);
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&headers_frame(0)).await.unwrap();
+    send.finish().unwrap();
+    assert!(served(&read_all(recv).await.unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off() {
+    let (origin, edge, _d) = origin_and_edge(|c| c.send_stall_secs = 1).await;
+    origin.publish("big.bin", noise(8 << 20, 3)).await;
+    let mut opts = ClientOptions::new(Mode::Http3)
+        .trust_file(edge.cert.as_ref().unwrap())
+        .unwrap();
+    opts.connect_to = edge.https;
+    // Small receive windows, so the edge runs out of credit quickly.
+    opts.quic.stream_window_bytes = 64 << 10;
+    opts.quic.connection_window_bytes = 128 << 10;
+    let url = format!("https://localhost:{}/", edge.https.unwrap().port());
+    let mut lazy = Connection::connect(&url, &opts).await.unwrap();
+    let resp = lazy.get("/big.bin").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // … and never read the body.
+    edge.until("the stalled response cut off", |e| {
+        e.metric(
+            "tessera_edge_quic_events_total",
+            &[("event", "send_stalled")],
+        ) == 1.0
+    })
+    .await;
+    still_serves(&edge).await;
+    drop(resp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_goaway_and_finishes_requests_in_flight() {
+    use http_body_util::BodyExt;
+    let (origin, edge, _d) = origin_and_edge(|_| {}).await;
+    let data = noise(16 << 20, 9);
+    origin.publish("big.bin", data.clone()).await;
+    let mut opts = ClientOptions::new(Mode::Http3)
+        .trust_file(edge.cert.as_ref().unwrap())
+        .unwrap();
+    opts.connect_to = edge.https;
+    // Small windows: the transfer advances only as this test reads.
+    opts.quic.stream_window_bytes = 256 << 10;
+    opts.quic.connection_window_bytes = 512 << 10;
+    let url = format!("https://localhost:{}/", edge.https.unwrap().port());
+    let mut conn = Connection::connect(&url, &opts).await.unwrap();
+    let resp = conn.get("/big.bin").await.unwrap();
+    let mut body = resp.into_body();
+    let mut got = body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap()
+        .to_vec();
+    // Shut down with most of the body still to send.
+    assert!(got.len() < data.len() / 2);
+    let stopping = tokio::spawn(edge.stop());
+    while let Some(f) = body.frame().await {
+        got.extend_from_slice(
+            &f.expect("the request in flight completes")
+                .into_data()
+                .unwrap(),
+        );
+    }
+    assert!(got == data, "the whole body arrived intact");
+    // GOAWAY: no new request is taken on this connection.
+    assert!(conn.get("/ok.txt").await.is_err());
+    conn.close().await;
+    tokio::time::timeout(std::time::Duration::from_secs(20), stopping)
+        .await
+        .expect("shutdown finished")
+        .unwrap();
+}
