@@ -39,10 +39,10 @@ pub struct Args {
     no_latency: bool,
 }
 
-struct Server {
-    name: &'static str,
-    addr: SocketAddr,
-    child: Child,
+pub(crate) struct Server {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub child: Child,
 }
 
 impl Drop for Server {
@@ -64,7 +64,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -72,25 +72,26 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The upstream every server fronts: `/1k` and `/1m`, cacheable for an hour.
-async fn upstream() -> Result<SocketAddr> {
+/// The upstream every server fronts: `/1k`, `/1m` and `/100m`, cacheable for an hour.
+pub(crate) async fn upstream() -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let small = Bytes::from(vec![b'a'; 1024]);
     let big = Bytes::from(vec![b'b'; 1 << 20]);
+    let huge = Bytes::from(vec![b'c'; 100 << 20]);
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
-            let (small, big) = (small.clone(), big.clone());
+            let (small, big, huge) = (small.clone(), big.clone(), huge.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let body = if req.uri().path() == "/1m" {
-                            big.clone()
-                        } else {
-                            small.clone()
+                        let body = match req.uri().path() {
+                            "/1m" => big.clone(),
+                            "/100m" => huge.clone(),
+                            _ => small.clone(),
                         };
                         async move {
                             Ok::<_, Infallible>(
@@ -113,7 +114,7 @@ async fn upstream() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-fn fill(template: &str, vars: &[(&str, String)]) -> String {
+pub(crate) fn fill(template: &str, vars: &[(&str, String)]) -> String {
     let mut s = template.to_string();
     for (k, v) in vars {
         s = s.replace(&format!("{{{{{k}}}}}"), v);
@@ -121,11 +122,11 @@ fn fill(template: &str, vars: &[(&str, String)]) -> String {
     s
 }
 
-fn peers_dir() -> PathBuf {
+pub(crate) fn peers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
-async fn wait_listening(addr: SocketAddr, name: &str) -> Result<()> {
+pub(crate) async fn wait_listening(addr: SocketAddr, name: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline {
@@ -137,7 +138,7 @@ async fn wait_listening(addr: SocketAddr, name: &str) -> Result<()> {
 }
 
 /// The `tessera` binary built next to this one.
-fn tessera_exe() -> Result<PathBuf> {
+pub(crate) fn tessera_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?.with_file_name("tessera");
     if !exe.exists() {
         bail!(
@@ -298,10 +299,10 @@ async fn start_varnish(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<S
 
 /// Peak figures from one wrk run.
 #[derive(Debug, Clone, Copy)]
-struct Peak {
-    rps: f64,
-    bytes_per_sec: f64,
-    p99_ms: f64,
+pub(crate) struct Peak {
+    pub rps: f64,
+    pub bytes_per_sec: f64,
+    pub p99_ms: f64,
 }
 
 fn unit(v: &str) -> Option<f64> {
@@ -326,12 +327,17 @@ fn unit(v: &str) -> Option<f64> {
     num.trim().parse::<f64>().ok().map(|n| n * mult)
 }
 
-fn wrk(url: &str, a: &Args) -> Result<Peak> {
+pub(crate) fn wrk(url: &str, a: &Args) -> Result<Peak> {
+    wrk_with(url, a.connections, a.seconds)
+}
+
+/// `wrk -t2 -cN -dSs --latency url`.
+pub(crate) fn wrk_with(url: &str, connections: usize, seconds: u64) -> Result<Peak> {
     let out = Command::new("wrk")
         .args([
             "-t2",
-            &format!("-c{}", a.connections),
-            &format!("-d{}s", a.seconds),
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
             "--latency",
             url,
         ])
@@ -422,7 +428,7 @@ async fn open_loop(
     ))
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -6,9 +6,13 @@
 //!   `restic backup` of the same data, and reads of a stored 100 MiB file.
 //! - `edge-hits`: memory hits of the edge against nginx `proxy_cache` and Varnish (wrk).
 //! - `policy`: hit ratios of foyer's eviction policies on Zipf workloads.
+//! - `http3`: memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy, and 100 MiB
+//!   downloads over HTTP/3 with the QUIC settings the edge could use.
 
 mod edge_hits;
+mod http3;
 mod ingest;
+mod load;
 mod policy;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +32,8 @@ enum Command {
     EdgeHits(edge_hits::Args),
     /// Hit ratios of foyer's eviction policies on Zipf workloads (the edge's choice).
     Policy(policy::Args),
+    /// Memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy; 100 MiB over HTTP/3.
+    Http3(http3::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +41,10 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(a) => ingest::run(a),
         Command::Policy(a) => policy::run(a),
         Command::EdgeHits(a) => edge_hits::run(a),
+        Command::Http3(a) => {
+            // One TLS provider for the process (the edge's client also passes it explicitly).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            http3::run(a)
+        }
     }
 }

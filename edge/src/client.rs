@@ -400,8 +400,9 @@ async fn h3_connect(
     } else {
         "0.0.0.0:0".parse().unwrap()
     };
-    let endpoint =
-        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(addr, e.to_string()))?;
+    let endpoint = std::net::UdpSocket::bind(bind)
+        .and_then(|s| crate::h3::endpoint(s, None, &opts.quic))
+        .map_err(|e| ClientError::Connect(addr, e.to_string()))?;
     let quic = endpoint
         .connect_with(cfg, addr, host)
         .map_err(|e| ClientError::Connect(addr, e.to_string()))?

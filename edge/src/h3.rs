@@ -59,6 +59,9 @@ pub struct QuicSettings {
     pub max_mtu: u16,
     /// Hand the kernel batches of packets in one system call (UDP GSO) where it supports it.
     pub segmentation_offload: bool,
+    /// UDP socket send and receive buffers, bytes (the kernel caps them at
+    /// `net.core.wmem_max` / `rmem_max`): a burst larger than the receive buffer is lost.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for QuicSettings {
@@ -71,6 +74,7 @@ impl Default for QuicSettings {
             idle_timeout_secs: 30,
             max_mtu: 1452,
             segmentation_offload: true,
+            socket_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -96,6 +100,23 @@ impl QuicSettings {
         t.mtu_discovery_config(Some(mtu));
         t
     }
+}
+
+/// A quinn endpoint on `socket` with these settings: its largest datagram (`max_mtu`) and
+/// socket buffers. `server` makes it accept connections.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+    settings: &QuicSettings,
+) -> std::io::Result<quinn::Endpoint> {
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: the kernel may cap these; quinn works with whatever it gets.
+    let _ = state.set_recv_buffer_size((&socket).into(), settings.socket_buffer_bytes);
+    let _ = state.set_send_buffer_size((&socket).into(), settings.socket_buffer_bytes);
+    let mut cfg = quinn::EndpointConfig::default();
+    cfg.max_udp_payload_size(settings.max_mtu.clamp(1200, 65527))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    quinn::Endpoint::new(cfg, server, socket, Arc::new(quinn::TokioRuntime))
 }
 
 /// The QUIC server configuration: TLS 1.3 with ALPN `h3`, and the edge's transport settings.
@@ -342,14 +363,20 @@ impl RecvBody {
 }
 
 impl Drop for RecvBody {
-    /// A request body the pipeline did not read (a GET whose end of stream had not arrived
-    /// yet): tell the client to stop sending with `H3_NO_ERROR`, which RFC 9114 §4.1 allows
-    /// once the response does not depend on the rest. quinn would otherwise send
-    /// STOP_SENDING with code 0, which clients read as an error.
+    /// A request body the pipeline did not read (a GET whose end of stream had not been
+    /// seen): if the end has arrived by now, nothing to do; else tell the client to stop
+    /// sending with `H3_NO_ERROR`, which RFC 9114 §4.1 allows once the response does not
+    /// depend on the rest. quinn would otherwise send STOP_SENDING with code 0, which
+    /// clients read as an error.
     fn drop(&mut self) {
-        if !self.done {
-            self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+        if self.done {
+            return;
         }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Ok(None)) = self.recv.poll_recv_data(&mut cx) {
+            return;
+        }
+        self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
     }
 }
 

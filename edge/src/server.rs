@@ -58,12 +58,7 @@ pub async fn run(
     let mut alt_svc = None;
     if let Some((socket, config)) = listeners.h3 {
         let port = socket.local_addr()?.port();
-        let ep = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let ep = crate::h3::endpoint(socket, Some(config), &edge.config().quic)?;
         alt_svc = Some(crate::h3::alt_svc(port));
         tasks.spawn(crate::h3::accept_loop(
             ep.clone(),
