@@ -143,7 +143,14 @@ fn options(mode: Mode, port: u16) -> ClientOptions {
 /// oha's HTTP/3 requests/s for `url` (JSON output).
 fn oha(exe: &Path, url: &str, a: &Args) -> Result<f64> {
     let out = Command::new(exe)
-        .args(["--http-version", "3", "--insecure", "--no-tui", "--output-format", "json"])
+        .args([
+            "--http-version",
+            "3",
+            "--insecure",
+            "--no-tui",
+            "--output-format",
+            "json",
+        ])
         .args(["-c", &a.connections.to_string()])
         .args(["-z", &format!("{}s", a.seconds)])
         .arg(url)
@@ -210,7 +217,7 @@ async fn run_async(a: Args) -> Result<()> {
         );
         wrk_rps.push(w.rps);
         for (name, mode, url) in runs {
-            let port = if url == &plain_url { http } else { https };
+            let port = if *url == plain_url { http } else { https };
             let r = closed_loop(
                 url,
                 path,
@@ -244,7 +251,11 @@ async fn run_async(a: Args) -> Result<()> {
             let (n, s) = download(&tls_url, "/100m", o).await?;
             best = best.max(n as f64 / s);
         }
-        println!("tessera 100 MiB, {name}: best of {} {:.0} MB/s", a.downloads, best / 1e6);
+        println!(
+            "tessera 100 MiB, {name}: best of {} {:.0} MB/s",
+            a.downloads,
+            best / 1e6
+        );
         downloads.push((format!("tessera, {name}"), best));
     }
     drop(edge);
@@ -254,8 +265,14 @@ async fn run_async(a: Args) -> Result<()> {
         ("edge defaults", ""),
         ("send_window_bytes = 4 MiB", "send_window_bytes = 4194304"),
         ("send_window_bytes = 64 MiB", "send_window_bytes = 67108864"),
-        ("segmentation_offload = false", "segmentation_offload = false"),
-        ("socket_buffer_bytes = 208 KiB", "socket_buffer_bytes = 212992"),
+        (
+            "segmentation_offload = false",
+            "segmentation_offload = false",
+        ),
+        (
+            "socket_buffer_bytes = 208 KiB",
+            "socket_buffer_bytes = 212992",
+        ),
         ("max_mtu = 65527 (both ends)", "max_mtu = 65527"),
     ];
     for (i, (label, toml)) in sweep.iter().enumerate() {
@@ -274,7 +291,11 @@ async fn run_async(a: Args) -> Result<()> {
             let (n, s) = download(&url, "/100m", &o).await?;
             best = best.max(n as f64 / s);
         }
-        println!("tessera 100 MiB, h3, {label}: best of {} {:.0} MB/s", a.downloads, best / 1e6);
+        println!(
+            "tessera 100 MiB, h3, {label}: best of {} {:.0} MB/s",
+            a.downloads,
+            best / 1e6
+        );
         downloads.push((format!("tessera, h3, {label}"), best));
         drop(edge);
     }
@@ -305,7 +326,11 @@ async fn run_async(a: Args) -> Result<()> {
             let (n, s) = download(&url, "/100m", &options(Mode::Http3, port)).await?;
             best = best.max(n as f64 / s);
         }
-        println!("caddy 100 MiB, h3: best of {} {:.0} MB/s", a.downloads, best / 1e6);
+        println!(
+            "caddy 100 MiB, h3: best of {} {:.0} MB/s",
+            a.downloads,
+            best / 1e6
+        );
         downloads.push(("caddy, h3".into(), best));
         if let Some(exe) = &a.oha {
             oha_rps.push(("caddy", oha(exe, &format!("{url}1k"), &a)?));
@@ -357,25 +382,35 @@ async fn run_async(a: Args) -> Result<()> {
         println!("| {name} | {:.0} |", bps / 1e6);
     }
     for (name, rps) in &oha_rps {
-        println!("oha --http-version 3 -c {} -z {}s, {name} /1k: {rps:.0} req/s", a.connections, a.seconds);
+        println!(
+            "oha --http-version 3 -c {} -z {}s, {name} /1k: {rps:.0} req/s",
+            a.connections, a.seconds
+        );
     }
     println!();
-    let ratio = |a: Option<&LoadResult>, b: Option<&LoadResult>, f: fn(&LoadResult) -> f64| {
-        match (a, b) {
+    let ratio =
+        |a: Option<&LoadResult>, b: Option<&LoadResult>, f: fn(&LoadResult) -> f64| match (a, b) {
             (Some(a), Some(b)) if f(b) > 0.0 => format!("x{:.2}", f(a) / f(b)),
             _ => "n/a".into(),
-        }
-    };
+        };
     println!(
         "goal: tessera h3 1 KiB req/s >= 0.6x its http/1.1: {} (our client), {} (vs wrk)",
-        ratio(find("tessera h3", "/1k"), find("tessera http/1.1", "/1k"), LoadResult::rps),
+        ratio(
+            find("tessera h3", "/1k"),
+            find("tessera http/1.1", "/1k"),
+            LoadResult::rps
+        ),
         find("tessera h3", "/1k")
             .map(|r| format!("x{:.2}", r.rps() / wrk_rps[0]))
             .unwrap_or_default()
     );
     println!(
         "goal: tessera h3 >= 10x caddy h3: 1 KiB {}, 1 MiB {}",
-        ratio(find("tessera h3", "/1k"), find("caddy h3", "/1k"), LoadResult::rps),
+        ratio(
+            find("tessera h3", "/1k"),
+            find("caddy h3", "/1k"),
+            LoadResult::rps
+        ),
         ratio(
             find("tessera h3", "/1m"),
             find("caddy h3", "/1m"),

@@ -363,20 +363,16 @@ impl RecvBody {
 }
 
 impl Drop for RecvBody {
-    /// A request body the pipeline did not read (a GET whose end of stream had not been
-    /// seen): if the end has arrived by now, nothing to do; else tell the client to stop
-    /// sending with `H3_NO_ERROR`, which RFC 9114 §4.1 allows once the response does not
-    /// depend on the rest. quinn would otherwise send STOP_SENDING with code 0, which
-    /// clients read as an error.
+    /// A request body the pipeline did not read (a GET whose end of stream it never
+    /// polled): tell the client to stop sending with `H3_NO_ERROR`, which RFC 9114 §4.1
+    /// allows once the response does not depend on the rest. quinn sends nothing when the
+    /// end has already arrived, and otherwise would send STOP_SENDING with code 0 on drop,
+    /// which clients read as an error. (Not polled here first: h3-quinn's `stop_sending`
+    /// panics after a read that returned `Pending`.)
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.done {
+            self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        if let Poll::Ready(Ok(None)) = self.recv.poll_recv_data(&mut cx) {
-            return;
-        }
-        self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
     }
 }
 
