@@ -346,6 +346,8 @@ async fn request(edge: &Arc<Edge>, req: Request<()>, stream: Stream, peer: Socke
 pub struct RecvBody {
     recv: RecvStream,
     done: bool,
+    /// The last read returned `Pending` (h3-quinn then holds the stream inside its read).
+    reading: bool,
 }
 
 impl std::fmt::Debug for RecvBody {
@@ -358,7 +360,11 @@ impl std::fmt::Debug for RecvBody {
 
 impl RecvBody {
     fn new(recv: RecvStream) -> RecvBody {
-        RecvBody { recv, done: false }
+        RecvBody {
+            recv,
+            done: false,
+            reading: false,
+        }
     }
 }
 
@@ -370,7 +376,9 @@ impl Drop for RecvBody {
     /// which clients read as an error. (Not polled here first: h3-quinn's `stop_sending`
     /// panics after a read that returned `Pending`.)
     fn drop(&mut self) {
-        if !self.done {
+        // With a read pending, h3-quinn cannot stop the stream: quinn's own STOP_SENDING on
+        // drop has to do (a body abandoned mid-upload, an error case anyway).
+        if !self.done && !self.reading {
             self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
         }
     }
@@ -387,7 +395,9 @@ impl Body for RecvBody {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.recv.poll_recv_data(cx) {
+        let polled = self.recv.poll_recv_data(cx);
+        self.reading = polled.is_pending();
+        match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(mut buf))) => {
                 Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(buf.remaining())))))
