@@ -163,6 +163,29 @@ fn oha(exe: &Path, url: &str, a: &Args) -> Result<f64> {
         .context("oha printed no requestsPerSec")
 }
 
+/// One closed-loop run, printed; the row for the summary table.
+async fn measure(
+    name: &str,
+    url: &str,
+    path: &str,
+    opts: &ClientOptions,
+    a: &Args,
+) -> Result<(String, String, LoadResult)> {
+    let r = closed_loop(url, path, opts, a.connections, a.streams, a.seconds).await?;
+    println!("{}", r.line(name, path));
+    Ok((name.to_string(), path.to_string(), r))
+}
+
+/// The best rate of `n` downloads of `/100m`, bytes/s.
+async fn best_download(url: &str, opts: &ClientOptions, n: usize) -> Result<f64> {
+    let mut best: f64 = 0.0;
+    for _ in 0..n {
+        let (bytes, secs) = download(url, "/100m", opts).await?;
+        best = best.max(bytes as f64 / secs);
+    }
+    Ok(best)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -218,17 +241,7 @@ async fn run_async(a: Args) -> Result<()> {
         wrk_rps.push(w.rps);
         for (name, mode, url) in runs {
             let port = if *url == plain_url { http } else { https };
-            let r = closed_loop(
-                url,
-                path,
-                &options(mode, port),
-                a.connections,
-                a.streams,
-                a.seconds,
-            )
-            .await?;
-            println!("{}", r.line(name, path));
-            rows.push((name.to_string(), path.to_string(), r));
+            rows.push(measure(name, url, path, &options(mode, port), &a).await?);
         }
     }
     // 100 MiB over HTTP/3 with the edge's defaults, and the client's receive windows at
@@ -246,11 +259,7 @@ async fn run_async(a: Args) -> Result<()> {
         ("h3, client windows 16/64 MiB", &ours),
         ("h2, client windows 4/16 MiB", &options(Mode::Http2, https)),
     ] {
-        let mut best: f64 = 0.0;
-        for _ in 0..a.downloads {
-            let (n, s) = download(&tls_url, "/100m", o).await?;
-            best = best.max(n as f64 / s);
-        }
+        let best = best_download(&tls_url, o, a.downloads).await?;
         println!(
             "tessera 100 MiB, {name}: best of {} {:.0} MB/s",
             a.downloads,
@@ -286,11 +295,7 @@ async fn run_async(a: Args) -> Result<()> {
         if toml.starts_with("socket_buffer") {
             o.quic.socket_buffer_bytes = 212992;
         }
-        let mut best: f64 = 0.0;
-        for _ in 0..a.downloads {
-            let (n, s) = download(&url, "/100m", &o).await?;
-            best = best.max(n as f64 / s);
-        }
+        let best = best_download(&url, &o, a.downloads).await?;
         println!(
             "tessera 100 MiB, h3, {label}: best of {} {:.0} MB/s",
             a.downloads,
@@ -308,24 +313,10 @@ async fn run_async(a: Args) -> Result<()> {
         let url = format!("https://localhost:{port}/");
         for path in ["/1k", "/1m"] {
             for (name, mode) in [("caddy h2", Mode::Http2), ("caddy h3", Mode::Http3)] {
-                let r = closed_loop(
-                    &url,
-                    path,
-                    &options(mode, port),
-                    a.connections,
-                    a.streams,
-                    a.seconds,
-                )
-                .await?;
-                println!("{}", r.line(name, path));
-                rows.push((name.to_string(), path.to_string(), r));
+                rows.push(measure(name, &url, path, &options(mode, port), &a).await?);
             }
         }
-        let mut best: f64 = 0.0;
-        for _ in 0..a.downloads {
-            let (n, s) = download(&url, "/100m", &options(Mode::Http3, port)).await?;
-            best = best.max(n as f64 / s);
-        }
+        let best = best_download(&url, &options(Mode::Http3, port), a.downloads).await?;
         println!(
             "caddy 100 MiB, h3: best of {} {:.0} MB/s",
             a.downloads,

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
@@ -438,20 +438,9 @@ impl Body for H3Body {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.recv.poll_recv_data(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(Some(mut buf))) => {
-                Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(buf.remaining())))))
-            }
-            Poll::Ready(Ok(None)) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Err(e)) => {
-                self.done = true;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-        }
+        let (frame, done) = crate::h3::data_frame(self.recv.poll_recv_data(cx));
+        self.done = done;
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -397,20 +397,9 @@ impl Body for RecvBody {
         }
         let polled = self.recv.poll_recv_data(cx);
         self.reading = polled.is_pending();
-        match polled {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(Some(mut buf))) => {
-                Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(buf.remaining())))))
-            }
-            Poll::Ready(Ok(None)) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Err(e)) => {
-                self.done = true;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-        }
+        let (frame, done) = data_frame(polled);
+        self.done = done;
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -419,6 +408,22 @@ impl Body for RecvBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+/// An h3 `poll_recv_data` result as an `http_body` frame, and whether the body ended
+/// (for request bodies here and response bodies in [`crate::client`]).
+pub(crate) fn data_frame<B: Buf>(
+    polled: Poll<Result<Option<B>, StreamError>>,
+) -> (Poll<Option<Result<Frame<Bytes>, BoxError>>>, bool) {
+    match polled {
+        Poll::Pending => (Poll::Pending, false),
+        Poll::Ready(Ok(Some(mut buf))) => (
+            Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(buf.remaining()))))),
+            false,
+        ),
+        Poll::Ready(Ok(None)) => (Poll::Ready(None), true),
+        Poll::Ready(Err(e)) => (Poll::Ready(Some(Err(Box::new(e)))), true),
     }
 }
 

@@ -44,6 +44,19 @@ fn served(raw: &[u8]) -> bool {
     raw.windows(13).any(|w| w == b"still serving")
 }
 
+/// An HTTP/3 connection whose receive windows are `window` bytes per stream and twice that
+/// per connection, so the edge can only send as fast as the test reads.
+async fn slow_reader(edge: &EdgeNode, window: u32) -> Connection {
+    let mut opts = ClientOptions::new(Mode::Http3)
+        .trust_file(edge.cert.as_ref().unwrap())
+        .unwrap();
+    opts.connect_to = edge.https;
+    opts.quic.stream_window_bytes = window;
+    opts.quic.connection_window_bytes = 2 * window;
+    let url = format!("https://localhost:{}/", edge.https.unwrap().port());
+    Connection::connect(&url, &opts).await.unwrap()
+}
+
 /// A bare QUIC connection offering ALPN `h3`, for speaking (broken) HTTP/3 by hand.
 async fn raw_quic(edge: &EdgeNode) -> (quinn::Endpoint, quinn::Connection) {
     use rustls_pki_types::pem::PemObject;
@@ -277,15 +290,8 @@ async fn streams_opened_without_end_are_limited_and_timed_out() {
 async fn a_client_that_never_reads_is_cut_off() {
     let (origin, edge, _d) = origin_and_edge(|c| c.send_stall_secs = 1).await;
     origin.publish("big.bin", noise(8 << 20, 3)).await;
-    let mut opts = ClientOptions::new(Mode::Http3)
-        .trust_file(edge.cert.as_ref().unwrap())
-        .unwrap();
-    opts.connect_to = edge.https;
     // Small receive windows, so the edge runs out of credit quickly.
-    opts.quic.stream_window_bytes = 64 << 10;
-    opts.quic.connection_window_bytes = 128 << 10;
-    let url = format!("https://localhost:{}/", edge.https.unwrap().port());
-    let mut lazy = Connection::connect(&url, &opts).await.unwrap();
+    let mut lazy = slow_reader(&edge, 64 << 10).await;
     let resp = lazy.get("/big.bin").await.unwrap();
     assert_eq!(resp.status(), 200);
     // … and never read the body.
@@ -306,15 +312,8 @@ async fn shutdown_sends_goaway_and_finishes_requests_in_flight() {
     let (origin, edge, _d) = origin_and_edge(|_| {}).await;
     let data = noise(16 << 20, 9);
     origin.publish("big.bin", data.clone()).await;
-    let mut opts = ClientOptions::new(Mode::Http3)
-        .trust_file(edge.cert.as_ref().unwrap())
-        .unwrap();
-    opts.connect_to = edge.https;
     // Small windows: the transfer advances only as this test reads.
-    opts.quic.stream_window_bytes = 256 << 10;
-    opts.quic.connection_window_bytes = 512 << 10;
-    let url = format!("https://localhost:{}/", edge.https.unwrap().port());
-    let mut conn = Connection::connect(&url, &opts).await.unwrap();
+    let mut conn = slow_reader(&edge, 256 << 10).await;
     let resp = conn.get("/big.bin").await.unwrap();
     let mut body = resp.into_body();
     let mut got = body
