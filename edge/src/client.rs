@@ -182,14 +182,18 @@ impl Connection {
     /// Connects to the server of `url` (its path is ignored).
     pub async fn connect(url: &str, opts: &ClientOptions) -> Result<Connection, ClientError> {
         let (https, host, port, _) = split(url)?;
-        let addr = match opts.connect_to {
-            Some(a) => a,
+        // Every address the name resolves to (`localhost` may give ::1 and 127.0.0.1), tried
+        // in order until one answers.
+        let addrs: Vec<SocketAddr> = match opts.connect_to {
+            Some(a) => vec![a],
             None => tokio::net::lookup_host((host.as_str(), port))
                 .await
                 .map_err(|e| ClientError::Resolve(host.clone(), e.to_string()))?
-                .next()
-                .ok_or_else(|| ClientError::Resolve(host.clone(), "no address".into()))?,
+                .collect(),
         };
+        if addrs.is_empty() {
+            return Err(ClientError::Resolve(host.clone(), "no address".into()));
+        }
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -198,9 +202,36 @@ impl Connection {
         let scheme = if https { "https" } else { "http" };
         let (sender, protocol) = match (opts.mode, https) {
             (Mode::Http3, false) => return Err(ClientError::Http3NeedsTls),
-            (Mode::Http3, true) => (h3_connect(addr, &host, opts).await?, "h3"),
+            (Mode::Http3, true) => {
+                let mut last = None;
+                let mut sender = None;
+                for &addr in &addrs {
+                    // No answer over UDP looks like silence: give each address 5 s.
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        h3_connect(addr, &host, opts),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => {
+                            sender = Some(s);
+                            break;
+                        }
+                        Ok(Err(e @ ClientError::Connect(..))) => last = Some(e),
+                        // A certificate or protocol failure: the server answered; say why.
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => {
+                            last = Some(ClientError::Connect(addr, "no QUIC answer in 5 s".into()))
+                        }
+                    }
+                }
+                match sender {
+                    Some(s) => (s, "h3"),
+                    None => return Err(last.expect("at least one address")),
+                }
+            }
             (mode, false) => {
-                let tcp = tcp(addr).await?;
+                let tcp = tcp(&addrs).await?;
                 if mode == Mode::Http2 {
                     (h2(tcp).await?, "h2")
                 } else {
@@ -217,7 +248,7 @@ impl Connection {
                 let name = ServerName::try_from(host.clone())
                     .map_err(|e| ClientError::Tls(host.clone(), e.to_string()))?;
                 let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                    .connect(name, tcp(addr).await?)
+                    .connect(name, tcp(&addrs).await?)
                     .await
                     .map_err(|e| ClientError::Tls(host.clone(), e.to_string()))?;
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -325,12 +356,19 @@ impl Connection {
     }
 }
 
-async fn tcp(addr: SocketAddr) -> Result<tokio::net::TcpStream, ClientError> {
-    let s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| ClientError::Connect(addr, e.to_string()))?;
-    let _ = s.set_nodelay(true);
-    Ok(s)
+/// A TCP connection to the first of `addrs` that accepts one.
+async fn tcp(addrs: &[SocketAddr]) -> Result<tokio::net::TcpStream, ClientError> {
+    let mut last = None;
+    for &addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some(ClientError::Connect(addr, e.to_string())),
+        }
+    }
+    Err(last.expect("at least one address"))
 }
 
 async fn h1<T>(io: T) -> Result<Sender, ClientError>
