@@ -36,12 +36,11 @@ impl LoadResult {
 
     /// One line, the same for every protocol and server.
     pub fn line(&self, name: &str, path: &str) -> String {
+        let [p50, p95, p99, p999] = percentiles(&self.hist);
         format!(
-            "{name:24} {path}: {:>9.0} req/s {:>8.1} MB/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+            "{name:24} {path}: {:>9.0} req/s {:>8.1} MB/s p50 {p50:.2} p95 {p95:.2} p99 {p99:.2} p99.9 {p999:.2} ms ({} errors)",
             self.rps(),
             self.bytes_per_sec() / 1e6,
-            self.ms(0.5),
-            self.ms(0.99),
             self.errors
         )
     }
@@ -161,4 +160,36 @@ pub async fn download(url: &str, path: &str, opts: &ClientOptions) -> Result<(u6
     let secs = t.elapsed().as_secs_f64();
     c.close().await;
     Ok((got, secs))
+}
+
+/// Latency percentiles of a histogram of microseconds, in milliseconds: p50, p95, p99, p99.9.
+pub fn percentiles(h: &hdrhistogram::Histogram<u64>) -> [f64; 4] {
+    [0.5, 0.95, 0.99, 0.999].map(|q| h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_known_data() {
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap(); // 1 ms .. 1000 ms, once each
+        }
+        let got = percentiles(&h);
+        for (g, want) in got.iter().zip([500.0, 950.0, 990.0, 999.0]) {
+            assert!((g - want).abs() <= 1.0, "{got:?}");
+        }
+        // A skewed set: 99 fast, 1 slow; p99 is fast, p99.9 slow.
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        h.record_n(100, 99).unwrap();
+        h.record(500_000).unwrap();
+        let [p50, _, p99, p999] = percentiles(&h);
+        assert!(
+            (p50 - 0.1).abs() < 0.001 && (p99 - 0.1).abs() < 0.001,
+            "{p50} {p99}"
+        );
+        assert!((p999 - 500.0).abs() < 1.0, "{p999}");
+    }
 }

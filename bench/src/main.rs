@@ -6,6 +6,7 @@
 //!   `restic backup` of the same data, and reads of a stored 100 MiB file.
 //! - `edge-hits`: memory hits of the edge against nginx `proxy_cache` and Varnish (wrk).
 //! - `policy`: hit ratios of foyer's eviction policies on Zipf workloads.
+//! - `workloads`: the seed's workload generators (`workload.rs`), described without sending.
 //! - `http3`: memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy, and 100 MiB
 //!   downloads over HTTP/3 with the QUIC settings the edge could use.
 
@@ -14,6 +15,7 @@ mod http3;
 mod ingest;
 mod load;
 mod policy;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,9 @@ enum Command {
     Policy(policy::Args),
     /// Memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy; 100 MiB over HTTP/3.
     Http3(http3::Args),
+    /// Generate the seed's workloads (read-heavy, write-heavy, cdn, backup, trace) and print
+    /// their shape, sending nothing.
+    Workloads(workload::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(a) => ingest::run(a),
         Command::Policy(a) => policy::run(a),
         Command::EdgeHits(a) => edge_hits::run(a),
+        Command::Workloads(a) => workload::run(a),
         Command::Http3(a) => {
             // One TLS provider for the process (the edge's client also passes it explicitly).
             let _ = rustls::crypto::ring::default_provider().install_default();

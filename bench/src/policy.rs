@@ -23,6 +23,7 @@ pub struct Args {
 }
 
 /// Draws ranks 0..n with P(k) ∝ 1/(k+1)^alpha (inverse CDF over a precomputed table).
+#[derive(Debug)]
 pub struct Zipf {
     cdf: Vec<f64>,
 }
