@@ -6,6 +6,7 @@
 //!   `restic backup` of the same data, and reads of a stored 100 MiB file.
 //! - `edge-hits`: memory hits of the edge against nginx `proxy_cache` and Varnish (wrk).
 //! - `policy`: hit ratios of foyer's eviction policies on Zipf workloads.
+//! - `run`: one of the seed's workloads against a running origin and edge.
 //! - `workloads`: the seed's workload generators (`workload.rs`), described without sending.
 //! - `http3`: memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy, and 100 MiB
 //!   downloads over HTTP/3 with the QUIC settings the edge could use.
@@ -15,6 +16,7 @@ mod http3;
 mod ingest;
 mod load;
 mod policy;
+mod run;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
     Policy(policy::Args),
     /// Memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy; 100 MiB over HTTP/3.
     Http3(http3::Args),
+    /// Run one of the seed's workloads against an origin (writes) and an edge (reads).
+    Run(run::Args),
     /// Generate the seed's workloads (read-heavy, write-heavy, cdn, backup, trace) and print
     /// their shape, sending nothing.
     Workloads(workload::Args),
@@ -47,6 +51,10 @@ fn main() -> anyhow::Result<()> {
         Command::Policy(a) => policy::run(a),
         Command::EdgeHits(a) => edge_hits::run(a),
         Command::Workloads(a) => workload::run(a),
+        Command::Run(a) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            run::run(a)
+        }
         Command::Http3(a) => {
             // One TLS provider for the process (the edge's client also passes it explicitly).
             let _ = rustls::crypto::ring::default_provider().install_default();

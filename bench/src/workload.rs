@@ -43,6 +43,10 @@ impl Op {
     }
 }
 
+/// Reads pick among objects written at least this many writes ago, so that with many
+/// clients a read does not race the write of its own object.
+pub const SETTLE: usize = 256;
+
 /// Size buckets of the seed: < 1 MB, 1–100 MB, > 100 MB (to 1 GB).
 const BUCKETS: [(f64, f64); 3] = [(1e3, 1e6), (1e6, 1e8), (1e8, 1e9)];
 
@@ -69,6 +73,7 @@ pub struct ReadHeavy {
     rng: StdRng,
     scale: f64,
     written: Vec<(String, u64)>,
+    preloaded: usize,
 }
 
 impl ReadHeavy {
@@ -77,12 +82,14 @@ impl ReadHeavy {
             rng: StdRng::seed_from_u64(seed),
             scale,
             written: Vec::new(),
+            preloaded: 0,
         }
     }
 
     /// The objects to publish before the run, so that reads find something: `n` objects
     /// with the read size mix.
     pub fn preload(&mut self, n: usize) -> Vec<Op> {
+        self.preloaded += n;
         (0..n)
             .map(|i| {
                 let size = bucket_size(&mut self.rng, [0.5, 0.35, 0.15], self.scale);
@@ -94,7 +101,7 @@ impl ReadHeavy {
     }
 
     pub fn next_op(&mut self) -> Op {
-        if self.written.is_empty() || self.rng.random::<f64>() < 0.2 {
+        if self.settled() == 0 || self.rng.random::<f64>() < 0.2 {
             let size = bucket_size(&mut self.rng, [0.6, 0.3, 0.1], self.scale);
             let key = format!("rh/w-{}", self.written.len());
             self.written.push((key.clone(), size));
@@ -104,16 +111,25 @@ impl ReadHeavy {
             // when one exists, so the read sizes keep their 50/35/15 shape whatever was
             // written.
             let want = bucket_size(&mut self.rng, [0.5, 0.35, 0.15], self.scale);
-            let i = self.rng.random_range(0..self.written.len());
+            let i = self.rng.random_range(0..self.settled());
             let (key, size) = self.nearest(want, i);
             Op::Read { key, size }
         }
     }
 
+    /// How many of the written objects reads may use: all preloaded ones, and the others
+    /// once [`SETTLE`] writes have followed them.
+    fn settled(&self) -> usize {
+        self.written
+            .len()
+            .saturating_sub(SETTLE)
+            .max(self.preloaded.min(self.written.len()))
+    }
+
     /// The written object closest in size (log scale) to `want`, searching from `start`.
     fn nearest(&self, want: u64, start: usize) -> (String, u64) {
         let score = |s: u64| ((s as f64).ln() - (want as f64).ln()).abs();
-        let n = self.written.len();
+        let n = self.settled();
         let mut best = start;
         // A bounded scan keeps this O(1) per operation on large histories.
         for j in 0..n.min(64) {
@@ -144,11 +160,13 @@ impl WriteHeavy {
         }
     }
 
-    /// The next step: a batch of 10 writes, or one read. A batch is 10 operations and a
-    /// read 1, so batches are drawn with probability 2/7 to make writes 80 % of operations
-    /// (10p / (10p + (1 - p)) = 0.8).
+    /// The next step: a batch of 10 writes, or one read (of an object written at least
+    /// [`SETTLE`] writes ago; until there is one, batches only). A batch is 10 operations
+    /// and a read 1, so batches are drawn with probability 2/7 to make writes 80 % of
+    /// operations (10p / (10p + (1 - p)) = 0.8).
     pub fn next_batch(&mut self) -> Vec<Op> {
-        if self.written.is_empty() || self.rng.random::<f64>() < 2.0 / 7.0 {
+        let settled = self.written.len().saturating_sub(SETTLE);
+        if settled == 0 || self.rng.random::<f64>() < 2.0 / 7.0 {
             (0..10)
                 .map(|_| {
                     let size = bucket_size(&mut self.rng, [0.6, 0.3, 0.1], self.scale);
@@ -158,7 +176,7 @@ impl WriteHeavy {
                 })
                 .collect()
         } else {
-            let (key, size) = self.written[self.rng.random_range(0..self.written.len())].clone();
+            let (key, size) = self.written[self.rng.random_range(0..settled)].clone();
             vec![Op::Read { key, size }]
         }
     }
@@ -188,20 +206,13 @@ impl Cdn {
     }
 
     /// The object behind a key index: `cdn/head-K` or `cdn/tail-K`, with a size fixed per
-    /// object (web assets: 1 KiB–1 MiB, most small), times `scale` for the tail only so the
-    /// popular set stays realistic.
+    /// object (web assets: 1 KiB–1 MiB, most small), times `scale`.
     pub fn object(&self, head: bool, k: usize) -> (String, u64) {
         let h = blake3::hash(&[&[head as u8][..], &(k as u64).to_le_bytes()].concat());
         let r = u32::from_le_bytes(h.as_bytes()[..4].try_into().unwrap()) as f64 / u32::MAX as f64;
-        let size = 1024.0 * 1024f64.powf(r * r);
-        if head {
-            (format!("cdn/head-{k}"), size as u64)
-        } else {
-            (
-                format!("cdn/tail-{k}"),
-                ((size * self.scale.max(0.01)) as u64).max(1),
-            )
-        }
+        let size = ((1024.0 * 1024f64.powf(r * r) * self.scale) as u64).max(1);
+        let part = if head { "head" } else { "tail" };
+        (format!("cdn/{part}-{k}"), size)
     }
 
     pub fn tail_len(&self) -> usize {
@@ -229,6 +240,9 @@ pub struct Backup {
     version: u32,
     restore_every: u32,
 }
+
+/// Restores pick versions at least this many versions old.
+pub const BACKUP_SETTLE: u32 = 16;
 
 /// One backup step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,11 +299,14 @@ impl Backup {
     }
 
     pub fn next_step(&mut self) -> BackupStep {
-        if self.version > 0
+        // Restores read versions at least BACKUP_SETTLE old: with several clients, the
+        // newest ones may still be being written.
+        let restorable = self.version.saturating_sub(BACKUP_SETTLE);
+        if restorable > 0
             && self.version.is_multiple_of(self.restore_every)
             && self.rng.random::<bool>()
         {
-            let version = self.rng.random_range(1..=self.version);
+            let version = self.rng.random_range(1..=restorable);
             return BackupStep::Restore { version };
         }
         if self.version > 0 {
@@ -495,17 +512,17 @@ mod tests {
 
     #[test]
     fn backup_versions_differ_a_little_and_restores_name_past_versions() {
-        let mut g = Backup::new(5, 8, 256 << 10, 3);
+        let mut g = Backup::new(5, 8, 64 << 10, 3);
         let mut versions: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
         let mut restores = 0;
-        for _ in 0..20 {
+        for _ in 0..60 {
             match g.next_step() {
                 BackupStep::Version { version, files } => {
                     assert_eq!(version as usize, versions.len() + 1);
                     versions.push(files);
                 }
                 BackupStep::Restore { version } => {
-                    assert!(version >= 1 && version as usize <= versions.len());
+                    assert!(version >= 1 && version as usize + 16 <= versions.len());
                     restores += 1;
                 }
             }

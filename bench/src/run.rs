@@ -1,0 +1,648 @@
+//! `tessera-bench run`: one of the seed's workloads against a running origin (writes) and
+//! edge (reads), closed loop with `concurrency` clients for `seconds` (a trace replays at its
+//! own times instead). Every read is checked for status 200 and its expected length; every
+//! write for the origin's acknowledgement. Prints throughput, latency percentiles per kind,
+//! error counts, the edge's hit ratio per tier and origin fetches during the run (from its
+//! `/metrics`), the origin's dedup and compression, and the seed's latency targets pass/fail;
+//! `--json FILE` writes the same as JSON.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tessera_edge::client::{ClientOptions, Connection, Mode};
+use tessera_origin_proto::OriginClient;
+
+use crate::load::percentiles;
+use crate::workload::{Backup, BackupStep, CDN_HEAD, Cdn, Op, ReadHeavy, WriteHeavy, parse_trace};
+
+/// Which workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    ReadHeavy,
+    WriteHeavy,
+    Cdn,
+    Backup,
+    Trace,
+}
+
+/// Options of `tessera-bench run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The workload.
+    #[arg(long, value_enum)]
+    pub workload: Kind,
+    /// The origin that takes writes (http://HOST:PORT).
+    #[arg(long)]
+    pub origin: String,
+    /// The origin's write token.
+    #[arg(long, env = "TESSERA_TOKEN")]
+    pub token: Option<String>,
+    /// The edge that serves reads (http:// or https://).
+    #[arg(long)]
+    pub edge: String,
+    /// The edge's admin listener, for its metrics before and after (http://HOST:PORT).
+    #[arg(long)]
+    pub edge_admin: Option<String>,
+    /// Protocol of the reads.
+    #[arg(long, default_value = "http1")]
+    pub protocol: String,
+    /// Accept the edge's development certificate.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Seconds of load (a trace ends earlier when it runs out).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Clients in the closed loop.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Size scale (1.0 = the seed's sizes; 0.01 fits a laptop).
+    #[arg(long, default_value_t = 0.01)]
+    pub scale: f64,
+    /// Seed of the generators.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The CSV trace (`timestamp,key,size`) for `--workload trace`.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Counts and latencies of one kind of operation.
+#[derive(Debug)]
+pub struct Tally {
+    pub ops: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub hist: hdrhistogram::Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            ops: 0,
+            bytes: 0,
+            errors: 0,
+            hist: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).unwrap(),
+        }
+    }
+
+    fn add(&mut self, o: &Tally) {
+        self.ops += o.ops;
+        self.bytes += o.bytes;
+        self.errors += o.errors;
+        self.hist.add(&o.hist).ok();
+    }
+
+    fn json(&self, secs: f64) -> serde_json::Value {
+        let [p50, p95, p99, p999] = percentiles(&self.hist);
+        serde_json::json!({
+            "ops": self.ops, "bytes": self.bytes, "errors": self.errors,
+            "ops_per_sec": self.ops as f64 / secs, "bytes_per_sec": self.bytes as f64 / secs,
+            "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "p99_9_ms": p999,
+        })
+    }
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    pub reads: Tally,
+    pub writes: Tally,
+    pub secs: f64,
+    /// From the edge's `/metrics` (differences over the run).
+    pub edge: serde_json::Value,
+    /// From the origin's `/api/v1/stats` after the run.
+    pub origin: serde_json::Value,
+}
+
+/// The bytes written at `key`: incompressible and distinct per key (blake3's XOF).
+fn content(key: &str, size: u64) -> Bytes {
+    let mut out = vec![0u8; size as usize];
+    blake3::Hasher::new()
+        .update(key.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    Bytes::from(out)
+}
+
+/// What the workers draw from.
+enum Source {
+    ReadHeavy(ReadHeavy),
+    WriteHeavy(WriteHeavy),
+    Cdn(Cdn),
+    Backup(Backup, usize),
+}
+
+/// One unit of work.
+enum Task {
+    Ops(Vec<Op>),
+    Version(Vec<(String, Vec<u8>)>),
+    Restore(u32, usize),
+}
+
+impl Source {
+    fn next(&mut self) -> Task {
+        match self {
+            Source::ReadHeavy(g) => Task::Ops(vec![g.next_op()]),
+            Source::WriteHeavy(g) => Task::Ops(g.next_batch()),
+            Source::Cdn(g) => Task::Ops(vec![g.next_op()]),
+            Source::Backup(g, files) => match g.next_step() {
+                BackupStep::Version { files, .. } => Task::Version(files),
+                BackupStep::Restore { version } => Task::Restore(version, *files),
+            },
+        }
+    }
+}
+
+struct Worker {
+    origin: OriginClient,
+    edge: Connection,
+    edge_url: String,
+    opts: ClientOptions,
+    reads: Tally,
+    writes: Tally,
+}
+
+impl Worker {
+    async fn write(&mut self, key: &str, data: Bytes) {
+        let n = data.len() as u64;
+        let t = Instant::now();
+        match self.origin.put_bytes(key, data).await {
+            Ok(_) => {
+                self.writes.ops += 1;
+                self.writes.bytes += n;
+                let us = t.elapsed().as_micros() as u64;
+                self.writes.hist.record(us.max(1)).ok();
+            }
+            Err(e) => {
+                tracing_error("write", key, &e.to_string());
+                self.writes.errors += 1;
+            }
+        }
+    }
+
+    /// GET `key` from the edge; `size` checked when known.
+    async fn read(&mut self, key: &str, size: Option<u64>) {
+        let t = Instant::now();
+        let got = async {
+            let resp = self.edge.get(&format!("/{key}")).await?;
+            if !resp.status().is_success() {
+                bail!("status {}", resp.status());
+            }
+            let mut body = resp.into_body();
+            let mut n = 0u64;
+            while let Some(f) = body.frame().await {
+                let f = f.map_err(|e| anyhow::anyhow!("body: {e}"))?;
+                n += f.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            if size.is_some_and(|s| s != n) {
+                bail!("{n} bytes, expected {}", size.unwrap());
+            }
+            Ok(n)
+        }
+        .await;
+        match got {
+            Ok(n) => {
+                self.reads.ops += 1;
+                self.reads.bytes += n;
+                let us = t.elapsed().as_micros() as u64;
+                self.reads.hist.record(us.max(1)).ok();
+            }
+            Err(e) => {
+                tracing_error("read", key, &e.to_string());
+                self.reads.errors += 1;
+                // The connection may be broken: a new one for the next request.
+                if let Ok(c) = Connection::connect(&self.edge_url, &self.opts).await {
+                    self.edge = c;
+                }
+            }
+        }
+    }
+
+    async fn task(&mut self, t: Task) {
+        match t {
+            Task::Ops(ops) => {
+                for op in ops {
+                    match op {
+                        Op::Write { key, size } => {
+                            let data = content(&key, size);
+                            self.write(&key, data).await
+                        }
+                        Op::Read { key, size } => self.read(&key, Some(size)).await,
+                    }
+                }
+            }
+            Task::Version(files) => {
+                for (key, data) in files {
+                    self.write(&key, Bytes::from(data)).await;
+                }
+            }
+            Task::Restore(version, files) => {
+                for i in 0..files {
+                    self.read(&format!("backup/v{version}/file-{i}"), None)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+fn tracing_error(kind: &str, key: &str, e: &str) {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+        eprintln!("{kind} {key}: {e}");
+    }
+}
+
+/// Sums of the edge's counters that the report differences.
+async fn edge_metrics(admin: &Option<String>) -> Option<Vec<(String, f64)>> {
+    let url = format!("{}/metrics", admin.as_ref()?);
+    let opts = ClientOptions::new(Mode::Http1);
+    let mut c = Connection::connect(&url, &opts).await.ok()?;
+    let resp = c.get("/metrics").await.ok()?;
+    let text = resp.into_body().collect().await.ok()?.to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.starts_with("tessera_edge_cache_lookups_total")
+                    || l.starts_with("tessera_edge_origin_fetches_total")
+            })
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+fn edge_summary(before: &[(String, f64)], after: &[(String, f64)]) -> serde_json::Value {
+    let delta = |name: &str| {
+        let get = |m: &[(String, f64)]| {
+            m.iter()
+                .filter(|(k, _)| k.contains(name))
+                .map(|(_, v)| v)
+                .sum::<f64>()
+        };
+        get(after) - get(before)
+    };
+    let lookups = delta("cache_lookups_total");
+    let hit = |tier: &str| delta(&format!("result=\"hit\",tier=\"{tier}\""));
+    serde_json::json!({
+        "lookups": lookups,
+        "hit_ratio_memory": if lookups > 0.0 { hit("memory") / lookups } else { 0.0 },
+        "hit_ratio_disk": if lookups > 0.0 { hit("disk") / lookups } else { 0.0 },
+        "origin_fetches": delta("origin_fetches_total"),
+    })
+}
+
+/// Runs the workload and reports.
+pub async fn run_workload(a: &Args) -> Result<Report> {
+    let mode = match a.protocol.as_str() {
+        "http1" => Mode::Http1,
+        "http2" => Mode::Http2,
+        "http3" => Mode::Http3,
+        other => bail!("--protocol {other:?}: expected http1, http2 or http3"),
+    };
+    let mut opts = ClientOptions::new(mode);
+    opts.insecure = a.insecure;
+    let origin = OriginClient::new(&a.origin, a.token.clone())?;
+    let mut preload: Vec<(String, u64)> = Vec::new();
+    let trace = match (a.workload, &a.trace) {
+        (Kind::Trace, Some(p)) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Some(parse_trace(&text)?)
+        }
+        (Kind::Trace, None) => bail!("--workload trace needs --trace FILE"),
+        _ => None,
+    };
+    let source = match a.workload {
+        Kind::ReadHeavy => {
+            let mut g = ReadHeavy::new(a.seed, a.scale);
+            for op in g.preload(100) {
+                preload.push((op_key(&op), op.size()));
+            }
+            Some(Source::ReadHeavy(g))
+        }
+        Kind::WriteHeavy => Some(Source::WriteHeavy(WriteHeavy::new(a.seed, a.scale))),
+        Kind::Cdn => {
+            let g = Cdn::new(a.seed, a.scale);
+            for k in 0..CDN_HEAD {
+                preload.push(g.object(true, k));
+            }
+            for k in 0..g.tail_len() {
+                preload.push(g.object(false, k));
+            }
+            Some(Source::Cdn(g))
+        }
+        Kind::Backup => {
+            let files = 8;
+            let bytes = ((4 << 20) as f64 * a.scale).max(4096.0) as usize;
+            Some(Source::Backup(Backup::new(a.seed, files, bytes, 4), files))
+        }
+        Kind::Trace => {
+            let mut seen = std::collections::HashSet::new();
+            for e in trace.as_ref().unwrap() {
+                if seen.insert(e.key.clone()) {
+                    preload.push((e.key.trim_start_matches('/').to_string(), e.size));
+                }
+            }
+            None
+        }
+    };
+    // Publish what reads will ask for, untimed, 16 at a time.
+    if !preload.is_empty() {
+        eprintln!("publishing {} objects first", preload.len());
+        let client = origin.clone();
+        futures_util::stream::iter(preload)
+            .map(|(key, size)| {
+                let client = client.clone();
+                async move {
+                    let data = content(&key, size);
+                    client
+                        .put_bytes(&key, data)
+                        .await
+                        .with_context(|| format!("publishing {key}"))
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+    }
+    let before = edge_metrics(&a.edge_admin).await;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(a.seconds);
+    let source = source.map(|s| Arc::new(Mutex::new(s)));
+    let trace = trace.map(Arc::new);
+    let next_entry = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency.max(1) {
+        let mut w = Worker {
+            origin: origin.clone(),
+            edge: Connection::connect(&a.edge, &opts).await?,
+            edge_url: a.edge.clone(),
+            opts: opts.clone(),
+            reads: Tally::new(),
+            writes: Tally::new(),
+        };
+        let (source, trace, next_entry) = (source.clone(), trace.clone(), next_entry.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if Instant::now() >= end {
+                    break;
+                }
+                if let Some(t) = &trace {
+                    // Open loop at the trace's own times; latency from the intended time.
+                    let i = next_entry.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(e) = t.get(i) else { break };
+                    let due = start + e.at;
+                    if due >= end {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    w.read(e.key.trim_start_matches('/'), Some(e.size)).await;
+                    continue;
+                }
+                let task = source.as_ref().unwrap().lock().unwrap().next();
+                w.task(task).await;
+            }
+            (w.reads, w.writes)
+        }));
+    }
+    let (mut reads, mut writes) = (Tally::new(), Tally::new());
+    for t in tasks {
+        let (r, w) = t.await?;
+        reads.add(&r);
+        writes.add(&w);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = edge_metrics(&a.edge_admin).await;
+    let edge = match (before, after) {
+        (Some(b), Some(af)) => edge_summary(&b, &af),
+        _ => serde_json::Value::Null,
+    };
+    let origin = origin
+        .stats()
+        .await
+        .map(|s| {
+            serde_json::json!({
+                "dedup_ratio": s.dedup_ratio,
+                "compression_ratio": s.compression_ratio,
+                "efficiency": s.efficiency,
+                "logical_bytes": s.logical_bytes,
+                "stored_bytes": s.stored_bytes,
+            })
+        })
+        .unwrap_or(serde_json::Value::Null);
+    Ok(Report {
+        reads,
+        writes,
+        secs,
+        edge,
+        origin,
+    })
+}
+
+fn op_key(op: &Op) -> String {
+    match op {
+        Op::Read { key, .. } | Op::Write { key, .. } => key.clone(),
+    }
+}
+
+use futures_util::StreamExt;
+
+/// The seed's latency targets (ms): p50, p95, p99.
+const READ_TARGETS: [f64; 3] = [10.0, 50.0, 100.0];
+const WRITE_TARGETS: [f64; 3] = [50.0, 200.0, 500.0];
+
+impl Report {
+    pub fn json(&self, a: &Args) -> serde_json::Value {
+        serde_json::json!({
+            "workload": format!("{:?}", a.workload),
+            "seconds": self.secs,
+            "concurrency": a.concurrency,
+            "scale": a.scale,
+            "protocol": a.protocol,
+            "reads": self.reads.json(self.secs),
+            "writes": self.writes.json(self.secs),
+            "edge": self.edge,
+            "origin": self.origin,
+        })
+    }
+
+    pub fn print(&self, a: &Args) {
+        println!(
+            "workload {:?}, {} clients, scale {}, {:.1} s, reads over {}",
+            a.workload, a.concurrency, a.scale, self.secs, a.protocol
+        );
+        println!("| kind | ops/s | MB/s | p50 | p95 | p99 | p99.9 | errors |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (name, t, targets) in [
+            ("read", &self.reads, READ_TARGETS),
+            ("write", &self.writes, WRITE_TARGETS),
+        ] {
+            if t.ops + t.errors == 0 {
+                continue;
+            }
+            let p = percentiles(&t.hist);
+            println!(
+                "| {name} | {:.0} | {:.1} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+                t.ops as f64 / self.secs,
+                t.bytes as f64 / self.secs / 1e6,
+                p[0],
+                p[1],
+                p[2],
+                p[3],
+                t.errors
+            );
+            let verdict: Vec<String> = ["p50", "p95", "p99"]
+                .iter()
+                .zip(targets)
+                .zip(p)
+                .map(|((q, limit), got)| {
+                    let ok = if got < limit { "pass" } else { "FAIL" };
+                    format!("{q} < {limit} ms: {ok}")
+                })
+                .collect();
+            println!("seed targets, {name}: {}", verdict.join(", "));
+        }
+        if !self.edge.is_null() {
+            println!("edge during the run: {}", self.edge);
+        }
+        if !self.origin.is_null() {
+            println!(
+                "origin: {} (seed targets: dedup saves 70 %, i.e. dedup_ratio >= 3.33; overall >= 5x)",
+                self.origin
+            );
+        }
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run_workload(&a))?;
+    report.print(&a);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report.json(&a))?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if report.reads.errors + report.writes.errors > 0 {
+        bail!(
+            "{} reads and {} writes failed",
+            report.reads.errors,
+            report.writes.errors
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! A short smoke run of every workload against a real origin and a real edge, in
+    //! process on 127.0.0.1:0: seconds, not minutes.
+    use super::*;
+
+    async fn origin_and_edge() -> (String, String, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ol = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", ol.local_addr().unwrap());
+        let cfg = tessera_origin::OriginConfig {
+            data: dir.path().join("origin"),
+            token: Some("t".into()),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            tessera_origin::run(ol, cfg, std::future::pending::<()>())
+                .await
+                .unwrap()
+        });
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let edge = format!("http://{}", http.local_addr().unwrap());
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        let cfg = tessera_edge::EdgeConfig {
+            backend: tessera_edge::Backend::Origin(vec![origin.clone()]),
+            data: dir.path().join("edge"),
+            memory_bytes: 64 << 20,
+            disk_bytes: 256 << 20,
+            ..Default::default()
+        };
+        let e = tessera_edge::Edge::open(cfg, Default::default())
+            .await
+            .unwrap();
+        let listeners = tessera_edge::Listeners {
+            http: Some(http),
+            admin: Some(admin),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            tessera_edge::run(listeners, e, std::future::pending::<()>())
+                .await
+                .unwrap()
+        });
+        (origin, edge, admin_url, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_workload_runs_against_a_real_edge() {
+        let (origin, edge, admin, dir) = origin_and_edge().await;
+        let trace = dir.path().join("trace.csv");
+        std::fs::write(
+            &trace,
+            "timestamp,key,size\n0,/t/a.js,1000\n0.1,/t/b.css,2000\n0.2,/t/a.js,1000\n0.3,/t/c.png,30000\n",
+        )
+        .unwrap();
+        for kind in [
+            Kind::ReadHeavy,
+            Kind::WriteHeavy,
+            Kind::Cdn,
+            Kind::Backup,
+            Kind::Trace,
+        ] {
+            let a = Args {
+                workload: kind,
+                origin: origin.clone(),
+                token: Some("t".into()),
+                edge: edge.clone(),
+                edge_admin: Some(admin.clone()),
+                protocol: "http1".into(),
+                insecure: false,
+                seconds: 1,
+                concurrency: 4,
+                scale: 0.0005,
+                seed: 7,
+                trace: Some(trace.clone()),
+                json: None,
+            };
+            let r = run_workload(&a).await.unwrap();
+            let what = format!("{kind:?}: {}", r.json(&a));
+            assert_eq!(r.reads.errors + r.writes.errors, 0, "{what}");
+            match kind {
+                Kind::WriteHeavy => assert!(r.writes.ops >= 10, "{what}"),
+                Kind::Backup => assert!(r.writes.ops >= 8, "{what}"),
+                Kind::Trace => assert_eq!(r.reads.ops, 4, "{what}"),
+                _ => assert!(r.reads.ops > 0, "{what}"),
+            }
+            if kind == Kind::Cdn {
+                // The popular head is hit from memory once fetched.
+                assert!(r.edge["hit_ratio_memory"].as_f64().unwrap() > 0.5, "{what}");
+            }
+            if kind == Kind::Backup {
+                // Versions that differ a little share most chunks.
+                assert!(r.origin["dedup_ratio"].as_f64().unwrap() > 1.5, "{what}");
+            }
+        }
+    }
+}
