@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use tessera_edge::client::{ClientOptions, Connection, Mode};
 use tessera_origin_proto::OriginClient;
@@ -181,7 +182,7 @@ impl Worker {
                 self.writes.hist.record(us.max(1)).ok();
             }
             Err(e) => {
-                tracing_error("write", key, &e.to_string());
+                show_error("write", key, &e.to_string());
                 self.writes.errors += 1;
             }
         }
@@ -215,7 +216,7 @@ impl Worker {
                 self.reads.hist.record(us.max(1)).ok();
             }
             Err(e) => {
-                tracing_error("read", key, &e.to_string());
+                show_error("read", key, &e.to_string());
                 self.reads.errors += 1;
                 // The connection may be broken: a new one for the next request.
                 if let Ok(c) = Connection::connect(&self.edge_url, &self.opts).await {
@@ -253,7 +254,8 @@ impl Worker {
     }
 }
 
-fn tracing_error(kind: &str, key: &str, e: &str) {
+/// Prints the first few failures (the counts carry the rest).
+fn show_error(kind: &str, key: &str, e: &str) {
     static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
         eprintln!("{kind} {key}: {e}");
@@ -457,8 +459,6 @@ fn op_key(op: &Op) -> String {
         Op::Read { key, .. } | Op::Write { key, .. } => key.clone(),
     }
 }
-
-use futures_util::StreamExt;
 
 /// The seed's latency targets (ms): p50, p95, p99.
 const READ_TARGETS: [f64; 3] = [10.0, 50.0, 100.0];
