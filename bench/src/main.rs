@@ -7,10 +7,12 @@
 //! - `edge-hits`: memory hits of the edge against nginx `proxy_cache` and Varnish (wrk).
 //! - `policy`: hit ratios of foyer's eviction policies on Zipf workloads.
 //! - `run`: one of the seed's workloads against a running origin and edge.
+//! - `compare`: one workload against Tessera and nginx, Varnish and Caddy, side by side.
 //! - `workloads`: the seed's workload generators (`workload.rs`), described without sending.
 //! - `http3`: memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy, and 100 MiB
 //!   downloads over HTTP/3 with the QUIC settings the edge could use.
 
+mod compare;
 mod edge_hits;
 mod http3;
 mod ingest;
@@ -40,6 +42,9 @@ enum Command {
     Http3(http3::Args),
     /// Run one of the seed's workloads against an origin (writes) and an edge (reads).
     Run(run::Args),
+    /// One workload against Tessera's edge and nginx, Varnish and Caddy in front of the
+    /// same origin, in one run.
+    Compare(compare::Args),
     /// Generate the seed's workloads (read-heavy, write-heavy, cdn, backup, trace) and print
     /// their shape, sending nothing.
     Workloads(workload::Args),
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Policy(a) => policy::run(a),
         Command::EdgeHits(a) => edge_hits::run(a),
         Command::Workloads(a) => workload::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Run(a) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             run::run(a)

@@ -72,6 +72,9 @@ pub struct Args {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Do not publish the objects reads need first (a previous run did).
+    #[arg(long)]
+    pub no_preload: bool,
 }
 
 /// Counts and latencies of one kind of operation.
@@ -360,7 +363,7 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
         }
     };
     // Publish what reads will ask for, untimed, 16 at a time.
-    if !preload.is_empty() {
+    if !preload.is_empty() && !a.no_preload {
         eprintln!("publishing {} objects first", preload.len());
         let client = origin.clone();
         futures_util::stream::iter(preload)
@@ -625,6 +628,7 @@ mod tests {
                 seed: 7,
                 trace: Some(trace.clone()),
                 json: None,
+                no_preload: false,
             };
             let r = run_workload(&a).await.unwrap();
             let what = format!("{kind:?}: {}", r.json(&a));

@@ -1,0 +1,214 @@
+//! `tessera-bench compare`: one workload, in one run, against a Tessera edge (origin mode)
+//! and against nginx `proxy_cache`, Varnish and Caddy in front of the same Tessera origin,
+//! with the same objects and cache size (configurations in `bench/peers/*-origin*`). Each
+//! figure is printed with the ratio Tessera/peer.
+//!
+//! Needs the release `tessera` binary next to this one, and `nginx`, `varnishd` and `caddy`
+//! (Debian packages `nginx-light`, `varnish`, `caddy`) for the peers asked for.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::edge_hits::{Server, fill, free_port, machine, peers_dir, tessera_exe, wait_listening};
+use crate::load::percentiles;
+use crate::run::{self, Kind, Report};
+
+/// Options of `tessera-bench compare`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The workload (writes go to the origin, so peers see the same objects).
+    #[arg(long, value_enum, default_value = "cdn")]
+    workload: Kind,
+    /// Seconds per server.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Size scale.
+    #[arg(long, default_value_t = 0.01)]
+    scale: f64,
+    /// Cache size of every server, MiB.
+    #[arg(long, default_value_t = 256)]
+    cache_mib: usize,
+    /// Peers to run beside Tessera.
+    #[arg(long, value_delimiter = ',', default_value = "nginx,varnish,caddy")]
+    peers: Vec<String>,
+}
+
+fn spawn(name: &'static str, cmd: &mut Command, addr: SocketAddr) -> Result<Server> {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Server { name, addr, child })
+}
+
+async fn start_peer(
+    name: &str,
+    dir: &Path,
+    origin: SocketAddr,
+    cache_mib: usize,
+) -> Result<Server> {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let vars = [
+        ("DIR", dir.display().to_string()),
+        ("PORT", port.to_string()),
+        ("ORIGIN", origin.to_string()),
+        ("ORIGIN_HOST", origin.ip().to_string()),
+        ("ORIGIN_PORT", origin.port().to_string()),
+        ("CACHE_MB", cache_mib.to_string()),
+    ];
+    let conf = |file: &str| -> Result<std::path::PathBuf> {
+        let text = fill(&std::fs::read_to_string(peers_dir().join(file))?, &vars);
+        let path = dir.join(file);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let server = match name {
+        "nginx" => spawn(
+            "nginx",
+            Command::new("nginx")
+                .arg("-c")
+                .arg(conf("nginx-origin.conf")?)
+                .args(["-g", "daemon off;"]),
+            addr,
+        )?,
+        "varnish" => spawn(
+            "varnish",
+            Command::new("varnishd")
+                .args(["-F", "-a", &addr.to_string(), "-f"])
+                .arg(conf("varnish-origin.vcl")?)
+                .args(["-s", &format!("malloc,{cache_mib}m"), "-n"])
+                .arg(dir.join("varnish"))
+                .args(["-T", "none"]),
+            addr,
+        )?,
+        "caddy" => spawn(
+            "caddy",
+            Command::new("caddy")
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(conf("Caddyfile-origin")?)
+                .env("HOME", dir)
+                .env("XDG_DATA_HOME", dir)
+                .env("XDG_CONFIG_HOME", dir),
+            addr,
+        )?,
+        other => anyhow::bail!("unknown peer {other:?}: expected nginx, varnish or caddy"),
+    };
+    wait_listening(addr, name).await?;
+    Ok(server)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: Args) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    println!("machine: {}", machine());
+    let origin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let _origin = spawn(
+        "origin",
+        Command::new(tessera_exe()?)
+            .args([
+                "origin",
+                "--listen",
+                &origin_addr.to_string(),
+                "--token",
+                "bench",
+                "--data",
+            ])
+            .arg(dir.path().join("origin"))
+            .env("TESSERA_LOG", "warn"),
+        origin_addr,
+    )?;
+    wait_listening(origin_addr, "tessera origin").await?;
+    let origin_url = format!("http://{origin_addr}");
+    let edge_port = free_port();
+    let admin_port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{edge_port}").parse()?;
+    let edge = spawn(
+        "tessera",
+        Command::new(tessera_exe()?)
+            .args(["edge", "--origin", &origin_url])
+            .args(["--http", &edge_addr.to_string()])
+            .args(["--admin", &format!("127.0.0.1:{admin_port}")])
+            .args([
+                "--memory",
+                &format!("{}MiB", a.cache_mib),
+                "--disk",
+                "1GiB",
+                "--data",
+            ])
+            .arg(dir.path().join("edge"))
+            .env("TESSERA_LOG", "warn"),
+        edge_addr,
+    )?;
+    wait_listening(edge_addr, "tessera edge").await?;
+    let mut servers = vec![(edge, Some(format!("http://127.0.0.1:{admin_port}")))];
+    for p in &a.peers {
+        let peer_dir = dir.path().join(p);
+        std::fs::create_dir_all(&peer_dir)?;
+        servers.push((
+            start_peer(p, &peer_dir, origin_addr, a.cache_mib).await?,
+            None,
+        ));
+    }
+    let mut rows: Vec<(&'static str, Report)> = Vec::new();
+    for (i, (server, admin)) in servers.iter().enumerate() {
+        let args = run::Args {
+            workload: a.workload,
+            origin: origin_url.clone(),
+            token: Some("bench".into()),
+            edge: format!("http://{}", server.addr),
+            edge_admin: admin.clone(),
+            protocol: "http1".into(),
+            insecure: false,
+            seconds: a.seconds,
+            concurrency: a.concurrency,
+            scale: a.scale,
+            seed: 1,
+            trace: None,
+            json: None,
+            // The objects are published once, before the first server's run.
+            no_preload: i > 0,
+        };
+        let report = run::run_workload(&args).await?;
+        println!("--- {}", server.name);
+        report.print(&args);
+        rows.push((server.name, report));
+    }
+    println!();
+    println!(
+        "{:?}, {} clients, {} s each, scale {}: reads through each server, writes to the origin",
+        a.workload, a.concurrency, a.seconds, a.scale
+    );
+    println!(
+        "| server | reads/s | read p50 | read p99 | read errors | Tessera / server (reads/s) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let tessera_rps = rows[0].1.reads.ops as f64 / rows[0].1.secs;
+    for (name, r) in &rows {
+        let rps = r.reads.ops as f64 / r.secs;
+        let p = percentiles(&r.reads.hist);
+        println!(
+            "| {name} | {rps:.0} | {:.2} ms | {:.2} ms | {} | x{:.2} |",
+            p[0],
+            p[2],
+            r.reads.errors,
+            tessera_rps / rps.max(1e-9)
+        );
+    }
+    drop(servers);
+    Ok(())
+}
