@@ -446,11 +446,7 @@ pub(crate) fn machine() -> String {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(a))
+    crate::runtime(1)?.block_on(run_async(a))
 }
 
 async fn run_async(a: Args) -> Result<()> {

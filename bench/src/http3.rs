@@ -187,11 +187,7 @@ async fn best_download(url: &str, opts: &ClientOptions, n: usize) -> Result<f64>
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(a))
+    crate::runtime(2)?.block_on(run_async(a))
 }
 
 async fn run_async(a: Args) -> Result<()> {

@@ -50,6 +50,15 @@ enum Command {
     Workloads(workload::Args),
 }
 
+/// A multi-threaded runtime with `workers` threads, for the client side of a benchmark
+/// (the servers it measures run in their own processes).
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest(a) => ingest::run(a),

@@ -531,11 +531,7 @@ impl Report {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let report = rt.block_on(run_workload(&a))?;
+    let report = crate::runtime(2)?.block_on(run_workload(&a))?;
     report.print(&a);
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_vec_pretty(&report.json(&a))?)
