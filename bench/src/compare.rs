@@ -178,6 +178,7 @@ async fn run_async(a: Args) -> Result<()> {
             json: None,
             // The objects are published once, before the first server's run.
             no_preload: i > 0,
+            rate: 0.0,
         };
         let report = run::run_workload(&args).await?;
         println!("--- {}", server.name);

@@ -57,9 +57,14 @@ pub struct Args {
     /// Seconds of load (a trace ends earlier when it runs out).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// Clients in the closed loop.
+    /// Clients (closed loop: each sends its next request when the last one is answered).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Open loop instead: this many operations per second in all, spread over the clients;
+    /// latency counts from each operation's intended start, so queueing is not hidden
+    /// (coordinated omission). 0 = closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Size scale (1.0 = the seed's sizes; 0.01 fits a laptop).
     #[arg(long, default_value_t = 0.01)]
     pub scale: f64,
@@ -165,6 +170,8 @@ impl Source {
 }
 
 struct Worker {
+    /// When the current task was meant to start (open loop); `None`: when it starts.
+    intended: Option<Instant>,
     origin: OriginClient,
     edge: Connection,
     edge_url: String,
@@ -176,7 +183,7 @@ struct Worker {
 impl Worker {
     async fn write(&mut self, key: &str, data: Bytes) {
         let n = data.len() as u64;
-        let t = Instant::now();
+        let t = self.intended.unwrap_or_else(Instant::now);
         match self.origin.put_bytes(key, data).await {
             Ok(_) => {
                 self.writes.ops += 1;
@@ -193,7 +200,7 @@ impl Worker {
 
     /// GET `key` from the edge; `size` checked when known.
     async fn read(&mut self, key: &str, size: Option<u64>) {
-        let t = Instant::now();
+        let t = self.intended.unwrap_or_else(Instant::now);
         let got = async {
             let resp = self.edge.get(&format!("/{key}")).await?;
             if !resp.status().is_success() {
@@ -390,8 +397,12 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
     let trace = trace.map(Arc::new);
     let next_entry = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..a.concurrency.max(1) {
+    let clients = a.concurrency.max(1);
+    // Open loop: each client's operations are due every `interval`, clients staggered.
+    let interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(clients as f64 / a.rate));
+    for c in 0..clients {
         let mut w = Worker {
+            intended: None,
             origin: origin.clone(),
             edge: Connection::connect(&a.edge, &opts).await?,
             edge_url: a.edge.clone(),
@@ -400,6 +411,7 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
             writes: Tally::new(),
         };
         let (source, trace, next_entry) = (source.clone(), trace.clone(), next_entry.clone());
+        let mut due = interval.map(|i| start + i.mul_f64(c as f64 / clients as f64));
         tasks.push(tokio::spawn(async move {
             loop {
                 if Instant::now() >= end {
@@ -414,8 +426,17 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
                         break;
                     }
                     tokio::time::sleep_until(due.into()).await;
+                    w.intended = Some(due);
                     w.read(e.key.trim_start_matches('/'), Some(e.size)).await;
                     continue;
+                }
+                if let (Some(d), Some(i)) = (due, interval) {
+                    if d >= end {
+                        break;
+                    }
+                    tokio::time::sleep_until(d.into()).await;
+                    w.intended = Some(d);
+                    due = Some(d + i);
                 }
                 let task = source.as_ref().unwrap().lock().unwrap().next();
                 w.task(task).await;
@@ -473,6 +494,7 @@ impl Report {
             "workload": format!("{:?}", a.workload),
             "seconds": self.secs,
             "concurrency": a.concurrency,
+            "rate": a.rate,
             "scale": a.scale,
             "protocol": a.protocol,
             "reads": self.reads.json(self.secs),
@@ -483,8 +505,13 @@ impl Report {
     }
 
     pub fn print(&self, a: &Args) {
+        let mode = if a.rate > 0.0 {
+            format!("open loop at {} ops/s", a.rate)
+        } else {
+            "closed loop".into()
+        };
         println!(
-            "workload {:?}, {} clients, scale {}, {:.1} s, reads over {}",
+            "workload {:?}, {} clients, {mode}, scale {}, {:.1} s, reads over {}",
             a.workload, a.concurrency, a.scale, self.secs, a.protocol
         );
         println!("| kind | ops/s | MB/s | p50 | p95 | p99 | p99.9 | errors |");
@@ -625,6 +652,8 @@ mod tests {
                 trace: Some(trace.clone()),
                 json: None,
                 no_preload: false,
+                // Open loop for one of them, closed for the rest.
+                rate: if kind == Kind::Cdn { 2000.0 } else { 0.0 },
             };
             let r = run_workload(&a).await.unwrap();
             let what = format!("{kind:?}: {}", r.json(&a));
@@ -636,6 +665,11 @@ mod tests {
                 _ => assert!(r.reads.ops > 0, "{what}"),
             }
             if kind == Kind::Cdn {
+                // Open loop: never more than the rate allows, whatever the server's speed.
+                assert!(
+                    (500..=2004).contains(&r.reads.ops),
+                    "open loop at 2000/s for 1 s: {what}"
+                );
                 // The popular head is hit from memory once fetched.
                 assert!(r.edge["hit_ratio_memory"].as_f64().unwrap() > 0.5, "{what}");
             }
