@@ -123,7 +123,7 @@ async fn follow(edge: Arc<Edge>) {
                     let stale = match edge.cache.get(&key).await {
                         Some((crate::cache::Value::Meta(m), _)) => c.blake3.is_none_or(|h| {
                             m.headers.get(http::header::ETAG).map(|v| v.as_bytes())
-                                != Some(format!("\"{h}\"").as_bytes())
+                                != Some(h.etag().as_bytes())
                         }),
                         Some(_) => true,
                         None => false,

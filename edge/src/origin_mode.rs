@@ -338,7 +338,7 @@ fn meta_of(
     }
     headers.insert(
         header::ETAG,
-        HeaderValue::from_str(&format!("\"{}\"", m.blake3)).unwrap(),
+        HeaderValue::from_str(&m.blake3.etag()).unwrap(),
     );
     headers.insert(
         header::LAST_MODIFIED,

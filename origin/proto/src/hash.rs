@@ -26,6 +26,12 @@ impl ChunkHash {
     pub fn to_hex(&self) -> String {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
+
+    /// The strong `ETag` of a published file whose whole-file hash this is: the hex form,
+    /// quoted. The origin sends it, edges compare against it.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.to_hex())
+    }
 }
 
 impl From<blake3::Hash> for ChunkHash {

@@ -655,7 +655,7 @@ struct Validated<'a> {
 impl<'a> Validated<'a> {
     fn new(app: &'a App, m: &Manifest) -> Self {
         Self {
-            etag: format!("\"{}\"", m.blake3),
+            etag: m.blake3.etag(),
             last_modified: httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m.modified)),
             modified: m.modified,
             cache_control: &app.config.file_cache_control,
