@@ -130,6 +130,28 @@ pub fn server_config(id: &Identity, cfg: &EdgeConfig) -> Result<quinn::ServerCon
     Ok(sc)
 }
 
+/// A TCP listener for HTTPS and a UDP socket for HTTP/3 on the same address and port. With
+/// port 0, the TCP bind picks the port and the UDP socket follows; when that UDP port is
+/// taken, another TCP port is tried (up to 50 times).
+pub async fn bind_https_and_quic(
+    addr: SocketAddr,
+) -> std::io::Result<(tokio::net::TcpListener, std::net::UdpSocket)> {
+    let mut tries = 0;
+    loop {
+        let tcp = tokio::net::TcpListener::bind(addr).await?;
+        match std::net::UdpSocket::bind(tcp.local_addr()?) {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(_) if addr.port() == 0 && tries < 50 => tries += 1,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("UDP {} for HTTP/3: {e}", tcp.local_addr()?),
+                ));
+            }
+        }
+    }
+}
+
 /// The `Alt-Svc` value advertising HTTP/3 on `port`.
 pub fn alt_svc(port: u16) -> http::HeaderValue {
     http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).expect("ASCII")

@@ -184,12 +184,9 @@ impl EdgeNode {
         if tls {
             let id = tessera_edge::tls::development(&cfg.data.join("tls")).unwrap();
             // A TCP port and the same UDP port (another test may hold that UDP port).
-            let (l, udp) = loop {
-                let l = bind().await.unwrap();
-                if let Ok(u) = std::net::UdpSocket::bind(l.local_addr().unwrap()) {
-                    break (l, u);
-                }
-            };
+            let (l, udp) = tessera_edge::h3::bind_https_and_quic("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
             https_addr = Some(l.local_addr().unwrap());
             cert = Some(id.cert_path.clone());
             let c = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"]).unwrap();

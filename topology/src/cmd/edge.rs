@@ -98,29 +98,14 @@ pub async fn run(a: Args) -> Result<()> {
             }
         };
         let tls = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"])?;
-        let mut l = bind(addr).await?;
-        let mut udp = None;
-        if !a.no_http3 {
-            // The same address and port over UDP; with port 0, pick a port free on both.
-            let mut tries = 0;
-            udp = loop {
-                match std::net::UdpSocket::bind(l.local_addr()?) {
-                    Ok(u) => break Some(u),
-                    Err(_) if addr.port() == 0 && tries < 50 => {
-                        tries += 1;
-                        l = bind(addr).await?;
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| {
-                            format!(
-                                "cannot listen for HTTP/3 on UDP {}",
-                                l.local_addr().unwrap()
-                            )
-                        });
-                    }
-                }
-            };
-        }
+        let (l, udp) = if a.no_http3 {
+            (bind(addr).await?, None)
+        } else {
+            let (l, udp) = tessera_edge::h3::bind_https_and_quic(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            (l, Some(udp))
+        };
         let bound = l.local_addr()?;
         lines.push(format!("tessera edge listening on https://{bound}"));
         if let Some(udp) = udp {
