@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
-use crate::edge_hits::{Server, fill, free_port, machine, peers_dir, tessera_exe, wait_listening};
+use crate::edge_hits::{
+    Server, fill, free_port, machine, peers_dir, spawn_edge, spawn_origin, wait_listening,
+};
 use crate::load::percentiles;
 use crate::run::{self, Kind, Report};
 
@@ -112,46 +114,19 @@ pub fn run(a: Args) -> Result<()> {
 async fn run_async(a: Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     println!("machine: {}", machine());
-    let origin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let _origin = spawn(
-        "origin",
-        Command::new(tessera_exe()?)
-            .args([
-                "origin",
-                "--listen",
-                &origin_addr.to_string(),
-                "--token",
-                "bench",
-                "--data",
-            ])
-            .arg(dir.path().join("origin"))
-            .env("TESSERA_LOG", "warn"),
-        origin_addr,
-    )?;
-    wait_listening(origin_addr, "tessera origin").await?;
+    let origin = spawn_origin(dir.path()).await?;
+    let origin_addr = origin.addr;
     let origin_url = format!("http://{origin_addr}");
-    let edge_port = free_port();
-    let admin_port = free_port();
-    let edge_addr: SocketAddr = format!("127.0.0.1:{edge_port}").parse()?;
-    let edge = spawn(
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let edge = spawn_edge(
         "tessera",
-        Command::new(tessera_exe()?)
-            .args(["edge", "--origin", &origin_url])
-            .args(["--http", &edge_addr.to_string()])
-            .args(["--admin", &format!("127.0.0.1:{admin_port}")])
-            .args([
-                "--memory",
-                &format!("{}MiB", a.cache_mib),
-                "--disk",
-                "1GiB",
-                "--data",
-            ])
-            .arg(dir.path().join("edge"))
-            .env("TESSERA_LOG", "warn"),
-        edge_addr,
-    )?;
-    wait_listening(edge_addr, "tessera edge").await?;
-    let mut servers = vec![(edge, Some(format!("http://127.0.0.1:{admin_port}")))];
+        ["--origin", &origin_url],
+        dir.path().join("edge"),
+        a.cache_mib,
+        Some(admin),
+    )
+    .await?;
+    let mut servers = vec![(edge, Some(format!("http://{admin}")))];
     for p in &a.peers {
         let peer_dir = dir.path().join(p);
         std::fs::create_dir_all(&peer_dir)?;
@@ -207,5 +182,6 @@ async fn run_async(a: Args) -> Result<()> {
         );
     }
     drop(servers);
+    drop(origin);
     Ok(())
 }

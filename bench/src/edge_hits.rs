@@ -150,16 +150,21 @@ pub(crate) fn tessera_exe() -> Result<PathBuf> {
 }
 
 /// A `tessera edge` with `backend` (`--upstream URL` or `--origin URL`), its data in
-/// `data`, on a free port.
-async fn spawn_edge(
+/// `data`, on a free port; with `admin`, its admin listener there.
+pub(crate) async fn spawn_edge(
     name: &'static str,
     backend: [&str; 2],
     data: PathBuf,
     cache_mib: usize,
+    admin: Option<SocketAddr>,
 ) -> Result<Server> {
     let port = free_port();
-    let child = Command::new(tessera_exe()?)
-        .arg("edge")
+    let mut cmd = Command::new(tessera_exe()?);
+    cmd.arg("edge");
+    if let Some(a) = admin {
+        cmd.args(["--admin", &a.to_string()]);
+    }
+    let child = cmd
         .args(backend)
         .arg("--http")
         .arg(format!("127.0.0.1:{port}"))
@@ -188,24 +193,19 @@ async fn start_tessera(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<S
         ["--upstream", &upstream],
         dir.join("tessera"),
         cache_mib,
+        None,
     )
     .await
 }
 
-/// Tessera in origin mode: a `tessera origin` with `/1k` and `/1m` published, and an edge
-/// in front of it (hits cost a manifest and a chunk lookup instead of one entry).
-async fn start_tessera_origin_mode(
-    dir: &Path,
-    cache_mib: usize,
-    keep: &mut Vec<Server>,
-) -> Result<Server> {
-    let origin_port = free_port();
-    let origin_addr: SocketAddr = format!("127.0.0.1:{origin_port}").parse()?;
-    let origin = Command::new(tessera_exe()?)
+/// A `tessera origin` with its data in `dir/origin` and write token `bench`, on a free port.
+pub(crate) async fn spawn_origin(dir: &Path) -> Result<Server> {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let child = Command::new(tessera_exe()?)
         .args([
             "origin",
             "--listen",
-            &origin_addr.to_string(),
+            &addr.to_string(),
             "--token",
             "bench",
             "--data",
@@ -215,14 +215,26 @@ async fn start_tessera_origin_mode(
         .stdout(Stdio::null())
         .spawn()
         .context("starting tessera origin")?;
-    // Killed when `keep` is dropped, at the end of the run.
-    keep.push(Server {
+    let server = Server {
         name: "origin",
-        addr: origin_addr,
-        child: origin,
-    });
-    wait_listening(origin_addr, "tessera origin").await?;
-    let origin_url = format!("http://{origin_addr}");
+        addr,
+        child,
+    };
+    wait_listening(addr, "tessera origin").await?;
+    Ok(server)
+}
+
+/// Tessera in origin mode: a `tessera origin` with `/1k` and `/1m` published, and an edge
+/// in front of it (hits cost a manifest and a chunk lookup instead of one entry).
+async fn start_tessera_origin_mode(
+    dir: &Path,
+    cache_mib: usize,
+    keep: &mut Vec<Server>,
+) -> Result<Server> {
+    let origin = spawn_origin(dir).await?;
+    let origin_url = format!("http://{}", origin.addr);
+    // Killed when `keep` is dropped, at the end of the run.
+    keep.push(origin);
     let client = tessera_origin_proto::OriginClient::new(&origin_url, Some("bench".into()))?;
     client.put_bytes("1k", vec![b'a'; 1024]).await?;
     client.put_bytes("1m", vec![b'b'; 1 << 20]).await?;
@@ -231,6 +243,7 @@ async fn start_tessera_origin_mode(
         ["--origin", &origin_url],
         dir.join("tessera-origin-mode"),
         cache_mib,
+        None,
     )
     .await
 }

@@ -101,6 +101,14 @@ impl Tally {
         }
     }
 
+    /// One operation of `bytes` that succeeded, timed from `since`.
+    fn record(&mut self, bytes: u64, since: Instant) {
+        self.ops += 1;
+        self.bytes += bytes;
+        let us = since.elapsed().as_micros() as u64;
+        self.hist.record(us.max(1)).ok();
+    }
+
     fn add(&mut self, o: &Tally) {
         self.ops += o.ops;
         self.bytes += o.bytes;
@@ -185,12 +193,7 @@ impl Worker {
         let n = data.len() as u64;
         let t = self.intended.unwrap_or_else(Instant::now);
         match self.origin.put_bytes(key, data).await {
-            Ok(_) => {
-                self.writes.ops += 1;
-                self.writes.bytes += n;
-                let us = t.elapsed().as_micros() as u64;
-                self.writes.hist.record(us.max(1)).ok();
-            }
+            Ok(_) => self.writes.record(n, t),
             Err(e) => {
                 show_error("write", key, &e.to_string());
                 self.writes.errors += 1;
@@ -219,12 +222,7 @@ impl Worker {
         }
         .await;
         match got {
-            Ok(n) => {
-                self.reads.ops += 1;
-                self.reads.bytes += n;
-                let us = t.elapsed().as_micros() as u64;
-                self.reads.hist.record(us.max(1)).ok();
-            }
+            Ok(n) => self.reads.record(n, t),
             Err(e) => {
                 show_error("read", key, &e.to_string());
                 self.reads.errors += 1;
