@@ -8,12 +8,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::edge_hits::{
-    Server, fill, free_port, machine, peers_dir, spawn_edge, spawn_origin, wait_listening,
+    Server, free_port, machine, spawn_edge, spawn_origin, start_caddy, start_nginx, start_varnish,
 };
 use crate::load::percentiles;
 use crate::run::{self, Kind, Report};
@@ -41,70 +40,23 @@ pub struct Args {
     peers: Vec<String>,
 }
 
-fn spawn(name: &'static str, cmd: &mut Command, addr: SocketAddr) -> Result<Server> {
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    Ok(Server { name, addr, child })
-}
-
 async fn start_peer(
     name: &str,
     dir: &Path,
     origin: SocketAddr,
     cache_mib: usize,
 ) -> Result<Server> {
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let vars = [
-        ("DIR", dir.display().to_string()),
-        ("PORT", port.to_string()),
         ("ORIGIN", origin.to_string()),
         ("ORIGIN_HOST", origin.ip().to_string()),
         ("ORIGIN_PORT", origin.port().to_string()),
-        ("CACHE_MB", cache_mib.to_string()),
     ];
-    let conf = |file: &str| -> Result<std::path::PathBuf> {
-        let text = fill(&std::fs::read_to_string(peers_dir().join(file))?, &vars);
-        let path = dir.join(file);
-        std::fs::write(&path, text)?;
-        Ok(path)
-    };
-    let server = match name {
-        "nginx" => spawn(
-            "nginx",
-            Command::new("nginx")
-                .arg("-c")
-                .arg(conf("nginx-origin.conf")?)
-                .args(["-g", "daemon off;"]),
-            addr,
-        )?,
-        "varnish" => spawn(
-            "varnish",
-            Command::new("varnishd")
-                .args(["-F", "-a", &addr.to_string(), "-f"])
-                .arg(conf("varnish-origin.vcl")?)
-                .args(["-s", &format!("malloc,{cache_mib}m"), "-n"])
-                .arg(dir.join("varnish"))
-                .args(["-T", "none"]),
-            addr,
-        )?,
-        "caddy" => spawn(
-            "caddy",
-            Command::new("caddy")
-                .args(["run", "--adapter", "caddyfile", "--config"])
-                .arg(conf("Caddyfile-origin")?)
-                .env("HOME", dir)
-                .env("XDG_DATA_HOME", dir)
-                .env("XDG_CONFIG_HOME", dir),
-            addr,
-        )?,
+    match name {
+        "nginx" => start_nginx(dir, "nginx-origin.conf", &vars, cache_mib).await,
+        "varnish" => start_varnish(dir, "varnish-origin.vcl", &vars, cache_mib).await,
+        "caddy" => start_caddy(dir, "Caddyfile-origin", &vars, free_port()).await,
         other => anyhow::bail!("unknown peer {other:?}: expected nginx, varnish or caddy"),
-    };
-    wait_listening(addr, name).await?;
-    Ok(server)
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {

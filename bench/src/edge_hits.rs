@@ -248,66 +248,107 @@ async fn start_tessera_origin_mode(
     .await
 }
 
-async fn start_nginx(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
-    let port = free_port();
-    let conf = fill(
-        &std::fs::read_to_string(peers_dir().join("nginx.conf"))?,
-        &[
-            ("DIR", dir.display().to_string()),
-            ("PORT", port.to_string()),
-            ("UPSTREAM", up.to_string()),
-            ("CACHE_MB", cache_mib.to_string()),
-        ],
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&path)
-        .args(["-g", "daemon off;"])
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx (Debian package nginx-light)")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    wait_listening(addr, "nginx").await?;
-    Ok(Server {
-        name: "nginx",
-        addr,
-        child,
-    })
+/// Writes the peer configuration `bench/peers/{template}` into `dir`, filled with `vars` and
+/// `DIR` (= `dir`), `PORT`, `CACHE_MB`.
+fn peer_config(
+    dir: &Path,
+    template: &str,
+    port: u16,
+    cache_mib: usize,
+    vars: &[(&str, String)],
+) -> Result<PathBuf> {
+    let mut all = vec![
+        ("DIR", dir.display().to_string()),
+        ("PORT", port.to_string()),
+        ("CACHE_MB", cache_mib.to_string()),
+    ];
+    all.extend(vars.iter().cloned());
+    let text = fill(&std::fs::read_to_string(peers_dir().join(template))?, &all);
+    let path = dir.join(template);
+    std::fs::write(&path, text)?;
+    Ok(path)
 }
 
-async fn start_varnish(dir: &Path, up: SocketAddr, cache_mib: usize) -> Result<Server> {
-    let port = free_port();
-    let vcl = fill(
-        &std::fs::read_to_string(peers_dir().join("varnish.vcl"))?,
-        &[
-            ("UPSTREAM_HOST", up.ip().to_string()),
-            ("UPSTREAM_PORT", up.port().to_string()),
-            ("CACHE_MB", cache_mib.to_string()),
-        ],
-    );
-    let path = dir.join("varnish.vcl");
-    std::fs::write(&path, vcl)?;
-    let child = Command::new("varnishd")
-        .args(["-F", "-a"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-f")
-        .arg(&path)
-        .args(["-s", &format!("malloc,{cache_mib}m"), "-n"])
-        .arg(dir.join("varnish"))
-        .args(["-T", "none"])
+/// Starts `cmd` (output discarded) as the server `name` and waits until it listens on
+/// `127.0.0.1:port`; `package` names the Debian package for the error.
+async fn launch(name: &'static str, cmd: &mut Command, port: u16, package: &str) -> Result<Server> {
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting varnishd (Debian package varnish)")?;
+        .with_context(|| format!("starting {name} (Debian package {package})"))?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    wait_listening(addr, "varnish").await?;
-    Ok(Server {
-        name: "varnish",
-        addr,
-        child,
-    })
+    let server = Server { name, addr, child };
+    wait_listening(addr, name).await?;
+    Ok(server)
+}
+
+/// nginx with the configuration `bench/peers/{template}` filled with `vars`, in `dir`.
+pub(crate) async fn start_nginx(
+    dir: &Path,
+    template: &str,
+    vars: &[(&str, String)],
+    cache_mib: usize,
+) -> Result<Server> {
+    let port = free_port();
+    let conf = peer_config(dir, template, port, cache_mib, vars)?;
+    launch(
+        "nginx",
+        Command::new("nginx")
+            .arg("-c")
+            .arg(conf)
+            .args(["-g", "daemon off;"]),
+        port,
+        "nginx-light",
+    )
+    .await
+}
+
+/// Varnish with the VCL `bench/peers/{template}` filled with `vars`, `cache_mib` of memory
+/// storage, its state in `dir`.
+pub(crate) async fn start_varnish(
+    dir: &Path,
+    template: &str,
+    vars: &[(&str, String)],
+    cache_mib: usize,
+) -> Result<Server> {
+    let port = free_port();
+    let vcl = peer_config(dir, template, port, cache_mib, vars)?;
+    launch(
+        "varnish",
+        Command::new("varnishd")
+            .args(["-F", "-a", &format!("127.0.0.1:{port}"), "-f"])
+            .arg(vcl)
+            .args(["-s", &format!("malloc,{cache_mib}m"), "-n"])
+            .arg(dir.join("varnish"))
+            .args(["-T", "none"]),
+        port,
+        "varnish",
+    )
+    .await
+}
+
+/// Caddy with the Caddyfile `bench/peers/{template}` filled with `vars`, on `port`, its
+/// state in `dir`.
+pub(crate) async fn start_caddy(
+    dir: &Path,
+    template: &str,
+    vars: &[(&str, String)],
+    port: u16,
+) -> Result<Server> {
+    let conf = peer_config(dir, template, port, 0, vars)?;
+    launch(
+        "caddy",
+        Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(conf)
+            .env("HOME", dir)
+            .env("XDG_DATA_HOME", dir)
+            .env("XDG_CONFIG_HOME", dir),
+        port,
+        "caddy",
+    )
+    .await
 }
 
 /// Peak figures from one wrk run.
@@ -478,8 +519,17 @@ async fn run_async(a: Args) -> Result<()> {
             "tessera-origin" => {
                 start_tessera_origin_mode(dir.path(), a.cache_mib, &mut keep).await?
             }
-            "nginx" => start_nginx(dir.path(), up, a.cache_mib).await?,
-            _ => start_varnish(dir.path(), up, a.cache_mib).await?,
+            "nginx" => {
+                let vars = [("UPSTREAM", up.to_string())];
+                start_nginx(dir.path(), "nginx.conf", &vars, a.cache_mib).await?
+            }
+            _ => {
+                let vars = [
+                    ("UPSTREAM_HOST", up.ip().to_string()),
+                    ("UPSTREAM_PORT", up.port().to_string()),
+                ];
+                start_varnish(dir.path(), "varnish.vcl", &vars, a.cache_mib).await?
+            }
         };
         let mut peaks = [Peak {
             rps: 0.0,

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use tessera_edge::client::{ClientOptions, Mode};
 
-use crate::edge_hits::{Server, fill, free_port, machine, peers_dir, tessera_exe, upstream};
+use crate::edge_hits::{Server, free_port, machine, start_caddy, tessera_exe, upstream};
 use crate::load::{LoadResult, closed_loop, download};
 
 /// Options of `tessera-bench http3`.
@@ -97,40 +97,21 @@ fn start_edge(dir: &Path, name: &str, up: SocketAddr, quic: &str) -> Result<(Ser
 }
 
 /// Caddy serving `site` over HTTPS and HTTP/3 with the edge's certificate.
-async fn start_caddy(dir: &Path, site: &Path, cert: &Path, key: &Path) -> Result<(Server, u16)> {
+async fn start_site_caddy(
+    dir: &Path,
+    site: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<(Server, u16)> {
     let port = free_tcp_udp_port();
-    let conf = fill(
-        &std::fs::read_to_string(peers_dir().join("Caddyfile"))?,
-        &[
-            ("PORT", port.to_string()),
-            ("DIR", dir.join("caddy").display().to_string()),
-            ("SITE", site.display().to_string()),
-            ("CERT", cert.display().to_string()),
-            ("KEY", key.display().to_string()),
-        ],
-    );
-    let path = dir.join("Caddyfile");
-    std::fs::write(&path, conf)?;
-    let child = Command::new("caddy")
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(&path)
-        .env("HOME", dir.join("caddy"))
-        .env("XDG_DATA_HOME", dir.join("caddy"))
-        .env("XDG_CONFIG_HOME", dir.join("caddy"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting caddy (Debian package caddy)")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    crate::edge_hits::wait_listening(addr, "caddy").await?;
-    Ok((
-        Server {
-            name: "caddy",
-            addr,
-            child,
-        },
-        port,
-    ))
+    let dir = dir.join("caddy");
+    std::fs::create_dir_all(&dir)?;
+    let vars = [
+        ("SITE", site.display().to_string()),
+        ("CERT", cert.display().to_string()),
+        ("KEY", key.display().to_string()),
+    ];
+    Ok((start_caddy(&dir, "Caddyfile", &vars, port).await?, port))
 }
 
 fn options(mode: Mode, port: u16) -> ClientOptions {
@@ -305,7 +286,7 @@ async fn run_async(a: Args) -> Result<()> {
     if !a.no_caddy {
         let cert = dir.path().join("tessera/tls/dev-cert.pem");
         let key = dir.path().join("tessera/tls/dev-key.pem");
-        let (caddy, port) = start_caddy(dir.path(), &site, &cert, &key).await?;
+        let (caddy, port) = start_site_caddy(dir.path(), &site, &cert, &key).await?;
         let url = format!("https://localhost:{port}/");
         for path in ["/1k", "/1m"] {
             for (name, mode) in [("caddy h2", Mode::Http2), ("caddy h3", Mode::Http3)] {
