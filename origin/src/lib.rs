@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod chunker;
+pub mod cluster;
 pub mod codec;
 pub mod metrics;
 pub mod server;
@@ -44,6 +45,8 @@ pub struct OriginConfig {
     pub max_concurrent_uploads: usize,
     /// Chunking, compression and pack settings.
     pub store: StoreConfig,
+    /// Membership of an origin cluster; `None` runs a standalone node.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl Default for OriginConfig {
@@ -55,6 +58,7 @@ impl Default for OriginConfig {
             file_cache_control: "public, max-age=60".into(),
             max_concurrent_uploads: 64,
             store: StoreConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -70,6 +74,9 @@ pub enum OriginError {
         /// The underlying error.
         source: StoreError,
     },
+    /// The cluster configuration is inconsistent.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// Serving failed.
     #[error("server I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -91,12 +98,47 @@ pub async fn run(
             source,
         })?;
     let uploads = tokio::sync::Semaphore::new(config.max_concurrent_uploads.max(1));
+    let store = Arc::new(store);
+    let metrics = metrics::Metrics::new();
+    let cluster = match &config.cluster {
+        Some(c) => Some(Arc::new(
+            cluster::Cluster::new(
+                c.clone(),
+                store.clone(),
+                metrics.clone(),
+                config.token.clone(),
+            )
+            .map_err(OriginError::Cluster)?,
+        )),
+        None => None,
+    };
+    // The cluster's background work (peer checks, repair, scrub) stops with the server.
+    let tasks: Vec<_> = cluster
+        .iter()
+        .flat_map(|c| {
+            [
+                tokio::spawn(c.clone().watch_peers()),
+                tokio::spawn(c.clone().repair_loop()),
+                tokio::spawn(c.clone().scrub_loop()),
+            ]
+        })
+        .collect();
     let app = Arc::new(server::App {
-        store: Arc::new(store),
+        store,
         config,
-        metrics: metrics::Metrics::new(),
+        metrics,
         uploads,
+        cluster,
     });
-    server::serve(app, listener, shutdown).await?;
+    let served = server::serve(app, listener, shutdown).await;
+    // Wait for them to be gone: they hold the store, which a restart in the same process
+    // must be able to open again.
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    served?;
     Ok(())
 }

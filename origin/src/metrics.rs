@@ -29,6 +29,17 @@ pub struct Metrics {
     pub gc_chunks: IntCounter,
     /// Publishes being ingested now.
     pub uploads_in_flight: IntGauge,
+    /// Cluster: origin nodes this node can reach (itself included).
+    pub cluster_nodes_live: IntGauge,
+    /// Cluster: chunk copies the last repair pass could not place on their owners.
+    pub cluster_under_replicated: IntGauge,
+    /// Cluster: copies (records and chunks) repair pushed to owners, and repair passes.
+    pub cluster_repair_copies: IntCounter,
+    pub cluster_repair_passes: IntCounter,
+    /// Scrub: chunks read and verified, found corrupt, and replaced from a replica.
+    pub scrub_chunks: IntCounter,
+    pub scrub_corrupt: IntCounter,
+    pub scrub_repaired: IntCounter,
     objects: IntGauge,
     logical_bytes: IntGauge,
     unique_bytes: IntGauge,
@@ -102,6 +113,34 @@ impl Metrics {
                 "tessera_origin_uploads_in_flight",
                 "Publishes being ingested now",
             ),
+            cluster_nodes_live: g(
+                "tessera_origin_cluster_nodes_live",
+                "Origin nodes this node can reach, itself included",
+            ),
+            cluster_under_replicated: g(
+                "tessera_origin_cluster_under_replicated_chunks",
+                "Chunk copies the last repair pass could not place on their owners",
+            ),
+            cluster_repair_copies: c(
+                "tessera_origin_cluster_repair_copies_total",
+                "Records and chunk copies repair pushed to their owners",
+            ),
+            cluster_repair_passes: c(
+                "tessera_origin_cluster_repair_passes_total",
+                "Repair passes completed",
+            ),
+            scrub_chunks: c(
+                "tessera_origin_scrub_chunks_total",
+                "Chunks read and verified by the scrub",
+            ),
+            scrub_corrupt: c(
+                "tessera_origin_scrub_corrupt_total",
+                "Corrupt chunks the scrub found",
+            ),
+            scrub_repaired: c(
+                "tessera_origin_scrub_repaired_total",
+                "Corrupt chunks the scrub replaced from a replica",
+            ),
             objects: g("tessera_origin_objects", "Published files"),
             logical_bytes: g(
                 "tessera_origin_logical_bytes",
@@ -135,11 +174,18 @@ impl Metrics {
             &m.chunk_bytes_added,
             &m.corrupt_chunks,
             &m.gc_chunks,
+            &m.cluster_repair_copies,
+            &m.cluster_repair_passes,
+            &m.scrub_chunks,
+            &m.scrub_corrupt,
+            &m.scrub_repaired,
         ] {
             m.registry.register(Box::new(x.clone())).unwrap();
         }
         for x in [
             &m.uploads_in_flight,
+            &m.cluster_nodes_live,
+            &m.cluster_under_replicated,
             &m.objects,
             &m.logical_bytes,
             &m.unique_bytes,

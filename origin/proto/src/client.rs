@@ -150,7 +150,13 @@ pub struct OriginClient {
     base: String,
     token: Option<String>,
     http: Client<HttpConnector, UploadBody>,
+    /// Marks every request as a hop inside the cluster ([`HOP_HEADER`]).
+    hop: bool,
 }
+
+/// Header of requests between the nodes of an origin cluster: the receiving node answers
+/// from its own store and never forwards, so requests cannot loop.
+pub const HOP_HEADER: &str = "x-tessera-hop";
 
 impl OriginClient {
     /// A client for the origin at `base` (`http://host:port`), sending `token` on writes.
@@ -172,7 +178,30 @@ impl OriginClient {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
         let http = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { base, token, http })
+        Ok(Self {
+            base,
+            token,
+            http,
+            hop: false,
+        })
+    }
+
+    /// This client, marking its requests as hops between cluster nodes.
+    pub fn hop(mut self) -> Self {
+        self.hop = true;
+        self
+    }
+
+    /// Sends any request to `path_and_query` (starting with `/`) and reads the whole
+    /// answer, whatever its status; transport errors only are errors.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: UploadBody,
+    ) -> Result<(http::response::Parts, Bytes), ClientError> {
+        let url = format!("{}{path_and_query}", self.base);
+        self.send_raw(method, url, body, &[]).await
     }
 
     /// The base URL this client talks to.
@@ -218,6 +247,9 @@ impl OriginClient {
         }
         for (k, v) in extra {
             req = req.header(k, v);
+        }
+        if self.hop {
+            req = req.header(HOP_HEADER, "1");
         }
         let req = req.body(body).map_err(|e| ClientError::BadUrl {
             url: url.clone(),

@@ -11,6 +11,7 @@
 //! - [`path`]: the rules a publish path must follow, shared by server and client.
 //! - [`changes`]: the change feed edges follow.
 //! - [`range`]: `Range` and conditional request evaluation (RFC 9110), shared by origin and edge.
+//! - [`ring`]: consistent-hash placement of chunks and manifests on origin nodes.
 //! - [`client`]: [`OriginClient`], an HTTP client for the publisher and edge APIs.
 //!
 //! # Chunk wire format (version 1)
@@ -26,6 +27,7 @@ pub mod hash;
 pub mod manifest;
 pub mod path;
 pub mod range;
+pub mod ring;
 
 pub use client::{ClientError, ManifestFetch, OriginClient, PublishReply};
 pub use hash::ChunkHash;

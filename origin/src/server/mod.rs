@@ -22,7 +22,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info_span, warn};
 
+mod internal;
+
 use crate::OriginConfig;
+use crate::cluster::{Cluster, ClusterError};
 use crate::codec::Codec;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -42,6 +45,8 @@ pub struct App {
     /// Publishes that may ingest at once (`max_concurrent_uploads`); others wait their turn,
     /// their bodies held back by TCP, so memory stays bounded whatever clients send.
     pub uploads: tokio::sync::Semaphore,
+    /// The cluster this node belongs to; `None` for a standalone node.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// An error reply: a status and a message for the JSON body.
@@ -92,6 +97,22 @@ impl From<StoreError> for ApiError {
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("internal storage error: {e}"),
                 )
+            }
+        }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Store(s) => s.into(),
+            ClusterError::BadInput(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            e @ (ClusterError::TooFewNodes { .. }
+            | ClusterError::Node { .. }
+            | ClusterError::ChunkUnavailable(_)) => {
+                warn!(error = %e, "cluster operation failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
         }
     }
@@ -198,6 +219,7 @@ fn op_of(method: &Method, path: &str) -> &'static str {
         (&Method::HEAD, _) if files.is_some() => "head",
         (&Method::DELETE, _) if files.is_some() => "delete",
         _ if path.starts_with("/api/v1/manifests/") => "manifest",
+        _ if path.starts_with("/api/v1/cluster") => "cluster",
         _ if path.starts_with("/api/v1/chunks/") => "chunk",
         _ => "other",
     }
@@ -310,14 +332,16 @@ async fn route(app: &Arc<App>, req: &http::request::Parts, body: &mut Option<Inc
             _ => Err(method_not_allowed("GET")),
         };
     }
+    if path == "/api/v1/cluster" || path.starts_with("/api/v1/cluster/") {
+        return internal::route(app, req, body).await;
+    }
     if path == "/api/v1/files" || path == "/api/v1/files/" {
         return match method {
             Method::GET => list(app, req.uri.query().unwrap_or("")).await,
             Method::POST => {
                 authorize(app, &req.headers)?;
                 let id = format!("{:032x}", rand::random::<u128>());
-                let (status, reply) = publish(app, id.clone(), &req.headers, body).await?;
-                let mut v = serde_json::to_value(&reply).unwrap();
+                let (status, mut v) = publish(app, id.clone(), &req.headers, body).await?;
                 v["id"] = serde_json::Value::String(id.clone());
                 let mut resp = json_reply(status, &v);
                 // The id is 32 hex digits: always a valid header value.
@@ -407,21 +431,14 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// What the body reader hands the ingest thread.
-enum Piece {
-    Data(Bytes),
-    /// The body ended normally; without it the upload is abandoned.
-    End,
-}
-
 /// Streams the body into a new version of `path`; returns `201` (or `200` when it replaced
-/// one) with the publish reply.
+/// one) with the publish reply (and, in a cluster, where the copies went).
 async fn publish(
     app: &Arc<App>,
     path: String,
     headers: &HeaderMap,
     body: &mut Option<Incoming>,
-) -> Result<(StatusCode, tessera_origin_proto::PublishReply), ApiError> {
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
     let limit = app.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -447,19 +464,43 @@ async fn publish(
         .first_or_octet_stream()
         .essence_str()
         .to_string();
-    let (tx, mut rx) = mpsc::channel::<Piece>(8);
-    let store = app.store.clone();
-    let target = path.clone();
-    let ingest = tokio::task::spawn_blocking(move || -> Result<Option<_>, StoreError> {
-        let mut upload = store.upload();
-        while let Some(piece) = rx.blocking_recv() {
-            match piece {
-                Piece::Data(b) => upload.write(&b)?,
-                Piece::End => return upload.finish(&target, &content_type).map(Some),
-            }
+    // The body's bytes go to the ingest as they arrive; an empty piece marks its normal end,
+    // without which the upload is abandoned.
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, ()>>(8);
+    let ingest = match &app.cluster {
+        Some(cluster) => {
+            let (c, p) = (cluster.clone(), path.clone());
+            tokio::spawn(async move {
+                c.publish(&p, &content_type, rx)
+                    .await
+                    .map(|(reply, placement)| {
+                        let mut v = serde_json::to_value(&reply).unwrap();
+                        v["placement"] = serde_json::to_value(&placement).unwrap();
+                        (false, reply, v)
+                    })
+            })
         }
-        Ok(None) // abandoned: dropping `upload` removes what it wrote
-    });
+        None => {
+            let store = app.store.clone();
+            let target = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut upload = store.upload();
+                while let Some(piece) = rx.blocking_recv() {
+                    match piece {
+                        Ok(b) if b.is_empty() => {
+                            let (reply, replaced) = upload.finish(&target, &content_type)?;
+                            let v = serde_json::to_value(&reply).unwrap();
+                            return Ok((replaced, reply, v));
+                        }
+                        Ok(b) => upload.write(&b)?,
+                        Err(()) => break,
+                    }
+                }
+                // Abandoned: dropping `upload` removes what it wrote.
+                Err(ClusterError::BadInput("upload was abandoned".into()))
+            })
+        }
+    };
     let Some(mut body) = body.take() else {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -482,18 +523,25 @@ async fn publish(
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        if data.is_empty() {
+            continue;
+        }
         received += data.len() as u64;
         if received > limit {
             refused = Some(too_large());
             break;
         }
-        if tx.send(Piece::Data(data)).await.is_err() {
-            break; // the ingest thread stopped on an error; it is reported below
+        if tx.send(Ok(data)).await.is_err() {
+            break; // the ingest stopped on an error; it is reported below
         }
     }
-    if refused.is_none() {
-        let _ = tx.send(Piece::End).await;
-    }
+    let _ = tx
+        .send(if refused.is_none() {
+            Ok(Bytes::new())
+        } else {
+            Err(())
+        })
+        .await;
     drop(tx);
     let outcome = ingest.await.map_err(|e| {
         ApiError::new(
@@ -504,12 +552,7 @@ async fn publish(
     if let Some(e) = refused {
         return Err(e);
     }
-    let Some((reply, replaced)) = outcome? else {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "upload was abandoned",
-        ));
-    };
+    let (replaced, reply, json) = outcome?;
     let m = &app.metrics;
     m.ingested_bytes.inc_by(reply.size);
     m.chunks_published.inc_by(reply.chunks);
@@ -525,7 +568,7 @@ async fn publish(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, reply))
+    Ok((status, json))
 }
 
 /// Decrements `g` when dropped.
@@ -547,9 +590,14 @@ fn gc(app: &App) {
 }
 
 async fn delete(app: &Arc<App>, path: String) -> Reply {
-    let store = app.store.clone();
-    let p = path.clone();
-    let existed = blocking(move || store.delete(&p)).await??;
+    let existed = match &app.cluster {
+        Some(c) => c.delete(&path).await?,
+        None => {
+            let store = app.store.clone();
+            let p = path.clone();
+            blocking(move || store.delete(&p)).await??
+        }
+    };
     if !existed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -572,8 +620,23 @@ async fn list(app: &Arc<App>, query: &str) -> Reply {
             prefix = v;
         }
     }
-    let store = app.store.clone();
-    let files = blocking(move || store.list(&prefix)).await??;
+    let files = match &app.cluster {
+        Some(c) => c
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.manifest)
+            .map(|m| crate::store::Listed {
+                path: m.path,
+                size: m.size,
+                blake3: m.blake3,
+            })
+            .collect(),
+        None => {
+            let store = app.store.clone();
+            blocking(move || store.list(&prefix)).await??
+        }
+    };
     Ok(json_reply(StatusCode::OK, &files))
 }
 
@@ -633,9 +696,15 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 async fn load_manifest(app: &Arc<App>, path: String) -> Result<Manifest, ApiError> {
-    let store = app.store.clone();
-    let p = path.clone();
-    blocking(move || store.manifest(&p)).await??.ok_or_else(|| {
+    let found = match &app.cluster {
+        Some(c) => c.manifest(&path).await?,
+        None => {
+            let store = app.store.clone();
+            let p = path.clone();
+            blocking(move || store.manifest(&p)).await??
+        }
+    };
+    found.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("nothing is published at {path:?}"),
@@ -753,6 +822,9 @@ async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Resul
     if chunks.is_empty() {
         return Ok(empty());
     }
+    if let Some(c) = &app.cluster {
+        return Ok(stream_cluster_file(c.clone(), m, start, end, chunks).await?);
+    }
     let hashes: Arc<Vec<ChunkHash>> = Arc::new(m.chunks.iter().map(|c| c.hash).collect());
     let slice = move |i: usize, data: Bytes| {
         let c = m.chunks[i];
@@ -809,6 +881,62 @@ async fn stream_file(app: &Arc<App>, m: Manifest, start: u64, end: u64) -> Resul
     Ok(StreamBody::new(stream).boxed())
 }
 
+/// [`stream_file`] in a cluster: chunks come from this node or from their owners, a group
+/// at a time fetched concurrently, each verified by [`Cluster::chunk`].
+async fn stream_cluster_file(
+    cluster: Arc<Cluster>,
+    m: Manifest,
+    start: u64,
+    end: u64,
+    chunks: std::ops::Range<usize>,
+) -> Result<Body, ClusterError> {
+    let fetch = move |cluster: Arc<Cluster>, ids: std::ops::Range<usize>, m: Arc<Manifest>| async move {
+        let calls = ids.map(|i| {
+            let (cluster, m) = (cluster.clone(), m.clone());
+            async move {
+                let c = m.chunks[i];
+                let data = cluster.chunk(c.hash).await?;
+                let from = start.saturating_sub(c.offset) as usize;
+                let to = (end - c.offset).min(u64::from(c.size)) as usize;
+                Ok::<_, ClusterError>(data.slice(from..to))
+            }
+        });
+        futures_util::future::try_join_all(calls).await
+    };
+    let m = Arc::new(m);
+    let first = chunks.start..(chunks.start + READ_GROUP).min(chunks.end);
+    let first_data = fetch(cluster.clone(), first.clone(), m.clone()).await?;
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut group = first;
+        let mut datas: Result<Vec<Bytes>, ClusterError> = Ok(first_data);
+        loop {
+            match datas {
+                Ok(datas) => {
+                    for d in datas {
+                        if tx.send(Ok(Frame::data(d))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "aborting a response body: a chunk could not be served");
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            }
+            if group.end >= chunks.end {
+                return;
+            }
+            group = group.end..(group.end + READ_GROUP).min(chunks.end);
+            datas = fetch(cluster.clone(), group.clone(), m.clone()).await;
+        }
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    Ok(StreamBody::new(stream).boxed())
+}
+
 async fn get_manifest(app: &Arc<App>, path: String, headers: &HeaderMap, head: bool) -> Reply {
     let m = load_manifest(app, path).await?;
     let v = Validated::new(app, &m);
@@ -825,18 +953,40 @@ async fn get_manifest(app: &Arc<App>, path: String, headers: &HeaderMap, head: b
 
 async fn get_chunk(app: &Arc<App>, hash: ChunkHash, headers: &HeaderMap, head: bool) -> Reply {
     let store = app.store.clone();
-    let loaded = blocking(move || store.load_chunk(&hash))
-        .await?
-        .inspect_err(|e| {
-            if matches!(e, StoreError::Corrupt { .. }) {
-                app.metrics.corrupt_chunks.inc();
+    let loaded = match blocking(move || store.load_chunk(&hash)).await? {
+        Ok(c) => c,
+        Err(e @ StoreError::Corrupt { .. }) => {
+            app.metrics.corrupt_chunks.inc();
+            if app.cluster.is_none() {
+                return Err(e.into());
             }
-        })?;
-    let Some(c) = loaded else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("this node has no chunk {hash}"),
-        ));
+            // In a cluster, another node's copy is served instead (scrub repairs this one).
+            warn!(error = %e, "corrupt chunk; serving a replica's copy");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (codec, stored, data) = match loaded {
+        Some(c) => (c.codec, c.stored, c.data),
+        None => match &app.cluster {
+            // Another node of the cluster may hold it; a hop is answered locally only.
+            Some(cl) if !headers.contains_key(crate::cluster::HOP_HEADER) => {
+                let data = cl.chunk(hash).await.map_err(|e| match e {
+                    ClusterError::ChunkUnavailable(_) => ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no origin node has chunk {hash}"),
+                    ),
+                    e => e.into(),
+                })?;
+                (Codec::Raw, data.clone(), data)
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("this node has no chunk {hash}"),
+                ));
+            }
+        },
     };
     let etag = format!("\"{hash}\"");
     let r = Response::builder()
@@ -851,15 +1001,15 @@ async fn get_chunk(app: &Arc<App>, hash: ChunkHash, headers: &HeaderMap, head: b
     {
         return Ok(r.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap());
     }
-    let br = c.codec == Codec::Brotli
+    let br = codec == Codec::Brotli
         && headers
             .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| accepts_encoding(v, "br"));
     let (r, bytes) = if br {
-        (r.header(header::CONTENT_ENCODING, "br"), c.stored)
+        (r.header(header::CONTENT_ENCODING, "br"), stored)
     } else {
-        (r, c.data)
+        (r, data)
     };
     let r = r.header(header::CONTENT_LENGTH, bytes.len());
     Ok(r.body(if head { empty() } else { full(bytes) }).unwrap())

@@ -68,6 +68,8 @@ pub(super) struct Committed {
 #[derive(Debug)]
 pub(super) struct CommitJob {
     pub manifest: Manifest,
+    /// Whether the publish goes into the change feed (a cluster fragment does not).
+    pub feed: bool,
     /// Chunks the upload stored in its own packs, already durable.
     pub written: HashMap<ChunkHash, Written>,
     /// Chunks for the shared pack.
@@ -181,6 +183,9 @@ impl Committer {
         for job in jobs.iter() {
             outcomes.push(apply(&txn, job, &mut dead)?);
             let m = &job.manifest;
+            if !job.feed {
+                continue;
+            }
             seq = record_change(
                 &txn,
                 ChangeOp::Put,
@@ -202,7 +207,9 @@ impl Committer {
             }
         }
         txn.commit()?;
-        self.changes.send_replace(seq);
+        if seq > 0 {
+            self.changes.send_replace(seq);
+        }
         Ok(outcomes)
     }
 }

@@ -9,6 +9,7 @@
 //! - `garbage`: blake3 → `()`: chunks whose reference count reached 0, awaiting collection.
 //! - `packs`: pack id → [`PackEntry`] encoding (16 bytes).
 //! - `changes`: sequence number → [`StoredChange`] encoding: the change feed.
+//! - `files`: path → [`super::cluster::FileRecord`] JSON (cluster nodes only).
 //! - `counters`: name → u64 (`objects`, `logical_bytes`, `unique_bytes`, `change_seq`).
 //!
 //! Integers are little-endian. A change to an encoding bumps [`META_FORMAT`], which is

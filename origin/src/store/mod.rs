@@ -20,6 +20,7 @@
 //! reach. Packs whose records are all dead are deleted; packs more than half dead are
 //! compacted (live records copied to a new pack).
 
+pub mod cluster;
 mod commit;
 pub mod meta;
 pub mod pack;
@@ -262,6 +263,7 @@ impl Store {
                 txn.open_table(GARBAGE)?;
                 txn.open_table(PACKS)?;
                 txn.open_table(CHANGES)?;
+                txn.open_table(cluster::FILES)?;
                 let mut c = txn.open_table(COUNTERS)?;
                 let format = c.get("format")?.map(|v| v.value());
                 match format {
@@ -367,6 +369,9 @@ impl Store {
         for r in t.range(prefix..)? {
             let (k, v) = r?;
             let path = k.value();
+            if cluster::is_fragment_key(path) {
+                continue;
+            }
             if !path.starts_with(prefix) {
                 break;
             }
@@ -868,6 +873,41 @@ impl Upload<'_> {
         self.size
     }
 
+    /// Adds one chunk already cut by someone else (a cluster node placing chunks): it is
+    /// stored as given, not re-chunked. Do not mix with [`Upload::write`].
+    pub fn push_chunk(&mut self, chunk: Bytes) -> Result<()> {
+        self.size += chunk.len() as u64;
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len >= self.store.cfg.batch_bytes {
+            self.process_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Appends a chunk the store already has to the chunk list without its bytes (a cluster
+    /// node merging or trimming a fragment); it is pinned until the commit. Returns `false`,
+    /// adding nothing, if the store lacks it. Pending pushed chunks are processed first so
+    /// the order is kept.
+    pub fn reference_chunk(&mut self, hash: ChunkHash, size: u32) -> Result<bool> {
+        self.process_batch()?;
+        let known = self.written.contains_key(&hash)
+            || self.small.iter().any(|r| r.hash == hash)
+            || self.pinned.contains(&hash);
+        if !known {
+            let mut pins = self.store.pins.lock().unwrap();
+            let txn = self.store.db.begin_read()?;
+            if txn.open_table(CHUNKS)?.get(hash.as_bytes())?.is_none() {
+                return Ok(false);
+            }
+            *pins.entry(hash).or_default() += 1;
+            self.pinned.insert(hash);
+        }
+        self.size += u64::from(size);
+        self.chunks.push((hash, size));
+        Ok(true)
+    }
+
     /// Adds the next bytes of the file.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         self.size += data.len() as u64;
@@ -986,7 +1026,22 @@ impl Upload<'_> {
     /// Makes everything written durable and publishes it at `path` in one transaction,
     /// replacing what was there. Chunks only the replaced version used become garbage.
     /// Returns the reply and whether a previous version was replaced.
-    pub fn finish(mut self, path: &str, content_type: &str) -> Result<(PublishReply, bool)> {
+    pub fn finish(self, path: &str, content_type: &str) -> Result<(PublishReply, bool)> {
+        self.commit(path, content_type, true)
+    }
+
+    /// Commits what was pushed as the cluster fragment `key` ([`fragment_key`]): the chunks
+    /// become referenced by it, like a publish, but nothing enters the change feed.
+    pub fn finish_fragment(self, key: &str) -> Result<(PublishReply, bool)> {
+        self.commit(key, "application/octet-stream", false)
+    }
+
+    fn commit(
+        mut self,
+        path: &str,
+        content_type: &str,
+        feed: bool,
+    ) -> Result<(PublishReply, bool)> {
         let mut tail = Vec::new();
         self.chunker.finish(&mut tail);
         self.pending_len += tail.iter().map(Bytes::len).sum::<usize>();
@@ -1019,6 +1074,7 @@ impl Upload<'_> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job = CommitJob {
             manifest,
+            feed,
             written: std::mem::take(&mut self.written),
             small: std::mem::take(&mut self.small),
             packs: self.packs.iter().map(|p| (p.id, p.len)).collect(),

@@ -24,12 +24,21 @@ pub struct Node {
 impl Node {
     pub async fn start(tweak: impl FnOnce(&mut OriginConfig)) -> Node {
         let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, dir, tweak).await
+    }
+
+    /// Starts a node on `listener` with its data in `dir` (kept across restarts).
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut OriginConfig),
+    ) -> Node {
         let mut cfg = OriginConfig {
             data: dir.path().join("data"),
             ..Default::default()
         };
         tweak(&mut cfg);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -61,6 +70,76 @@ impl Node {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap();
     }
+
+    /// Stops the node and hands back its data folder, for a restart.
+    pub async fn stop_keep(mut self) -> (SocketAddr, tempfile::TempDir) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (self.addr, dir)
+    }
+}
+
+/// The cluster configuration of node `me` among `addrs` (ids `o1`, `o2`, …), with the
+/// background repair and scrub off so tests drive them.
+pub fn cluster_config(
+    addrs: &[SocketAddr],
+    me: usize,
+    replication: usize,
+) -> tessera_origin::cluster::ClusterConfig {
+    tessera_origin::cluster::ClusterConfig {
+        me: format!("o{}", me + 1),
+        nodes: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| tessera_origin::cluster::NodeAddr {
+                id: format!("o{}", i + 1),
+                url: format!("http://{a}"),
+                weight: 1,
+            })
+            .collect(),
+        replication,
+        repair_interval_secs: 0,
+        scrub_bytes_per_sec: 0,
+        call_timeout_secs: 3,
+        ..Default::default()
+    }
+}
+
+/// `n` origin nodes forming one cluster with replication `r`, all with token `secret`.
+pub async fn start_cluster(n: usize, r: usize) -> Vec<Node> {
+    let mut listeners = Vec::new();
+    for _ in 0..n {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let cfg = cluster_config(&addrs, i, r);
+        let dir = tempfile::tempdir().unwrap();
+        nodes.push(
+            Node::start_on(l, dir, move |c| {
+                c.token = Some("secret".into());
+                c.cluster = Some(cfg);
+            })
+            .await,
+        );
+    }
+    nodes
+}
+
+/// Restarts a stopped cluster node on its old address and data with configuration `cfg`.
+pub async fn restart_node(
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    cfg: tessera_origin::cluster::ClusterConfig,
+) -> Node {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    Node::start_on(listener, dir, move |c| {
+        c.token = Some("secret".into());
+        c.cluster = Some(cfg);
+    })
+    .await
 }
 
 pub struct Reply {

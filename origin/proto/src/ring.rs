@@ -1,0 +1,241 @@
+//! Placement: which origin nodes hold a chunk or a file's manifest.
+//!
+//! A consistent-hash ring ([`hashring`]) with virtual nodes: each origin node appears
+//! `vnodes × weight` times on the ring, at points derived from its id (not its position in
+//! the topology file, so reordering the file or adding a node moves only what the ring
+//! changes). A key's *preference list* is every node in the order met walking the ring from
+//! the key's point, each node once; its first `replication` entries are the key's owners.
+//! Writers that find an owner down use the next nodes of the list (hinted handoff), readers
+//! try the list in order, and repair moves data back to the owners.
+//!
+//! Keys: a chunk is placed by its blake3, a file by the blake3 of its path. Origins, edges
+//! and the bench all compute the same placement from the same topology.
+
+use std::hash::{Hash, Hasher};
+
+use hashring::HashRing;
+
+use crate::ChunkHash;
+
+/// One point on the ring: which node, and the point's own position seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct VNode {
+    node: u16,
+    seed: u64,
+}
+
+impl Hash for VNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Only the seed places the point: it is derived from the node's id and the point's
+        // number, never from the node's index in this process's list.
+        self.seed.hash(state);
+    }
+}
+
+/// A node as the ring needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingNode {
+    /// The node's id in the topology (`o1`).
+    pub id: String,
+    /// Relative capacity: a node of weight 2 gets twice the points, so about twice the data.
+    pub weight: u32,
+}
+
+/// The placement ring of an origin cluster. Cheap to share (`Arc`), immutable.
+#[derive(Debug)]
+pub struct Ring {
+    ring: HashRing<VNode>,
+    nodes: Vec<RingNode>,
+    replication: usize,
+}
+
+/// The 8-byte ring key of a blake3 hash.
+fn key_of(h: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(h[..8].try_into().unwrap())
+}
+
+impl Ring {
+    /// A ring over `nodes` (ids must be distinct), `vnodes` points per unit of weight, each
+    /// key held by `replication` distinct nodes (at most the number of nodes).
+    pub fn new(nodes: Vec<RingNode>, vnodes: u32, replication: usize) -> Self {
+        let mut ring = HashRing::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let points = vnodes.max(1) * n.weight.max(1);
+            ring.batch_add(
+                (0..points)
+                    .map(|p| VNode {
+                        node: i as u16,
+                        seed: key_of(blake3::hash(format!("{}#{p}", n.id).as_bytes()).as_bytes()),
+                    })
+                    .collect(),
+            );
+        }
+        let replication = replication.clamp(1, nodes.len().max(1));
+        Self {
+            ring,
+            nodes,
+            replication,
+        }
+    }
+
+    /// The nodes, in topology order; indexes in preference lists refer to this list.
+    pub fn nodes(&self) -> &[RingNode] {
+        &self.nodes
+    }
+
+    /// How many distinct nodes own each key.
+    pub fn replication(&self) -> usize {
+        self.replication
+    }
+
+    /// Every node index, in preference order for `key` (owners first), each once.
+    fn preference(&self, key: u64) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        let Some(walk) = self.ring.get_with_replicas(&key, self.ring.len()) else {
+            return out;
+        };
+        for v in walk {
+            let n = usize::from(v.node);
+            if !out.contains(&n) {
+                out.push(n);
+                if out.len() == self.nodes.len() {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Preference list of a chunk: its owners first, then the nodes that stand in for them.
+    pub fn chunk_nodes(&self, hash: &ChunkHash) -> Vec<usize> {
+        self.preference(key_of(hash.as_bytes()))
+    }
+
+    /// Preference list of the manifest published at `path`.
+    pub fn file_nodes(&self, path: &str) -> Vec<usize> {
+        self.preference(key_of(blake3::hash(path.as_bytes()).as_bytes()))
+    }
+
+    /// The owner of a key alone (the first of its preference list): what balance measures.
+    pub fn primary(&self, hash: &ChunkHash) -> Option<usize> {
+        self.ring
+            .get(&key_of(hash.as_bytes()))
+            .map(|v| usize::from(v.node))
+    }
+
+    /// The owners of a chunk: the first `replication` entries of its preference list.
+    pub fn chunk_owners(&self, hash: &ChunkHash) -> Vec<usize> {
+        let mut p = self.chunk_nodes(hash);
+        p.truncate(self.replication);
+        p
+    }
+
+    /// The owners of the manifest at `path`.
+    pub fn file_owners(&self, path: &str) -> Vec<usize> {
+        let mut p = self.file_nodes(path);
+        p.truncate(self.replication);
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(n: usize, vnodes: u32, r: usize) -> Ring {
+        let nodes = (1..=n)
+            .map(|i| RingNode {
+                id: format!("o{i}"),
+                weight: 1,
+            })
+            .collect();
+        Ring::new(nodes, vnodes, r)
+    }
+
+    fn keys(n: usize) -> Vec<ChunkHash> {
+        (0..n as u64)
+            .map(|i| ChunkHash::of(&i.to_le_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn owners_are_distinct_and_preference_covers_every_node() {
+        let r = ring(5, 64, 3);
+        for k in keys(1000) {
+            let p = r.chunk_nodes(&k);
+            assert_eq!(p.len(), 5);
+            let mut s = p.clone();
+            s.sort();
+            s.dedup();
+            assert_eq!(s.len(), 5, "{p:?}");
+            assert_eq!(r.chunk_owners(&k), p[..3]);
+            assert_eq!(r.primary(&k), Some(p[0]));
+        }
+    }
+
+    #[test]
+    fn placement_depends_on_ids_not_on_order() {
+        let a = ring(4, 64, 2);
+        let mut nodes = a.nodes().to_vec();
+        nodes.reverse();
+        let b = Ring::new(nodes, 64, 2);
+        for k in keys(500) {
+            let ids = |r: &Ring| -> Vec<String> {
+                r.chunk_owners(&k)
+                    .into_iter()
+                    .map(|i| r.nodes()[i].id.clone())
+                    .collect()
+            };
+            assert_eq!(ids(&a), ids(&b));
+        }
+    }
+
+    #[test]
+    fn adding_a_node_moves_about_its_share() {
+        let before = ring(3, 128, 1);
+        let after = ring(4, 128, 1);
+        let ks = keys(20_000);
+        let moved = ks
+            .iter()
+            .filter(|k| {
+                before.nodes()[before.primary(k).unwrap()].id
+                    != after.nodes()[after.primary(k).unwrap()].id
+            })
+            .count();
+        let frac = moved as f64 / ks.len() as f64;
+        // The new node takes about a quarter; nothing moves between the old nodes.
+        assert!((0.15..0.35).contains(&frac), "moved {frac}");
+        for k in &ks {
+            let a = &after.nodes()[after.primary(k).unwrap()].id;
+            if a != "o4" {
+                assert_eq!(a, &before.nodes()[before.primary(k).unwrap()].id);
+            }
+        }
+    }
+
+    #[test]
+    fn weight_scales_share() {
+        let nodes = vec![
+            RingNode {
+                id: "a".into(),
+                weight: 1,
+            },
+            RingNode {
+                id: "b".into(),
+                weight: 3,
+            },
+        ];
+        let r = Ring::new(nodes, 128, 1);
+        let ks = keys(20_000);
+        let b = ks.iter().filter(|k| r.primary(k) == Some(1)).count();
+        let frac = b as f64 / ks.len() as f64;
+        assert!((0.68..0.82).contains(&frac), "{frac}");
+    }
+
+    #[test]
+    fn replication_is_capped_by_the_node_count() {
+        let r = ring(2, 16, 3);
+        assert_eq!(r.replication(), 2);
+        assert_eq!(r.file_owners("a/b.html").len(), 2);
+    }
+}

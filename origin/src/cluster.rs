@@ -1,0 +1,1420 @@
+//! An origin cluster: files and chunks placed on several nodes by a consistent-hash ring
+//! ([`tessera_origin_proto::ring`]) with a replication factor.
+//!
+//! # Placement and the write rule
+//! Each chunk lives on the first `replication` nodes of its preference list, each file
+//! record (manifest or tombstone) on the first `replication` nodes of its path's. A node
+//! that is down is skipped and the next node of the list stands in (hinted handoff), so a
+//! publish still makes `replication` copies of everything; repair later moves the copies to
+//! the owners. **Write rule:** a publish (or delete) succeeds when every chunk is durable
+//! (fsynced and committed) on `replication` distinct live nodes and the file record on
+//! `replication` distinct live nodes; with fewer live nodes than that it fails with `503`
+//! before writing anything. A publish that fails part-way is never visible: the record is
+//! written last, and the fragments it left are dropped (at once, or by repair).
+//!
+//! # What each node keeps
+//! Chunks, fragments (which chunks of which file version this node holds, see
+//! [`crate::store::cluster`]) and the file records it owns. Garbage collection is local and
+//! exact: a chunk goes when no fragment on its node names it.
+//!
+//! # Reads
+//! Any node answers any read: the file record from its owners (the newest of them wins),
+//! chunks from the node itself or from the nodes of the chunk's preference list in order.
+//! Requests between nodes carry [`HOP_HEADER`] and are answered locally, never forwarded.
+//!
+//! # Repair and scrub
+//! [`Cluster::repair`] (every `repair_interval_secs`, and on `POST /api/v1/cluster/repair`)
+//! pushes each record and each fragment's chunks this node holds to their current owners,
+//! then drops what this node holds but no longer owns, and fragments of superseded
+//! versions. [`Cluster::scrub`] reads every chunk at a bounded rate, checks it against its
+//! blake3 and replaces a corrupt one with a replica's copy.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde::{Deserialize, Serialize};
+pub use tessera_origin_proto::client::HOP_HEADER;
+use tessera_origin_proto::client::{UploadBody, encode_path, full};
+use tessera_origin_proto::ring::{Ring, RingNode};
+use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk, OriginClient, PublishReply};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::chunker::Chunker;
+use crate::metrics::Metrics;
+use crate::store::cluster::{FileRecord, Fragment, fragment_key};
+use crate::store::{Store, StoreError};
+
+/// One node of the cluster as the others reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddr {
+    /// The node's id (`o1`): what the ring hashes.
+    pub id: String,
+    /// Its origin API, `http://HOST:PORT`.
+    pub url: String,
+    /// Relative capacity (virtual nodes × weight).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The cluster part of an origin node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id; must be one of `nodes`.
+    pub me: String,
+    /// Every origin node, this one included.
+    pub nodes: Vec<NodeAddr>,
+    /// Copies of each chunk and file record.
+    pub replication: usize,
+    /// Ring points per node and unit of weight.
+    pub vnodes: u32,
+    /// Seconds between background repair passes (0: only on request).
+    pub repair_interval_secs: u64,
+    /// Bytes per second the background scrub reads and verifies (0: no scrub).
+    pub scrub_bytes_per_sec: u64,
+    /// How long a delete's tombstone is kept, so that a node that was down during the
+    /// delete cannot bring the file back.
+    pub tombstone_secs: u64,
+    /// Fragments of a version with no file record yet (a publish in flight) are kept this
+    /// long before repair treats them as left by a failed publish.
+    pub fragment_grace_secs: u64,
+    /// Seconds a node call may take before the node is treated as down for that call.
+    pub call_timeout_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            me: String::new(),
+            nodes: Vec::new(),
+            replication: 2,
+            vnodes: 256,
+            repair_interval_secs: 30,
+            scrub_bytes_per_sec: 32 << 20,
+            tombstone_secs: 7 * 24 * 3600,
+            fragment_grace_secs: 600,
+            call_timeout_secs: 10,
+        }
+    }
+}
+
+/// Why a cluster operation failed; the server maps these to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Not enough live nodes for the write rule.
+    #[error("only {live} of {nodes} origin nodes are reachable; writes need {needed}")]
+    TooFewNodes {
+        live: usize,
+        nodes: usize,
+        needed: usize,
+    },
+    /// A node failed during an operation.
+    #[error("origin node {node} failed: {why}")]
+    Node { node: String, why: String },
+    /// No node could serve a chunk the manifest names.
+    #[error("no origin node could serve chunk {0}")]
+    ChunkUnavailable(ChunkHash),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The client sent something wrong.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+/// What the last repair pass found and did, for `GET /api/v1/cluster` and the metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairReport {
+    /// Unix seconds when the pass finished (0: none yet).
+    pub finished: u64,
+    /// Records checked, and copies pushed to owners that lacked them.
+    pub records: u64,
+    pub records_copied: u64,
+    /// Fragments checked.
+    pub fragments: u64,
+    /// Chunk copies an owner lacked (under-replication found), copies pushed, and copies
+    /// that could not be pushed because the owner was down.
+    pub chunks_missing: u64,
+    pub chunks_copied: u64,
+    pub chunks_waiting: u64,
+    /// Chunk references dropped here because this node no longer owns them.
+    pub chunks_moved_off: u64,
+    /// Fragments of superseded or failed versions dropped.
+    pub fragments_dropped: u64,
+    /// Errors met (each also logged).
+    pub errors: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    id: String,
+    client: OriginClient,
+    alive: AtomicBool,
+}
+
+/// The cluster state of one origin node.
+#[derive(Debug)]
+pub struct Cluster {
+    me: usize,
+    ring: Ring,
+    peers: Vec<Peer>,
+    cfg: ClusterConfig,
+    store: Arc<Store>,
+    metrics: Metrics,
+    last_stamp: AtomicU64,
+    report: Mutex<RepairReport>,
+    /// One repair pass at a time.
+    repairing: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Frame of a fragment stream: `blake3 [32] | length u32 BE | bytes`.
+const FRAME_HEAD: usize = 36;
+/// Largest chunk a fragment stream accepts.
+const MAX_FRAME: usize = 16 << 20;
+
+fn frame(hash: &ChunkHash, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(FRAME_HEAD + data.len());
+    b.put_slice(hash.as_bytes());
+    b.put_u32(data.len() as u32);
+    b.put_slice(data);
+    b.freeze()
+}
+
+/// Splits a fragment stream into verified chunks as its bytes arrive.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// Adds received bytes; returns the chunks now complete, each checked against its
+    /// address.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<(ChunkHash, Bytes)>, String> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        while self.buf.len() >= FRAME_HEAD {
+            let len = u32::from_be_bytes(self.buf[32..36].try_into().unwrap()) as usize;
+            if len == 0 || len > MAX_FRAME {
+                return Err(format!("chunk frame of {len} bytes (1 to {MAX_FRAME})"));
+            }
+            if self.buf.len() < FRAME_HEAD + len {
+                break;
+            }
+            let mut head = self.buf.split_to(FRAME_HEAD);
+            let mut h = [0u8; 32];
+            head.copy_to_slice(&mut h);
+            let data = self.buf.split_to(len).freeze();
+            let hash = ChunkHash(h);
+            if ChunkHash::of(&data) != hash {
+                return Err(format!("chunk {hash} does not match its bytes"));
+            }
+            out.push((hash, data));
+        }
+        Ok(out)
+    }
+
+    /// Whether the stream ended on a frame boundary.
+    pub fn is_clean(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// Where a publish sends the chunks one node will hold.
+enum Sink {
+    Local {
+        tx: std::sync::mpsc::SyncSender<Bytes>,
+        done: tokio::task::JoinHandle<Result<PublishReply, StoreError>>,
+    },
+    Remote {
+        tx: mpsc::Sender<Bytes>,
+        done: tokio::task::JoinHandle<Result<PublishReply, String>>,
+    },
+}
+
+/// What a publish reports beyond the single-node reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct Placement {
+    /// Copies of each chunk and of the file record.
+    pub replication: usize,
+    /// The nodes holding the file record.
+    pub record_nodes: Vec<String>,
+    /// Chunk copies written per node.
+    pub chunk_copies: HashMap<String, u64>,
+    /// The version's stamp (Unix ms) and id.
+    pub stamp: u64,
+    pub upload: String,
+    /// Whether a newer version (a concurrent publish) already superseded this one.
+    pub superseded: bool,
+}
+
+impl Cluster {
+    /// The cluster of `cfg`, this node's store being `store`.
+    pub fn new(
+        cfg: ClusterConfig,
+        store: Arc<Store>,
+        metrics: Metrics,
+        token: Option<String>,
+    ) -> Result<Self, String> {
+        let me = cfg
+            .nodes
+            .iter()
+            .position(|n| n.id == cfg.me)
+            .ok_or_else(|| {
+                format!(
+                    "this node's id {:?} is not among the cluster's nodes",
+                    cfg.me
+                )
+            })?;
+        let mut peers = Vec::new();
+        for n in &cfg.nodes {
+            let client = OriginClient::new(&n.url, token.clone())
+                .map_err(|e| format!("origin node {}: {e}", n.id))?
+                .hop();
+            peers.push(Peer {
+                id: n.id.clone(),
+                client,
+                alive: AtomicBool::new(true),
+            });
+        }
+        let ring = Ring::new(
+            cfg.nodes
+                .iter()
+                .map(|n| RingNode {
+                    id: n.id.clone(),
+                    weight: n.weight,
+                })
+                .collect(),
+            cfg.vnodes,
+            cfg.replication,
+        );
+        Ok(Self {
+            me,
+            ring,
+            peers,
+            cfg,
+            store,
+            metrics,
+            last_stamp: AtomicU64::new(0),
+            report: Mutex::new(RepairReport::default()),
+            repairing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The placement ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> &str {
+        &self.peers[self.me].id
+    }
+
+    fn alive(&self, i: usize) -> bool {
+        i == self.me || self.peers[i].alive.load(Ordering::Relaxed)
+    }
+
+    fn mark(&self, i: usize, up: bool) {
+        if i != self.me && self.peers[i].alive.swap(up, Ordering::Relaxed) != up {
+            if up {
+                info!(node = %self.peers[i].id, "origin node is reachable again");
+            } else {
+                warn!(node = %self.peers[i].id, "origin node is unreachable");
+            }
+        }
+    }
+
+    fn live_count(&self) -> usize {
+        (0..self.peers.len()).filter(|&i| self.alive(i)).count()
+    }
+
+    /// The first `replication` live nodes of a preference list.
+    fn targets(&self, preference: &[usize]) -> Vec<usize> {
+        preference
+            .iter()
+            .copied()
+            .filter(|&i| self.alive(i))
+            .take(self.ring.replication())
+            .collect()
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.call_timeout_secs.max(1))
+    }
+
+    /// Calls node `i`; a transport error or timeout marks it down.
+    async fn call(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: UploadBody,
+    ) -> Result<(StatusCode, Bytes), ClusterError> {
+        let peer = &self.peers[i];
+        let fail = |why: String| ClusterError::Node {
+            node: peer.id.clone(),
+            why,
+        };
+        match tokio::time::timeout(self.timeout(), peer.client.call(method, path, body)).await {
+            Ok(Ok((parts, bytes))) => {
+                self.mark(i, true);
+                Ok((parts.status, bytes))
+            }
+            Ok(Err(e)) => {
+                self.mark(i, false);
+                Err(fail(e.to_string()))
+            }
+            Err(_) => {
+                self.mark(i, false);
+                Err(fail(format!("no answer within {:?}", self.timeout())))
+            }
+        }
+    }
+
+    /// Checks every other node's `/healthz` every second, forever.
+    pub async fn watch_peers(self: Arc<Self>) {
+        loop {
+            for i in 0..self.peers.len() {
+                if i == self.me {
+                    continue;
+                }
+                let ok = matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(800),
+                        self.peers[i].client.call(Method::GET, "/healthz", full(Bytes::new()))
+                    )
+                    .await,
+                    Ok(Ok((p, _))) if p.status.is_success()
+                );
+                self.mark(i, ok);
+            }
+            self.metrics
+                .cluster_nodes_live
+                .set(self.live_count() as i64);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn check_quorum(&self) -> Result<(), ClusterError> {
+        let live = self.live_count();
+        let needed = self.ring.replication();
+        if live < needed {
+            return Err(ClusterError::TooFewNodes {
+                live,
+                nodes: self.peers.len(),
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    /// A stamp later than any this node handed out before.
+    fn stamp(&self) -> u64 {
+        let now = now_ms();
+        let prev = self.last_stamp.fetch_max(now, Ordering::SeqCst);
+        if prev >= now {
+            self.last_stamp.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            now
+        }
+    }
+
+    /// Opens the fragment stream of version `key` on node `i`.
+    fn open_sink(self: &Arc<Self>, i: usize, path: &str, stamp: u64, upload: &str) -> Sink {
+        if i == self.me {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
+            let store = self.store.clone();
+            let key = fragment_key(path, stamp, upload);
+            let done = tokio::task::spawn_blocking(move || {
+                let mut up = store.upload();
+                while let Ok(c) = rx.recv() {
+                    if c.is_empty() {
+                        return up.finish_fragment(&key).map(|(r, _)| r);
+                    }
+                    up.push_chunk(c)?;
+                }
+                Err(StoreError::Commit("the publish was abandoned".into()))
+            });
+            return Sink::Local { tx, done };
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| {
+                (
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)),
+                    rx,
+                )
+            })
+        });
+        let body: UploadBody = StreamBody::new(stream).boxed();
+        let url = format!(
+            "/api/v1/cluster/fragments/{stamp}.{upload}/{}",
+            encode_path(path)
+        );
+        let me = self.clone();
+        let done = tokio::spawn(async move {
+            // No overall timeout: the stream lasts as long as the upload; the node's own
+            // limits cut a stalled one.
+            match me.peers[i].client.call(Method::PUT, &url, body).await {
+                Ok((p, b)) if p.status.is_success() => {
+                    serde_json::from_slice(&b).map_err(|e| format!("bad reply: {e}"))
+                }
+                Ok((p, b)) => Err(format!("{}: {}", p.status, String::from_utf8_lossy(&b))),
+                Err(e) => {
+                    me.mark(i, false);
+                    Err(e.to_string())
+                }
+            }
+        });
+        Sink::Remote { tx, done }
+    }
+
+    /// Publishes the stream of `pieces` at `path`: chunks to their nodes, then the record.
+    /// `pieces` yields the body's bytes and ends with `Ok(None)`; an `Err` abandons.
+    pub async fn publish(
+        self: &Arc<Self>,
+        path: &str,
+        content_type: &str,
+        mut pieces: mpsc::Receiver<Result<Bytes, ()>>,
+    ) -> Result<(PublishReply, Placement), ClusterError> {
+        self.check_quorum()?;
+        let stamp = self.stamp();
+        let upload = new_id();
+        // The chunker runs on a blocking thread; chunks come back with their hashes.
+        let (ctx, mut crx) = mpsc::channel::<(ChunkHash, Bytes)>(64);
+        let params = self.store.config().chunking;
+        let (btx, brx) = std::sync::mpsc::sync_channel::<Option<Bytes>>(8);
+        let cutter = tokio::task::spawn_blocking(move || {
+            let mut chunker = Chunker::new(params);
+            let mut file = blake3::Hasher::new();
+            let mut out = Vec::new();
+            let mut size = 0u64;
+            let mut emit = |out: &mut Vec<Bytes>| -> bool {
+                for c in out.drain(..) {
+                    file.update(&c);
+                    if ctx.blocking_send((ChunkHash::of(&c), c)).is_err() {
+                        return false;
+                    }
+                }
+                true
+            };
+            while let Ok(piece) = brx.recv() {
+                match piece {
+                    Some(b) => {
+                        size += b.len() as u64;
+                        chunker.push(&b, &mut out);
+                        if !emit(&mut out) {
+                            return None;
+                        }
+                    }
+                    None => {
+                        chunker.finish(&mut out);
+                        if !emit(&mut out) {
+                            return None;
+                        }
+                        return Some((size, ChunkHash::from(file.finalize())));
+                    }
+                }
+            }
+            None
+        });
+        let feeder = tokio::task::spawn_blocking(move || {
+            while let Some(p) = pieces.blocking_recv() {
+                match p {
+                    Ok(b) if b.is_empty() => {
+                        let _ = btx.send(None);
+                        return true;
+                    }
+                    Ok(b) => {
+                        if btx.send(Some(b)).is_err() {
+                            return false;
+                        }
+                    }
+                    Err(()) => return false,
+                }
+            }
+            false
+        });
+        let mut sinks: HashMap<usize, Sink> = HashMap::new();
+        let mut chunks: Vec<ManifestChunk> = Vec::new();
+        let mut offset = 0u64;
+        let mut copies: HashMap<usize, u64> = HashMap::new();
+        let mut failed: Option<ClusterError> = None;
+        while let Some((hash, data)) = crx.recv().await {
+            chunks.push(ManifestChunk {
+                hash,
+                offset,
+                size: data.len() as u32,
+            });
+            offset += data.len() as u64;
+            if failed.is_some() {
+                continue; // drain, so the chunker finishes
+            }
+            let targets = self.targets(&self.ring.chunk_nodes(&hash));
+            if targets.len() < self.ring.replication() {
+                failed = Some(self.check_quorum().err().unwrap_or(ClusterError::Node {
+                    node: "?".into(),
+                    why: "too few live nodes".into(),
+                }));
+                continue;
+            }
+            for t in targets {
+                let sink = sinks
+                    .entry(t)
+                    .or_insert_with(|| self.open_sink(t, path, stamp, &upload));
+                *copies.entry(t).or_default() += 1;
+                let sent = match sink {
+                    Sink::Local { tx, .. } => {
+                        let tx = tx.clone();
+                        let d = data.clone();
+                        tokio::task::spawn_blocking(move || tx.send(d).is_ok())
+                            .await
+                            .unwrap_or(false)
+                    }
+                    Sink::Remote { tx, .. } => tx.send(frame(&hash, &data)).await.is_ok(),
+                };
+                if !sent {
+                    failed = Some(ClusterError::Node {
+                        node: self.peers[t].id.clone(),
+                        why: "the fragment stream stopped".into(),
+                    });
+                }
+            }
+        }
+        let complete = feeder.await.unwrap_or(false);
+        let whole = cutter.await.ok().flatten();
+        // Close every stream: an empty chunk tells the local writer to commit; dropping a
+        // remote stream's sender ends its body.
+        let mut results = Vec::new();
+        for (t, sink) in sinks {
+            let ok = failed.is_none() && complete;
+            let r = match sink {
+                Sink::Local { tx, done } => {
+                    if ok {
+                        let _ = tokio::task::spawn_blocking(move || tx.send(Bytes::new())).await;
+                    } else {
+                        drop(tx);
+                    }
+                    done.await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                }
+                Sink::Remote { tx, done } => {
+                    if !ok {
+                        done.abort();
+                        drop(tx);
+                        continue;
+                    }
+                    drop(tx);
+                    done.await.map_err(|e| e.to_string()).and_then(|r| r)
+                }
+            };
+            results.push((t, r));
+        }
+        let cleanup = |me: &Arc<Self>| {
+            let me = me.clone();
+            let (p, u) = (path.to_string(), upload.clone());
+            tokio::spawn(async move { me.drop_version(&p, stamp, &u).await });
+        };
+        if let Some(e) = failed {
+            cleanup(self);
+            return Err(e);
+        }
+        let Some((size, blake3)) = whole.filter(|_| complete) else {
+            cleanup(self);
+            return Err(ClusterError::BadInput(
+                "the request body ended early".into(),
+            ));
+        };
+        let mut new_chunks = 0;
+        let mut stored = 0;
+        for (t, r) in &results {
+            match r {
+                Ok(rep) => {
+                    new_chunks += rep.new_chunks;
+                    stored += rep.stored_bytes_added;
+                }
+                Err(why) => {
+                    cleanup(self);
+                    return Err(ClusterError::Node {
+                        node: self.peers[*t].id.clone(),
+                        why: why.clone(),
+                    });
+                }
+            }
+        }
+        let manifest = Manifest {
+            format: tessera_origin_proto::manifest::MANIFEST_FORMAT,
+            path: path.to_string(),
+            size,
+            blake3,
+            content_type: content_type.to_string(),
+            modified: stamp / 1000,
+            chunks,
+        };
+        let rec = FileRecord {
+            path: path.to_string(),
+            stamp,
+            upload: upload.clone(),
+            manifest: Some(manifest),
+        };
+        let (nodes, current) = match self.put_record(&rec).await {
+            Ok(x) => x,
+            Err(e) => {
+                cleanup(self);
+                return Err(e);
+            }
+        };
+        let superseded = current.newer_than(&rec);
+        self.spawn_drop_older(&current);
+        let reply = PublishReply {
+            path: path.to_string(),
+            size,
+            blake3,
+            chunks: rec.manifest.as_ref().map_or(0, |m| m.chunks.len() as u64),
+            new_chunks,
+            stored_bytes_added: stored,
+        };
+        let placement = Placement {
+            replication: self.ring.replication(),
+            record_nodes: nodes.iter().map(|&i| self.peers[i].id.clone()).collect(),
+            chunk_copies: copies
+                .into_iter()
+                .map(|(i, n)| (self.peers[i].id.clone(), n))
+                .collect(),
+            stamp,
+            upload,
+            superseded,
+        };
+        Ok((reply, placement))
+    }
+
+    /// Writes `rec` to the first `replication` live nodes of its path's preference list;
+    /// returns them and the newest record they hold afterwards.
+    async fn put_record(&self, rec: &FileRecord) -> Result<(Vec<usize>, FileRecord), ClusterError> {
+        let targets = self.targets(&self.ring.file_nodes(&rec.path));
+        if targets.len() < self.ring.replication() {
+            self.check_quorum()?;
+        }
+        let body = Bytes::from(serde_json::to_vec(rec).expect("records serialise"));
+        let calls = targets.iter().map(|&t| {
+            let body = body.clone();
+            async move { (t, self.put_record_on(t, rec, body).await) }
+        });
+        let mut newest = rec.clone();
+        for (t, r) in futures_util::future::join_all(calls).await {
+            match r {
+                Ok(cur) => {
+                    if cur.newer_than(&newest) {
+                        newest = cur;
+                    }
+                }
+                Err(e) => {
+                    return Err(ClusterError::Node {
+                        node: self.peers[t].id.clone(),
+                        why: format!("could not store the file record: {e}"),
+                    });
+                }
+            }
+        }
+        Ok((targets, newest))
+    }
+
+    async fn put_record_on(
+        &self,
+        t: usize,
+        rec: &FileRecord,
+        body: Bytes,
+    ) -> Result<FileRecord, ClusterError> {
+        if t == self.me {
+            let store = self.store.clone();
+            let rec = rec.clone();
+            return Ok(blocking(move || store.put_file(&rec)).await??);
+        }
+        let url = format!("/api/v1/cluster/files/{}", encode_path(&rec.path));
+        let (status, bytes) = self.call(t, Method::PUT, &url, full(body)).await?;
+        if !status.is_success() {
+            return Err(self.node_error(t, status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClusterError::Node {
+            node: self.peers[t].id.clone(),
+            why: format!("bad record reply: {e}"),
+        })
+    }
+
+    fn node_error(&self, t: usize, status: StatusCode, body: &[u8]) -> ClusterError {
+        ClusterError::Node {
+            node: self.peers[t].id.clone(),
+            why: format!("{status}: {}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    /// In the background, drops on every live node the fragments of versions older than
+    /// `current`.
+    fn spawn_drop_older(self: &Arc<Self>, current: &FileRecord) {
+        let me = self.clone();
+        let cur = current.clone();
+        tokio::spawn(async move {
+            let body = serde_json::json!({"path": cur.path, "stamp": cur.stamp, "upload": cur.upload, "older": true});
+            me.broadcast_drop(body).await;
+        });
+    }
+
+    /// Drops the fragments of one failed version everywhere.
+    async fn drop_version(&self, path: &str, stamp: u64, upload: &str) {
+        let body =
+            serde_json::json!({"path": path, "stamp": stamp, "upload": upload, "older": false});
+        self.broadcast_drop(body).await;
+    }
+
+    async fn broadcast_drop(&self, body: serde_json::Value) {
+        let bytes = Bytes::from(body.to_string());
+        for i in 0..self.peers.len() {
+            if !self.alive(i) {
+                continue; // repair drops it there later
+            }
+            let r = if i == self.me {
+                self.apply_drop(&body).await.map(|_| ())
+            } else {
+                self.call(
+                    i,
+                    Method::POST,
+                    "/api/v1/cluster/fragments/drop",
+                    full(bytes.clone()),
+                )
+                .await
+                .map(|_| ())
+            };
+            if let Err(e) = r {
+                debug!(error = %e, "dropping old fragments failed; repair will");
+            }
+        }
+    }
+
+    /// Applies a drop request (`{"path", "stamp", "upload", "older"}`) to this node: with
+    /// `older`, every fragment of the path older than that version, else exactly that one.
+    pub async fn apply_drop(&self, body: &serde_json::Value) -> Result<usize, ClusterError> {
+        let path = body["path"]
+            .as_str()
+            .ok_or_else(|| ClusterError::BadInput("\"path\" is missing".into()))?
+            .to_string();
+        let stamp = body["stamp"]
+            .as_u64()
+            .ok_or_else(|| ClusterError::BadInput("\"stamp\" is missing".into()))?;
+        let upload = body["upload"]
+            .as_str()
+            .ok_or_else(|| ClusterError::BadInput("\"upload\" is missing".into()))?
+            .to_string();
+        let older = body["older"].as_bool().unwrap_or(true);
+        let store = self.store.clone();
+        let n = blocking(move || -> Result<usize, StoreError> {
+            let n = if older {
+                store.drop_fragments(&path, Some((stamp, &upload)))?
+            } else {
+                // Exactly one version: everything older than the next possible key.
+                match store.fragment(&path, stamp, &upload)? {
+                    Some(_) => store.drop_one_fragment(&path, stamp, &upload)?,
+                    None => 0,
+                }
+            };
+            if n > 0 {
+                store.collect_garbage()?;
+            }
+            Ok(n)
+        })
+        .await??;
+        Ok(n)
+    }
+
+    /// The current record of `path`: the newest among its live owners, or further down its
+    /// preference list when no owner has one. Tombstones are returned too.
+    pub async fn record(&self, path: &str) -> Result<Option<FileRecord>, ClusterError> {
+        let pref = self.ring.file_nodes(path);
+        let owners = self.targets(&pref);
+        let mut best: Option<FileRecord> = None;
+        let mut errors = 0;
+        let calls = owners.iter().map(|&i| self.record_on(i, path));
+        for r in futures_util::future::join_all(calls).await {
+            match r {
+                Ok(Some(rec)) => {
+                    if best.as_ref().is_none_or(|b| rec.newer_than(b)) {
+                        best = Some(rec);
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => errors += 1,
+            }
+        }
+        if best.is_some() {
+            return Ok(best);
+        }
+        for &i in pref.iter().filter(|i| !owners.contains(i)) {
+            if !self.alive(i) {
+                continue;
+            }
+            match self.record_on(i, path).await {
+                Ok(Some(r)) => return Ok(Some(r)),
+                Ok(None) => {}
+                Err(_) => errors += 1,
+            }
+        }
+        if errors > 0 && errors >= owners.len() {
+            return Err(ClusterError::TooFewNodes {
+                live: self.live_count(),
+                nodes: self.peers.len(),
+                needed: 1,
+            });
+        }
+        Ok(None)
+    }
+
+    async fn record_on(&self, i: usize, path: &str) -> Result<Option<FileRecord>, ClusterError> {
+        if i == self.me {
+            let store = self.store.clone();
+            let p = path.to_string();
+            return Ok(blocking(move || store.file(&p)).await??);
+        }
+        let url = format!("/api/v1/cluster/files/{}", encode_path(path));
+        let (status, bytes) = self.call(i, Method::GET, &url, full(Bytes::new())).await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| ClusterError::Node {
+                        node: self.peers[i].id.clone(),
+                        why: format!("bad record: {e}"),
+                    })
+            }
+            s => Err(self.node_error(i, s, &bytes)),
+        }
+    }
+
+    /// The manifest published at `path`, from its owners.
+    pub async fn manifest(&self, path: &str) -> Result<Option<Manifest>, ClusterError> {
+        Ok(self.record(path).await?.and_then(|r| r.manifest))
+    }
+
+    /// Chunk `hash`, from this node or from the nodes of its preference list in order,
+    /// verified against its address.
+    pub async fn chunk(&self, hash: ChunkHash) -> Result<Bytes, ClusterError> {
+        let store = self.store.clone();
+        match blocking(move || store.read_chunk(&hash)).await? {
+            Ok(Some(b)) => return Ok(b),
+            Ok(None) => {}
+            Err(e @ StoreError::Corrupt { .. }) => {
+                self.metrics.corrupt_chunks.inc();
+                warn!(error = %e, "serving a replica's copy instead");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.remote_chunk(hash).await
+    }
+
+    /// Chunk `hash` from another node.
+    async fn remote_chunk(&self, hash: ChunkHash) -> Result<Bytes, ClusterError> {
+        let pref = self.ring.chunk_nodes(&hash);
+        // Live nodes first, in preference order; then the others, in case the marks lag.
+        let order = pref
+            .iter()
+            .filter(|&&i| i != self.me && self.alive(i))
+            .chain(pref.iter().filter(|&&i| i != self.me && !self.alive(i)));
+        for &i in order {
+            match tokio::time::timeout(self.timeout(), self.peers[i].client.chunk(hash)).await {
+                Ok(Ok(b)) => {
+                    self.mark(i, true);
+                    return Ok(b);
+                }
+                Ok(Err(e)) => {
+                    if !matches!(e, tessera_origin_proto::ClientError::Status { .. }) {
+                        self.mark(i, false);
+                    }
+                    debug!(node = %self.peers[i].id, error = %e, "chunk not served by this node");
+                }
+                Err(_) => self.mark(i, false),
+            }
+        }
+        Err(ClusterError::ChunkUnavailable(hash))
+    }
+
+    /// Deletes `path` cluster-wide: a tombstone on its owners, then its fragments dropped.
+    /// Returns `false` if nothing was published there.
+    pub async fn delete(self: &Arc<Self>, path: &str) -> Result<bool, ClusterError> {
+        self.check_quorum()?;
+        match self.record(path).await? {
+            Some(r) if r.manifest.is_some() => {}
+            _ => return Ok(false),
+        }
+        let rec = FileRecord {
+            path: path.to_string(),
+            stamp: self.stamp(),
+            upload: new_id(),
+            manifest: None,
+        };
+        let (_, current) = self.put_record(&rec).await?;
+        let body = serde_json::json!({"path": path, "stamp": current.stamp, "upload": current.upload, "older": true});
+        self.broadcast_drop(body).await;
+        Ok(true)
+    }
+
+    /// Published files under `prefix`, merged from every live node.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<FileRecord>, ClusterError> {
+        let mut merged: HashMap<String, FileRecord> = HashMap::new();
+        for i in 0..self.peers.len() {
+            if !self.alive(i) {
+                continue;
+            }
+            let recs = match self.records_on(i, prefix).await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "listing skipped a node");
+                    continue;
+                }
+            };
+            for r in recs {
+                match merged.get(&r.path) {
+                    Some(cur) if !r.newer_than(cur) => {}
+                    _ => {
+                        merged.insert(r.path.clone(), r);
+                    }
+                }
+            }
+        }
+        let mut out: Vec<FileRecord> = merged
+            .into_values()
+            .filter(|r| r.manifest.is_some())
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    async fn records_on(&self, i: usize, prefix: &str) -> Result<Vec<FileRecord>, ClusterError> {
+        if i == self.me {
+            let store = self.store.clone();
+            let p = prefix.to_string();
+            return Ok(blocking(move || store.files(&p)).await??);
+        }
+        let url = format!(
+            "/api/v1/cluster/files?prefix={}",
+            percent_encoding::utf8_percent_encode(prefix, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let (status, bytes) = self.call(i, Method::GET, &url, full(Bytes::new())).await?;
+        if !status.is_success() {
+            return Err(self.node_error(i, status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClusterError::Node {
+            node: self.peers[i].id.clone(),
+            why: format!("bad listing: {e}"),
+        })
+    }
+
+    /// The fragment of one version on node `i`, as its chunk list.
+    async fn fragment_on(
+        &self,
+        i: usize,
+        path: &str,
+        stamp: u64,
+        upload: &str,
+    ) -> Result<Option<Vec<(ChunkHash, u32)>>, ClusterError> {
+        let url = format!(
+            "/api/v1/cluster/fragments/{stamp}.{upload}/{}",
+            encode_path(path)
+        );
+        let (status, bytes) = self.call(i, Method::GET, &url, full(Bytes::new())).await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let list: Vec<ManifestChunk> =
+                    serde_json::from_slice(&bytes).map_err(|e| ClusterError::Node {
+                        node: self.peers[i].id.clone(),
+                        why: format!("bad fragment: {e}"),
+                    })?;
+                Ok(Some(list.into_iter().map(|c| (c.hash, c.size)).collect()))
+            }
+            s => Err(self.node_error(i, s, &bytes)),
+        }
+    }
+
+    /// The status document of `GET /api/v1/cluster`.
+    pub fn status(&self) -> serde_json::Value {
+        let nodes: Vec<_> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                serde_json::json!({
+                    "id": p.id,
+                    "url": p.client.base(),
+                    "weight": self.cfg.nodes[i].weight,
+                    "live": self.alive(i),
+                    "me": i == self.me,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "me": self.me(),
+            "replication": self.ring.replication(),
+            "vnodes": self.cfg.vnodes,
+            "write_rule": format!(
+                "every chunk and the file record durable on {} distinct live nodes (owners first, then stand-ins)",
+                self.ring.replication()
+            ),
+            "nodes": nodes,
+            "repair": *self.report.lock().unwrap(),
+        })
+    }
+
+    /// Runs repair passes every `repair_interval_secs`, forever.
+    pub async fn repair_loop(self: Arc<Self>) {
+        let every = self.cfg.repair_interval_secs;
+        if every == 0 {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_secs(every)).await;
+            if let Err(e) = self.repair().await {
+                warn!(error = %e, "repair pass failed");
+            }
+        }
+    }
+
+    /// One repair pass over what this node holds (see the module docs).
+    pub async fn repair(self: &Arc<Self>) -> Result<RepairReport, ClusterError> {
+        let _one = self.repairing.lock().await;
+        let mut rep = RepairReport::default();
+        self.repair_records(&mut rep).await?;
+        self.repair_fragments(&mut rep).await?;
+        let store = self.store.clone();
+        blocking(move || store.collect_garbage()).await??;
+        rep.finished = now_ms() / 1000;
+        let m = &self.metrics;
+        m.cluster_under_replicated.set(rep.chunks_waiting as i64);
+        m.cluster_repair_copies
+            .inc_by(rep.chunks_copied + rep.records_copied);
+        m.cluster_repair_passes.inc();
+        *self.report.lock().unwrap() = rep.clone();
+        Ok(rep)
+    }
+
+    async fn repair_records(&self, rep: &mut RepairReport) -> Result<(), ClusterError> {
+        let store = self.store.clone();
+        let records = blocking(move || store.files("")).await??;
+        let now = now_ms();
+        for rec in records {
+            rep.records += 1;
+            let owners = self.ring.file_owners(&rec.path);
+            let body = Bytes::from(serde_json::to_vec(&rec).expect("records serialise"));
+            let mut confirmed = 0;
+            for &o in &owners {
+                if o == self.me {
+                    confirmed += 1;
+                    continue;
+                }
+                if !self.alive(o) {
+                    continue;
+                }
+                let before = self.record_on(o, &rec.path).await;
+                match self.put_record_on(o, &rec, body.clone()).await {
+                    Ok(cur) => {
+                        confirmed += 1;
+                        if matches!(&before, Ok(b) if b.as_ref().is_none_or(|b| rec.newer_than(b)))
+                        {
+                            rep.records_copied += 1;
+                        }
+                        if cur.newer_than(&rec) && owners.contains(&self.me) {
+                            let store = self.store.clone();
+                            blocking(move || store.put_file(&cur)).await??;
+                        }
+                    }
+                    Err(e) => {
+                        rep.errors += 1;
+                        debug!(error = %e, "record repair");
+                    }
+                }
+            }
+            let expired = rec.manifest.is_none()
+                && now.saturating_sub(rec.stamp) > self.cfg.tombstone_secs * 1000;
+            let moved = !owners.contains(&self.me) && confirmed == owners.len();
+            if expired || moved {
+                let store = self.store.clone();
+                let (p, s, u) = (rec.path.clone(), rec.stamp, rec.upload.clone());
+                blocking(move || store.forget_file(&p, s, &u)).await??;
+            }
+        }
+        Ok(())
+    }
+
+    async fn repair_fragments(&self, rep: &mut RepairReport) -> Result<(), ClusterError> {
+        let store = self.store.clone();
+        let fragments = blocking(move || store.fragments()).await??;
+        let now = now_ms();
+        let mut current: HashMap<String, Option<FileRecord>> = HashMap::new();
+        for f in fragments {
+            rep.fragments += 1;
+            if !current.contains_key(&f.path) {
+                let r = match self.record(&f.path).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        rep.errors += 1;
+                        debug!(error = %e, "fragment repair: no record");
+                        continue;
+                    }
+                };
+                current.insert(f.path.clone(), r);
+            }
+            let cur = current[&f.path].as_ref();
+            let version = (f.stamp, f.upload.as_str());
+            let is_current = cur.is_some_and(|c| c.manifest.is_some() && c.version() == version);
+            if !is_current {
+                let stale = match cur {
+                    Some(c) => c.version() > version,
+                    // No record yet: a publish in flight, or a failed one once old enough.
+                    None => now.saturating_sub(f.stamp) > self.cfg.fragment_grace_secs * 1000,
+                };
+                if stale {
+                    let store = self.store.clone();
+                    let (p, s, u) = (f.path.clone(), f.stamp, f.upload.clone());
+                    rep.fragments_dropped +=
+                        blocking(move || store.drop_one_fragment(&p, s, &u)).await?? as u64;
+                }
+                continue;
+            }
+            self.repair_fragment(&f, rep).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every owner of this fragment's chunks hold them in its own fragment of the same
+    /// version; then drops from this node's fragment the chunks it does not own.
+    async fn repair_fragment(
+        &self,
+        f: &Fragment,
+        rep: &mut RepairReport,
+    ) -> Result<(), ClusterError> {
+        let mut by_owner: HashMap<usize, Vec<(ChunkHash, u32)>> = HashMap::new();
+        let mut mine_owned = HashSet::new();
+        for &(h, size) in &f.chunks {
+            for o in self.ring.chunk_owners(&h) {
+                if o == self.me {
+                    mine_owned.insert(h);
+                } else {
+                    by_owner.entry(o).or_default().push((h, size));
+                }
+            }
+        }
+        let mut confirmed: HashMap<ChunkHash, usize> = HashMap::new();
+        for (o, want) in by_owner {
+            if !self.alive(o) {
+                rep.chunks_waiting += want.len() as u64;
+                continue;
+            }
+            let have: HashSet<ChunkHash> =
+                match self.fragment_on(o, &f.path, f.stamp, &f.upload).await {
+                    Ok(l) => l.unwrap_or_default().into_iter().map(|(h, _)| h).collect(),
+                    Err(e) => {
+                        rep.errors += 1;
+                        rep.chunks_waiting += want.len() as u64;
+                        debug!(error = %e, "fragment repair");
+                        continue;
+                    }
+                };
+            let missing: Vec<(ChunkHash, u32)> = want
+                .iter()
+                .filter(|(h, _)| !have.contains(h))
+                .copied()
+                .collect();
+            rep.chunks_missing += missing.len() as u64;
+            if !missing.is_empty() {
+                match self.send_chunks(o, f, &missing).await {
+                    Ok(()) => rep.chunks_copied += missing.len() as u64,
+                    Err(e) => {
+                        rep.errors += 1;
+                        rep.chunks_waiting += missing.len() as u64;
+                        warn!(node = %self.peers[o].id, error = %e, "could not copy chunks to their owner");
+                        continue;
+                    }
+                }
+            }
+            for (h, _) in want {
+                *confirmed.entry(h).or_default() += 1;
+            }
+        }
+        // Chunks this node holds for owners that now all have them can go from here.
+        let keep: Vec<(ChunkHash, u32)> = f
+            .chunks
+            .iter()
+            .filter(|(h, _)| {
+                mine_owned.contains(h)
+                    || confirmed.get(h).copied().unwrap_or(0) < self.ring.replication()
+            })
+            .copied()
+            .collect();
+        if keep.len() < f.chunks.len() {
+            rep.chunks_moved_off += (f.chunks.len() - keep.len()) as u64;
+            let store = self.store.clone();
+            let key = fragment_key(&f.path, f.stamp, &f.upload);
+            let (p, s, u) = (f.path.clone(), f.stamp, f.upload.clone());
+            blocking(move || -> Result<(), StoreError> {
+                if keep.is_empty() {
+                    store.drop_one_fragment(&p, s, &u)?;
+                    return Ok(());
+                }
+                let mut up = store.upload();
+                for (h, size) in keep {
+                    if !up.reference_chunk(h, size)? {
+                        return Err(StoreError::MissingChunk(h));
+                    }
+                }
+                up.finish_fragment(&key)?;
+                Ok(())
+            })
+            .await??;
+        }
+        Ok(())
+    }
+
+    /// Sends `chunks` (read from this node) to node `o`, merged into its fragment of `f`'s
+    /// version.
+    async fn send_chunks(
+        &self,
+        o: usize,
+        f: &Fragment,
+        chunks: &[(ChunkHash, u32)],
+    ) -> Result<(), ClusterError> {
+        let mut body = BytesMut::new();
+        for &(h, _) in chunks {
+            let data = self.chunk(h).await?;
+            body.extend_from_slice(&frame(&h, &data));
+        }
+        let url = format!(
+            "/api/v1/cluster/fragments/{}.{}/{}?merge=1",
+            f.stamp,
+            f.upload,
+            encode_path(&f.path)
+        );
+        let (status, bytes) = self.call(o, Method::PUT, &url, full(body.freeze())).await?;
+        if !status.is_success() {
+            return Err(self.node_error(o, status, &bytes));
+        }
+        Ok(())
+    }
+
+    /// Reads and verifies every chunk of this node at `scrub_bytes_per_sec`, forever,
+    /// replacing corrupt ones from replicas.
+    pub async fn scrub_loop(self: Arc<Self>) {
+        let rate = self.cfg.scrub_bytes_per_sec;
+        if rate == 0 {
+            return;
+        }
+        loop {
+            match self.scrub(rate).await {
+                Ok((checked, repaired)) => debug!(checked, repaired, "scrub pass done"),
+                Err(e) => warn!(error = %e, "scrub pass failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+
+    /// One scrub pass at `rate` bytes per second; returns chunks checked and repaired.
+    pub async fn scrub(&self, rate: u64) -> Result<(u64, u64), ClusterError> {
+        let store = self.store.clone();
+        let all = blocking(move || store.chunk_addresses()).await??;
+        let (mut checked, mut repaired) = (0, 0);
+        let started = tokio::time::Instant::now();
+        let mut bytes = 0u64;
+        for h in all {
+            let store = self.store.clone();
+            let r = blocking(move || store.load_chunk(&h)).await?;
+            checked += 1;
+            self.metrics.scrub_chunks.inc();
+            match r {
+                Ok(Some(c)) => bytes += c.stored.len() as u64,
+                Ok(None) => continue, // collected meanwhile
+                Err(StoreError::Corrupt { .. }) => {
+                    self.metrics.corrupt_chunks.inc();
+                    self.metrics.scrub_corrupt.inc();
+                    warn!(chunk = %h, "scrub found a corrupt chunk; fetching a replica");
+                    match self.remote_chunk(h).await {
+                        Ok(data) => {
+                            let store = self.store.clone();
+                            blocking(move || store.rewrite_chunk(&h, &data)).await??;
+                            self.metrics.scrub_repaired.inc();
+                            repaired += 1;
+                            info!(chunk = %h, "corrupt chunk replaced from a replica");
+                        }
+                        Err(e) => warn!(chunk = %h, error = %e, "no replica to repair from"),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // Bounded rate: sleep until the bytes read so far fit the budget.
+            let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+            let spent = started.elapsed();
+            if due > spent {
+                tokio::time::sleep(due - spent).await;
+            }
+        }
+        Ok((checked, repaired))
+    }
+}
+
+/// Runs blocking store code off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ClusterError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClusterError::Store(StoreError::Commit(format!("task failed: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_in_any_split_and_are_checked() {
+        let a = Bytes::from(vec![7u8; 1000]);
+        let b = Bytes::from_static(b"hello");
+        let (ha, hb) = (ChunkHash::of(&a), ChunkHash::of(&b));
+        let mut wire = frame(&ha, &a).to_vec();
+        wire.extend_from_slice(&frame(&hb, &b));
+        for split in [1, 7, 36, 500, wire.len()] {
+            let mut r = FrameReader::default();
+            let mut got = Vec::new();
+            for part in wire.chunks(split) {
+                got.extend(r.push(part).unwrap());
+            }
+            assert!(r.is_clean());
+            assert_eq!(got, vec![(ha, a.clone()), (hb, b.clone())]);
+        }
+        let mut bad = frame(&ha, &a).to_vec();
+        bad[40] ^= 1;
+        assert!(FrameReader::default().push(&bad).is_err());
+        let mut huge = vec![0u8; 32];
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(FrameReader::default().push(&huge).is_err());
+    }
+}

@@ -1,0 +1,516 @@
+//! An origin cluster on loopback: real nodes in this process, each with its own store,
+//! talking HTTP to each other. Placement, reads through any node, a node down, repair,
+//! a node added, delete and garbage collection across nodes, scrub.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Node, cluster_config, get, noise, restart_node, send, start_cluster};
+use http::{Method, StatusCode};
+use tessera_origin_proto::ring::{Ring, RingNode};
+use tessera_origin_proto::{ChunkHash, Manifest};
+
+const AUTH: (&str, &str) = ("authorization", "Bearer secret");
+const HOP: (&str, &str) = ("x-tessera-hop", "1");
+
+fn ring(n: usize, r: usize) -> Ring {
+    let nodes = (1..=n)
+        .map(|i| RingNode {
+            id: format!("o{i}"),
+            weight: 1,
+        })
+        .collect();
+    Ring::new(
+        nodes,
+        tessera_origin::cluster::ClusterConfig::default().vnodes,
+        r,
+    )
+}
+
+async fn publish(node: &Node, path: &str, data: &[u8]) -> serde_json::Value {
+    let r = send(
+        Method::PUT,
+        &node.url(&format!("/api/v1/files/{path}")),
+        &[AUTH],
+        Bytes::copy_from_slice(data),
+    )
+    .await;
+    assert!(r.status.is_success(), "{} {:?}", r.status, r.body);
+    r.json()
+}
+
+async fn manifest(node: &Node, path: &str) -> Manifest {
+    let r = get(&node.url(&format!("/api/v1/manifests/{path}"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    Manifest::from_json(&r.body).unwrap()
+}
+
+/// Indexes of the nodes that hold chunk `h` themselves.
+async fn holders(nodes: &[Node], h: &ChunkHash) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let r = send(
+            Method::GET,
+            &n.url(&format!("/api/v1/chunks/{h}")),
+            &[HOP],
+            Bytes::new(),
+        )
+        .await;
+        if r.status == StatusCode::OK {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Indexes of the nodes holding a record of `path`.
+async fn record_holders(nodes: &[Node], path: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let r = get(&n.url(&format!("/api/v1/cluster/files/{path}"))).await;
+        if r.status == StatusCode::OK {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until `node` sees node `id` as live or not.
+async fn wait_live(node: &Node, id: &str, live: bool) {
+    for _ in 0..200 {
+        let v = get(&node.url("/api/v1/cluster")).await.json();
+        let seen = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["live"] == live)
+            .unwrap_or(false);
+        if seen {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{} never saw {id} as live={live}", node.addr);
+}
+
+async fn repair_all(nodes: &[Node]) -> Vec<serde_json::Value> {
+    let mut reports = Vec::new();
+    for n in nodes {
+        let r = send(
+            Method::POST,
+            &n.url("/api/v1/cluster/repair"),
+            &[AUTH],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        reports.push(r.json());
+    }
+    reports
+}
+
+async fn metric(node: &Node, name: &str) -> f64 {
+    let text = get(&node.url("/metrics")).await.body;
+    common::metric(&String::from_utf8_lossy(&text), name)
+}
+
+async fn stop_all(nodes: Vec<Node>) {
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+fn sorted(mut v: Vec<usize>) -> Vec<usize> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_chunk_and_record_lives_on_its_owners_and_any_node_serves_the_file() {
+    let nodes = start_cluster(3, 2).await;
+    let ring = ring(3, 2);
+    let data = noise(3 << 20, 1);
+    let reply = publish(&nodes[0], "site/big.bin", &data).await;
+    assert_eq!(reply["size"], data.len() as u64);
+    assert_eq!(reply["placement"]["replication"], 2);
+    assert_eq!(
+        reply["placement"]["record_nodes"].as_array().unwrap().len(),
+        2
+    );
+    for n in &nodes {
+        let r = get(&n.url("/api/v1/files/site/big.bin")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body == data, "node {} served different bytes", n.addr);
+        // A range through a node that holds only some of the chunks.
+        let r = send(
+            Method::GET,
+            &n.url("/api/v1/files/site/big.bin"),
+            &[("range", "bytes=1000000-1000099")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(&r.body[..], &data[1_000_000..1_000_100]);
+    }
+    let m = manifest(&nodes[1], "site/big.bin").await;
+    assert!(m.chunks.len() > 20);
+    for c in &m.chunks {
+        assert_eq!(
+            holders(&nodes, &c.hash).await,
+            sorted(ring.chunk_owners(&c.hash)),
+            "chunk {} is not exactly on its owners",
+            c.hash
+        );
+    }
+    assert_eq!(
+        record_holders(&nodes, "site/big.bin").await,
+        sorted(ring.file_owners("site/big.bin"))
+    );
+    // Every node lists it once; the chunk API forwards to owners for non-hop requests.
+    for n in &nodes {
+        let l = get(&n.url("/api/v1/files?prefix=site/")).await.json();
+        assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+        let c = &m.chunks[0];
+        let r = get(&n.url(&format!("/api/v1/chunks/{}", c.hash))).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_loses_no_read_and_no_publish_and_repair_restores_placement() {
+    let mut nodes = start_cluster(3, 2).await;
+    let ring = ring(3, 2);
+    let old = noise(2 << 20, 2);
+    publish(&nodes[0], "a/old.bin", &old).await;
+    // Node o3 goes away.
+    let (addr, dir) = nodes.pop().unwrap().stop_keep().await;
+    wait_live(&nodes[0], "o3", false).await;
+    wait_live(&nodes[1], "o3", false).await;
+    for n in &nodes {
+        let r = get(&n.url("/api/v1/files/a/old.bin")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body == old);
+    }
+    // A publish still makes two copies of everything, on the two live nodes.
+    let new = noise(2 << 20, 3);
+    let reply = publish(&nodes[1], "a/new.bin", &new).await;
+    let copies = &reply["placement"]["chunk_copies"];
+    let m = manifest(&nodes[0], "a/new.bin").await;
+    assert_eq!(copies["o3"], serde_json::Value::Null, "{copies}");
+    assert_eq!(
+        copies["o1"].as_u64().unwrap() + copies["o2"].as_u64().unwrap(),
+        2 * m.chunks.len() as u64
+    );
+    let statuses = repair_all(&nodes).await;
+    let waiting: u64 = statuses
+        .iter()
+        .map(|r| r["chunks_waiting"].as_u64().unwrap())
+        .sum();
+    assert!(
+        waiting > 0,
+        "chunks owned by the down node are under-replicated: {statuses:?}"
+    );
+    // It comes back; repair moves every copy to its owners.
+    let cfg = cluster_config(&[nodes[0].addr, nodes[1].addr, addr], 2, 2);
+    nodes.push(restart_node(addr, dir, cfg).await);
+    wait_live(&nodes[0], "o3", true).await;
+    wait_live(&nodes[1], "o3", true).await;
+    repair_all(&nodes).await;
+    let last = repair_all(&nodes).await;
+    for r in &last {
+        assert_eq!(r["chunks_waiting"], 0, "{r}");
+        assert_eq!(
+            r["chunks_missing"], 0,
+            "a second pass found more to copy: {r}"
+        );
+    }
+    for path in ["a/old.bin", "a/new.bin"] {
+        let m = manifest(&nodes[2], path).await;
+        for c in &m.chunks {
+            assert_eq!(
+                holders(&nodes, &c.hash).await,
+                sorted(ring.chunk_owners(&c.hash))
+            );
+        }
+        assert_eq!(
+            record_holders(&nodes, path).await,
+            sorted(ring.file_owners(path))
+        );
+    }
+    assert_eq!(
+        metric(&nodes[0], "tessera_origin_cluster_under_replicated_chunks").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&nodes[0], "tessera_origin_cluster_nodes_live").await,
+        3.0
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_few_live_nodes_refuse_a_publish_cleanly() {
+    let mut nodes = start_cluster(2, 2).await;
+    let (_addr, _dir) = nodes.pop().unwrap().stop_keep().await;
+    wait_live(&nodes[0], "o2", false).await;
+    let r = send(
+        Method::PUT,
+        &nodes[0].url("/api/v1/files/x.bin"),
+        &[AUTH],
+        Bytes::from(noise(100_000, 4)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let msg = r.json()["error"].as_str().unwrap().to_string();
+    assert!(msg.contains("only 1 of 2"), "{msg}");
+    assert_eq!(
+        get(&nodes[0].url("/api/v1/files/x.bin")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    nodes.pop().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_and_replace_free_only_chunks_no_other_file_uses() {
+    let nodes = start_cluster(3, 2).await;
+    let shared = noise(1 << 20, 5);
+    let mut b = shared.clone();
+    b.extend_from_slice(&noise(1 << 20, 6));
+    publish(&nodes[0], "a.bin", &shared).await;
+    publish(&nodes[1], "b.bin", &b).await;
+    let ma = manifest(&nodes[0], "a.bin").await;
+    let mb = manifest(&nodes[0], "b.bin").await;
+    let r = send(
+        Method::DELETE,
+        &nodes[2].url("/api/v1/files/a.bin"),
+        &[AUTH],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    for n in &nodes {
+        assert_eq!(
+            get(&n.url("/api/v1/files/a.bin")).await.status,
+            StatusCode::NOT_FOUND
+        );
+        let r = get(&n.url("/api/v1/files/b.bin")).await;
+        assert!(r.status == StatusCode::OK && r.body == b);
+    }
+    // b shares a's chunks except a's last (cut at a's end): those stay on two nodes each.
+    let in_b: std::collections::HashSet<_> = mb.chunks.iter().map(|c| c.hash).collect();
+    for c in &ma.chunks {
+        let n = holders(&nodes, &c.hash).await.len();
+        if in_b.contains(&c.hash) {
+            assert_eq!(n, 2, "a chunk b still uses was removed");
+        } else {
+            assert_eq!(n, 0, "a chunk only a used is still stored");
+        }
+    }
+    // Replacing b frees its old chunks that the new version does not use.
+    let b2 = noise(500_000, 7);
+    publish(&nodes[2], "b.bin", &b2).await;
+    assert!(get(&nodes[0].url("/api/v1/files/b.bin")).await.body == b2);
+    repair_all(&nodes).await; // collects what the background drop released
+    for c in &mb.chunks {
+        assert!(
+            holders(&nodes, &c.hash).await.is_empty(),
+            "old version's chunk kept"
+        );
+    }
+    // A delete of something never published is a 404, and the tombstone is not listed.
+    let r = send(
+        Method::DELETE,
+        &nodes[0].url("/api/v1/files/a.bin"),
+        &[AUTH],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let l = get(&nodes[1].url("/api/v1/files")).await.json();
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_a_node_moves_only_what_the_ring_gives_it() {
+    let mut nodes = start_cluster(3, 2).await;
+    let mut paths = Vec::new();
+    for i in 0..8 {
+        let p = format!("f/{i}.bin");
+        publish(&nodes[i % 3], &p, &noise(512 << 10, 100 + i as u64)).await;
+        paths.push(p);
+    }
+    let mut all_chunks = Vec::new();
+    for p in &paths {
+        all_chunks.extend(manifest(&nodes[0], p).await.chunks.iter().map(|c| c.hash));
+    }
+    all_chunks.sort();
+    all_chunks.dedup();
+    // Restart all three with a four-node topology, and start the fourth.
+    let fourth = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    addrs.push(fourth.local_addr().unwrap());
+    let mut kept = Vec::new();
+    for n in nodes.drain(..) {
+        kept.push(n.stop_keep().await);
+    }
+    for (i, (addr, dir)) in kept.into_iter().enumerate() {
+        nodes.push(restart_node(addr, dir, cluster_config(&addrs, i, 2)).await);
+    }
+    let cfg = cluster_config(&addrs, 3, 2);
+    nodes.push(
+        Node::start_on(fourth, tempfile::tempdir().unwrap(), move |c| {
+            c.token = Some("secret".into());
+            c.cluster = Some(cfg);
+        })
+        .await,
+    );
+    repair_all(&nodes).await;
+    repair_all(&nodes).await;
+    let ring4 = ring(4, 2);
+    let mut on_new = 0;
+    for h in &all_chunks {
+        let hs = holders(&nodes, h).await;
+        assert_eq!(
+            hs,
+            sorted(ring4.chunk_owners(h)),
+            "chunk {h} not on its new owners"
+        );
+        on_new += usize::from(hs.contains(&3));
+    }
+    // Each chunk has 2 copies; the new node should take about a quarter of the copies.
+    let frac = on_new as f64 / (2 * all_chunks.len()) as f64;
+    assert!(
+        (0.12..0.40).contains(&frac),
+        "moved {frac:.2} of the copies"
+    );
+    for p in &paths {
+        assert_eq!(
+            get(&nodes[3].url(&format!("/api/v1/files/{p}")))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_replaces_a_corrupt_chunk_from_a_replica() {
+    let nodes = start_cluster(3, 2).await;
+    let data = noise(1 << 20, 9);
+    publish(&nodes[0], "s.bin", &data).await;
+    // Flip one byte in the middle of a pack record on node o1.
+    let pack = std::fs::read_dir(nodes[0].packs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&pack, &bytes).unwrap();
+    // Reads stay correct meanwhile: the replica's copy is served.
+    let r = get(&nodes[0].url("/api/v1/files/s.bin")).await;
+    assert!(r.status == StatusCode::OK && r.body == data);
+    let r = send(
+        Method::POST,
+        &nodes[0].url("/api/v1/cluster/scrub"),
+        &[AUTH],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["repaired"], 1, "{v}");
+    let r = send(
+        Method::POST,
+        &nodes[0].url("/api/v1/cluster/scrub"),
+        &[AUTH],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.json()["repaired"], 0);
+    assert_eq!(
+        metric(&nodes[0], "tessera_origin_scrub_corrupt_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&nodes[0], "tessera_origin_scrub_repaired_total").await,
+        1.0
+    );
+    stop_all(nodes).await;
+}
+
+#[tokio::test]
+async fn internal_calls_refuse_bad_input() {
+    let nodes = start_cluster(2, 2).await;
+    let n = &nodes[0];
+    let bad = [
+        (
+            Method::PUT,
+            "/api/v1/cluster/files/a.bin",
+            "{}",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/cluster/fragments/x/a.bin",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/cluster/fragments/1.zz/a.bin",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/api/v1/cluster/fragments/drop",
+            "{\"path\": 1}",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (m, p, body, want) in bad {
+        let r = send(m.clone(), &n.url(p), &[AUTH], body).await;
+        assert_eq!(r.status, want, "{m} {p}: {:?}", r.body);
+        assert!(r.json()["error"].is_string());
+    }
+    // A frame whose bytes do not match its hash is refused and nothing is stored.
+    let mut frame = vec![0u8; 32];
+    frame.extend_from_slice(&5u32.to_be_bytes());
+    frame.extend_from_slice(b"hello");
+    let r = send(
+        Method::PUT,
+        &n.url("/api/v1/cluster/fragments/1.ab/a.bin"),
+        &[AUTH],
+        frame,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not match")
+    );
+    assert_eq!(
+        get(&n.url("/api/v1/cluster/fragments/1.ab/a.bin"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // Writes need the token.
+    let r = send(
+        Method::POST,
+        &n.url("/api/v1/cluster/repair"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    stop_all(nodes).await;
+}
