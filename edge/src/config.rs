@@ -67,6 +67,22 @@ pub struct EdgeConfig {
     pub send_stall_secs: u64,
     /// QUIC settings of the HTTP/3 listener.
     pub quic: crate::h3::QuicSettings,
+    /// Origin mode in front of an origin cluster: the ring of its nodes (in the order of
+    /// the origin URLs), so the edge asks each manifest's and chunk's owners first and
+    /// follows every node's change feed. Without it the URLs are a failover list.
+    pub origin_ring: Option<OriginRing>,
+}
+
+/// The placement of an origin cluster, as its nodes compute it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginRing {
+    /// The nodes, one per origin URL, in the same order.
+    pub nodes: Vec<tessera_origin_proto::ring::RingNode>,
+    /// Copies of each chunk and manifest.
+    pub replication: usize,
+    /// Ring points per node and unit of weight.
+    pub vnodes: u32,
 }
 
 impl Default for EdgeConfig {
@@ -89,6 +105,7 @@ impl Default for EdgeConfig {
             brotli_cache_entries: 4096,
             send_stall_secs: 30,
             quic: crate::h3::QuicSettings::default(),
+            origin_ring: None,
         }
     }
 }

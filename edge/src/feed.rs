@@ -41,18 +41,27 @@ struct Position {
 pub struct Recent {
     /// A std mutex: map operations only, no `.await` while held.
     map: Mutex<HashMap<String, (u64, Option<ChunkHash>, Instant)>>,
+    /// Changes noted so far: the edge's own count, comparable whichever origin's feed (a
+    /// cluster has one per node) reported them.
+    noted: std::sync::atomic::AtomicU64,
 }
 
 /// How long a change is remembered: longer than any manifest fetch may take.
 const REMEMBER: Duration = Duration::from_secs(120);
 
 impl Recent {
-    fn note(&self, path: &str, seq: u64, version: Option<ChunkHash>) {
+    fn note(&self, path: &str, version: Option<ChunkHash>) {
         let mut m = self.map.lock().unwrap();
+        let seq = self.noted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         if m.len() > 10_000 {
             m.retain(|_, (_, _, at)| at.elapsed() < REMEMBER);
         }
         m.insert(path.to_string(), (seq, version, Instant::now()));
+    }
+
+    /// The position to pass to [`Recent::superseded`] for a fetch starting now.
+    pub fn position(&self) -> u64 {
+        self.noted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether `path` changed after feed position `position` to something other than
@@ -66,16 +75,50 @@ impl Recent {
     }
 }
 
-/// Starts following the feed when the edge is in origin mode and configured to.
+/// Starts following the feed when the edge is in origin mode and configured to: the one
+/// feed of a standalone origin (the URLs a failover list), or every node's feed of a
+/// cluster (each lists the changes of the files that node holds).
 pub fn spawn(edge: Arc<Edge>) -> Option<tokio::task::JoinHandle<()>> {
     if edge.origins.is_empty() || !edge.cfg.follow_changes {
         return None;
     }
-    Some(tokio::spawn(follow(edge)))
+    let followers: Vec<(Vec<usize>, PathBuf)> = match &edge.cfg.origin_ring {
+        Some(ring) if edge.origin_cluster() => ring
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (vec![i], edge.cfg.data.join(format!("feed-{}.json", n.id))))
+            .collect(),
+        _ => vec![(
+            (0..edge.origins.len()).collect(),
+            edge.cfg.data.join("feed.json"),
+        )],
+    };
+    let positions = Arc::new(
+        (0..followers.len())
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect::<Vec<_>>(),
+    );
+    Some(tokio::spawn(async move {
+        let runs = followers
+            .into_iter()
+            .enumerate()
+            .map(|(slot, (origins, file))| {
+                follow(edge.clone(), origins, file, positions.clone(), slot)
+            });
+        futures_util::future::join_all(runs).await;
+    }))
 }
 
-async fn follow(edge: Arc<Edge>) {
-    let file: PathBuf = edge.cfg.data.join("feed.json");
+/// Follows one feed, read from `origins` in turn (a failover list), saving its position in
+/// `file`; the position is also published in `positions[slot]` (the metric sums them).
+async fn follow(
+    edge: Arc<Edge>,
+    origins: Vec<usize>,
+    file: PathBuf,
+    positions: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    slot: usize,
+) {
     let saved = std::fs::read(&file)
         .ok()
         .and_then(|b| serde_json::from_slice::<Position>(&b).ok())
@@ -87,7 +130,7 @@ async fn follow(edge: Arc<Edge>) {
     let mut origin = 0usize;
     let mut backoff = Duration::from_millis(200);
     loop {
-        let client = &edge.origins[origin % edge.origins.len()];
+        let client = &edge.origins[origins[origin % origins.len()]];
         match client.changes(since, WAIT_SECS).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(200);
@@ -116,7 +159,7 @@ async fn follow(edge: Arc<Edge>) {
                 for c in &reply.changes {
                     // Noted first: a manifest fetch that returns after this sees the change
                     // (see `Recent::superseded` in origin_mode).
-                    edge.recent.note(&c.path, c.seq, c.blake3);
+                    edge.recent.note(&c.path, c.blake3);
                     let key = manifest_key(&c.path);
                     // A manifest already of the published version (fetched after the publish,
                     // before its change arrived here) stays; none held, nothing to do.
@@ -134,9 +177,12 @@ async fn follow(edge: Arc<Edge>) {
                 }
                 if reply.next != since {
                     since = reply.next;
-                    edge.metrics.feed_position.set(since as i64);
-                    edge.feed_position
-                        .store(since, std::sync::atomic::Ordering::SeqCst);
+                    positions[slot].store(since, std::sync::atomic::Ordering::SeqCst);
+                    let sum: u64 = positions
+                        .iter()
+                        .map(|p| p.load(std::sync::atomic::Ordering::SeqCst))
+                        .sum();
+                    edge.metrics.feed_position.set(sum as i64);
                     let json = serde_json::to_vec(&Position {
                         version: 1,
                         next: since,

@@ -227,8 +227,9 @@ async fn fetch_manifest(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut last = Refusal::new(StatusCode::BAD_GATEWAY, "no origin configured");
-    let position = edge.feed_position.load(std::sync::atomic::Ordering::SeqCst);
-    for origin in &edge.origins {
+    let position = edge.recent.position();
+    for i in edge.origins_for_file(file) {
+        let origin = &edge.origins[i];
         let request_time = now_secs();
         let kind = if stale.is_some() {
             "revalidate"
@@ -242,6 +243,7 @@ async fn fetch_manifest(
         let key = manifest_key(file);
         match r {
             None => {
+                edge.origin_failed(i);
                 last = Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("origin {} did not answer in time", origin.base()),
@@ -303,6 +305,9 @@ async fn fetch_manifest(
             Some(Err(e)) => {
                 let kind = error_kind(&e);
                 edge.origin_error(kind);
+                if kind == "connect" {
+                    edge.origin_failed(i);
+                }
                 tracing::warn!(origin = origin.base(), path = file, error = %e, "manifest fetch failed");
                 last = Refusal::new(StatusCode::BAD_GATEWAY, format!("origin error: {e}"));
                 if !e.retryable() && !matches!(e, ClientError::Malformed { .. }) {
@@ -437,7 +442,8 @@ pub(crate) async fn chunk(edge: &Arc<Edge>, hash: ChunkHash) -> Result<Bytes, Bo
 
 async fn fetch_chunk(edge: &Arc<Edge>, hash: ChunkHash) -> anyhow::Result<Bytes> {
     let mut last = anyhow::anyhow!("no origin configured");
-    for origin in &edge.origins {
+    for i in edge.origins_for_chunk(&hash) {
+        let origin = &edge.origins[i];
         let r = edge.call_origin("chunk", origin.chunk(hash)).await;
         match r {
             Some(Ok(b)) => return Ok(b),
@@ -445,11 +451,16 @@ async fn fetch_chunk(edge: &Arc<Edge>, hash: ChunkHash) -> anyhow::Result<Bytes>
                 if matches!(e, ClientError::Corrupt { .. }) {
                     edge.metrics.corrupt_chunks.inc();
                 }
-                edge.origin_error(error_kind(&e));
+                let kind = error_kind(&e);
+                edge.origin_error(kind);
+                if kind == "connect" {
+                    edge.origin_failed(i);
+                }
                 tracing::warn!(origin = origin.base(), chunk = %hash, error = %e, "chunk fetch failed");
                 last = e.into();
             }
             None => {
+                edge.origin_failed(i);
                 last = anyhow::anyhow!("origin {} did not answer in time", origin.base());
             }
         }

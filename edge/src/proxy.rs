@@ -197,8 +197,10 @@ pub struct Edge {
     brotli: Mutex<SizedCache<(Key, u64), Bytes>>,
     /// Paths the change feed reported recently (origin mode).
     pub(crate) recent: crate::feed::Recent,
-    /// The change feed position applied so far.
-    pub(crate) feed_position: std::sync::atomic::AtomicU64,
+    /// Placement of the origin cluster, when the origins are one.
+    ring: Option<tessera_origin_proto::ring::Ring>,
+    /// Per origin: until when (Unix ms) it is tried last, after a failure to reach it.
+    origin_down: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Edge {
@@ -229,6 +231,23 @@ impl Edge {
             }
             Backend::Upstream(url) => (Vec::new(), Some(Upstream::new(url, &cfg)?)),
         };
+        let n_origins = origins.len();
+        let ring = match &cfg.origin_ring {
+            Some(r) => {
+                anyhow::ensure!(
+                    r.nodes.len() == n_origins,
+                    "the origin ring names {} nodes but {} origin URLs are given",
+                    r.nodes.len(),
+                    n_origins
+                );
+                Some(tessera_origin_proto::ring::Ring::new(
+                    r.nodes.clone(),
+                    r.vnodes,
+                    r.replication,
+                ))
+            }
+            None => None,
+        };
         Ok(Arc::new(Edge {
             brotli: Mutex::new(SizedCache::with_size(cfg.brotli_cache_entries.max(1))),
             cfg,
@@ -240,7 +259,8 @@ impl Edge {
             origins,
             upstream,
             recent: Default::default(),
-            feed_position: Default::default(),
+            origin_down: (0..n_origins).map(|_| Default::default()).collect(),
+            ring,
         }))
     }
 
@@ -637,6 +657,38 @@ impl Edge {
     /// Counts an origin failure of `kind` (`connect`, `status`, `body`, `malformed`, …).
     pub(crate) fn origin_error(&self, kind: &str) {
         self.metrics.origin_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Origins to try, in order: the preference list (all origins without a ring), those
+    /// that failed in the last seconds moved to the end.
+    fn origin_order(&self, preference: Option<Vec<usize>>) -> Vec<usize> {
+        let list = preference.unwrap_or_else(|| (0..self.origins.len()).collect());
+        let now = now_ms();
+        let down =
+            |i: &usize| self.origin_down[*i].load(std::sync::atomic::Ordering::Relaxed) > now;
+        let (mut up, rest): (Vec<usize>, Vec<usize>) = list.into_iter().partition(|i| !down(i));
+        up.extend(rest);
+        up
+    }
+
+    /// Origins to ask for the manifest of `path`: its owners first.
+    pub(crate) fn origins_for_file(&self, path: &str) -> Vec<usize> {
+        self.origin_order(self.ring.as_ref().map(|r| r.file_nodes(path)))
+    }
+
+    /// Origins to ask for chunk `hash`: its owners first.
+    pub(crate) fn origins_for_chunk(&self, hash: &tessera_origin_proto::ChunkHash) -> Vec<usize> {
+        self.origin_order(self.ring.as_ref().map(|r| r.chunk_nodes(hash)))
+    }
+
+    /// Origin `i` could not be reached: try it last for a few seconds.
+    pub(crate) fn origin_failed(&self, i: usize) {
+        self.origin_down[i].store(now_ms() + 3000, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the origins form a cluster with a ring (each has its own change feed).
+    pub(crate) fn origin_cluster(&self) -> bool {
+        self.ring.is_some()
     }
 }
 

@@ -397,25 +397,45 @@ impl Cluster {
     /// Checks every other node's `/healthz` every second, forever.
     pub async fn watch_peers(self: Arc<Self>) {
         loop {
-            for i in 0..self.peers.len() {
-                if i == self.me {
-                    continue;
-                }
-                let ok = matches!(
-                    tokio::time::timeout(
-                        Duration::from_millis(800),
-                        self.peers[i].client.call(Method::GET, "/healthz", full(Bytes::new()))
-                    )
-                    .await,
-                    Ok(Ok((p, _))) if p.status.is_success()
-                );
-                self.mark(i, ok);
-            }
+            let checks = (0..self.peers.len())
+                .filter(|&i| i != self.me)
+                .map(|i| self.probe(i));
+            futures_util::future::join_all(checks).await;
             self.metrics
                 .cluster_nodes_live
                 .set(self.live_count() as i64);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// Checks node `i`'s `/healthz` and marks it.
+    async fn probe(&self, i: usize) {
+        let ok = matches!(
+            tokio::time::timeout(
+                Duration::from_millis(800),
+                self.peers[i].client.call(Method::GET, "/healthz", full(Bytes::new()))
+            )
+            .await,
+            Ok(Ok((p, _))) if p.status.is_success()
+        );
+        self.mark(i, ok);
+    }
+
+    /// Probes every node marked down once, now (a node that just started or returned
+    /// should not wait for the next periodic check).
+    async fn probe_down(&self) {
+        let probes = (0..self.peers.len())
+            .filter(|&i| !self.alive(i))
+            .map(|i| self.probe(i));
+        futures_util::future::join_all(probes).await;
+    }
+
+    /// [`Cluster::check_quorum`], after probing the nodes marked down if there are too few.
+    async fn ensure_quorum(&self) -> Result<(), ClusterError> {
+        if self.check_quorum().is_err() {
+            self.probe_down().await;
+        }
+        self.check_quorum()
     }
 
     fn check_quorum(&self) -> Result<(), ClusterError> {
@@ -500,7 +520,7 @@ impl Cluster {
         content_type: &str,
         mut pieces: mpsc::Receiver<Result<Bytes, ()>>,
     ) -> Result<(PublishReply, Placement), ClusterError> {
-        self.check_quorum()?;
+        self.ensure_quorum().await?;
         let stamp = self.stamp();
         let upload = new_id();
         // The chunker runs on a blocking thread; chunks come back with their hashes.
@@ -963,7 +983,7 @@ impl Cluster {
     /// Deletes `path` cluster-wide: a tombstone on its owners, then its fragments dropped.
     /// Returns `false` if nothing was published there.
     pub async fn delete(self: &Arc<Self>, path: &str) -> Result<bool, ClusterError> {
-        self.check_quorum()?;
+        self.ensure_quorum().await?;
         match self.record(path).await? {
             Some(r) if r.manifest.is_some() => {}
             _ => return Ok(false),

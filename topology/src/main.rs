@@ -1,10 +1,12 @@
 //! `tessera`: one binary for every role of a Tessera network.
 //!
-//! Subcommands: `origin` runs a storage node, `edge` a caching edge node, `push` publishes
-//! files to an origin, `get` fetches a URL over HTTP/1.1, HTTP/2 or HTTP/3. Later roles (`up`, `plugin`) are added here too; the roles themselves live in their own
-//! library crates and this binary only wires them together.
+//! Subcommands: `up` runs a whole network from a topology file, `origin` runs a storage
+//! node, `edge` a caching edge node, `push` publishes files to an origin, `get` fetches a
+//! URL over HTTP/1.1, HTTP/2 or HTTP/3. The roles themselves live in their own library
+//! crates; this binary only wires them together (and holds the topology file, `file`).
 
 mod cmd;
+mod file;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a whole network on this machine: every node of a topology file (default: three
+    /// origins and two edges on loopback), with a demo site published.
+    Up(cmd::up::Args),
     /// Run an origin storage node: publishers push files to it; edges read from it.
     Origin(cmd::origin::Args),
     /// Run an edge node: a caching proxy in front of origins or any HTTP server.
@@ -52,6 +57,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
+            Command::Up(a) => cmd::up::run(a).await,
             Command::Origin(a) => cmd::origin::run(a).await,
             Command::Edge(a) => cmd::edge::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,

@@ -33,12 +33,18 @@ impl Hash for VNode {
 }
 
 /// A node as the ring needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RingNode {
     /// The node's id in the topology (`o1`).
     pub id: String,
     /// Relative capacity: a node of weight 2 gets twice the points, so about twice the data.
+    #[serde(default = "one")]
     pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The placement ring of an origin cluster. Cheap to share (`Arc`), immutable.

@@ -47,16 +47,53 @@ pub struct Args {
     #[arg(long, env = "TESSERA_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// TOML file with any `EdgeConfig` field.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "topology")]
     config: Option<PathBuf>,
+    /// Run the edge `--id` of this topology file (listeners, caches, origins from it;
+    /// options given here override it).
+    #[arg(long, requires = "id")]
+    topology: Option<PathBuf>,
+    /// The edge's id in `--topology`.
+    #[arg(long, requires = "topology")]
+    id: Option<String>,
+}
+
+/// Where an edge listens, and how it serves TLS.
+#[derive(Debug, Default, Clone)]
+pub struct Listen {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub no_http3: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let mut config: EdgeConfig = super::load_config(a.config.as_deref())?;
+    let (mut config, mut listen) = match (&a.topology, &a.id) {
+        (Some(t), Some(id)) => {
+            let topo = crate::file::load(t)?;
+            let (e, cfg) = topo.edge_config(id)?;
+            let listen = Listen {
+                http: e.http,
+                https: e.https,
+                admin: e.admin,
+                ..Default::default()
+            };
+            (cfg, listen)
+        }
+        _ => (
+            super::load_config::<EdgeConfig>(a.config.as_deref())?,
+            Listen::default(),
+        ),
+    };
     match (a.origin.is_empty(), a.upstream) {
-        (false, _) => config.backend = Backend::Origin(a.origin),
+        (false, _) => {
+            config.backend = Backend::Origin(a.origin);
+            config.origin_ring = None;
+        }
         (true, Some(u)) => config.backend = Backend::Upstream(u),
-        (true, None) if a.config.is_some() => {}
+        (true, None) if a.config.is_some() || a.topology.is_some() => {}
         (true, None) => anyhow::bail!("say where misses go: --origin URL... or --upstream URL"),
     }
     if let Some(d) = a.data {
@@ -71,13 +108,30 @@ pub async fn run(a: Args) -> Result<()> {
     if a.admin_token.is_some() {
         config.admin_token = a.admin_token;
     }
-    let (http, https) = match (a.http, a.https) {
-        (None, None) => (Some("127.0.0.1:8080".parse()?), None),
-        other => other,
-    };
+    listen.http = a.http.or(listen.http);
+    listen.https = a.https.or(listen.https);
+    listen.admin = a.admin.or(listen.admin);
+    listen.no_http3 |= a.no_http3;
+    listen.tls_cert = a.tls_cert;
+    listen.tls_key = a.tls_key;
+    if listen.http.is_none() && listen.https.is_none() {
+        listen.http = Some("127.0.0.1:8080".parse()?);
+    }
+    let (listeners, lines) = bind_all(&listen, &config).await?;
+    let edge = tessera_edge::Edge::open(config, Default::default()).await?;
+    // The lines tests and scripts wait for: the bound addresses (ports may have been 0).
+    for l in lines {
+        println!("{l}");
+    }
+    tessera_edge::run(listeners, edge, super::origin::shutdown_signal()).await
+}
+
+/// Binds every listener of `listen`; returns them and one line per listener saying where
+/// it is ("tessera edge listening on http://ADDR", …).
+pub async fn bind_all(listen: &Listen, config: &EdgeConfig) -> Result<(Listeners, Vec<String>)> {
     let mut listeners = Listeners::default();
     let mut lines = Vec::new();
-    if let Some(addr) = http {
+    if let Some(addr) = listen.http {
         let l = bind(addr).await?;
         lines.push(format!(
             "tessera edge listening on http://{}",
@@ -85,8 +139,8 @@ pub async fn run(a: Args) -> Result<()> {
         ));
         listeners.http = Some(l);
     }
-    if let Some(addr) = https {
-        let id = match (&a.tls_cert, &a.tls_key) {
+    if let Some(addr) = listen.https {
+        let id = match (&listen.tls_cert, &listen.tls_key) {
             (Some(c), Some(k)) => tessera_edge::tls::load(c, k)?,
             _ => {
                 let id = tessera_edge::tls::development(&config.data.join("tls"))?;
@@ -98,7 +152,7 @@ pub async fn run(a: Args) -> Result<()> {
             }
         };
         let tls = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"])?;
-        let (l, udp) = if a.no_http3 {
+        let (l, udp) = if listen.no_http3 {
             (bind(addr).await?, None)
         } else {
             let (l, udp) = tessera_edge::h3::bind_https_and_quic(addr)
@@ -109,23 +163,18 @@ pub async fn run(a: Args) -> Result<()> {
         let bound = l.local_addr()?;
         lines.push(format!("tessera edge listening on https://{bound}"));
         if let Some(udp) = udp {
-            let quic = tessera_edge::h3::server_config(&id, &config)?;
+            let quic = tessera_edge::h3::server_config(&id, config)?;
             lines.push(format!("tessera edge HTTP/3 on udp://{bound}"));
             listeners.h3 = Some((udp, quic));
         }
         listeners.https = Some((l, tls));
     }
-    if let Some(addr) = a.admin {
+    if let Some(addr) = listen.admin {
         let l = bind(addr).await?;
         lines.push(format!("tessera edge admin on http://{}", l.local_addr()?));
         listeners.admin = Some(l);
     }
-    let edge = tessera_edge::Edge::open(config, Default::default()).await?;
-    // The lines tests and scripts wait for: the bound addresses (ports may have been 0).
-    for l in lines {
-        println!("{l}");
-    }
-    tessera_edge::run(listeners, edge, super::origin::shutdown_signal()).await
+    Ok((listeners, lines))
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

@@ -4,6 +4,7 @@ pub mod edge;
 pub mod get;
 pub mod origin;
 pub mod push;
+pub mod up;
 
 /// The node config in the TOML file `path`, or the defaults without one. Errors name the
 /// file (and toml's message names the line and field).

@@ -9,9 +9,9 @@ use tessera_origin::OriginConfig;
 /// Options of `tessera origin`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to serve the origin API on.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
+    /// Address to serve the origin API on [default: 127.0.0.1:7070, or the topology's].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Folder for the node's chunks and metadata (created if missing).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -22,12 +22,32 @@ pub struct Args {
     #[arg(long, value_parser = crate::size::parse_size)]
     max_body: Option<u64>,
     /// TOML file with any `OriginConfig` field; command-line options override it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "topology")]
     config: Option<PathBuf>,
+    /// Run the origin `--id` of this topology file as a member of its cluster (address,
+    /// data folder, token and ring from the file; options given here override it).
+    #[arg(long, requires = "id")]
+    topology: Option<PathBuf>,
+    /// The origin's id in `--topology`.
+    #[arg(long, requires = "topology")]
+    id: Option<String>,
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let mut config: OriginConfig = super::load_config(a.config.as_deref())?;
+    let (from_file, mut config) = match (&a.topology, &a.id) {
+        (Some(t), Some(id)) => {
+            let (addr, cfg) = crate::file::load(t)?.origin_config(id)?;
+            (Some(addr), cfg)
+        }
+        _ => (
+            None,
+            super::load_config::<OriginConfig>(a.config.as_deref())?,
+        ),
+    };
+    let listen = a
+        .listen
+        .or(from_file)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
     if let Some(d) = a.data {
         config.data = d;
     }
@@ -37,9 +57,9 @@ pub async fn run(a: Args) -> Result<()> {
     if let Some(m) = a.max_body {
         config.max_body_bytes = m;
     }
-    let listener = tokio::net::TcpListener::bind(a.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     // The line tests and scripts wait for: the bound address (the port may have been 0).
     println!(

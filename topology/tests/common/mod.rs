@@ -60,11 +60,18 @@ pub fn start_origin_with(data: &Path, extra: &[&str]) -> (OriginProcess, String)
 /// Starts `tessera edge` with `args` (plus `--data data`) and returns it with the lines it
 /// printed up to and including the one containing `last`.
 pub fn start_edge(data: &Path, args: &[&str], last: &str) -> (OriginProcess, Vec<String>) {
+    let mut all = vec!["edge"];
+    all.extend_from_slice(args);
+    all.push("--data");
+    all.push(data.to_str().unwrap());
+    start_tessera(&all, last)
+}
+
+/// Starts `tessera ARGS` and returns it with the lines it printed up to and including the
+/// one containing `last` (its stderr is discarded).
+pub fn start_tessera(args: &[&str], last: &str) -> (OriginProcess, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .arg("edge")
         .args(args)
-        .arg("--data")
-        .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -75,7 +82,7 @@ pub fn start_edge(data: &Path, args: &[&str], last: &str) -> (OriginProcess, Vec
         let mut line = String::new();
         assert!(
             out.read_line(&mut line).unwrap() > 0,
-            "the edge exited: {lines:?}"
+            "tessera {args:?} exited: {lines:?}"
         );
         let done = line.contains(last);
         lines.push(line.trim_end().to_string());
@@ -84,6 +91,34 @@ pub fn start_edge(data: &Path, args: &[&str], last: &str) -> (OriginProcess, Vec
         }
     }
     (OriginProcess(child), lines)
+}
+
+/// Sends SIGTERM to the process and waits (bounded) for it; returns whether it exited 0.
+pub fn terminate(p: &mut OriginProcess) -> bool {
+    let pid = p.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for _ in 0..600 {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            return status.success();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("tessera did not stop within 30 s of SIGTERM");
+}
+
+/// A TCP port free on 127.0.0.1 right now (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Deterministic pseudo-random bytes (xorshift).

@@ -1,0 +1,239 @@
+//! A real network from a topology file: `tessera up`, and separate `tessera origin` and
+//! `tessera edge` processes, one of which is killed with `kill -9`.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{OriginProcess, free_port, noise, start_tessera, terminate};
+use tessera_origin_proto::OriginClient;
+use tessera_origin_proto::client::full;
+
+/// A topology of `origins` origins (replication 2) and one edge, data under `dir`.
+fn write_topology(dir: &Path, origins: usize) -> (std::path::PathBuf, Vec<u16>, u16) {
+    let ports: Vec<u16> = (0..origins).map(|_| free_port()).collect();
+    let edge = free_port();
+    let mut t = format!(
+        "replication = 2\nvnodes = 64\ndata = {:?}\ntoken = \"t0k\"\nadmin_token = \"adm\"\n",
+        dir.join("data").display().to_string()
+    );
+    for (i, p) in ports.iter().enumerate() {
+        t += &format!(
+            "\n[[origin]]\nid = \"o{}\"\nlisten = \"127.0.0.1:{p}\"\n",
+            i + 1
+        );
+    }
+    t += &format!(
+        "\n[[edge]]\nid = \"e1\"\nhttp = \"127.0.0.1:{edge}\"\nmemory = \"16MiB\"\ndisk = \"64MiB\"\n"
+    );
+    let path = dir.join("net.toml");
+    std::fs::write(&path, t).unwrap();
+    (path, ports, edge)
+}
+
+async fn fetch(url: &str) -> (u16, Bytes) {
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let r = c.get(url.parse().unwrap()).await.unwrap();
+    let status = r.status().as_u16();
+    use http_body_util::BodyExt;
+    (status, r.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn start_origin(topology: &Path, id: &str) -> OriginProcess {
+    let t = topology.to_str().unwrap();
+    start_tessera(&["origin", "--topology", t, "--id", id], "listening on").0
+}
+
+/// Waits (bounded) until origin `url` sees node `id` as `live`.
+async fn wait_live(url: &str, id: &str, live: bool) {
+    for _ in 0..200 {
+        let (_, body) = fetch(&format!("{url}/api/v1/cluster")).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == id && n["live"] == live)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never saw {id} live={live}");
+}
+
+#[tokio::test]
+async fn up_runs_the_network_serves_the_demo_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (topology, ports, edge) = write_topology(dir.path(), 3);
+    let (mut up, lines) = start_tessera(
+        &["up", topology.to_str().unwrap()],
+        "Ctrl-C stops everything",
+    );
+    let text = lines.join("\n");
+    assert!(text.contains("3 origin node(s), replication 2"), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{edge}/demo/")),
+        "{text}"
+    );
+    let (status, page) = fetch(&format!("http://127.0.0.1:{edge}/demo/")).await;
+    assert_eq!(status, 200);
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("<link rel=\"stylesheet\" href=\"style.css\">"));
+    for asset in ["style.css", "app.js", "img/logo.svg", "img/mosaic.svg"] {
+        let (s, body) = fetch(&format!("http://127.0.0.1:{edge}/demo/{asset}")).await;
+        assert_eq!(s, 200, "{asset}");
+        assert!(!body.is_empty());
+    }
+    // The demo is on the cluster: every origin lists it.
+    for p in &ports {
+        let (s, body) = fetch(&format!("http://127.0.0.1:{p}/api/v1/files?prefix=demo/")).await;
+        assert_eq!(s, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 5, "{v}");
+    }
+    assert!(terminate(&mut up), "tessera up did not exit cleanly");
+    // Everything stopped: the ports are free again.
+    for p in ports.iter().chain([&edge]) {
+        std::net::TcpListener::bind(("127.0.0.1", *p)).expect("a node still listens");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_an_origin_loses_no_read_and_publishes_go_on_then_repair_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (topology, ports, edge) = write_topology(dir.path(), 3);
+    let mut origins: Vec<OriginProcess> = ["o1", "o2", "o3"]
+        .iter()
+        .map(|id| start_origin(&topology, id))
+        .collect();
+    let t = topology.to_str().unwrap();
+    let (_edge, _) = start_tessera(
+        &["edge", "--topology", t, "--id", "e1"],
+        "listening on http://",
+    );
+    let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let o1 = OriginClient::new(&url(0), Some("t0k".into())).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("f/{i}.bin"), noise(300_000 + i * 1000, i as u64)))
+        .collect();
+    for (p, d) in &files {
+        o1.put_bytes(p, Bytes::from(d.clone())).await.unwrap();
+    }
+    // Half of them are in the edge's cache before the kill.
+    for (p, d) in &files[..6] {
+        let (s, b) = fetch(&format!("http://127.0.0.1:{edge}/{p}")).await;
+        assert!(s == 200 && b == *d, "{p}");
+    }
+    // Publishes run while o2 is killed: each either succeeds or fails with a clear error.
+    let publisher = {
+        let o1 = o1.clone();
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..30u64 {
+                let p = format!("during/{i}.bin");
+                let d = noise(100_000, 1000 + i);
+                let r = o1.put_bytes(&p, Bytes::from(d.clone())).await;
+                outcomes.push((p, d, r.map_err(|e| e.to_string())));
+            }
+            outcomes
+        })
+    };
+    origins[1].kill_9();
+    let outcomes = publisher.await.unwrap();
+    wait_live(&url(0), "o2", false).await;
+    wait_live(&url(2), "o2", false).await;
+    // No read fails: cached or not, through the edge and through the survivors.
+    for (p, d) in &files {
+        let (s, b) = fetch(&format!("http://127.0.0.1:{edge}/{p}")).await;
+        assert!(s == 200 && b == *d, "edge read of {p}: {s}");
+        for i in [0, 2] {
+            let (s, b) = fetch(&format!("{}/api/v1/files/{p}", url(i))).await;
+            assert!(s == 200 && b == *d, "o{} read of {p}: {s}", i + 1);
+        }
+    }
+    // Never half-visible: a publish that succeeded reads back whole, a failed one not at all.
+    for (p, d, r) in &outcomes {
+        let (s, b) = fetch(&format!("{}/api/v1/files/{p}", url(2))).await;
+        match r {
+            Ok(_) => assert!(s == 200 && b == *d, "{p} was acknowledged but reads {s}"),
+            Err(e) => {
+                assert!(
+                    e.contains("503") || e.contains("o2"),
+                    "unclear failure: {e}"
+                );
+                assert_eq!(s, 404, "{p} failed but is visible");
+            }
+        }
+    }
+    // New publishes succeed with o2 down.
+    let late = noise(400_000, 77);
+    let reply = o1
+        .put_bytes("after/kill.bin", Bytes::from(late.clone()))
+        .await
+        .unwrap();
+    assert_eq!(reply.size, late.len() as u64);
+    let (s, b) = fetch(&format!("http://127.0.0.1:{edge}/after/kill.bin")).await;
+    assert!(s == 200 && b == late);
+    // o2 returns; repair brings every chunk back to its owners.
+    origins[1] = start_origin(&topology, "o2");
+    wait_live(&url(0), "o2", true).await;
+    wait_live(&url(2), "o2", true).await;
+    let admin = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<tessera_origin_proto::client::UploadBody>();
+    for _pass in 0..2 {
+        for i in 0..3 {
+            let req = http::Request::post(format!("{}/api/v1/cluster/repair", url(i)))
+                .header("authorization", "Bearer t0k")
+                .body(full(Bytes::new()))
+                .unwrap();
+            let r = admin.request(req).await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    for i in 0..3 {
+        let (_, body) = fetch(&format!("{}/api/v1/cluster", url(i))).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["repair"]["chunks_waiting"], 0, "{v}");
+        assert_eq!(v["repair"]["chunks_missing"], 0, "{v}");
+    }
+    let (s, b) = fetch(&format!("{}/api/v1/files/after/kill.bin", url(1))).await;
+    assert!(s == 200 && b == late);
+}
+
+#[test]
+fn a_topology_with_mistakes_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "replication = 2\n\n[[origin]]\nid = \"o1\"\nlisten = \"127.0.0.1:7071\"\n\n[[edge]]\nid = \"e1\"\nhttp = \"127.0.0.1:8080\"\norigins = [\"o7\"]\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["up", path.to_str().unwrap()],
+        vec!["origin", "--topology", path.to_str().unwrap(), "--id", "o1"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("bad.toml:1: replication"), "{args:?}: {err}");
+    }
+    std::fs::write(
+        &path,
+        "[[origin]]\nid = \"o1\"\nlisten = \"127.0.0.1:7071\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["edge", "--topology", path.to_str().unwrap(), "--id", "e9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no edge \"e9\""));
+}
