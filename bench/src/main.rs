@@ -8,10 +8,12 @@
 //! - `policy`: hit ratios of foyer's eviction policies on Zipf workloads.
 //! - `run`: one of the seed's workloads against a running origin and edge.
 //! - `compare`: one workload against Tessera and nginx, Varnish and Caddy, side by side.
+//! - `cluster`: ring balance, origin cluster throughput with 1–3 nodes, a scale model.
 //! - `workloads`: the seed's workload generators (`workload.rs`), described without sending.
 //! - `http3`: memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy, and 100 MiB
 //!   downloads over HTTP/3 with the QUIC settings the edge could use.
 
+mod cluster;
 mod compare;
 mod edge_hits;
 mod http3;
@@ -45,6 +47,9 @@ enum Command {
     /// One workload against Tessera's edge and nginx, Varnish and Caddy in front of the
     /// same origin, in one run.
     Compare(compare::Args),
+    /// The origin cluster: ring balance, publish and read throughput with 1, 2 and 3
+    /// origin nodes, and a scale model for the seed's cluster targets.
+    Cluster(cluster::Args),
     /// Generate the seed's workloads (read-heavy, write-heavy, cdn, backup, trace) and print
     /// their shape, sending nothing.
     Workloads(workload::Args),
@@ -66,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::EdgeHits(a) => edge_hits::run(a),
         Command::Workloads(a) => workload::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Cluster(a) => cluster::run(a),
         Command::Run(a) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             run::run(a)

@@ -67,6 +67,9 @@ pub struct EdgeConfig {
     pub send_stall_secs: u64,
     /// QUIC settings of the HTTP/3 listener.
     pub quic: crate::h3::QuicSettings,
+    /// One log line per request ([`crate::access`]): protocol, status, cache result,
+    /// bytes, duration.
+    pub access_log: bool,
     /// Origin mode in front of an origin cluster: the ring of its nodes (in the order of
     /// the origin URLs), so the edge asks each manifest's and chunk's owners first and
     /// follows every node's change feed. Without it the URLs are a failover list.
@@ -106,6 +109,7 @@ impl Default for EdgeConfig {
             send_stall_secs: 30,
             quic: crate::h3::QuicSettings::default(),
             origin_ring: None,
+            access_log: false,
         }
     }
 }

@@ -18,9 +18,10 @@
 //! - [`server`]: listeners (HTTP, HTTPS with HTTP/2) and the admin API.
 //! - [`h3`]: the HTTP/3 listener (quinn + h3).
 //! - [`tls`]: certificates and the rustls configuration.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics; [`access`]: the access log.
 //! - [`client`]: an HTTP/1.1, HTTP/2 and HTTP/3 client (`tessera get`, tests, benchmarks).
 
+pub mod access;
 pub mod cache;
 pub mod client;
 pub mod config;

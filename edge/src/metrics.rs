@@ -17,7 +17,7 @@ pub struct Metrics {
     pub cache: IntCounterVec,
     /// Body bytes sent to clients, by where they came from (`memory`, `disk`, `origin`).
     pub bytes_served: IntCounterVec,
-    /// Time to the response head, by result (`hit`, `miss`).
+    /// Time to the response head, by protocol and result (`hit`, `miss`).
     pub latency: HistogramVec,
     /// Requests to origins, by kind (`manifest`, `chunk`, `object`, `revalidate`, `pass`).
     pub origin_fetches: IntCounterVec,
@@ -85,10 +85,10 @@ impl Metrics {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "tessera_edge_response_seconds",
-                        "Time to the response head, by cache result",
+                        "Time to the response head, by protocol and cache result",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["result"],
+                    &["proto", "result"],
                 )
                 .unwrap(),
             ),

@@ -304,6 +304,10 @@ impl Edge {
                 req.headers_mut().insert("x-forwarded-for", v);
             }
         }
+        let logged = self
+            .cfg
+            .access_log
+            .then(|| (req.method().to_string(), req.uri().path().to_string()));
         let (resp, outcome) = match self.route(req).await {
             Ok(r) => r,
             Err(refusal) => {
@@ -332,9 +336,29 @@ impl Edge {
         };
         self.metrics
             .latency
-            .with_label_values(&[kind])
+            .with_label_values(&[proto.as_str(), kind])
             .observe(start.elapsed().as_secs_f64());
-        resp
+        match logged {
+            Some((method, path)) => {
+                let (parts, body) = resp.into_parts();
+                let entry = crate::access::Entry {
+                    proto: proto.as_str(),
+                    method,
+                    path,
+                    status: parts.status.as_u16(),
+                    cache: outcome.result,
+                    tier: outcome.tier,
+                    client,
+                    start,
+                };
+                let length = parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                Response::from_parts(parts, crate::access::Logged::wrap(body, entry, length))
+            }
+            None => resp,
+        }
     }
 
     async fn route(

@@ -100,7 +100,7 @@ impl Default for ClusterConfig {
             me: String::new(),
             nodes: Vec::new(),
             replication: 2,
-            vnodes: 256,
+            vnodes: 1024,
             repair_interval_secs: 30,
             scrub_bytes_per_sec: 32 << 20,
             tombstone_secs: 7 * 24 * 3600,
@@ -352,10 +352,9 @@ impl Cluster {
     }
 
     /// The first `replication` live nodes of a preference list.
-    fn targets(&self, preference: &[usize]) -> Vec<usize> {
+    fn targets(&self, preference: impl IntoIterator<Item = usize>) -> Vec<usize> {
         preference
-            .iter()
-            .copied()
+            .into_iter()
             .filter(|&i| self.alive(i))
             .take(self.ring.replication())
             .collect()
@@ -396,6 +395,7 @@ impl Cluster {
 
     /// Checks every other node's `/healthz` every second, forever.
     pub async fn watch_peers(self: Arc<Self>) {
+        self.metrics.cluster_nodes.set(self.peers.len() as i64);
         loop {
             let checks = (0..self.peers.len())
                 .filter(|&i| i != self.me)
@@ -593,7 +593,7 @@ impl Cluster {
             if failed.is_some() {
                 continue; // drain, so the chunker finishes
             }
-            let targets = self.targets(&self.ring.chunk_nodes(&hash));
+            let targets = self.targets(self.ring.chunk_preference(&hash));
             if targets.len() < self.ring.replication() {
                 failed = Some(self.check_quorum().err().unwrap_or(ClusterError::Node {
                     node: "?".into(),
@@ -735,7 +735,7 @@ impl Cluster {
     /// Writes `rec` to the first `replication` live nodes of its path's preference list;
     /// returns them and the newest record they hold afterwards.
     async fn put_record(&self, rec: &FileRecord) -> Result<(Vec<usize>, FileRecord), ClusterError> {
-        let targets = self.targets(&self.ring.file_nodes(&rec.path));
+        let targets = self.targets(self.ring.file_preference(&rec.path));
         if targets.len() < self.ring.replication() {
             self.check_quorum()?;
         }
@@ -872,8 +872,7 @@ impl Cluster {
     /// The current record of `path`: the newest among its live owners, or further down its
     /// preference list when no owner has one. Tombstones are returned too.
     pub async fn record(&self, path: &str) -> Result<Option<FileRecord>, ClusterError> {
-        let pref = self.ring.file_nodes(path);
-        let owners = self.targets(&pref);
+        let owners = self.targets(self.ring.file_preference(path));
         let mut best: Option<FileRecord> = None;
         let mut errors = 0;
         let calls = owners.iter().map(|&i| self.record_on(i, path));
@@ -891,7 +890,11 @@ impl Cluster {
         if best.is_some() {
             return Ok(best);
         }
-        for &i in pref.iter().filter(|i| !owners.contains(i)) {
+        for i in self
+            .ring
+            .file_preference(path)
+            .filter(|i| !owners.contains(i))
+        {
             if !self.alive(i) {
                 continue;
             }

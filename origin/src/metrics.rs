@@ -29,7 +29,9 @@ pub struct Metrics {
     pub gc_chunks: IntCounter,
     /// Publishes being ingested now.
     pub uploads_in_flight: IntGauge,
-    /// Cluster: origin nodes this node can reach (itself included).
+    /// Cluster: origin nodes in the topology, and those this node can reach (itself
+    /// included).
+    pub cluster_nodes: IntGauge,
     pub cluster_nodes_live: IntGauge,
     /// Cluster: chunk copies the last repair pass could not place on their owners.
     pub cluster_under_replicated: IntGauge,
@@ -113,6 +115,10 @@ impl Metrics {
                 "tessera_origin_uploads_in_flight",
                 "Publishes being ingested now",
             ),
+            cluster_nodes: g(
+                "tessera_origin_cluster_nodes",
+                "Origin nodes in the cluster's topology",
+            ),
             cluster_nodes_live: g(
                 "tessera_origin_cluster_nodes_live",
                 "Origin nodes this node can reach, itself included",
@@ -184,6 +190,7 @@ impl Metrics {
         }
         for x in [
             &m.uploads_in_flight,
+            &m.cluster_nodes,
             &m.cluster_nodes_live,
             &m.cluster_under_replicated,
             &m.objects,

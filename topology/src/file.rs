@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! replication = 2          # copies of each chunk and manifest (default 2, ≤ origins)
-//! vnodes = 256             # ring points per origin and unit of weight
+//! vnodes = 1024            # ring points per origin and unit of weight (default 1024)
 //! data = "tessera-data"    # base folder; a node's data defaults to {data}/{id}
 //! token = "publish-secret" # origins' write token (optional)
 //! admin_token = "admin"    # edges' admin token (optional)
@@ -21,6 +21,7 @@
 //! disk = "1GiB"
 //! origins = ["o1", "o2"]   # default: every origin
 //! parent = "e2"            # optional: tiered caching, misses go to that edge
+//! access_log = true        # optional: one log line per request
 //! ```
 //!
 //! [`parse`] checks everything it can before any node starts: unknown fields, duplicate
@@ -91,6 +92,8 @@ struct RawEdge {
     disk: Option<Spanned<String>>,
     origins: Option<Vec<Spanned<String>>>,
     parent: Option<Spanned<String>>,
+    #[serde(default)]
+    access_log: bool,
 }
 
 /// One origin node of a topology.
@@ -116,6 +119,8 @@ pub struct Edge {
     pub origins: Vec<usize>,
     /// Index into [`Topology::edges`].
     pub parent: Option<usize>,
+    /// One log line per request.
+    pub access_log: bool,
 }
 
 /// A checked topology.
@@ -354,6 +359,7 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
             disk,
             origins: list,
             parent,
+            access_log: e.access_log,
         });
     }
     // Parents must not form a cycle (e1 → e2 → e1 would bounce a miss forever).
@@ -433,6 +439,7 @@ impl Topology {
         let mut cfg = EdgeConfig {
             data: e.data.clone(),
             admin_token: self.admin_token.clone(),
+            access_log: e.access_log,
             ..Default::default()
         };
         if let Some(m) = e.memory {

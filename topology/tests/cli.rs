@@ -172,3 +172,72 @@ async fn get_fetches_over_each_protocol_from_an_edge() {
     assert!(!ok);
     assert!(err.contains("bad URL"), "{err}");
 }
+
+#[test]
+fn json_access_log_has_one_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.txt");
+    let body = common::noise(70_000, 3);
+    std::fs::write(&file, &body).unwrap();
+    let (_origin, origin_url) = common::start_origin(&dir.path().join("origin"));
+    let (ok, out, err) = tessera(&["push", file.to_str().unwrap(), "--origin", &origin_url]);
+    assert!(ok, "{out}{err}");
+    let log = dir.path().join("edge.log");
+    let edge_data = dir.path().join("edge");
+    let (_edge, lines) = common::start_tessera_with(
+        &[
+            "--log-format",
+            "json",
+            "edge",
+            "--access-log",
+            "--origin",
+            &origin_url,
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            edge_data.to_str().unwrap(),
+        ],
+        "listening on http://",
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let base = lines[0].rsplit(' ').next().unwrap().to_string();
+    for _ in 0..2 {
+        let (ok, out, err) = tessera(&["get", "-o", "/dev/null", &format!("{base}/a.txt")]);
+        assert!(ok, "{out}{err}");
+    }
+    let (_, out, _) = tessera(&["get", "-i", &format!("{base}/missing.txt")]);
+    assert!(out.contains(" 404 "), "{out}");
+    // The lines are written when each response body ends; wait for three (bounded).
+    let mut access = Vec::new();
+    for _ in 0..200 {
+        access = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "tessera::access")
+            .collect();
+        if access.len() >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert_eq!(access.len(), 3, "{access:?}");
+    let (miss, hit, missing) = (&access[0], &access[1], &access[2]);
+    for (v, status, cache) in [
+        (miss, 200, "miss"),
+        (hit, 200, "hit"),
+        (missing, 404, "pass"),
+    ] {
+        assert_eq!(v["proto"], "http/1.1", "{v}");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["status"], status, "{v}");
+        assert_eq!(v["cache"], cache, "{v}");
+        assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
+        assert_eq!(v["level"], "INFO");
+    }
+    assert_eq!(miss["path"], "/a.txt");
+    assert_eq!(miss["bytes"], body.len() as u64);
+    assert_eq!(hit["bytes"], body.len() as u64);
+    assert_eq!(hit["tier"], "memory");
+    assert_eq!(miss["complete"], true);
+}

@@ -46,6 +46,10 @@ pub struct Args {
     /// Token the admin API requires.
     #[arg(long, env = "TESSERA_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Log one line per request (protocol, status, cache result, bytes, duration); with
+    /// `--log-format json`, as JSON.
+    #[arg(long)]
+    access_log: bool,
     /// TOML file with any `EdgeConfig` field.
     #[arg(long, conflicts_with = "topology")]
     config: Option<PathBuf>,
@@ -108,6 +112,7 @@ pub async fn run(a: Args) -> Result<()> {
     if a.admin_token.is_some() {
         config.admin_token = a.admin_token;
     }
+    config.access_log |= a.access_log;
     listen.http = a.http.or(listen.http);
     listen.https = a.https.or(listen.https);
     listen.admin = a.admin.or(listen.admin);

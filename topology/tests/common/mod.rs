@@ -70,10 +70,19 @@ pub fn start_edge(data: &Path, args: &[&str], last: &str) -> (OriginProcess, Vec
 /// Starts `tessera ARGS` and returns it with the lines it printed up to and including the
 /// one containing `last` (its stderr is discarded).
 pub fn start_tessera(args: &[&str], last: &str) -> (OriginProcess, Vec<String>) {
+    start_tessera_with(args, last, Stdio::null())
+}
+
+/// [`start_tessera`] with its stderr (the logs) going to `stderr`.
+pub fn start_tessera_with(
+    args: &[&str],
+    last: &str,
+    stderr: Stdio,
+) -> (OriginProcess, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut lines = Vec::new();
