@@ -1106,6 +1106,8 @@ impl Cluster {
                 self.ring.replication()
             ),
             "nodes": nodes,
+            "repair_running": self.metrics.cluster_repair_running.get() == 1,
+            "repair_checked": self.metrics.cluster_repair_checked.get(),
             "repair": *self.report.lock().unwrap(),
         })
     }
@@ -1127,13 +1129,20 @@ impl Cluster {
     /// One repair pass over what this node holds (see the module docs).
     pub async fn repair(self: &Arc<Self>) -> Result<RepairReport, ClusterError> {
         let _one = self.repairing.lock().await;
+        let m = &self.metrics;
+        m.cluster_repair_running.set(1);
+        m.cluster_repair_checked.set(0);
         let mut rep = RepairReport::default();
-        self.repair_records(&mut rep).await?;
-        self.repair_fragments(&mut rep).await?;
+        let done = async {
+            self.repair_records(&mut rep).await?;
+            self.repair_fragments(&mut rep).await
+        }
+        .await;
+        m.cluster_repair_running.set(0);
+        done?;
         let store = self.store.clone();
         blocking(move || store.collect_garbage()).await??;
         rep.finished = now_ms() / 1000;
-        let m = &self.metrics;
         m.cluster_under_replicated.set(rep.chunks_waiting as i64);
         m.cluster_repair_copies
             .inc_by(rep.chunks_copied + rep.records_copied);
@@ -1148,6 +1157,7 @@ impl Cluster {
         let now = now_ms();
         for rec in records {
             rep.records += 1;
+            self.metrics.cluster_repair_checked.inc();
             let owners = self.ring.file_owners(&rec.path);
             let body = Bytes::from(serde_json::to_vec(&rec).expect("records serialise"));
             let mut confirmed = 0;
@@ -1197,6 +1207,7 @@ impl Cluster {
         let mut current: HashMap<String, Option<FileRecord>> = HashMap::new();
         for f in fragments {
             rep.fragments += 1;
+            self.metrics.cluster_repair_checked.inc();
             if !current.contains_key(&f.path) {
                 let r = match self.record(&f.path).await {
                     Ok(r) => r,

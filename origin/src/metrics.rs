@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Cluster: copies (records and chunks) repair pushed to owners, and repair passes.
     pub cluster_repair_copies: IntCounter,
     pub cluster_repair_passes: IntCounter,
+    /// Cluster: 1 while a repair pass runs, and the items (records and fragments) it has
+    /// checked so far.
+    pub cluster_repair_running: IntGauge,
+    pub cluster_repair_checked: IntGauge,
     /// Scrub: chunks read and verified, found corrupt, and replaced from a replica.
     pub scrub_chunks: IntCounter,
     pub scrub_corrupt: IntCounter,
@@ -135,6 +139,14 @@ impl Metrics {
                 "tessera_origin_cluster_repair_passes_total",
                 "Repair passes completed",
             ),
+            cluster_repair_running: g(
+                "tessera_origin_cluster_repair_running",
+                "1 while a repair pass runs",
+            ),
+            cluster_repair_checked: g(
+                "tessera_origin_cluster_repair_checked",
+                "Records and fragments the current (or last) repair pass has checked",
+            ),
             scrub_chunks: c(
                 "tessera_origin_scrub_chunks_total",
                 "Chunks read and verified by the scrub",
@@ -191,6 +203,8 @@ impl Metrics {
         for x in [
             &m.uploads_in_flight,
             &m.cluster_nodes,
+            &m.cluster_repair_running,
+            &m.cluster_repair_checked,
             &m.cluster_nodes_live,
             &m.cluster_under_replicated,
             &m.objects,

@@ -398,6 +398,52 @@ async fn adding_a_node_moves_only_what_the_ring_gives_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_node_moves_its_share_to_the_others() {
+    let mut nodes = start_cluster(3, 2).await;
+    let mut paths = Vec::new();
+    for i in 0..6 {
+        let p = format!("r/{i}.bin");
+        publish(&nodes[i % 3], &p, &noise(400 << 10, 200 + i as u64)).await;
+        paths.push(p);
+    }
+    // o3 leaves for good: the other two restart with a two-node topology.
+    nodes.pop().unwrap().stop().await;
+    let mut kept = Vec::new();
+    for n in nodes.drain(..) {
+        kept.push(n.stop_keep().await);
+    }
+    let addrs: Vec<_> = kept.iter().map(|(a, _)| *a).collect();
+    for (i, (addr, dir)) in kept.into_iter().enumerate() {
+        nodes.push(restart_node(addr, dir, cluster_config(&addrs, i, 2)).await);
+    }
+    repair_all(&nodes).await;
+    let last = repair_all(&nodes).await;
+    for r in &last {
+        assert_eq!(r["chunks_missing"], 0, "{r}");
+        assert_eq!(r["chunks_waiting"], 0, "{r}");
+    }
+    for p in &paths {
+        let m = manifest(&nodes[0], p).await;
+        for c in &m.chunks {
+            assert_eq!(
+                holders(&nodes, &c.hash).await,
+                vec![0, 1],
+                "chunk {}",
+                c.hash
+            );
+        }
+        assert_eq!(record_holders(&nodes, p).await, vec![0, 1]);
+        assert_eq!(
+            get(&nodes[1].url(&format!("/api/v1/files/{p}")))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    stop_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_replaces_a_corrupt_chunk_from_a_replica() {
     let nodes = start_cluster(3, 2).await;
     let data = noise(1 << 20, 9);

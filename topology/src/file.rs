@@ -499,6 +499,38 @@ mod tests {
     }
 
     #[test]
+    fn a_child_edge_sends_its_misses_to_its_parent_and_a_partial_origin_list_has_no_ring() {
+        let t = parse(
+            "[[origin]]\nid = \"o1\"\nlisten = \"127.0.0.1:7071\"\n\
+             [[origin]]\nid = \"o2\"\nlisten = \"127.0.0.1:7072\"\n\
+             [[edge]]\nid = \"top\"\nhttp = \"127.0.0.1:8080\"\norigins = [\"o2\"]\n\
+             [[edge]]\nid = \"leaf\"\nhttp = \"127.0.0.1:8090\"\nparent = \"top\"\naccess_log = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(t.replication, 2);
+        let (_, leaf) = t.edge_config("leaf").unwrap();
+        assert_eq!(
+            leaf.backend,
+            Backend::Upstream("http://127.0.0.1:8080".into())
+        );
+        assert!(leaf.access_log);
+        let (_, top) = t.edge_config("top").unwrap();
+        assert_eq!(
+            top.backend,
+            Backend::Origin(vec!["http://127.0.0.1:7072".into()])
+        );
+        assert!(top.origin_ring.is_none());
+        assert!(t.edge_config("nope").is_err());
+        assert!(
+            t.origin_config("o3")
+                .unwrap_err()
+                .to_string()
+                .contains("o1, o2")
+        );
+    }
+
+    #[test]
     fn mistakes_name_the_line_and_the_field() {
         let base = "[[origin]]\nid = \"o1\"\nlisten = \"127.0.0.1:7071\"\n";
         let cases: &[(&str, usize, &str, &str)] = &[

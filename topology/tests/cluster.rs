@@ -142,8 +142,31 @@ async fn kill_9_of_an_origin_loses_no_read_and_publishes_go_on_then_repair_heals
             outcomes
         })
     };
+    // And reads run through the edge and through o1 and o3 while o2 dies: none may fail.
+    let reader = {
+        let files = files.clone();
+        let urls: Vec<String> = vec![format!("http://127.0.0.1:{edge}"), url(0), url(2)];
+        tokio::spawn(async move {
+            let mut reads = 0;
+            for round in 0..4 {
+                for (i, (p, d)) in files.iter().enumerate() {
+                    let base = &urls[(i + round) % urls.len()];
+                    let u = if base.ends_with(&edge.to_string()) {
+                        format!("{base}/{p}")
+                    } else {
+                        format!("{base}/api/v1/files/{p}")
+                    };
+                    let (s, b) = fetch(&u).await;
+                    assert!(s == 200 && b == *d, "read of {u} during the kill: {s}");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
     origins[1].kill_9();
     let outcomes = publisher.await.unwrap();
+    assert_eq!(reader.await.unwrap(), 4 * files.len());
     wait_live(&url(0), "o2", false).await;
     wait_live(&url(2), "o2", false).await;
     // No read fails: cached or not, through the edge and through the survivors.
@@ -169,6 +192,11 @@ async fn kill_9_of_an_origin_loses_no_read_and_publishes_go_on_then_repair_heals
             }
         }
     }
+    let failed = outcomes.iter().filter(|(_, _, r)| r.is_err()).count();
+    eprintln!(
+        "publishes during the kill: {} ok, {failed} failed",
+        outcomes.len() - failed
+    );
     // New publishes succeed with o2 down.
     let late = noise(400_000, 77);
     let reply = o1
