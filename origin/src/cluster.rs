@@ -134,6 +134,14 @@ pub enum ClusterError {
     BadInput(String),
 }
 
+/// A record write that reached fewer nodes than the write rule asks.
+#[derive(Debug)]
+struct RecordError {
+    /// Nodes that did store it.
+    written: usize,
+    error: ClusterError,
+}
+
 /// What the last repair pass found and did, for `GET /api/v1/cluster` and the metrics.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RepairReport {
@@ -703,9 +711,21 @@ impl Cluster {
         };
         let (nodes, current) = match self.put_record(&rec).await {
             Ok(x) => x,
-            Err(e) => {
+            Err(RecordError { written: 0, error }) => {
                 cleanup(self);
-                return Err(e);
+                return Err(error);
+            }
+            Err(RecordError { written, error }) => {
+                // Some owner has the record: the version is visible and complete (its
+                // fragments stay), with fewer record copies than the rule asks; repair
+                // adds them. Say so rather than pretend it failed.
+                return Err(ClusterError::Node {
+                    node: "-".into(),
+                    why: format!(
+                        "the file is published but only {written} of {} copies of its record were written ({error}); repair adds the others",
+                        self.ring.replication()
+                    ),
+                });
             }
         };
         let superseded = current.newer_than(&rec);
@@ -734,33 +754,63 @@ impl Cluster {
 
     /// Writes `rec` to the first `replication` live nodes of its path's preference list;
     /// returns them and the newest record they hold afterwards.
-    async fn put_record(&self, rec: &FileRecord) -> Result<(Vec<usize>, FileRecord), ClusterError> {
-        let targets = self.targets(self.ring.file_preference(&rec.path));
-        if targets.len() < self.ring.replication() {
-            self.check_quorum()?;
+    async fn put_record(&self, rec: &FileRecord) -> Result<(Vec<usize>, FileRecord), RecordError> {
+        let want = self.ring.replication();
+        let mut pref = self
+            .ring
+            .file_preference(&rec.path)
+            .filter(|&i| self.alive(i));
+        let mut targets: Vec<usize> = pref.by_ref().take(want).collect();
+        if targets.len() < want
+            && let Err(e) = self.check_quorum()
+        {
+            return Err(RecordError {
+                written: 0,
+                error: e,
+            });
         }
         let body = Bytes::from(serde_json::to_vec(rec).expect("records serialise"));
-        let calls = targets.iter().map(|&t| {
-            let body = body.clone();
-            async move { (t, self.put_record_on(t, rec, body).await) }
-        });
+        let mut written = Vec::new();
         let mut newest = rec.clone();
-        for (t, r) in futures_util::future::join_all(calls).await {
-            match r {
-                Ok(cur) => {
-                    if cur.newer_than(&newest) {
-                        newest = cur;
+        let mut last_error = None;
+        // A node that fails is replaced by the next live one of the list (hinted handoff),
+        // until `replication` copies are written or the list runs out.
+        while !targets.is_empty() {
+            let calls = targets.iter().map(|&t| {
+                let body = body.clone();
+                async move { (t, self.put_record_on(t, rec, body).await) }
+            });
+            let mut failed = 0;
+            for (t, r) in futures_util::future::join_all(calls).await {
+                match r {
+                    Ok(cur) => {
+                        written.push(t);
+                        if cur.newer_than(&newest) {
+                            newest = cur;
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        last_error = Some(ClusterError::Node {
+                            node: self.peers[t].id.clone(),
+                            why: format!("could not store the file record: {e}"),
+                        });
                     }
                 }
-                Err(e) => {
-                    return Err(ClusterError::Node {
-                        node: self.peers[t].id.clone(),
-                        why: format!("could not store the file record: {e}"),
-                    });
-                }
             }
+            targets = pref.by_ref().take(failed).collect();
         }
-        Ok((targets, newest))
+        if written.len() < want {
+            return Err(RecordError {
+                written: written.len(),
+                error: last_error.unwrap_or(ClusterError::TooFewNodes {
+                    live: self.live_count(),
+                    nodes: self.peers.len(),
+                    needed: want,
+                }),
+            });
+        }
+        Ok((written, newest))
     }
 
     async fn put_record_on(
@@ -997,7 +1047,7 @@ impl Cluster {
             upload: new_id(),
             manifest: None,
         };
-        let (_, current) = self.put_record(&rec).await?;
+        let (_, current) = self.put_record(&rec).await.map_err(|e| e.error)?;
         let body = serde_json::json!({"path": path, "stamp": current.stamp, "upload": current.upload, "older": true});
         self.broadcast_drop(body).await;
         Ok(true)
