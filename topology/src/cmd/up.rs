@@ -152,9 +152,10 @@ fn print_summary(topo: &Topology, demo: bool) {
             println!("  open   http://{h}/{page}    (edge {})", e.id);
         }
         if let Some(s) = e.https {
+            // The address itself, not `localhost`: browsers try `::1` first for that name,
+            // where a listener on 127.0.0.1 gets no QUIC.
             println!(
-                "  open   https://localhost:{}/{page}    (edge {}: HTTP/2, and HTTP/3 on UDP {}; development certificate)",
-                s.port(),
+                "  open   https://{s}/{page}    (edge {}: HTTP/2, and HTTP/3 on UDP {}; development certificate)",
                 e.id,
                 s.port()
             );
