@@ -3,8 +3,9 @@
 //! with the same objects and cache size (configurations in `bench/peers/*-origin*`). Each
 //! figure is printed with the ratio Tessera/peer.
 //!
-//! Needs the release `tessera` binary next to this one, and `nginx`, `varnishd` and `caddy`
-//! (Debian packages `nginx-light`, `varnish`, `caddy`) for the peers asked for.
+//! Needs the release `tessera` binary next to this one; `nginx`, `varnishd` and `caddy`
+//! (Debian packages `nginx-light`, `varnish`, `caddy`) are installed with apt-get when
+//! missing (as root).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -106,6 +107,7 @@ async fn run_async(a: Args) -> Result<()> {
             // The objects are published once, before the first server's run.
             no_preload: i > 0,
             rate: 0.0,
+            plot: None,
         };
         let report = run::run_workload(&args).await?;
         println!("--- {}", server.name);

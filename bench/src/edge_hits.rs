@@ -7,8 +7,8 @@
 //! generator at half of each one's own peak, whose latencies count from the intended send
 //! time (so queueing is not hidden). Peers' configurations are in `bench/peers/`.
 //!
-//! Needs `wrk`, `nginx` and `varnishd` on the PATH (Debian packages `wrk`, `nginx-light`,
-//! `varnish`) and the release `tessera` binary next to this one
+//! Needs `wrk`, `nginx` and `varnishd` (Debian packages `wrk`, `nginx-light`, `varnish`,
+//! installed with apt-get when missing, as root) and the release `tessera` binary next to this one
 //! (`cargo build --release -p tessera-topology -p tessera-bench`).
 
 use std::convert::Infallible;
@@ -272,6 +272,8 @@ fn peer_config(
 /// Starts `cmd` (output discarded) as the server `name` and waits until it listens on
 /// `127.0.0.1:port`; `package` names the Debian package for the error.
 async fn launch(name: &'static str, cmd: &mut Command, port: u16, package: &str) -> Result<Server> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    ensure_installed(&program, package)?;
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -281,6 +283,41 @@ async fn launch(name: &'static str, cmd: &mut Command, port: u16, package: &str)
     let server = Server { name, addr, child };
     wait_listening(addr, name).await?;
     Ok(server)
+}
+
+/// Installs Debian package `package` (as root, with apt-get) when `program` is not on the
+/// PATH; the peers are Debian's own builds, so anyone reruns the same comparison.
+pub(crate) fn ensure_installed(program: &str, package: &str) -> Result<()> {
+    let found = |p: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if found(program) {
+        return Ok(());
+    }
+    eprintln!("{program} is missing: installing the Debian package {package}");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "-qq", "--no-install-recommends", package];
+    let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
+    if !installed {
+        bail!(
+            "{program} is missing and `apt-get install {package}` failed (run as root on Debian, or install it)"
+        );
+    }
+    if !found(program) {
+        bail!("{package} is installed but {program} is still not on the PATH");
+    }
+    Ok(())
 }
 
 /// nginx with the configuration `bench/peers/{template}` filled with `vars`, in `dir`.
@@ -387,6 +424,7 @@ pub(crate) fn wrk(url: &str, a: &Args) -> Result<Peak> {
 
 /// `wrk -t2 -cN -dSs --latency url`.
 pub(crate) fn wrk_with(url: &str, connections: usize, seconds: u64) -> Result<Peak> {
+    ensure_installed("wrk", "wrk")?;
     let out = Command::new("wrk")
         .args([
             "-t2",

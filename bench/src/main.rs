@@ -19,6 +19,7 @@ mod edge_hits;
 mod http3;
 mod ingest;
 mod load;
+mod plot;
 mod policy;
 mod run;
 mod workload;

@@ -20,6 +20,9 @@ pub struct Args {
     /// Requests per run.
     #[arg(long, default_value_t = 2_000_000)]
     requests: usize,
+    /// Also draw the hit ratio against the cache size as an SVG chart here.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// Draws ranks 0..n with P(k) ∝ 1/(k+1)^alpha (inverse CDF over a precomputed table).
@@ -65,8 +68,16 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!("| alpha | cache / catalogue | LRU | S3-FIFO | W-TinyLFU |");
     println!("|---|---|---|---|---|");
+    let mut curves: Vec<crate::plot::Series> = Vec::new();
     for alpha in [0.8, 1.0] {
         let zipf = Zipf::new(a.objects, alpha);
+        let first = curves.len();
+        for name in ["LRU", "S3-FIFO", "W-TinyLFU"] {
+            curves.push(crate::plot::Series {
+                name: format!("{name}, Zipf {alpha}"),
+                points: Vec::new(),
+            });
+        }
         for share in [0.01, 0.05, 0.10] {
             let capacity = (total as f64 * share) as usize;
             let mut row = format!("| {alpha} | {:.0} % |", share * 100.0);
@@ -75,7 +86,7 @@ pub fn run(a: Args) -> Result<()> {
                 ("s3fifo", S3FifoConfig::default().into()),
                 ("lfu", LfuConfig::default().into()),
             ];
-            for (_, policy) in policies {
+            for (n, (_, policy)) in policies.into_iter().enumerate() {
                 let cache: foyer::Cache<usize, usize> = CacheBuilder::new(capacity)
                     .with_shards(8)
                     .with_eviction_config(policy)
@@ -96,6 +107,9 @@ pub fn run(a: Args) -> Result<()> {
                     }
                 }
                 let _ = started.elapsed();
+                curves[first + n]
+                    .points
+                    .push((share * 100.0, 100.0 * hits as f64 / a.requests as f64));
                 row.push_str(&format!(
                     " {:.1} % ({:.1} %) |",
                     100.0 * hits as f64 / a.requests as f64,
@@ -104,6 +118,17 @@ pub fn run(a: Args) -> Result<()> {
             }
             println!("{row}");
         }
+    }
+    if let Some(p) = &a.plot {
+        crate::plot::line_chart(
+            p,
+            "Hit ratio against cache size (foyer eviction policies)",
+            "cache size, % of the catalogue's bytes",
+            "hit ratio, %",
+            crate::plot::XAxis::Linear,
+            &curves,
+        )?;
+        println!("chart: {}", p.display());
     }
     Ok(())
 }
