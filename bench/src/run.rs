@@ -599,9 +599,11 @@ fn plot_report(report: &Report, a: &Args, dir: &std::path::Path) -> Result<()> {
         });
         thr.push(Series {
             name: format!("{name} / s"),
+            // Whole seconds only: the last, partial one would read as a drop.
             points: t
                 .timeline
                 .iter()
+                .take(report.secs.floor() as usize)
                 .enumerate()
                 .map(|(s, n)| (s as f64, *n as f64))
                 .collect(),
