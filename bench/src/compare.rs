@@ -13,7 +13,8 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::edge_hits::{
-    Server, free_port, machine, spawn_edge, spawn_origin, start_caddy, start_nginx, start_varnish,
+    Server, free_port, machine, spawn_edge_on, spawn_origin, start_caddy, start_nginx,
+    start_varnish,
 };
 use crate::load::percentiles;
 use crate::run::{self, Kind, Report};
@@ -39,23 +40,55 @@ pub struct Args {
     /// Peers to run beside Tessera.
     #[arg(long, value_delimiter = ',', default_value = "nginx,varnish,caddy")]
     peers: Vec<String>,
+    /// Protocol of the reads: `http1` (plain), `http2` (TLS, ALPN) or `http3` (QUIC). Over
+    /// TLS every server uses the same certificate (the edge's development one); peers that
+    /// cannot speak the protocol are left out and said so (Varnish has no TLS; Debian 12's
+    /// nginx 1.22 has no HTTP/3).
+    #[arg(long, default_value = "http1", value_parser = ["http1", "http2", "http3"])]
+    protocol: String,
 }
 
+/// Why a peer cannot serve `protocol`, if it cannot.
+fn unsupported(peer: &str, protocol: &str) -> Option<&'static str> {
+    match (peer, protocol) {
+        ("varnish", "http2" | "http3") => {
+            Some("Varnish has no TLS (it needs a TLS proxy such as hitch)")
+        }
+        ("nginx", "http3") => Some("Debian 12's nginx 1.22 has no HTTP/3 (QUIC came in 1.25)"),
+        _ => None,
+    }
+}
+
+/// Starts peer `name`; `tls` is the certificate and key to serve HTTPS (and HTTP/3) with.
 async fn start_peer(
     name: &str,
     dir: &Path,
     origin: SocketAddr,
     cache_mib: usize,
+    tls: Option<(&Path, &Path)>,
 ) -> Result<Server> {
-    let vars = [
+    let mut vars = vec![
         ("ORIGIN", origin.to_string()),
         ("ORIGIN_HOST", origin.ip().to_string()),
         ("ORIGIN_PORT", origin.port().to_string()),
     ];
+    if let Some((cert, key)) = tls {
+        vars.push(("CERT", cert.display().to_string()));
+        vars.push(("KEY", key.display().to_string()));
+    }
+    let suffix = if tls.is_some() { "-tls" } else { "" };
     match name {
-        "nginx" => start_nginx(dir, "nginx-origin.conf", &vars, cache_mib).await,
+        "nginx" => start_nginx(dir, &format!("nginx-origin{suffix}.conf"), &vars, cache_mib).await,
         "varnish" => start_varnish(dir, "varnish-origin.vcl", &vars, cache_mib).await,
-        "caddy" => start_caddy(dir, "Caddyfile-origin", &vars, free_port()).await,
+        "caddy" => {
+            start_caddy(
+                dir,
+                &format!("Caddyfile-origin{suffix}"),
+                &vars,
+                free_port(),
+            )
+            .await
+        }
         other => anyhow::bail!("unknown peer {other:?}: expected nginx, varnish or caddy"),
     }
 }
@@ -71,33 +104,46 @@ async fn run_async(a: Args) -> Result<()> {
     let origin_addr = origin.addr;
     let origin_url = format!("http://{origin_addr}");
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let edge = spawn_edge(
+    let tls = a.protocol != "http1";
+    let edge = spawn_edge_on(
         "tessera",
         ["--origin", &origin_url],
         dir.path().join("edge"),
         a.cache_mib,
         Some(admin),
+        tls,
     )
     .await?;
+    let (cert, key) = (
+        dir.path().join("edge/tls/dev-cert.pem"),
+        dir.path().join("edge/tls/dev-key.pem"),
+    );
     let mut servers = vec![(edge, Some(format!("http://{admin}")))];
     for p in &a.peers {
+        if let Some(why) = unsupported(p, &a.protocol) {
+            println!("{p} left out over {}: {why}", a.protocol);
+            continue;
+        }
         let peer_dir = dir.path().join(p);
         std::fs::create_dir_all(&peer_dir)?;
+        let tls = tls.then_some((cert.as_path(), key.as_path()));
         servers.push((
-            start_peer(p, &peer_dir, origin_addr, a.cache_mib).await?,
+            start_peer(p, &peer_dir, origin_addr, a.cache_mib, tls).await?,
             None,
         ));
     }
+    let scheme = if tls { "https" } else { "http" };
     let mut rows: Vec<(&'static str, Report)> = Vec::new();
     for (i, (server, admin)) in servers.iter().enumerate() {
         let args = run::Args {
             workload: a.workload,
             origin: origin_url.clone(),
             token: Some("bench".into()),
-            edge: format!("http://{}", server.addr),
+            edge: format!("{scheme}://{}", server.addr),
             edge_admin: admin.clone(),
-            protocol: "http1".into(),
-            insecure: false,
+            protocol: a.protocol.clone(),
+            // The edge's development certificate, which every server uses here.
+            insecure: tls,
             seconds: a.seconds,
             concurrency: a.concurrency,
             scale: a.scale,
@@ -116,8 +162,8 @@ async fn run_async(a: Args) -> Result<()> {
     }
     println!();
     println!(
-        "{:?}, {} clients, {} s each, scale {}: reads through each server, writes to the origin",
-        a.workload, a.concurrency, a.seconds, a.scale
+        "{:?}, {} clients, {} s each, scale {}, reads over {}: reads through each server, writes to the origin",
+        a.workload, a.concurrency, a.seconds, a.scale, a.protocol
     );
     println!(
         "| server | reads/s | read p50 | read p99 | read errors | Tessera / server (reads/s) |"

@@ -158,6 +158,19 @@ pub(crate) async fn spawn_edge(
     cache_mib: usize,
     admin: Option<SocketAddr>,
 ) -> Result<Server> {
+    spawn_edge_on(name, backend, data, cache_mib, admin, false).await
+}
+
+/// [`spawn_edge`], listening with TLS (HTTP/1.1, HTTP/2 and HTTP/3 on the port, the
+/// development certificate in `data/tls`) when `tls`, else plain HTTP.
+pub(crate) async fn spawn_edge_on(
+    name: &'static str,
+    backend: [&str; 2],
+    data: PathBuf,
+    cache_mib: usize,
+    admin: Option<SocketAddr>,
+    tls: bool,
+) -> Result<Server> {
     let port = free_port();
     let mut cmd = Command::new(tessera_exe()?);
     cmd.arg("edge");
@@ -166,7 +179,7 @@ pub(crate) async fn spawn_edge(
     }
     let child = cmd
         .args(backend)
-        .arg("--http")
+        .arg(if tls { "--https" } else { "--http" })
         .arg(format!("127.0.0.1:{port}"))
         .args([
             "--memory",
