@@ -1219,14 +1219,21 @@ impl Cluster {
                 if !self.alive(o) {
                     continue;
                 }
-                let before = self.record_on(o, &rec.path).await;
-                match self.put_record_on(o, &rec, body.clone()).await {
-                    Ok(cur) => {
-                        confirmed += 1;
-                        if matches!(&before, Ok(b) if b.as_ref().is_none_or(|b| rec.newer_than(b)))
-                        {
+                // Ask first: most passes find every owner up to date and write nothing.
+                let cur = match self.record_on(o, &rec.path).await {
+                    Ok(Some(b)) if !rec.newer_than(&b) => Ok(b),
+                    Ok(_) => {
+                        let pushed = self.put_record_on(o, &rec, body.clone()).await;
+                        if pushed.is_ok() {
                             rep.records_copied += 1;
                         }
+                        pushed
+                    }
+                    Err(e) => Err(e),
+                };
+                match cur {
+                    Ok(cur) => {
+                        confirmed += 1;
                         if cur.newer_than(&rec) && owners.contains(&self.me) {
                             let store = self.store.clone();
                             blocking(move || store.put_file(&cur)).await??;
