@@ -475,9 +475,26 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
         (Some(b), Some(af)) => edge_summary(&b, &af),
         _ => serde_json::Value::Null,
     };
-    let origin = origin
-        .stats()
+    // A cluster's figures for the whole cluster (each file once, every copy on disk); a
+    // standalone origin's own.
+    let cluster_stats = match origin
+        .call(
+            http::Method::GET,
+            "/api/v1/cluster/stats",
+            tessera_origin_proto::client::full(bytes::Bytes::new()),
+        )
         .await
+    {
+        Ok((p, body)) if p.status.is_success() => {
+            serde_json::from_slice::<tessera_origin_proto::client::Stats>(&body).ok()
+        }
+        _ => None,
+    };
+    let stats = match cluster_stats {
+        Some(s) => Ok(s),
+        None => origin.stats().await,
+    };
+    let origin = stats
         .map(|s| {
             serde_json::json!({
                 "dedup_ratio": s.dedup_ratio,

@@ -1131,6 +1131,61 @@ impl Cluster {
         }
     }
 
+    /// Storage figures of the whole cluster (`GET /api/v1/cluster/stats`), shaped like a
+    /// node's `/api/v1/stats`: `objects` and `logical_bytes` count each published file once;
+    /// `unique_bytes` is the chunk bytes of every node divided by the replication factor
+    /// (each chunk is stored that many times); `stored_bytes` is every node's disk use, all
+    /// copies; so `dedup_ratio` is per copy and `efficiency` includes replication
+    /// (`efficiency_per_copy` does not). Per-node figures are under `nodes`. Every node
+    /// must answer: a missing node would make the sums wrong.
+    pub async fn stats(&self) -> Result<serde_json::Value, ClusterError> {
+        let mut nodes = serde_json::Map::new();
+        let (mut unique, mut stored) = (0u64, 0u64);
+        for i in 0..self.peers.len() {
+            let st = if i == self.me {
+                let store = self.store.clone();
+                blocking(move || store.stats()).await??
+            } else {
+                let (status, bytes) = self
+                    .call(i, Method::GET, "/api/v1/stats", full(Bytes::new()))
+                    .await?;
+                if !status.is_success() {
+                    return Err(self.node_error(i, status, &bytes));
+                }
+                serde_json::from_slice::<tessera_origin_proto::client::Stats>(&bytes).map_err(
+                    |e| ClusterError::Node {
+                        node: self.peers[i].id.clone(),
+                        why: format!("bad stats: {e}"),
+                    },
+                )?
+            };
+            unique += st.unique_bytes;
+            stored += st.stored_bytes;
+            nodes.insert(self.peers[i].id.clone(), serde_json::to_value(&st).unwrap());
+        }
+        let files = self.list("").await?;
+        let logical: u64 = files
+            .iter()
+            .filter_map(|r| r.manifest.as_ref())
+            .map(|m| m.size)
+            .sum();
+        let r = self.ring.replication() as u64;
+        let unique = unique / r.max(1);
+        let ratio = |a: f64, b: f64| if b == 0.0 { 1.0 } else { a / b };
+        Ok(serde_json::json!({
+            "objects": files.len(),
+            "logical_bytes": logical,
+            "unique_bytes": unique,
+            "stored_bytes": stored,
+            "dedup_ratio": ratio(logical as f64, unique as f64),
+            "compression_ratio": ratio((unique * r) as f64, stored as f64),
+            "efficiency": ratio(logical as f64, stored as f64),
+            "efficiency_per_copy": ratio((logical * r) as f64, stored as f64),
+            "replication": r,
+            "nodes": nodes,
+        }))
+    }
+
     /// The status document of `GET /api/v1/cluster`.
     pub fn status(&self) -> serde_json::Value {
         let nodes: Vec<_> = self

@@ -308,6 +308,17 @@ async fn delete_and_replace_free_only_chunks_no_other_file_uses() {
             assert_eq!(n, 0, "a chunk only a used is still stored");
         }
     }
+    // Cluster-wide figures count b once, whatever the copies; a node's own count differs.
+    let v = get(&nodes[1].url("/api/v1/cluster/stats")).await.json();
+    assert_eq!(v["objects"], 1, "{v}");
+    assert_eq!(v["logical_bytes"], b.len() as u64, "{v}");
+    assert_eq!(v["replication"], 2);
+    assert_eq!(v["nodes"].as_object().unwrap().len(), 3);
+    let unique = v["unique_bytes"].as_u64().unwrap();
+    assert!(
+        unique >= b.len() as u64 && unique < b.len() as u64 * 11 / 10,
+        "{v}"
+    );
     // Replacing b frees its old chunks that the new version does not use.
     let b2 = noise(500_000, 7);
     publish(&nodes[2], "b.bin", &b2).await;

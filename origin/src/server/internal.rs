@@ -3,6 +3,8 @@
 //! own store only.
 //!
 //! - `GET /api/v1/cluster`: nodes, liveness, replication, write rule, last repair report.
+//! - `GET /api/v1/cluster/stats`: storage figures of the whole cluster (see
+//!   [`Cluster::stats`]).
 //! - `POST /api/v1/cluster/repair`: one repair pass now; its report.
 //! - `POST /api/v1/cluster/scrub`: one scrub pass now, unthrottled: `{"checked", "repaired"}`.
 //! - `GET /api/v1/cluster/files?prefix=P`, `GET|PUT /api/v1/cluster/files/{path}`: this
@@ -81,6 +83,7 @@ pub(super) async fn route(
     let rest = path.strip_prefix("/api/v1/cluster").unwrap_or("");
     match (method.clone(), rest) {
         (Method::GET, "" | "/") => Ok(json_reply(StatusCode::OK, &cluster.status())),
+        (Method::GET, "/stats") => Ok(json_reply(StatusCode::OK, &cluster.stats().await?)),
         (Method::POST, "/repair") => {
             let rep = cluster.repair().await?;
             Ok(json_reply(StatusCode::OK, &rep))
