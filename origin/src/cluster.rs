@@ -250,11 +250,50 @@ impl FrameReader {
     }
 }
 
+/// A fragment being written on this node by [`fragment_writer`].
+pub type FragmentWriter = (
+    mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<Result<Option<PublishReply>, StoreError>>,
+);
+
+/// Writes the chunks sent on the returned channel into this node's fragment of version
+/// `(stamp, upload)` of `path`, on a blocking thread: an empty chunk commits it (the task
+/// returns the reply), closing the channel first abandons it (`None`, nothing kept). With
+/// `merge` the fragment keeps the chunks it already had. Used for the publish's own share
+/// and for fragments other nodes send.
+pub fn fragment_writer(
+    store: Arc<Store>,
+    path: &str,
+    stamp: u64,
+    upload: &str,
+    merge: bool,
+) -> FragmentWriter {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let key = fragment_key(path, stamp, upload);
+    let (p, u) = (path.to_string(), upload.to_string());
+    let done = tokio::task::spawn_blocking(move || {
+        let mut up = store.upload();
+        if merge && let Some(old) = store.fragment(&p, stamp, &u)? {
+            for (h, size) in old.chunks {
+                up.reference_chunk(h, size)?;
+            }
+        }
+        while let Some(c) = rx.blocking_recv() {
+            if c.is_empty() {
+                return up.finish_fragment(&key).map(|(r, _)| Some(r));
+            }
+            up.push_chunk(c)?;
+        }
+        Ok(None)
+    });
+    (tx, done)
+}
+
 /// Where a publish sends the chunks one node will hold.
 enum Sink {
     Local {
-        tx: std::sync::mpsc::SyncSender<Bytes>,
-        done: tokio::task::JoinHandle<Result<PublishReply, StoreError>>,
+        tx: mpsc::Sender<Bytes>,
+        done: tokio::task::JoinHandle<Result<Option<PublishReply>, StoreError>>,
     },
     Remote {
         tx: mpsc::Sender<Bytes>,
@@ -473,19 +512,7 @@ impl Cluster {
     /// Opens the fragment stream of version `key` on node `i`.
     fn open_sink(self: &Arc<Self>, i: usize, path: &str, stamp: u64, upload: &str) -> Sink {
         if i == self.me {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
-            let store = self.store.clone();
-            let key = fragment_key(path, stamp, upload);
-            let done = tokio::task::spawn_blocking(move || {
-                let mut up = store.upload();
-                while let Ok(c) = rx.recv() {
-                    if c.is_empty() {
-                        return up.finish_fragment(&key).map(|(r, _)| r);
-                    }
-                    up.push_chunk(c)?;
-                }
-                Err(StoreError::Commit("the publish was abandoned".into()))
-            });
+            let (tx, done) = fragment_writer(self.store.clone(), path, stamp, upload, false);
             return Sink::Local { tx, done };
         }
         let (tx, rx) = mpsc::channel::<Bytes>(16);
@@ -615,13 +642,7 @@ impl Cluster {
                     .or_insert_with(|| self.open_sink(t, path, stamp, &upload));
                 *copies.entry(t).or_default() += 1;
                 let sent = match sink {
-                    Sink::Local { tx, .. } => {
-                        let tx = tx.clone();
-                        let d = data.clone();
-                        tokio::task::spawn_blocking(move || tx.send(d).is_ok())
-                            .await
-                            .unwrap_or(false)
-                    }
+                    Sink::Local { tx, .. } => tx.send(data.clone()).await.is_ok(),
                     Sink::Remote { tx, .. } => tx.send(frame(&hash, &data)).await.is_ok(),
                 };
                 if !sent {
@@ -642,13 +663,15 @@ impl Cluster {
             let r = match sink {
                 Sink::Local { tx, done } => {
                     if ok {
-                        let _ = tokio::task::spawn_blocking(move || tx.send(Bytes::new())).await;
-                    } else {
-                        drop(tx);
+                        let _ = tx.send(Bytes::new()).await;
                     }
-                    done.await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
+                    drop(tx);
+                    match done.await {
+                        Ok(Ok(Some(reply))) => Ok(reply),
+                        Ok(Ok(None)) => Err("the publish was abandoned".to_string()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
                 Sink::Remote { tx, done } => {
                     if !ok {

@@ -22,14 +22,12 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tessera_origin_proto::ManifestChunk;
-use tokio::sync::mpsc;
 
 use super::{
     ApiError, App, Reply, authorize, blocking, form_pairs, json_reply, method_not_allowed,
 };
-use crate::cluster::{Cluster, FrameReader};
-use crate::store::StoreError;
-use crate::store::cluster::{FileRecord, fragment_key};
+use crate::cluster::{Cluster, FrameReader, fragment_writer};
+use crate::store::cluster::FileRecord;
 
 /// Largest file record or drop request accepted (a manifest of a very large file).
 const MAX_RECORD_BYTES: usize = 256 << 20;
@@ -214,25 +212,7 @@ async fn put_fragment(
     let Some(mut body) = body.take() else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "a body is required"));
     };
-    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
-    let store = app.store.clone();
-    let key = fragment_key(path, stamp, upload);
-    let (p, u) = (path.to_string(), upload.to_string());
-    let ingest = tokio::task::spawn_blocking(move || -> Result<Option<_>, StoreError> {
-        let mut up = store.upload();
-        if merge && let Some(old) = store.fragment(&p, stamp, &u)? {
-            for (h, size) in old.chunks {
-                up.reference_chunk(h, size)?;
-            }
-        }
-        while let Some(c) = rx.blocking_recv() {
-            if c.is_empty() {
-                return up.finish_fragment(&key).map(|(r, _)| Some(r));
-            }
-            up.push_chunk(c)?;
-        }
-        Ok(None)
-    });
+    let (tx, ingest) = fragment_writer(app.store.clone(), path, stamp, upload, merge);
     let mut frames = FrameReader::default();
     let mut refused = None;
     'read: while let Some(frame) = body.frame().await {
