@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Node, cluster_config, get, noise, restart_node, send, start_cluster};
+use common::{Node, cluster_config, get, noise, restart_node, send, start_cluster, start_member};
 use http::{Method, StatusCode};
 use tessera_origin_proto::ring::{Ring, RingNode};
 use tessera_origin_proto::{ChunkHash, Manifest};
@@ -108,6 +108,38 @@ async fn repair_all(nodes: &[Node]) -> Vec<serde_json::Value> {
         reports.push(r.json());
     }
     reports
+}
+
+/// Publishes `count` files `{dir}/{i}.bin` of `size` random bytes (seeds from `seed`)
+/// through the nodes in turn; returns their paths.
+async fn publish_files(
+    nodes: &[Node],
+    dir: &str,
+    count: usize,
+    size: usize,
+    seed: u64,
+) -> Vec<String> {
+    let mut paths = Vec::new();
+    for i in 0..count {
+        let p = format!("{dir}/{i}.bin");
+        publish(&nodes[i % nodes.len()], &p, &noise(size, seed + i as u64)).await;
+        paths.push(p);
+    }
+    paths
+}
+
+/// Stops every node and restarts it on its address and data as node `i` of a cluster of
+/// `addrs` (replication 2): a topology change.
+async fn restart_with(nodes: Vec<Node>, addrs: &[std::net::SocketAddr]) -> Vec<Node> {
+    let mut kept = Vec::new();
+    for n in nodes {
+        kept.push(n.stop_keep().await);
+    }
+    let mut out = Vec::new();
+    for (i, (addr, dir)) in kept.into_iter().enumerate() {
+        out.push(restart_node(addr, dir, cluster_config(addrs, i, 2)).await);
+    }
+    out
 }
 
 async fn metric(node: &Node, name: &str) -> f64 {
@@ -346,13 +378,8 @@ async fn delete_and_replace_free_only_chunks_no_other_file_uses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adding_a_node_moves_only_what_the_ring_gives_it() {
-    let mut nodes = start_cluster(3, 2).await;
-    let mut paths = Vec::new();
-    for i in 0..8 {
-        let p = format!("f/{i}.bin");
-        publish(&nodes[i % 3], &p, &noise(512 << 10, 100 + i as u64)).await;
-        paths.push(p);
-    }
+    let nodes = start_cluster(3, 2).await;
+    let paths = publish_files(&nodes, "f", 8, 512 << 10, 100).await;
     let mut all_chunks = Vec::new();
     for p in &paths {
         all_chunks.extend(manifest(&nodes[0], p).await.chunks.iter().map(|c| c.hash));
@@ -363,21 +390,9 @@ async fn adding_a_node_moves_only_what_the_ring_gives_it() {
     let fourth = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
     addrs.push(fourth.local_addr().unwrap());
-    let mut kept = Vec::new();
-    for n in nodes.drain(..) {
-        kept.push(n.stop_keep().await);
-    }
-    for (i, (addr, dir)) in kept.into_iter().enumerate() {
-        nodes.push(restart_node(addr, dir, cluster_config(&addrs, i, 2)).await);
-    }
+    let mut nodes = restart_with(nodes, &addrs).await;
     let cfg = cluster_config(&addrs, 3, 2);
-    nodes.push(
-        Node::start_on(fourth, tempfile::tempdir().unwrap(), move |c| {
-            c.token = Some("secret".into());
-            c.cluster = Some(cfg);
-        })
-        .await,
-    );
+    nodes.push(start_member(fourth, tempfile::tempdir().unwrap(), cfg).await);
     repair_all(&nodes).await;
     repair_all(&nodes).await;
     let ring4 = ring(4, 2);
@@ -411,22 +426,11 @@ async fn adding_a_node_moves_only_what_the_ring_gives_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removing_a_node_moves_its_share_to_the_others() {
     let mut nodes = start_cluster(3, 2).await;
-    let mut paths = Vec::new();
-    for i in 0..6 {
-        let p = format!("r/{i}.bin");
-        publish(&nodes[i % 3], &p, &noise(400 << 10, 200 + i as u64)).await;
-        paths.push(p);
-    }
+    let paths = publish_files(&nodes, "r", 6, 400 << 10, 200).await;
     // o3 leaves for good: the other two restart with a two-node topology.
     nodes.pop().unwrap().stop().await;
-    let mut kept = Vec::new();
-    for n in nodes.drain(..) {
-        kept.push(n.stop_keep().await);
-    }
-    let addrs: Vec<_> = kept.iter().map(|(a, _)| *a).collect();
-    for (i, (addr, dir)) in kept.into_iter().enumerate() {
-        nodes.push(restart_node(addr, dir, cluster_config(&addrs, i, 2)).await);
-    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let nodes = restart_with(nodes, &addrs).await;
     repair_all(&nodes).await;
     let last = repair_all(&nodes).await;
     for r in &last {

@@ -116,16 +116,23 @@ pub async fn start_cluster(n: usize, r: usize) -> Vec<Node> {
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let cfg = cluster_config(&addrs, i, r);
-        let dir = tempfile::tempdir().unwrap();
-        nodes.push(
-            Node::start_on(l, dir, move |c| {
-                c.token = Some("secret".into());
-                c.cluster = Some(cfg);
-            })
-            .await,
-        );
+        nodes.push(start_member(l, tempfile::tempdir().unwrap(), cfg).await);
     }
     nodes
+}
+
+/// A cluster node with configuration `cfg` and token `secret` on `listener`, its data in
+/// `dir`.
+pub async fn start_member(
+    listener: tokio::net::TcpListener,
+    dir: tempfile::TempDir,
+    cfg: tessera_origin::cluster::ClusterConfig,
+) -> Node {
+    Node::start_on(listener, dir, move |c| {
+        c.token = Some("secret".into());
+        c.cluster = Some(cfg);
+    })
+    .await
 }
 
 /// Restarts a stopped cluster node on its old address and data with configuration `cfg`.
@@ -135,11 +142,7 @@ pub async fn restart_node(
     cfg: tessera_origin::cluster::ClusterConfig,
 ) -> Node {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    Node::start_on(listener, dir, move |c| {
-        c.token = Some("secret".into());
-        c.cluster = Some(cfg);
-    })
-    .await
+    start_member(listener, dir, cfg).await
 }
 
 pub struct Reply {
