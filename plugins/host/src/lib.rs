@@ -1,0 +1,605 @@
+//! Tessera's WebAssembly plugin host: the `route`, `authorize` and `eviction` hooks of
+//! `wit/policy.wit`, run in wasmtime with a CPU deadline and a memory cap per call.
+//!
+//! This crate holds no HTTP serving code: the edge turns a request into a [`Request`], asks
+//! the [`PluginHost`], and applies the answer, or the hook's failure policy, itself.
+//!
+//! # Layout
+//! - [`PluginHost`] (here): one wasmtime `Engine` (pooling allocator, epoch interruption)
+//!   and a slot per hook holding the bound version and the previous one; deploy (validate,
+//!   then swap atomically), rollback, remove, list, and the three hook calls.
+//! - [`plugin`]: a deployed version: pre-instantiated component, pool of ready instances,
+//!   the guarded call (deadline, memory cap, a trapped instance replaced), failures.
+//! - `sandbox`: what an instance can reach (the `host` interface, the WASI a Rust `std`
+//!   guest imports with nothing behind it) and its memory cap.
+//! - `generated`: `bindgen!` output (private; the types are re-exported below).
+//! - [`shipped`]: the plugins built from `plugins/guests/`, embedded.
+//!
+//! # Concurrency
+//! Hook calls are synchronous and take at most the deadline (default 5 ms); they may run on
+//! any thread at once (each takes its own instance). Deploys are serialised.
+
+mod generated;
+mod metrics;
+pub mod plugin;
+mod sandbox;
+pub mod shipped;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use generated::authorize::exports::tessera::policy::authorizer::Verdict;
+pub use generated::eviction::exports::tessera::policy::advisor::{Advice, Object, Priority, Tier};
+pub use generated::route::exports::tessera::policy::router::{Decision, Forward};
+pub use generated::route::tessera::policy::types::{Protocol, Request, Response};
+pub use plugin::{Failure, Plugin, PluginInfo};
+
+use plugin::{Bound, Pre};
+use sandbox::State;
+
+/// Largest body a plugin may answer with.
+pub const RESPONSE_BODY_MAX: usize = 1 << 20;
+
+/// A hook a plugin can be bound to: one world of `wit/policy.wit` each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hook {
+    /// Where a request goes (`route` world).
+    Route,
+    /// Whether a request may be served (`authorize` world); fails closed.
+    Authorize,
+    /// What the cache keeps and where (`eviction` world).
+    Eviction,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::Authorize, Hook::Route, Hook::Eviction];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Route => "route",
+            Hook::Authorize => "authorize",
+            Hook::Eviction => "eviction",
+        }
+    }
+
+    /// The interface the component must export for this hook.
+    pub fn export(self) -> &'static str {
+        match self {
+            Hook::Route => "tessera:policy/router@0.1.0",
+            Hook::Authorize => "tessera:policy/authorizer@0.1.0",
+            Hook::Eviction => "tessera:policy/advisor@0.1.0",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Hook::Authorize => 0,
+            Hook::Route => 1,
+            Hook::Eviction => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for Hook {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Hook, String> {
+        match s {
+            "route" => Ok(Hook::Route),
+            "authorize" => Ok(Hook::Authorize),
+            "eviction" => Ok(Hook::Eviction),
+            other => Err(format!(
+                "unknown hook {other:?}: expected route, authorize or eviction"
+            )),
+        }
+    }
+}
+
+/// The sandbox's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Time one hook call may run, milliseconds (then it is stopped and counted as a
+    /// failure). Counted in the engine's 1 ms ticks that the running guest sees, so time
+    /// the thread spends descheduled on a busy machine mostly does not count.
+    pub deadline_ms: u64,
+    /// Linear memory one plugin instance may use, bytes.
+    pub memory_bytes: usize,
+    /// Plugin instances alive at once, all hooks and versions together.
+    pub instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 5,
+            memory_bytes: 32 << 20,
+            instances: 128,
+        }
+    }
+}
+
+/// The epoch advances every millisecond.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Why a deploy or rollback was refused. The message names the problem and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The bytes are not a WebAssembly component wasmtime can compile.
+    #[error("not a WebAssembly component: {0} (build the plugin for wasm32-wasip2)")]
+    NotAComponent(String),
+    /// The component imports something the sandbox does not offer, or does not export the
+    /// hook's interface.
+    #[error("the component cannot serve the {hook} hook: {reason}")]
+    WrongWorld { hook: &'static str, reason: String },
+    /// The check call (a made-up request or object) failed.
+    #[error("the plugin failed its check call: {0}")]
+    CheckFailed(Failure),
+    /// Nothing to roll back to.
+    #[error("the {0} hook has no previous version to roll back to")]
+    NoPrevious(&'static str),
+    /// A bad name or configuration.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    current: ArcSwapOption<Plugin>,
+    /// Kept for rollback; its instances are dropped.
+    previous: ArcSwapOption<Plugin>,
+}
+
+/// What one hook has bound.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotInfo {
+    pub hook: Hook,
+    pub current: Option<PluginInfo>,
+    pub previous: Option<PluginInfo>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<State>,
+    limits: Limits,
+    metrics: metrics::Metrics,
+    slots: [Slot; 3],
+    versions: AtomicU64,
+    /// Serialises deploys, rollbacks and removals (calls never take it).
+    deploying: std::sync::Mutex<()>,
+}
+
+/// The plugin host of one edge. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// Makes the engine (and its epoch ticker thread, which ends with the host) and
+    /// registers the plugin metrics in `registry`.
+    pub fn new(limits: Limits, registry: &prometheus::Registry) -> anyhow::Result<PluginHost> {
+        anyhow::ensure!(
+            limits.deadline_ms >= 1,
+            "the plugin deadline must be at least 1 ms"
+        );
+        anyhow::ensure!(
+            limits.memory_bytes >= 2 << 20,
+            "plugin memory must be at least 2 MiB (a Rust guest's stack alone is 1 MiB)"
+        );
+        let mut pool = PoolingAllocationConfig::default();
+        let n = limits.instances.max(4);
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 8)
+            .total_stacks(n)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            // Measured (`tessera-bench plugins`): a store without the concurrent-call state
+            // makes a small call several times cheaper; plugins never use async.
+            .concurrency_support(false)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let linker = sandbox::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })?;
+        let metrics = metrics::Metrics::new(registry)?;
+        for hook in Hook::ALL {
+            metrics.version.with_label_values(&[hook.as_str()]).set(0);
+        }
+        Ok(PluginHost {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                limits,
+                metrics,
+                slots: Default::default(),
+                versions: AtomicU64::new(0),
+                deploying: std::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Compiles and checks a plugin, then binds it to `hook`: requests already holding the
+    /// old version finish on it, later ones get the new one. The old version is kept for
+    /// [`PluginHost::rollback`]. Blocking (compilation takes milliseconds to seconds): call
+    /// it from a blocking thread.
+    pub fn deploy(
+        &self,
+        hook: Hook,
+        name: &str,
+        wasm: &[u8],
+        config: BTreeMap<String, String>,
+    ) -> Result<PluginInfo, DeployError> {
+        let plugin = match self.prepare(hook, name, wasm, config) {
+            Ok(p) => p,
+            Err(e) => {
+                self.count_deploy(hook, "refused");
+                tracing::warn!(target: "tessera::plugin", hook = hook.as_str(), plugin = name, "deploy refused: {e}");
+                return Err(e);
+            }
+        };
+        let info = plugin.info.clone();
+        let _serial = self.inner.deploying.lock().unwrap();
+        let slot = &self.inner.slots[hook.index()];
+        let old = slot.current.swap(Some(Arc::new(plugin)));
+        if let Some(old) = &old {
+            old.park();
+        }
+        if old.is_some() {
+            slot.previous.store(old);
+        }
+        self.count_deploy(hook, "deployed");
+        self.set_version(hook);
+        tracing::info!(target: "tessera::plugin", hook = hook.as_str(), plugin = %info.name, version = info.version, blake3 = %info.blake3, "plugin deployed");
+        Ok(info)
+    }
+
+    fn prepare(
+        &self,
+        hook: Hook,
+        name: &str,
+        wasm: &[u8],
+        config: BTreeMap<String, String>,
+    ) -> Result<Plugin, DeployError> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(DeployError::BadInput(format!(
+                "plugin name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        let component = Component::new(&self.inner.engine, wasm)
+            .map_err(|e| DeployError::NotAComponent(format!("{e:#}")))?;
+        let wrong = |e: wasmtime::Error| DeployError::WrongWorld {
+            hook: hook.as_str(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong)?;
+        let pre = match hook {
+            Hook::Route => {
+                Pre::Route(generated::route::RoutePre::new(instance_pre).map_err(|e| {
+                    DeployError::WrongWorld {
+                        hook: hook.as_str(),
+                        reason: format!("it does not export {}: {e:#}", hook.export()),
+                    }
+                })?)
+            }
+            Hook::Authorize => Pre::Authorize(
+                generated::authorize::AuthorizePre::new(instance_pre).map_err(|e| {
+                    DeployError::WrongWorld {
+                        hook: hook.as_str(),
+                        reason: format!("it does not export {}: {e:#}", hook.export()),
+                    }
+                })?,
+            ),
+            Hook::Eviction => Pre::Eviction(
+                generated::eviction::EvictionPre::new(instance_pre).map_err(|e| {
+                    DeployError::WrongWorld {
+                        hook: hook.as_str(),
+                        reason: format!("it does not export {}: {e:#}", hook.export()),
+                    }
+                })?,
+            ),
+        };
+        let info = PluginInfo {
+            hook,
+            name: name.to_string(),
+            version: self.inner.versions.fetch_add(1, Ordering::Relaxed) + 1,
+            blake3: blake3::hash(wasm).to_hex().to_string(),
+            size: wasm.len(),
+            config_keys: config.keys().cloned().collect(),
+            deployed_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let plugin = Plugin::new(
+            info,
+            config,
+            pre,
+            self.inner.engine.clone(),
+            self.inner.limits,
+            self.inner.metrics.clone(),
+        );
+        check_call(&plugin).map_err(DeployError::CheckFailed)?;
+        Ok(plugin)
+    }
+
+    /// Binds the previous version again (and keeps the replaced one as the previous).
+    pub fn rollback(&self, hook: Hook) -> Result<PluginInfo, DeployError> {
+        let _serial = self.inner.deploying.lock().unwrap();
+        let slot = &self.inner.slots[hook.index()];
+        let Some(prev) = slot.previous.swap(None) else {
+            return Err(DeployError::NoPrevious(hook.as_str()));
+        };
+        let info = prev.info.clone();
+        let replaced = slot.current.swap(Some(prev));
+        if let Some(r) = &replaced {
+            r.park();
+        }
+        slot.previous.store(replaced);
+        self.count_deploy(hook, "rolled-back");
+        self.set_version(hook);
+        tracing::info!(target: "tessera::plugin", hook = hook.as_str(), plugin = %info.name, version = info.version, "plugin rolled back");
+        Ok(info)
+    }
+
+    /// Unbinds `hook` (the edge's built-in behaviour again); the removed version becomes
+    /// the previous one.
+    pub fn remove(&self, hook: Hook) -> Option<PluginInfo> {
+        let _serial = self.inner.deploying.lock().unwrap();
+        let slot = &self.inner.slots[hook.index()];
+        let old = slot.current.swap(None)?;
+        old.park();
+        let info = old.info.clone();
+        slot.previous.store(Some(old));
+        self.count_deploy(hook, "removed");
+        self.set_version(hook);
+        Some(info)
+    }
+
+    /// What every hook has bound.
+    pub fn list(&self) -> Vec<SlotInfo> {
+        Hook::ALL
+            .iter()
+            .map(|&hook| {
+                let slot = &self.inner.slots[hook.index()];
+                SlotInfo {
+                    hook,
+                    current: slot.current.load().as_ref().map(|p| p.info.clone()),
+                    previous: slot.previous.load().as_ref().map(|p| p.info.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether a plugin is bound to `hook` (one atomic load).
+    pub fn is_bound(&self, hook: Hook) -> bool {
+        self.inner.slots[hook.index()].current.load().is_some()
+    }
+
+    fn bound(&self, hook: Hook) -> Option<Arc<Plugin>> {
+        self.inner.slots[hook.index()].current.load_full()
+    }
+
+    fn count_deploy(&self, hook: Hook, result: &str) {
+        self.inner
+            .metrics
+            .deploys
+            .with_label_values(&[hook.as_str(), result])
+            .inc();
+    }
+
+    fn set_version(&self, hook: Hook) {
+        let v = self.bound(hook).map_or(0, |p| p.info.version);
+        self.inner
+            .metrics
+            .version
+            .with_label_values(&[hook.as_str()])
+            .set(v as i64);
+    }
+
+    /// The `authorize` hook: `None` when no plugin is bound; a failure means deny (the
+    /// caller answers 503).
+    pub fn authorize(&self, req: &Request) -> Option<Result<Verdict, Failure>> {
+        let p = self.bound(Hook::Authorize)?;
+        Some(call_authorize(&p, req))
+    }
+
+    /// The `route` hook: `None` when no plugin is bound; a failure means the default route.
+    /// `upstream_known` says whether a named upstream exists (an unknown one is a failure).
+    pub fn route(
+        &self,
+        req: &Request,
+        upstream_known: &dyn Fn(&str) -> bool,
+    ) -> Option<Result<Decision, Failure>> {
+        let p = self.bound(Hook::Route)?;
+        Some(call_route(&p, req, upstream_known))
+    }
+
+    /// The `eviction` hook: `None` when no plugin is bound; a failure means the built-in
+    /// policy decides for the whole batch.
+    pub fn advise(&self, objects: &[Object]) -> Option<Result<Vec<Advice>, Failure>> {
+        let p = self.bound(Hook::Eviction)?;
+        Some(call_advise(&p, objects))
+    }
+}
+
+fn call_authorize(p: &Plugin, req: &Request) -> Result<Verdict, Failure> {
+    p.call(
+        |b, store| match b {
+            Bound::Authorize(a) => a.tessera_policy_authorizer().call_authorize(store, req),
+            _ => unreachable!("an authorize plugin is bound as authorize"),
+        },
+        |v| match v {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(r) => check_response(r),
+        },
+    )
+}
+
+fn call_route(
+    p: &Plugin,
+    req: &Request,
+    upstream_known: &dyn Fn(&str) -> bool,
+) -> Result<Decision, Failure> {
+    p.call(
+        |b, store| match b {
+            Bound::Route(r) => r.tessera_policy_router().call_route(store, req),
+            _ => unreachable!("a route plugin is bound as route"),
+        },
+        |d| match d {
+            Decision::Default => Ok(()),
+            Decision::Respond(r) => check_response(r),
+            Decision::Forward(f) => check_forward(f, upstream_known),
+        },
+    )
+}
+
+fn call_advise(p: &Plugin, objects: &[Object]) -> Result<Vec<Advice>, Failure> {
+    p.call(
+        |b, store| match b {
+            Bound::Eviction(e) => e.tessera_policy_advisor().call_advise(store, objects),
+            _ => unreachable!("an eviction plugin is bound as eviction"),
+        },
+        |a| {
+            if a.len() == objects.len() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} pieces of advice for {} objects",
+                    a.len(),
+                    objects.len()
+                ))
+            }
+        },
+    )
+}
+
+fn check_headers<'a>(
+    headers: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) -> Result<(), String> {
+    for (name, value) in headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("invalid header name {:?}", cut(name)));
+        }
+        if let Some(v) = value
+            && http::HeaderValue::from_str(v).is_err()
+        {
+            return Err(format!("invalid value for header {name}"));
+        }
+    }
+    Ok(())
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn check_response(r: &Response) -> Result<(), String> {
+    if !(200..=599).contains(&r.status) {
+        return Err(format!("status {} is not 200-599", r.status));
+    }
+    if r.body.len() > RESPONSE_BODY_MAX {
+        return Err(format!(
+            "a body of {} bytes (at most {RESPONSE_BODY_MAX})",
+            r.body.len()
+        ));
+    }
+    check_headers(
+        r.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+    )
+}
+
+fn check_forward(f: &Forward, upstream_known: &dyn Fn(&str) -> bool) -> Result<(), String> {
+    if let Some(u) = &f.upstream
+        && !upstream_known(u)
+    {
+        return Err(format!("no upstream named {:?}", cut(u)));
+    }
+    if let Some(p) = &f.path
+        && (!p.starts_with('/') || p.parse::<http::uri::PathAndQuery>().is_err())
+    {
+        return Err(format!("path {:?} is not a valid /path?query", cut(p)));
+    }
+    check_headers(
+        f.set_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+            .chain(f.remove_headers.iter().map(|k| (k.as_str(), None))),
+    )
+}
+
+/// The check call a deploy makes: a made-up request (or object) the plugin must answer
+/// within its limits with something usable. What it answers does not matter.
+fn check_call(p: &Plugin) -> Result<(), Failure> {
+    let req = Request {
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "localhost".into(),
+        path: "/.well-known/tessera/plugin-check".into(),
+        query: None,
+        headers: vec![("user-agent".into(), "tessera-plugin-check".into())],
+        client: "127.0.0.1".into(),
+        protocol: Protocol::Http1,
+    };
+    match p.info.hook {
+        Hook::Authorize => call_authorize(p, &req).map(drop),
+        Hook::Route => call_route(p, &req, &|_| true).map(drop),
+        Hook::Eviction => call_advise(
+            p,
+            &[Object {
+                key: "0".repeat(64),
+                path: req.path.clone(),
+                size: 1024,
+                content_type: Some("text/plain".into()),
+                status: 200,
+                hits: 0,
+                last_hit_secs: None,
+                ttl_secs: 60,
+            }],
+        )
+        .map(drop),
+    }
+}

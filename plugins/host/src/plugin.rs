@@ -1,0 +1,251 @@
+//! One deployed version of a plugin: its pre-instantiated component, a pool of ready
+//! instances, and the guarded call every hook goes through.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use wasmtime::Store;
+
+use crate::generated::authorize::{Authorize, AuthorizePre};
+use crate::generated::eviction::{Eviction, EvictionPre};
+use crate::generated::route::{Route, RoutePre};
+use crate::metrics::Metrics;
+use crate::sandbox::{Identity, State};
+use crate::{Hook, Limits};
+
+/// Ready instances kept per version; more are dropped after use.
+const IDLE_MAX: usize = 64;
+
+/// What `list` shows of a deployed version. Configuration values are not shown: they may
+/// be secrets (a signing key).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// The hook it serves.
+    pub hook: Hook,
+    /// The operator's name for it.
+    pub name: String,
+    /// This edge's deploy number (increases with every deploy, on any hook).
+    pub version: u64,
+    /// BLAKE3 of the component, hex.
+    pub blake3: String,
+    /// Size of the component, bytes.
+    pub size: usize,
+    /// Configuration keys set at deploy.
+    pub config_keys: Vec<String>,
+    /// When it was deployed, Unix milliseconds.
+    pub deployed_at_ms: u64,
+}
+
+/// Why a call failed. The caller applies the hook's failure policy; the failure is already
+/// counted and logged.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Failure {
+    /// The call ran past its CPU deadline.
+    #[error("ran past its {0} ms deadline")]
+    Deadline(u64),
+    /// The instance reached its memory cap.
+    #[error("exceeded its memory cap of {0} bytes")]
+    Memory(usize),
+    /// The guest trapped (a panic, `unreachable`, a stack overflow…).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The answer cannot be used (an invalid header, a body over 1 MiB, an unknown
+    /// upstream…).
+    #[error("answered something unusable: {0}")]
+    Invalid(String),
+    /// No instance could be made (the instance pool is exhausted).
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl Failure {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Deadline(_) => "deadline",
+            Failure::Memory(_) => "memory",
+            Failure::Trap(_) => "trap",
+            Failure::Invalid(_) => "invalid",
+            Failure::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+pub(crate) enum Pre {
+    Route(RoutePre<State>),
+    Authorize(AuthorizePre<State>),
+    Eviction(EvictionPre<State>),
+}
+
+pub(crate) enum Bound {
+    Route(Route),
+    Authorize(Authorize),
+    Eviction(Eviction),
+}
+
+pub(crate) struct Instance {
+    store: Store<State>,
+    bound: Bound,
+}
+
+/// A deployed version. Shared by the requests using it; an in-flight request keeps its
+/// version alive after a swap.
+pub struct Plugin {
+    pub(crate) info: PluginInfo,
+    id: Arc<Identity>,
+    config: Arc<BTreeMap<String, String>>,
+    pre: Pre,
+    engine: wasmtime::Engine,
+    limits: Limits,
+    metrics: Metrics,
+    /// Ready instances. A std mutex: a push or a pop, nothing else while held.
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        info: PluginInfo,
+        config: BTreeMap<String, String>,
+        pre: Pre,
+        engine: wasmtime::Engine,
+        limits: Limits,
+        metrics: Metrics,
+    ) -> Plugin {
+        let id = Arc::new(Identity {
+            name: info.name.clone(),
+            version: info.version,
+            hook: info.hook.as_str(),
+        });
+        Plugin {
+            info,
+            id,
+            config: Arc::new(config),
+            pre,
+            engine,
+            limits,
+            metrics,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Drops the ready instances (a version kept only for rollback holds no memory slots).
+    pub(crate) fn park(&self) {
+        self.idle.lock().unwrap().clear();
+    }
+
+    fn instantiate(&self) -> Result<Instance, Failure> {
+        let state = State::new(
+            self.id.clone(),
+            self.config.clone(),
+            self.limits.memory_bytes,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        let limit = self.limits.deadline_ms.max(1);
+        store.epoch_deadline_callback(move |mut cx| cx.data_mut().tick(limit));
+        // Instantiation runs the guest's start code: it has a deadline too.
+        store.data_mut().before_call();
+        store.set_epoch_deadline(1);
+        let bound = match &self.pre {
+            Pre::Route(p) => p.instantiate(&mut store).map(Bound::Route),
+            Pre::Authorize(p) => p.instantiate(&mut store).map(Bound::Authorize),
+            Pre::Eviction(p) => p.instantiate(&mut store).map(Bound::Eviction),
+        }
+        .map_err(|e| Failure::Instantiate(format!("{e:#}")))?;
+        Ok(Instance { store, bound })
+    }
+
+    /// Runs `f` on a ready instance with the deadline armed; an instance that failed is
+    /// dropped (a trapped instance cannot be entered again), a good one goes back to the
+    /// pool. Counts and logs every failure.
+    pub(crate) fn call<R>(
+        &self,
+        f: impl FnOnce(&Bound, &mut Store<State>) -> wasmtime::Result<R>,
+        check: impl FnOnce(&R) -> Result<(), String>,
+    ) -> Result<R, Failure> {
+        let start = Instant::now();
+        let pooled = self.idle.lock().unwrap().pop();
+        let result = match pooled.map_or_else(|| self.instantiate(), Ok) {
+            Ok(mut inst) => {
+                inst.store.data_mut().before_call();
+                inst.store.set_epoch_deadline(1);
+                match f(&inst.bound, &mut inst.store) {
+                    Ok(r) => {
+                        let mut idle = self.idle.lock().unwrap();
+                        if idle.len() < IDLE_MAX {
+                            idle.push(inst);
+                        }
+                        drop(idle);
+                        check(&r).map(|()| r).map_err(Failure::Invalid)
+                    }
+                    Err(e) => Err(self.classify(&e, inst.store.data())),
+                }
+            }
+            Err(f) => Err(f),
+        };
+        let hook = self.info.hook.as_str();
+        self.metrics
+            .call_seconds
+            .with_label_values(&[hook])
+            .observe(start.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(f) => f.reason(),
+        };
+        self.metrics
+            .calls
+            .with_label_values(&[hook, &self.info.name, outcome])
+            .inc();
+        if let Err(f) = &result {
+            tracing::warn!(
+                target: "tessera::plugin",
+                plugin = %self.info.name,
+                version = self.info.version,
+                hook,
+                reason = f.reason(),
+                "plugin call failed: {f}"
+            );
+        }
+        result
+    }
+
+    fn classify(&self, e: &wasmtime::Error, state: &State) -> Failure {
+        if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+            if *trap == wasmtime::Trap::Interrupt {
+                return Failure::Deadline(self.limits.deadline_ms);
+            }
+            if state.memory_denied {
+                return Failure::Memory(self.limits.memory_bytes);
+            }
+            // What the guest said before it trapped: its panic message, its last log line.
+            let mut said = state.stderr_text();
+            if let Some(line) = &state.last_log
+                && !said.contains(line.as_str())
+            {
+                said = format!("{said} {line}").trim().to_string();
+            }
+            return Failure::Trap(if said.is_empty() {
+                trap.to_string()
+            } else {
+                format!("{trap} ({said})")
+            });
+        }
+        if state.memory_denied {
+            return Failure::Memory(self.limits.memory_bytes);
+        }
+        Failure::Trap(format!("{e:#}"))
+    }
+}

@@ -1,0 +1,234 @@
+//! What a plugin instance can reach: the `host` interface of `wit/policy.wit`, the few WASI
+//! interfaces a Rust `std` guest imports (with nothing behind them: no environment, no
+//! arguments, no files, no sockets, stdout discarded, stderr kept for the log), and a memory
+//! cap. Everything else is refused at deploy time by the linker.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::generated::route::tessera::policy::host::{self, Level};
+
+/// Longest log line a plugin may write; the rest is cut.
+const LOG_LINE_MAX: usize = 1024;
+/// Log lines a plugin may write in one call; the rest are dropped.
+const LOG_LINES_PER_CALL: u32 = 16;
+/// Bytes of a plugin's stderr kept (its panic message, read when it traps).
+const STDERR_KEEP: usize = 4096;
+
+/// Who a store belongs to, for log lines and metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub name: String,
+    pub version: u64,
+    pub hook: &'static str,
+}
+
+/// The data of one plugin instance's store.
+pub(crate) struct State {
+    pub id: Arc<Identity>,
+    config: Arc<BTreeMap<String, String>>,
+    memory_cap: usize,
+    /// Set when the cap refused a memory growth: a trap after it is an out-of-memory.
+    pub memory_denied: bool,
+    /// Epoch ticks this call has seen while running (see [`State::tick`]).
+    ticks: u64,
+    log_budget: u32,
+    /// The last line the plugin logged (shown when a deploy is refused).
+    pub last_log: Option<String>,
+    stderr: MemoryOutputPipe,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    pub fn new(
+        id: Arc<Identity>,
+        config: Arc<BTreeMap<String, String>>,
+        memory_cap: usize,
+    ) -> State {
+        let stderr = MemoryOutputPipe::new(STDERR_KEEP);
+        // No environment, arguments, preopened folders or network: the builder grants
+        // nothing unless asked.
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        State {
+            id,
+            config,
+            memory_cap,
+            memory_denied: false,
+            ticks: 0,
+            log_budget: LOG_LINES_PER_CALL,
+            last_log: None,
+            stderr,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// Resets the per-call allowances before a call.
+    pub fn before_call(&mut self) {
+        self.log_budget = LOG_LINES_PER_CALL;
+        self.memory_denied = false;
+        self.ticks = 0;
+    }
+
+    /// Called by wasmtime when the running guest sees the epoch advance (the engine ticks
+    /// every millisecond; the store's deadline is always one tick ahead). Counting the ticks
+    /// the guest *sees* measures the time it ran, not wall time: a thread descheduled for
+    /// 20 ms on a busy machine sees one tick when it resumes, not twenty, so a busy machine
+    /// does not make good plugins miss their deadline. `limit` ticks end the call.
+    pub fn tick(&mut self, limit: u64) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+        self.ticks += 1;
+        if self.ticks >= limit {
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        Ok(wasmtime::UpdateDeadline::Continue(1))
+    }
+
+    /// What the plugin wrote to stderr (a Rust guest's panic message), one line.
+    pub fn stderr_text(&self) -> String {
+        let bytes = self.stderr.contents();
+        String::from_utf8_lossy(&bytes).trim().replace('\n', " | ")
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for State {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl host::Host for State {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_budget == 0 {
+            return;
+        }
+        self.log_budget -= 1;
+        let line = cut(&message, LOG_LINE_MAX);
+        let (name, version, hook) = (&self.id.name, self.id.version, self.id.hook);
+        match level {
+            Level::Debug => {
+                tracing::debug!(target: "tessera::plugin", plugin = %name, version, hook, "{line}")
+            }
+            Level::Info => {
+                tracing::info!(target: "tessera::plugin", plugin = %name, version, hook, "{line}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "tessera::plugin", plugin = %name, version, hook, "{line}")
+            }
+            Level::Error => {
+                tracing::error!(target: "tessera::plugin", plugin = %name, version, hook, "{line}")
+            }
+        }
+        self.last_log = Some(line.to_string());
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn hmac_sha256(&mut self, key: Vec<u8>, data: Vec<u8>) -> Vec<u8> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+        ring::hmac::sign(&key, &data).as_ref().to_vec()
+    }
+
+    fn blake3_keyed(&mut self, key: Vec<u8>, data: Vec<u8>) -> Vec<u8> {
+        let key: [u8; 32] = match key.as_slice().try_into() {
+            Ok(k) => k,
+            Err(_) => *blake3::hash(&key).as_bytes(),
+        };
+        blake3::keyed_hash(&key, &data).as_bytes().to_vec()
+    }
+
+    fn blake3(&mut self, data: Vec<u8>) -> Vec<u8> {
+        blake3::hash(&data).as_bytes().to_vec()
+    }
+}
+
+/// The resource table, for the WASI I/O interfaces.
+struct Io;
+
+impl HasData for Io {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// A linker with exactly what a plugin may import: the `host` interface and the WASI
+/// interfaces a Rust `std` guest for `wasm32-wasip2` imports (environment, exit, stdio and
+/// terminals, I/O streams). No filesystem, sockets, clocks or random: a component that
+/// imports them is refused at deploy ("… has no matching import").
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<State>> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::p2::bindings::{cli, io, sync};
+    let mut l = Linker::<State>::new(engine);
+    host::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut l, |s| s)?;
+    io::error::add_to_linker::<State, Io>(&mut l, |s| &mut s.table)?;
+    sync::io::streams::add_to_linker::<State, Io>(&mut l, |s| &mut s.table)?;
+    sync::io::poll::add_to_linker::<State, Io>(&mut l, |s| &mut s.table)?;
+    cli::exit::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::environment::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::stdin::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::stdout::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::stderr::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_input::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_output::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_stdin::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_stdout::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_stderr::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    Ok(l)
+}
