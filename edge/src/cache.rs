@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, EvictionConfig, FsDeviceBuilder, HybridCache,
-    HybridCacheBuilder, HybridCachePolicy, LfuConfig, PsyncIoEngineConfig, RecoverMode,
-    S3FifoConfig, Source,
+    BlockEngineConfig, Code, DeviceBuilder, EvictionConfig, FsDeviceBuilder, Hint, HybridCache,
+    HybridCacheBuilder, HybridCachePolicy, HybridCacheProperties, LfuConfig, Location,
+    PsyncIoEngineConfig, RecoverMode, S3FifoConfig, Source,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,52 @@ impl Key {
             h.update(p);
         }
         Key(*h.finalize().as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+}
+
+/// Which tiers an entry is stored in (eviction advice; the built-in policy is `Both`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Where {
+    /// Memory only: never written to SSD.
+    Memory,
+    /// SSD only: not kept in memory at first (foyer may still promote it on a later hit).
+    Disk,
+    /// Memory, written behind to SSD.
+    #[default]
+    Both,
+}
+
+/// How a response is stored, as an eviction plugin advised it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Store it at all.
+    pub admit: bool,
+    pub tier: Where,
+    /// A freshness lifetime replacing the computed one, seconds.
+    pub ttl_secs: Option<u64>,
+    /// Evicted from memory before normal entries (where the policy supports hints).
+    pub low_priority: bool,
+}
+
+impl Placement {
+    fn properties(self) -> HybridCacheProperties {
+        let location = match self.tier {
+            Where::Memory => Location::InMem,
+            Where::Disk => Location::OnDisk,
+            Where::Both => Location::Default,
+        };
+        let hint = if self.low_priority {
+            Hint::Low
+        } else {
+            Hint::Normal
+        };
+        HybridCacheProperties::default()
+            .with_location(location)
+            .with_hint(hint)
     }
 }
 
@@ -399,14 +445,26 @@ impl Cache {
 
     /// Stores `value` under `key` in memory and (written behind) on SSD.
     pub fn insert(&self, key: Key, value: Value) {
-        // A store after a removal supersedes it (even within the same millisecond).
-        {
-            let mut removed = self.removed.lock().unwrap();
-            if !removed.is_empty() {
-                removed.remove(&key);
-            }
-        }
+        self.forget_removal(&key);
         self.hybrid.insert(key, value);
+    }
+
+    /// A store after a removal supersedes it (even within the same millisecond).
+    fn forget_removal(&self, key: &Key) {
+        let mut removed = self.removed.lock().unwrap();
+        if !removed.is_empty() {
+            removed.remove(key);
+        }
+    }
+
+    /// Stores `value` under `key` where `placement` says (`None`: as [`Cache::insert`]).
+    pub fn insert_placed(&self, key: Key, value: Value, placement: Option<Placement>) {
+        let Some(p) = placement else {
+            return self.insert(key, value);
+        };
+        self.forget_removal(&key);
+        self.hybrid
+            .insert_with_properties(key, value, p.properties());
     }
 
     /// Whether `key` is probably held (may say yes for an entry that is gone; the caller

@@ -1,6 +1,7 @@
 //! The edge's configuration, read from TOML (`tessera edge --config FILE`) or built by the
 //! command line; every field has a default that serves a laptop.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -74,6 +75,65 @@ pub struct EdgeConfig {
     /// the origin URLs), so the edge asks each manifest's and chunk's owners first and
     /// follows every node's change feed. Without it the URLs are a failover list.
     pub origin_ring: Option<OriginRing>,
+    /// Named HTTP upstreams (`name = "http://host:port"`) a `route` plugin may send requests
+    /// to, beside the default backend.
+    pub upstreams: BTreeMap<String, String>,
+    /// WebAssembly plugins: the sandbox's limits and the plugins bound at start-up.
+    pub plugins: PluginsConfig,
+}
+
+/// Plugins of an edge ([`tessera_plugins`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Deadline, memory cap and instance count of the sandbox.
+    pub limits: tessera_plugins::Limits,
+    /// Plugins bound when the edge starts (a run-time deploy replaces them until the next
+    /// start, as `varnishadm vcl.use` does).
+    pub bind: Vec<PluginBinding>,
+}
+
+/// A plugin bound at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginBinding {
+    /// The hook: `route`, `authorize` or `eviction`.
+    pub hook: tessera_plugins::Hook,
+    /// A `.wasm` component file, or the name of a plugin Tessera ships (`signed-url`,
+    /// `router`, `size-eviction`).
+    pub plugin: String,
+    /// The name it is listed and logged under (default: the file's stem or the shipped
+    /// name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The plugin's configuration (`key = "value"`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+impl PluginBinding {
+    /// The component's bytes and its name.
+    pub fn load(&self) -> anyhow::Result<(Vec<u8>, String)> {
+        let path = std::path::Path::new(&self.plugin);
+        let (bytes, default_name) = match tessera_plugins::shipped::by_name(&self.plugin) {
+            Some((bytes, _)) if !path.exists() => (bytes.to_vec(), self.plugin.clone()),
+            _ => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read the plugin {}: {e} (give a .wasm file or one of \
+                         signed-url, router, size-eviction)",
+                        path.display()
+                    )
+                })?;
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "plugin".into());
+                (bytes, stem)
+            }
+        };
+        Ok((bytes, self.name.clone().unwrap_or(default_name)))
+    }
 }
 
 /// The placement of an origin cluster, as its nodes compute it.
@@ -110,6 +170,8 @@ impl Default for EdgeConfig {
             quic: crate::h3::QuicSettings::default(),
             origin_ring: None,
             access_log: false,
+            upstreams: BTreeMap::new(),
+            plugins: PluginsConfig::default(),
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - [`upstream`]: whole responses from any HTTP server.
 //! - [`fill`]: request coalescing (one origin fetch per key).
 //! - [`purge`]: purges as bans, persistent.
+//! - [`plugins`]: the WebAssembly hooks (authorize, route, eviction advice) and their admin
+//!   API, over [`tessera_plugins`].
 //! - [`feed`]: following the origin's change feed.
 //! - [`server`]: listeners (HTTP, HTTPS with HTTP/2) and the admin API.
 //! - [`h3`]: the HTTP/3 listener (quinn + h3).
@@ -31,6 +33,7 @@ pub mod freshness;
 pub mod h3;
 pub mod metrics;
 pub mod origin_mode;
+pub mod plugins;
 pub mod proxy;
 pub mod purge;
 pub mod server;

@@ -250,20 +250,38 @@ async fn fetch_manifest(
                 );
             }
             Some(Ok(ManifestFetch::Found { manifest, headers })) => {
-                let meta = Arc::new(meta_of(
+                let mut meta = meta_of(edge, &manifest, &headers, request_time, response_time);
+                // Eviction advice governs the file's stored response (its manifest, and the
+                // assembled copy of a small file); chunks are shared by address between
+                // files and stay under the built-in policy.
+                let placement = crate::plugins::advise(
                     edge,
-                    &manifest,
-                    &headers,
-                    request_time,
-                    response_time,
-                ));
+                    crate::plugins::Candidate {
+                        key: &key,
+                        path: &meta.path,
+                        size: meta.size,
+                        content_type: meta.headers.get(header::CONTENT_TYPE),
+                        status: meta.status,
+                        ttl_secs: meta.freshness.lifetime,
+                        hits: 0,
+                        last_hit_secs: None,
+                    },
+                );
+                if let Some(ttl) = placement.and_then(|p| p.ttl_secs) {
+                    meta.freshness.lifetime = ttl;
+                }
+                let meta = Arc::new(meta);
+                if placement.is_some_and(|p| !p.admit) {
+                    return Ok((Some(meta), 200));
+                }
                 // A change reported while this fetch was in flight may be newer than what
                 // it returned: serve it, but do not keep it.
                 // Checked again after storing: a change noted between the check and the
                 // store would otherwise find nothing to remove and leave this copy behind.
                 let raced = || edge.recent.superseded(file, position, &manifest.blake3);
                 if !raced() {
-                    edge.cache.insert(key, Value::Meta(meta.clone()));
+                    edge.cache
+                        .insert_placed(key, Value::Meta(meta.clone()), placement);
                     if raced() {
                         edge.cache.remove(&key);
                     }

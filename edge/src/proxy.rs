@@ -191,7 +191,12 @@ pub struct Edge {
     pub(crate) fills: Fills,
     pub(crate) flights: Mutex<HashMap<Key, Flight>>,
     pub(crate) origins: Vec<OriginClient>,
-    pub(crate) upstream: Option<Upstream>,
+    pub(crate) upstream: Option<Arc<Upstream>>,
+    /// Upstreams a `route` plugin may name ([`EdgeConfig::upstreams`]).
+    pub(crate) named_upstreams: HashMap<String, Arc<Upstream>>,
+    /// The plugin host, made when the first plugin is bound (an edge without plugins runs
+    /// no wasmtime engine).
+    pub(crate) plugins: std::sync::OnceLock<tessera_plugins::PluginHost>,
     /// Brotli-compressed bodies by (entry key, stored time), so a hot text asset is
     /// compressed once, not per request. A std mutex: a map operation, no `.await`.
     brotli: Mutex<SizedCache<(Key, u64), Bytes>>,
@@ -229,8 +234,18 @@ impl Edge {
                     .collect::<Result<Vec<_>, _>>()?;
                 (clients, None)
             }
-            Backend::Upstream(url) => (Vec::new(), Some(Upstream::new(url, &cfg)?)),
+            Backend::Upstream(url) => (Vec::new(), Some(Arc::new(Upstream::new(url, None, &cfg)?))),
         };
+        let named_upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|(name, url)| {
+                Ok((
+                    name.clone(),
+                    Arc::new(Upstream::new(url, Some(name), &cfg)?),
+                ))
+            })
+            .collect::<anyhow::Result<HashMap<_, _>>>()?;
         let n_origins = origins.len();
         let ring = match &cfg.origin_ring {
             Some(r) => {
@@ -248,7 +263,9 @@ impl Edge {
             }
             None => None,
         };
-        Ok(Arc::new(Edge {
+        let edge = Arc::new(Edge {
+            named_upstreams,
+            plugins: Default::default(),
             brotli: Mutex::new(SizedCache::with_size(cfg.brotli_cache_entries.max(1))),
             cfg,
             cache,
@@ -261,7 +278,9 @@ impl Edge {
             recent: Default::default(),
             origin_down: (0..n_origins).map(|_| Default::default()).collect(),
             ring,
-        }))
+        });
+        crate::plugins::bind_configured(&edge)?;
+        Ok(edge)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -289,26 +308,11 @@ impl Edge {
         client: SocketAddr,
     ) -> Response<EdgeBody> {
         let start = Instant::now();
-        let mut req = req;
-        if self.upstream.is_some() {
-            // The upstream sees who asked: appended to any X-Forwarded-For already present.
-            let xff = match req
-                .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {}", client.ip()),
-                None => client.ip().to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                req.headers_mut().insert("x-forwarded-for", v);
-            }
-        }
         let logged = self
             .cfg
             .access_log
             .then(|| (req.method().to_string(), req.uri().path().to_string()));
-        let (resp, outcome) = match self.route(req).await {
+        let (resp, outcome) = match self.route(req, proto, client).await {
             Ok(r) => r,
             Err(refusal) => {
                 if refusal.status == StatusCode::BAD_REQUEST {
@@ -363,14 +367,40 @@ impl Edge {
 
     async fn route(
         self: &Arc<Self>,
-        req: Request<EdgeBody>,
+        mut req: Request<EdgeBody>,
+        proto: Protocol,
+        client: SocketAddr,
     ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
+        let mut upstream = self.upstream.clone();
+        if let Some(host) = self.plugins.get()
+            && (host.is_bound(tessera_plugins::Hook::Authorize)
+                || host.is_bound(tessera_plugins::Hook::Route))
+        {
+            match crate::plugins::plan(self, host, &mut req, proto, client) {
+                crate::plugins::Plan::Answer(r) => return Ok((r, Outcome::pass("plugin"))),
+                crate::plugins::Plan::Serve(Some(named)) => upstream = Some(named),
+                crate::plugins::Plan::Serve(None) => {}
+            }
+        }
         let path = check_path(req.uri().path())?;
-        if self.upstream.is_some() {
-            // Checked only: the upstream gets the path as the client sent it.
-            crate::upstream::handle(self, req).await
-        } else {
-            crate::origin_mode::handle(self, req, path).await
+        match upstream {
+            Some(up) => {
+                // The upstream sees who asked: appended to any X-Forwarded-For already
+                // present. Checked only: the upstream gets the path as the client sent it.
+                let xff = match req
+                    .headers()
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some(prev) => format!("{prev}, {}", client.ip()),
+                    None => client.ip().to_string(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    req.headers_mut().insert("x-forwarded-for", v);
+                }
+                crate::upstream::handle(self, req, up).await
+            }
+            None => crate::origin_mode::handle(self, req, path).await,
         }
     }
 
@@ -860,7 +890,7 @@ pub(crate) fn check_path(raw: &str) -> Result<String, Refusal> {
     Ok(decoded)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

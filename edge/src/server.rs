@@ -276,6 +276,8 @@ struct PurgeRequest {
 }
 
 const MAX_ADMIN_BODY: usize = 64 << 10;
+/// Largest plugin component the admin API accepts.
+const MAX_PLUGIN_BYTES: usize = 32 << 20;
 
 async fn admin_handle(edge: &Arc<Edge>, req: Request<Incoming>) -> Response<EdgeBody> {
     match admin_route(edge, req).await {
@@ -311,6 +313,40 @@ async fn admin_route(
     authorize(edge, req.headers())?;
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/api/v1/stats") => Ok(json_response(StatusCode::OK, &stats(edge))),
+        (Method::GET, "/api/v1/plugins") => {
+            Ok(json_response(StatusCode::OK, &crate::plugins::list(edge)))
+        }
+        (method, p) if p.starts_with("/api/v1/plugins/") => {
+            let rest = &p["/api/v1/plugins/".len()..];
+            let (hook, action) = rest.split_once('/').unwrap_or((rest, ""));
+            let hook: tessera_plugins::Hook = hook
+                .parse()
+                .map_err(|e: String| Refusal::new(StatusCode::NOT_FOUND, e))?;
+            let v = match (method, action) {
+                (Method::POST, "") => {
+                    let query = req.uri().query().map(str::to_string);
+                    let limited = http_body_util::Limited::new(req.into_body(), MAX_PLUGIN_BYTES);
+                    let wasm = limited.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+                        Refusal::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "cannot read the component (at most {MAX_PLUGIN_BYTES} bytes): {e}"
+                            ),
+                        )
+                    })?;
+                    crate::plugins::deploy(edge, hook, query.as_deref(), wasm).await?
+                }
+                (Method::POST, "rollback") => crate::plugins::rollback(edge, hook)?,
+                (Method::DELETE, "") => crate::plugins::remove(edge, hook)?,
+                (m, _) => {
+                    return Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no admin route {m} {p}"),
+                    ));
+                }
+            };
+            Ok(json_response(StatusCode::OK, &v))
+        }
         (Method::POST, "/api/v1/purge") => {
             let body = read_body(req).await?;
             let ask: PurgeRequest = serde_json::from_slice(&body).map_err(|e| {

@@ -35,13 +35,15 @@ use crate::purge::Verdict;
 /// The HTTP server this edge fronts, and a pooled client for it.
 #[derive(Debug)]
 pub struct Upstream {
+    /// Its name in [`EdgeConfig::upstreams`]; `None` for the default backend.
+    name: Option<String>,
     scheme: Scheme,
     authority: Authority,
     client: Client<HttpConnector, EdgeBody>,
 }
 
 impl Upstream {
-    pub fn new(url: &str, cfg: &EdgeConfig) -> anyhow::Result<Upstream> {
+    pub fn new(url: &str, name: Option<&str>, cfg: &EdgeConfig) -> anyhow::Result<Upstream> {
         let uri: Uri = url
             .parse()
             .map_err(|e| anyhow::anyhow!("upstream URL {url:?}: {e}"))?;
@@ -57,6 +59,7 @@ impl Upstream {
             .pool_max_idle_per_host(256)
             .build(connector);
         Ok(Upstream {
+            name: name.map(str::to_string),
             scheme: Scheme::HTTP,
             authority: uri.authority().unwrap().clone(),
             client,
@@ -73,9 +76,16 @@ impl Upstream {
     }
 }
 
-/// The cache key of a request target.
-fn url_key(host: &str, path_and_query: &str) -> Key {
-    Key::derive("url", &[host.as_bytes(), path_and_query.as_bytes()])
+/// The cache key of a request target (a named upstream's responses are kept apart from the
+/// default backend's).
+fn url_key(up: &Upstream, host: &str, path_and_query: &str) -> Key {
+    match &up.name {
+        None => Key::derive("url", &[host.as_bytes(), path_and_query.as_bytes()]),
+        Some(name) => Key::derive(
+            "url-named",
+            &[name.as_bytes(), host.as_bytes(), path_and_query.as_bytes()],
+        ),
+    }
 }
 
 fn host_of(parts: &http::request::Parts) -> String {
@@ -146,6 +156,7 @@ fn response_headers(from: &HeaderMap) -> HeaderMap {
 pub(crate) async fn handle(
     edge: &Arc<Edge>,
     req: Request<EdgeBody>,
+    up: Arc<Upstream>,
 ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
     let (parts, body) = req.into_parts();
     let host = host_of(&parts);
@@ -154,10 +165,10 @@ pub(crate) async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let key = url_key(&host, &pq);
+    let key = url_key(&up, &host, &pq);
     let method = parts.method.clone();
     if method != Method::GET && method != Method::HEAD {
-        let r = pass(edge, &parts, &pq, Some(body)).await?;
+        let r = pass(edge, &up, &parts, &pq, Some(body)).await?;
         // RFC 9111 §4.4: a successful unsafe request invalidates its target and the URIs in
         // its Location and Content-Location (same host only).
         if r.status().is_success() || r.status().is_redirection() {
@@ -171,7 +182,7 @@ pub(crate) async fn handle(
                         .is_none_or(|a| a.as_str().eq_ignore_ascii_case(&host))
                     && let Some(p) = uri.path_and_query()
                 {
-                    let k = url_key(&host, p.as_str());
+                    let k = url_key(&up, &host, p.as_str());
                     edge.fills.invalidate(&k);
                     edge.cache.remove(&k);
                 }
@@ -181,7 +192,7 @@ pub(crate) async fn handle(
     }
     let req_cc = request_directives(&parts.headers);
     if req_cc.no_store {
-        let r = pass(edge, &parts, &pq, Some(body)).await?;
+        let r = pass(edge, &up, &parts, &pq, Some(body)).await?;
         return Ok((r, Outcome::pass("request")));
     }
     let now = now_secs();
@@ -211,12 +222,12 @@ pub(crate) async fn handle(
             Use::StaleWhileRevalidate => {
                 if let Role::Leader(fill) = edge.fills.join(key) {
                     let guard = LeaderGuard::new(edge.clone(), key, fill.clone());
-                    let (e, p, pq2) = (edge.clone(), parts.clone(), pq.clone());
+                    let (e, p, pq2, up2) = (edge.clone(), parts.clone(), pq.clone(), up.clone());
                     let stale = Some((meta.clone(), vkey));
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(
                             BACKGROUND_REVALIDATE,
-                            lead(&e, &p, &pq2, stale, guard),
+                            lead(&e, &up2, &p, &pq2, stale, guard),
                         )
                         .await;
                     });
@@ -235,12 +246,14 @@ pub(crate) async fn handle(
             "only-if-cached, and this edge does not hold it",
         ));
     }
-    fetch(edge, parts, pq, key, stale, now, &req_cc).await
+    fetch(edge, up, parts, pq, key, stale, now, &req_cc).await
 }
 
 /// A miss or a revalidation: join or lead the fill for `key` and answer from it.
+#[allow(clippy::too_many_arguments)]
 async fn fetch(
     edge: &Arc<Edge>,
+    up: Arc<Upstream>,
     parts: http::request::Parts,
     pq: String,
     key: Key,
@@ -254,8 +267,8 @@ async fn fetch(
             let guard = LeaderGuard::new(edge.clone(), key, fill.clone());
             let stale_for_fill = stale.as_ref().map(|(m, _, k)| (m.clone(), *k));
             // The fill runs on its own task: a client that goes away does not cancel it.
-            let (e, p, pq2) = (edge.clone(), parts.clone(), pq.clone());
-            tokio::spawn(async move { lead(&e, &p, &pq2, stale_for_fill, guard).await });
+            let (e, p, pq2, up2) = (edge.clone(), parts.clone(), pq.clone(), up.clone());
+            tokio::spawn(async move { lead(&e, &up2, &p, &pq2, stale_for_fill, guard).await });
             (fill, true)
         }
         Role::Joiner(fill) => {
@@ -293,7 +306,7 @@ async fn fetch(
         .all(|(n, v)| parts.headers.get(n.as_str()) == v.as_ref());
     if !leader && (!head.storable || !same_variant) {
         // Not shareable with this request: fetch for it alone.
-        let r = pass(edge, &parts, &pq, None).await?;
+        let r = pass(edge, &up, &parts, &pq, None).await?;
         return Ok((r, Outcome::pass("uncacheable")));
     }
     let outcome = match &stale {
@@ -439,12 +452,12 @@ impl Drop for LeaderGuard {
 /// published to joiners, the body streamed into the fill and stored when complete.
 async fn lead(
     edge: &Arc<Edge>,
+    up: &Upstream,
     parts: &http::request::Parts,
     pq: &str,
     stale: Option<(Arc<Meta>, Key)>,
     mut guard: LeaderGuard,
 ) {
-    let up = edge.upstream.as_ref().expect("upstream mode");
     let fill = guard.fill.clone();
     let mut headers = forward_headers(up, &parts.headers, true);
     if let Some((m, _)) = &stale {
@@ -518,6 +531,37 @@ async fn lead(
         .is_none()
         && !rparts.headers.contains_key(header::SET_COOKIE)
         && content_length.is_none_or(|n| n <= edge.cfg.max_object_bytes);
+    // Eviction advice, when a plugin gives it: here when the size is known, else once the
+    // body is complete.
+    let advice = |size: u64| {
+        let ttl = Freshness::of(
+            rparts.status,
+            &rparts.headers,
+            request_time,
+            response_time,
+            cap,
+        );
+        crate::plugins::advise(
+            edge,
+            crate::plugins::Candidate {
+                key: &guard.key,
+                path: pq,
+                size,
+                content_type: rparts.headers.get(header::CONTENT_TYPE),
+                status: rparts.status.as_u16(),
+                ttl_secs: ttl.lifetime,
+                hits: 0,
+                last_hit_secs: None,
+            },
+        )
+    };
+    let mut placement = None;
+    if storable && let Some(n) = content_length {
+        placement = advice(n);
+        if placement.is_some_and(|p| !p.admit) {
+            storable = false;
+        }
+    }
     let mut headers = response_headers(&rparts.headers);
     let names = vary_names(&headers);
     let vary: Vec<(String, Option<HeaderValue>)> = names
@@ -571,8 +615,11 @@ async fn lead(
                         seg.extend_from_slice(&data);
                         while seg.len() >= SEGMENT {
                             let s = seg.split_to(SEGMENT).freeze();
-                            edge.cache
-                                .insert(segment_key(&seg_id, segments), Value::Bytes(s));
+                            edge.cache.insert_placed(
+                                segment_key(&seg_id, segments),
+                                Value::Bytes(s),
+                                placement,
+                            );
                             segments += 1;
                         }
                     }
@@ -601,6 +648,13 @@ async fn lead(
         ))));
         return;
     }
+    if storable && content_length.is_none() {
+        placement = advice(total);
+        if placement.is_some_and(|p| !p.admit) {
+            // Segments already stored are never referenced and age out.
+            storable = false;
+        }
+    }
     if storable {
         let cc = response_directives(&rparts.headers);
         for f in &cc.no_cache_fields {
@@ -612,8 +666,11 @@ async fn lead(
             BodyRef::Inline(inline.freeze())
         } else {
             if !seg.is_empty() {
-                edge.cache
-                    .insert(segment_key(&seg_id, segments), Value::Bytes(seg.freeze()));
+                edge.cache.insert_placed(
+                    segment_key(&seg_id, segments),
+                    Value::Bytes(seg.freeze()),
+                    placement,
+                );
                 segments += 1;
             }
             BodyRef::Segments {
@@ -628,16 +685,20 @@ async fn lead(
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split_whitespace().map(str::to_string))
             .collect();
+        let mut freshness = Freshness::of(
+            rparts.status,
+            &rparts.headers,
+            request_time,
+            response_time,
+            cap,
+        );
+        if let Some(ttl) = placement.and_then(|p| p.ttl_secs) {
+            freshness.lifetime = ttl;
+        }
         let meta = Meta {
             status: rparts.status.as_u16(),
             headers,
-            freshness: Freshness::of(
-                rparts.status,
-                &rparts.headers,
-                request_time,
-                response_time,
-                cap,
-            ),
+            freshness,
             stored_at_ms: edge.bans.stamp_ms(),
             path: parts.uri.path().to_string(),
             surrogate_keys,
@@ -649,10 +710,12 @@ async fn lead(
             && !meta.headers.contains_key(header::LAST_MODIFIED);
         if !useless {
             if names.is_empty() {
-                edge.cache.insert(guard.key, Value::Meta(Arc::new(meta)));
+                edge.cache
+                    .insert_placed(guard.key, Value::Meta(Arc::new(meta)), placement);
             } else {
                 let vkey = variant_key(&guard.key, &names, &parts.headers);
-                edge.cache.insert(vkey, Value::Meta(Arc::new(meta)));
+                edge.cache
+                    .insert_placed(vkey, Value::Meta(Arc::new(meta)), placement);
                 edge.cache.insert(guard.key, Value::Vary(Arc::new(names)));
             }
             // An unsafe request that invalidated this key while the body was arriving wins.
@@ -670,11 +733,11 @@ async fn lead(
 /// Forwards a request as it is (its body too) and streams the answer back, storing nothing.
 async fn pass(
     edge: &Arc<Edge>,
+    up: &Upstream,
     parts: &http::request::Parts,
     pq: &str,
     body: Option<EdgeBody>,
 ) -> Result<Response<EdgeBody>, Refusal> {
-    let up = edge.upstream.as_ref().expect("upstream mode");
     let body: EdgeBody = match body {
         Some(b) => b,
         None => empty_body(),
@@ -722,7 +785,7 @@ mod tests {
 
     #[test]
     fn forwarded_headers_drop_hop_by_hop_and_connection_listed() {
-        let up = Upstream::new("http://127.0.0.1:9", &EdgeConfig::default()).unwrap();
+        let up = Upstream::new("http://127.0.0.1:9", None, &EdgeConfig::default()).unwrap();
         let mut h = HeaderMap::new();
         h.insert(
             "connection",

@@ -22,6 +22,12 @@
 //! origins = ["o1", "o2"]   # default: every origin
 //! parent = "e2"            # optional: tiered caching, misses go to that edge
 //! access_log = true        # optional: one log line per request
+//! upstreams = { legacy = "http://127.0.0.1:9000" }  # optional: named upstreams for routing
+//!
+//! [[edge.plugins]]         # optional: WebAssembly plugins bound at start-up
+//! hook = "authorize"       # route, authorize or eviction
+//! plugin = "signed-url"    # a shipped plugin or a .wasm file
+//! config = { key = "secret", prefixes = "/private/" }
 //! ```
 //!
 //! [`parse`] checks everything it can before any node starts: unknown fields, duplicate
@@ -94,6 +100,10 @@ struct RawEdge {
     parent: Option<Spanned<String>>,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    upstreams: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    plugins: Vec<tessera_edge::config::PluginBinding>,
 }
 
 /// One origin node of a topology.
@@ -121,6 +131,10 @@ pub struct Edge {
     pub parent: Option<usize>,
     /// One log line per request.
     pub access_log: bool,
+    /// Named upstreams a route plugin may send requests to.
+    pub upstreams: std::collections::BTreeMap<String, String>,
+    /// Plugins bound at start-up.
+    pub plugins: Vec<tessera_edge::config::PluginBinding>,
 }
 
 /// A checked topology.
@@ -360,6 +374,8 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
             origins: list,
             parent,
             access_log: e.access_log,
+            upstreams: e.upstreams.clone(),
+            plugins: e.plugins.clone(),
         });
     }
     // Parents must not form a cycle (e1 → e2 → e1 would bounce a miss forever).
@@ -440,8 +456,10 @@ impl Topology {
             data: e.data.clone(),
             admin_token: self.admin_token.clone(),
             access_log: e.access_log,
+            upstreams: e.upstreams.clone(),
             ..Default::default()
         };
+        cfg.plugins.bind = e.plugins.clone();
         if let Some(m) = e.memory {
             cfg.memory_bytes = usize::try_from(m)?;
         }

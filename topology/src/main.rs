@@ -2,7 +2,7 @@
 //!
 //! Subcommands: `up` runs a whole network from a topology file, `origin` runs a storage
 //! node, `edge` a caching edge node, `push` publishes files to an origin, `get` fetches a
-//! URL over HTTP/1.1, HTTP/2 or HTTP/3. The roles themselves live in their own library
+//! URL over HTTP/1.1, HTTP/2 or HTTP/3, `plugin` deploys an edge's WebAssembly plugins. The roles themselves live in their own library
 //! crates; this binary only wires them together (and holds the topology file, `file`).
 
 mod cmd;
@@ -36,6 +36,8 @@ enum Command {
     Push(cmd::push::Args),
     /// Fetch a URL over HTTP/1.1, HTTP/2 or HTTP/3 (`--http3`).
     Get(cmd::get::Args),
+    /// Deploy, list, roll back or remove an edge's WebAssembly plugins; sign URLs.
+    Plugin(cmd::plugin::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,6 +71,7 @@ fn main() -> std::process::ExitCode {
             Command::Edge(a) => cmd::edge::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
             Command::Get(a) => cmd::get::run(a).await,
+            Command::Plugin(a) => cmd::plugin::run(a).await,
         }
     });
     match result {

@@ -321,11 +321,16 @@ impl EdgeNode {
     }
 
     pub async fn admin(&self, method: &str, path: &str, body: &str) -> Reply {
+        self.admin_bytes(method, path, Bytes::copy_from_slice(body.as_bytes()))
+            .await
+    }
+
+    pub async fn admin_bytes(&self, method: &str, path: &str, body: Bytes) -> Reply {
         let req = Request::builder()
             .method(method)
             .uri(format!("http://{}{}", self.admin, path))
             .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .body(Full::new(body))
             .unwrap();
         send(req).await
     }

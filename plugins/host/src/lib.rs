@@ -208,7 +208,6 @@ impl PluginHost {
             .total_core_instances(n * 8)
             .total_memories(n * 2)
             .total_tables(n * 8)
-            .total_stacks(n)
             .max_memory_size(limits.memory_bytes);
         let mut config = Config::new();
         config
@@ -309,11 +308,12 @@ impl PluginHost {
             hook: hook.as_str(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(wrong)?;
+        let linker = sandbox::check_imports(&self.inner.linker, &self.inner.engine, &component)
+            .map_err(|reason| DeployError::WrongWorld {
+                hook: hook.as_str(),
+                reason,
+            })?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(wrong)?;
         let pre = match hook {
             Hook::Route => {
                 Pre::Route(generated::route::RoutePre::new(instance_pre).map_err(|e| {

@@ -230,22 +230,28 @@ impl Plugin {
             if state.memory_denied {
                 return Failure::Memory(self.limits.memory_bytes);
             }
-            // What the guest said before it trapped: its panic message, its last log line.
-            let mut said = state.stderr_text();
-            if let Some(line) = &state.last_log
-                && !said.contains(line.as_str())
-            {
-                said = format!("{said} {line}").trim().to_string();
-            }
-            return Failure::Trap(if said.is_empty() {
-                trap.to_string()
-            } else {
-                format!("{trap} ({said})")
-            });
+            return Failure::Trap(said(trap.to_string(), state));
         }
         if state.memory_denied {
             return Failure::Memory(self.limits.memory_bytes);
         }
-        Failure::Trap(format!("{e:#}"))
+        let msg = format!("{e:#}");
+        let msg = match msg.split_once("unknown import: `") {
+            // A stubbed WASI import: a Rust guest prints its panic message to stderr.
+            Some((_, rest)) => format!(
+                "it called {}, which the sandbox does not offer (a panic printing its message?)",
+                rest.split('`').next().unwrap_or(rest)
+            ),
+            None => msg,
+        };
+        Failure::Trap(said(msg, state))
+    }
+}
+
+/// `what`, with the last line the plugin logged before it failed.
+fn said(what: String, state: &State) -> String {
+    match &state.last_log {
+        Some(line) => format!("{what}; its last log line: {line}"),
+        None => what,
     }
 }

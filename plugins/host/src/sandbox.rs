@@ -1,14 +1,18 @@
-//! What a plugin instance can reach: the `host` interface of `wit/policy.wit`, the few WASI
-//! interfaces a Rust `std` guest imports (with nothing behind them: no environment, no
-//! arguments, no files, no sockets, stdout discarded, stderr kept for the log), and a memory
-//! cap. Everything else is refused at deploy time by the linker.
+//! What a plugin instance can reach: the `host` interface of `wit/policy.wit` and a memory
+//! cap. Nothing else: a Rust `std` guest for `wasm32-wasip2` imports a few WASI interfaces
+//! (environment, exit, stdio, I/O streams) that it touches only to print a panic; those are
+//! linked as functions that trap, and a component importing anything else (files, sockets,
+//! clocks, randomness, HTTP) is refused at deploy ([`check_imports`]).
+//!
+//! wasmtime-wasi's own implementations are not used on purpose: its synchronous bindings
+//! enter a Tokio runtime of their own (`block_on`) on every stream call, which panics on
+//! the edge's runtime threads, so a plugin printing a panic message would take down the
+//! thread serving the request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use wasmtime::component::{HasData, Linker, ResourceTable};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::{Component, Linker};
 
 use crate::generated::route::tessera::policy::host::{self, Level};
 
@@ -16,8 +20,6 @@ use crate::generated::route::tessera::policy::host::{self, Level};
 const LOG_LINE_MAX: usize = 1024;
 /// Log lines a plugin may write in one call; the rest are dropped.
 const LOG_LINES_PER_CALL: u32 = 16;
-/// Bytes of a plugin's stderr kept (its panic message, read when it traps).
-const STDERR_KEEP: usize = 4096;
 
 /// Who a store belongs to, for log lines and metrics.
 #[derive(Debug, Clone)]
@@ -37,11 +39,8 @@ pub(crate) struct State {
     /// Epoch ticks this call has seen while running (see [`State::tick`]).
     ticks: u64,
     log_budget: u32,
-    /// The last line the plugin logged (shown when a deploy is refused).
+    /// The last line the plugin logged (shown when a call fails).
     pub last_log: Option<String>,
-    stderr: MemoryOutputPipe,
-    wasi: WasiCtx,
-    table: ResourceTable,
 }
 
 impl std::fmt::Debug for State {
@@ -58,10 +57,6 @@ impl State {
         config: Arc<BTreeMap<String, String>>,
         memory_cap: usize,
     ) -> State {
-        let stderr = MemoryOutputPipe::new(STDERR_KEEP);
-        // No environment, arguments, preopened folders or network: the builder grants
-        // nothing unless asked.
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         State {
             id,
             config,
@@ -70,9 +65,6 @@ impl State {
             ticks: 0,
             log_budget: LOG_LINES_PER_CALL,
             last_log: None,
-            stderr,
-            wasi,
-            table: ResourceTable::new(),
         }
     }
 
@@ -94,21 +86,6 @@ impl State {
             return Err(wasmtime::Trap::Interrupt.into());
         }
         Ok(wasmtime::UpdateDeadline::Continue(1))
-    }
-
-    /// What the plugin wrote to stderr (a Rust guest's panic message), one line.
-    pub fn stderr_text(&self) -> String {
-        let bytes = self.stderr.contents();
-        String::from_utf8_lossy(&bytes).trim().replace('\n', " | ")
-    }
-}
-
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
     }
 }
 
@@ -201,34 +178,36 @@ impl host::Host for State {
     }
 }
 
-/// The resource table, for the WASI I/O interfaces.
-struct Io;
-
-impl HasData for Io {
-    type Data<'a> = &'a mut ResourceTable;
-}
-
-/// A linker with exactly what a plugin may import: the `host` interface and the WASI
-/// interfaces a Rust `std` guest for `wasm32-wasip2` imports (environment, exit, stdio and
-/// terminals, I/O streams). No filesystem, sockets, clocks or random: a component that
-/// imports them is refused at deploy ("… has no matching import").
+/// The linker every plugin shares: the `host` interface only.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<State>> {
-    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-    use wasmtime_wasi::p2::bindings::{cli, io, sync};
     let mut l = Linker::<State>::new(engine);
     host::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut l, |s| s)?;
-    io::error::add_to_linker::<State, Io>(&mut l, |s| &mut s.table)?;
-    sync::io::streams::add_to_linker::<State, Io>(&mut l, |s| &mut s.table)?;
-    sync::io::poll::add_to_linker::<State, Io>(&mut l, |s| &mut s.table)?;
-    cli::exit::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::environment::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::stdin::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::stdout::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::stderr::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_input::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_output::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_stdin::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_stdout::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_stderr::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    Ok(l)
+}
+
+/// WASI interfaces a Rust `std` guest imports without using them outside a panic; linked as
+/// traps.
+const STUBBED: &[&str] = &["wasi:cli/", "wasi:io/"];
+
+/// Refuses a component that imports more than the sandbox offers, naming the import; returns
+/// the linker for it (the shared one, with its WASI imports stubbed as traps).
+pub(crate) fn check_imports(
+    shared: &Linker<State>,
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> Result<Linker<State>, String> {
+    for (name, _) in component.component_type().imports(engine) {
+        let ours = name.starts_with("tessera:policy/");
+        if !ours && !STUBBED.iter().any(|p| name.starts_with(p)) {
+            return Err(format!(
+                "it imports {name}, which Tessera plugins may not use (they get the \
+                 tessera:policy/host interface only: no files, network, clocks or randomness; \
+                 use host.now-ms for time)"
+            ));
+        }
+    }
+    let mut l = shared.clone();
+    l.define_unknown_imports_as_traps(component)
+        .map_err(|e| format!("{e:#}"))?;
     Ok(l)
 }

@@ -19,3 +19,27 @@ pub fn by_name(name: &str) -> Option<(&'static [u8], crate::Hook)> {
         _ => None,
     }
 }
+
+/// The query string (`expires=…&sig=…`) that makes `path` pass the `signed-url` plugin
+/// deployed with this `key` and `algorithm` (`hmac-sha256` or `blake3`) until `expires`
+/// (Unix seconds). `None` for an unknown algorithm.
+pub fn sign_url(key: &[u8], algorithm: &str, path: &str, expires: u64) -> Option<String> {
+    let message = format!("{path}?expires={expires}");
+    let mac: Vec<u8> = match algorithm {
+        "hmac-sha256" => {
+            let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+            ring::hmac::sign(&k, message.as_bytes()).as_ref().to_vec()
+        }
+        "blake3" => {
+            let k: [u8; 32] = key
+                .try_into()
+                .unwrap_or_else(|_| *blake3::hash(key).as_bytes());
+            blake3::keyed_hash(&k, message.as_bytes())
+                .as_bytes()
+                .to_vec()
+        }
+        _ => return None,
+    };
+    let sig: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("expires={expires}&sig={sig}"))
+}

@@ -3,6 +3,7 @@
 pub mod edge;
 pub mod get;
 pub mod origin;
+pub mod plugin;
 pub mod push;
 pub mod up;
 

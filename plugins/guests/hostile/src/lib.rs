@@ -3,7 +3,7 @@
 //! - `loop`: never returns (the CPU deadline must stop it);
 //! - `memory`: allocates until memory runs out (the memory cap must stop it);
 //! - `trap`: traps (the instance must be replaced);
-//! - `huge`: answers with a 4 MiB body (the limit is 1 MiB), or 100,000 pieces of advice;
+//! - `huge`: answers with a 4 MiB body (the limit is 1 MiB), or 10,000 pieces of advice;
 //! - `bad-header`: answers with a header name no HTTP version allows;
 //! - `ok`: behaves (allow, default route, built-in advice), for checks that it still can.
 //!

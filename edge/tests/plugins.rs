@@ -1,0 +1,514 @@
+//! WebAssembly plugins in a real edge, over real HTTP: the shipped plugins (signed-url,
+//! router, size-eviction) bound at start-up or deployed through the admin API, the hostile
+//! test plugin contained by each hook's failure policy, deploys under load, rollback.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use common::*;
+use tessera_edge::Backend;
+use tessera_edge::config::PluginBinding;
+use tessera_plugins::{Hook, shipped};
+
+fn bind(hook: Hook, plugin: &str, config: &[(&str, &str)]) -> PluginBinding {
+    PluginBinding {
+        hook,
+        plugin: plugin.into(),
+        name: None,
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An upstream answering every path with its own path, cacheable for a minute.
+async fn echo_upstream(tag: &'static str) -> Upstream {
+    Upstream::start(move |req, _| {
+        let body = format!("{tag} {}", req.uri());
+        let mut r = response(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+            ],
+            b"",
+        );
+        *r.body_mut() = http_body_util::Full::new(Bytes::from(body));
+        r
+    })
+    .await
+}
+
+/// Deploys `wasm` on `hook` through the admin API.
+async fn deploy(
+    edge: &EdgeNode,
+    hook: &str,
+    name: &str,
+    wasm: &'static [u8],
+    config: &[(&str, &str)],
+) -> Reply {
+    let mut q = format!("name={name}");
+    for (k, v) in config {
+        let kv = format!("{k}={v}")
+            .replace('%', "%25")
+            .replace(' ', "%20")
+            .replace('&', "%26")
+            .replace('=', "%3D");
+        q.push_str(&format!("&config={kv}"));
+    }
+    edge.admin_bytes(
+        "POST",
+        &format!("/api/v1/plugins/{hook}?{q}"),
+        Bytes::from_static(wasm),
+    )
+    .await
+}
+
+async fn metrics(edge: &EdgeNode) -> String {
+    String::from_utf8(edge.admin("GET", "/metrics", "").await.body.to_vec()).unwrap()
+}
+
+over_protocols! {
+    async fn signed_urls_gate_a_prefix_on_hits_and_misses() {
+        let up = echo_upstream("origin").await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+        cfg.plugins.bind = vec![bind(
+            Hook::Authorize,
+            "signed-url",
+            &[("key", "k3y"), ("prefixes", "/private/")],
+        )];
+        let edge = EdgeNode::start(cfg).await;
+        let q = shipped::sign_url(b"k3y", "hmac-sha256", "/private/a.txt", now() + 300).unwrap();
+        for _ in 0..2 {
+            let r = edge.get(&format!("/private/a.txt?{q}")).await;
+            assert_eq!(r.status, 200);
+            assert!(r.body.starts_with(b"origin /private/a.txt"));
+        }
+        // The second was a cache hit, authorised all the same.
+        assert_eq!(up.count(&format!("/private/a.txt?{q}")), 1);
+        let r = edge.get("/private/a.txt").await;
+        assert_eq!(r.status, 403);
+        assert!(r.json()["error"].as_str().unwrap().contains("needs a signature"));
+        let moved = edge.get(&format!("/private/b.txt?{q}")).await;
+        assert_eq!(moved.status, 403);
+        let old = shipped::sign_url(b"k3y", "hmac-sha256", "/private/a.txt", now() - 1).unwrap();
+        let r = edge.get(&format!("/private/a.txt?{old}")).await;
+        assert_eq!((r.status.as_u16(), r.json()["error"].as_str().unwrap().contains("expired")), (403, true));
+        assert_eq!(up.count("/private/a.txt"), 0, "a refused request never reaches the upstream");
+        assert_eq!(up.count("/private/b.txt"), 0);
+        assert_eq!(edge.get("/public/c.txt").await.status, 200);
+        let m = metrics(&edge).await;
+        assert!(metric(&m, "tessera_edge_plugin_calls_total", &[("hook", "authorize"), ("plugin", "signed-url"), ("result", "ok")]) >= 6.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_sends_requests_to_named_upstreams_rewrites_and_redirects() {
+    let (main, api, beta) = (
+        echo_upstream("main").await,
+        echo_upstream("api").await,
+        echo_upstream("beta").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(main.url()), dir.path());
+    cfg.upstreams.insert("api".into(), api.url());
+    cfg.upstreams.insert("beta".into(), beta.url());
+    let edge = EdgeNode::start_with(cfg, false).await;
+    let r = deploy(
+        &edge,
+        "route",
+        "router",
+        shipped::ROUTER,
+        &[
+            ("route.1", "header=x-beta:1 upstream=beta"),
+            ("route.2", "prefix=/api/ rewrite=/v2/ upstream=api"),
+            ("route.3", "prefix=/old/ redirect=308 location=/new/"),
+            ("route.4", "prefix=/gone/ status=410"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["deployed"]["name"], "router");
+    let r = edge.get("/api/users?page=2").await;
+    assert_eq!(&r.body[..], b"api /v2/users?page=2");
+    assert_eq!(&edge.get("/index.html").await.body[..], b"main /index.html");
+    // The same URL from two upstreams is two cache entries.
+    assert_eq!(
+        &edge.get_with("/index.html", &[("x-beta", "1")]).await.body[..],
+        b"beta /index.html"
+    );
+    assert_eq!(&edge.get("/index.html").await.body[..], b"main /index.html");
+    assert_eq!(main.count("/index.html"), 1);
+    let r = edge.get("/old/a/b.css?v=3").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("location")),
+        (308, "/new/a/b.css?v=3")
+    );
+    assert_eq!(edge.get("/gone/x").await.status, 410);
+    assert_eq!(main.count("/old/a/b.css?v=3") + main.count("/gone/x"), 0);
+    // Listed, with the named upstreams.
+    let l = edge.admin("GET", "/api/v1/plugins", "").await.json();
+    let route = l["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "route")
+        .unwrap();
+    assert_eq!(route["current"]["name"], "router");
+    assert_eq!(l["upstreams"], serde_json::json!(["api", "beta"]));
+}
+
+static BIG: [u8; 300_000] = [b'b'; 300_000];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_eviction_advice_keeps_big_objects_out_of_memory_and_sets_ttls() {
+    let up = Upstream::start(|req, _| match req.uri().path() {
+        "/big.bin" => response(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "application/octet-stream"),
+            ],
+            &BIG,
+        ),
+        "/events" => response(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/event-stream"),
+            ],
+            b"data: 1\n\n",
+        ),
+        "/static/app.css" => response(
+            200,
+            &[("cache-control", "max-age=0"), ("content-type", "text/css")],
+            b"body{}",
+        ),
+        _ => response(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+            ],
+            b"small",
+        ),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    cfg.plugins.bind = vec![bind(
+        Hook::Eviction,
+        "size-eviction",
+        &[
+            ("memory-max-bytes", "100000"),
+            ("never-cache-types", "text/event-stream"),
+            ("long-ttl-prefixes", "/static/"),
+            ("long-ttl-secs", "3600"),
+        ],
+    )];
+    let edge = EdgeNode::start_with(cfg, false).await;
+    let before = edge.edge.cache().memory_usage();
+    assert_eq!(edge.get("/big.bin").await.body.len(), BIG.len());
+    let grown = edge.edge.cache().memory_usage() - before;
+    assert!(
+        grown < 100_000,
+        "a 300 kB object went to memory: +{grown} bytes"
+    );
+    for _ in 0..2 {
+        assert_eq!(edge.get("/events").await.status, 200);
+        assert_eq!(edge.get("/static/app.css").await.status, 200);
+        assert_eq!(edge.get("/small.txt").await.status, 200);
+    }
+    assert_eq!(up.count("/events"), 2, "never-cache-types are not stored");
+    assert_eq!(
+        up.count("/static/app.css"),
+        1,
+        "max-age=0, but the plugin gave /static/ an hour"
+    );
+    assert_eq!(up.count("/small.txt"), 1);
+    let r = edge.get("/static/app.css").await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_contained_by_each_hooks_failure_policy() {
+    let up = echo_upstream("origin").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    // A small memory cap and a roomier deadline, so the memory bomb meets the cap first.
+    cfg.plugins.limits.memory_bytes = 8 << 20;
+    cfg.plugins.limits.deadline_ms = 20;
+    let edge = EdgeNode::start_with(cfg, false).await;
+    // authorize: a loop, a trap, a huge or malformed answer all fail closed (503, nothing
+    // of the content), and only on the paths they fail on.
+    for mode in ["loop", "trap", "huge", "bad-header", "memory"] {
+        let r = deploy(
+            &edge,
+            "authorize",
+            &format!("hostile-{mode}"),
+            shipped::HOSTILE,
+            &[("mode", mode), ("prefix", "/bad/")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{mode}: {:?}", r.body);
+        for _ in 0..2 {
+            let r = edge.get(&format!("/bad/{mode}")).await;
+            assert_eq!(r.status, 503, "{mode}");
+            assert!(r.json()["error"].as_str().unwrap().contains("fails closed"));
+            assert!(
+                !String::from_utf8_lossy(&r.body).contains("origin"),
+                "{mode} leaked content"
+            );
+            let ok = edge.get("/fine").await;
+            assert_eq!(
+                (ok.status.as_u16(), &ok.body[..]),
+                (200, &b"origin /fine"[..]),
+                "{mode}"
+            );
+        }
+        assert_eq!(up.count(&format!("/bad/{mode}")), 0);
+    }
+    let m = metrics(&edge).await;
+    for (mode, reason) in [
+        ("loop", "deadline"),
+        ("trap", "trap"),
+        ("huge", "invalid"),
+        ("bad-header", "invalid"),
+        ("memory", "memory"),
+    ] {
+        let n = metric(
+            &m,
+            "tessera_edge_plugin_calls_total",
+            &[
+                ("hook", "authorize"),
+                ("plugin", &format!("hostile-{mode}")),
+                ("result", reason),
+            ],
+        );
+        assert_eq!(n, 2.0, "{mode} counted as {reason}");
+    }
+    assert_eq!(
+        edge.admin("DELETE", "/api/v1/plugins/authorize", "")
+            .await
+            .status,
+        200
+    );
+
+    // route: a trapping router means the default route.
+    deploy(
+        &edge,
+        "route",
+        "hostile-trap",
+        shipped::HOSTILE,
+        &[("mode", "trap"), ("prefix", "/bad/")],
+    )
+    .await;
+    let r = edge.get("/bad/route").await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body[..]),
+        (200, &b"origin /bad/route"[..])
+    );
+    // eviction: a looping advisor means the built-in policy (stored, then a hit).
+    deploy(
+        &edge,
+        "eviction",
+        "hostile-loop",
+        shipped::HOSTILE,
+        &[("mode", "loop"), ("prefix", "/bad/")],
+    )
+    .await;
+    assert_eq!(edge.get("/bad/evict").await.status, 200);
+    assert!(edge.get("/bad/evict").await.cache_status().contains("hit"));
+    assert_eq!(up.count("/bad/evict"), 1);
+    let m = metrics(&edge).await;
+    // The router trapped on all three /bad/ requests (the eviction ones too), and each took
+    // the default route.
+    assert_eq!(
+        metric(
+            &m,
+            "tessera_edge_plugin_calls_total",
+            &[
+                ("hook", "route"),
+                ("plugin", "hostile-trap"),
+                ("result", "trap")
+            ]
+        ),
+        3.0
+    );
+    assert!(
+        metric(
+            &m,
+            "tessera_edge_plugin_calls_total",
+            &[
+                ("hook", "eviction"),
+                ("plugin", "hostile-loop"),
+                ("result", "deadline")
+            ]
+        ) >= 1.0
+    );
+
+    // Refused deploys say why and change nothing.
+    let r = deploy(&edge, "route", "x", shipped::SIGNED_URL, &[("key", "k")]).await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("tessera:policy/router@0.1.0")
+    );
+    let r = edge
+        .admin_bytes(
+            "POST",
+            "/api/v1/plugins/route?name=x",
+            Bytes::from_static(b"MZ\x90\0"),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly component")
+    );
+    let r = deploy(
+        &edge,
+        "authorize",
+        "spin",
+        shipped::HOSTILE,
+        &[("mode", "loop")],
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert!(r.json()["error"].as_str().unwrap().contains("deadline"));
+    assert_eq!(
+        edge.admin("POST", "/api/v1/plugins/nohook?name=x", "")
+            .await
+            .status,
+        404
+    );
+    let l = edge.admin("GET", "/api/v1/plugins", "").await.json();
+    let route = l["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "route")
+        .unwrap();
+    assert_eq!(route["current"]["name"], "hostile-trap");
+    assert_eq!(
+        get(&format!("http://{}/api/v1/plugins", edge.admin), &[])
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_under_load_fail_no_request_and_rollback_restores_the_old_behaviour() {
+    let (main, canary) = (echo_upstream("main").await, echo_upstream("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(main.url()), dir.path());
+    cfg.upstreams.insert("canary".into(), canary.url());
+    let edge = Arc::new(EdgeNode::start_with(cfg, false).await);
+    deploy(
+        &edge,
+        "route",
+        "v1",
+        shipped::ROUTER,
+        &[("route.1", "prefix=/none/ upstream=canary")],
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (edge, stop, ok, failed) = (edge.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                // Bounded: stops when told, or after 20,000 requests.
+                while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                    let r = edge.get(&format!("/app/{}", (n + i) % 50)).await;
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for v in 2..=6 {
+        let rule = if v % 2 == 0 {
+            "prefix=/app/ upstream=canary"
+        } else {
+            "prefix=/none/ upstream=canary"
+        };
+        let r = deploy(
+            &edge,
+            "route",
+            &format!("v{v}"),
+            shipped::ROUTER,
+            &[("route.1", rule)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.json()["deployed"]["name"], format!("v{v}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} ok",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    // v6 sends /app/ to the canary; rolling back to v5 sends it to the main upstream again,
+    // and rolling back once more returns to v6.
+    assert_eq!(&edge.get("/app/x").await.body[..], b"canary /app/x");
+    let r = edge
+        .admin("POST", "/api/v1/plugins/route/rollback", "")
+        .await;
+    assert_eq!(r.json()["bound"]["name"], "v5");
+    assert_eq!(&edge.get("/app/x").await.body[..], b"main /app/x");
+    let r = edge
+        .admin("POST", "/api/v1/plugins/route/rollback", "")
+        .await;
+    assert_eq!(r.json()["bound"]["name"], "v6");
+    assert_eq!(&edge.get("/app/y").await.body[..], b"canary /app/y");
+}
+
+#[tokio::test]
+async fn a_plugin_bound_in_the_config_that_fails_its_check_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream("http://127.0.0.1:9".into()), dir.path());
+    cfg.plugins.bind = vec![bind(Hook::Authorize, "signed-url", &[])];
+    let e = tessera_edge::Edge::open(cfg.clone(), Default::default())
+        .await
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("plugins.bind[0]") && msg.contains("--config key=SECRET"),
+        "{msg}"
+    );
+    cfg.plugins.bind = vec![bind(Hook::Route, "/no/such/file.wasm", &[])];
+    let e = tessera_edge::Edge::open(cfg, Default::default())
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("/no/such/file.wasm"), "{e:#}");
+}
