@@ -20,6 +20,7 @@ mod http3;
 mod ingest;
 mod load;
 mod plot;
+mod plugins;
 mod policy;
 mod run;
 mod workload;
@@ -51,6 +52,9 @@ enum Command {
     /// The origin cluster: ring balance, publish and read throughput with 1, 2 and 3
     /// origin nodes, and a scale model for the seed's cluster targets.
     Cluster(cluster::Args),
+    /// What the WebAssembly plugin hooks cost: per call, and edge requests/s with and without
+    /// signed-url + router bound.
+    Plugins(plugins::Args),
     /// Generate the seed's workloads (read-heavy, write-heavy, cdn, backup, trace) and print
     /// their shape, sending nothing.
     Workloads(workload::Args),
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Workloads(a) => workload::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Cluster(a) => cluster::run(a),
+        Command::Plugins(a) => plugins::run(a),
         Command::Run(a) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             run::run(a)

@@ -241,3 +241,158 @@ fn json_access_log_has_one_line_per_request() {
     assert_eq!(hit["tier"], "memory");
     assert_eq!(miss["complete"], true);
 }
+
+#[test]
+fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, b"secret content").unwrap();
+    let (_origin, origin_url) = common::start_origin(&dir.path().join("origin"));
+    let (ok, out, err) = tessera(&["push", file.to_str().unwrap(), "--origin", &origin_url]);
+    assert!(ok, "{out}{err}");
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let admin_url = format!("http://{admin}");
+    let (_edge, lines) = common::start_edge(
+        &dir.path().join("edge"),
+        &[
+            "--origin",
+            &origin_url,
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            &admin,
+            "--admin-token",
+            "tok",
+        ],
+        "listening on http://",
+    );
+    let edge_url = lines
+        .iter()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+        .unwrap()
+        .to_string();
+    let get = |path: &str| tessera(&["get", "-i", &format!("{edge_url}{path}")]);
+    assert!(get("/a.txt").1.contains("200"));
+
+    let (ok, out, err) = tessera(&[
+        "plugin",
+        "deploy",
+        "--edge",
+        &admin_url,
+        "--token",
+        "tok",
+        "--hook",
+        "authorize",
+        "signed-url",
+        "--config",
+        "key=k3y",
+        "--config",
+        "prefixes=/",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("deployed on authorize: signed-url v1"),
+        "{out}"
+    );
+    let (_, out, _) = get("/a.txt");
+    assert!(out.lines().next().unwrap().contains("403"), "{out}");
+    assert!(!out.contains("secret content"));
+    let (ok, signed, err) = tessera(&[
+        "plugin",
+        "sign-url",
+        "--key",
+        "k3y",
+        "--expires-in",
+        "600",
+        "/a.txt",
+    ]);
+    assert!(ok, "{err}");
+    let (_, out, _) = get(signed.trim());
+    assert!(
+        out.lines().next().unwrap().contains("200") && out.contains("secret content"),
+        "{out}"
+    );
+
+    // The token from the environment; a second version, listed with the first as previous.
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "plugin",
+            "deploy",
+            "--edge",
+            &admin_url,
+            "--hook",
+            "authorize",
+            "signed-url",
+            "--name",
+            "other-key",
+            "--config",
+            "key=zzz",
+        ])
+        .env("TESSERA_ADMIN_TOKEN", "tok")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, list, _) = tessera(&["plugin", "list", "--edge", &admin_url, "--token", "tok"]);
+    assert!(ok);
+    let row = list.lines().find(|l| l.starts_with("authorize")).unwrap();
+    assert!(
+        row.contains("other-key v2") && row.contains("signed-url v1"),
+        "{list}"
+    );
+    assert!(get(signed.trim()).1.lines().next().unwrap().contains("403"));
+    let (ok, out, err) = tessera(&[
+        "plugin",
+        "rollback",
+        "--edge",
+        &admin_url,
+        "--token",
+        "tok",
+        "--hook",
+        "authorize",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("signed-url v1"), "{out}");
+    assert!(get(signed.trim()).1.lines().next().unwrap().contains("200"));
+
+    // Clear failures, non-zero exits.
+    let (ok, _, err) = tessera(&["plugin", "list", "--edge", &admin_url, "--token", "wrong"]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, err) = tessera(&[
+        "plugin", "rollback", "--edge", &admin_url, "--token", "tok", "--hook", "route",
+    ]);
+    assert!(!ok && err.contains("no previous version"), "{err}");
+    let (ok, _, err) = tessera(&[
+        "plugin",
+        "deploy",
+        "--edge",
+        &admin_url,
+        "--token",
+        "tok",
+        "--hook",
+        "route",
+        "signed-url",
+        "--config",
+        "key=k",
+    ]);
+    assert!(!ok && err.contains("tessera:policy/router@0.1.0"), "{err}");
+    let (ok, _, err) = tessera(&[
+        "plugin", "deploy", "--edge", &admin_url, "--token", "tok", "--hook", "routing", "router",
+    ]);
+    assert!(!ok && err.contains("unknown hook"), "{err}");
+    let (ok, _, _) = tessera(&[
+        "plugin",
+        "remove",
+        "--edge",
+        &admin_url,
+        "--token",
+        "tok",
+        "--hook",
+        "authorize",
+    ]);
+    assert!(ok);
+    assert!(get("/a.txt").1.contains("secret content"));
+}

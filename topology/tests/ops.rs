@@ -37,7 +37,11 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
 fn exported_names() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let root = topology_dir().join("..");
-    let mut stack = vec![root.join("edge/src"), root.join("origin/src")];
+    let mut stack = vec![
+        root.join("edge/src"),
+        root.join("origin/src"),
+        root.join("plugins/host/src"),
+    ];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();

@@ -129,6 +129,26 @@ impl Default for Limits {
 /// The epoch advances every millisecond.
 const TICK: Duration = Duration::from_millis(1);
 
+/// wasmtime settings a benchmark compares (`tessera-bench plugins`); the defaults are the
+/// measured best.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Keep the state for concurrent (async) component calls in every store (`true` needs
+    /// wasmtime's `component-model-async` feature, which this crate does not enable).
+    pub concurrency_support: bool,
+    /// The pooling instance allocator (else instances are allocated on demand).
+    pub pooling: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            concurrency_support: false,
+            pooling: true,
+        }
+    }
+}
+
 /// Why a deploy or rollback was refused. The message names the problem and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -194,6 +214,15 @@ impl PluginHost {
     /// Makes the engine (and its epoch ticker thread, which ends with the host) and
     /// registers the plugin metrics in `registry`.
     pub fn new(limits: Limits, registry: &prometheus::Registry) -> anyhow::Result<PluginHost> {
+        Self::with_options(limits, registry, EngineOptions::default())
+    }
+
+    /// [`PluginHost::new`] with chosen engine settings (for benchmarks).
+    pub fn with_options(
+        limits: Limits,
+        registry: &prometheus::Registry,
+        options: EngineOptions,
+    ) -> anyhow::Result<PluginHost> {
         anyhow::ensure!(
             limits.deadline_ms >= 1,
             "the plugin deadline must be at least 1 ms"
@@ -213,10 +242,12 @@ impl PluginHost {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            // Measured (`tessera-bench plugins`): a store without the concurrent-call state
-            // makes a small call several times cheaper; plugins never use async.
-            .concurrency_support(false)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            // Measured (`tessera-bench plugins`, bench/RESULTS.md): a store without the
+            // concurrent-call state makes a small call cheaper; plugins never use async.
+            .concurrency_support(options.concurrency_support);
+        if options.pooling {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let linker = sandbox::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let weak = engine.weak();

@@ -99,6 +99,10 @@ pub struct Plugin {
     engine: wasmtime::Engine,
     limits: Limits,
     metrics: Metrics,
+    /// The counters and histogram every call touches, looked up once (a labelled lookup
+    /// hashes the labels under a lock: a tenth of a small call).
+    ok_calls: prometheus::IntCounter,
+    seconds: prometheus::Histogram,
     /// Ready instances. A std mutex: a push or a pop, nothing else while held.
     idle: Mutex<Vec<Instance>>,
 }
@@ -125,7 +129,12 @@ impl Plugin {
             version: info.version,
             hook: info.hook.as_str(),
         });
+        let hook = info.hook.as_str();
+        let ok_calls = metrics.calls.with_label_values(&[hook, &info.name, "ok"]);
+        let seconds = metrics.call_seconds.with_label_values(&[hook]);
         Plugin {
+            ok_calls,
+            seconds,
             info,
             id,
             config: Arc::new(config),
@@ -196,19 +205,16 @@ impl Plugin {
             }
             Err(f) => Err(f),
         };
+        self.seconds.observe(start.elapsed().as_secs_f64());
         let hook = self.info.hook.as_str();
-        self.metrics
-            .call_seconds
-            .with_label_values(&[hook])
-            .observe(start.elapsed().as_secs_f64());
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(f) => f.reason(),
-        };
-        self.metrics
-            .calls
-            .with_label_values(&[hook, &self.info.name, outcome])
-            .inc();
+        match &result {
+            Ok(_) => self.ok_calls.inc(),
+            Err(f) => self
+                .metrics
+                .calls
+                .with_label_values(&[hook, &self.info.name, f.reason()])
+                .inc(),
+        }
         if let Err(f) = &result {
             tracing::warn!(
                 target: "tessera::plugin",

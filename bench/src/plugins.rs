@@ -1,0 +1,324 @@
+//! `tessera-bench plugins`: what the WebAssembly hooks cost.
+//!
+//! 1. Per call, in process: each shipped plugin's hook called on a real request (or object),
+//!    p50/p99/mean in nanoseconds (HDR histogram), with the pooling allocator and with
+//!    on-demand allocation. (`concurrency_support(true)` cannot be measured here: it needs
+//!    wasmtime's `component-model-async` feature, which Tessera does not compile in, so
+//!    stores never carry the concurrent-call state.)
+//! 2. Through a real edge: wrk on a 1 KiB memory hit, an edge with no plugins against one
+//!    with `signed-url` (every path protected, the URL signed) and `router` (four rules, none
+//!    matching, so the default route) bound, alternated in the same run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use tessera_plugins::{
+    EngineOptions, Hook, Limits, Object, PluginHost, Protocol, Request, shipped,
+};
+
+use crate::edge_hits::{Server, free_port, tessera_exe, upstream, wait_listening, wrk_with};
+
+/// Options of `tessera-bench plugins`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Calls per hook and setting.
+    #[arg(long, default_value_t = 200_000)]
+    calls: u64,
+    /// Seconds per wrk run (each edge is run `--rounds` times, alternating).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds of the edge comparison.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Only the per-call figures.
+    #[arg(long)]
+    no_edge: bool,
+}
+
+fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const ROUTES: [(&str, &str); 4] = [
+    ("route.1", "header=x-canary:1 upstream=api"),
+    ("route.2", "host=img.example.com upstream=api"),
+    ("route.3", "prefix=/api/ rewrite=/v2/ upstream=api"),
+    ("route.4", "prefix=/old/ redirect=301 location=/new/"),
+];
+
+fn request(path: &str, query: Option<String>) -> Request {
+    Request {
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "cdn.example.com".into(),
+        path: path.into(),
+        query,
+        headers: vec![
+            (
+                "user-agent".into(),
+                "Mozilla/5.0 (X11; Linux x86_64) bench".into(),
+            ),
+            ("accept".into(), "*/*".into()),
+            ("accept-encoding".into(), "gzip, br".into()),
+            ("cookie".into(), "uid=12345; theme=dark".into()),
+        ],
+        client: "192.0.2.7".into(),
+        protocol: Protocol::Http1,
+    }
+}
+
+fn object(i: usize) -> Object {
+    Object {
+        key: format!("{i:064x}"),
+        path: format!("/static/{i}.js"),
+        size: 1000 + i as u64 * 5000,
+        content_type: Some("text/javascript".into()),
+        status: 200,
+        hits: 0,
+        last_hit_secs: None,
+        ttl_secs: 3600,
+    }
+}
+
+struct Figures {
+    p50: u64,
+    p99: u64,
+    mean: f64,
+}
+
+fn measure(calls: u64, mut f: impl FnMut()) -> Figures {
+    for _ in 0..calls / 20 {
+        f();
+    }
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for _ in 0..calls {
+        let t = Instant::now();
+        f();
+        h.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    Figures {
+        p50: h.value_at_quantile(0.5),
+        p99: h.value_at_quantile(0.99),
+        mean: h.mean(),
+    }
+}
+
+fn per_call(calls: u64) -> Result<()> {
+    println!("## Per hook call (in process, one thread, {calls} calls each)\n");
+    println!("| hook (plugin) | engine | p50 ns | p99 ns | mean ns |");
+    println!("|---|---|---:|---:|---:|");
+    let settings = [
+        (
+            "pooling, concurrency_support(false) (default)",
+            EngineOptions::default(),
+        ),
+        (
+            "on-demand, concurrency_support(false)",
+            EngineOptions {
+                concurrency_support: false,
+                pooling: false,
+            },
+        ),
+    ];
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let signed = request(
+        "/private/video.mp4",
+        shipped::sign_url(b"bench-key", "hmac-sha256", "/private/video.mp4", exp),
+    );
+    let unsigned_path = request("/public/app.js", None);
+    let routed = request("/index.html", None);
+    let batch: Vec<Object> = (0..16).map(object).collect();
+    for (label, opts) in settings {
+        let host = PluginHost::with_options(Limits::default(), &prometheus::Registry::new(), opts)?;
+        host.deploy(
+            Hook::Authorize,
+            "signed-url",
+            shipped::SIGNED_URL,
+            config(&[("key", "bench-key"), ("prefixes", "/private/")]),
+        )?;
+        host.deploy(Hook::Route, "router", shipped::ROUTER, config(&ROUTES))?;
+        host.deploy(
+            Hook::Eviction,
+            "size-eviction",
+            shipped::SIZE_EVICTION,
+            config(&[
+                ("memory-max-bytes", "65536"),
+                ("long-ttl-prefixes", "/static/"),
+            ]),
+        )?;
+        let known = |_: &str| true;
+        let rows: Vec<(&str, Figures)> = vec![
+            (
+                "authorize (signed-url, HMAC check)",
+                measure(calls, || {
+                    assert!(matches!(
+                        host.authorize(&signed),
+                        Some(Ok(tessera_plugins::Verdict::Allow))
+                    ))
+                }),
+            ),
+            (
+                "authorize (signed-url, unprotected path)",
+                measure(calls, || {
+                    assert!(matches!(host.authorize(&unsigned_path), Some(Ok(_))))
+                }),
+            ),
+            (
+                "route (router, 4 rules, none match)",
+                measure(calls, || {
+                    assert!(matches!(host.route(&routed, &known), Some(Ok(_))))
+                }),
+            ),
+            (
+                "eviction (size-eviction, batch of 1)",
+                measure(calls, || {
+                    assert!(matches!(host.advise(&batch[..1]), Some(Ok(_))))
+                }),
+            ),
+            (
+                "eviction (size-eviction, batch of 16)",
+                measure(calls / 4, || {
+                    assert!(matches!(host.advise(&batch), Some(Ok(_))))
+                }),
+            ),
+        ];
+        for (hook, f) in rows {
+            println!(
+                "| {hook} | {label} | {} | {} | {:.0} |",
+                f.p50, f.p99, f.mean
+            );
+        }
+    }
+    println!();
+    Ok(())
+}
+
+fn spawn_edge(
+    name: &'static str,
+    dir: &Path,
+    up: std::net::SocketAddr,
+    plugins: bool,
+) -> Result<(Server, u16)> {
+    let port = free_port();
+    let mut toml = format!(
+        "backend = {{ upstream = \"http://{up}\" }}\nmemory_bytes = 268435456\ndisk_bytes = 1073741824\ndata = \"{}\"\n",
+        dir.join(name).display()
+    );
+    if plugins {
+        toml.push_str(&format!("upstreams = {{ api = \"http://{up}\" }}\n"));
+        toml.push_str("[[plugins.bind]]\nhook = \"authorize\"\nplugin = \"signed-url\"\nconfig = { key = \"bench-key\", prefixes = \"/\" }\n");
+        toml.push_str("[[plugins.bind]]\nhook = \"route\"\nplugin = \"router\"\nconfig = { ");
+        let rules: Vec<String> = ROUTES
+            .iter()
+            .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
+            .collect();
+        toml.push_str(&rules.join(", "));
+        toml.push_str(" }\n");
+    }
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, toml)?;
+    let child = Command::new(tessera_exe()?)
+        .args(["edge", "--config"])
+        .arg(&file)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .env("TESSERA_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting tessera edge")?;
+    Ok((
+        Server {
+            name,
+            addr: format!("127.0.0.1:{port}").parse()?,
+            child,
+        },
+        port,
+    ))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    per_call(a.calls)?;
+    if a.no_edge {
+        return Ok(());
+    }
+    let rt = crate::runtime(1)?;
+    let dir = tempfile::tempdir()?;
+    rt.block_on(async {
+        let up = upstream().await?;
+        let (plain, _) = spawn_edge("no-plugins", dir.path(), up, false)?;
+        let (with, _) = spawn_edge("signed-url+router", dir.path(), up, true)?;
+        wait_listening(plain.addr, plain.name).await?;
+        wait_listening(with.addr, with.name).await?;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 86_400;
+        let q = shipped::sign_url(b"bench-key", "hmac-sha256", "/1k", exp).unwrap();
+        let urls = [
+            (plain.name, format!("http://{}/1k?{q}", plain.addr)),
+            (with.name, format!("http://{}/1k?{q}", with.addr)),
+        ];
+        // Warm both caches, and check the signed edge serves the URL.
+        for (name, url) in &urls {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+                .output()?;
+            let code = String::from_utf8_lossy(&out.stdout).to_string();
+            anyhow::ensure!(code == "200", "{name} answered {code} for {url}");
+        }
+        let unsigned = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{}/1k", with.addr),
+            ])
+            .output()?;
+        anyhow::ensure!(
+            String::from_utf8_lossy(&unsigned.stdout) == "403",
+            "the signed-url edge served an unsigned URL"
+        );
+        println!(
+            "## Edge, 1 KiB memory hits (wrk -t2 -c{} -d{}s, {} rounds alternating)\n",
+            a.connections, a.seconds, a.rounds
+        );
+        println!("| round | no plugins req/s | signed-url + router req/s | ratio |");
+        println!("|---|---:|---:|---:|");
+        let (mut sum_plain, mut sum_with) = (0.0, 0.0);
+        for round in 1..=a.rounds {
+            let p = wrk_with(&urls[0].1, a.connections, a.seconds)?;
+            let w = wrk_with(&urls[1].1, a.connections, a.seconds)?;
+            sum_plain += p.rps;
+            sum_with += w.rps;
+            println!(
+                "| {round} | {:.0} | {:.0} | {:.3} |",
+                p.rps,
+                w.rps,
+                w.rps / p.rps
+            );
+        }
+        println!(
+            "| all | {:.0} | {:.0} | {:.3} (lost {:.1} %) |\n",
+            sum_plain / a.rounds as f64,
+            sum_with / a.rounds as f64,
+            sum_with / sum_plain,
+            100.0 * (1.0 - sum_with / sum_plain)
+        );
+        drop((plain, with));
+        Ok::<_, anyhow::Error>(())
+    })
+}
