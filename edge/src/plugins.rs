@@ -189,6 +189,13 @@ pub(crate) fn host(edge: &Edge) -> Result<&PluginHost, Refusal> {
     if let Some(h) = edge.plugins.get() {
         return Ok(h);
     }
+    // Two first deploys at once must not both make a host (the second would fail to
+    // register its metrics): made under a lock, checked again inside it.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = edge.plugins.get() {
+        return Ok(h);
+    }
     let made = PluginHost::new(edge.cfg.plugins.limits, &edge.metrics.registry).map_err(|e| {
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,

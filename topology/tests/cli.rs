@@ -250,8 +250,7 @@ fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
     let (_origin, origin_url) = common::start_origin(&dir.path().join("origin"));
     let (ok, out, err) = tessera(&["push", file.to_str().unwrap(), "--origin", &origin_url]);
     assert!(ok, "{out}{err}");
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let admin_url = format!("http://{admin}");
+    // Port 0 for both listeners: the edge prints where they are, admin last.
     let (_edge, lines) = common::start_edge(
         &dir.path().join("edge"),
         &[
@@ -260,19 +259,24 @@ fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
             "--http",
             "127.0.0.1:0",
             "--admin",
-            &admin,
+            "127.0.0.1:0",
             "--admin-token",
             "tok",
         ],
-        "listening on http://",
+        "admin on http://",
     );
-    let edge_url = lines
-        .iter()
-        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
-        .unwrap()
-        .to_string();
+    let url_after = |marker: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.split_once(marker))
+            .map(|(_, rest)| format!("http://{}", rest.trim()))
+            .unwrap_or_else(|| panic!("no {marker:?} line in {lines:?}"))
+    };
+    let edge_url = url_after("listening on http://");
+    let admin_url = url_after("admin on http://");
     let get = |path: &str| tessera(&["get", "-i", &format!("{edge_url}{path}")]);
-    assert!(get("/a.txt").1.contains("200"));
+    let (_, first, err) = get("/a.txt");
+    assert!(first.contains("200"), "{first}{err}");
 
     let (ok, out, err) = tessera(&[
         "plugin",
