@@ -2,8 +2,9 @@
 //!
 //! Subcommands: `up` runs a whole network from a topology file, `origin` runs a storage
 //! node, `edge` a caching edge node, `push` publishes files to an origin, `get` fetches a
-//! URL over HTTP/1.1, HTTP/2 or HTTP/3, `plugin` deploys an edge's WebAssembly plugins. The roles themselves live in their own library
-//! crates; this binary only wires them together (and holds the topology file, `file`).
+//! URL over HTTP/1.1, HTTP/2 or HTTP/3, `plugin` deploys an edge's WebAssembly plugins.
+//! The roles themselves live in their own library crates; this binary only wires them
+//! together (and holds the topology file, `file`).
 
 mod cmd;
 mod file;
