@@ -114,24 +114,7 @@ pub struct PluginBinding {
 impl PluginBinding {
     /// The component's bytes and its name.
     pub fn load(&self) -> anyhow::Result<(Vec<u8>, String)> {
-        let path = std::path::Path::new(&self.plugin);
-        let (bytes, default_name) = match tessera_plugins::shipped::by_name(&self.plugin) {
-            Some((bytes, _)) if !path.exists() => (bytes.to_vec(), self.plugin.clone()),
-            _ => {
-                let bytes = std::fs::read(path).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot read the plugin {}: {e} (give a .wasm file or one of \
-                         signed-url, router, size-eviction)",
-                        path.display()
-                    )
-                })?;
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "plugin".into());
-                (bytes, stem)
-            }
-        };
+        let (bytes, default_name) = tessera_plugins::shipped::load(&self.plugin)?;
         Ok((bytes, self.name.clone().unwrap_or(default_name)))
     }
 }

@@ -345,30 +345,19 @@ impl PluginHost {
                 reason,
             })?;
         let instance_pre = linker.instantiate_pre(&component).map_err(wrong)?;
+        let not_exported = |e: wasmtime::Error| DeployError::WrongWorld {
+            hook: hook.as_str(),
+            reason: format!("it does not export {}: {e:#}", hook.export()),
+        };
         let pre = match hook {
             Hook::Route => {
-                Pre::Route(generated::route::RoutePre::new(instance_pre).map_err(|e| {
-                    DeployError::WrongWorld {
-                        hook: hook.as_str(),
-                        reason: format!("it does not export {}: {e:#}", hook.export()),
-                    }
-                })?)
+                Pre::Route(generated::route::RoutePre::new(instance_pre).map_err(not_exported)?)
             }
             Hook::Authorize => Pre::Authorize(
-                generated::authorize::AuthorizePre::new(instance_pre).map_err(|e| {
-                    DeployError::WrongWorld {
-                        hook: hook.as_str(),
-                        reason: format!("it does not export {}: {e:#}", hook.export()),
-                    }
-                })?,
+                generated::authorize::AuthorizePre::new(instance_pre).map_err(not_exported)?,
             ),
             Hook::Eviction => Pre::Eviction(
-                generated::eviction::EvictionPre::new(instance_pre).map_err(|e| {
-                    DeployError::WrongWorld {
-                        hook: hook.as_str(),
-                        reason: format!("it does not export {}: {e:#}", hook.export()),
-                    }
-                })?,
+                generated::eviction::EvictionPre::new(instance_pre).map_err(not_exported)?,
             ),
         };
         let info = PluginInfo {

@@ -20,6 +20,31 @@ pub fn by_name(name: &str) -> Option<(&'static [u8], crate::Hook)> {
     }
 }
 
+/// The bytes of `spec` (a `.wasm` file, or the name of a shipped plugin when no such file
+/// exists) and the name it goes by unless given one (the shipped name, or the file's stem).
+pub fn load(spec: &str) -> std::io::Result<(Vec<u8>, String)> {
+    let path = std::path::Path::new(spec);
+    if let Some((bytes, _)) = by_name(spec)
+        && !path.exists()
+    {
+        return Ok((bytes.to_vec(), spec.to_string()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot read the plugin {spec}: {e} (give a .wasm file or one of signed-url, \
+                 router, size-eviction)"
+            ),
+        )
+    })?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    Ok((bytes, stem))
+}
+
 /// The query string (`expires=…&sig=…`) that makes `path` pass the `signed-url` plugin
 /// deployed with this `key` and `algorithm` (`hmac-sha256` or `blake3`) until `expires`
 /// (Unix seconds). `None` for an unknown algorithm.

@@ -1,8 +1,6 @@
 //! `tessera plugin`: deploy, list, roll back and remove an edge's WebAssembly plugins over
 //! its admin API, and sign URLs for the `signed-url` plugin.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -162,21 +160,7 @@ pub async fn run(a: Args) -> Result<()> {
             name,
             config,
         } => {
-            let path = Path::new(&plugin);
-            let (bytes, default_name) = match tessera_plugins::shipped::by_name(&plugin) {
-                Some((b, _)) if !path.exists() => (b.to_vec(), plugin.clone()),
-                _ => (
-                    std::fs::read(path).with_context(|| {
-                        format!(
-                            "cannot read the plugin {plugin} (give a .wasm file or one of \
-                             signed-url, router, size-eviction)"
-                        )
-                    })?,
-                    path.file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "plugin".into()),
-                ),
-            };
+            let (bytes, default_name) = tessera_plugins::shipped::load(&plugin)?;
             let name = name.unwrap_or(default_name);
             let mut q = format!("name={}", encode(&name));
             for (k, v) in &config {
