@@ -57,23 +57,26 @@ const ROUTES: [(&str, &str); 4] = [
 ];
 
 fn request(path: &str, query: Option<String>) -> Request {
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in [
+        ("host", "cdn.example.com"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) bench"),
+        ("accept", "*/*"),
+        ("accept-encoding", "gzip, br"),
+        ("cookie", "uid=12345; theme=dark"),
+    ] {
+        headers.insert(k, http::HeaderValue::from_static(v));
+    }
     Request {
-        method: "GET".into(),
-        scheme: "http".into(),
-        authority: "cdn.example.com".into(),
-        path: path.into(),
-        query,
-        headers: vec![
-            (
-                "user-agent".into(),
-                "Mozilla/5.0 (X11; Linux x86_64) bench".into(),
-            ),
-            ("accept".into(), "*/*".into()),
-            ("accept-encoding".into(), "gzip, br".into()),
-            ("cookie".into(), "uid=12345; theme=dark".into()),
-        ],
-        client: "192.0.2.7".into(),
+        uri: target.parse().expect("a valid target"),
+        headers,
+        client: [192, 0, 2, 7].into(),
         protocol: Protocol::Http1,
+        ..Request::default()
     }
 }
 
@@ -134,12 +137,12 @@ fn per_call(calls: u64) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
         + 3600;
-    let signed = request(
+    let mut signed = request(
         "/private/video.mp4",
         shipped::sign_url(b"bench-key", "hmac-sha256", "/private/video.mp4", exp),
     );
-    let unsigned_path = request("/public/app.js", None);
-    let routed = request("/index.html", None);
+    let mut unsigned_path = request("/public/app.js", None);
+    let mut routed = request("/index.html", None);
     let batch: Vec<Object> = (0..16).map(object).collect();
     for (label, opts) in settings {
         let host = PluginHost::with_options(Limits::default(), &prometheus::Registry::new(), opts)?;
@@ -165,7 +168,7 @@ fn per_call(calls: u64) -> Result<()> {
                 "authorize (signed-url, HMAC check)",
                 measure(calls, || {
                     assert!(matches!(
-                        host.authorize(&signed),
+                        host.authorize(&mut signed),
                         Some(Ok(tessera_plugins::Verdict::Allow))
                     ))
                 }),
@@ -173,13 +176,13 @@ fn per_call(calls: u64) -> Result<()> {
             (
                 "authorize (signed-url, unprotected path)",
                 measure(calls, || {
-                    assert!(matches!(host.authorize(&unsigned_path), Some(Ok(_))))
+                    assert!(matches!(host.authorize(&mut unsigned_path), Some(Ok(_))))
                 }),
             ),
             (
                 "route (router, 4 rules, none match)",
                 measure(calls, || {
-                    assert!(matches!(host.route(&routed, &known), Some(Ok(_))))
+                    assert!(matches!(host.route(&mut routed, &known), Some(Ok(_))))
                 }),
             ),
             (

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use tessera_plugins::{Decision, Hook, PluginHost, Verdict};
 
 use crate::cache::{Key, Placement};
@@ -35,35 +35,31 @@ fn protocol(p: Protocol) -> tessera_plugins::Protocol {
     }
 }
 
-/// The request as plugins see it.
+/// The request as plugins see it: the method cloned (no allocation for the standard ones),
+/// the URI and headers moved out of `req` (no copy); [`give_back`] returns them.
 fn plugin_request<B>(
-    req: &Request<B>,
+    req: &mut Request<B>,
     proto: Protocol,
     client: SocketAddr,
 ) -> tessera_plugins::Request {
-    let uri = req.uri();
-    let authority = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    // HTTP/2 and HTTP/3 carry `:scheme`; HTTP/1.1 over TLS is marked by the listener.
+    let tls = proto == Protocol::Http3
+        || req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
+        || req.extensions().get::<crate::server::Tls>().is_some();
     tessera_plugins::Request {
-        method: req.method().as_str().to_string(),
-        scheme: uri.scheme_str().unwrap_or("http").to_string(),
-        authority,
-        path: uri.path().to_string(),
-        query: uri.query().map(str::to_string),
-        headers: req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect(),
-        client: client.ip().to_string(),
+        method: req.method().clone(),
+        tls,
+        uri: std::mem::take(req.uri_mut()),
+        headers: std::mem::take(req.headers_mut()),
+        client: client.ip(),
         protocol: protocol(proto),
     }
+}
+
+/// Puts the parts [`plugin_request`] took back into `req`.
+fn give_back<B>(req: &mut Request<B>, p: tessera_plugins::Request) {
+    *req.uri_mut() = p.uri;
+    *req.headers_mut() = p.headers;
 }
 
 /// A plugin's response as an HTTP response (the host checked its status, headers and size).
@@ -90,8 +86,17 @@ pub(crate) fn plan<B>(
     proto: Protocol,
     client: SocketAddr,
 ) -> Plan {
-    let preq = plugin_request(req, proto, client);
-    match host.authorize(&preq) {
+    let mut preq = plugin_request(req, proto, client);
+    let verdict = host.authorize(&mut preq);
+    let upstreams = &edge.named_upstreams;
+    let decision = match verdict {
+        None | Some(Ok(Verdict::Allow)) => {
+            host.route(&mut preq, &|name| upstreams.contains_key(name))
+        }
+        _ => None,
+    };
+    give_back(req, preq);
+    match verdict {
         None | Some(Ok(Verdict::Allow)) => {}
         Some(Ok(Verdict::Deny(r))) => return Plan::Answer(answer(r)),
         Some(Err(_)) => {
@@ -105,8 +110,7 @@ pub(crate) fn plan<B>(
             );
         }
     }
-    let upstreams = &edge.named_upstreams;
-    match host.route(&preq, &|name| upstreams.contains_key(name)) {
+    match decision {
         None | Some(Ok(Decision::Default)) | Some(Err(_)) => Plan::Serve(None),
         Some(Ok(Decision::Respond(r))) => Plan::Answer(answer(r)),
         Some(Ok(Decision::Forward(f))) => {

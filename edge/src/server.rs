@@ -160,6 +160,11 @@ macro_rules! drive {
     }};
 }
 
+/// Marks a request that arrived over TLS on a TCP listener (HTTP/1.1 has no `:scheme`;
+/// the plugins' `request.scheme` reads it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tls;
+
 /// What a TCP listener serves.
 #[derive(Debug, Clone)]
 enum Role {
@@ -179,6 +184,7 @@ async fn accept_loop(
 ) {
     let builder = Arc::new(builder(&edge));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let over_tls = acceptor.is_some();
     loop {
         let (stream, peer) = tokio::select! {
             conn = listener.accept() => match conn {
@@ -207,7 +213,10 @@ async fn accept_loop(
                         } else {
                             Protocol::Http1
                         };
-                        let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                        let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                        if over_tls && proto == Protocol::Http1 {
+                            req.extensions_mut().insert(Tls);
+                        }
                         let mut resp = edge.handle(req, proto, peer).await;
                         if let Some(v) = alt_svc {
                             resp.headers_mut().insert(header::ALT_SVC, v);

@@ -115,6 +115,60 @@ over_protocols! {
     }
 }
 
+/// The `name=value` lines the hostile plugin's `echo` mode answers.
+fn echoed(r: &Reply) -> BTreeMap<String, String> {
+    String::from_utf8(r.body.to_vec())
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+over_protocols! {
+    async fn a_plugin_reads_the_request_through_its_accessors() {
+        let up = echo_upstream("origin").await;
+        let dir = tempfile::tempdir().unwrap();
+        let edge = EdgeNode::start(config(Backend::Upstream(up.url()), dir.path())).await;
+        assert_eq!(deploy(&edge, "route", "echo", shipped::HOSTILE, &[("mode", "echo")]).await.status, 200);
+        let r = edge
+            .get_with("/echo/a%20b?x=1&y=2", &[("x-test", "one"), ("x-test", "two")])
+            .await;
+        assert_eq!(r.status, 200);
+        let e = echoed(&r);
+        let (scheme, protocol) = match proto() {
+            Proto::Http1 => ("http", "http1"),
+            Proto::Http2 => ("https", "http2"),
+            Proto::Http3 => ("https", "http3"),
+        };
+        assert_eq!(e["method"], "GET");
+        assert_eq!(e["scheme"], scheme);
+        assert_eq!(e["protocol"], protocol);
+        assert_eq!(e["path"], "/echo/a%20b");
+        assert_eq!(e["query"], "x=1&y=2");
+        assert!(e["authority"].starts_with("127.0.0.1:") || e["authority"].starts_with("localhost:"), "{e:?}");
+        assert_eq!(e["header"], "one", "the first value, whatever the name's case");
+        assert_eq!(e["header-values"], "one|two");
+        assert_eq!(e["headers"], "one|two");
+        assert_eq!(e["missing"], "(none)");
+        assert_eq!(e["client"], "127.0.0.1");
+        assert_eq!(up.count("/echo/a%20b?x=1&y=2"), 0, "the plugin answered");
+        // HTTP/1.1 over TLS is https too (hyper leaves its URI without a scheme).
+        if proto() == Proto::Http1 {
+            let mut tls = edge.connect(Proto::Http1).await;
+            let req = http::Request::get("/tls").body(Bytes::new()).unwrap();
+            let r = Reply::read(tls.send(req).await.unwrap()).await;
+            assert_eq!((echoed(&r)["scheme"].as_str(), echoed(&r)["protocol"].as_str()), ("https", "http1"));
+        }
+        // The request the upstream gets is whole again after the plugins had it.
+        assert_eq!(deploy(&edge, "route", "ok", shipped::HOSTILE, &[("mode", "ok")]).await.status, 200);
+        let r = edge.get_with("/whole?q=1", &[("x-test", "kept")]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.as_ref(), b"origin /whole?q=1");
+        assert_eq!(up.request_headers("/whole?q=1", 0)["x-test"], "kept");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_sends_requests_to_named_upstreams_rewrites_and_redirects() {
     let (main, api, beta) = (
@@ -367,7 +421,7 @@ async fn hostile_plugins_are_contained_by_each_hooks_failure_policy() {
         r.json()["error"]
             .as_str()
             .unwrap()
-            .contains("tessera:policy/router@0.1.0")
+            .contains("tessera:policy/router@0.2.0")
     );
     let r = edge
         .admin_bytes(

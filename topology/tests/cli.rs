@@ -382,7 +382,7 @@ fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
         "--config",
         "key=k",
     ]);
-    assert!(!ok && err.contains("tessera:policy/router@0.1.0"), "{err}");
+    assert!(!ok && err.contains("tessera:policy/router@0.2.0"), "{err}");
     let (ok, _, err) = tessera(&[
         "plugin", "deploy", "--edge", &admin_url, "--token", "tok", "--hook", "routing", "router",
     ]);

@@ -1,8 +1,9 @@
 //! Tessera's WebAssembly plugin host: the `route`, `authorize` and `eviction` hooks of
 //! `wit/policy.wit`, run in wasmtime with a CPU deadline and a memory cap per call.
 //!
-//! This crate holds no HTTP serving code: the edge turns a request into a [`Request`], asks
-//! the [`PluginHost`], and applies the answer, or the hook's failure policy, itself.
+//! This crate holds no HTTP serving code: the edge moves a request's parts into a
+//! [`Request`] (no copy), asks the [`PluginHost`], takes them back, and applies the answer,
+//! or the hook's failure policy, itself.
 //!
 //! # Layout
 //! - [`PluginHost`] (here): one wasmtime `Engine` (pooling allocator, epoch interruption)
@@ -10,6 +11,7 @@
 //!   then swap atomically), rollback, remove, list, and the three hook calls.
 //! - [`plugin`]: a deployed version: pre-instantiated component, pool of ready instances,
 //!   the guarded call (deadline, memory cap, a trapped instance replaced), failures.
+//! - `request`: the request a call sees, read by the plugin through accessors.
 //! - `sandbox`: what an instance can reach (the `host` interface, the WASI a Rust `std`
 //!   guest imports with nothing behind it) and its memory cap.
 //! - `generated`: `bindgen!` output (private; the types are re-exported below).
@@ -22,6 +24,7 @@
 mod generated;
 mod metrics;
 pub mod plugin;
+mod request;
 mod sandbox;
 pub mod shipped;
 
@@ -38,8 +41,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use generated::authorize::exports::tessera::policy::authorizer::Verdict;
 pub use generated::eviction::exports::tessera::policy::advisor::{Advice, Object, Priority, Tier};
 pub use generated::route::exports::tessera::policy::router::{Decision, Forward};
-pub use generated::route::tessera::policy::types::{Protocol, Request, Response};
+pub use generated::route::tessera::policy::types::{Protocol, Response};
 pub use plugin::{Failure, Plugin, PluginInfo};
+pub use request::Request;
 
 use plugin::{Bound, Pre};
 use sandbox::State;
@@ -73,9 +77,9 @@ impl Hook {
     /// The interface the component must export for this hook.
     pub fn export(self) -> &'static str {
         match self {
-            Hook::Route => "tessera:policy/router@0.1.0",
-            Hook::Authorize => "tessera:policy/authorizer@0.1.0",
-            Hook::Eviction => "tessera:policy/advisor@0.1.0",
+            Hook::Route => "tessera:policy/router@0.2.0",
+            Hook::Authorize => "tessera:policy/authorizer@0.2.0",
+            Hook::Eviction => "tessera:policy/advisor@0.2.0",
         }
     }
 
@@ -460,7 +464,9 @@ impl PluginHost {
 
     /// The `authorize` hook: `None` when no plugin is bound; a failure means deny (the
     /// caller answers 503).
-    pub fn authorize(&self, req: &Request) -> Option<Result<Verdict, Failure>> {
+    /// `req` is moved into the plugin's store for the call and back (it comes back as it
+    /// went).
+    pub fn authorize(&self, req: &mut Request) -> Option<Result<Verdict, Failure>> {
         let p = self.bound(Hook::Authorize)?;
         Some(call_authorize(&p, req))
     }
@@ -469,7 +475,7 @@ impl PluginHost {
     /// `upstream_known` says whether a named upstream exists (an unknown one is a failure).
     pub fn route(
         &self,
-        req: &Request,
+        req: &mut Request,
         upstream_known: &dyn Fn(&str) -> bool,
     ) -> Option<Result<Decision, Failure>> {
         let p = self.bound(Hook::Route)?;
@@ -484,10 +490,25 @@ impl PluginHost {
     }
 }
 
-fn call_authorize(p: &Plugin, req: &Request) -> Result<Verdict, Failure> {
+/// Runs `call` with `req` moved into the store (and back afterwards, whatever happened).
+fn with_request<R>(
+    store: &mut wasmtime::Store<State>,
+    req: &mut Request,
+    call: impl FnOnce(&mut wasmtime::Store<State>) -> R,
+) -> R {
+    std::mem::swap(&mut store.data_mut().request, req);
+    let r = call(store);
+    std::mem::swap(&mut store.data_mut().request, req);
+    r
+}
+
+fn call_authorize(p: &Plugin, req: &mut Request) -> Result<Verdict, Failure> {
     p.call(
         |b, store| match b {
-            Bound::Authorize(a) => a.tessera_policy_authorizer().call_authorize(store, req),
+            Bound::Authorize(a) => with_request(store, req, |s| {
+                a.tessera_policy_authorizer()
+                    .call_authorize(s, request::handle())
+            }),
             _ => unreachable!("an authorize plugin is bound as authorize"),
         },
         |v| match v {
@@ -499,12 +520,14 @@ fn call_authorize(p: &Plugin, req: &Request) -> Result<Verdict, Failure> {
 
 fn call_route(
     p: &Plugin,
-    req: &Request,
+    req: &mut Request,
     upstream_known: &dyn Fn(&str) -> bool,
 ) -> Result<Decision, Failure> {
     p.call(
         |b, store| match b {
-            Bound::Route(r) => r.tessera_policy_router().call_route(store, req),
+            Bound::Route(r) => with_request(store, req, |s| {
+                r.tessera_policy_router().call_route(s, request::handle())
+            }),
             _ => unreachable!("a route plugin is bound as route"),
         },
         |d| match d {
@@ -594,24 +617,28 @@ fn check_forward(f: &Forward, upstream_known: &dyn Fn(&str) -> bool) -> Result<(
 /// The check call a deploy makes: a made-up request (or object) the plugin must answer
 /// within its limits with something usable. What it answers does not matter.
 fn check_call(p: &Plugin) -> Result<(), Failure> {
-    let req = Request {
-        method: "GET".into(),
-        scheme: "http".into(),
-        authority: "localhost".into(),
-        path: "/.well-known/tessera/plugin-check".into(),
-        query: None,
-        headers: vec![("user-agent".into(), "tessera-plugin-check".into())],
-        client: "127.0.0.1".into(),
-        protocol: Protocol::Http1,
+    const PATH: &str = "/.well-known/tessera/plugin-check";
+    let mut req = Request {
+        uri: http::Uri::from_static(PATH),
+        client: std::net::Ipv4Addr::LOCALHOST.into(),
+        ..Request::default()
     };
+    req.headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("localhost"),
+    );
+    req.headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("tessera-plugin-check"),
+    );
     match p.info.hook {
-        Hook::Authorize => call_authorize(p, &req).map(drop),
-        Hook::Route => call_route(p, &req, &|_| true).map(drop),
+        Hook::Authorize => call_authorize(p, &mut req).map(drop),
+        Hook::Route => call_route(p, &mut req, &|_| true).map(drop),
         Hook::Eviction => call_advise(
             p,
             &[Object {
                 key: "0".repeat(64),
-                path: req.path.clone(),
+                path: PATH.into(),
                 size: 1024,
                 content_type: Some("text/plain".into()),
                 status: 200,

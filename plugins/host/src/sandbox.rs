@@ -1,5 +1,5 @@
-//! What a plugin instance can reach: the `host` interface of `wit/policy.wit` and a memory
-//! cap. Nothing else: a Rust `std` guest for `wasm32-wasip2` imports a few WASI interfaces
+//! What a plugin instance can reach: the `host` interface of `wit/policy.wit`, the request
+//! of its call (`request`, in the `types` interface) and a memory cap. Nothing else: a Rust `std` guest for `wasm32-wasip2` imports a few WASI interfaces
 //! (environment, exit, stdio, I/O streams) that it touches only to print a panic; those are
 //! linked as functions that trap, and a component importing anything else (files, sockets,
 //! clocks, randomness, HTTP) is refused at deploy ([`check_imports`]).
@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
 
+use crate::Request;
 use crate::generated::route::tessera::policy::host::{self, Level};
+use crate::generated::route::tessera::policy::types;
 
 /// Longest log line a plugin may write; the rest is cut.
 const LOG_LINE_MAX: usize = 1024;
@@ -41,6 +43,8 @@ pub(crate) struct State {
     log_budget: u32,
     /// The last line the plugin logged (shown when a call fails).
     pub last_log: Option<String>,
+    /// The request of the running `authorize` or `route` call (moved in for the call).
+    pub request: Request,
 }
 
 impl std::fmt::Debug for State {
@@ -65,6 +69,7 @@ impl State {
             ticks: 0,
             log_budget: LOG_LINES_PER_CALL,
             last_log: None,
+            request: Request::default(),
         }
     }
 
@@ -178,10 +183,11 @@ impl host::Host for State {
     }
 }
 
-/// The linker every plugin shares: the `host` interface only.
+/// The linker every plugin shares: the `host` interface and the `request` resource only.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<State>> {
     let mut l = Linker::<State>::new(engine);
     host::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut l, |s| s)?;
+    types::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut l, |s| s)?;
     Ok(l)
 }
 

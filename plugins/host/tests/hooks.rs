@@ -22,16 +22,25 @@ fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn request(path: &str, query: Option<&str>) -> Request {
+    let target = match query {
+        Some(q) => format!("https://cdn.example.com{path}?{q}"),
+        None => format!("https://cdn.example.com{path}"),
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert("accept", http::HeaderValue::from_static("*/*"));
     Request {
-        method: "GET".into(),
-        scheme: "https".into(),
-        authority: "cdn.example.com".into(),
-        path: path.into(),
-        query: query.map(str::to_string),
-        headers: vec![("accept".into(), "*/*".into())],
-        client: "192.0.2.7".into(),
+        method: http::Method::GET,
+        tls: true,
+        uri: target.parse().unwrap(),
+        headers,
+        client: [192, 0, 2, 7].into(),
         protocol: Protocol::Http2,
     }
+}
+
+fn add_header(req: &mut Request, name: &'static str, value: &str) {
+    req.headers
+        .append(name, http::HeaderValue::from_str(value).unwrap());
 }
 
 fn hex(b: &[u8]) -> String {
@@ -73,26 +82,26 @@ fn signed_url_allows_good_signatures_and_refuses_the_rest() {
     let sig = hmac("s3cret", &format!("/private/a.mp4?expires={exp}"));
     let good = format!("expires={exp}&sig={sig}");
     assert!(allowed(
-        h.authorize(&request("/private/a.mp4", Some(&good)))
+        h.authorize(&mut request("/private/a.mp4", Some(&good)))
     ));
-    assert!(allowed(h.authorize(&request("/public/a.mp4", None))));
-    let (s, body) = denied(h.authorize(&request("/private/a.mp4", None)));
+    assert!(allowed(h.authorize(&mut request("/public/a.mp4", None))));
+    let (s, body) = denied(h.authorize(&mut request("/private/a.mp4", None)));
     assert_eq!(s, 403);
     assert!(body.contains("needs a signature"), "{body}");
     // The signature covers the path: moved to another file, it is a forgery.
-    let (s, body) = denied(h.authorize(&request("/private/b.mp4", Some(&good))));
+    let (s, body) = denied(h.authorize(&mut request("/private/b.mp4", Some(&good))));
     assert_eq!((s, body.contains("does not match")), (403, true), "{body}");
     let forged = format!(
         "expires={exp}&sig={}",
         hmac("guess", &format!("/private/a.mp4?expires={exp}"))
     );
     assert_eq!(
-        denied(h.authorize(&request("/private/a.mp4", Some(&forged)))).0,
+        denied(h.authorize(&mut request("/private/a.mp4", Some(&forged)))).0,
         403
     );
     let old = "1600000000";
     let sig_old = hmac("s3cret", &format!("/paid/x?expires={old}"));
-    let (s, body) = denied(h.authorize(&request(
+    let (s, body) = denied(h.authorize(&mut request(
         "/paid/x",
         Some(&format!("expires={old}&sig={sig_old}")),
     )));
@@ -109,8 +118,8 @@ fn signed_url_allows_good_signatures_and_refuses_the_rest() {
     let key = blake3::hash(b"k");
     let mac = blake3::keyed_hash(key.as_bytes(), format!("/a?expires={exp}").as_bytes());
     let q = format!("expires={exp}&sig={}", mac.to_hex());
-    assert!(allowed(h.authorize(&request("/a", Some(&q)))));
-    assert_eq!(denied(h.authorize(&request("/a", Some(&good)))).0, 403);
+    assert!(allowed(h.authorize(&mut request("/a", Some(&q)))));
+    assert_eq!(denied(h.authorize(&mut request("/a", Some(&good)))).0, 403);
 }
 
 #[test]
@@ -165,19 +174,22 @@ fn router_routes_by_prefix_host_and_header_splits_and_redirects() {
     let known = |u: &str| ["beta", "images", "api", "canary"].contains(&u);
     let mut req = request("/api/users", Some("page=2"));
     assert_eq!(
-        forward_to(h.route(&req, &known)),
+        forward_to(h.route(&mut req, &known)),
         (Some("api".into()), Some("/v2/users?page=2".into()))
     );
-    req.headers.push(("x-beta".into(), "1".into()));
-    assert_eq!(forward_to(h.route(&req, &known)).0.as_deref(), Some("beta"));
-    let mut img = request("/a.png", None);
-    img.authority = "img.example.com:8443".into();
+    add_header(&mut req, "x-beta", "1");
     assert_eq!(
-        forward_to(h.route(&img, &known)).0.as_deref(),
+        forward_to(h.route(&mut req, &known)).0.as_deref(),
+        Some("beta")
+    );
+    let mut img = request("/a.png", None);
+    add_header(&mut img, "host", "img.example.com:8443");
+    assert_eq!(
+        forward_to(h.route(&mut img, &known)).0.as_deref(),
         Some("images")
     );
     match h
-        .route(&request("/old/a/b.css", Some("v=1")), &known)
+        .route(&mut request("/old/a/b.css", Some("v=1")), &known)
         .unwrap()
         .unwrap()
     {
@@ -191,17 +203,16 @@ fn router_routes_by_prefix_host_and_header_splits_and_redirects() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        h.route(&request("/other", None), &known),
+        h.route(&mut request("/other", None), &known),
         Some(Ok(Decision::Default))
     ));
     // The canary split: about 20 % of users, each always on the same side.
     let mut canary = 0;
     for user in 0..1000 {
         let mut r = request("/app/index.html", None);
-        r.headers
-            .push(("cookie".into(), format!("theme=dark; uid=user{user}")));
-        let first = h.route(&r, &known).unwrap().unwrap();
-        let again = h.route(&r, &known).unwrap().unwrap();
+        add_header(&mut r, "cookie", &format!("theme=dark; uid=user{user}"));
+        let first = h.route(&mut r, &known).unwrap().unwrap();
+        let again = h.route(&mut r, &known).unwrap().unwrap();
         assert_eq!(format!("{first:?}"), format!("{again:?}"));
         if matches!(first, Decision::Forward(_)) {
             canary += 1;
@@ -223,7 +234,7 @@ fn router_naming_an_unknown_upstream_is_a_failure() {
         config(&[("route.1", "upstream=nowhere")]),
     )
     .unwrap();
-    let r = h.route(&request("/", None), &|_| false).unwrap();
+    let r = h.route(&mut request("/", None), &|_| false).unwrap();
     assert!(
         matches!(r, Err(Failure::Invalid(ref m)) if m.contains("nowhere")),
         "{r:?}"
@@ -300,7 +311,7 @@ fn a_looping_plugin_is_stopped_at_its_deadline_and_replaced() {
     hostile(&h, Hook::Authorize, "loop");
     for _ in 0..3 {
         let t = Instant::now();
-        let r = h.authorize(&request("/bad/x", None)).unwrap();
+        let r = h.authorize(&mut request("/bad/x", None)).unwrap();
         assert_eq!(r.unwrap_err(), Failure::Deadline(5));
         // 5 ms deadline, 1 ms ticks: stopped well before anything a client would notice.
         assert!(
@@ -308,7 +319,7 @@ fn a_looping_plugin_is_stopped_at_its_deadline_and_replaced() {
             "{:?}",
             t.elapsed()
         );
-        assert!(allowed(h.authorize(&request("/good", None))));
+        assert!(allowed(h.authorize(&mut request("/good", None))));
     }
     // With every path hostile, the deploy's check call catches it.
     let e = h
@@ -336,10 +347,10 @@ fn a_memory_bomb_hits_its_cap_and_traps_and_other_calls_go_on() {
     let h = PluginHost::new(limits, &prometheus::Registry::new()).unwrap();
     hostile(&h, Hook::Route, "memory");
     for _ in 0..3 {
-        let r = h.route(&request("/bad/x", None), &|_| true).unwrap();
+        let r = h.route(&mut request("/bad/x", None), &|_| true).unwrap();
         assert_eq!(r.unwrap_err(), Failure::Memory(4 << 20));
         assert!(matches!(
-            h.route(&request("/fine", None), &|_| true),
+            h.route(&mut request("/fine", None), &|_| true),
             Some(Ok(Decision::Default))
         ));
     }
@@ -350,18 +361,18 @@ fn trapping_huge_and_malformed_answers_are_failures_not_answers() {
     let h = host();
     hostile(&h, Hook::Authorize, "trap");
     for _ in 0..5 {
-        let r = h.authorize(&request("/bad/", None)).unwrap();
+        let r = h.authorize(&mut request("/bad/", None)).unwrap();
         assert!(matches!(r, Err(Failure::Trap(_))), "{r:?}");
     }
-    assert!(allowed(h.authorize(&request("/ok", None))));
+    assert!(allowed(h.authorize(&mut request("/ok", None))));
     hostile(&h, Hook::Authorize, "huge");
-    let r = h.authorize(&request("/bad/", None)).unwrap();
+    let r = h.authorize(&mut request("/bad/", None)).unwrap();
     assert!(
         matches!(r, Err(Failure::Invalid(ref m)) if m.contains("body of 4194304 bytes")),
         "{r:?}"
     );
     hostile(&h, Hook::Authorize, "bad-header");
-    let r = h.authorize(&request("/bad/", None)).unwrap();
+    let r = h.authorize(&mut request("/bad/", None)).unwrap();
     assert!(
         matches!(r, Err(Failure::Invalid(ref m)) if m.contains("invalid header name")),
         "{r:?}"
@@ -386,7 +397,7 @@ fn deploys_check_the_world_and_the_bytes() {
         )
         .unwrap_err();
     assert!(matches!(e, DeployError::WrongWorld { .. }), "{e}");
-    assert!(e.to_string().contains("tessera:policy/router@0.1.0"), "{e}");
+    assert!(e.to_string().contains("tessera:policy/router@0.2.0"), "{e}");
     let e = h
         .deploy(Hook::Authorize, "x", b"not wasm at all", config(&[]))
         .unwrap_err();
@@ -436,15 +447,15 @@ fn rollback_restores_the_previous_version() {
         )
         .unwrap();
     assert!(b.version > a.version);
-    assert!(allowed(h.authorize(&request("/x", None))));
+    assert!(allowed(h.authorize(&mut request("/x", None))));
     let back = h.rollback(Hook::Authorize).unwrap();
     assert_eq!(back, a);
-    assert_eq!(denied(h.authorize(&request("/x", None))).0, 403);
+    assert_eq!(denied(h.authorize(&mut request("/x", None))).0, 403);
     let slot = &h.list()[0];
     assert_eq!(slot.current.as_ref(), Some(&a));
     assert_eq!(slot.previous.as_ref(), Some(&b));
     assert_eq!(h.remove(Hook::Authorize), Some(a));
-    assert!(h.authorize(&request("/x", None)).is_none());
+    assert!(h.authorize(&mut request("/x", None)).is_none());
 }
 
 #[test]
@@ -464,7 +475,7 @@ fn calls_during_deploys_never_fail() {
             std::thread::spawn(move || {
                 let mut calls = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let d = h.route(&request("/a", None), &|_| true).unwrap();
+                    let d = h.route(&mut request("/a", None), &|_| true).unwrap();
                     assert!(matches!(d, Ok(Decision::Forward(_))), "{d:?}");
                     calls += 1;
                 }

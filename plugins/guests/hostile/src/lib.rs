@@ -5,7 +5,9 @@
 //! - `trap`: traps (the instance must be replaced);
 //! - `huge`: answers with a 4 MiB body (the limit is 1 MiB), or 10,000 pieces of advice;
 //! - `bad-header`: answers with a header name no HTTP version allows;
-//! - `ok`: behaves (allow, default route, built-in advice), for checks that it still can.
+//! - `ok`: behaves (allow, default route, built-in advice), for checks that it still can;
+//! - `echo`: behaves, except that `route` answers 200 with what each accessor of the
+//!   request returned, one `name=value` line each (the host's accessors under test).
 //!
 //! It misbehaves only for paths under the `prefix` setting (default `/`, every path): with
 //! `prefix=/bad/` it passes the deploy's check call and fails on the requests the test
@@ -18,9 +20,9 @@ wit_bindgen::generate!({
     inline: r#"
         package tessera:hostile;
         world hostile {
-            include tessera:policy/route@0.1.0;
-            include tessera:policy/authorize@0.1.0;
-            include tessera:policy/eviction@0.1.0;
+            include tessera:policy/route@0.2.0;
+            include tessera:policy/authorize@0.2.0;
+            include tessera:policy/eviction@0.2.0;
         }
     "#,
     path: "../../../wit",
@@ -32,7 +34,7 @@ use exports::tessera::policy::advisor::{self, Advice, Object};
 use exports::tessera::policy::authorizer::{self, Verdict};
 use exports::tessera::policy::router::{self, Decision};
 use tessera::policy::host;
-use tessera::policy::types::{Request, Response};
+use tessera::policy::types::{self, Request, Response};
 
 #[derive(PartialEq)]
 enum Mode {
@@ -42,6 +44,7 @@ enum Mode {
     Huge,
     BadHeader,
     Ok,
+    Echo,
 }
 
 fn mode() -> Mode {
@@ -52,6 +55,7 @@ fn mode() -> Mode {
         Some("huge") => Mode::Huge,
         Some("bad-header") => Mode::BadHeader,
         Some("ok") => Mode::Ok,
+        Some("echo") => Mode::Echo,
         other => panic!("hostile: unknown mode {other:?}"),
     }
 }
@@ -99,21 +103,63 @@ fn bad_response(m: Mode) -> Response {
     }
 }
 
+/// What the request's accessors return, a `name=value` line each.
+fn echo(req: &Request) -> Response {
+    let protocol = match req.protocol() {
+        types::Protocol::Http1 => "http1",
+        types::Protocol::Http2 => "http2",
+        types::Protocol::Http3 => "http3",
+    };
+    let x_test = req
+        .headers()
+        .into_iter()
+        .filter(|(k, _)| k == "x-test")
+        .map(|(_, v)| v)
+        .collect::<Vec<_>>()
+        .join("|");
+    let lines = [
+        ("method", req.method()),
+        ("scheme", req.scheme()),
+        ("authority", req.authority()),
+        ("path", req.path()),
+        ("query", req.query().unwrap_or_else(|| "(none)".into())),
+        (
+            "header",
+            req.header("X-Test").unwrap_or_else(|| "(none)".into()),
+        ),
+        ("header-values", req.header_values("x-test").join("|")),
+        ("headers", x_test),
+        (
+            "missing",
+            req.header("x-missing").unwrap_or_else(|| "(none)".into()),
+        ),
+        ("client", req.client()),
+        ("protocol", protocol.into()),
+    ];
+    let body: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    Response {
+        status: 200,
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body: body.into_bytes(),
+    }
+}
+
 struct Hostile;
 
 impl authorizer::Guest for Hostile {
-    fn authorize(req: Request) -> Verdict {
-        match misbehave(&req.path) {
-            Mode::Ok => Verdict::Allow,
+    fn authorize(req: &Request) -> Verdict {
+        match misbehave(&req.path()) {
+            Mode::Ok | Mode::Echo => Verdict::Allow,
             m => Verdict::Deny(bad_response(m)),
         }
     }
 }
 
 impl router::Guest for Hostile {
-    fn route(req: Request) -> Decision {
-        match misbehave(&req.path) {
+    fn route(req: &Request) -> Decision {
+        match misbehave(&req.path()) {
             Mode::Ok => Decision::Default,
+            Mode::Echo => Decision::Respond(echo(req)),
             m => Decision::Respond(bad_response(m)),
         }
     }
@@ -126,10 +172,10 @@ impl advisor::Guest for Hostile {
             .map(|o| misbehave(&o.path))
             .find(|m| *m != Mode::Ok)
             .unwrap_or(Mode::Ok);
-        let n = if m == Mode::Ok {
+        let n = if m == Mode::Ok || m == Mode::Echo {
             objects.len()
         } else {
-            100_000
+            10_000
         };
         (0..n)
             .map(|_| Advice {

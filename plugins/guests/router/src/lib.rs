@@ -23,6 +23,7 @@
 //! Example: `--config 'route.1=prefix=/app/ split=5 by=cookie:uid upstream=canary'
 //! --config 'route.2=prefix=/app/ upstream=stable'`.
 
+use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "route" });
@@ -140,48 +141,54 @@ fn rules() -> &'static Result<Vec<Rule>, String> {
     })
 }
 
-fn header<'a>(req: &'a Request, name: &str) -> impl Iterator<Item = &'a str> {
-    req.headers
-        .iter()
-        .filter(move |(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+/// The request, read from the edge as the rules need it: the path always, the rest when a
+/// rule asks (each read is a call into the edge and a copy).
+struct View<'a> {
+    req: &'a Request,
+    path: String,
+    authority: OnceCell<String>,
 }
 
-fn cookie(req: &Request, name: &str) -> Option<String> {
-    header(req, "cookie")
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            let (k, v) = c.trim().split_once('=')?;
-            (k == name).then(|| v.to_string())
-        })
+impl View<'_> {
+    fn authority(&self) -> &str {
+        self.authority.get_or_init(|| self.req.authority())
+    }
+
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.req
+            .header_values("cookie")
+            .iter()
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then(|| v.to_string())
+            })
+    }
 }
 
-fn matches(rule: &Rule, req: &Request) -> bool {
+fn matches(rule: &Rule, req: &View<'_>) -> bool {
     if let Some(p) = &rule.prefix
         && !req.path.starts_with(p.as_str())
     {
         return false;
     }
     if let Some(h) = &rule.host {
-        let host = req
-            .authority
-            .rsplit_once(':')
-            .map_or(req.authority.as_str(), |(h, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    h
-                } else {
-                    req.authority.as_str()
-                }
-            });
+        let authority = req.authority();
+        let host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        });
         if !host.eq_ignore_ascii_case(h) {
             return false;
         }
     }
     if let Some((name, want)) = &rule.header {
-        let mut values = header(req, name);
         let ok = match want {
-            Some(w) => values.any(|v| v == w),
-            None => values.next().is_some(),
+            Some(w) => req.req.header_values(name).iter().any(|v| v == w),
+            None => req.req.header(name).is_some(),
         };
         if !ok {
             return false;
@@ -190,8 +197,8 @@ fn matches(rule: &Rule, req: &Request) -> bool {
     if let Some((pct, cookie_name)) = &rule.split {
         let who = cookie_name
             .as_deref()
-            .and_then(|c| cookie(req, c))
-            .unwrap_or_else(|| req.client.clone());
+            .and_then(|c| req.cookie(c))
+            .unwrap_or_else(|| req.req.client());
         let h = host::blake3(who.as_bytes());
         let bucket = u64::from_le_bytes(h[..8].try_into().unwrap()) % 100;
         if bucket >= *pct {
@@ -214,7 +221,7 @@ fn json(status: u16, message: &str, extra: Vec<(String, String)>) -> Decision {
 struct Router;
 
 impl Guest for Router {
-    fn route(req: Request) -> Decision {
+    fn route(req: &Request) -> Decision {
         let rules = match rules() {
             Ok(r) => r,
             Err(e) => {
@@ -223,19 +230,20 @@ impl Guest for Router {
                 panic!("{e}");
             }
         };
-        let Some(rule) = rules.iter().find(|r| matches(r, &req)) else {
+        let view = View {
+            req,
+            path: req.path(),
+            authority: OnceCell::new(),
+        };
+        let Some(rule) = rules.iter().find(|r| matches(r, &view)) else {
             return Decision::Default;
         };
         let rest = rule
             .prefix
             .as_deref()
-            .and_then(|p| req.path.strip_prefix(p))
-            .unwrap_or(&req.path);
-        let query = req
-            .query
-            .as_ref()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
+            .and_then(|p| view.path.strip_prefix(p))
+            .unwrap_or(&view.path);
+        let query = req.query().map(|q| format!("?{q}")).unwrap_or_default();
         match &rule.action {
             Action::None => Decision::Default,
             Action::Upstream { name, rewrite } => Decision::Forward(Forward {

@@ -97,7 +97,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 struct SignedUrl;
 
 impl Guest for SignedUrl {
-    fn authorize(req: Request) -> Verdict {
+    fn authorize(req: &Request) -> Verdict {
         let s = match settings() {
             Ok(s) => s,
             Err(e) => {
@@ -106,10 +106,14 @@ impl Guest for SignedUrl {
                 panic!("{e}");
             }
         };
-        if !s.prefixes.iter().any(|p| req.path.starts_with(p.as_str())) {
+        // Read from the edge only what the verdict needs: the path, then (protected) the
+        // query.
+        let path = req.path();
+        if !s.prefixes.iter().any(|p| path.starts_with(p.as_str())) {
             return Verdict::Allow;
         }
-        let query = req.query.as_deref().unwrap_or("");
+        let query = req.query().unwrap_or_default();
+        let query = query.as_str();
         let (Some(expires), Some(sig)) = (query_param(query, "expires"), query_param(query, "sig"))
         else {
             return deny(403, "this URL needs a signature: ?expires=…&sig=…");
@@ -120,7 +124,7 @@ impl Guest for SignedUrl {
         if expires_at.saturating_mul(1000) <= host::now_ms() {
             return deny(403, "this signed URL has expired");
         }
-        let message = format!("{}?expires={expires}", req.path);
+        let message = format!("{path}?expires={expires}");
         let mac = if s.blake3 {
             host::blake3_keyed(&s.key, message.as_bytes())
         } else {
