@@ -7,7 +7,8 @@
 //!    stores never carry the concurrent-call state.)
 //! 2. Through a real edge: wrk on a 1 KiB memory hit, an edge with no plugins against one
 //!    with `signed-url` (every path protected, the URL signed) and `router` (four rules, none
-//!    matching, so the default route) bound, alternated in the same run.
+//!    matching, so the default route) bound, and the same with decision reuse off (every
+//!    request calls both plugins), alternated in the same run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -120,17 +121,28 @@ fn per_call(calls: u64) -> Result<()> {
     println!("## Per hook call (in process, one thread, {calls} calls each)\n");
     println!("| hook (plugin) | engine | p50 ns | p99 ns | mean ns |");
     println!("|---|---|---:|---:|---:|");
+    let called = Limits {
+        memo_entries: 0,
+        ..Limits::default()
+    };
     let settings = [
         (
-            "pooling, concurrency_support(false) (default)",
+            "pooling, every call into the plugin (memo_entries 0)",
             EngineOptions::default(),
+            called,
         ),
         (
-            "on-demand, concurrency_support(false)",
+            "on-demand, every call into the plugin (memo_entries 0)",
             EngineOptions {
                 concurrency_support: false,
                 pooling: false,
             },
+            called,
+        ),
+        (
+            "pooling, decisions reused (default)",
+            EngineOptions::default(),
+            Limits::default(),
         ),
     ];
     let exp = std::time::SystemTime::now()
@@ -144,8 +156,16 @@ fn per_call(calls: u64) -> Result<()> {
     let mut unsigned_path = request("/public/app.js", None);
     let mut routed = request("/index.html", None);
     let batch: Vec<Object> = (0..16).map(object).collect();
-    for (label, opts) in settings {
-        let host = PluginHost::with_options(Limits::default(), &prometheus::Registry::new(), opts)?;
+    // A different signed URL for every call: a decision is never reused.
+    let mut distinct: Vec<Request> = (0..calls + calls / 20)
+        .map(|i| {
+            let path = format!("/private/{i}.mp4");
+            let q = shipped::sign_url(b"bench-key", "hmac-sha256", &path, exp);
+            request(&path, q)
+        })
+        .collect();
+    for (label, opts, limits) in settings {
+        let host = PluginHost::with_options(limits, &prometheus::Registry::new(), opts)?;
         host.deploy(
             Hook::Authorize,
             "signed-url",
@@ -198,6 +218,18 @@ fn per_call(calls: u64) -> Result<()> {
                 }),
             ),
         ];
+        let mut next = distinct.iter_mut();
+        let mut rows = rows;
+        rows.push((
+            "authorize (signed-url, HMAC check, a new URL each call)",
+            measure(calls, || {
+                let r = next.next().expect("a URL per call");
+                assert!(matches!(
+                    host.authorize(r),
+                    Some(Ok(tessera_plugins::Verdict::Allow))
+                ))
+            }),
+        ));
         for (hook, f) in rows {
             println!(
                 "| {hook} | {label} | {} | {} | {:.0} |",
@@ -213,15 +245,16 @@ fn spawn_edge(
     name: &'static str,
     dir: &Path,
     up: std::net::SocketAddr,
-    plugins: bool,
+    plugins: Option<usize>,
 ) -> Result<(Server, u16)> {
     let port = free_port();
     let mut toml = format!(
         "backend = {{ upstream = \"http://{up}\" }}\nmemory_bytes = 268435456\ndisk_bytes = 1073741824\ndata = \"{}\"\n",
         dir.join(name).display()
     );
-    if plugins {
+    if let Some(memo_entries) = plugins {
         toml.push_str(&format!("upstreams = {{ api = \"http://{up}\" }}\n"));
+        toml.push_str(&format!("plugins.limits.memo_entries = {memo_entries}\n"));
         toml.push_str("[[plugins.bind]]\nhook = \"authorize\"\nplugin = \"signed-url\"\nconfig = { key = \"bench-key\", prefixes = \"/\" }\n");
         toml.push_str("[[plugins.bind]]\nhook = \"route\"\nplugin = \"router\"\nconfig = { ");
         let rules: Vec<String> = ROUTES
@@ -251,6 +284,15 @@ fn spawn_edge(
     ))
 }
 
+/// The status curl gets for `url`.
+fn status(url: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .output()
+        .context("running curl")?;
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
 pub fn run(a: Args) -> Result<()> {
     per_call(a.calls)?;
     if a.no_edge {
@@ -260,68 +302,69 @@ pub fn run(a: Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     rt.block_on(async {
         let up = upstream().await?;
-        let (plain, _) = spawn_edge("no-plugins", dir.path(), up, false)?;
-        let (with, _) = spawn_edge("signed-url+router", dir.path(), up, true)?;
-        wait_listening(plain.addr, plain.name).await?;
-        wait_listening(with.addr, with.name).await?;
+        let (plain, _) = spawn_edge("no-plugins", dir.path(), up, None)?;
+        let (reused, _) = spawn_edge("signed-url+router", dir.path(), up, Some(16_384))?;
+        let (called, _) = spawn_edge("signed-url+router-memo-off", dir.path(), up, Some(0))?;
+        let edges = [&plain, &reused, &called];
+        for e in edges {
+            wait_listening(e.addr, e.name).await?;
+        }
         let exp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
             + 86_400;
         let q = shipped::sign_url(b"bench-key", "hmac-sha256", "/1k", exp).unwrap();
-        let urls = [
-            (plain.name, format!("http://{}/1k?{q}", plain.addr)),
-            (with.name, format!("http://{}/1k?{q}", with.addr)),
-        ];
-        // Warm both caches, and check the signed edge serves the URL.
-        for (name, url) in &urls {
-            let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
-                .output()?;
-            let code = String::from_utf8_lossy(&out.stdout).to_string();
-            anyhow::ensure!(code == "200", "{name} answered {code} for {url}");
+        let urls: Vec<String> = edges
+            .iter()
+            .map(|e| format!("http://{}/1k?{q}", e.addr))
+            .collect();
+        // Warm the caches, and check the signed edges serve the URL and refuse it unsigned.
+        for (e, url) in edges.iter().zip(&urls) {
+            anyhow::ensure!(status(url)? == "200", "{} answered no 200 for {url}", e.name);
         }
-        let unsigned = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("http://{}/1k", with.addr),
-            ])
-            .output()?;
-        anyhow::ensure!(
-            String::from_utf8_lossy(&unsigned.stdout) == "403",
-            "the signed-url edge served an unsigned URL"
-        );
+        for e in &edges[1..] {
+            anyhow::ensure!(
+                status(&format!("http://{}/1k", e.addr))? == "403",
+                "{} served an unsigned URL",
+                e.name
+            );
+        }
         println!(
             "## Edge, 1 KiB memory hits (wrk -t2 -c{} -d{}s, {} rounds alternating)\n",
             a.connections, a.seconds, a.rounds
         );
-        println!("| round | no plugins req/s | signed-url + router req/s | ratio |");
-        println!("|---|---:|---:|---:|");
-        let (mut sum_plain, mut sum_with) = (0.0, 0.0);
+        println!(
+            "| round | no plugins req/s | signed-url + router req/s | ratio | same, every request calls both plugins (memo_entries 0) req/s | ratio |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        let mut sums = [0.0; 3];
         for round in 1..=a.rounds {
-            let p = wrk_with(&urls[0].1, a.connections, a.seconds)?;
-            let w = wrk_with(&urls[1].1, a.connections, a.seconds)?;
-            sum_plain += p.rps;
-            sum_with += w.rps;
+            let mut rps = [0.0; 3];
+            for (i, url) in urls.iter().enumerate() {
+                rps[i] = wrk_with(url, a.connections, a.seconds)?.rps;
+                sums[i] += rps[i];
+            }
             println!(
-                "| {round} | {:.0} | {:.0} | {:.3} |",
-                p.rps,
-                w.rps,
-                w.rps / p.rps
+                "| {round} | {:.0} | {:.0} | {:.3} | {:.0} | {:.3} |",
+                rps[0],
+                rps[1],
+                rps[1] / rps[0],
+                rps[2],
+                rps[2] / rps[0]
             );
         }
+        let n = a.rounds as f64;
         println!(
-            "| all | {:.0} | {:.0} | {:.3} (lost {:.1} %) |\n",
-            sum_plain / a.rounds as f64,
-            sum_with / a.rounds as f64,
-            sum_with / sum_plain,
-            100.0 * (1.0 - sum_with / sum_plain)
+            "| all | {:.0} | {:.0} | {:.3} (lost {:.1} %) | {:.0} | {:.3} (lost {:.1} %) |\n",
+            sums[0] / n,
+            sums[1] / n,
+            sums[1] / sums[0],
+            100.0 * (1.0 - sums[1] / sums[0]),
+            sums[2] / n,
+            sums[2] / sums[0],
+            100.0 * (1.0 - sums[2] / sums[0])
         );
-        drop((plain, with));
+        drop((plain, reused, called));
         Ok::<_, anyhow::Error>(())
     })
 }

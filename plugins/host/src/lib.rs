@@ -12,6 +12,7 @@
 //! - [`plugin`]: a deployed version: pre-instantiated component, pool of ready instances,
 //!   the guarded call (deadline, memory cap, a trapped instance replaced), failures.
 //! - `request`: the request a call sees, read by the plugin through accessors.
+//! - `memo`: decisions reused for requests on which the plugin would read the same answers.
 //! - `sandbox`: what an instance can reach (the `host` interface, the WASI a Rust `std`
 //!   guest imports with nothing behind it) and its memory cap.
 //! - `generated`: `bindgen!` output (private; the types are re-exported below).
@@ -22,6 +23,7 @@
 //! any thread at once (each takes its own instance). Deploys are serialised.
 
 mod generated;
+mod memo;
 mod metrics;
 pub mod plugin;
 mod request;
@@ -45,6 +47,7 @@ pub use generated::route::tessera::policy::types::{Protocol, Response};
 pub use plugin::{Failure, Plugin, PluginInfo};
 pub use request::Request;
 
+use memo::Memo;
 use plugin::{Bound, Pre};
 use sandbox::State;
 
@@ -118,6 +121,9 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Plugin instances alive at once, all hooks and versions together.
     pub instances: u32,
+    /// `authorize` and `route` decisions kept per plugin for reuse on requests that answer
+    /// the plugin's reads the same (`0`: call the plugin for every request).
+    pub memo_entries: usize,
 }
 
 impl Default for Limits {
@@ -126,6 +132,7 @@ impl Default for Limits {
             deadline_ms: 5,
             memory_bytes: 32 << 20,
             instances: 128,
+            memo_entries: 16_384,
         }
     }
 }
@@ -490,31 +497,49 @@ impl PluginHost {
     }
 }
 
-/// Runs `call` with `req` moved into the store (and back afterwards, whatever happened).
-fn with_request<R>(
+/// Runs `call` with `req` moved into the store (and back afterwards, whatever happened);
+/// a usable decision is filed in `memo` with what the call read.
+fn with_request<R: Clone>(
     store: &mut wasmtime::Store<State>,
     req: &mut Request,
-    call: impl FnOnce(&mut wasmtime::Store<State>) -> R,
-) -> R {
+    (memo, reuses): (&Memo<R>, u64),
+    check: impl Fn(&R) -> Result<(), String>,
+    call: impl FnOnce(&mut wasmtime::Store<State>) -> wasmtime::Result<R>,
+) -> wasmtime::Result<R> {
     std::mem::swap(&mut store.data_mut().request, req);
     let r = call(store);
     std::mem::swap(&mut store.data_mut().request, req);
+    if let Ok(d) = &r
+        && check(d).is_ok()
+    {
+        memo.file(&store.data().trace, d, reuses);
+    }
     r
 }
 
+fn check_verdict(v: &Verdict) -> Result<(), String> {
+    match v {
+        Verdict::Allow => Ok(()),
+        Verdict::Deny(r) => check_response(r),
+    }
+}
+
 fn call_authorize(p: &Plugin, req: &mut Request) -> Result<Verdict, Failure> {
+    if let Some(v) = p.verdicts.lookup(req) {
+        p.count_reuse();
+        return Ok(v);
+    }
     p.call(
         |b, store| match b {
-            Bound::Authorize(a) => with_request(store, req, |s| {
-                a.tessera_policy_authorizer()
-                    .call_authorize(s, request::handle())
-            }),
+            Bound::Authorize(a) => {
+                with_request(store, req, (&p.verdicts, p.reuses()), check_verdict, |s| {
+                    a.tessera_policy_authorizer()
+                        .call_authorize(s, request::handle())
+                })
+            }
             _ => unreachable!("an authorize plugin is bound as authorize"),
         },
-        |v| match v {
-            Verdict::Allow => Ok(()),
-            Verdict::Deny(r) => check_response(r),
-        },
+        check_verdict,
     )
 }
 
@@ -523,18 +548,23 @@ fn call_route(
     req: &mut Request,
     upstream_known: &dyn Fn(&str) -> bool,
 ) -> Result<Decision, Failure> {
+    if let Some(d) = p.decisions.lookup(req) {
+        p.count_reuse();
+        return Ok(d);
+    }
+    let check = |d: &Decision| match d {
+        Decision::Default => Ok(()),
+        Decision::Respond(r) => check_response(r),
+        Decision::Forward(f) => check_forward(f, upstream_known),
+    };
     p.call(
         |b, store| match b {
-            Bound::Route(r) => with_request(store, req, |s| {
+            Bound::Route(r) => with_request(store, req, (&p.decisions, p.reuses()), check, |s| {
                 r.tessera_policy_router().call_route(s, request::handle())
             }),
             _ => unreachable!("a route plugin is bound as route"),
         },
-        |d| match d {
-            Decision::Default => Ok(()),
-            Decision::Respond(r) => check_response(r),
-            Decision::Forward(f) => check_forward(f, upstream_known),
-        },
+        check,
     )
 }
 

@@ -15,6 +15,9 @@ pub(crate) struct Metrics {
     pub deploys: IntCounterVec,
     /// `tessera_edge_plugin_version{hook}`: the deploy number bound to the hook, 0 for none.
     pub version: IntGaugeVec,
+    /// `tessera_edge_plugin_reused_total{hook,plugin}`: decisions reused without a call
+    /// ([`crate::memo`]).
+    pub reused: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,6 +53,15 @@ impl Metrics {
             ),
             &["hook"],
         )?;
+        let reused = IntCounterVec::new(
+            Opts::new(
+                "tessera_edge_plugin_reused_total",
+                "Plugin decisions reused for a request on which the plugin would read the same \
+                 answers, by hook and plugin",
+            ),
+            &["hook", "plugin"],
+        )?;
+        registry.register(Box::new(reused.clone()))?;
         registry.register(Box::new(calls.clone()))?;
         registry.register(Box::new(call_seconds.clone()))?;
         registry.register(Box::new(deploys.clone()))?;
@@ -59,6 +71,7 @@ impl Metrics {
             call_seconds,
             deploys,
             version,
+            reused,
         })
     }
 }

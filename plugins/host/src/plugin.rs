@@ -11,8 +11,10 @@ use wasmtime::Store;
 use crate::generated::authorize::{Authorize, AuthorizePre};
 use crate::generated::eviction::{Eviction, EvictionPre};
 use crate::generated::route::{Route, RoutePre};
+use crate::memo::Memo;
 use crate::metrics::Metrics;
 use crate::sandbox::{Identity, State};
+use crate::{Decision, Verdict};
 use crate::{Hook, Limits};
 
 /// Ready instances kept per version; more are dropped after use.
@@ -105,6 +107,10 @@ pub struct Plugin {
     seconds: prometheus::Histogram,
     /// Ready instances. A std mutex: a push or a pop, nothing else while held.
     idle: Mutex<Vec<Instance>>,
+    /// Decisions reused ([`crate::memo`]); the hook's own, the other stays empty.
+    pub(crate) verdicts: Memo<Verdict>,
+    pub(crate) decisions: Memo<Decision>,
+    reused: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -132,7 +138,11 @@ impl Plugin {
         let hook = info.hook.as_str();
         let ok_calls = metrics.calls.with_label_values(&[hook, &info.name, "ok"]);
         let seconds = metrics.call_seconds.with_label_values(&[hook]);
+        let reused = metrics.reused.with_label_values(&[hook, &info.name]);
         Plugin {
+            verdicts: Memo::new(limits.memo_entries),
+            decisions: Memo::new(limits.memo_entries),
+            reused,
             ok_calls,
             seconds,
             info,
@@ -153,6 +163,18 @@ impl Plugin {
     /// Drops the ready instances (a version kept only for rollback holds no memory slots).
     pub(crate) fn park(&self) {
         self.idle.lock().unwrap().clear();
+        self.verdicts.clear();
+        self.decisions.clear();
+    }
+
+    /// Counts a decision reused without a call.
+    pub(crate) fn count_reuse(&self) {
+        self.reused.inc();
+    }
+
+    /// Decisions reused so far.
+    pub(crate) fn reuses(&self) -> u64 {
+        self.reused.get()
     }
 
     fn instantiate(&self) -> Result<Instance, Failure> {

@@ -2,12 +2,14 @@
 //! map, moved into the instance's store for the call (no copy) and read by the plugin
 //! through the `request` resource's accessors, so a plugin pays only for what it reads.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 
 use http::{HeaderMap, Method, Uri, header};
 use wasmtime::component::Resource;
 
 use crate::generated::route::tessera::policy::types::{self, Protocol};
+use crate::memo::Read;
 use crate::sandbox::State;
 
 /// A request as the edge received it.
@@ -38,14 +40,38 @@ impl Default for Request {
 
 impl Request {
     /// The host the client asked for (`Host`, else the target's authority), lower case.
-    pub fn authority(&self) -> String {
+    pub fn authority(&self) -> Cow<'_, str> {
         let host = self
             .headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| self.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
-        host.to_ascii_lowercase()
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        }
+    }
+
+    /// The first value of header `name`, if it is valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+
+    /// Every value of header `name` that is valid UTF-8.
+    pub fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> {
+        self.headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+    }
+
+    /// Every header whose value is valid UTF-8.
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
     }
 }
 
@@ -55,57 +81,63 @@ pub(crate) fn handle() -> Resource<types::Request> {
     Resource::new_borrow(0)
 }
 
+/// Each accessor answers from the call's request and records the question and its answer
+/// ([`crate::memo`]).
 impl types::HostRequest for State {
     fn method(&mut self, _: Resource<types::Request>) -> String {
-        self.request.method.as_str().to_string()
+        self.read(Read::Method).unwrap_or_default()
     }
 
     fn scheme(&mut self, _: Resource<types::Request>) -> String {
-        if self.request.tls { "https" } else { "http" }.to_string()
+        self.read(Read::Scheme).unwrap_or_default()
     }
 
     fn authority(&mut self, _: Resource<types::Request>) -> String {
-        self.request.authority()
+        self.read(Read::Authority).unwrap_or_default()
     }
 
     fn path(&mut self, _: Resource<types::Request>) -> String {
-        self.request.uri.path().to_string()
+        self.read(Read::Path).unwrap_or_default()
     }
 
     fn query(&mut self, _: Resource<types::Request>) -> Option<String> {
-        self.request.uri.query().map(str::to_string)
+        self.read(Read::Query)
     }
 
     fn header(&mut self, _: Resource<types::Request>, name: String) -> Option<String> {
-        self.request
-            .headers
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        self.read(Read::Header(name.to_ascii_lowercase()))
     }
 
     fn header_values(&mut self, _: Resource<types::Request>, name: String) -> Vec<String> {
-        self.request
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .filter_map(|v| Some(v.to_str().ok()?.to_string()))
+        let joined = self
+            .read(Read::HeaderValues(name.to_ascii_lowercase()))
+            .unwrap_or_default();
+        // Joined by newlines, which no header value can hold.
+        joined
+            .split('\n')
+            .filter(|_| !joined.is_empty())
+            .map(str::to_string)
             .collect()
     }
 
     fn headers(&mut self, _: Resource<types::Request>) -> Vec<(String, String)> {
-        self.request
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        let joined = self.read(Read::Headers).unwrap_or_default();
+        // `name: value` lines; a name holds no ':'.
+        joined
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_string(), v.to_string()))
+            })
             .collect()
     }
 
     fn client(&mut self, _: Resource<types::Request>) -> String {
-        self.request.client.to_string()
+        self.read(Read::Client).unwrap_or_default()
     }
 
     fn protocol(&mut self, _: Resource<types::Request>) -> Protocol {
+        self.read(Read::Protocol);
         self.request.protocol
     }
 

@@ -17,6 +17,7 @@ use wasmtime::component::{Component, Linker};
 use crate::Request;
 use crate::generated::route::tessera::policy::host::{self, Level};
 use crate::generated::route::tessera::policy::types;
+use crate::memo::{Read, Trace};
 
 /// Longest log line a plugin may write; the rest is cut.
 const LOG_LINE_MAX: usize = 1024;
@@ -45,6 +46,8 @@ pub(crate) struct State {
     pub last_log: Option<String>,
     /// The request of the running `authorize` or `route` call (moved in for the call).
     pub request: Request,
+    /// What the running call read ([`crate::memo`]).
+    pub trace: Trace,
 }
 
 impl std::fmt::Debug for State {
@@ -70,6 +73,7 @@ impl State {
             log_budget: LOG_LINES_PER_CALL,
             last_log: None,
             request: Request::default(),
+            trace: Trace::default(),
         }
     }
 
@@ -78,6 +82,14 @@ impl State {
         self.log_budget = LOG_LINES_PER_CALL;
         self.memory_denied = false;
         self.ticks = 0;
+        self.trace.clear();
+    }
+
+    /// Answers `read` from the call's request, recording the question and the answer.
+    pub fn read(&mut self, read: Read) -> Option<String> {
+        let answer = read.answer(&self.request).map(|a| a.into_owned());
+        self.trace.reads.push((read, answer.clone()));
+        answer
     }
 
     /// Called by wasmtime when the running guest sees the epoch advance (the engine ticks
@@ -118,6 +130,14 @@ impl wasmtime::ResourceLimiter for State {
     }
 }
 
+/// Wall-clock time, Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -131,6 +151,8 @@ fn cut(s: &str, max: usize) -> &str {
 
 impl host::Host for State {
     fn log(&mut self, level: Level, message: String) {
+        // A decision that logged is not reused: its lines would not be written again.
+        self.trace.unfileable = true;
         if self.log_budget == 0 {
             return;
         }
@@ -155,10 +177,13 @@ impl host::Host for State {
     }
 
     fn now_ms(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        // A decision that read the clock is not reused (`expired` is).
+        self.trace.unfileable = true;
+        now_ms()
+    }
+
+    fn expired(&mut self, unix_ms: u64) -> bool {
+        self.read(Read::Expired(unix_ms)).as_deref() == Some("1")
     }
 
     fn config(&mut self, key: String) -> Option<String> {

@@ -497,3 +497,124 @@ fn calls_during_deploys_never_fail() {
     let calls: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert!(calls > 0);
 }
+
+/// `tessera_edge_plugin_{calls,reused}_total` of a hook, from `registry`.
+fn calls_and_reuses(registry: &prometheus::Registry, hook: &str) -> (u64, u64) {
+    let (mut calls, mut reused) = (0, 0);
+    for family in registry.gather() {
+        for m in family.get_metric() {
+            let on_hook = m
+                .get_label()
+                .iter()
+                .any(|l| l.name() == "hook" && l.value() == hook);
+            if !on_hook {
+                continue;
+            }
+            let v = m.get_counter().get_value() as u64;
+            match family.name() {
+                "tessera_edge_plugin_calls_total" => calls += v,
+                "tessera_edge_plugin_reused_total" => reused += v,
+                _ => {}
+            }
+        }
+    }
+    (calls, reused)
+}
+
+#[test]
+fn decisions_are_reused_only_for_the_same_reads_and_expire_on_time() {
+    let registry = prometheus::Registry::new();
+    let h = PluginHost::new(Limits::default(), &registry).unwrap();
+    h.deploy(
+        Hook::Authorize,
+        "signed-url",
+        shipped::SIGNED_URL,
+        config(&[("key", "k"), ("prefixes", "/p/")]),
+    )
+    .unwrap();
+    let before = calls_and_reuses(&registry, "authorize");
+    // Expires at the start of the next second but one: allowed now, refused after.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let good = format!(
+        "expires={exp}&sig={}",
+        hmac("k", &format!("/p/a?expires={exp}"))
+    );
+    for _ in 0..3 {
+        assert!(allowed(h.authorize(&mut request("/p/a", Some(&good)))));
+    }
+    let forged = good.replace("sig=", "sig=0");
+    assert_eq!(
+        denied(h.authorize(&mut request("/p/a", Some(&forged)))).0,
+        403
+    );
+    let after = calls_and_reuses(&registry, "authorize");
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (2, 2),
+        "one call per distinct URL, the repeats reused"
+    );
+    // The reused allow asks the clock again: once the URL has expired it is refused.
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        < exp
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (s, body) = denied(h.authorize(&mut request("/p/a", Some(&good))));
+    assert_eq!(s, 403);
+    assert!(body.contains("expired"), "{body}");
+
+    // A route decision depends on the headers the router read, and only on those.
+    h.deploy(
+        Hook::Route,
+        "router",
+        shipped::ROUTER,
+        config(&[("route.1", "header=x-beta:1 upstream=beta")]),
+    )
+    .unwrap();
+    let known = |_: &str| true;
+    let mut beta = request("/x", None);
+    add_header(&mut beta, "x-beta", "1");
+    for _ in 0..2 {
+        assert_eq!(
+            forward_to(h.route(&mut beta, &known)).0.as_deref(),
+            Some("beta")
+        );
+        assert!(matches!(
+            h.route(&mut request("/x", None), &known),
+            Some(Ok(Decision::Default))
+        ));
+    }
+    let mut other = request("/x", None);
+    add_header(&mut other, "accept-language", "fr");
+    assert!(matches!(
+        h.route(&mut other, &known),
+        Some(Ok(Decision::Default))
+    ));
+    let (calls, reused) = calls_and_reuses(&registry, "route");
+    assert_eq!(
+        (calls, reused),
+        (3, 3),
+        "check call, beta, none; then reused"
+    );
+
+    // A failure is never reused: the plugin is called again.
+    hostile(&h, Hook::Route, "trap");
+    let before = calls_and_reuses(&registry, "route");
+    for _ in 0..3 {
+        let r = h.route(&mut request("/bad/x", None), &known);
+        assert!(matches!(r, Some(Err(Failure::Trap(_)))), "{r:?}");
+    }
+    let after = calls_and_reuses(&registry, "route");
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (3, 0),
+        "failures are never reused"
+    );
+}

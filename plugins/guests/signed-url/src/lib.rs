@@ -121,7 +121,7 @@ impl Guest for SignedUrl {
         let Ok(expires_at) = expires.parse::<u64>() else {
             return deny(403, "expires must be Unix seconds");
         };
-        if expires_at.saturating_mul(1000) <= host::now_ms() {
+        if host::expired(expires_at.saturating_mul(1000)) {
             return deny(403, "this signed URL has expired");
         }
         let message = format!("{path}?expires={expires}");
