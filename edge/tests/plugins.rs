@@ -111,7 +111,19 @@ over_protocols! {
         assert_eq!(up.count("/private/b.txt"), 0);
         assert_eq!(edge.get("/public/c.txt").await.status, 200);
         let m = metrics(&edge).await;
-        assert!(metric(&m, "tessera_edge_plugin_calls_total", &[("hook", "authorize"), ("plugin", "signed-url"), ("result", "ok")]) >= 6.0);
+        let calls = metric(&m, "tessera_edge_plugin_calls_total", &[("hook", "authorize"), ("plugin", "signed-url"), ("result", "ok")]);
+        let reused = metric(&m, "tessera_edge_plugin_reused_total", &[("hook", "authorize"), ("plugin", "signed-url")]);
+        // Seven requests, five distinct (the check call at deploy is one more call): the
+        // repeated signed URL was decided once.
+        assert_eq!((calls, reused), (6.0, 1.0));
+        // The reused allow of a URL that has since expired is not reused: asked again.
+        let soon = now() + 1;
+        let q = shipped::sign_url(b"k3y", "hmac-sha256", "/private/s.txt", soon).unwrap();
+        assert_eq!(edge.get(&format!("/private/s.txt?{q}")).await.status, 200);
+        while now() < soon {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(edge.get(&format!("/private/s.txt?{q}")).await.status, 403);
     }
 }
 
