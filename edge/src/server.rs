@@ -214,7 +214,7 @@ async fn accept_loop(
                             Protocol::Http1
                         };
                         let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
-                        if over_tls && proto == Protocol::Http1 {
+                        if over_tls && proto == Protocol::Http1 && edge.plugins.get().is_some() {
                             req.extensions_mut().insert(Tls);
                         }
                         let mut resp = edge.handle(req, proto, peer).await;

@@ -7,7 +7,8 @@
 //!
 //! Never filed: a call that failed, read `now-ms` or logged (its log lines would vanish on
 //! reuse), or whose reads contradict the tree (a plugin that is not a function of its
-//! reads; its decisions are then not reused at all). The tree holds at most
+//! reads; its decisions are then not reused at all), or whose answers exceed 1 KiB (a
+//! client's huge query string is not kept). The tree holds at most
 //! [`crate::Limits::memo_entries`] decisions and is emptied when full. Filing costs about a
 //! microsecond; when a full tree saw fewer reuses than it holds decisions (requests rarely
 //! repeat what the plugin reads, say a new signed URL each time), filing pauses for eight
@@ -80,7 +81,18 @@ pub(crate) struct Trace {
     pub unfileable: bool,
 }
 
+/// Longest trace filed, counting the answers' bytes: a full tree holds at most
+/// `memo_entries` times this in answers (16 MiB at the default), whatever clients send.
+const TRACE_BYTES_MAX: usize = 1024;
+
 impl Trace {
+    fn bytes(&self) -> usize {
+        self.reads
+            .iter()
+            .map(|(_, a)| a.as_ref().map_or(0, String::len))
+            .sum()
+    }
+
     pub fn clear(&mut self) {
         self.reads.clear();
         self.unfileable = false;
@@ -152,7 +164,7 @@ impl<R: Clone> Memo<R> {
     /// Files `decision`, reached by a call that read `trace`; `reused` is how many
     /// decisions of this memo were reused so far.
     pub fn file(&self, trace: &Trace, decision: &R, reused: u64) {
-        if self.max == 0 || trace.unfileable {
+        if self.max == 0 || trace.unfileable || trace.bytes() > TRACE_BYTES_MAX {
             return;
         }
         if self
@@ -386,6 +398,10 @@ mod tests {
         );
         m.file(&trace(&[(Read::Path, Some("/c"))]), &3, 0);
         assert_eq!(m.len(), 0);
+        let m = Memo::<u32>::new(10);
+        let long = "/".repeat(TRACE_BYTES_MAX + 1);
+        m.file(&trace(&[(Read::Path, Some(&long))]), &1, 0);
+        assert_eq!(m.len(), 0, "answers too long to keep");
         let off = Memo::<u32>::new(0);
         off.file(&trace(&[(Read::Path, Some("/a"))]), &1, 0);
         assert_eq!(off.lookup(&req("/a", None)), None);
