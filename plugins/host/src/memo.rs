@@ -44,7 +44,7 @@ pub(crate) enum Read {
 
 impl Read {
     /// The answer `req` gives (now), as the string the tree files it under; `None` for an
-    /// absent query or header.
+    /// absent query or header. Lists are joined by newlines, which no header value holds.
     pub(crate) fn answer<'a>(&self, req: &'a Request) -> Option<Cow<'a, str>> {
         let list = |vals: &mut dyn Iterator<Item = String>| {
             Cow::Owned(vals.collect::<Vec<_>>().join("\n"))
@@ -56,7 +56,11 @@ impl Read {
             Read::Path => Cow::Borrowed(req.uri.path()),
             Read::Query => Cow::Borrowed(req.uri.query()?),
             Read::Header(name) => Cow::Borrowed(req.header(name)?),
-            Read::HeaderValues(name) => list(&mut req.header_values(name).map(str::to_string)),
+            Read::HeaderValues(name) => {
+                // None for no values, so that one empty value is not mistaken for none.
+                req.header_values(name).next()?;
+                list(&mut req.header_values(name).map(str::to_string))
+            }
             Read::Headers => list(&mut req.header_pairs().map(|(k, v)| format!("{k}: {v}"))),
             Read::Client => Cow::Owned(req.client.to_string()),
             Read::Protocol => Cow::Borrowed(match req.protocol {

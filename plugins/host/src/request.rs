@@ -109,15 +109,11 @@ impl types::HostRequest for State {
     }
 
     fn header_values(&mut self, _: Resource<types::Request>, name: String) -> Vec<String> {
-        let joined = self
-            .read(Read::HeaderValues(name.to_ascii_lowercase()))
-            .unwrap_or_default();
-        // Joined by newlines, which no header value can hold.
-        joined
-            .split('\n')
-            .filter(|_| !joined.is_empty())
-            .map(str::to_string)
-            .collect()
+        match self.read(Read::HeaderValues(name.to_ascii_lowercase())) {
+            // Joined by newlines, which no header value can hold.
+            Some(joined) => joined.split('\n').map(str::to_string).collect(),
+            None => Vec::new(),
+        }
     }
 
     fn headers(&mut self, _: Resource<types::Request>) -> Vec<(String, String)> {
