@@ -1,6 +1,7 @@
 //! What a plugin instance can reach: the `host` interface of `wit/policy.wit`, the request
-//! of its call (`request`, in the `types` interface) and a memory cap. Nothing else: a Rust `std` guest for `wasm32-wasip2` imports a few WASI interfaces
-//! (environment, exit, stdio, I/O streams) that it touches only to print a panic; those are
+//! of its call (`request`, in the `types` interface) and a memory cap. Nothing else: a Rust
+//! `std` guest for `wasm32-wasip2` imports a few WASI interfaces (environment, exit, stdio,
+//! I/O streams) that it touches only to print a panic; those are
 //! linked as functions that trap, and a component importing anything else (files, sockets,
 //! clocks, randomness, HTTP) is refused at deploy ([`check_imports`]).
 //!
@@ -21,6 +22,8 @@ use crate::memo::{Read, Trace};
 
 /// Longest log line a plugin may write; the rest is cut.
 const LOG_LINE_MAX: usize = 1024;
+/// Reads a call may make and still have its decision filed ([`crate::memo`]).
+const READS_FILED_MAX: usize = 64;
 /// Log lines a plugin may write in one call; the rest are dropped.
 const LOG_LINES_PER_CALL: u32 = 16;
 
@@ -88,7 +91,12 @@ impl State {
     /// Answers `read` from the call's request, recording the question and the answer.
     pub fn read(&mut self, read: Read) -> Option<String> {
         let answer = read.answer(&self.request).map(|a| a.into_owned());
-        self.trace.reads.push((read, answer.clone()));
+        // A call asking more than this is not filed, and its trace stops growing.
+        if self.trace.reads.len() < READS_FILED_MAX {
+            self.trace.reads.push((read, answer.clone()));
+        } else {
+            self.trace.unfileable = true;
+        }
         answer
     }
 
