@@ -497,24 +497,35 @@ impl PluginHost {
     }
 }
 
-/// Runs `call` with `req` moved into the store (and back afterwards, whatever happened);
-/// a usable decision is filed in `memo` with what the call read.
-fn with_request<R: Clone>(
-    store: &mut wasmtime::Store<State>,
+/// An `authorize` or `route` decision on `req`: reused from `memo` when one was filed for
+/// the answers `req` gives, else `call` runs with `req` moved into the store (and back
+/// afterwards, whatever happened) and a usable decision is filed with what the call read.
+fn decide<R: Clone>(
+    p: &Plugin,
     req: &mut Request,
-    (memo, reuses): (&Memo<R>, u64),
+    memo: &Memo<R>,
     check: impl Fn(&R) -> Result<(), String>,
-    call: impl FnOnce(&mut wasmtime::Store<State>) -> wasmtime::Result<R>,
-) -> wasmtime::Result<R> {
-    std::mem::swap(&mut store.data_mut().request, req);
-    let r = call(store);
-    std::mem::swap(&mut store.data_mut().request, req);
-    if let Ok(d) = &r
-        && check(d).is_ok()
-    {
-        memo.file(&store.data().trace, d, reuses);
+    call: impl FnOnce(&Bound, &mut wasmtime::Store<State>) -> wasmtime::Result<R>,
+) -> Result<R, Failure> {
+    if let Some(d) = memo.lookup(req) {
+        p.count_reuse();
+        return Ok(d);
     }
-    r
+    let reuses = p.reuses();
+    p.call(
+        |b, store| {
+            std::mem::swap(&mut store.data_mut().request, req);
+            let r = call(b, store);
+            std::mem::swap(&mut store.data_mut().request, req);
+            if let Ok(d) = &r
+                && check(d).is_ok()
+            {
+                memo.file(&store.data().trace, d, reuses);
+            }
+            r
+        },
+        &check,
+    )
 }
 
 fn check_verdict(v: &Verdict) -> Result<(), String> {
@@ -525,22 +536,12 @@ fn check_verdict(v: &Verdict) -> Result<(), String> {
 }
 
 fn call_authorize(p: &Plugin, req: &mut Request) -> Result<Verdict, Failure> {
-    if let Some(v) = p.verdicts.lookup(req) {
-        p.count_reuse();
-        return Ok(v);
-    }
-    p.call(
-        |b, store| match b {
-            Bound::Authorize(a) => {
-                with_request(store, req, (&p.verdicts, p.reuses()), check_verdict, |s| {
-                    a.tessera_policy_authorizer()
-                        .call_authorize(s, request::handle())
-                })
-            }
-            _ => unreachable!("an authorize plugin is bound as authorize"),
-        },
-        check_verdict,
-    )
+    decide(p, req, &p.verdicts, check_verdict, |b, s| match b {
+        Bound::Authorize(a) => a
+            .tessera_policy_authorizer()
+            .call_authorize(s, request::handle()),
+        _ => unreachable!("an authorize plugin is bound as authorize"),
+    })
 }
 
 fn call_route(
@@ -548,24 +549,15 @@ fn call_route(
     req: &mut Request,
     upstream_known: &dyn Fn(&str) -> bool,
 ) -> Result<Decision, Failure> {
-    if let Some(d) = p.decisions.lookup(req) {
-        p.count_reuse();
-        return Ok(d);
-    }
     let check = |d: &Decision| match d {
         Decision::Default => Ok(()),
         Decision::Respond(r) => check_response(r),
         Decision::Forward(f) => check_forward(f, upstream_known),
     };
-    p.call(
-        |b, store| match b {
-            Bound::Route(r) => with_request(store, req, (&p.decisions, p.reuses()), check, |s| {
-                r.tessera_policy_router().call_route(s, request::handle())
-            }),
-            _ => unreachable!("a route plugin is bound as route"),
-        },
-        check,
-    )
+    decide(p, req, &p.decisions, check, |b, s| match b {
+        Bound::Route(r) => r.tessera_policy_router().call_route(s, request::handle()),
+        _ => unreachable!("a route plugin is bound as route"),
+    })
 }
 
 fn call_advise(p: &Plugin, objects: &[Object]) -> Result<Vec<Advice>, Failure> {

@@ -46,9 +46,6 @@ impl Read {
     /// The answer `req` gives (now), as the string the tree files it under; `None` for an
     /// absent query or header. Lists are joined by newlines, which no header value holds.
     pub(crate) fn answer<'a>(&self, req: &'a Request) -> Option<Cow<'a, str>> {
-        let list = |vals: &mut dyn Iterator<Item = String>| {
-            Cow::Owned(vals.collect::<Vec<_>>().join("\n"))
-        };
         Some(match self {
             Read::Method => Cow::Borrowed(req.method.as_str()),
             Read::Scheme => Cow::Borrowed(if req.tls { "https" } else { "http" }),
@@ -57,11 +54,19 @@ impl Read {
             Read::Query => Cow::Borrowed(req.uri.query()?),
             Read::Header(name) => Cow::Borrowed(req.header(name)?),
             Read::HeaderValues(name) => {
+                let values: Vec<&str> = req.header_values(name).collect();
                 // None for no values, so that one empty value is not mistaken for none.
-                req.header_values(name).next()?;
-                list(&mut req.header_values(name).map(str::to_string))
+                if values.is_empty() {
+                    return None;
+                }
+                Cow::Owned(values.join("\n"))
             }
-            Read::Headers => list(&mut req.header_pairs().map(|(k, v)| format!("{k}: {v}"))),
+            Read::Headers => Cow::Owned(
+                req.header_pairs()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
             Read::Client => Cow::Owned(req.client.to_string()),
             Read::Protocol => Cow::Borrowed(match req.protocol {
                 crate::Protocol::Http1 => "http1",
@@ -81,7 +86,7 @@ impl Read {
 #[derive(Debug, Default)]
 pub(crate) struct Trace {
     pub reads: Vec<(Read, Option<String>)>,
-    /// It read `now-ms` or logged.
+    /// It read `now-ms`, logged or made too many reads.
     pub unfileable: bool,
 }
 
@@ -119,6 +124,15 @@ struct Tree<R> {
     entries: usize,
     /// Set when a trace contradicted the tree: nothing is reused for this version.
     broken: bool,
+}
+
+impl<R> Tree<R> {
+    /// Empties the tree; the caller drops what it returns after releasing the lock, so
+    /// other requests' lookups do not wait for the freeing.
+    fn take(&mut self) -> Option<Node<R>> {
+        self.entries = 0;
+        self.root.take()
+    }
 }
 
 /// The decisions of one deployed version.
@@ -183,13 +197,11 @@ impl<R: Clone> Memo<R> {
             return;
         }
         if tree.entries >= self.max {
-            let full = tree.root.take();
-            tree.entries = 0;
+            let full = tree.take();
             let since = reused.saturating_sub(self.reused_at_clear.swap(reused, Ordering::Relaxed));
             if since < self.max as u64 {
                 self.paused.store(self.max as u64 * 8, Ordering::Relaxed);
             }
-            // Freed outside the lock: other requests' lookups do not wait for it.
             drop(tree);
             drop(full);
             return;
@@ -200,8 +212,7 @@ impl<R: Clone> Memo<R> {
             Filed::Known => {}
             Filed::Contradicts => {
                 tree.broken = true;
-                tree.root = None;
-                tree.entries = 0;
+                tree.take();
             }
         }
     }
@@ -209,8 +220,7 @@ impl<R: Clone> Memo<R> {
     /// Forgets every decision (a version kept only for rollback holds no memory).
     pub fn clear(&self) {
         let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
-        let old = tree.root.take();
-        tree.entries = 0;
+        let old = tree.take();
         drop(tree);
         drop(old);
     }
