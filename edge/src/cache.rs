@@ -388,14 +388,7 @@ impl Cache {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(foyer::Error::io_error(e)))?;
-        // Blocks must hold the largest entry (a segment plus framing); 16 blocks at least, so
-        // eviction of one block frees a small share of the tier.
-        let block = (disk / 16).clamp(2 * SEGMENT + 4096, 64 << 20);
-        let device = FsDeviceBuilder::new(dir)
-            .with_capacity(disk.max(16 * block))
-            .build()
-            .map_err(open_err)?;
-        let hybrid = HybridCacheBuilder::new()
+        let storage = HybridCacheBuilder::new()
             .with_name("tessera-edge")
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(true)
@@ -404,16 +397,27 @@ impl Cache {
             .with_eviction_config(eviction)
             .with_weighter(|_k: &Key, v: &Value| 32 + v.weight())
             .storage()
-            .with_io_engine_config(PsyncIoEngineConfig::new())
-            .with_engine_config(
-                BlockEngineConfig::new(device)
-                    .with_block_size(block)
-                    .with_tombstone_log(true),
-            )
-            .with_recover_mode(RecoverMode::Quiet)
-            .build()
-            .await
-            .map_err(open_err)?;
+            .with_recover_mode(RecoverMode::Quiet);
+        // `disk` 0: memory only (foyer's no-op storage engine), like Varnish with malloc.
+        let storage = if disk == 0 {
+            storage
+        } else {
+            // Blocks must hold the largest entry (a segment plus framing); 16 blocks at
+            // least, so eviction of one block frees a small share of the tier.
+            let block = (disk / 16).clamp(2 * SEGMENT + 4096, 64 << 20);
+            let device = FsDeviceBuilder::new(dir)
+                .with_capacity(disk.max(16 * block))
+                .build()
+                .map_err(open_err)?;
+            storage
+                .with_io_engine_config(PsyncIoEngineConfig::new())
+                .with_engine_config(
+                    BlockEngineConfig::new(device)
+                        .with_block_size(block)
+                        .with_tombstone_log(true),
+                )
+        };
+        let hybrid = storage.build().await.map_err(open_err)?;
         Ok(Cache {
             hybrid,
             removed: Default::default(),
@@ -589,5 +593,29 @@ mod tests {
         for bad in [&b""[..], b"\x02\x05", b"\x02\xff\xff\x00\x00{}", b"\x09abc"] {
             assert!(Value::decode(&mut &bad[..]).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_cache_without_disk_keeps_entries_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20, 0, Policy::S3Fifo)
+            .await
+            .unwrap();
+        let key = |i: u32| Key::derive("t", &[&i.to_le_bytes()]);
+        // 4 MiB through a 1 MiB memory tier: the early entries are evicted, with nowhere
+        // to go, and the last one is a memory hit.
+        for i in 0..64 {
+            cache.insert(key(i), Value::Bytes(Bytes::from(vec![i as u8; 64 << 10])));
+        }
+        let (v, tier) = cache.get(&key(63)).await.expect("the newest entry");
+        assert_eq!(tier, Tier::Memory);
+        assert!(matches!(v, Value::Bytes(b) if b.len() == 64 << 10 && b[0] == 63));
+        assert!(
+            cache.get(&key(0)).await.is_none(),
+            "evicted entries are gone"
+        );
+        cache.hybrid.close().await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(files.is_empty(), "no SSD files: {files:?}");
     }
 }

@@ -36,7 +36,7 @@ pub struct EdgeConfig {
     pub data: PathBuf,
     /// Bytes of the memory tier.
     pub memory_bytes: usize,
-    /// Bytes of the SSD tier.
+    /// Bytes of the SSD tier; 0: no SSD tier (memory only).
     pub disk_bytes: usize,
     /// Eviction policy of the memory tier.
     pub policy: Policy,

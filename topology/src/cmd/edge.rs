@@ -37,7 +37,7 @@ pub struct Args {
     /// Size of the memory tier, e.g. 256MiB.
     #[arg(long, value_parser = crate::size::parse_size)]
     memory: Option<u64>,
-    /// Size of the SSD tier, e.g. 4GiB.
+    /// Size of the SSD tier, e.g. 4GiB; 0 keeps the cache in memory only.
     #[arg(long, value_parser = crate::size::parse_size)]
     disk: Option<u64>,
     /// Serve the admin API (purge, stats, /metrics, /healthz) here.
