@@ -171,6 +171,18 @@ pub(crate) async fn spawn_edge_on(
     admin: Option<SocketAddr>,
     tls: bool,
 ) -> Result<Server> {
+    spawn_edge_with(name, backend, data, [cache_mib, 1024], admin, tls).await
+}
+
+/// [`spawn_edge_on`] with `[memory, disk]` MiB (disk 0: memory only).
+pub(crate) async fn spawn_edge_with(
+    name: &'static str,
+    backend: [&str; 2],
+    data: PathBuf,
+    [memory_mib, disk_mib]: [usize; 2],
+    admin: Option<SocketAddr>,
+    tls: bool,
+) -> Result<Server> {
     let port = free_port();
     let mut cmd = Command::new(tessera_exe()?);
     cmd.arg("edge");
@@ -183,9 +195,9 @@ pub(crate) async fn spawn_edge_on(
         .arg(format!("127.0.0.1:{port}"))
         .args([
             "--memory",
-            &format!("{cache_mib}MiB"),
+            &format!("{memory_mib}MiB"),
             "--disk",
-            "1GiB",
+            &format!("{disk_mib}MiB"),
             "--data",
         ])
         .arg(data)

@@ -6,6 +6,7 @@
 //!   `restic backup` of the same data, and reads of a stored 100 MiB file.
 //! - `edge-hits`: memory hits of the edge against nginx `proxy_cache` and Varnish (wrk).
 //! - `policy`: hit ratios of foyer's eviction policies on Zipf workloads.
+//! - `hit-ratio`: the hit ratio against cache size through a real edge, nginx and Varnish.
 //! - `run`: one of the seed's workloads against a running origin and edge.
 //! - `compare`: one workload against Tessera and nginx, Varnish and Caddy, side by side.
 //! - `cluster`: ring balance, origin cluster throughput with 1–3 nodes, a scale model.
@@ -16,6 +17,7 @@
 mod cluster;
 mod compare;
 mod edge_hits;
+mod hit_ratio;
 mod http3;
 mod ingest;
 mod load;
@@ -23,6 +25,8 @@ mod plot;
 mod plugins;
 mod policy;
 mod run;
+#[cfg(test)]
+mod testing;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +46,8 @@ enum Command {
     EdgeHits(edge_hits::Args),
     /// Hit ratios of foyer's eviction policies on Zipf workloads (the edge's choice).
     Policy(policy::Args),
+    /// Hit ratio against cache size through a real edge, nginx and Varnish (cdn workload).
+    HitRatio(hit_ratio::Args),
     /// Memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy; 100 MiB over HTTP/3.
     Http3(http3::Args),
     /// Run one of the seed's workloads against an origin (writes) and an edge (reads).
@@ -73,6 +79,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest(a) => ingest::run(a),
         Command::Policy(a) => policy::run(a),
+        Command::HitRatio(a) => hit_ratio::run(a),
         Command::EdgeHits(a) => edge_hits::run(a),
         Command::Workloads(a) => workload::run(a),
         Command::Compare(a) => compare::run(a),

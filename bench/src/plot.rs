@@ -20,6 +20,8 @@ pub enum XAxis {
     Linear,
     /// Positions 0, 1, 2… named by these labels (e.g. percentiles).
     Named(&'static [&'static str]),
+    /// x is log2 of the value shown (cache sizes doubling from point to point).
+    Log2,
 }
 
 const COLOURS: [RGBColor; 6] = [
@@ -67,6 +69,7 @@ pub fn line_chart(
         mesh.x_desc(x_label).y_desc(y_label);
         let names = |x: &f64| match x_axis {
             XAxis::Linear => format!("{x}"),
+            XAxis::Log2 => format!("{}", 2f64.powf(*x).round()),
             XAxis::Named(labels) => {
                 let i = x.round();
                 if (x - i).abs() < 1e-6 && i >= 0.0 {

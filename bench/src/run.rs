@@ -717,30 +717,14 @@ mod tests {
                 .await
                 .unwrap()
         });
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let edge = format!("http://{}", http.local_addr().unwrap());
-        let admin_url = format!("http://{}", admin.local_addr().unwrap());
-        let cfg = tessera_edge::EdgeConfig {
-            backend: tessera_edge::Backend::Origin(vec![origin.clone()]),
-            data: dir.path().join("edge"),
-            memory_bytes: 64 << 20,
-            disk_bytes: 256 << 20,
-            ..Default::default()
-        };
-        let e = tessera_edge::Edge::open(cfg, Default::default())
-            .await
-            .unwrap();
-        let listeners = tessera_edge::Listeners {
-            http: Some(http),
-            admin: Some(admin),
-            ..Default::default()
-        };
-        tokio::spawn(async move {
-            tessera_edge::run(listeners, e, std::future::pending::<()>())
-                .await
-                .unwrap()
-        });
+        let (http, admin) = crate::testing::edge(
+            tessera_edge::Backend::Origin(vec![origin.clone()]),
+            &dir.path().join("edge"),
+            64 << 20,
+            256 << 20,
+        )
+        .await;
+        let (edge, admin_url) = (format!("http://{http}"), format!("http://{admin}"));
         (origin, edge, admin_url, dir)
     }
 

@@ -215,6 +215,14 @@ impl Cdn {
         (format!("cdn/{part}-{k}"), size)
     }
 
+    /// [`Cdn::new`] with a tail of `tail` objects (at least 1) instead of `1_000_000 * scale`.
+    pub fn with_tail(seed: u64, scale: f64, tail: usize) -> Cdn {
+        Cdn {
+            tail: tail.max(1),
+            ..Cdn::new(seed, scale)
+        }
+    }
+
     pub fn tail_len(&self) -> usize {
         self.tail
     }
