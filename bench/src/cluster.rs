@@ -68,6 +68,13 @@ pub fn run(a: Args) -> Result<()> {
         rows.push((nodes, r));
     }
     scale_model(&rows);
+    if let (Some((_, one)), Some((n, last))) = (rows.first(), rows.last()) {
+        println!(
+            "Headline: one origin node publishes {:.0} MB/s and reads {:.0} MB/s; {n} nodes with \
+             replication {} publish {:.0} MB/s and read {:.0} MB/s (every node on the same 2 cores)",
+            one.publish_mbps, one.read_mbps, last.replication, last.publish_mbps, last.read_mbps
+        );
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Result;
+use clap::ValueEnum;
 
 use crate::edge_hits::{
     Server, free_port, machine, spawn_edge_on, spawn_origin, start_caddy, start_nginx,
@@ -46,6 +47,9 @@ pub struct Args {
     /// nginx 1.22 has no HTTP/3).
     #[arg(long, default_value = "http1", value_parser = ["http1", "http2", "http3"])]
     protocol: String,
+    /// Draw Tessera's charts (latency percentiles, operations per second) into this folder.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// Why a peer cannot serve `protocol`, if it cannot.
@@ -153,9 +157,13 @@ async fn run_async(a: Args) -> Result<()> {
             // The objects are published once, before the first server's run.
             no_preload: i > 0,
             rate: 0.0,
-            plot: None,
+            plot: if i == 0 { a.plot.clone() } else { None },
         };
         let report = run::run_workload(&args).await?;
+        if let Some(dir) = &args.plot {
+            run::plot_report(&report, &args, dir)?;
+            println!("Charts of Tessera's run: `{}`", dir.display());
+        }
         println!("--- {}", server.name);
         report.print(&args);
         rows.push((server.name, report));
@@ -170,6 +178,22 @@ async fn run_async(a: Args) -> Result<()> {
     );
     println!("|---|---|---|---|---|---|");
     let tessera_rps = rows[0].1.reads.ops as f64 / rows[0].1.secs;
+    let ratios: Vec<String> = rows[1..]
+        .iter()
+        .map(|(name, r)| {
+            let rps = r.reads.ops as f64 / r.secs;
+            format!("x{:.2} {name}", tessera_rps / rps.max(1e-9))
+        })
+        .collect();
+    println!(
+        "Headline: {} over {}, {tessera_rps:.0} reads/s through Tessera{}{}",
+        a.workload
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string()),
+        a.protocol,
+        if ratios.is_empty() { "" } else { ": " },
+        ratios.join(", ")
+    );
     for (name, r) in &rows {
         let rps = r.reads.ops as f64 / r.secs;
         let p = percentiles(&r.reads.hist);

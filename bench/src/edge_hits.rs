@@ -649,12 +649,24 @@ async fn run_async(a: Args) -> Result<()> {
         );
     }
     let t = &results[0].1;
+    let mut ratios = Vec::new();
     for (name, p, _) in &results[1..3] {
         println!(
             "tessera/{name}: 1 KiB req/s x{:.2}, 1 MiB bytes/s x{:.2}",
             t[0].rps / p[0].rps,
             t[1].bytes_per_sec / p[1].bytes_per_sec
         );
+        ratios.push(format!(
+            "x{:.2} {name} at 1 KiB, x{:.2} at 1 MiB",
+            t[0].rps / p[0].rps,
+            t[1].bytes_per_sec / p[1].bytes_per_sec
+        ));
     }
+    println!(
+        "Headline: memory hits over HTTP/1.1, {:.0} req/s at 1 KiB and {:.0} MB/s at 1 MiB: {}",
+        t[0].rps,
+        t[1].bytes_per_sec / 1e6,
+        ratios.join("; ")
+    );
     Ok(())
 }

@@ -450,6 +450,38 @@ async fn run_async(a: Args) -> Result<()> {
         }
         println!("{line}");
     }
+    let mut headline = Vec::new();
+    for (i, n) in names.iter().enumerate().skip(1) {
+        let diffs: Vec<f64> = rows
+            .iter()
+            .map(|(_, _, per)| 100.0 * (per[0].hit_ratio() - per[i].hit_ratio()))
+            .collect();
+        let (lo, hi) = diffs
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), d| (l.min(*d), h.max(*d)));
+        let held = rows
+            .iter()
+            .filter_map(|(mib, _, per)| Some((mib, per[i].peak_held?)))
+            .map(|(mib, b)| b as f64 / (*mib << 20) as f64)
+            .fold(0.0, f64::max);
+        headline.push(format!(
+            "{lo:+.1} to {hi:+.1} points against {n}{}",
+            if held > 1.25 {
+                format!(" (which held up to {held:.0}x its size)")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if !headline.is_empty() {
+        println!();
+        println!(
+            "Headline: hit ratio of the cdn workload at {}–{} MiB: Tessera {}",
+            a.sizes.iter().min().unwrap_or(&0),
+            a.sizes.iter().max().unwrap_or(&0),
+            headline.join(", ")
+        );
+    }
     if let Some(p) = &a.plot {
         let mut series: Vec<crate::plot::Series> = names
             .iter()

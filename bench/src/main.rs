@@ -10,6 +10,7 @@
 //! - `run`: one of the seed's workloads against a running origin and edge.
 //! - `compare`: one workload against Tessera and nginx, Varnish and Caddy, side by side.
 //! - `cluster`: ring balance, origin cluster throughput with 1–3 nodes, a scale model.
+//! - `report`: runs all of them and writes `bench/RESULTS.md` and the README's headlines.
 //! - `workloads`: the seed's workload generators (`workload.rs`), described without sending.
 //! - `http3`: memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy, and 100 MiB
 //!   downloads over HTTP/3 with the QUIC settings the edge could use.
@@ -24,6 +25,7 @@ mod load;
 mod plot;
 mod plugins;
 mod policy;
+mod report;
 mod run;
 #[cfg(test)]
 mod testing;
@@ -61,6 +63,9 @@ enum Command {
     /// What the WebAssembly plugin hooks cost: per call, and edge requests/s with and without
     /// signed-url + router bound.
     Plugins(plugins::Args),
+    /// Run every benchmark and write bench/RESULTS.md (machine, date, commands, figures,
+    /// charts) and the README's headline figures.
+    Report(report::Args),
     /// Generate the seed's workloads (read-heavy, write-heavy, cdn, backup, trace) and print
     /// their shape, sending nothing.
     Workloads(workload::Args),
@@ -85,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::Cluster(a) => cluster::run(a),
         Command::Plugins(a) => plugins::run(a),
+        Command::Report(a) => report::run(a),
         Command::Run(a) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             run::run(a)

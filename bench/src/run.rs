@@ -595,7 +595,7 @@ impl Report {
 }
 
 /// `latency.svg` and `throughput.svg` of a run in `dir`.
-fn plot_report(report: &Report, a: &Args, dir: &std::path::Path) -> Result<()> {
+pub(crate) fn plot_report(report: &Report, a: &Args, dir: &std::path::Path) -> Result<()> {
     use crate::plot::{Series, XAxis, line_chart};
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     const QS: [f64; 6] = [0.5, 0.9, 0.95, 0.99, 0.999, 0.9999];

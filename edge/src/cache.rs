@@ -315,7 +315,7 @@ impl Code for Value {
     }
 }
 
-/// The memory tier's eviction policy (both are foyer's; see `bench/RESULTS.md` for the
+/// The memory tier's eviction policy (both are foyer's; see `bench/HISTORY.md` for the
 /// measurement that chose the default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -39,7 +39,7 @@ use crate::tls::{Identity, TlsError};
 
 /// QUIC transport settings of the HTTP/3 listener (`[quic]` in the edge's TOML).
 ///
-/// The defaults were chosen by measurement on loopback (`bench/RESULTS.md`, "HTTP/3"):
+/// The defaults were chosen by measurement on loopback (`bench/HISTORY.md`, "HTTP/3"):
 /// flow-control windows large enough that a single 100 MiB download is limited by CPU, not
 /// by credit; MTU discovery up to 1452 bytes as on real networks; GSO on (quinn's default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

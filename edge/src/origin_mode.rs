@@ -131,7 +131,7 @@ pub(crate) async fn handle(
 
 /// A small file hit again in whole is kept assembled: its stored response gets the bytes
 /// inline, so later hits cost one lookup instead of a manifest and chunk lookups
-/// (`tessera-bench edge-hits`, figures in `bench/RESULTS.md`). The chunks stay cached by address for
+/// (`tessera-bench edge-hits`, figures in `bench/HISTORY.md`). The chunks stay cached by address for
 /// ranges and for other files sharing them. Anything that fails leaves `meta` as it was.
 async fn assemble(edge: &Arc<Edge>, meta: Arc<Meta>, key: Key, req: &HeaderMap) -> Arc<Meta> {
     let BodyRef::Chunks(chunks) = &meta.body else {

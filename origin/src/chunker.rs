@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// FastCDC sizes, in bytes.
 ///
-/// The default (8 KiB / 16 KiB / 64 KiB) was chosen by measurement (`bench/RESULTS.md`,
+/// The default (8 KiB / 16 KiB / 64 KiB) was chosen by measurement (`bench/HISTORY.md`,
 /// "Chunk sizes"): between two versions of a release tarball it stores a quarter of the new
 /// bytes that 64 KiB chunks store, and a fiftieth of what restic's 1 MiB chunks store;
 /// 8 KiB chunks save little more and double the chunk count. A minimum of 8 KiB rather

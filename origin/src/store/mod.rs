@@ -122,7 +122,7 @@ pub struct StoreConfig {
     /// FastCDC chunk sizes.
     pub chunking: ChunkParams,
     /// brotli quality (0–11) for new chunks. The default, 3, was chosen by measurement
-    /// (`bench/RESULTS.md`): on 16 KiB chunks it compresses about twice as fast as 5 for
+    /// (`bench/HISTORY.md`): on 16 KiB chunks it compresses about twice as fast as 5 for
     /// some 10 % more bytes, which keeps a full ingest faster than `restic backup` while
     /// storing less than restic does.
     pub compression_quality: u32,

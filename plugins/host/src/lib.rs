@@ -253,7 +253,7 @@ impl PluginHost {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            // Measured (`tessera-bench plugins`, bench/RESULTS.md): a store without the
+            // Measured (`tessera-bench plugins`, bench/HISTORY.md): a store without the
             // concurrent-call state makes a small call cheaper; plugins never use async.
             .concurrency_support(options.concurrency_support);
         if options.pooling {

@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Files uploaded at once. Small files are latency-bound: 16 at a time let the origin
-    /// group their commits (`bench/RESULTS.md`, "Many small files").
+    /// group their commits (`bench/HISTORY.md`, "Many small files").
     #[arg(long, default_value_t = 16)]
     jobs: usize,
 }
