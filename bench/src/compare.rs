@@ -26,9 +26,12 @@ pub struct Args {
     /// The workload (writes go to the origin, so peers see the same objects).
     #[arg(long, value_enum, default_value = "cdn")]
     workload: Kind,
-    /// Seconds per server.
+    /// Seconds per server and round.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Rounds: every server in turn, this many times; each figure is a server's median round.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Clients.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -47,6 +50,9 @@ pub struct Args {
     /// nginx 1.22 has no HTTP/3).
     #[arg(long, default_value = "http1", value_parser = ["http1", "http2", "http3"])]
     protocol: String,
+    /// The CSV trace for `--workload trace`.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
     /// Draw Tessera's charts (latency percentiles, operations per second) into this folder.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -137,72 +143,109 @@ async fn run_async(a: Args) -> Result<()> {
         ));
     }
     let scheme = if tls { "https" } else { "http" };
-    let mut rows: Vec<(&'static str, Report)> = Vec::new();
-    for (i, (server, admin)) in servers.iter().enumerate() {
-        let args = run::Args {
-            workload: a.workload,
-            origin: origin_url.clone(),
-            token: Some("bench".into()),
-            edge: format!("{scheme}://{}", server.addr),
-            edge_admin: admin.clone(),
-            protocol: a.protocol.clone(),
-            // The edge's development certificate, which every server uses here.
-            insecure: tls,
-            seconds: a.seconds,
-            concurrency: a.concurrency,
-            scale: a.scale,
-            seed: 1,
-            trace: None,
-            json: None,
-            // The objects are published once, before the first server's run.
-            no_preload: i > 0,
-            rate: 0.0,
-            plot: if i == 0 { a.plot.clone() } else { None },
-        };
-        let report = run::run_workload(&args).await?;
-        if let Some(dir) = &args.plot {
-            run::plot_report(&report, &args, dir)?;
-            println!("Charts of Tessera's run: `{}`", dir.display());
+    // Every server in turn, round after round, so a slow spell of this shared machine
+    // falls on all of them; each server's figure is its median round.
+    let mut rows: Vec<(&'static str, Vec<Report>)> =
+        servers.iter().map(|(s, _)| (s.name, Vec::new())).collect();
+    for round in 0..a.rounds.max(1) {
+        for (i, (server, admin)) in servers.iter().enumerate() {
+            let args = run::Args {
+                workload: a.workload,
+                origin: origin_url.clone(),
+                token: Some("bench".into()),
+                edge: format!("{scheme}://{}", server.addr),
+                edge_admin: admin.clone(),
+                protocol: a.protocol.clone(),
+                // The edge's development certificate, which every server uses here.
+                insecure: tls,
+                seconds: a.seconds,
+                concurrency: a.concurrency,
+                scale: a.scale,
+                seed: 1,
+                trace: a.trace.clone(),
+                json: None,
+                // The objects are published once, before the first run.
+                no_preload: i > 0 || round > 0,
+                rate: 0.0,
+                plot: if i == 0 { a.plot.clone() } else { None },
+            };
+            let report = run::run_workload(&args).await?;
+            if round + 1 == a.rounds.max(1) {
+                // The details of the last round (the table below has every round).
+                println!("--- {}", server.name);
+                report.print(&args);
+                if let Some(dir) = &args.plot {
+                    run::plot_report(&report, &args, dir)?;
+                    println!("Charts of Tessera's last round: `{}`", dir.display());
+                }
+            }
+            rows[i].1.push(report);
         }
-        println!("--- {}", server.name);
-        report.print(&args);
-        rows.push((server.name, report));
     }
+    let rps = |r: &Report| r.reads.ops as f64 / r.secs;
+    // The median round of each server, by reads/s.
+    let median = |reports: &[Report]| -> usize {
+        let mut idx: Vec<usize> = (0..reports.len()).collect();
+        idx.sort_by(|&x, &y| rps(&reports[x]).total_cmp(&rps(&reports[y])));
+        idx[idx.len() / 2]
+    };
+    let name = a
+        .workload
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
     println!();
     println!(
-        "{:?}, {} clients, {} s each, scale {}, reads over {}: reads through each server, writes to the origin",
-        a.workload, a.concurrency, a.seconds, a.scale, a.protocol
+        "{name}, {} clients, {} rounds of {} s per server (servers in turn), scale {}, reads over {}: \
+         reads through each server, writes to the origin; each figure is the server's median round",
+        a.concurrency,
+        a.rounds.max(1),
+        a.seconds,
+        a.scale,
+        a.protocol
     );
     println!(
-        "| server | reads/s | read p50 | read p99 | read errors | Tessera / server (reads/s) |"
+        "| server | reads/s | every round | read p50 | read p99 | read errors | Tessera / server (reads/s) |"
     );
-    println!("|---|---|---|---|---|---|");
-    let tessera_rps = rows[0].1.reads.ops as f64 / rows[0].1.secs;
-    let ratios: Vec<String> = rows[1..]
-        .iter()
-        .map(|(name, r)| {
-            let rps = r.reads.ops as f64 / r.secs;
-            format!("x{:.2} {name}", tessera_rps / rps.max(1e-9))
-        })
-        .collect();
-    println!(
-        "Headline: {} over {}, {tessera_rps:.0} reads/s through Tessera{}{}",
-        a.workload
-            .to_possible_value()
-            .map_or_else(String::new, |v| v.get_name().to_string()),
-        a.protocol,
-        if ratios.is_empty() { "" } else { ": " },
-        ratios.join(", ")
-    );
-    for (name, r) in &rows {
-        let rps = r.reads.ops as f64 / r.secs;
-        let p = percentiles(&r.reads.hist);
+    println!("|---|---|---|---|---|---|---|");
+    let tessera_rps = rps(&rows[0].1[median(&rows[0].1)]);
+    let mut ratios = Vec::new();
+    for (server, reports) in &rows {
+        let m = &reports[median(reports)];
+        let p = percentiles(&m.reads.hist);
+        let every: Vec<String> = reports.iter().map(|r| format!("{:.0}", rps(r))).collect();
+        let errors: u64 = reports.iter().map(|r| r.reads.errors).sum();
+        let ratio = tessera_rps / rps(m).max(1e-9);
         println!(
-            "| {name} | {rps:.0} | {:.2} ms | {:.2} ms | {} | x{:.2} |",
+            "| {server} | {:.0} | {} | {:.2} ms | {:.2} ms | {errors} | x{ratio:.2} |",
+            rps(m),
+            every.join(", "),
             p[0],
             p[2],
-            r.reads.errors,
-            tessera_rps / rps.max(1e-9)
+        );
+        if *server != "tessera" {
+            ratios.push(format!("x{ratio:.2} {server}"));
+        }
+    }
+    if a.workload == Kind::Trace {
+        // Open loop: every server gets the trace's rate; latency is the figure.
+        let lat: Vec<String> = rows
+            .iter()
+            .map(|(server, reports)| {
+                let p = percentiles(&reports[median(reports)].reads.hist);
+                format!("{server} {:.2} / {:.2} ms", p[0], p[2])
+            })
+            .collect();
+        println!(
+            "Headline: a trace replayed at its own times over {}, read p50 / p99: {}",
+            a.protocol,
+            lat.join(", ")
+        );
+    } else {
+        println!(
+            "Headline: {name} over {}, {tessera_rps:.0} reads/s through Tessera{}{}",
+            a.protocol,
+            if ratios.is_empty() { "" } else { ": " },
+            ratios.join(", ")
         );
     }
     drop(servers);

@@ -73,7 +73,9 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             "--protocol",
             protocol,
             "--seconds",
-            if quick { "2" } else { "10" },
+            if quick { "2" } else { "5" },
+            "--rounds",
+            if quick { "1" } else { "3" },
         ]
         .into_iter()
         .map(String::from)
@@ -141,6 +143,15 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             args: compare("backup", "http1", Some("backup")),
         },
         Section {
+            name: "compare-trace",
+            title: "A CSV trace replayed at its own times (open loop)",
+            args: {
+                let mut v = compare("trace", "http1", None);
+                v.extend(["--trace".into(), "bench/traces/cdn-2000rps-5s.csv".into()]);
+                v
+            },
+        },
+        Section {
             name: "http3",
             title: "HTTP/1.1, HTTP/2 and HTTP/3 memory hits against Caddy; 100 MiB downloads",
             args: q(&["http3"], &["--seconds", "2", "--downloads", "1"]),
@@ -172,15 +183,72 @@ struct Ran {
     ok: bool,
 }
 
-/// Runs `tessera-bench ARGS` with a deadline; stderr passes through.
+/// The process group of the benchmark running now (0: none).
+static RUNNING: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Stops process group `pgid` (a benchmark and the servers it started): SIGTERM, so they
+/// stop their own children, then SIGKILL after 5 s.
+fn stop_group(pgid: u32) {
+    let signal = |s: &str| {
+        Command::new("kill")
+            .args([s, "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    if !signal("-TERM") {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && signal("-0") {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal("-KILL");
+}
+
+/// On Ctrl-C or SIGTERM, stops the running benchmark's process group before exiting (each
+/// benchmark runs in a group of its own, which the terminal's signal does not reach).
+fn stop_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        let pgid = RUNNING.load(std::sync::atomic::Ordering::SeqCst);
+        if pgid != 0 {
+            eprintln!("report: stopping the running benchmark");
+            stop_group(pgid);
+        }
+        std::process::exit(130);
+    });
+}
+
+/// Runs `tessera-bench ARGS` in a process group of its own, with a deadline; stderr passes
+/// through.
 fn run_section(s: &Section, deadline: Duration) -> Result<Ran> {
+    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(&s.args)
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting section {}", s.name))?;
+    RUNNING.store(child.id(), std::sync::atomic::Ordering::SeqCst);
     let mut out = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
@@ -193,12 +261,13 @@ fn run_section(s: &Section, deadline: Duration) -> Result<Ran> {
             break Some(st);
         }
         if started.elapsed() > deadline {
-            let _ = child.kill();
+            stop_group(child.id());
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    RUNNING.store(0, std::sync::atomic::Ordering::SeqCst);
     let text = reader.join().unwrap_or_default();
     let (mut body, headlines) = markdown(&text);
     let ok = status.is_some_and(|st| st.success());
@@ -411,6 +480,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     crate::edge_hits::tessera_exe()?;
+    stop_on_signal();
     std::fs::create_dir_all(&a.plots).with_context(|| format!("creating {}", a.plots.display()))?;
     let old = std::fs::read_to_string(&a.out).unwrap_or_default();
     let machine = machine();
@@ -588,5 +658,52 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("Memory: 0.0 GiB"), "{m}");
+    }
+
+    #[test]
+    fn stopping_a_benchmark_stops_what_it_started() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                &format!("sleep 60 & echo $! > {}; wait", pidfile.display()),
+            ])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let grandchild: u32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the shell never started its child"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // Running (or a zombie not yet reaped) means /proc has it in a state other than Z.
+        let running = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+        };
+        assert!(running(grandchild));
+        stop_group(child.id());
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running(grandchild) {
+            assert!(
+                Instant::now() < deadline,
+                "the group's other process still runs"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

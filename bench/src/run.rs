@@ -198,7 +198,41 @@ impl Source {
     }
 }
 
+/// Operations done so far by every client, for the progress line.
+#[derive(Debug, Default)]
+struct Done {
+    reads: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+}
+
+impl Done {
+    fn add(&self, counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn line(&self) -> String {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "{} reads, {} writes, {} errors",
+            get(&self.reads),
+            get(&self.writes),
+            get(&self.errors)
+        )
+    }
+}
+
+/// A progress bar on standard error (drawn only on a terminal).
+fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
 struct Worker {
+    done: Arc<Done>,
     /// When the current task was meant to start (open loop); `None`: when it starts.
     intended: Option<Instant>,
     origin: OriginClient,
@@ -214,10 +248,14 @@ impl Worker {
         let n = data.len() as u64;
         let t = self.intended.unwrap_or_else(Instant::now);
         match self.origin.put_bytes(key, data).await {
-            Ok(_) => self.writes.record(n, t),
+            Ok(_) => {
+                self.writes.record(n, t);
+                self.done.add(&self.done.writes);
+            }
             Err(e) => {
                 show_error("write", key, &e.to_string());
                 self.writes.errors += 1;
+                self.done.add(&self.done.errors);
             }
         }
     }
@@ -243,10 +281,14 @@ impl Worker {
         }
         .await;
         match got {
-            Ok(n) => self.reads.record(n, t),
+            Ok(n) => {
+                self.reads.record(n, t);
+                self.done.add(&self.done.reads);
+            }
             Err(e) => {
                 show_error("read", key, &e.to_string());
                 self.reads.errors += 1;
+                self.done.add(&self.done.errors);
                 // The connection may be broken: a new one for the next request.
                 if let Ok(c) = Connection::connect(&self.edge_url, &self.opts).await {
                     self.edge = c;
@@ -391,16 +433,19 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
     // Publish what reads will ask for, untimed, 16 at a time.
     if !preload.is_empty() && !a.no_preload {
         eprintln!("publishing {} objects first", preload.len());
+        let bar = progress_bar(preload.len() as u64, "publishing {wide_bar} {pos}/{len}");
         let client = origin.clone();
         futures_util::stream::iter(preload)
             .map(|(key, size)| {
-                let client = client.clone();
+                let (client, bar) = (client.clone(), bar.clone());
                 async move {
                     let data = content(&key, size);
-                    client
+                    let r = client
                         .put_bytes(&key, data)
                         .await
-                        .with_context(|| format!("publishing {key}"))
+                        .with_context(|| format!("publishing {key}"));
+                    bar.inc(1);
+                    r
                 }
             })
             .buffer_unordered(16)
@@ -408,6 +453,7 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
+        bar.finish_and_clear();
     }
     let before = edge_metrics(&a.edge_admin).await;
     let start = Instant::now();
@@ -415,12 +461,26 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
     let source = source.map(|s| Arc::new(Mutex::new(s)));
     let trace = trace.map(Arc::new);
     let next_entry = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(Done::default());
+    let bar = progress_bar(a.seconds, "{prefix} {wide_bar} {pos}/{len} s {msg}");
+    bar.set_prefix(format!("{:?}", a.workload));
+    let ticker = {
+        let (bar, done) = (bar.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                bar.set_position(start.elapsed().as_secs());
+                bar.set_message(done.line());
+            }
+        })
+    };
     let mut tasks = Vec::new();
     let clients = a.concurrency.max(1);
     // Open loop: each client's operations are due every `interval`, clients staggered.
     let interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(clients as f64 / a.rate));
     for c in 0..clients {
         let mut w = Worker {
+            done: done.clone(),
             intended: None,
             origin: origin.clone(),
             edge: Connection::connect(&a.edge, &opts).await?,
@@ -469,6 +529,8 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
         reads.add(&r);
         writes.add(&w);
     }
+    ticker.abort();
+    bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let after = edge_metrics(&a.edge_admin).await;
     let edge = match (before, after) {
@@ -541,8 +603,13 @@ impl Report {
     }
 
     pub fn print(&self, a: &Args) {
+        // Open loop: latency from each operation's intended start, which includes the up
+        // to 1 ms by which tokio's timer (millisecond wheel) wakes the client late.
+        let late = "latency from the intended start, incl. up to 1 ms of client timer granularity";
         let mode = if a.rate > 0.0 {
-            format!("open loop at {} ops/s", a.rate)
+            format!("open loop at {} ops/s ({late})", a.rate)
+        } else if a.workload == Kind::Trace {
+            format!("open loop at the trace's times ({late})")
         } else {
             "closed loop".into()
         };

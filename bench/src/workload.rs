@@ -422,6 +422,18 @@ mod tests {
     }
 
     #[test]
+    fn a_written_cdn_trace_parses_and_arrives_at_its_rate() {
+        let text = cdn_trace(5, 0.01, 2000.0, 3.0);
+        let t = parse_trace(&text).unwrap();
+        // Poisson: 6,000 expected, standard deviation ~77.
+        assert!((5700..=6300).contains(&t.len()), "{}", t.len());
+        assert!(t.last().unwrap().at.as_secs_f64() < 3.0);
+        let head = t.iter().filter(|e| e.key.starts_with("/cdn/head-")).count();
+        assert!((head as f64 / t.len() as f64 - 0.8).abs() < 0.03, "{head}");
+        assert_eq!(text, cdn_trace(5, 0.01, 2000.0, 3.0), "seeded");
+    }
+
+    #[test]
     fn read_heavy_mix_and_sizes() {
         let mut g = ReadHeavy::new(1, 1.0);
         g.preload(2000);
@@ -583,6 +595,40 @@ pub struct Args {
     /// Also parse this CSV trace (`timestamp,key,size`) and describe it.
     #[arg(long)]
     trace: Option<std::path::PathBuf>,
+    /// Write a CSV trace of the cdn workload here (Poisson arrivals at `--trace-rate` per
+    /// second for `--trace-seconds`, sizes at `--scale`), for `run --workload trace`.
+    #[arg(long)]
+    write_trace: Option<std::path::PathBuf>,
+    /// Requests per second of the written trace.
+    #[arg(long, default_value_t = 1000.0)]
+    trace_rate: f64,
+    /// Seconds the written trace spans.
+    #[arg(long, default_value_t = 5.0)]
+    trace_seconds: f64,
+}
+
+/// A CSV trace (`timestamp,key,size`) of the cdn workload: requests arriving as a Poisson
+/// process at `rate` per second for `seconds`.
+pub fn cdn_trace(seed: u64, scale: f64, rate: f64, seconds: f64) -> String {
+    let mut cdn = Cdn::new(seed, scale);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0074_7261_6365);
+    let mut out = format!(
+        "# the cdn workload (seed {seed}, scale {scale}), Poisson arrivals at {rate}/s for {seconds} s:\n\
+         # tessera-bench workloads --scale {scale} --seed {seed} --write-trace FILE --trace-rate {rate} --trace-seconds {seconds}\n\
+         timestamp,key,size\n"
+    );
+    let mut t = 0.0f64;
+    loop {
+        // Exponential gaps: -ln(U) / rate.
+        let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        t += -u.ln() / rate.max(1e-9);
+        if t >= seconds {
+            break;
+        }
+        let (Op::Read { key, size } | Op::Write { key, size }) = cdn.next_op();
+        out.push_str(&format!("{t:.6},/{key},{size}\n"));
+    }
+    out
 }
 
 /// Shares of operations and bytes a run of `ops` would carry.
@@ -660,6 +706,15 @@ pub fn run(a: Args) -> Result<()> {
         "backup: 12 steps, {versions} versions ({:.1} MB written), {restores} restores",
         bytes as f64 / 1e6
     );
+    if let Some(path) = &a.write_trace {
+        let text = cdn_trace(a.seed, a.scale, a.trace_rate, a.trace_seconds);
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "wrote {} ({} requests)",
+            path.display(),
+            text.lines().count() - 3
+        );
+    }
     if let Some(path) = &a.trace {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
