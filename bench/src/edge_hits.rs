@@ -49,8 +49,9 @@ impl Drop for Server {
     /// SIGTERM first, so a master process (nginx, varnishd) stops its workers; SIGKILL after
     /// 5 s. A bare SIGKILL of nginx's master leaves its workers running.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        // The shell's own `kill` (procps may be missing).
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
             .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

@@ -205,6 +205,12 @@ impl Measured {
         1.0 - self.upstream_requests as f64 / self.requests.max(1) as f64
     }
 
+    /// Whether its cache held more than a quarter over `mib` MiB at some point (such a peer
+    /// is not compared at that size).
+    pub fn over_size(&self, mib: usize) -> bool {
+        self.peak_held.is_some_and(|b| b > ((mib as u64 * 5) << 18))
+    }
+
     /// Share of bytes answered without the upstream.
     pub fn byte_hit_ratio(&self) -> f64 {
         1.0 - self.upstream_bytes as f64 / self.bytes.max(1) as f64
@@ -436,11 +442,9 @@ async fn run_async(a: Args) -> Result<()> {
             ));
         }
         if per.len() > 1 {
-            // A peer that held more than a quarter over its size is not compared.
-            let within = |m: &&Measured| m.peak_held.is_none_or(|b| b <= ((*mib as u64 * 5) << 18));
             let best = per[1..]
                 .iter()
-                .filter(within)
+                .filter(|m| !m.over_size(*mib))
                 .map(Measured::hit_ratio)
                 .reduce(f64::max);
             line.push_str(&match best {
@@ -487,7 +491,11 @@ async fn run_async(a: Args) -> Result<()> {
             .iter()
             .enumerate()
             .map(|(i, n)| crate::plot::Series {
-                name: n.clone(),
+                name: if rows.iter().any(|(mib, _, per)| per[i].over_size(*mib)) {
+                    format!("{n} (held more than its size)")
+                } else {
+                    n.clone()
+                },
                 points: rows
                     .iter()
                     .map(|(mib, _, per)| ((*mib as f64).log2(), 100.0 * per[i].hit_ratio()))

@@ -189,9 +189,10 @@ static RUNNING: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new
 /// Stops process group `pgid` (a benchmark and the servers it started): SIGTERM, so they
 /// stop their own children, then SIGKILL after 5 s.
 fn stop_group(pgid: u32) {
+    // The shell's own `kill` (procps may be missing).
     let signal = |s: &str| {
-        Command::new("kill")
-            .args([s, "--", &format!("-{pgid}")])
+        Command::new("sh")
+            .args(["-c", &format!("kill {s} -{pgid}")])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|st| st.success())
