@@ -309,10 +309,14 @@ async fn fetch(
         let r = pass(edge, &up, &parts, &pq, None).await?;
         return Ok((r, Outcome::pass("uncacheable")));
     }
-    let outcome = match &stale {
+    let mut outcome = match &stale {
         Some(_) => Outcome::refetched(head.status.as_u16(), head.storable),
         None => Outcome::miss(head.storable),
     };
+    if !leader {
+        // RFC 9211: this request was collapsed into another one's forward request.
+        outcome.cache_status.push_str("; collapsed");
+    }
     Ok((respond_from_fill(edge, &parts, &fill, &head), outcome))
 }
 
