@@ -396,9 +396,17 @@ pub fn machine() -> String {
         ),
         format!("Rust: {}", run("rustc --version")),
         format!(
-            "Tessera: commit {}",
-            run("git rev-parse --short HEAD && git diff --quiet HEAD || echo '(with uncommitted changes)'")
-                .replace('\n', " ")
+            "Tessera: commit {}{}",
+            run("git rev-parse --short HEAD"),
+            if Command::new("git")
+                .args(["diff", "--quiet", "HEAD"])
+                .status()
+                .is_ok_and(|s| s.code() == Some(1))
+            {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
         ),
     ];
     let peers = [
@@ -659,6 +667,16 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("Memory: 0.0 GiB"), "{m}");
+        // Run inside the repository: the commit is a hash, with or without the dirty mark.
+        let commit = m
+            .lines()
+            .find_map(|l| l.strip_prefix("- Tessera: commit "))
+            .unwrap();
+        let hash = commit.split(' ').next().unwrap();
+        assert!(
+            hash.len() >= 7 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+            "{m}"
+        );
     }
 
     #[test]
