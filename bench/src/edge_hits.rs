@@ -50,9 +50,7 @@ impl Drop for Server {
     /// 5 s. A bare SIGKILL of nginx's master leaves its workers running.
     fn drop(&mut self) {
         // The shell's own `kill` (procps may be missing).
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.child.id())])
-            .status();
+        sh_ok(&format!("kill -TERM {}", self.child.id()));
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -73,37 +71,28 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-/// The upstream every server fronts: `/1k`, `/1m` and `/100m`, cacheable for an hour.
-pub(crate) async fn upstream() -> Result<SocketAddr> {
+/// Serves HTTP/1.1 on a new port of 127.0.0.1, answering every request with `answer`,
+/// until the runtime ends.
+pub(crate) async fn serve_http1<F>(answer: F) -> Result<SocketAddr>
+where
+    F: Fn(&hyper::Request<hyper::body::Incoming>) -> hyper::Response<Full<Bytes>>
+        + Send
+        + Sync
+        + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let small = Bytes::from(vec![b'a'; 1024]);
-    let big = Bytes::from(vec![b'b'; 1 << 20]);
-    let huge = Bytes::from(vec![b'c'; 100 << 20]);
+    let answer = std::sync::Arc::new(answer);
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
-            let (small, big, huge) = (small.clone(), big.clone(), huge.clone());
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let body = match req.uri().path() {
-                            "/1m" => big.clone(),
-                            "/100m" => huge.clone(),
-                            _ => small.clone(),
-                        };
-                        async move {
-                            Ok::<_, Infallible>(
-                                hyper::Response::builder()
-                                    .header("cache-control", "public, max-age=3600")
-                                    .header("content-type", "application/octet-stream")
-                                    .header("etag", "\"v1\"")
-                                    .body(Full::new(body))
-                                    .unwrap(),
-                            )
-                        }
+                        std::future::ready(Ok::<_, Infallible>(answer(&req)))
                     },
                 );
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -113,6 +102,27 @@ pub(crate) async fn upstream() -> Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// The upstream every server fronts: `/1k`, `/1m` and `/100m`, cacheable for an hour.
+pub(crate) async fn upstream() -> Result<SocketAddr> {
+    let small = Bytes::from(vec![b'a'; 1024]);
+    let big = Bytes::from(vec![b'b'; 1 << 20]);
+    let huge = Bytes::from(vec![b'c'; 100 << 20]);
+    serve_http1(move |req| {
+        let body = match req.uri().path() {
+            "/1m" => big.clone(),
+            "/100m" => huge.clone(),
+            _ => small.clone(),
+        };
+        hyper::Response::builder()
+            .header("cache-control", "public, max-age=3600")
+            .header("content-type", "application/octet-stream")
+            .header("etag", "\"v1\"")
+            .body(Full::new(body))
+            .unwrap()
+    })
+    .await
 }
 
 pub(crate) fn fill(template: &str, vars: &[(&str, String)]) -> String {
@@ -311,16 +321,20 @@ async fn launch(name: &'static str, cmd: &mut Command, port: u16, package: &str)
     Ok(server)
 }
 
+/// Runs `cmd` with `sh -c`, its output discarded; whether it succeeded.
+pub(crate) fn sh_ok(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Installs Debian package `package` (as root, with apt-get) when `program` is not on the
 /// PATH; the peers are Debian's own builds, so anyone reruns the same comparison.
 pub(crate) fn ensure_installed(program: &str, package: &str) -> Result<()> {
-    let found = |p: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {p}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let found = |p: &str| sh_ok(&format!("command -v {p}"));
     if found(program) {
         return Ok(());
     }

@@ -12,7 +12,6 @@
 //! same sequence through an in-process foyer cache of the same size and weights (S3-FIFO, the
 //! edge's policy) shows what the policy alone would reach.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,11 +20,10 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use tessera_edge::client::{ClientOptions, Connection, Mode};
 
-use crate::edge_hits::{Server, spawn_edge_with, start_nginx, start_varnish};
+use crate::edge_hits::{Server, serve_http1, spawn_edge_with, start_nginx, start_varnish};
 use crate::workload::{Cdn, Op};
 
 /// Options of `tessera-bench hit-ratio`.
@@ -90,47 +88,30 @@ fn object_size(cdn: &Cdn, path: &str) -> Option<u64> {
 /// Starts the counting upstream: every cdn object at its size, cacheable for an hour; any
 /// other path is a 404.
 pub async fn upstream(scale: f64) -> Result<(SocketAddr, Arc<Counts>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let counts = Arc::new(Counts::default());
-    let sizes = Arc::new(Cdn::new(0, scale));
+    let sizes = Cdn::new(0, scale);
     let largest = ((1u64 << 20) as f64 * scale).ceil() as usize + 1;
     let filler = Bytes::from(vec![b'x'; largest]);
     let c = counts.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            let (c, sizes, filler) = (c.clone(), sizes.clone(), filler.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let size = object_size(&sizes, req.uri().path());
-                        let mut resp = hyper::Response::builder();
-                        let body = match size {
-                            Some(n) if (n as usize) <= filler.len() => {
-                                c.requests.fetch_add(1, Ordering::SeqCst);
-                                c.bytes.fetch_add(n, Ordering::SeqCst);
-                                resp = resp
-                                    .header("cache-control", "public, max-age=3600")
-                                    .header("content-type", "application/octet-stream");
-                                filler.slice(..n as usize)
-                            }
-                            _ => {
-                                resp = resp.status(404);
-                                Bytes::from_static(b"not a cdn object\n")
-                            }
-                        };
-                        async move { Ok::<_, Infallible>(resp.body(Full::new(body)).unwrap()) }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = serve_http1(move |req| {
+        let mut resp = hyper::Response::builder();
+        let body = match object_size(&sizes, req.uri().path()) {
+            Some(n) if (n as usize) <= filler.len() => {
+                c.requests.fetch_add(1, Ordering::SeqCst);
+                c.bytes.fetch_add(n, Ordering::SeqCst);
+                resp = resp
+                    .header("cache-control", "public, max-age=3600")
+                    .header("content-type", "application/octet-stream");
+                filler.slice(..n as usize)
+            }
+            _ => {
+                resp = resp.status(404);
+                Bytes::from_static(b"not a cdn object\n")
+            }
+        };
+        resp.body(Full::new(body)).unwrap()
+    })
+    .await?;
     Ok((addr, counts))
 }
 
@@ -239,28 +220,15 @@ async fn send(addr: SocketAddr, ops: Arc<[(String, u64)]>, concurrency: usize) -
                         Some(c) => c,
                         None => conn.insert(Connection::connect(&url, &opts).await?),
                     };
-                    let resp = c.get(path).await?;
-                    if resp.status() != 200 {
-                        bail!("{path}: status {}", resp.status());
-                    }
-                    let body = resp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{path}: body: {e}"))?
-                        .to_bytes();
-                    if body.len() as u64 != *size {
-                        bail!("{path}: {} bytes, expected {size}", body.len());
-                    }
-                    Ok(())
+                    crate::run::get_whole(c, path, Some(*size)).await
                 }
                 .await;
                 n += 1;
                 match got {
-                    Ok(()) => bytes += size,
+                    Ok(_) => bytes += size,
                     Err(e) => {
                         if errors < 3 {
-                            eprintln!("hit-ratio: {e}");
+                            eprintln!("hit-ratio: {path}: {e}");
                         }
                         errors += 1;
                         conn = None;
@@ -463,6 +431,7 @@ async fn run_async(a: Args) -> Result<()> {
         let (lo, hi) = diffs
             .iter()
             .fold((f64::MAX, f64::MIN), |(l, h), d| (l.min(*d), h.max(*d)));
+        let over = rows.iter().any(|(mib, _, per)| per[i].over_size(*mib));
         let held = rows
             .iter()
             .filter_map(|(mib, _, per)| Some((mib, per[i].peak_held?)))
@@ -470,7 +439,7 @@ async fn run_async(a: Args) -> Result<()> {
             .fold(0.0, f64::max);
         headline.push(format!(
             "{lo:+.1} to {hi:+.1} points against {n}{}",
-            if held > 1.25 {
+            if over {
                 format!(" (which held up to {held:.0}x its size)")
             } else {
                 String::new()

@@ -190,13 +190,7 @@ static RUNNING: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new
 /// stop their own children, then SIGKILL after 5 s.
 fn stop_group(pgid: u32) {
     // The shell's own `kill` (procps may be missing).
-    let signal = |s: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("kill {s} -{pgid}")])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|st| st.success())
-    };
+    let signal = |s: &str| crate::edge_hits::sh_ok(&format!("kill {s} -{pgid}"));
     if !signal("-TERM") {
         return;
     }

@@ -263,23 +263,7 @@ impl Worker {
     /// GET `key` from the edge; `size` checked when known.
     async fn read(&mut self, key: &str, size: Option<u64>) {
         let t = self.intended.unwrap_or_else(Instant::now);
-        let got = async {
-            let resp = self.edge.get(&format!("/{key}")).await?;
-            if !resp.status().is_success() {
-                bail!("status {}", resp.status());
-            }
-            let mut body = resp.into_body();
-            let mut n = 0u64;
-            while let Some(f) = body.frame().await {
-                let f = f.map_err(|e| anyhow::anyhow!("body: {e}"))?;
-                n += f.data_ref().map_or(0, |d| d.len() as u64);
-            }
-            if size.is_some_and(|s| s != n) {
-                bail!("{n} bytes, expected {}", size.unwrap());
-            }
-            Ok(n)
-        }
-        .await;
+        let got = get_whole(&mut self.edge, &format!("/{key}"), size).await;
         match got {
             Ok(n) => {
                 self.reads.record(n, t);
@@ -323,6 +307,27 @@ impl Worker {
             }
         }
     }
+}
+
+/// GETs `path` on `conn` and reads the body to its end, counting its bytes (nothing is
+/// kept); a status other than 200, a broken body or, with `size`, another length is an error.
+pub(crate) async fn get_whole(conn: &mut Connection, path: &str, size: Option<u64>) -> Result<u64> {
+    let resp = conn.get(path).await?;
+    if resp.status() != http::StatusCode::OK {
+        bail!("status {}", resp.status());
+    }
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    while let Some(f) = body.frame().await {
+        let f = f.map_err(|e| anyhow::anyhow!("body: {e}"))?;
+        n += f.data_ref().map_or(0, |d| d.len() as u64);
+    }
+    if let Some(s) = size
+        && s != n
+    {
+        bail!("{n} bytes, expected {s}");
+    }
+    Ok(n)
 }
 
 /// Prints the first few failures (the counts carry the rest).
