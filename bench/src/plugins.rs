@@ -284,13 +284,11 @@ fn spawn_edge(
     ))
 }
 
-/// The status curl gets for `url`.
-fn status(url: &str) -> Result<String> {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
-        .output()
-        .context("running curl")?;
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+/// The status a GET of `url` gets (the edge's own client; no curl needed).
+async fn status(url: &str) -> Result<u16> {
+    use tessera_edge::client::{ClientOptions, Connection, Mode, path_of};
+    let mut c = Connection::connect(url, &ClientOptions::new(Mode::Http1)).await?;
+    Ok(c.get(&path_of(url)?).await?.status().as_u16())
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -320,11 +318,15 @@ pub fn run(a: Args) -> Result<()> {
             .collect();
         // Warm the caches, and check the signed edges serve the URL and refuse it unsigned.
         for (e, url) in edges.iter().zip(&urls) {
-            anyhow::ensure!(status(url)? == "200", "{} answered no 200 for {url}", e.name);
+            anyhow::ensure!(
+                status(url).await? == 200,
+                "{} answered no 200 for {url}",
+                e.name
+            );
         }
         for e in &edges[1..] {
             anyhow::ensure!(
-                status(&format!("http://{}/1k", e.addr))? == "403",
+                status(&format!("http://{}/1k", e.addr)).await? == 403,
                 "{} served an unsigned URL",
                 e.name
             );
