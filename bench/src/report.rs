@@ -353,8 +353,6 @@ pub fn machine() -> String {
             .map(|(_, v)| v.trim().trim_matches('"').to_string())
             .unwrap_or_else(|| "unknown".into())
     };
-    let cpuinfo = read("/proc/cpuinfo");
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_kib: f64 = field(&read("/proc/meminfo"), "MemTotal")
         .trim_end_matches(" kB")
         .parse()
@@ -374,8 +372,8 @@ pub fn machine() -> String {
     };
     let mut m = vec![
         format!(
-            "CPU: {cores} × {} ({})",
-            field(&cpuinfo, "model name"),
+            "CPU: {} ({})",
+            crate::edge_hits::machine(),
             run("systemd-detect-virt 2>/dev/null || echo unknown virtualisation")
         ),
         format!("Memory: {:.1} GiB", mem_kib / (1 << 20) as f64),
