@@ -105,9 +105,10 @@ pub fn start_tessera_with(
 /// Sends SIGTERM to the process and waits (bounded) for it; returns whether it exited 0.
 pub fn terminate(p: &mut OriginProcess) -> bool {
     let pid = p.id().to_string();
+    // The shell's own `kill` (procps, which has /bin/kill, may be missing on a bare system).
     assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
+        Command::new("sh")
+            .args(["-c", "kill -TERM \"$1\"", "sh", &pid])
             .status()
             .unwrap()
             .success()
