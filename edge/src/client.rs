@@ -21,8 +21,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 
-use crate::h3::QuicSettings;
-use crate::proxy::{BoxError, EdgeBody};
+use crate::basics::body::{BoxError, EdgeBody, data_frame};
+use crate::basics::quic::{QuicSettings, endpoint};
 
 /// Which protocol to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,7 +439,7 @@ async fn h3_connect(
         "0.0.0.0:0".parse().unwrap()
     };
     let endpoint = std::net::UdpSocket::bind(bind)
-        .and_then(|s| crate::h3::endpoint(s, None, &opts.quic))
+        .and_then(|s| endpoint(s, None, &opts.quic))
         .map_err(|e| ClientError::Connect(addr, e.to_string()))?;
     let quic = endpoint
         .connect_with(cfg, addr, host)
@@ -476,7 +476,7 @@ impl Body for H3Body {
         if self.done {
             return Poll::Ready(None);
         }
-        let (frame, done) = crate::h3::data_frame(self.recv.poll_recv_data(cx));
+        let (frame, done) = data_frame(self.recv.poll_recv_data(cx));
         self.done = done;
         frame
     }

@@ -24,104 +24,25 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h3::error::{ConnectionError, StreamError};
 use h3::server::RequestStream;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::config::EdgeConfig;
-use crate::proxy::{BoxError, Edge, Protocol};
-use crate::tls::{Identity, TlsError};
+use tokio_util::task::TaskTracker;
 
-/// QUIC transport settings of the HTTP/3 listener (`[quic]` in the edge's TOML).
-///
-/// The defaults were chosen by measurement on loopback (`bench/HISTORY.md`, "HTTP/3"):
-/// flow-control windows large enough that a single 100 MiB download is limited by CPU, not
-/// by credit; MTU discovery up to 1452 bytes as on real networks; GSO on (quinn's default).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct QuicSettings {
-    /// Bytes a client may send on one request stream before the edge reads them (uploads).
-    pub stream_window_bytes: u32,
-    /// Bytes a client may send on all streams of a connection before the edge reads them.
-    pub connection_window_bytes: u32,
-    /// Bytes of response data queued per connection ahead of the client's acknowledgements.
-    pub send_window_bytes: u64,
-    /// Requests a client may have open at once on one connection.
-    pub max_streams: u32,
-    /// A connection with no traffic for this long is closed, seconds.
-    pub idle_timeout_secs: u64,
-    /// Largest UDP payload probed by path MTU discovery, bytes (1200 to 65527).
-    pub max_mtu: u16,
-    /// Hand the kernel batches of packets in one system call (UDP GSO) where it supports it.
-    pub segmentation_offload: bool,
-    /// UDP socket send and receive buffers, bytes (the kernel caps them at
-    /// `net.core.wmem_max` / `rmem_max`): a burst larger than the receive buffer is lost.
-    pub socket_buffer_bytes: usize,
-}
-
-impl Default for QuicSettings {
-    fn default() -> Self {
-        QuicSettings {
-            stream_window_bytes: 4 << 20,
-            connection_window_bytes: 16 << 20,
-            send_window_bytes: 16 << 20,
-            max_streams: 256,
-            idle_timeout_secs: 30,
-            max_mtu: 1452,
-            segmentation_offload: true,
-            socket_buffer_bytes: 4 << 20,
-        }
-    }
-}
-
-impl QuicSettings {
-    /// quinn's transport configuration for these settings.
-    pub fn transport(&self) -> quinn::TransportConfig {
-        let mut t = quinn::TransportConfig::default();
-        t.stream_receive_window(self.stream_window_bytes.into())
-            .receive_window(self.connection_window_bytes.into())
-            .send_window(self.send_window_bytes)
-            .max_concurrent_bidi_streams(self.max_streams.into())
-            // HTTP/3 needs three unidirectional streams each way (control, QPACK encoder
-            // and decoder); a few more for extensions that may be unknown to us.
-            .max_concurrent_uni_streams(8u32.into())
-            .max_idle_timeout(
-                quinn::IdleTimeout::try_from(Duration::from_secs(self.idle_timeout_secs.max(1)))
-                    .ok(),
-            )
-            .enable_segmentation_offload(self.segmentation_offload);
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(self.max_mtu.clamp(1200, 65527));
-        t.mtu_discovery_config(Some(mtu));
-        t
-    }
-}
-
-/// A quinn endpoint on `socket` with these settings: its largest datagram (`max_mtu`) and
-/// socket buffers. `server` makes it accept connections.
-pub fn endpoint(
-    socket: std::net::UdpSocket,
-    server: Option<quinn::ServerConfig>,
-    settings: &QuicSettings,
-) -> std::io::Result<quinn::Endpoint> {
-    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
-    // Best effort: the kernel may cap these; quinn works with whatever it gets.
-    let _ = state.set_recv_buffer_size((&socket).into(), settings.socket_buffer_bytes);
-    let _ = state.set_send_buffer_size((&socket).into(), settings.socket_buffer_bytes);
-    let mut cfg = quinn::EndpointConfig::default();
-    cfg.max_udp_payload_size(settings.max_mtu.clamp(1200, 65527))
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    quinn::Endpoint::new(cfg, server, socket, Arc::new(quinn::TokioRuntime))
-}
+use crate::basics::body::{BoxError, data_frame};
+use crate::basics::config::EdgeConfig;
+use crate::basics::protocol::Protocol;
+use crate::basics::tls::{Identity, TlsError};
+use crate::pipeline::Edge;
 
 /// The QUIC server configuration: TLS 1.3 with ALPN `h3`, and the edge's transport settings.
 pub fn server_config(id: &Identity, cfg: &EdgeConfig) -> Result<quinn::ServerConfig, TlsError> {
-    let tls = crate::tls::server_config(id, &[b"h3"])?;
+    let tls = crate::basics::tls::server_config(id, &[b"h3"])?;
     let tls = Arc::try_unwrap(tls).unwrap_or_else(|a| (*a).clone());
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Generate(format!("QUIC needs TLS 1.3: {e}")))?;
@@ -157,12 +78,12 @@ pub fn alt_svc(port: u16) -> http::HeaderValue {
     http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).expect("ASCII")
 }
 
-/// Accepts QUIC connections on `endpoint` until `stop`, then refuses new ones and lets open
-/// connections finish (each holds a clone of `live`).
+/// Accepts QUIC connections on `endpoint` until `stop`, then refuses new ones; open
+/// connections, tasks of `connections`, finish on their own.
 pub(crate) async fn accept_loop(
     endpoint: quinn::Endpoint,
     edge: Arc<Edge>,
-    live: Arc<()>,
+    connections: TaskTracker,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -173,12 +94,7 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        tokio::spawn(connection(
-            incoming,
-            edge.clone(),
-            stop.clone(),
-            live.clone(),
-        ));
+        connections.spawn(connection(incoming, edge.clone(), stop.clone()));
     }
     endpoint.set_server_config(None);
 }
@@ -187,7 +103,6 @@ async fn connection(
     incoming: quinn::Incoming,
     edge: Arc<Edge>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    live: Arc<()>,
 ) {
     let m = edge.metrics().clone();
     let event = |e: &str| m.quic_events.with_label_values(&[e]).inc();
@@ -253,8 +168,6 @@ async fn connection(
         }
     }
     while requests.join_next().await.is_some() {}
-    drop(h3conn);
-    drop(live);
 }
 
 /// A dual-stack listener reports IPv4 peers as `::ffff:a.b.c.d`; logs and `X-Forwarded-For`
@@ -430,22 +343,6 @@ impl Body for RecvBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
-    }
-}
-
-/// An h3 `poll_recv_data` result as an `http_body` frame, and whether the body ended
-/// (for request bodies here and response bodies in [`crate::client`]).
-pub(crate) fn data_frame<B: Buf>(
-    polled: Poll<Result<Option<B>, StreamError>>,
-) -> (Poll<Option<Result<Frame<Bytes>, BoxError>>>, bool) {
-    match polled {
-        Poll::Pending => (Poll::Pending, false),
-        Poll::Ready(Ok(Some(mut buf))) => (
-            Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(buf.remaining()))))),
-            false,
-        ),
-        Poll::Ready(Ok(None)) => (Poll::Ready(None), true),
-        Poll::Ready(Err(e)) => (Poll::Ready(Some(Err(Box::new(e)))), true),
     }
 }
 

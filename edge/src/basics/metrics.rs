@@ -6,6 +6,44 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Why the edge asked an origin or upstream (the `kind` label of
+/// `tessera_edge_origin_fetches_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchKind {
+    /// A file's manifest (origin mode).
+    Manifest,
+    /// One chunk by its blake3 (origin mode).
+    Chunk,
+    /// A whole response (upstream mode).
+    Object,
+    /// A conditional request for a stored response gone stale.
+    Revalidate,
+    /// A request passed through without caching.
+    Pass,
+}
+
+impl FetchKind {
+    /// Every kind, in the order stats list them.
+    pub const ALL: [FetchKind; 5] = [
+        FetchKind::Manifest,
+        FetchKind::Chunk,
+        FetchKind::Object,
+        FetchKind::Revalidate,
+        FetchKind::Pass,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchKind::Manifest => "manifest",
+            FetchKind::Chunk => "chunk",
+            FetchKind::Object => "object",
+            FetchKind::Revalidate => "revalidate",
+            FetchKind::Pass => "pass",
+        }
+    }
+}
+
 /// Every metric the edge exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {

@@ -122,6 +122,21 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// Reads a request's `Cache-Control` directives.
+pub fn request_directives(h: &HeaderMap) -> CacheControl {
+    let mut cc = CacheControl::parse(h, header::CACHE_CONTROL);
+    // `Pragma: no-cache` without Cache-Control means no-cache (RFC 9111 §5.4, deprecated
+    // but still sent by browsers on reload).
+    if !cc.present
+        && h.get(header::PRAGMA)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"))
+    {
+        cc.no_cache = true;
+    }
+    cc
+}
+
 /// Why a response may not be stored, or `None` when it may (RFC 9111 §3).
 pub fn not_storable(
     method: &Method,
@@ -251,6 +266,11 @@ impl Freshness {
         }
     }
 
+    /// Seconds it stays fresh at `now` (negative once stale): the `ttl` of `Cache-Status`.
+    pub fn ttl(&self, now: u64) -> i64 {
+        self.lifetime as i64 - self.age(now) as i64
+    }
+
     /// The response's current age at `now` (§4.2.3).
     pub fn age(&self, now: u64) -> u64 {
         self.initial_age + now.saturating_sub(self.response_time)
@@ -335,42 +355,10 @@ pub fn is_hop_by_hop(name: &header::HeaderName) -> bool {
     )
 }
 
-/// Updates stored headers from a `304` (RFC 9111 §4.3.4): every header of the `304` replaces
-/// the stored one of that name, except framing headers.
-pub fn update_from_304(stored: &mut HeaderMap, not_modified: &HeaderMap) {
-    for name in not_modified.keys() {
-        if is_hop_by_hop(name)
-            || name == header::CONTENT_LENGTH
-            || name == header::CONTENT_ENCODING
-            || name == header::CONTENT_RANGE
-        {
-            continue;
-        }
-        stored.remove(name);
-        for v in not_modified.get_all(name) {
-            stored.append(name.clone(), v.clone());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        m
-    }
-
-    const T: u64 = 1_700_000_000;
-
-    fn date(t: u64) -> String {
-        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
-    }
+    use crate::rules::test_fields::{T, date, h};
 
     #[test]
     fn parses_directives_split_over_lines_and_quoted_lists() {
@@ -541,26 +529,5 @@ mod tests {
             ),
             Some("status")
         );
-    }
-
-    #[test]
-    fn a_304_updates_headers_but_not_framing() {
-        let mut stored = h(&[
-            ("etag", "\"a\""),
-            ("cache-control", "max-age=1"),
-            ("content-length", "10"),
-        ]);
-        update_from_304(
-            &mut stored,
-            &h(&[
-                ("cache-control", "max-age=99"),
-                ("content-length", "0"),
-                ("x-new", "1"),
-            ]),
-        );
-        assert_eq!(stored["cache-control"], "max-age=99");
-        assert_eq!(stored["content-length"], "10");
-        assert_eq!(stored["x-new"], "1");
-        assert_eq!(stored["etag"], "\"a\"");
     }
 }

@@ -1,4 +1,4 @@
-//! The edge's two cache tiers: memory and SSD, one foyer hybrid cache.
+//! What the cache holds: entries and their on-disk format.
 //!
 //! Everything the edge keeps is an entry of this one cache, addressed by a 32-byte [`Key`]:
 //! - a chunk of a Tessera-origin file, under its own blake3 (content addressed: two files or
@@ -17,20 +17,16 @@
 //! An entry that fails to decode is a miss (foyer drops it), never an error to a client. A
 //! change of format bumps the tag numbers, so old entries read as misses after an upgrade.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, EvictionConfig, FsDeviceBuilder, Hint, HybridCache,
-    HybridCacheBuilder, HybridCachePolicy, HybridCacheProperties, LfuConfig, Location,
-    PsyncIoEngineConfig, RecoverMode, S3FifoConfig, Source,
-};
+use foyer::Code;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tessera_origin_proto::ManifestChunk;
 
-use crate::freshness::Freshness;
+use crate::rules::freshness::Freshness;
+pub use crate::rules::store_plan::{INLINE_MAX, SEGMENT};
 
 /// The address of a cache entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,48 +46,6 @@ impl Key {
 
     pub fn to_hex(&self) -> String {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()
-    }
-}
-
-/// Which tiers an entry is stored in (eviction advice; the built-in policy is `Both`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Where {
-    /// Memory only: never written to SSD.
-    Memory,
-    /// SSD only: not kept in memory at first (foyer may still promote it on a later hit).
-    Disk,
-    /// Memory, written behind to SSD.
-    #[default]
-    Both,
-}
-
-/// How a response is stored, as an eviction plugin advised it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
-    /// Store it at all.
-    pub admit: bool,
-    pub tier: Where,
-    /// A freshness lifetime replacing the computed one, seconds.
-    pub ttl_secs: Option<u64>,
-    /// Evicted from memory before normal entries (where the policy supports hints).
-    pub low_priority: bool,
-}
-
-impl Placement {
-    fn properties(self) -> HybridCacheProperties {
-        let location = match self.tier {
-            Where::Memory => Location::InMem,
-            Where::Disk => Location::OnDisk,
-            Where::Both => Location::Default,
-        };
-        let hint = if self.low_priority {
-            Hint::Low
-        } else {
-            Hint::Normal
-        };
-        HybridCacheProperties::default()
-            .with_location(location)
-            .with_hint(hint)
     }
 }
 
@@ -119,11 +73,6 @@ pub enum BodyRef {
     /// The chunks of a Tessera-origin file, each under its blake3.
     Chunks(Arc<Vec<ManifestChunk>>),
 }
-
-/// Size of a body segment in upstream mode.
-pub const SEGMENT: usize = 1 << 20;
-/// Bodies up to this size are stored inline in their [`Meta`].
-pub const INLINE_MAX: usize = 256 << 10;
 
 /// The key of segment `i` of the body stored under `id`.
 pub fn segment_key(id: &[u8; 16], i: u32) -> Key {
@@ -181,7 +130,7 @@ pub enum Value {
 }
 
 impl Value {
-    fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         match self {
             Value::Bytes(b) => b.len() + 64,
             Value::Meta(m) => {
@@ -315,214 +264,25 @@ impl Code for Value {
     }
 }
 
-/// The memory tier's eviction policy (both are foyer's; see `bench/HISTORY.md` for the
-/// measurement that chose the default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    /// W-TinyLFU: a small LRU window in front of a frequency-filtered segmented LRU.
-    WTinyLfu,
-    /// S3-FIFO: small and main FIFO queues with a ghost queue. The default: on Zipf
-    /// workloads it ties W-TinyLFU's hit ratio (within 0.3 points, both 5–11 points above
-    /// LRU; `tessera-bench policy`) and a hit only bumps a counter, with no list to relink.
-    #[default]
-    S3Fifo,
-}
-
-/// Which tier served a lookup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Memory,
-    Disk,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Memory => "memory",
-            Tier::Disk => "disk",
-        }
-    }
-}
-
-/// Errors opening the cache.
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    /// The SSD tier could not be opened (folder missing, not writable, too small).
-    #[error("cannot open the SSD cache in {dir}: {source}")]
-    Open {
-        dir: String,
-        #[source]
-        source: foyer::Error,
-    },
-}
-
-/// The two tiers. Cheap to clone; safe to use from any task.
-#[derive(Clone, Debug)]
-pub struct Cache {
-    hybrid: HybridCache<Key, Value>,
-    /// Recent removals (key → time in ms). foyer's removal from the SSD tier is queued, and
-    /// a copy still waiting to be written may be found after it; a stored response older
-    /// than its key's removal is treated as gone. A std mutex: map operations only.
-    removed: Arc<std::sync::Mutex<std::collections::HashMap<Key, u64>>>,
-}
-
-/// How long removals are remembered: far longer than foyer's write queue takes to drain.
-const REMEMBER_REMOVALS_MS: u64 = 10 * 60 * 1000;
-
-impl Cache {
-    /// Opens the cache: `memory` bytes in RAM, `disk` bytes in files under `dir` (recovered
-    /// from an earlier run when present).
-    pub async fn open(
-        dir: &Path,
-        memory: usize,
-        disk: usize,
-        policy: Policy,
-    ) -> Result<Cache, CacheError> {
-        let eviction: EvictionConfig = match policy {
-            Policy::WTinyLfu => LfuConfig::default().into(),
-            Policy::S3Fifo => S3FifoConfig::default().into(),
-        };
-        let open_err = |source| CacheError::Open {
-            dir: dir.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(foyer::Error::io_error(e)))?;
-        let storage = HybridCacheBuilder::new()
-            .with_name("tessera-edge")
-            .with_policy(HybridCachePolicy::WriteOnInsertion)
-            .with_flush_on_close(true)
-            .memory(memory)
-            .with_shards(8)
-            .with_eviction_config(eviction)
-            .with_weighter(|_k: &Key, v: &Value| 32 + v.weight())
-            .storage()
-            .with_recover_mode(RecoverMode::Quiet);
-        // `disk` 0: memory only (foyer's no-op storage engine), like Varnish with malloc.
-        let storage = if disk == 0 {
-            storage
-        } else {
-            // Blocks must hold the largest entry (a segment plus framing); 16 blocks at
-            // least, so eviction of one block frees a small share of the tier.
-            let block = (disk / 16).clamp(2 * SEGMENT + 4096, 64 << 20);
-            let device = FsDeviceBuilder::new(dir)
-                .with_capacity(disk.max(16 * block))
-                .build()
-                .map_err(open_err)?;
-            storage
-                .with_io_engine_config(PsyncIoEngineConfig::new())
-                .with_engine_config(
-                    BlockEngineConfig::new(device)
-                        .with_block_size(block)
-                        .with_tombstone_log(true),
-                )
-        };
-        let hybrid = storage.build().await.map_err(open_err)?;
-        Ok(Cache {
-            hybrid,
-            removed: Default::default(),
+/// The key of the variant of `primary` that `req` selects by the header `names`.
+pub fn variant_key(primary: &Key, names: &[String], req: &HeaderMap) -> Key {
+    let values: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| {
+            // Field values are compared after joining repeated lines and trimming (RFC 9111
+            // §4.1 allows this normalisation).
+            let joined = req
+                .get_all(n.as_str())
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{n}:{joined}").into_bytes()
         })
-    }
-
-    /// Looks `key` up in memory, then on SSD (a disk hit is promoted to memory by foyer).
-    /// An I/O error reading the SSD tier is logged and reads as a miss.
-    pub async fn get(&self, key: &Key) -> Option<(Value, Tier)> {
-        // A memory hit needs none of the hybrid lookup's machinery.
-        if let Some(e) = self.hybrid.memory().get(key) {
-            return Some((e.value().clone(), Tier::Memory));
-        }
-        match self.hybrid.get(key).await {
-            Ok(Some(e)) => {
-                let tier = match e.source() {
-                    Source::Disk => Tier::Disk,
-                    _ => Tier::Memory,
-                };
-                Some((e.value().clone(), tier))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
-                None
-            }
-        }
-    }
-
-    /// Stores `value` under `key` in memory and (written behind) on SSD.
-    pub fn insert(&self, key: Key, value: Value) {
-        self.forget_removal(&key);
-        self.hybrid.insert(key, value);
-    }
-
-    /// A store after a removal supersedes it (even within the same millisecond).
-    fn forget_removal(&self, key: &Key) {
-        let mut removed = self.removed.lock().unwrap();
-        if !removed.is_empty() {
-            removed.remove(key);
-        }
-    }
-
-    /// Stores `value` under `key` where `placement` says (`None`: as [`Cache::insert`]).
-    pub fn insert_placed(&self, key: Key, value: Value, placement: Option<Placement>) {
-        let Some(p) = placement else {
-            return self.insert(key, value);
-        };
-        self.forget_removal(&key);
-        self.hybrid
-            .insert_with_properties(key, value, p.properties());
-    }
-
-    /// Whether `key` is probably held (may say yes for an entry that is gone; the caller
-    /// copes with a later miss).
-    pub fn contains(&self, key: &Key) -> bool {
-        self.hybrid.contains(key)
-    }
-
-    /// Looks `key` up; on a miss runs `fetch` and stores its value. Concurrent calls for one
-    /// key share one `fetch` (foyer coalesces them). Returns where the value came from.
-    pub async fn get_or_fetch<F>(&self, key: Key, fetch: F) -> Result<(Value, Source), foyer::Error>
-    where
-        F: std::future::Future<Output = anyhow::Result<Value>> + Send + 'static,
-    {
-        let e = self.hybrid.get_or_fetch(&key, move || fetch).await?;
-        Ok((e.value().clone(), e.source()))
-    }
-
-    /// Removes `key` from both tiers.
-    pub fn remove(&self, key: &Key) {
-        let now = crate::proxy::now_ms();
-        {
-            let mut removed = self.removed.lock().unwrap();
-            if removed.len() >= 100_000 {
-                removed.retain(|_, at| now.saturating_sub(*at) < REMEMBER_REMOVALS_MS);
-            }
-            removed.insert(*key, now);
-        }
-        self.hybrid.remove(key);
-    }
-
-    /// Whether `key` was removed at or after `stored_at_ms` (so what was found under it is a
-    /// copy the removal has not reached yet).
-    pub fn removed_since(&self, key: &Key, stored_at_ms: u64) -> bool {
-        let removed = self.removed.lock().unwrap();
-        !removed.is_empty() && removed.get(key).is_some_and(|at| *at >= stored_at_ms)
-    }
-
-    /// Bytes in use in the memory tier.
-    pub fn memory_usage(&self) -> usize {
-        self.hybrid.memory().usage()
-    }
-
-    /// Bytes the memory tier may hold.
-    pub fn memory_capacity(&self) -> usize {
-        self.hybrid.memory().capacity()
-    }
-
-    /// Flushes the memory tier to SSD and closes the cache.
-    pub async fn close(&self) {
-        if let Err(e) = self.hybrid.close().await {
-            tracing::warn!(error = %e, "closing the SSD cache failed");
-        }
-    }
+        .collect();
+    let mut parts: Vec<&[u8]> = vec![&primary.0];
+    parts.extend(values.iter().map(|v| v.as_slice()));
+    Key::derive("variant", &parts)
 }
 
 #[cfg(test)]
@@ -595,27 +355,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_cache_without_disk_keeps_entries_in_memory_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path(), 1 << 20, 0, Policy::S3Fifo)
-            .await
-            .unwrap();
-        let key = |i: u32| Key::derive("t", &[&i.to_le_bytes()]);
-        // 4 MiB through a 1 MiB memory tier: the early entries are evicted, with nowhere
-        // to go, and the last one is a memory hit.
-        for i in 0..64 {
-            cache.insert(key(i), Value::Bytes(Bytes::from(vec![i as u8; 64 << 10])));
-        }
-        let (v, tier) = cache.get(&key(63)).await.expect("the newest entry");
-        assert_eq!(tier, Tier::Memory);
-        assert!(matches!(v, Value::Bytes(b) if b.len() == 64 << 10 && b[0] == 63));
-        assert!(
-            cache.get(&key(0)).await.is_none(),
-            "evicted entries are gone"
+    #[test]
+    fn variants_differ_by_the_named_headers_only() {
+        let k = Key([7; 32]);
+        let names = vec!["accept-encoding".to_string()];
+        let mut a = HeaderMap::new();
+        a.insert("accept-encoding", HeaderValue::from_static("br"));
+        a.insert("user-agent", HeaderValue::from_static("x"));
+        let mut b = a.clone();
+        b.insert("user-agent", HeaderValue::from_static("y"));
+        assert_eq!(variant_key(&k, &names, &a), variant_key(&k, &names, &b));
+        b.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        assert_ne!(variant_key(&k, &names, &a), variant_key(&k, &names, &b));
+        assert_ne!(
+            variant_key(&k, &names, &HeaderMap::new()),
+            variant_key(&k, &names, &a)
         );
-        cache.hybrid.close().await.unwrap();
-        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert!(files.is_empty(), "no SSD files: {files:?}");
     }
 }

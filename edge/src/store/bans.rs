@@ -14,7 +14,8 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::Meta;
+use crate::basics::clock::now_ms;
+use crate::store::entry::Meta;
 
 /// What a purge selects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +63,7 @@ pub struct Ban {
 
 /// What the bans say of one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum BanVerdict {
     Keep,
     Stale,
     Gone,
@@ -113,25 +114,25 @@ impl Bans {
     /// ban, so a response stored in the same millisecond as a purge, after it, is not
     /// covered by it (a ban covers what was stored before its `at_ms`).
     pub fn stamp_ms(&self) -> u64 {
-        let now = crate::proxy::now_ms();
+        let now = now_ms();
         let s = self.state.read().unwrap();
         s.bans.last().map_or(now, |b| now.max(b.at_ms))
     }
 
     /// What the bans say of `meta`.
-    pub fn verdict(&self, meta: &Meta) -> Verdict {
+    pub fn verdict(&self, meta: &Meta) -> BanVerdict {
         let s = self.state.read().unwrap();
         let mut v = if meta.stored_at_ms < s.floor_ms {
-            Verdict::Stale
+            BanVerdict::Stale
         } else {
-            Verdict::Keep
+            BanVerdict::Keep
         };
         for b in s.bans.iter().rev() {
             if meta.stored_at_ms < b.at_ms && b.selector.matches(meta) {
                 if !b.soft {
-                    return Verdict::Gone;
+                    return BanVerdict::Gone;
                 }
-                v = Verdict::Stale;
+                v = BanVerdict::Stale;
             }
         }
         v
@@ -180,8 +181,8 @@ impl Bans {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::BodyRef;
-    use crate::freshness::Freshness;
+    use crate::rules::freshness::Freshness;
+    use crate::store::entry::BodyRef;
 
     fn meta(path: &str, keys: &[&str], at: u64) -> Meta {
         Meta {
@@ -212,7 +213,7 @@ mod tests {
         let old_a = meta("/img/a.png", &["team-x"], 10);
         let new_a = meta("/img/a.png", &["team-x"], 30);
         let b = meta("/css/b.css", &["team-y"], 10);
-        assert_eq!(bans.verdict(&old_a), Verdict::Keep);
+        assert_eq!(bans.verdict(&old_a), BanVerdict::Keep);
         let ban = |selector, soft| Ban {
             selector,
             at_ms: 20,
@@ -221,22 +222,22 @@ mod tests {
         bans.add(ban(Selector::Prefix("/img/".into()), true))
             .await
             .unwrap();
-        assert_eq!(bans.verdict(&old_a), Verdict::Stale);
-        assert_eq!(bans.verdict(&new_a), Verdict::Keep);
-        assert_eq!(bans.verdict(&b), Verdict::Keep);
+        assert_eq!(bans.verdict(&old_a), BanVerdict::Stale);
+        assert_eq!(bans.verdict(&new_a), BanVerdict::Keep);
+        assert_eq!(bans.verdict(&b), BanVerdict::Keep);
         bans.add(ban(Selector::Key("team-y".into()), false))
             .await
             .unwrap();
-        assert_eq!(bans.verdict(&b), Verdict::Gone);
+        assert_eq!(bans.verdict(&b), BanVerdict::Gone);
         bans.add(ban(Selector::Path("/img/a.png".into()), false))
             .await
             .unwrap();
-        assert_eq!(bans.verdict(&old_a), Verdict::Gone);
+        assert_eq!(bans.verdict(&old_a), BanVerdict::Gone);
 
         let again = Bans::load(dir.path()).unwrap();
         assert_eq!(again.len(), 3);
-        assert_eq!(again.verdict(&old_a), Verdict::Gone);
-        assert_eq!(again.verdict(&new_a), Verdict::Keep);
+        assert_eq!(again.verdict(&old_a), BanVerdict::Gone);
+        assert_eq!(again.verdict(&new_a), BanVerdict::Keep);
     }
 
     #[tokio::test]
@@ -254,7 +255,7 @@ mod tests {
         }
         assert_eq!(bans.len(), MAX_BANS);
         // "/p0" was purged by a dropped ban: the floor keeps it from coming back fresh.
-        assert_eq!(bans.verdict(&meta("/p0", &[], 50)), Verdict::Stale);
-        assert_eq!(bans.verdict(&meta("/p0", &[], 5000)), Verdict::Keep);
+        assert_eq!(bans.verdict(&meta("/p0", &[], 50)), BanVerdict::Stale);
+        assert_eq!(bans.verdict(&meta("/p0", &[], 5000)), BanVerdict::Keep);
     }
 }

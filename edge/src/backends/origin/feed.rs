@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tessera_origin_proto::ChunkHash;
 
-use crate::origin_mode::manifest_key;
-use crate::proxy::{Edge, now_ms};
-use crate::purge::{Ban, Selector};
+use crate::backends::origin::OriginBackend;
+use crate::backends::origin::manifest::manifest_key;
+use crate::basics::clock::now_ms;
+use crate::store::bans::{Ban, Selector};
+use crate::store::entry::Value;
 
 /// Seconds the origin holds a long poll.
 const WAIT_SECS: u64 = 20;
@@ -75,36 +77,25 @@ impl Recent {
     }
 }
 
-/// Starts following the feed when the edge is in origin mode and configured to: the one
-/// feed of a standalone origin (the URLs a failover list), or every node's feed of a
-/// cluster (each lists the changes of the files that node holds).
-pub fn spawn(edge: Arc<Edge>) -> Option<tokio::task::JoinHandle<()>> {
-    if edge.origins.is_empty() || !edge.cfg.follow_changes {
+/// Starts following the feeds when the edge is configured to: the one feed of a standalone
+/// origin (the URLs a failover list), or every node's feed of a cluster. The task runs until
+/// aborted.
+pub fn spawn(backend: Arc<OriginBackend>) -> Option<tokio::task::JoinHandle<()>> {
+    if backend.feeds.is_empty() {
         return None;
     }
-    let followers: Vec<(Vec<usize>, PathBuf)> = match &edge.cfg.origin_ring {
-        Some(ring) if edge.origin_cluster() => ring
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (vec![i], edge.cfg.data.join(format!("feed-{}.json", n.id))))
-            .collect(),
-        _ => vec![(
-            (0..edge.origins.len()).collect(),
-            edge.cfg.data.join("feed.json"),
-        )],
-    };
     let positions = Arc::new(
-        (0..followers.len())
+        (0..backend.feeds.len())
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect::<Vec<_>>(),
     );
     Some(tokio::spawn(async move {
-        let runs = followers
-            .into_iter()
+        let runs = backend
+            .feeds
+            .iter()
             .enumerate()
             .map(|(slot, (origins, file))| {
-                follow(edge.clone(), origins, file, positions.clone(), slot)
+                follow(&backend, origins, file.clone(), positions.clone(), slot)
             });
         futures_util::future::join_all(runs).await;
     }))
@@ -113,8 +104,8 @@ pub fn spawn(edge: Arc<Edge>) -> Option<tokio::task::JoinHandle<()>> {
 /// Follows one feed, read from `origins` in turn (a failover list), saving its position in
 /// `file`; the position is also published in `positions[slot]` (the metric sums them).
 async fn follow(
-    edge: Arc<Edge>,
-    origins: Vec<usize>,
+    backend: &OriginBackend,
+    origins: &[usize],
     file: PathBuf,
     positions: Arc<Vec<std::sync::atomic::AtomicU64>>,
     slot: usize,
@@ -130,7 +121,8 @@ async fn follow(
     let mut origin = 0usize;
     let mut backoff = Duration::from_millis(200);
     loop {
-        let client = &edge.origins[origins[origin % origins.len()]];
+        let client = backend.origins.client(origins[origin % origins.len()]);
+        let (store, metrics) = (&backend.ctx.store, &backend.ctx.metrics);
         match client.changes(since, WAIT_SECS).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(200);
@@ -143,28 +135,28 @@ async fn follow(
                         next = reply.next,
                         "change feed gap; marking every manifest stale"
                     );
-                    let _ = edge
-                        .bans
-                        .add(Ban {
-                            selector: Selector::All,
-                            at_ms: now_ms() + 1,
-                            soft: true,
-                        })
-                        .await;
-                    edge.metrics
-                        .purges
-                        .with_label_values(&["all", "soft"])
-                        .inc();
+                    let ban = Ban {
+                        selector: Selector::All,
+                        at_ms: now_ms() + 1,
+                        soft: true,
+                    };
+                    // The ban applies at once; only saving it can fail, and then a restart
+                    // forgets it (the saved position is then behind too, so the gap is seen
+                    // again and the ban made again).
+                    if let Err(e) = store.bans.add(ban).await {
+                        tracing::error!(error = %e, "cannot save the purge that marks every manifest stale");
+                    }
+                    metrics.purges.with_label_values(&["all", "soft"]).inc();
                 }
                 for c in &reply.changes {
                     // Noted first: a manifest fetch that returns after this sees the change
-                    // (see `Recent::superseded` in origin_mode).
-                    edge.recent.note(&c.path, c.blake3);
+                    // (see `Recent::superseded`, checked in `manifest`).
+                    backend.recent.note(&c.path, c.blake3);
                     let key = manifest_key(&c.path);
                     // A manifest already of the published version (fetched after the publish,
                     // before its change arrived here) stays; none held, nothing to do.
-                    let stale = match edge.cache.get(&key).await {
-                        Some((crate::cache::Value::Meta(m), _)) => c.blake3.is_none_or(|h| {
+                    let stale = match store.cache.get(&key).await {
+                        Some((Value::Meta(m), _)) => c.blake3.is_none_or(|h| {
                             m.headers.get(http::header::ETAG).map(|v| v.as_bytes())
                                 != Some(h.etag().as_bytes())
                         }),
@@ -172,7 +164,7 @@ async fn follow(
                         None => false,
                     };
                     if stale {
-                        edge.cache.remove(&key);
+                        store.cache.remove(&key);
                     }
                 }
                 if reply.next != since {
@@ -182,17 +174,21 @@ async fn follow(
                         .iter()
                         .map(|p| p.load(std::sync::atomic::Ordering::SeqCst))
                         .sum();
-                    edge.metrics.feed_position.set(sum as i64);
+                    metrics.feed_position.set(sum as i64);
                     let json = serde_json::to_vec(&Position {
                         version: 1,
                         next: since,
                     })
                     .unwrap();
                     let (tmp, f) = (file.with_extension("json.tmp"), file.clone());
-                    let _ = tokio::task::spawn_blocking(move || {
+                    let saved = tokio::task::spawn_blocking(move || {
                         std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &f))
                     })
                     .await;
+                    // Not fatal: a restart resumes from an older position and replays.
+                    if let Ok(Err(e)) = saved {
+                        tracing::warn!(file = %file.display(), error = %e, "cannot save the change feed position");
+                    }
                 }
             }
             Err(e) => {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::proxy::{BoxError, EdgeBody};
+use crate::basics::body::{BoxError, EdgeBody};
 
 /// What is known about a request when its response head is ready.
 #[derive(Debug)]

@@ -1,0 +1,97 @@
+//! Origin mode: the edge in front of Tessera origin nodes, content addressed.
+//!
+//! A published file is served from its manifest (kept under a key derived from its path,
+//! fresh as the origin's `Cache-Control` says, revalidated by `ETag`) and its chunks (kept
+//! under their blake3, immutable). A miss fetches the manifest, then only the chunks the
+//! response needs and the cache lacks; every chunk from the origin or the SSD tier is checked
+//! against its blake3 before it is stored or sent. Concurrent misses of one manifest or one
+//! chunk share one fetch ([`crate::coalesce`]).
+//!
+//! # Layout
+//! - [`origins`]: the clients, the cluster's ring, origins that failed lately.
+//! - [`manifest`]: fetching and revalidating manifests, stored as responses.
+//! - [`chunks`]: verified chunks and the byte streams made of them.
+//! - [`feed`]: following the origins' change feeds, and the recent changes a manifest fetch
+//!   checks before storing.
+
+pub mod chunks;
+pub mod feed;
+pub mod manifest;
+pub mod origins;
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use tessera_origin_proto::ClientError;
+
+use crate::backends::Context;
+use crate::basics::config::EdgeConfig;
+use crate::basics::error::{FetchError, FetchFailure};
+use crate::coalesce::{Flights, Once};
+use crate::store::entry::Key;
+
+pub use manifest::{ManifestAnswer, manifest_key};
+
+/// The origin backend of an edge.
+#[derive(Debug)]
+pub struct OriginBackend {
+    ctx: Context,
+    origins: origins::Origins,
+    /// Manifest fetches in flight, by manifest key (followers are requests: counted).
+    manifests: Flights<Key, Once<Result<(ManifestAnswer, u16), FetchError>>>,
+    /// Chunk fetches in flight, by chunk key (not counted: many per request).
+    chunks: Flights<Key, Once<Result<Bytes, FetchError>>>,
+    /// Paths the change feeds reported recently.
+    recent: feed::Recent,
+    /// The feeds to follow, with the file each one's position is saved in (none when the
+    /// edge does not follow changes).
+    feeds: Vec<(Vec<usize>, PathBuf)>,
+}
+
+impl OriginBackend {
+    /// The backend for origins at `urls`, as `cfg` describes them.
+    pub fn new(urls: &[String], cfg: &EdgeConfig, ctx: Context) -> anyhow::Result<OriginBackend> {
+        let origins = origins::Origins::new(urls, cfg.origin_ring.as_ref())?;
+        let feeds = match &cfg.origin_ring {
+            _ if !cfg.follow_changes => Vec::new(),
+            // A cluster: every node's feed (each lists the changes of the files it holds).
+            Some(ring) if origins.is_cluster() => ring
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (vec![i], cfg.data.join(format!("feed-{}.json", n.id))))
+                .collect(),
+            // A standalone origin: one feed, the URLs a failover list.
+            _ => vec![((0..origins.len()).collect(), cfg.data.join("feed.json"))],
+        };
+        Ok(OriginBackend {
+            manifests: Flights::new(Some(ctx.metrics.coalesced.clone())),
+            chunks: Flights::new(None),
+            ctx,
+            origins,
+            recent: Default::default(),
+            feeds,
+        })
+    }
+}
+
+/// An origin client's error as a fetch failure.
+fn failure_of(e: &ClientError) -> FetchFailure {
+    match e {
+        ClientError::Transport { .. } | ClientError::BadUrl { .. } => FetchFailure::Connect,
+        ClientError::Status { .. } => FetchFailure::Status,
+        ClientError::Malformed { .. } => FetchFailure::Malformed,
+        ClientError::Corrupt { .. } => FetchFailure::Corrupt,
+    }
+}
+
+/// Counts and logs an origin client's error; marks the origin down when it could not be
+/// reached. Returns the failure.
+fn note_error(backend: &OriginBackend, i: usize, e: &ClientError) -> FetchFailure {
+    let failure = failure_of(e);
+    backend.ctx.failed(failure);
+    if failure == FetchFailure::Connect {
+        backend.origins.failed(i);
+    }
+    failure
+}

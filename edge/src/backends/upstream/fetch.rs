@@ -1,0 +1,285 @@
+//! The fill's leader: one `GET` upstream (conditional when revalidating), the head published
+//! to followers, the body streamed into the fill and stored as the store plan says. A thin
+//! loop: every decision is in [`crate::rules`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+
+use crate::backends::upstream::{Upstream, forward_headers, response_headers};
+use crate::basics::body::empty_body;
+use crate::basics::clock::now_secs;
+use crate::basics::error::{FetchError, FetchFailure};
+use crate::basics::metrics::FetchKind;
+use crate::coalesce::fill::{Fill, FillHead};
+use crate::coalesce::{Join, Permit};
+use crate::rules::freshness::Freshness;
+use crate::rules::not_modified::merge_304;
+use crate::rules::store_plan::{
+    BodyLayout, Layout, storable, stored_headers, surrogate_keys, worth_keeping,
+};
+use crate::rules::vary::{selecting_values, vary_names};
+use crate::store::advice::{Advice, Candidate};
+use crate::store::entry::{BodyRef, Key, Meta, Value, segment_key, variant_key};
+
+impl Upstream {
+    /// Joins the fill for `key`, or starts it: the fetch then runs on a task of its own (a
+    /// client that goes away does not cancel it for the others), revalidating `stale` (the
+    /// stored response and its key) when given. Returns the fill and whether this call
+    /// started it.
+    pub fn fill(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        pq: &str,
+        key: Key,
+        stale: Option<(Arc<Meta>, Key)>,
+    ) -> (Arc<Fill>, bool) {
+        match self.fills.join(key) {
+            Join::Follow(fill) => (fill, false),
+            Join::Lead(permit) => {
+                let fill = permit.flight().clone();
+                let (me, parts, pq) = (self.clone(), parts.clone(), pq.to_string());
+                tokio::spawn(async move { me.lead(&parts, &pq, stale, permit).await });
+                (fill, true)
+            }
+        }
+    }
+
+    /// Revalidates `stale` in the background (`stale-while-revalidate`), unless a fill for
+    /// `key` is already under way; gives up after `limit`.
+    pub fn revalidate_in_background(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        pq: &str,
+        key: Key,
+        stale: (Arc<Meta>, Key),
+        limit: Duration,
+    ) {
+        if self.fills.get(&key).is_some() {
+            return;
+        }
+        if let Join::Lead(permit) = self.fills.join(key) {
+            let (me, parts, pq) = (self.clone(), parts.clone(), pq.to_string());
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(limit, me.lead(&parts, &pq, Some(stale), permit)).await;
+            });
+        }
+    }
+
+    /// The leader's work. Dropping `permit` (at the end, or early when the task is cut off)
+    /// ends the fill.
+    async fn lead(
+        &self,
+        parts: &http::request::Parts,
+        pq: &str,
+        stale: Option<(Arc<Meta>, Key)>,
+        permit: Permit<Key, Fill>,
+    ) {
+        let fill = permit.flight();
+        let key = *permit.key();
+        let ctx = &self.ctx;
+        let mut headers = forward_headers(self, &parts.headers, true);
+        if let Some((m, _)) = &stale {
+            if let Some(e) = m.headers.get(header::ETAG) {
+                headers.insert(header::IF_NONE_MATCH, e.clone());
+            }
+            if let Some(lm) = m.headers.get(header::LAST_MODIFIED) {
+                headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+        let mut req = Request::new(empty_body());
+        *req.uri_mut() = self.uri(pq);
+        *req.headers_mut() = headers;
+        let request_time = now_secs();
+        let kind = if stale.is_some() {
+            FetchKind::Revalidate
+        } else {
+            FetchKind::Object
+        };
+        let resp = match ctx.call(kind, self.client.request(req)).await {
+            None => {
+                fill.set_head(Err(FetchError::new(
+                    FetchFailure::Timeout,
+                    "origin timed out",
+                )));
+                return;
+            }
+            Some(Err(e)) => {
+                ctx.failed(FetchFailure::Connect);
+                tracing::warn!(upstream = %self.authority, error = %e, "upstream request failed");
+                fill.set_head(Err(FetchError::new(
+                    FetchFailure::Connect,
+                    format!("origin unreachable: {e}"),
+                )));
+                return;
+            }
+            Some(Ok(r)) => r,
+        };
+        let response_time = now_secs();
+        let (rparts, mut body) = resp.into_parts();
+        if rparts.status.is_server_error() {
+            ctx.failed(FetchFailure::Status);
+        }
+        let cap = ctx.heuristic_cap_secs;
+        if let (Some((old, vkey)), StatusCode::NOT_MODIFIED) = (&stale, rparts.status) {
+            let mut m = (**old).clone();
+            (m.headers, m.freshness) = merge_304(
+                &old.headers,
+                &rparts.headers,
+                request_time,
+                response_time,
+                cap,
+            );
+            m.stored_at_ms = ctx.store.bans.stamp_ms();
+            let m = Arc::new(m);
+            ctx.store.cache.insert(*vkey, Value::Meta(m.clone()));
+            fill.set_head(Ok(FillHead {
+                status: StatusCode::NOT_MODIFIED,
+                headers: Default::default(),
+                storable: false,
+                vary: Vec::new(),
+                revalidated: Some(m),
+                key: *vkey,
+            }));
+            fill.finish(Ok(()));
+            return;
+        }
+        let content_length = rparts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let freshness = || {
+            Freshness::of(
+                rparts.status,
+                &rparts.headers,
+                request_time,
+                response_time,
+                cap,
+            )
+        };
+        // Eviction advice, when a plugin gives it: here when the size is known, else once the
+        // body is complete.
+        let advise = |size: u64| {
+            ctx.advisor.advise(Candidate {
+                key: &key,
+                path: pq,
+                size,
+                content_type: rparts.headers.get(header::CONTENT_TYPE),
+                status: rparts.status.as_u16(),
+                ttl_secs: freshness().lifetime,
+            })
+        };
+        let mut storing = storable(
+            &parts.headers,
+            rparts.status,
+            &rparts.headers,
+            content_length,
+            ctx.max_object_bytes,
+        );
+        let mut advice: Option<Advice> = None;
+        if storing && let Some(n) = content_length {
+            advice = advise(n);
+            storing = advice.is_none_or(|a| a.admit);
+        }
+        let headers = response_headers(&rparts.headers);
+        let names = vary_names(&headers);
+        fill.set_head(Ok(FillHead {
+            status: rparts.status,
+            headers: headers.clone(),
+            storable: storing,
+            vary: selecting_values(&names, &parts.headers),
+            revalidated: None,
+            key,
+        }));
+
+        // The body: to the fill as it arrives, segments to the cache as they fill up.
+        let seg_id: [u8; 16] = rand::random();
+        let store_segment = |advice: Option<Advice>| {
+            move |i: u32, bytes| {
+                ctx.store
+                    .cache
+                    .insert_advised(segment_key(&seg_id, i), Value::Bytes(bytes), advice)
+            }
+        };
+        let mut layout = BodyLayout::new(storing, ctx.max_object_bytes);
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Err(e)) => {
+                    ctx.failed(FetchFailure::Body);
+                    tracing::warn!(upstream = %self.authority, error = %e, "upstream body failed; nothing stored");
+                    fill.finish(Err(FetchError::new(
+                        FetchFailure::Body,
+                        format!("origin body failed: {e}"),
+                    )));
+                    return;
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        layout.push(data, store_segment(advice), |b| fill.push(b));
+                    }
+                }
+            }
+        }
+        let total = layout.total();
+        if let Some(n) = content_length
+            && n != total
+        {
+            // hyper enforces Content-Length, so this is a second line of defence.
+            fill.finish(Err(FetchError::new(
+                FetchFailure::Body,
+                format!("origin body failed: upstream sent {total} bytes for Content-Length {n}"),
+            )));
+            return;
+        }
+        if layout.storing() && content_length.is_none() {
+            advice = advise(total);
+            if advice.is_some_and(|a| !a.admit) {
+                layout.stop_storing();
+            }
+        }
+        let (stored, held) = layout.finish(store_segment(advice));
+        if let Some(stored) = stored {
+            let mut freshness = freshness();
+            if let Some(ttl) = advice.and_then(|a| a.ttl_secs) {
+                freshness.lifetime = ttl;
+            }
+            let meta = Meta {
+                status: rparts.status.as_u16(),
+                headers: stored_headers(headers),
+                freshness,
+                stored_at_ms: ctx.store.bans.stamp_ms(),
+                path: parts.uri.path().to_string(),
+                surrogate_keys: surrogate_keys(&rparts.headers),
+                size: total,
+                body: match stored {
+                    Layout::Inline(b) => BodyRef::Inline(b),
+                    Layout::Segments(count) => BodyRef::Segments { id: seg_id, count },
+                },
+            };
+            if worth_keeping(&meta.freshness, &meta.headers) {
+                let cache = &ctx.store.cache;
+                if names.is_empty() {
+                    cache.insert_advised(key, Value::Meta(Arc::new(meta)), advice);
+                } else {
+                    let vkey = variant_key(&key, &names, &parts.headers);
+                    cache.insert_advised(vkey, Value::Meta(Arc::new(meta)), advice);
+                    cache.insert(key, Value::Vary(Arc::new(names)));
+                }
+                // An unsafe request that invalidated this key while the body was arriving
+                // wins.
+                if fill.is_invalidated() {
+                    cache.remove(&key);
+                }
+            }
+        }
+        if let Some(last) = held {
+            fill.push(last);
+        }
+        fill.finish(Ok(()));
+    }
+}

@@ -1,0 +1,311 @@
+//! Upstream mode: the edge in front of any HTTP server, as an RFC 9111 shared cache of whole
+//! responses.
+//!
+//! A `GET` or `HEAD` is looked up by host and path-with-query (then by `Vary` variant). A
+//! miss joins or leads a [`Fill`]: one `GET` to the upstream per key however many clients
+//! miss at once ([`crate::coalesce`]); each streams the body as it arrives, and the cache
+//! stores it (inline, or in segments for large bodies) once it is complete and matched its
+//! framing ([`crate::rules::store_plan`] decides; [`fetch`] moves the bytes). Unsafe methods
+//! pass through and invalidate what the cache holds for their target.
+//!
+//! [`Fill`]: crate::coalesce::fill::Fill
+
+pub mod fetch;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::backends::Context;
+use crate::basics::body::{BoxError, EdgeBody, empty_body};
+use crate::basics::error::{FetchError, FetchFailure};
+use crate::basics::metrics::FetchKind;
+use crate::coalesce::Flights;
+use crate::coalesce::fill::Fill;
+use crate::rules::freshness::is_hop_by_hop;
+use crate::store::entry::Key;
+
+/// An HTTP server this edge fronts: a pooled client for it, and its fills in progress.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its name in `EdgeConfig::upstreams`; `None` for the default backend.
+    name: Option<String>,
+    scheme: Scheme,
+    authority: Authority,
+    client: Client<HttpConnector, EdgeBody>,
+    ctx: Context,
+    fills: Flights<Key, Fill>,
+}
+
+impl Upstream {
+    /// The upstream at `url` (`http://HOST:PORT`), connecting within `connect_timeout`.
+    pub fn new(
+        url: &str,
+        name: Option<&str>,
+        connect_timeout: Duration,
+        ctx: Context,
+    ) -> anyhow::Result<Upstream> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("upstream URL {url:?}: {e}"))?;
+        anyhow::ensure!(
+            uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some(),
+            "upstream URL {url:?}: expected http://HOST:PORT"
+        );
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Upstream {
+            name: name.map(str::to_string),
+            scheme: Scheme::HTTP,
+            authority: uri.authority().unwrap().clone(),
+            client,
+            fills: Flights::new(Some(ctx.metrics.coalesced.clone())),
+            ctx,
+        })
+    }
+
+    fn uri(&self, path_and_query: &str) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("checked path")
+    }
+
+    /// The cache key of a request target (a named upstream's responses are kept apart from
+    /// the default backend's).
+    pub fn key(&self, host: &str, path_and_query: &str) -> Key {
+        match &self.name {
+            None => Key::derive("url", &[host.as_bytes(), path_and_query.as_bytes()]),
+            Some(name) => Key::derive(
+                "url-named",
+                &[name.as_bytes(), host.as_bytes(), path_and_query.as_bytes()],
+            ),
+        }
+    }
+
+    /// Forgets what the cache holds for `key`, including a fill in progress (RFC 9111 §4.4).
+    pub fn invalidate(&self, key: &Key) {
+        if let Some(fill) = self.fills.get(key) {
+            fill.invalidate();
+        }
+        self.ctx.store.cache.remove(key);
+    }
+
+    /// After a successful unsafe request to `host`: invalidates its target `key` and the
+    /// same-host URIs its response names in `Location` and `Content-Location` (RFC 9111 §4.4).
+    pub fn invalidate_after(&self, key: &Key, host: &str, response: &HeaderMap) {
+        self.invalidate(key);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(target) = response.get(&name).and_then(|v| v.to_str().ok())
+                && let Ok(uri) = target.parse::<Uri>()
+                && uri
+                    .authority()
+                    .is_none_or(|a| a.as_str().eq_ignore_ascii_case(host))
+                && let Some(p) = uri.path_and_query()
+            {
+                self.invalidate(&self.key(host, p.as_str()));
+            }
+        }
+    }
+
+    /// Forwards a request as it is (its body too) and streams the answer back, storing
+    /// nothing.
+    pub async fn pass(
+        &self,
+        parts: &http::request::Parts,
+        pq: &str,
+        body: Option<EdgeBody>,
+    ) -> Result<Response<EdgeBody>, FetchError> {
+        let mut req = Request::new(body.unwrap_or_else(empty_body));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = self.uri(pq);
+        *req.headers_mut() = forward_headers(self, &parts.headers, false);
+        let resp = match self
+            .ctx
+            .call(FetchKind::Pass, self.client.request(req))
+            .await
+        {
+            None => {
+                return Err(FetchError::new(
+                    FetchFailure::Timeout,
+                    "the upstream did not answer in time",
+                ));
+            }
+            Some(Err(e)) => {
+                self.ctx.failed(FetchFailure::Connect);
+                return Err(FetchError::new(
+                    FetchFailure::Connect,
+                    format!("upstream request failed: {e}"),
+                ));
+            }
+            Some(Ok(r)) => r,
+        };
+        let (rparts, body) = resp.into_parts();
+        let counter = self.ctx.metrics.bytes_served.with_label_values(&["origin"]);
+        let body = body
+            .map_frame(move |f| {
+                if let Some(d) = f.data_ref() {
+                    counter.inc_by(d.len() as u64);
+                }
+                f
+            })
+            .map_err(BoxError::from)
+            .boxed_unsync();
+        let mut r = Response::new(body);
+        *r.status_mut() = rparts.status;
+        *r.headers_mut() = response_headers(&rparts.headers);
+        Ok(r)
+    }
+}
+
+/// The host a request is for: its `Host` field, else its URI's authority, lowercase.
+pub fn host_of(parts: &http::request::Parts) -> String {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// Adds `client` to the request's `X-Forwarded-For` (appended to any value already present),
+/// so the upstream sees who asked.
+pub fn add_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+/// Headers sent upstream: the client's end-to-end headers, with `Host` set to the
+/// upstream's and a `Via` entry. A fill (`for_fill`) fetches the whole current
+/// representation for everyone, so the client's own validators and ranges stay behind: they
+/// are answered from the stored copy.
+fn forward_headers(up: &Upstream, from: &HeaderMap, for_fill: bool) -> HeaderMap {
+    let connection_listed: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut h = HeaderMap::new();
+    for (k, v) in from {
+        if is_hop_by_hop(k)
+            || k == header::HOST
+            || connection_listed.iter().any(|c| c == k.as_str())
+        {
+            continue;
+        }
+        if for_fill
+            && matches!(
+                k.as_str(),
+                "if-none-match"
+                    | "if-modified-since"
+                    | "if-match"
+                    | "if-unmodified-since"
+                    | "if-range"
+                    | "range"
+            )
+        {
+            continue;
+        }
+        h.append(k.clone(), v.clone());
+    }
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(up.authority.as_str()).unwrap(),
+    );
+    h.append(header::VIA, HeaderValue::from_static("1.1 tessera"));
+    h
+}
+
+/// Response headers as stored and sent: end-to-end only.
+fn response_headers(from: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in from {
+        if !is_hop_by_hop(k) {
+            h.append(k.clone(), v.clone());
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    pub(crate) async fn context() -> (Context, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = crate::store::tiers::Cache::open(
+            dir.path(),
+            1 << 20,
+            0,
+            crate::basics::config::Policy::default(),
+        )
+        .await
+        .unwrap();
+        let ctx = Context {
+            store: crate::store::Store {
+                cache,
+                bans: crate::store::bans::Bans::load(dir.path()).unwrap(),
+            },
+            metrics: Default::default(),
+            advisor: Arc::new(crate::store::advice::BuiltIn),
+            origin_timeout: Duration::from_secs(5),
+            heuristic_cap_secs: 3600,
+            max_object_bytes: 1 << 20,
+        };
+        (ctx, dir)
+    }
+
+    #[tokio::test]
+    async fn forwarded_headers_drop_hop_by_hop_and_connection_listed() {
+        let (ctx, _dir) = context().await;
+        let up = Upstream::new("http://127.0.0.1:9", None, Duration::from_secs(1), ctx).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("if-none-match", HeaderValue::from_static("\"a\""));
+        h.insert("host", HeaderValue::from_static("example.org"));
+        let f = forward_headers(&up, &h, true);
+        assert!(!f.contains_key("x-secret"));
+        assert!(!f.contains_key("te"));
+        assert!(!f.contains_key("if-none-match"));
+        assert_eq!(f["host"], "127.0.0.1:9");
+        assert_eq!(f["accept"], "*/*");
+        assert!(forward_headers(&up, &h, false).contains_key("if-none-match"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        add_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
+        add_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+    }
+}

@@ -1,0 +1,87 @@
+//! The two kinds of failure the edge deals in: a [`Refusal`], what a client is told (a status
+//! and a JSON body naming the problem), and a [`FetchError`], what went wrong reaching an
+//! origin or upstream (where it came from, whether another origin may help). The pipeline
+//! turns the second into the first in one place (`pipeline::outcome::refusal_of`).
+
+use http::{Response, StatusCode};
+
+use crate::basics::body::{EdgeBody, json_response};
+
+/// A request refused or failed, as the client sees it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The response: the status, and `{"error": message}`.
+    pub fn response(&self) -> Response<EdgeBody> {
+        json_response(self.status, &serde_json::json!({ "error": self.message }))
+    }
+}
+
+/// What went wrong in one fetch from an origin or upstream (the `kind` label of
+/// `tessera_edge_origin_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchFailure {
+    /// No connection, or the request failed before an answer.
+    Connect,
+    /// No answer within the origin timeout.
+    Timeout,
+    /// An error status where a result was expected.
+    Status,
+    /// The body broke off or did not match its framing.
+    Body,
+    /// An answer that does not parse (a manifest), or a `304` to an unconditional request.
+    Malformed,
+    /// Bytes that do not match their blake3.
+    Corrupt,
+    /// The request that led a shared fetch went away before it ended.
+    Abandoned,
+}
+
+impl FetchFailure {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchFailure::Connect => "connect",
+            FetchFailure::Timeout => "timeout",
+            FetchFailure::Status => "status",
+            FetchFailure::Body => "body",
+            FetchFailure::Malformed => "malformed",
+            FetchFailure::Corrupt => "corrupt",
+            FetchFailure::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// A failed fetch from an origin or upstream: what failed, and a message for the client and
+/// the log that names the origin.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct FetchError {
+    pub failure: FetchFailure,
+    pub message: String,
+}
+
+impl FetchError {
+    pub fn new(failure: FetchFailure, message: impl Into<String>) -> FetchError {
+        FetchError {
+            failure,
+            message: message.into(),
+        }
+    }
+
+    /// The fetch this request waited for was abandoned by the request that led it.
+    pub fn abandoned() -> FetchError {
+        FetchError::new(FetchFailure::Abandoned, "the fetch was abandoned")
+    }
+}

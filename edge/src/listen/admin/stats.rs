@@ -1,0 +1,55 @@
+//! `GET /api/v1/stats`: the edge's counters as JSON.
+
+use crate::basics::metrics::FetchKind;
+use crate::pipeline::Edge;
+use crate::pipeline::outcome::{CacheResult, TIER_LABELS};
+
+pub fn stats(edge: &Edge) -> serde_json::Value {
+    let m = edge.metrics();
+    let mut lookups = serde_json::Map::new();
+    for result in CacheResult::ALL {
+        let mut by_tier = serde_json::Map::new();
+        for tier in TIER_LABELS {
+            let n = m.cache.with_label_values(&[result.as_str(), tier]).get();
+            if n > 0 {
+                by_tier.insert(tier.into(), n.into());
+            }
+        }
+        lookups.insert(result.as_str().into(), by_tier.into());
+    }
+    let bytes: serde_json::Map<String, serde_json::Value> = ["memory", "disk", "origin"]
+        .iter()
+        .map(|s| {
+            (
+                s.to_string(),
+                m.bytes_served.with_label_values(&[s]).get().into(),
+            )
+        })
+        .collect();
+    let fetches: serde_json::Map<String, serde_json::Value> = FetchKind::ALL
+        .iter()
+        .map(|k| {
+            (
+                k.as_str().to_string(),
+                m.origin_fetches
+                    .with_label_values(&[k.as_str()])
+                    .get()
+                    .into(),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "lookups": lookups,
+        "bytes_served": bytes,
+        "coalesced": m.coalesced.get(),
+        "origin_fetches": fetches,
+        "corrupt_chunks": m.corrupt_chunks.get(),
+        "memory": {
+            "used_bytes": edge.cache().memory_usage(),
+            "capacity_bytes": edge.cache().memory_capacity(),
+        },
+        "disk": { "capacity_bytes": edge.config().disk_bytes },
+        "purges_active": edge.bans().len(),
+        "feed_position": m.feed_position.get(),
+    })
+}

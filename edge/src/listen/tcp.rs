@@ -1,0 +1,168 @@
+//! The TCP listeners: plain HTTP (HTTP/1.1 and h2c with prior knowledge), HTTPS (HTTP/1.1
+//! and HTTP/2 by ALPN) and the admin API's.
+//!
+//! Limits applied before a request reaches the pipeline: a request head must arrive within
+//! `header_timeout_secs` (else the connection is closed), and may be at most
+//! `max_header_bytes` (else `431` on HTTP/1.1, a stream error on HTTP/2). hyper refuses
+//! malformed requests with `400`, including differing duplicate `Content-Length`s; a request
+//! with both `Transfer-Encoding` and `Content-Length` is decoded by the chunked framing only
+//! and its connection closed after the response (RFC 9112 §6.3), so no second request can be
+//! smuggled behind it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::basics::body::BoxError;
+use crate::basics::protocol::{OverTls, Protocol};
+use crate::pipeline::Edge;
+
+/// What a TCP listener serves.
+#[derive(Debug, Clone)]
+pub enum Serves {
+    /// Content, advertising HTTP/3 with this `Alt-Svc` value when it is on.
+    Content(Option<HeaderValue>),
+    /// The admin API.
+    Admin,
+}
+
+fn builder(edge: &Edge) -> Builder<TokioExecutor> {
+    let cfg = edge.config();
+    let mut b = Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(cfg.header_timeout_secs.max(1)))
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(Duration::from_secs(30));
+    b
+}
+
+/// Runs one connection until it ends, or until `stop`, then lets it finish the requests in
+/// flight and close (HTTP/2: GOAWAY). A macro, not a generic function: a spawned generic
+/// future over hyper's connection types trips the compiler's higher-ranked lifetime check.
+macro_rules! drive {
+    ($conn:expr, $stop:expr, $peer:expr) => {{
+        let mut stop = $stop;
+        let mut conn = std::pin::pin!($conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { drop(stop.wait_for(|stopped| *stopped).await) } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(peer = %$peer, error = %e, "connection ended with an error");
+        }
+    }};
+}
+
+/// Accepts connections on `listener` until `stop`, each served on a task of `connections`.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    edge: Arc<Edge>,
+    connections: TaskTracker,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    serves: Serves,
+) {
+    let builder = Arc::new(builder(&edge));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let over_tls = acceptor.is_some();
+    loop {
+        let (stream, peer) = tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let edge = edge.clone();
+        let serves = serves.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let edge = edge.clone();
+            let serves = serves.clone();
+            async move {
+                let resp = match serves {
+                    Serves::Admin => crate::listen::admin::handle(&edge, req).await,
+                    Serves::Content(alt_svc) => {
+                        let proto = if req.version() == Version::HTTP_2 {
+                            Protocol::Http2
+                        } else {
+                            Protocol::Http1
+                        };
+                        let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                        if over_tls && proto == Protocol::Http1 && edge.plugins().get().is_some() {
+                            req.extensions_mut().insert(OverTls);
+                        }
+                        let mut resp = edge.handle(req, proto, peer).await;
+                        if let Some(v) = alt_svc {
+                            resp.headers_mut().insert(header::ALT_SVC, v);
+                        }
+                        resp
+                    }
+                };
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let builder = builder.clone();
+        match &acceptor {
+            None => {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
+                let stop = stop.clone();
+                connections.spawn(async move {
+                    drive!(conn, stop, peer);
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let stop = stop.clone();
+                connections.spawn(async move {
+                    let tls = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .into_owned();
+                    drive!(conn, stop, peer);
+                });
+            }
+        }
+    }
+}

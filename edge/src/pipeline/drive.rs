@@ -1,0 +1,244 @@
+//! The one driver both backends share: look the request up, judge what is found (purges,
+//! then RFC 9111 freshness against the request's directives), and answer — a hit, a stale
+//! response (`max-stale`, `stale-while-revalidate` with a background revalidation), or a
+//! fetch from the backend that revalidates or misses, with `stale-if-error` when it fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Response, StatusCode};
+
+use crate::backends::origin::{ManifestAnswer, OriginBackend};
+use crate::backends::upstream::Upstream;
+use crate::basics::body::EdgeBody;
+use crate::basics::clock::now_secs;
+use crate::basics::error::{FetchError, Refusal};
+use crate::coalesce::fill::{Fill, FillHead};
+use crate::pipeline::Edge;
+use crate::pipeline::outcome::{Outcome, PassReason, StaleReason, refusal_of};
+use crate::rules::freshness::{CacheControl, Use, request_directives};
+use crate::store::Found;
+use crate::store::bans::BanVerdict;
+use crate::store::entry::{Key, Meta};
+
+/// How long a background revalidation may take before it is pointless.
+const BACKGROUND_REVALIDATE: Duration = Duration::from_secs(30);
+
+/// The backend a request's misses go to.
+#[derive(Debug)]
+pub enum Via {
+    /// A Tessera origin, for the file at `file`.
+    Origin {
+        origin: Arc<OriginBackend>,
+        file: String,
+    },
+    /// An HTTP upstream, for `pq` (path and query).
+    Upstream { up: Arc<Upstream>, pq: String },
+}
+
+/// What a backend's fetch gave.
+enum Fetched {
+    /// A response to serve as stored: a manifest fetched, or a stored response a `304`
+    /// refreshed (`status` is the origin's).
+    Stored {
+        meta: Arc<Meta>,
+        key: Key,
+        status: u16,
+    },
+    /// A response being filled (upstream mode).
+    Filling {
+        fill: Arc<Fill>,
+        head: Arc<FillHead>,
+        leader: bool,
+    },
+    /// Nothing is published at this path (origin mode).
+    Missing(String),
+}
+
+impl Via {
+    /// Revalidates `found` in the background (`stale-while-revalidate`).
+    fn revalidate_in_background(&self, parts: &http::request::Parts, key: Key, found: &Found) {
+        match self {
+            Via::Origin { origin, file } => {
+                let (origin, file, meta) = (origin.clone(), file.clone(), found.meta.clone());
+                tokio::spawn(async move {
+                    let revalidation = origin.manifest(&file, Some(meta));
+                    let _ = tokio::time::timeout(BACKGROUND_REVALIDATE, revalidation).await;
+                });
+            }
+            Via::Upstream { up, pq } => up.revalidate_in_background(
+                parts,
+                pq,
+                key,
+                (found.meta.clone(), found.key),
+                BACKGROUND_REVALIDATE,
+            ),
+        }
+    }
+
+    /// A miss (`stale` is `None`) or a revalidation of `stale`: what the backend gave, and
+    /// whether this request followed another's fetch.
+    async fn fetch(
+        &self,
+        parts: &http::request::Parts,
+        key: Key,
+        stale: Option<&Found>,
+    ) -> Result<(Fetched, bool), FetchError> {
+        match self {
+            Via::Origin { origin, file } => {
+                let (answer, status, followed) =
+                    origin.manifest(file, stale.map(|f| f.meta.clone())).await?;
+                let fetched = match answer {
+                    ManifestAnswer::Found(meta) => Fetched::Stored { meta, key, status },
+                    ManifestAnswer::Missing => Fetched::Missing(file.clone()),
+                };
+                Ok((fetched, followed))
+            }
+            Via::Upstream { up, pq } => {
+                let (fill, leader) =
+                    up.fill(parts, pq, key, stale.map(|f| (f.meta.clone(), f.key)));
+                let head = fill.head().await?;
+                let fetched = match &head.revalidated {
+                    Some(m) => Fetched::Stored {
+                        meta: m.clone(),
+                        key: head.key,
+                        status: 304,
+                    },
+                    None => Fetched::Filling { fill, head, leader },
+                };
+                Ok((fetched, !leader))
+            }
+        }
+    }
+}
+
+impl Edge {
+    /// Answers a `GET` or `HEAD` for `key` through the cache; `use_stored` false skips the
+    /// lookup (the response is still stored when it may be).
+    pub(crate) async fn through_cache(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        key: Key,
+        via: Via,
+        use_stored: bool,
+    ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
+        let req_cc = request_directives(&parts.headers);
+        let now = now_secs();
+        let mut stale = None;
+        if use_stored && let Some(found) = self.store.lookup(&key, &parts.headers).await {
+            let usage = if found.verdict == BanVerdict::Stale {
+                Use::Revalidate
+            } else {
+                found.meta.freshness.judge(now, &req_cc)
+            };
+            let (tier, ttl) = (found.tier, found.meta.freshness.ttl(now));
+            match usage {
+                Use::Fresh => {
+                    let meta = match &via {
+                        Via::Origin { origin, .. } => {
+                            origin.assemble(found.meta, found.key, &parts.headers).await
+                        }
+                        Via::Upstream { .. } => found.meta,
+                    };
+                    let r = self.serve(parts, meta, found.key, Some(tier), now).await;
+                    return Ok((r, Outcome::hit(tier, ttl)));
+                }
+                Use::StaleAllowed => {
+                    let r = self
+                        .serve(parts, found.meta, found.key, Some(tier), now)
+                        .await;
+                    return Ok((r, Outcome::stale(tier, ttl, StaleReason::MaxStale)));
+                }
+                Use::StaleWhileRevalidate => {
+                    via.revalidate_in_background(parts, key, &found);
+                    let r = self
+                        .serve(parts, found.meta, found.key, Some(tier), now)
+                        .await;
+                    return Ok((r, Outcome::stale(tier, ttl, StaleReason::WhileRevalidate)));
+                }
+                Use::Revalidate => stale = Some(found),
+            }
+        }
+        if stale.is_none() && req_cc.only_if_cached {
+            return Err(Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "only-if-cached, and this edge does not hold it",
+            ));
+        }
+        let (fetched, collapsed) = match via.fetch(parts, key, stale.as_ref()).await {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(r) = self
+                    .stale_on_error(parts, stale.as_ref(), now, &req_cc)
+                    .await
+                {
+                    tracing::warn!(path = %parts.uri.path(), error = %e, "origin failed; serving stale");
+                    return Ok(r);
+                }
+                return Err(refusal_of(&e));
+            }
+        };
+        match fetched {
+            Fetched::Stored { meta, key, status } => {
+                let outcome = match (&stale, status) {
+                    (Some(_), 304) => Outcome::revalidated(304),
+                    (Some(_), status) => Outcome::refetched(status, true),
+                    (None, _) => Outcome::miss(true),
+                };
+                let r = self.serve(parts, meta, key, None, now).await;
+                Ok((r, outcome.collapsed(collapsed)))
+            }
+            Fetched::Missing(file) => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("nothing is published at {file:?}"),
+            )),
+            Fetched::Filling { fill, head, leader } => {
+                if head.status.is_server_error()
+                    && let Some(r) = self
+                        .stale_on_error(parts, stale.as_ref(), now, &req_cc)
+                        .await
+                {
+                    return Ok(r);
+                }
+                let same_variant = head
+                    .vary
+                    .iter()
+                    .all(|(n, v)| parts.headers.get(n.as_str()) == v.as_ref());
+                if !leader
+                    && (!head.storable || !same_variant)
+                    && let Via::Upstream { up, pq } = &via
+                {
+                    // Not shareable with this request: fetch for it alone.
+                    let r = up.pass(parts, pq, None).await.map_err(|e| refusal_of(&e))?;
+                    return Ok((r, Outcome::pass(PassReason::Uncacheable)));
+                }
+                let outcome = match &stale {
+                    Some(_) => Outcome::refetched(head.status.as_u16(), head.storable),
+                    None => Outcome::miss(head.storable),
+                };
+                let r = self.serve_fill(parts, &fill, &head);
+                Ok((r, outcome.collapsed(collapsed)))
+            }
+        }
+    }
+
+    /// The stored response, when the origin failed and `stale-if-error` (or the request's
+    /// `max-stale`) allows serving it.
+    async fn stale_on_error(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        stale: Option<&Found>,
+        now: u64,
+        req_cc: &CacheControl,
+    ) -> Option<(Response<EdgeBody>, Outcome)> {
+        let found = stale?;
+        if !found.meta.freshness.usable_on_error(now, req_cc) {
+            return None;
+        }
+        let ttl = found.meta.freshness.ttl(now);
+        let r = self
+            .serve(parts, found.meta.clone(), found.key, Some(found.tier), now)
+            .await;
+        Some((r, Outcome::stale(found.tier, ttl, StaleReason::IfError)))
+    }
+}

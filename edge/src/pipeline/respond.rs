@@ -1,0 +1,242 @@
+//! Answering from a response the edge holds or is filling: the representation plan
+//! ([`crate::rules::representation`]) turned into a response, and the bytes moved — from the
+//! store, the origin's chunks, a brotli copy or a fill in progress. `Age`, `Content-Length`
+//! and the served-bytes metric are set here.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cached::Cached;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+
+use crate::basics::body::{BoxError, ByteStream, EdgeBody, empty_body, full_body, stream_body};
+use crate::basics::error::Refusal;
+use crate::coalesce::fill::{Fill, FillHead};
+use crate::pipeline::Edge;
+use crate::pipeline::outcome::refusal_of;
+use crate::rules::representation::{Plan, mark_brotli, plan, wants_brotli};
+use crate::store::entry::{BodyRef, Key, Meta};
+use crate::store::tiers::Tier;
+
+impl Edge {
+    /// Answers the request `parts` from the stored response `meta` (under `key`), found in
+    /// `tier` (`None`: just fetched).
+    pub(crate) async fn serve(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        meta: Arc<Meta>,
+        key: Key,
+        tier: Option<Tier>,
+        now: u64,
+    ) -> Response<EdgeBody> {
+        let req = &parts.headers;
+        let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
+        let mut headers = meta.headers.clone();
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(header::AGE, HeaderValue::from(meta.freshness.age(now)));
+        let (code, start, end) = match plan(req, status, &mut headers, Some(meta.size)) {
+            Plan::Decided(decided) => return precondition_answer(decided, &headers),
+            Plan::Unsatisfiable { size } => return unsatisfiable(size),
+            Plan::Send { status, start, end } => (status, start, end),
+        };
+        let head = parts.method == Method::HEAD;
+        let counter = self
+            .metrics
+            .bytes_served
+            .with_label_values(&[tier.map(Tier::as_str).unwrap_or("origin")]);
+        if code == StatusCode::OK
+            && wants_brotli(self.cfg.brotli, meta.size, &mut headers, req)
+            && let Some(compressed) = self.brotli_copy(&meta, key).await
+        {
+            mark_brotli(&mut headers, compressed.len());
+            let body = if head {
+                empty_body()
+            } else {
+                counter.inc_by(compressed.len() as u64);
+                full_body(compressed)
+            };
+            return respond(code, headers, body);
+        }
+        if !head
+            && end > start
+            && let BodyRef::Chunks(chunks) = &meta.body
+            && let Some(origin) = &self.origin
+        {
+            // The first chunk before the head: when the origin cannot give it (or gives
+            // corrupt bytes), the client gets a clear 502 instead of a cut-off 200.
+            let i = chunks.partition_point(|c| c.offset + c.size as u64 <= start);
+            if let Some(c) = chunks.get(i)
+                && let Err(e) = origin.chunk(c.hash).await
+            {
+                return refusal_of(&e).response();
+            }
+        }
+        let body = if head || end == start {
+            empty_body()
+        } else if let BodyRef::Inline(b) = &meta.body {
+            counter.inc_by(end - start);
+            full_body(b.slice(start as usize..end as usize))
+        } else {
+            stream_body(self.body_stream(&meta, start, end).inspect(move |r| {
+                if let Ok(b) = r {
+                    counter.inc_by(b.len() as u64);
+                }
+            }))
+        };
+        respond(code, headers, body)
+    }
+
+    /// The bytes `start..end` of a stored body, as they are read or fetched.
+    pub(crate) fn body_stream(&self, meta: &Meta, start: u64, end: u64) -> ByteStream {
+        if let Some(s) = self.store.body_stream(meta, start, end) {
+            return s;
+        }
+        match (&meta.body, &self.origin) {
+            (BodyRef::Chunks(chunks), Some(origin)) => {
+                origin.chunk_stream(chunks.clone(), start, end)
+            }
+            _ => Box::pin(futures_util::stream::once(async {
+                Err(BoxError::from(
+                    "a stored body made of chunks, and no origin",
+                ))
+            })),
+        }
+    }
+
+    /// The brotli-compressed copy of a stored body, compressed once per stored version;
+    /// `None` when it does not get smaller or cannot be read.
+    async fn brotli_copy(&self, meta: &Meta, key: Key) -> Option<Bytes> {
+        let cache_key = (key, meta.stored_at_ms);
+        let cached = self.brotli.lock().unwrap().cache_get(&cache_key).cloned();
+        let compressed = match cached {
+            Some(c) => c,
+            None => {
+                let body = match &meta.body {
+                    BodyRef::Inline(b) => b.clone(),
+                    _ => {
+                        let mut all = Vec::with_capacity(meta.size as usize);
+                        let mut s = self.body_stream(meta, 0, meta.size);
+                        while let Some(part) = s.next().await {
+                            all.extend_from_slice(&part.ok()?);
+                        }
+                        Bytes::from(all)
+                    }
+                };
+                let c = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::with_capacity(body.len() / 3);
+                    let params = brotli::enc::BrotliEncoderParams {
+                        quality: 5,
+                        lgwin: 22,
+                        ..Default::default()
+                    };
+                    brotli::BrotliCompress(&mut &body[..], &mut out, &params).ok()?;
+                    // Not worth it: remember that as an empty entry.
+                    Some(if out.len() < body.len() {
+                        Bytes::from(out)
+                    } else {
+                        Bytes::new()
+                    })
+                })
+                .await
+                .ok()??;
+                self.brotli.lock().unwrap().cache_set(cache_key, c.clone());
+                c
+            }
+        };
+        (!compressed.is_empty()).then_some(compressed)
+    }
+
+    /// The response to the request `parts` from a fill in progress.
+    pub(crate) fn serve_fill(
+        &self,
+        parts: &http::request::Parts,
+        fill: &Arc<Fill>,
+        head: &FillHead,
+    ) -> Response<EdgeBody> {
+        let mut headers = head.headers.clone();
+        let size = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let (status, start, end) = match plan(&parts.headers, head.status, &mut headers, size) {
+            Plan::Decided(decided) => return precondition_answer(decided, &headers),
+            Plan::Unsatisfiable { size } => return unsatisfiable(size),
+            Plan::Send { status, start, end } => (status, start, end),
+        };
+        let body = if parts.method == Method::HEAD {
+            empty_body()
+        } else {
+            let counter = self.metrics.bytes_served.with_label_values(&["origin"]);
+            let mut pos = 0u64;
+            stream_body(fill.body().filter_map(move |r| {
+                let out = match r {
+                    Err(e) => Some(Err(BoxError::from(e))),
+                    Ok(b) => {
+                        let (s, e) = (pos, pos + b.len() as u64);
+                        pos = e;
+                        let (from, to) = (start.max(s), end.min(e));
+                        (from < to).then(|| {
+                            let part = b.slice((from - s) as usize..(to - s) as usize);
+                            counter.inc_by(part.len() as u64);
+                            Ok(part)
+                        })
+                    }
+                };
+                std::future::ready(out)
+            }))
+        };
+        respond(status, headers, body)
+    }
+}
+
+fn respond(status: StatusCode, headers: HeaderMap, body: EdgeBody) -> Response<EdgeBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// The answer when a request's preconditions decided it: `304` with the validators and
+/// caching headers of the response it stands for (RFC 9110 §15.4.5), or `412` naming the
+/// problem.
+fn precondition_answer(decided: StatusCode, headers: &HeaderMap) -> Response<EdgeBody> {
+    if decided != StatusCode::NOT_MODIFIED {
+        return Refusal::new(
+            decided,
+            "a precondition (If-Match or If-Unmodified-Since) does not hold",
+        )
+        .response();
+    }
+    let mut r = Response::new(empty_body());
+    *r.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CACHE_CONTROL,
+        header::EXPIRES,
+        header::VARY,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::AGE,
+    ] {
+        if let Some(v) = headers.get(&name) {
+            r.headers_mut().insert(name, v.clone());
+        }
+    }
+    r
+}
+
+/// `416` for a range outside a representation of `size` bytes.
+fn unsatisfiable(size: u64) -> Response<EdgeBody> {
+    let mut r = Refusal::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        format!("the range is outside the representation's {size} bytes"),
+    )
+    .response();
+    r.headers_mut().insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
+    );
+    r
+}

@@ -1,0 +1,258 @@
+//! The edge's two cache tiers: memory and SSD, one foyer hybrid cache holding every
+//! [`Value`] under its [`Key`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, EvictionConfig, FsDeviceBuilder, Hint, HybridCache,
+    HybridCacheBuilder, HybridCachePolicy, HybridCacheProperties, LfuConfig, Location,
+    PsyncIoEngineConfig, RecoverMode, S3FifoConfig, Source,
+};
+
+use crate::basics::clock::now_ms;
+use crate::basics::config::Policy;
+use crate::store::advice::{Advice, Target};
+use crate::store::entry::{Key, SEGMENT, Value};
+
+/// foyer's properties for an entry stored as `advice` says.
+fn properties(advice: Advice) -> HybridCacheProperties {
+    let location = match advice.target {
+        Target::Memory => Location::InMem,
+        Target::Disk => Location::OnDisk,
+        Target::Both => Location::Default,
+    };
+    let hint = if advice.low_priority {
+        Hint::Low
+    } else {
+        Hint::Normal
+    };
+    HybridCacheProperties::default()
+        .with_location(location)
+        .with_hint(hint)
+}
+
+/// Which tier served a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Disk,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+        }
+    }
+
+    /// The slower of two tiers (a lookup that touched the SSD counts as an SSD hit).
+    pub fn slower(self, other: Tier) -> Tier {
+        if self == Tier::Disk || other == Tier::Disk {
+            Tier::Disk
+        } else {
+            Tier::Memory
+        }
+    }
+}
+
+/// Errors opening the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The SSD tier could not be opened (folder missing, not writable, too small).
+    #[error("cannot open the SSD cache in {dir}: {source}")]
+    Open {
+        dir: String,
+        #[source]
+        source: foyer::Error,
+    },
+}
+
+/// The two tiers. Cheap to clone; safe to use from any task.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    hybrid: HybridCache<Key, Value>,
+    /// Recent removals (key → time in ms). foyer's removal from the SSD tier is queued, and
+    /// a copy still waiting to be written may be found after it; a stored response older
+    /// than its key's removal is treated as gone. A std mutex: map operations only.
+    removed: Arc<std::sync::Mutex<std::collections::HashMap<Key, u64>>>,
+}
+
+/// How long removals are remembered: far longer than foyer's write queue takes to drain.
+const REMEMBER_REMOVALS_MS: u64 = 10 * 60 * 1000;
+
+impl Cache {
+    /// Opens the cache: `memory` bytes in RAM, `disk` bytes in files under `dir` (recovered
+    /// from an earlier run when present).
+    pub async fn open(
+        dir: &Path,
+        memory: usize,
+        disk: usize,
+        policy: Policy,
+    ) -> Result<Cache, CacheError> {
+        let eviction: EvictionConfig = match policy {
+            Policy::WTinyLfu => LfuConfig::default().into(),
+            Policy::S3Fifo => S3FifoConfig::default().into(),
+        };
+        let open_err = |source| CacheError::Open {
+            dir: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(foyer::Error::io_error(e)))?;
+        let storage = HybridCacheBuilder::new()
+            .with_name("tessera-edge")
+            .with_policy(HybridCachePolicy::WriteOnInsertion)
+            .with_flush_on_close(true)
+            .memory(memory)
+            .with_shards(8)
+            .with_eviction_config(eviction)
+            .with_weighter(|_k: &Key, v: &Value| 32 + v.weight())
+            .storage()
+            .with_recover_mode(RecoverMode::Quiet);
+        // `disk` 0: memory only (foyer's no-op storage engine), like Varnish with malloc.
+        let storage = if disk == 0 {
+            storage
+        } else {
+            // Blocks must hold the largest entry (a segment plus framing); 16 blocks at
+            // least, so eviction of one block frees a small share of the tier.
+            let block = (disk / 16).clamp(2 * SEGMENT + 4096, 64 << 20);
+            let device = FsDeviceBuilder::new(dir)
+                .with_capacity(disk.max(16 * block))
+                .build()
+                .map_err(open_err)?;
+            storage
+                .with_io_engine_config(PsyncIoEngineConfig::new())
+                .with_engine_config(
+                    BlockEngineConfig::new(device)
+                        .with_block_size(block)
+                        .with_tombstone_log(true),
+                )
+        };
+        let hybrid = storage.build().await.map_err(open_err)?;
+        Ok(Cache {
+            hybrid,
+            removed: Default::default(),
+        })
+    }
+
+    /// Looks `key` up in memory, then on SSD (a disk hit is promoted to memory by foyer).
+    /// An I/O error reading the SSD tier is logged and reads as a miss.
+    pub async fn get(&self, key: &Key) -> Option<(Value, Tier)> {
+        // A memory hit needs none of the hybrid lookup's machinery.
+        if let Some(e) = self.hybrid.memory().get(key) {
+            return Some((e.value().clone(), Tier::Memory));
+        }
+        match self.hybrid.get(key).await {
+            Ok(Some(e)) => {
+                let tier = match e.source() {
+                    Source::Disk => Tier::Disk,
+                    _ => Tier::Memory,
+                };
+                Some((e.value().clone(), tier))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Stores `value` under `key` in memory and (written behind) on SSD.
+    pub fn insert(&self, key: Key, value: Value) {
+        self.forget_removal(&key);
+        self.hybrid.insert(key, value);
+    }
+
+    /// A store after a removal supersedes it (even within the same millisecond).
+    fn forget_removal(&self, key: &Key) {
+        let mut removed = self.removed.lock().unwrap();
+        if !removed.is_empty() {
+            removed.remove(key);
+        }
+    }
+
+    /// Stores `value` under `key` where `advice` says (`None`: as [`Cache::insert`]).
+    pub fn insert_advised(&self, key: Key, value: Value, advice: Option<Advice>) {
+        let Some(a) = advice else {
+            return self.insert(key, value);
+        };
+        self.forget_removal(&key);
+        self.hybrid
+            .insert_with_properties(key, value, properties(a));
+    }
+
+    /// Whether `key` is probably held (may say yes for an entry that is gone; the caller
+    /// copes with a later miss).
+    pub fn contains(&self, key: &Key) -> bool {
+        self.hybrid.contains(key)
+    }
+
+    /// Removes `key` from both tiers.
+    pub fn remove(&self, key: &Key) {
+        let now = now_ms();
+        {
+            let mut removed = self.removed.lock().unwrap();
+            if removed.len() >= 100_000 {
+                removed.retain(|_, at| now.saturating_sub(*at) < REMEMBER_REMOVALS_MS);
+            }
+            removed.insert(*key, now);
+        }
+        self.hybrid.remove(key);
+    }
+
+    /// Whether `key` was removed at or after `stored_at_ms` (so what was found under it is a
+    /// copy the removal has not reached yet).
+    pub fn removed_since(&self, key: &Key, stored_at_ms: u64) -> bool {
+        let removed = self.removed.lock().unwrap();
+        !removed.is_empty() && removed.get(key).is_some_and(|at| *at >= stored_at_ms)
+    }
+
+    /// Bytes in use in the memory tier.
+    pub fn memory_usage(&self) -> usize {
+        self.hybrid.memory().usage()
+    }
+
+    /// Bytes the memory tier may hold.
+    pub fn memory_capacity(&self) -> usize {
+        self.hybrid.memory().capacity()
+    }
+
+    /// Flushes the memory tier to SSD and closes the cache.
+    pub async fn close(&self) {
+        if let Err(e) = self.hybrid.close().await {
+            tracing::warn!(error = %e, "closing the SSD cache failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_cache_without_disk_keeps_entries_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20, 0, Policy::S3Fifo)
+            .await
+            .unwrap();
+        let key = |i: u32| Key::derive("t", &[&i.to_le_bytes()]);
+        // 4 MiB through a 1 MiB memory tier: the early entries are evicted, with nowhere
+        // to go, and the last one is a memory hit.
+        for i in 0..64 {
+            cache.insert(key(i), Value::Bytes(Bytes::from(vec![i as u8; 64 << 10])));
+        }
+        let (v, tier) = cache.get(&key(63)).await.expect("the newest entry");
+        assert_eq!(tier, Tier::Memory);
+        assert!(matches!(v, Value::Bytes(b) if b.len() == 64 << 10 && b[0] == 63));
+        assert!(
+            cache.get(&key(0)).await.is_none(),
+            "evicted entries are gone"
+        );
+        cache.hybrid.close().await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(files.is_empty(), "no SSD files: {files:?}");
+    }
+}
