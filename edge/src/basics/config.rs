@@ -66,7 +66,7 @@ pub struct EdgeConfig {
     pub send_stall_secs: u64,
     /// QUIC settings of the HTTP/3 listener.
     pub quic: crate::basics::quic::QuicSettings,
-    /// One log line per request ([`crate::access`]): protocol, status, cache result,
+    /// One log line per request (`pipeline::access`): protocol, status, cache result,
     /// bytes, duration.
     pub access_log: bool,
     /// Origin mode in front of an origin cluster: the ring of its nodes (in the order of
