@@ -98,17 +98,19 @@ impl OriginBackend {
             Join::Follow(flight) => return flight.wait().await,
             Join::Lead(permit) => permit,
         };
-        // A fetch that ended between this request's lookup and its join has stored the
-        // chunk (before it ended the flight): take that instead of fetching again.
-        if self.ctx.store.cache.contains(&key)
-            && let Some(b) = self.cached_chunk(hash).await?
-        {
-            permit.flight().set(Ok(b.clone()));
-            return Ok(b);
-        }
         let flight = permit.flight().clone();
+        // The fetch runs on its own task, holding the permit: a leader whose client goes away
+        // does not fail the followers.
         let me = self.clone();
         tokio::spawn(async move {
+            // A fetch that ended between this request's lookup and its join has stored the
+            // chunk (before it ended its flight): take that instead of fetching again.
+            if me.ctx.store.cache.contains(&key)
+                && let Ok(Some(b)) = me.cached_chunk(hash).await
+            {
+                permit.flight().set(Ok(b));
+                return;
+            }
             let got = me.fetch_chunk(hash).await;
             if let Ok(b) = &got {
                 me.ctx.store.cache.insert(key, Value::Bytes(b.clone()));

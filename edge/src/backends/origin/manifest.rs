@@ -52,21 +52,24 @@ impl OriginBackend {
             Join::Lead(permit) => permit,
         };
         let flight = permit.flight().clone();
-        // A flight that ended between this request's cache miss and now has stored its
-        // manifest: take that instead of fetching again.
-        if stale.is_none()
-            && self.ctx.store.cache.contains(&key)
-            && let Some((Value::Meta(m), _)) = self.ctx.store.cache.get(&key).await
-        {
-            flight.set(Ok((ManifestAnswer::Found(m), 200)));
-        } else {
-            let me = self.clone();
-            let file = file.to_string();
-            tokio::spawn(async move {
-                let got = me.fetch_manifest(&file, stale).await;
-                permit.flight().set(got);
-            });
-        }
+        // The fetch runs on its own task, holding the permit: a leader whose client goes away
+        // does not fail the followers.
+        let me = self.clone();
+        let file = file.to_string();
+        tokio::spawn(async move {
+            // A flight that ended between this request's cache miss and its join has stored
+            // its manifest: take that instead of fetching again.
+            let cache = &me.ctx.store.cache;
+            if stale.is_none()
+                && cache.contains(&key)
+                && let Some((Value::Meta(m), _)) = cache.get(&key).await
+            {
+                permit.flight().set(Ok((ManifestAnswer::Found(m), 200)));
+                return;
+            }
+            let got = me.fetch_manifest(&file, stale).await;
+            permit.flight().set(got);
+        });
         let (answer, status) = flight.wait().await?;
         Ok((answer, status, false))
     }
