@@ -46,7 +46,7 @@ pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Edge
 }
 
 /// An h3 `poll_recv_data` result as an `http_body` frame, and whether the body ended (request
-/// bodies in the HTTP/3 listener, response bodies in [`crate::client`]).
+/// bodies in the HTTP/3 listener, response bodies in the client).
 pub fn data_frame<B: Buf>(
     polled: Poll<Result<Option<B>, h3::error::StreamError>>,
 ) -> (Poll<Option<Result<Frame<Bytes>, BoxError>>>, bool) {

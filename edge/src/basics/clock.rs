@@ -1,4 +1,4 @@
-//! The wall clock, read in one place. The rules ([`crate::rules`]) never read it: they are
+//! The wall clock, read in one place. The rules (the layer above) never read it: they are
 //! handed the time.
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -18,7 +18,7 @@ use wasmtime::component::{Component, Linker};
 use crate::Request;
 use crate::generated::route::tessera::policy::host::{self, Level};
 use crate::generated::route::tessera::policy::types;
-use crate::memo::{Read, Trace};
+use crate::memo::{Read, Trace, now_ms};
 
 /// Longest log line a plugin may write; the rest is cut.
 const LOG_LINE_MAX: usize = 1024;
@@ -136,14 +136,6 @@ impl wasmtime::ResourceLimiter for State {
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
-}
-
-/// Wall-clock time, Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn cut(s: &str, max: usize) -> &str {
