@@ -16,7 +16,7 @@ use crate::basics::error::{FetchError, Refusal};
 use crate::coalesce::fill::{Fill, FillHead};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::{Outcome, PassReason, StaleReason, refusal_of};
-use crate::rules::freshness::{CacheControl, Use, request_directives};
+use crate::rules::freshness::{CacheControl, Use};
 use crate::store::Found;
 use crate::store::bans::BanVerdict;
 use crate::store::entry::{Key, Meta};
@@ -113,23 +113,24 @@ impl Via {
 }
 
 impl Edge {
-    /// Answers a `GET` or `HEAD` for `key` through the cache; `use_stored` false skips the
-    /// lookup (the response is still stored when it may be).
+    /// Answers a `GET` or `HEAD` for `key` through the cache, under the request's directives
+    /// `req_cc`; `use_stored` false skips the lookup (the response is still stored when it
+    /// may be).
     pub(crate) async fn through_cache(
         self: &Arc<Self>,
         parts: &http::request::Parts,
+        req_cc: &CacheControl,
         key: Key,
         via: Via,
         use_stored: bool,
     ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
-        let req_cc = request_directives(&parts.headers);
         let now = now_secs();
         let mut stale = None;
         if use_stored && let Some(found) = self.store.lookup(&key, &parts.headers).await {
             let usage = if found.verdict == BanVerdict::Stale {
                 Use::Revalidate
             } else {
-                found.meta.freshness.judge(now, &req_cc)
+                found.meta.freshness.judge(now, req_cc)
             };
             let (tier, ttl) = (found.tier, found.meta.freshness.ttl(now));
             match usage {
@@ -169,7 +170,7 @@ impl Edge {
             Ok(f) => f,
             Err(e) => {
                 if let Some(r) = self
-                    .stale_on_error(parts, stale.as_ref(), now, &req_cc)
+                    .stale_on_error(parts, stale.as_ref(), now, req_cc)
                     .await
                 {
                     tracing::warn!(path = %parts.uri.path(), error = %e, "origin failed; serving stale");
@@ -195,7 +196,7 @@ impl Edge {
             Fetched::Filling { fill, head, leader } => {
                 if head.status.is_server_error()
                     && let Some(r) = self
-                        .stale_on_error(parts, stale.as_ref(), now, &req_cc)
+                        .stale_on_error(parts, stale.as_ref(), now, req_cc)
                         .await
                 {
                     return Ok(r);

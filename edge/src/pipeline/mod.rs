@@ -283,7 +283,8 @@ impl Edge {
             origin: origin.clone(),
             file,
         };
-        self.through_cache(&parts, key, via, true).await
+        let req_cc = request_directives(&parts.headers);
+        self.through_cache(&parts, &req_cc, key, via, true).await
     }
 
     /// Upstream mode's request rules, then the cache.
@@ -311,7 +312,8 @@ impl Edge {
             }
             return Ok((r, Outcome::pass(PassReason::Method)));
         }
-        if request_directives(&parts.headers).no_store {
+        let req_cc = request_directives(&parts.headers);
+        if req_cc.no_store {
             let r = up
                 .pass(&parts, &pq, Some(body))
                 .await
@@ -320,7 +322,7 @@ impl Edge {
         }
         // A request with credentials is answered by the upstream, never from the store.
         let use_stored = !parts.headers.contains_key(header::AUTHORIZATION);
-        self.through_cache(&parts, key, Via::Upstream { up, pq }, use_stored)
+        self.through_cache(&parts, &req_cc, key, Via::Upstream { up, pq }, use_stored)
             .await
     }
 }
