@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use common::{Node, get, metric, noise, send};
 use http::{Method, StatusCode};
-use tessera_origin_proto::ChunkHash;
+use tessera_origin_proto::{BatchItem, ChunkHash};
 
 #[tokio::test]
 async fn round_trips_of_many_sizes() {
@@ -606,6 +606,27 @@ async fn a_flipped_byte_on_disk_is_never_served() {
         1,
         "{statuses:?}"
     );
+    // In a batch, the corrupt chunk is "unavailable" and the others are served.
+    let hashes: Vec<ChunkHash> = m.chunks.iter().map(|c| c.hash).collect();
+    let mut batch = node.client.chunk_batch(&hashes, false).await.unwrap();
+    let mut kinds = Vec::new();
+    while let Some(item) = batch.next().await {
+        kinds.push(match item.unwrap() {
+            BatchItem::Chunk(..) => "chunk",
+            BatchItem::Unavailable(_) => "unavailable",
+            BatchItem::Corrupt(_) => "corrupt",
+        });
+    }
+    assert_eq!(kinds.len(), m.chunks.len());
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "unavailable").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "chunk").count(),
+        m.chunks.len() - 1
+    );
 
     // Corruption deep in a big file: the reply starts, then the body is cut before the bad
     // chunk; the client never receives the whole, let alone wrong bytes.
@@ -696,5 +717,96 @@ async fn http2_with_prior_knowledge_works_too() {
     use http_body_util::BodyExt;
     let body = r.into_body().collect().await.unwrap().to_bytes();
     assert!(body[..] == data[1000..2000]);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn chunk_batches_stream_many_chunks_in_the_order_asked() {
+    let node = Node::start(|_| {}).await;
+    let text = "a compressible line of text, stored brotli\n"
+        .repeat(30_000)
+        .into_bytes();
+    let bin = noise(1 << 20, 41);
+    node.client.put_bytes("t.txt", text.clone()).await.unwrap();
+    node.client.put_bytes("b.bin", bin.clone()).await.unwrap();
+    let mut want: Vec<(ChunkHash, Vec<u8>)> = Vec::new();
+    for (path, data) in [("t.txt", &text), ("b.bin", &bin)] {
+        let m = node.client.manifest(path).await.unwrap().unwrap();
+        for c in &m.chunks {
+            let at = c.offset as usize;
+            want.push((c.hash, data[at..at + c.size as usize].to_vec()));
+        }
+    }
+    // Interleaved, one asked twice, and one nobody published.
+    want.swap(0, 5);
+    want.push(want[2].clone());
+    let missing = ChunkHash::of(b"never published");
+    let mut hashes: Vec<ChunkHash> = want.iter().map(|(h, _)| *h).collect();
+    hashes.insert(3, missing);
+    for brotli in [false, true] {
+        let mut batch = node.client.chunk_batch(&hashes, brotli).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(item) = batch.next().await {
+            got.push(item.unwrap());
+        }
+        assert_eq!(got.len(), hashes.len());
+        let mut expected: Vec<BatchItem> = want
+            .iter()
+            .map(|(h, d)| BatchItem::Chunk(*h, Bytes::from(d.clone())))
+            .collect();
+        expected.insert(3, BatchItem::Unavailable(missing));
+        assert!(
+            got == expected,
+            "brotli {brotli}: the chunks asked, in order"
+        );
+    }
+    // The stored brotli stream is what travels when asked for: fewer bytes than the text.
+    let body = tessera_origin_proto::batch::encode_request(&hashes);
+    let raw = send(Method::POST, &node.url("/api/v1/chunks"), &[], body.clone()).await;
+    let br = send(
+        Method::POST,
+        &node.url("/api/v1/chunks"),
+        &[("accept-encoding", "br")],
+        body,
+    )
+    .await;
+    assert_eq!(raw.status, StatusCode::OK);
+    assert_eq!(
+        raw.header("content-type"),
+        tessera_origin_proto::batch::RESPONSE_TYPE
+    );
+    assert!(
+        br.body.len() < raw.body.len() / 2,
+        "{} vs {}",
+        br.body.len(),
+        raw.body.len()
+    );
+
+    // Bad lists are refused with a JSON reason.
+    for (body, status, why) in [
+        (vec![0u8; 33], StatusCode::BAD_REQUEST, "multiple of 32"),
+        (
+            vec![0u8; 32 * (tessera_origin_proto::batch::MAX_BATCH_CHUNKS + 1)],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "at most",
+        ),
+    ] {
+        let r = send(
+            Method::POST,
+            &node.url("/api/v1/chunks"),
+            &[],
+            Bytes::from(body),
+        )
+        .await;
+        assert_eq!(r.status, status);
+        assert!(
+            r.json()["error"].as_str().unwrap().contains(why),
+            "{:?}",
+            r.json()
+        );
+    }
+    let r = get(&node.url("/api/v1/chunks")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), "POST");
     node.stop().await;
 }

@@ -433,6 +433,170 @@ impl OriginClient {
     }
 }
 
+/// One chunk of a [`ChunkBatch`], in the order requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchItem {
+    /// The chunk's bytes, decoded and checked against its address.
+    Chunk(ChunkHash, Bytes),
+    /// The node has no copy it could verify: ask a replica.
+    Unavailable(ChunkHash),
+    /// The bytes received do not hash to the address (or do not decode): ask a replica.
+    Corrupt(ChunkHash),
+}
+
+/// The streamed answer to [`OriginClient::chunk_batch`]: one [`BatchItem`] per requested
+/// address, in order, each available as soon as its frame arrived.
+#[derive(Debug)]
+pub struct ChunkBatch {
+    url: String,
+    body: hyper::body::Incoming,
+    decoder: crate::batch::Decoder,
+    ended: bool,
+}
+
+impl ChunkBatch {
+    /// The next chunk; `None` once every requested chunk was given. An error ends the batch:
+    /// [`ChunkBatch::received`] says how many items came before it.
+    pub async fn next(&mut self) -> Option<Result<BatchItem, ClientError>> {
+        use hyper::body::Body as _;
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => return Some(Ok(self.item(frame))),
+                Ok(None) if self.ended => {
+                    return self.decoder.finish().err().map(|e| Err(self.malformed(e)));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(self.malformed(e))),
+            }
+            let frame =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.body).poll_frame(cx)).await;
+            match frame {
+                None => self.ended = true,
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Some(Err(ClientError::Transport {
+                        url: self.url.clone(),
+                        source: format!(
+                            "chunk batch broken after {} chunks: {e}",
+                            self.decoder.frames()
+                        )
+                        .into(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Items given so far.
+    pub fn received(&self) -> usize {
+        self.decoder.frames()
+    }
+
+    fn malformed(&mut self, e: crate::batch::BatchError) -> ClientError {
+        self.ended = true;
+        ClientError::Malformed {
+            url: self.url.clone(),
+            why: e.to_string(),
+        }
+    }
+
+    /// Decodes and checks one frame.
+    fn item(&self, frame: crate::batch::Frame) -> BatchItem {
+        use crate::batch::{Encoding, Frame};
+        let (hash, encoding, payload) = match frame {
+            Frame::Unavailable { hash } => return BatchItem::Unavailable(hash),
+            Frame::Chunk {
+                hash,
+                encoding,
+                payload,
+            } => (hash, encoding, payload),
+        };
+        let data = match encoding {
+            Encoding::Identity => payload,
+            Encoding::Brotli => {
+                // Bounded: a chunk larger than a frame may carry is corrupt anyway.
+                let mut out = Vec::new();
+                let mut reader = std::io::Read::take(
+                    brotli::Decompressor::new(&payload[..], 4096),
+                    crate::batch::MAX_PAYLOAD as u64 + 1,
+                );
+                if std::io::Read::read_to_end(&mut reader, &mut out).is_err() {
+                    return BatchItem::Corrupt(hash);
+                }
+                Bytes::from(out)
+            }
+        };
+        if ChunkHash::of(&data) != hash {
+            return BatchItem::Corrupt(hash);
+        }
+        BatchItem::Chunk(hash, data)
+    }
+}
+
+impl OriginClient {
+    /// Asks this node for the chunks `hashes` in one request (`POST /api/v1/chunks`, the
+    /// format in [`crate::batch`]); their bytes arrive as a stream. `brotli` lets the node
+    /// send its stored brotli encoding (less to transfer, more to decode). At most
+    /// [`crate::batch::MAX_BATCH_CHUNKS`] addresses. An answer other than `200` is
+    /// [`ClientError::Status`] (`404` or `405`: the node predates batches).
+    pub async fn chunk_batch(
+        &self,
+        hashes: &[ChunkHash],
+        brotli: bool,
+    ) -> Result<ChunkBatch, ClientError> {
+        let url = format!("{}/api/v1/chunks", self.base);
+        let mut req = Request::post(&url).header(header::CONTENT_TYPE, crate::batch::REQUEST_TYPE);
+        if brotli {
+            req = req.header(header::ACCEPT_ENCODING, "br");
+        }
+        if self.hop {
+            req = req.header(HOP_HEADER, "1");
+        }
+        let req = req
+            .body(full(crate::batch::encode_request(hashes)))
+            .map_err(|e| ClientError::BadUrl {
+                url: url.clone(),
+                why: e.to_string(),
+            })?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                source: Box::new(e),
+            })?;
+        let (parts, body) = resp.into_parts();
+        if parts.status != StatusCode::OK {
+            let bytes = http_body_util::Limited::new(body, 64 << 10)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Status {
+                url,
+                status: parts.status,
+                message,
+            });
+        }
+        Ok(ChunkBatch {
+            url,
+            body,
+            decoder: crate::batch::Decoder::new(hashes.to_vec()),
+            ended: false,
+        })
+    }
+}
+
 /// A complete in-memory upload body.
 pub fn full(data: Bytes) -> UploadBody {
     Full::new(data).map_err(|never| match never {}).boxed()

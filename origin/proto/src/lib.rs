@@ -12,6 +12,7 @@
 //! - [`changes`]: the change feed edges follow.
 //! - [`range`]: `Range` and conditional request evaluation (RFC 9110), shared by origin and edge.
 //! - [`ring`]: consistent-hash placement of chunks and manifests on origin nodes.
+//! - [`batch`]: many chunks in one streamed response (the edges' misses), format version 1.
 //! - [`client`]: [`OriginClient`], an HTTP client for the publisher and edge APIs.
 //!
 //! # Chunk wire format (version 1)
@@ -19,8 +20,9 @@
 //! (`application/octet-stream`, `ETag: "{blake3}"`, [`CHUNK_CACHE_CONTROL`]). A client that
 //! sends `Accept-Encoding: br` may get the origin's stored brotli stream instead, marked
 //! `Content-Encoding: br`; decoding it gives the chunk. Clients check the hash after decoding
-//! ([`OriginClient::chunk`] does).
+//! ([`OriginClient::chunk`] does). Many chunks at once: [`batch`].
 
+pub mod batch;
 pub mod changes;
 pub mod client;
 pub mod hash;
@@ -29,7 +31,7 @@ pub mod path;
 pub mod range;
 pub mod ring;
 
-pub use client::{ClientError, ManifestFetch, OriginClient, PublishReply};
+pub use client::{BatchItem, ChunkBatch, ClientError, ManifestFetch, OriginClient, PublishReply};
 pub use hash::ChunkHash;
 pub use manifest::{Manifest, ManifestChunk};
 pub use path::{PathError, validate_path};

@@ -2,7 +2,8 @@
 //!
 //! Routes:
 //! - `PUT|GET|HEAD|DELETE /api/v1/files/{path}`, `POST /api/v1/files`, `GET /api/v1/files?prefix=P`
-//! - `GET|HEAD /api/v1/manifests/{path}`, `GET|HEAD /api/v1/chunks/{blake3}` (the edges' view)
+//! - `GET|HEAD /api/v1/manifests/{path}`, `GET|HEAD /api/v1/chunks/{blake3}`,
+//!   `POST /api/v1/chunks` (many at once, [`tessera_origin_proto::batch`]): the edges' view
 //! - `GET /api/v1/stats`, `GET /metrics`, `GET /healthz`
 //!
 //! Every error reply is JSON `{"error": "..."}` naming the problem.
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info_span, warn};
 
+mod batch;
 mod internal;
 
 use crate::OriginConfig;
@@ -221,6 +223,7 @@ fn op_of(method: &Method, path: &str) -> &'static str {
         _ if path.starts_with("/api/v1/manifests/") => "manifest",
         _ if path.starts_with("/api/v1/cluster") => "cluster",
         _ if path.starts_with("/api/v1/chunks/") => "chunk",
+        (_, "/api/v1/chunks") => "chunks",
         _ => "other",
     }
 }
@@ -379,6 +382,12 @@ async fn route(app: &Arc<App>, req: &http::request::Parts, body: &mut Option<Inc
                 get_manifest(app, p, &req.headers, method == Method::HEAD).await
             }
             _ => Err(method_not_allowed("GET, HEAD")),
+        };
+    }
+    if path == "/api/v1/chunks" {
+        return match method {
+            Method::POST => batch::chunks(app, &req.headers, body).await,
+            _ => Err(method_not_allowed("POST")),
         };
     }
     if let Some(raw) = path.strip_prefix("/api/v1/chunks/") {
