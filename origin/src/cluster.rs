@@ -567,20 +567,23 @@ impl Cluster {
             let mut file = blake3::Hasher::new();
             let mut out = Vec::new();
             let mut size = 0u64;
+            // Cutting and hashing run on the ingest pool, behind reads ([`crate::workers`]).
             let mut emit = |out: &mut Vec<Bytes>| -> bool {
-                for c in out.drain(..) {
-                    file.update(&c);
-                    if ctx.blocking_send((ChunkHash::of(&c), c)).is_err() {
-                        return false;
-                    }
-                }
-                true
+                let hashed: Vec<(ChunkHash, Bytes)> = crate::workers::ingest(|| {
+                    out.drain(..)
+                        .map(|c| {
+                            file.update(&c);
+                            (ChunkHash::of(&c), c)
+                        })
+                        .collect()
+                });
+                hashed.into_iter().all(|h| ctx.blocking_send(h).is_ok())
             };
             while let Ok(piece) = brx.recv() {
                 match piece {
                     Some(b) => {
                         size += b.len() as u64;
-                        chunker.push(&b, &mut out);
+                        crate::workers::ingest(|| chunker.push(&b, &mut out));
                         if !emit(&mut out) {
                             return None;
                         }

@@ -12,6 +12,7 @@
 //! - [`store`]: pack files, the redb index, publish, read, delete and garbage collection.
 //! - [`server`]: the HTTP API on hyper.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`workers`]: where CPU work runs: ingest at a lower priority than reads.
 
 pub mod chunker;
 pub mod cluster;
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod workers;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -908,20 +908,28 @@ impl Upload<'_> {
         Ok(true)
     }
 
-    /// Adds the next bytes of the file.
+    /// Adds the next bytes of the file. The chunking, hashing and compression run on the
+    /// ingest pool ([`crate::workers`]), behind reads.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.size += data.len() as u64;
-        let before = self.pending.len();
-        self.chunker.push(data, &mut self.pending);
-        self.pending_len += self.pending[before..].iter().map(Bytes::len).sum::<usize>();
-        if self.pending_len >= self.store.cfg.batch_bytes {
-            self.process_batch()?;
-        }
-        Ok(())
+        crate::workers::ingest(|| {
+            self.size += data.len() as u64;
+            let before = self.pending.len();
+            self.chunker.push(data, &mut self.pending);
+            self.pending_len += self.pending[before..].iter().map(Bytes::len).sum::<usize>();
+            if self.pending_len >= self.store.cfg.batch_bytes {
+                self.process_batch()?;
+            }
+            Ok(())
+        })
     }
 
-    /// Hashes the pending chunks, pins those the store has, compresses and stores the rest.
+    /// Hashes the pending chunks, pins those the store has, compresses and stores the rest,
+    /// on the ingest pool ([`crate::workers`]).
     fn process_batch(&mut self) -> Result<()> {
+        crate::workers::ingest(|| self.process_batch_here())
+    }
+
+    fn process_batch_here(&mut self) -> Result<()> {
         let batch = std::mem::take(&mut self.pending);
         self.pending_len = 0;
         if batch.is_empty() {
