@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use tessera_edge::Backend;
-use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk};
+use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk, batch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends raw bytes and reads until the edge closes the connection (or 5 s pass).
@@ -188,6 +188,9 @@ async fn corrupting_origin(data: &'static [u8]) -> std::net::SocketAddr {
                 &[("cache-control", "max-age=60"), ("etag", "\"m\"")],
                 json,
             )
+        } else if req.uri().path() == "/api/v1/chunks" {
+            // An origin from before chunk batches: the edge falls back to one GET per chunk.
+            response(404, &[], b"{\"error\":\"no such endpoint\"}")
         } else {
             response(200, &[], bad)
         }
@@ -220,5 +223,163 @@ async fn a_corrupt_chunk_from_the_origin_is_refused_and_not_cached() {
         edge.origin_fetches("chunk"),
         2,
         "a corrupt chunk is never cached"
+    );
+    assert_eq!(edge.origin_fetches("chunks"), 2, "a batch was tried first");
+}
+
+/// What [`faulty_origin`] does to the batches it serves.
+#[derive(Clone, Copy)]
+enum BatchFault {
+    /// Flips a bit in the payload of the frame at this position.
+    Corrupt(usize),
+    /// Ends the body cleanly after this many frames, as a node that died mid-batch.
+    CutAfter(usize),
+}
+
+/// An origin in front of `real`'s data that serves its manifest and answers chunk batches
+/// with a fault. A real origin checks every chunk before sending it and a real node cannot
+/// be made to die after exactly k frames, so this stands in for a network that flips bits
+/// and for a node that dies mid-stream. Returns its address and the number of batches it
+/// was asked.
+async fn faulty_origin(
+    real: &Origin,
+    path: &str,
+    data: &[u8],
+    fault: BatchFault,
+) -> (Upstream, Manifest) {
+    let m = real.client.manifest(path).await.unwrap().unwrap();
+    let chunks: std::collections::HashMap<ChunkHash, Bytes> = m
+        .chunks
+        .iter()
+        .map(|c| {
+            let at = c.offset as usize;
+            (
+                c.hash,
+                Bytes::copy_from_slice(&data[at..at + c.size as usize]),
+            )
+        })
+        .collect();
+    let json = Bytes::from(serde_json::to_vec(&m).unwrap());
+    let up = Upstream::start(move |req, _| {
+        let mut r = http::Response::builder().status(200);
+        let body = if req.uri().path().starts_with("/api/v1/manifests/") {
+            r = r
+                .header("cache-control", "max-age=60")
+                .header("etag", "\"m\"");
+            json.clone()
+        } else if req.uri().path() == "/api/v1/chunks" {
+            let asked = batch::decode_request(req.body()).unwrap();
+            let mut out = batch::MAGIC.to_vec();
+            for (i, h) in asked.iter().enumerate() {
+                if matches!(fault, BatchFault::CutAfter(k) if i == k) {
+                    break;
+                }
+                let mut payload = chunks[h].to_vec();
+                if matches!(fault, BatchFault::Corrupt(k) if i == k) {
+                    payload[3] ^= 0x10;
+                }
+                out.extend_from_slice(&batch::frame_header(
+                    Some(batch::Encoding::Identity),
+                    h,
+                    payload.len(),
+                ));
+                out.extend_from_slice(&payload);
+            }
+            Bytes::from(out)
+        } else {
+            r = r.status(404);
+            Bytes::from_static(b"{}")
+        };
+        r.body(http_body_util::Full::new(body)).unwrap()
+    })
+    .await;
+    (up, m)
+}
+
+/// An edge whose origins are `first` then the real origin `real` (a failover list).
+async fn edge_before(first: &Upstream, real: &Origin, dir: &std::path::Path) -> EdgeNode {
+    let mut cfg = config(Backend::Origin(vec![first.url(), real.url()]), dir);
+    cfg.follow_changes = false;
+    EdgeNode::start(cfg).await
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_mid_batch_is_refetched_and_the_rest_of_the_batch_kept() {
+    let real = Origin::start().await;
+    let data = noise(1 << 20, 21);
+    real.publish("f.bin", data.clone()).await;
+    let (fake, m) = faulty_origin(&real, "f.bin", &data, BatchFault::Corrupt(5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = edge_before(&fake, &real, dir.path()).await;
+    let r = edge.get("/f.bin").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == data, "the bytes served are the file's");
+    assert_eq!(edge.edge.metrics().corrupt_chunks.get(), 1);
+    // Every chunk checked and kept once: the corrupt one came from the second origin, in a
+    // batch of its own; the chunks after it in the first batch were still taken.
+    assert_eq!(edge.origin_chunks(), m.chunks.len() as u64);
+    assert_eq!(edge.origin_fetches("chunks"), 2);
+    assert_eq!(fake.count("/api/v1/chunks"), 1);
+    // All of it is cached now: served again without any origin.
+    let r = edge.get("/f.bin").await;
+    assert!(r.body == data);
+    assert_eq!(edge.origin_fetches("chunks"), 2);
+}
+
+#[tokio::test]
+async fn an_origin_that_dies_mid_batch_leaves_the_rest_to_the_next() {
+    let real = Origin::start().await;
+    let data = noise(1 << 20, 22);
+    real.publish("f.bin", data.clone()).await;
+    let (fake, m) = faulty_origin(&real, "f.bin", &data, BatchFault::CutAfter(10)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = edge_before(&fake, &real, dir.path()).await;
+    let r = edge.get("/f.bin").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == data, "the bytes served are the file's");
+    assert_eq!(edge.origin_chunks(), m.chunks.len() as u64);
+    assert_eq!(
+        edge.origin_fetches("chunks"),
+        2,
+        "the rest in one batch from the next"
+    );
+    assert_eq!(
+        edge.metric("tessera_edge_origin_errors_total", &[("kind", "malformed")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_chunk_no_origin_can_give_before_the_first_byte_is_a_json_502() {
+    let real = Origin::start().await;
+    let data = noise(200_000, 23);
+    real.publish("f.bin", data.clone()).await;
+    let (fake, _) = faulty_origin(&real, "f.bin", &data, BatchFault::Corrupt(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The faulty origin alone: nobody else has the chunk.
+    let mut cfg = config(Backend::Origin(vec![fake.url()]), dir.path());
+    cfg.follow_changes = false;
+    let edge = EdgeNode::start(cfg).await;
+    let r = edge.get("/f.bin").await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("blake3"),
+        "{:?}",
+        r.body
+    );
+    // Later in the file, a corrupt chunk cuts the body off: never wrong bytes.
+    let (fake, _) = faulty_origin(&real, "f.bin", &data, BatchFault::Corrupt(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Origin(vec![fake.url()]), dir.path());
+    cfg.follow_changes = false;
+    let edge = EdgeNode::start(cfg).await;
+    let resp = edge
+        .send_streaming("GET", "/f.bin", &[], Bytes::new())
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(
+        body.is_err(),
+        "a body with a corrupt chunk must not look complete"
     );
 }

@@ -133,7 +133,7 @@ async fn ssd_tier_serves_what_memory_evicted_and_promotes_it() {
         for i in 0..8 {
             assert_eq!(edge.get(&format!("/f{i}.bin")).await.body.len(), 512 << 10);
         }
-        let chunk_fetches = edge.origin_fetches("chunk");
+        let chunk_fetches = edge.origin_chunks();
         // HEAD reads only the stored response (no chunks), so nothing else passes through the
         // memory tier between the two lookups.
         let r = edge.request("HEAD", "/f0.bin", &[]).await;
@@ -147,7 +147,7 @@ async fn ssd_tier_serves_what_memory_evicted_and_promotes_it() {
         let r = edge.get("/f0.bin").await;
         assert_eq!(&r.body[..], &noise(512 << 10, 0)[..]);
         assert_eq!(
-            edge.origin_fetches("chunk"),
+            edge.origin_chunks(),
             chunk_fetches,
             "served without the origin"
         );
@@ -172,7 +172,7 @@ async fn a_restarted_edge_serves_its_ssd_tier_without_the_origin() {
         let r = edge.get("/big.bin").await;
         assert_eq!(&r.body[..], &noise(300_000, 9)[..]);
         assert_eq!(
-            edge.origin_fetches("manifest") + edge.origin_fetches("chunk"),
+            edge.origin_fetches("manifest") + edge.origin_fetches("chunks"),
             0
         );
     }
@@ -181,8 +181,9 @@ async fn a_new_version_pulls_only_its_changed_chunks() {
         let v1 = noise(4 << 20, 1);
         origin.publish("app.bin", v1.clone()).await;
         assert_eq!(&edge.get("/app.bin").await.body[..], &v1[..]);
-        let first = edge.origin_fetches("chunk");
+        let first = edge.origin_chunks();
         assert!(first > 20, "4 MiB is many chunks: {first}");
+        assert_eq!(edge.origin_fetches("chunks"), 1, "one batch for a cold 4 MiB file");
 
         let mut v2 = v1.clone();
         v2[2_000_000..2_001_000].copy_from_slice(&noise(1000, 2));
@@ -193,13 +194,13 @@ async fn a_new_version_pulls_only_its_changed_chunks() {
         .await;
         let r = edge.get("/app.bin").await;
         assert_eq!(&r.body[..], &v2[..]);
-        let more = edge.origin_fetches("chunk") - first;
+        let more = edge.origin_chunks() - first;
         assert!((1..=3).contains(&more), "only the changed chunks: {more}");
 
         // A second file sharing the content costs no chunk fetch at all.
         origin.publish("copy.bin", v2.clone()).await;
         assert_eq!(&edge.get("/copy.bin").await.body[..], &v2[..]);
-        assert_eq!(edge.origin_fetches("chunk") - first, more);
+        assert_eq!(edge.origin_chunks() - first, more);
     }
 async fn a_range_fetches_only_the_chunks_it_covers() {
         let (origin, edge, _d) = origin_and_edge(|_| {}).await;
@@ -211,11 +212,8 @@ async fn a_range_fetches_only_the_chunks_it_covers() {
         assert_eq!(r.status, 206);
         assert_eq!(r.header("content-range"), "bytes 1000000-1000099/3145728");
         assert_eq!(&r.body[..], &data[1_000_000..1_000_100]);
-        assert!(
-            edge.origin_fetches("chunk") <= 2,
-            "{}",
-            edge.origin_fetches("chunk")
-        );
+        assert!(edge.origin_chunks() <= 2, "{}", edge.origin_chunks());
+        assert_eq!(edge.origin_fetches("chunks"), 1);
 
         let r = edge
             .get_with("/video.bin", &[("range", "bytes=5000000-")])
@@ -248,7 +246,9 @@ async fn concurrent_misses_make_one_origin_fetch() {
             assert_eq!(r.body.len(), data.len());
         }
         assert_eq!(edge.origin_fetches("manifest"), 1);
-        assert_eq!(edge.origin_fetches("chunk"), chunks);
+        assert_eq!(edge.origin_chunks(), chunks, "each chunk fetched once");
+        assert_eq!(edge.origin_fetches("chunks"), 1, "in one batch");
+        assert_eq!(edge.origin_fetches("chunk"), 0);
     }
 async fn publish_and_delete_reach_the_edge_through_the_feed() {
         let (origin, edge, _d) = origin_and_edge(|_| {}).await;
@@ -384,4 +384,66 @@ async fn conditional_requests_are_answered_from_cache() {
         assert_eq!(r.header("content-length"), "5");
         assert!(r.body.is_empty());
     }
+}
+
+/// A client that stops reading a cold large file holds at most the readahead window (plus
+/// what the sockets buffer) at the edge: the edge does not fetch the whole file for it.
+#[tokio::test]
+async fn a_slow_reader_of_a_cold_file_is_fetched_for_a_bounded_window_ahead() {
+    let (origin, edge, _d) = origin_and_edge(|c| {
+        c.origin_readahead_bytes = 512 << 10;
+        c.follow_changes = false;
+    })
+    .await;
+    let data = noise(32 << 20, 31);
+    origin.publish("big.bin", data.clone()).await;
+    let total = origin
+        .client
+        .manifest("big.bin")
+        .await
+        .unwrap()
+        .unwrap()
+        .chunks
+        .len() as u64;
+
+    // A client with a small receive buffer that reads the first 64 KiB and stops.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 << 10).unwrap();
+    let mut s = sock.connect(edge.http).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    s.read_exact(&mut first).await.unwrap();
+    // Once nothing is being fetched, the edge waits for the client: what it fetched is what
+    // the sockets hold plus one window, far from the 32 MiB file.
+    edge.until("the fetches for the stalled client to settle", |e| {
+        e.origin_chunks() > 0 && e.metric("tessera_edge_origin_chunks_in_flight", &[]) == 0.0
+    })
+    .await;
+    let fetched = edge.origin_chunks();
+    assert!(
+        fetched < total / 3,
+        "{fetched} of {total} chunks fetched for a client that read 64 KiB"
+    );
+
+    // Reading on, the client gets every byte, and each chunk was fetched once.
+    let mut rest = Vec::new();
+    let head_end = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    rest.extend_from_slice(&first[head_end..]);
+    while rest.len() < data.len() {
+        let mut buf = vec![0u8; 1 << 20];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the body ended early at {}", rest.len());
+        rest.extend_from_slice(&buf[..n]);
+    }
+    assert!(rest == data, "the bytes served are the file's");
+    assert_eq!(edge.origin_chunks(), total);
+    let batches = edge.origin_fetches("chunks");
+    // Each batch is at most a window (512 KiB and a chunk), and many chunks.
+    assert!(
+        batches >= 50 && batches <= total / 4,
+        "a 32 MiB file ({total} chunks) in windows of 512 KiB: {batches} batches"
+    );
 }

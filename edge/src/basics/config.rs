@@ -49,6 +49,14 @@ pub struct EdgeConfig {
     pub connect_timeout_secs: u64,
     /// Time to wait for an origin's response head, seconds (then `504`).
     pub origin_timeout_secs: u64,
+    /// Origin mode: bytes of chunks a response fetches ahead of what its client has been
+    /// sent (refilled when half of it was sent). Bounds the memory one slow client of a cold
+    /// large file can hold; larger windows mean fewer, longer batch requests.
+    pub origin_readahead_bytes: u64,
+    /// Origin mode: ask origins for chunks in the brotli encoding they store them in (less
+    /// to transfer, a decode per chunk here). Off by default: on a LAN or loopback the
+    /// decode costs more than the bytes saved.
+    pub origin_brotli: bool,
     /// Time a client has to send a request head, seconds.
     pub header_timeout_secs: u64,
     /// Largest request header section, bytes (larger gets `431`).
@@ -142,6 +150,8 @@ impl Default for EdgeConfig {
             max_object_bytes: 1 << 30,
             connect_timeout_secs: 5,
             origin_timeout_secs: 30,
+            origin_readahead_bytes: 4 << 20,
+            origin_brotli: false,
             header_timeout_secs: 10,
             max_header_bytes: 32 << 10,
             follow_changes: true,

@@ -12,8 +12,10 @@ use prometheus::{
 pub enum FetchKind {
     /// A file's manifest (origin mode).
     Manifest,
-    /// One chunk by its blake3 (origin mode).
+    /// One chunk by its blake3 (origin mode, from an origin without batches).
     Chunk,
+    /// A batch of chunks, streamed (origin mode).
+    Chunks,
     /// A whole response (upstream mode).
     Object,
     /// A conditional request for a stored response gone stale.
@@ -24,9 +26,10 @@ pub enum FetchKind {
 
 impl FetchKind {
     /// Every kind, in the order stats list them.
-    pub const ALL: [FetchKind; 5] = [
+    pub const ALL: [FetchKind; 6] = [
         FetchKind::Manifest,
         FetchKind::Chunk,
+        FetchKind::Chunks,
         FetchKind::Object,
         FetchKind::Revalidate,
         FetchKind::Pass,
@@ -37,6 +40,7 @@ impl FetchKind {
         match self {
             FetchKind::Manifest => "manifest",
             FetchKind::Chunk => "chunk",
+            FetchKind::Chunks => "chunks",
             FetchKind::Object => "object",
             FetchKind::Revalidate => "revalidate",
             FetchKind::Pass => "pass",
@@ -57,8 +61,13 @@ pub struct Metrics {
     pub bytes_served: IntCounterVec,
     /// Time to the response head, by protocol and result (`hit`, `miss`).
     pub latency: HistogramVec,
-    /// Requests to origins, by kind (`manifest`, `chunk`, `object`, `revalidate`, `pass`).
+    /// Requests to origins, by kind (`manifest`, `chunk`, `chunks`, `object`, `revalidate`,
+    /// `pass`).
     pub origin_fetches: IntCounterVec,
+    /// Chunks received from origins and checked against their blake3 (origin mode).
+    pub origin_chunks: IntCounter,
+    /// Chunks being fetched from origins now (origin mode).
+    pub chunks_in_flight: IntGauge,
     /// Origin failures by kind (`connect`, `timeout`, `status`, `corrupt`, `malformed`).
     pub origin_errors: IntCounterVec,
     /// Time from a request to an origin to its response head.
@@ -148,6 +157,22 @@ impl Metrics {
                         "Time from a request to an origin to its response head",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .unwrap(),
+            ),
+            origin_chunks: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_origin_chunks_total",
+                    "Chunks received from origins and checked against their blake3",
+                )
+                .unwrap(),
+            ),
+            chunks_in_flight: reg(
+                &registry,
+                IntGauge::new(
+                    "tessera_edge_origin_chunks_in_flight",
+                    "Chunks being fetched from origins now",
                 )
                 .unwrap(),
             ),

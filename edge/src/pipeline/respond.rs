@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::basics::body::{BoxError, ByteStream, EdgeBody, empty_body, full_body, stream_body};
-use crate::basics::error::Refusal;
+use crate::basics::error::{FetchError, FetchFailure, Refusal};
 use crate::coalesce::fill::{Fill, FillHead};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::refusal_of;
@@ -58,27 +58,32 @@ impl Edge {
             };
             return respond(code, headers, body);
         }
-        if !head
-            && end > start
-            && let BodyRef::Chunks(chunks) = &meta.body
-            && let Some(origin) = &self.origin
-        {
-            // The first chunk before the head: when the origin cannot give it (or gives
-            // corrupt bytes), the client gets a clear 502 instead of a cut-off 200.
-            let i = chunks.partition_point(|c| c.offset + c.size as u64 <= start);
-            if let Some(c) = chunks.get(i)
-                && let Err(e) = origin.chunk(c.hash).await
-            {
-                return refusal_of(&e).response();
-            }
-        }
         let body = if head || end == start {
             empty_body()
         } else if let BodyRef::Inline(b) = &meta.body {
             counter.inc_by(end - start);
             full_body(b.slice(start as usize..end as usize))
         } else {
-            stream_body(self.body_stream(&meta, start, end).inspect(move |r| {
+            let mut stream = self.body_stream(&meta, start, end);
+            if matches!(meta.body, BodyRef::Chunks(_)) {
+                // The first bytes before the head: when the origin cannot give them (or
+                // gives corrupt bytes), the client gets a clear 502 instead of a cut-off 200.
+                match stream.next().await {
+                    Some(Ok(first)) => {
+                        stream =
+                            Box::pin(futures_util::stream::once(async { Ok(first) }).chain(stream));
+                    }
+                    Some(Err(e)) => {
+                        let e = match e.downcast::<FetchError>() {
+                            Ok(e) => *e,
+                            Err(e) => FetchError::new(FetchFailure::Body, e.to_string()),
+                        };
+                        return refusal_of(&e).response();
+                    }
+                    None => {}
+                }
+            }
+            stream_body(stream.inspect(move |r| {
                 if let Ok(b) = r {
                     counter.inc_by(b.len() as u64);
                 }

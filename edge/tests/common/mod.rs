@@ -314,6 +314,11 @@ impl EdgeNode {
             .get()
     }
 
+    /// Chunks the edge received from origins (and checked).
+    pub fn origin_chunks(&self) -> u64 {
+        self.edge.metrics().origin_chunks.get()
+    }
+
     /// Stops the edge gracefully (the cache is flushed to SSD) and waits for it.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());

@@ -1,23 +1,22 @@
 //! Chunks: verified bytes by blake3, from memory, from the SSD tier (checked), or from the
 //! chunk's owners (checked by the client); and the byte streams of files made of them.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, header};
-use tessera_origin_proto::{ChunkHash, ManifestChunk};
+use http::{HeaderMap, StatusCode, header};
+use tessera_origin_proto::batch::MAX_BATCH_CHUNKS;
+use tessera_origin_proto::{BatchItem, ChunkHash, ClientError, ManifestChunk};
 
 use crate::backends::origin::{OriginBackend, note_error};
-use crate::basics::body::ByteStream;
+use crate::basics::body::{BoxError, ByteStream};
 use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::FetchKind;
-use crate::coalesce::Join;
+use crate::coalesce::{Join, Once, Permit};
 use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, Value};
 use crate::store::tiers::Tier;
-
-/// Chunks fetched at once for one stream, in order.
-const AHEAD: usize = 8;
 
 impl OriginBackend {
     /// A small file hit again in whole is kept assembled: its stored response gets the bytes
@@ -57,8 +56,11 @@ impl OriginBackend {
         m
     }
 
-    /// The bytes `start..end` of a file made of `chunks`: chunks are looked up in the cache and
-    /// fetched when missing, up to [`AHEAD`] at a time, in order.
+    /// The bytes `start..end` of a file made of `chunks`, in order, as they are found or
+    /// arrive. Chunks are looked up a window at a time ([`OriginBackend::readahead`] bytes
+    /// ahead of what the client was sent, refilled when half of it was sent); the window's
+    /// misses are fetched in one streamed batch per origin node ([`Self::fetch_leads`]), and
+    /// each chunk is handed on as soon as it arrived and was checked.
     pub fn chunk_stream(
         self: &Arc<Self>,
         chunks: Arc<Vec<ManifestChunk>>,
@@ -67,57 +69,18 @@ impl OriginBackend {
     ) -> ByteStream {
         let first = chunks.partition_point(|c| c.offset + c.size as u64 <= start);
         let last = chunks.partition_point(|c| c.offset < end);
-        let me = self.clone();
-        Box::pin(
-            futures_util::stream::iter(first..last)
-                .map(move |i| {
-                    let me = me.clone();
-                    let c = chunks[i];
-                    async move { me.chunk(c.hash).await.map(|b| (c, b)) }
-                })
-                .buffered(AHEAD)
-                .map(move |r| {
-                    r.map(|(c, b)| {
-                        let s = start.saturating_sub(c.offset) as usize;
-                        let e = ((end - c.offset) as usize).min(b.len());
-                        b.slice(s.min(e)..e)
-                    })
-                    .map_err(Into::into)
-                }),
-        )
-    }
-
-    /// The verified bytes of one chunk. Concurrent misses of one chunk share one fetch, on a
-    /// task of its own.
-    pub async fn chunk(self: &Arc<Self>, hash: ChunkHash) -> Result<Bytes, FetchError> {
-        let key = Key(hash.0);
-        if let Some(b) = self.cached_chunk(hash).await? {
-            return Ok(b);
-        }
-        let permit = match self.chunks.join(key) {
-            Join::Follow(flight) => return flight.wait().await,
-            Join::Lead(permit) => permit,
+        let reader = Reader {
+            me: self.clone(),
+            chunks,
+            start,
+            end,
+            next: first,
+            last,
+            queued: first,
+            window: VecDeque::new(),
+            window_bytes: 0,
         };
-        let flight = permit.flight().clone();
-        // The fetch runs on its own task, holding the permit: a leader whose client goes away
-        // does not fail the followers.
-        let me = self.clone();
-        tokio::spawn(async move {
-            // A fetch that ended between this request's lookup and its join has stored the
-            // chunk (before it ended its flight): take that instead of fetching again.
-            if me.ctx.store.cache.contains(&key)
-                && let Ok(Some(b)) = me.cached_chunk(hash).await
-            {
-                permit.flight().set(Ok(b));
-                return;
-            }
-            let got = me.fetch_chunk(hash).await;
-            if let Ok(b) = &got {
-                me.ctx.store.cache.insert(key, Value::Bytes(b.clone()));
-            }
-            permit.flight().set(got);
-        });
-        flight.wait().await
+        Box::pin(futures_util::stream::unfold(reader, Reader::step))
     }
 
     /// The chunk from memory, or from the SSD tier when it matches its blake3 (a corrupt copy
@@ -144,32 +107,320 @@ impl OriginBackend {
         }
     }
 
-    async fn fetch_chunk(&self, hash: ChunkHash) -> Result<Bytes, FetchError> {
-        let mut last = FetchError::new(FetchFailure::Connect, "no origin configured");
-        for i in self.origins.for_chunk(&hash) {
-            let origin = self.origins.client(i);
-            match self.ctx.call(FetchKind::Chunk, origin.chunk(hash)).await {
-                Some(Ok(b)) => return Ok(b),
+    /// Fetches the chunks `leads` lead the flights of, and fills those flights: one streamed
+    /// batch per origin node (each chunk's first choice), then what a node could not give
+    /// (unavailable, corrupt, or the batch broke off) from the next node of that chunk's
+    /// list, until every chunk arrived or its list ran out. Runs on a task of its own holding
+    /// the permits, so a client that goes away does not fail the requests waiting with it.
+    pub(crate) async fn fetch_leads(self: Arc<Self>, leads: Vec<(ChunkHash, ChunkPermit)>) {
+        let cache = &self.ctx.store.cache;
+        let mut todo = Vec::with_capacity(leads.len());
+        for (hash, permit) in leads {
+            // A fetch that ended between this request's lookup and its join has stored the
+            // chunk (before it ended its flight): take that instead of fetching again.
+            if cache.contains(&Key(hash.0))
+                && let Ok(Some(b)) = self.cached_chunk(hash).await
+            {
+                permit.flight().set(Ok(b));
+                continue;
+            }
+            self.ctx.metrics.chunks_in_flight.inc();
+            todo.push(Lead {
+                in_flight: self.ctx.metrics.chunks_in_flight.clone(),
+                order: self.origins.for_chunk(&hash),
+                hash,
+                permit,
+                tried: 0,
+                error: FetchError::new(FetchFailure::Connect, "no origin configured"),
+            });
+        }
+        while !todo.is_empty() {
+            let mut by_origin: BTreeMap<usize, Vec<Lead>> = BTreeMap::new();
+            for lead in todo.drain(..) {
+                match lead.order.get(lead.tried) {
+                    Some(&i) => by_origin.entry(i).or_default().push(lead),
+                    None => lead.permit.flight().set(Err(lead.error.clone())),
+                }
+            }
+            let rounds = by_origin.into_iter().flat_map(|(i, leads)| {
+                // A batch holds at most so many chunks; a window never gets near it.
+                let mut parts = Vec::new();
+                let mut leads = leads.into_iter().peekable();
+                while leads.peek().is_some() {
+                    parts.push((i, leads.by_ref().take(MAX_BATCH_CHUNKS).collect::<Vec<_>>()));
+                }
+                parts
+            });
+            let rounds = rounds.map(|(i, leads)| self.fetch_batch(i, leads));
+            todo = futures_util::future::join_all(rounds)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+        }
+    }
+
+    /// One batch from origin `i`. Fills the flights of the chunks it gave; returns the leads
+    /// it could not serve, each marked as having tried `i`, with the reason.
+    async fn fetch_batch(&self, i: usize, leads: Vec<Lead>) -> Vec<Lead> {
+        let origin = self.origins.client(i);
+        let hashes: Vec<ChunkHash> = leads.iter().map(|l| l.hash).collect();
+        let opened = self
+            .ctx
+            .call(FetchKind::Chunks, origin.chunk_batch(&hashes, self.brotli))
+            .await;
+        let mut batch = match opened {
+            Some(Ok(b)) => b,
+            Some(Err(ClientError::Status { status, .. }))
+                if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                // An origin older than batches: one request per chunk.
+                return self.fetch_singly(i, leads).await;
+            }
+            Some(Err(e)) => {
+                let failure = note_error(self, i, &e);
+                tracing::warn!(origin = origin.base(), error = %e, "chunk batch failed");
+                let error = FetchError::new(failure, format!("origin error: {e}"));
+                return leads.into_iter().map(|l| l.failed(error.clone())).collect();
+            }
+            None => {
+                self.origins.failed(i);
+                let error = timeout_error(origin.base());
+                return leads.into_iter().map(|l| l.failed(error.clone())).collect();
+            }
+        };
+        let mut leads = leads.into_iter();
+        let mut left = Vec::new();
+        loop {
+            // Each chunk must arrive within the origin timeout of the one before it.
+            let item = tokio::time::timeout(self.ctx.origin_timeout, batch.next()).await;
+            let error = match item {
+                Ok(None) => break,
+                Ok(Some(Ok(item))) => {
+                    let lead = leads.next().expect("the decoder checks the frame count");
+                    match item {
+                        BatchItem::Chunk(_, b) => {
+                            self.ctx.metrics.origin_chunks.inc();
+                            self.ctx
+                                .store
+                                .cache
+                                .insert(Key(lead.hash.0), Value::Bytes(b.clone()));
+                            lead.permit.flight().set(Ok(b));
+                        }
+                        BatchItem::Unavailable(h) => left.push(lead.failed(FetchError::new(
+                            FetchFailure::Status,
+                            format!("origin error: {} has no chunk {h}", origin.base()),
+                        ))),
+                        BatchItem::Corrupt(h) => {
+                            self.ctx.failed(FetchFailure::Corrupt);
+                            self.ctx.metrics.corrupt_chunks.inc();
+                            tracing::warn!(origin = origin.base(), chunk = %h, "corrupt chunk refused");
+                            left.push(lead.failed(FetchError::new(
+                                FetchFailure::Corrupt,
+                                format!(
+                                    "origin error: chunk {h} from {} failed its blake3 check",
+                                    origin.base()
+                                ),
+                            )));
+                        }
+                    }
+                    continue;
+                }
+                Ok(Some(Err(e))) => {
+                    let failure = note_error(self, i, &e);
+                    tracing::warn!(origin = origin.base(), error = %e, "chunk batch broke off");
+                    FetchError::new(failure, format!("origin error: {e}"))
+                }
+                Err(_) => {
+                    self.ctx.failed(FetchFailure::Timeout);
+                    self.origins.failed(i);
+                    timeout_error(origin.base())
+                }
+            };
+            left.extend(leads.by_ref().map(|l| l.failed(error.clone())));
+            break;
+        }
+        left
+    }
+
+    /// [`Self::fetch_batch`] from an origin that has no batch endpoint: one `GET` per chunk,
+    /// a few at a time.
+    async fn fetch_singly(&self, i: usize, leads: Vec<Lead>) -> Vec<Lead> {
+        let origin = self.origins.client(i);
+        let gets = leads.into_iter().map(|lead| async move {
+            let error = match self.ctx.call(FetchKind::Chunk, origin.chunk(lead.hash)).await {
+                Some(Ok(b)) => {
+                    self.ctx.metrics.origin_chunks.inc();
+                    self.ctx
+                        .store
+                        .cache
+                        .insert(Key(lead.hash.0), Value::Bytes(b.clone()));
+                    lead.permit.flight().set(Ok(b));
+                    return None;
+                }
                 Some(Err(e)) => {
                     let failure = note_error(self, i, &e);
                     if failure == FetchFailure::Corrupt {
                         self.ctx.metrics.corrupt_chunks.inc();
                     }
-                    tracing::warn!(origin = origin.base(), chunk = %hash, error = %e, "chunk fetch failed");
-                    last = FetchError::new(failure, format!("origin error: chunk {hash}: {e}"));
+                    tracing::warn!(origin = origin.base(), chunk = %lead.hash, error = %e, "chunk fetch failed");
+                    FetchError::new(failure, format!("origin error: chunk {}: {e}", lead.hash))
                 }
                 None => {
                     self.origins.failed(i);
-                    last = FetchError::new(
-                        FetchFailure::Timeout,
-                        format!(
-                            "chunk {hash}: origin {} did not answer in time",
-                            origin.base()
-                        ),
-                    );
+                    timeout_error(origin.base())
                 }
+            };
+            Some(lead.failed(error))
+        });
+        futures_util::stream::iter(gets)
+            .buffered(SINGLY_AT_ONCE)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
+    }
+}
+
+/// Chunk `GET`s in flight at once for one stream, from an origin without batches.
+const SINGLY_AT_ONCE: usize = 8;
+
+/// The flight of one chunk fetch.
+pub(crate) type ChunkFlight = Once<Result<Bytes, FetchError>>;
+/// The right to fetch one chunk for everyone waiting on it.
+pub(crate) type ChunkPermit = Permit<Key, ChunkFlight>;
+
+fn timeout_error(origin: &str) -> FetchError {
+    FetchError::new(
+        FetchFailure::Timeout,
+        format!("origin {origin} did not answer in time"),
+    )
+}
+
+/// A chunk this edge fetches for everyone waiting on it, and where it was tried.
+struct Lead {
+    hash: ChunkHash,
+    permit: ChunkPermit,
+    /// Origins to ask, in order.
+    order: Vec<usize>,
+    /// How many of `order` were asked.
+    tried: usize,
+    /// Why the last one could not give it.
+    error: FetchError,
+    /// `tessera_edge_origin_chunks_in_flight`, which counts this lead until it is dropped.
+    in_flight: prometheus::IntGauge,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
+}
+
+impl Lead {
+    fn failed(mut self, error: FetchError) -> Lead {
+        self.tried += 1;
+        self.error = error;
+        self
+    }
+}
+
+/// One slot of a [`Reader`]'s window.
+enum Slot {
+    /// Found in the cache.
+    Ready(Bytes),
+    /// Being fetched (by this stream or another).
+    Wait(Arc<ChunkFlight>),
+    /// Could not be looked up.
+    Failed(FetchError),
+}
+
+/// The state of a [`OriginBackend::chunk_stream`].
+struct Reader {
+    me: Arc<OriginBackend>,
+    chunks: Arc<Vec<ManifestChunk>>,
+    start: u64,
+    end: u64,
+    /// Next chunk to hand on.
+    next: usize,
+    /// One past the last chunk to hand on.
+    last: usize,
+    /// Chunks `next..queued` are in `window`, in order.
+    queued: usize,
+    window: VecDeque<Slot>,
+    /// Bytes of the chunks in `window`.
+    window_bytes: u64,
+}
+
+impl Reader {
+    async fn step(mut self) -> Option<(Result<Bytes, BoxError>, Reader)> {
+        if self.next >= self.last {
+            return None;
+        }
+        if self.queued < self.last
+            && (self.window.is_empty() || self.window_bytes < self.me.readahead / 2)
+        {
+            self.refill().await;
+        }
+        let c = self.chunks[self.next];
+        self.next += 1;
+        self.window_bytes -= u64::from(c.size);
+        let got = match self
+            .window
+            .pop_front()
+            .expect("refill queues the next chunk")
+        {
+            Slot::Ready(b) => Ok(b),
+            Slot::Wait(flight) => flight.wait().await,
+            Slot::Failed(e) => Err(e),
+        };
+        match got {
+            Ok(b) => {
+                let s = self.start.saturating_sub(c.offset) as usize;
+                let e = ((self.end - c.offset) as usize).min(b.len());
+                Some((Ok(b.slice(s.min(e)..e)), self))
+            }
+            Err(e) => {
+                // The stream ends with this error.
+                self.next = self.last;
+                Some((Err(e.into()), self))
             }
         }
-        Err(last)
+    }
+
+    /// Queues chunks up to the readahead (at least one), looking them up in the cache at
+    /// once and starting one fetch for those nobody is fetching yet.
+    async fn refill(&mut self) {
+        let from = self.queued;
+        let mut to = from;
+        while to < self.last && (to == from || self.window_bytes < self.me.readahead) {
+            self.window_bytes += u64::from(self.chunks[to].size);
+            to += 1;
+        }
+        self.queued = to;
+        let me = &self.me;
+        let found = futures_util::future::join_all(
+            self.chunks[from..to]
+                .iter()
+                .map(|c| me.cached_chunk(c.hash)),
+        )
+        .await;
+        let mut leads = Vec::new();
+        for (c, found) in self.chunks[from..to].iter().zip(found) {
+            self.window.push_back(match found {
+                Ok(Some(b)) => Slot::Ready(b),
+                Err(e) => Slot::Failed(e),
+                Ok(None) => match me.chunks.join(Key(c.hash.0)) {
+                    Join::Follow(flight) => Slot::Wait(flight),
+                    Join::Lead(permit) => {
+                        let flight = permit.flight().clone();
+                        leads.push((c.hash, permit));
+                        Slot::Wait(flight)
+                    }
+                },
+            });
+        }
+        if !leads.is_empty() {
+            tokio::spawn(me.clone().fetch_leads(leads));
+        }
     }
 }

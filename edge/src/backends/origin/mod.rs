@@ -3,14 +3,15 @@
 //! A published file is served from its manifest (kept under a key derived from its path,
 //! fresh as the origin's `Cache-Control` says, revalidated by `ETag`) and its chunks (kept
 //! under their blake3, immutable). A miss fetches the manifest, then only the chunks the
-//! response needs and the cache lacks; every chunk from the origin or the SSD tier is checked
+//! response needs and the cache lacks, in one streamed batch per origin node and a bounded
+//! window ahead of the client; every chunk from the origin or the SSD tier is checked
 //! against its blake3 before it is stored or sent. Concurrent misses of one manifest or one
 //! chunk share one fetch ([`crate::coalesce`]).
 //!
 //! # Layout
 //! - [`origins`]: the clients, the cluster's ring, origins that failed lately.
 //! - [`manifest`]: fetching and revalidating manifests, stored as responses.
-//! - [`chunks`]: verified chunks and the byte streams made of them.
+//! - [`chunks`]: verified chunks, the byte streams made of them, and batch fetches.
 //! - [`feed`]: following the origins' change feeds, and the recent changes a manifest fetch
 //!   checks before storing.
 
@@ -21,7 +22,6 @@ pub mod origins;
 
 use std::path::PathBuf;
 
-use bytes::Bytes;
 use tessera_origin_proto::ClientError;
 
 use crate::backends::Context;
@@ -40,7 +40,11 @@ pub struct OriginBackend {
     /// Manifest fetches in flight, by manifest key (followers are requests: counted).
     manifests: Flights<Key, Once<Result<(ManifestAnswer, u16), FetchError>>>,
     /// Chunk fetches in flight, by chunk key (not counted: many per request).
-    chunks: Flights<Key, Once<Result<Bytes, FetchError>>>,
+    chunks: Flights<Key, chunks::ChunkFlight>,
+    /// Bytes of chunks a response looks up and fetches ahead of what its client was sent.
+    readahead: u64,
+    /// Ask origins for chunks in their stored brotli encoding.
+    brotli: bool,
     /// Paths the change feeds reported recently.
     recent: feed::Recent,
     /// The feeds to follow, with the file each one's position is saved in (none when the
@@ -67,6 +71,8 @@ impl OriginBackend {
         Ok(OriginBackend {
             manifests: Flights::new(Some(ctx.metrics.coalesced.clone())),
             chunks: Flights::new(None),
+            readahead: cfg.origin_readahead_bytes.max(1),
+            brotli: cfg.origin_brotli,
             ctx,
             origins,
             recent: Default::default(),
