@@ -153,8 +153,13 @@ async fn follow(
                     // (see `Recent::superseded`, checked in `manifest`).
                     backend.recent.note(&c.path, c.blake3);
                     let key = manifest_key(&c.path);
+                    // Most changes in a burst are of files this edge never fetched: an index
+                    // check, with no read of either tier, settles those.
+                    if !store.cache.contains(&key) {
+                        continue;
+                    }
                     // A manifest already of the published version (fetched after the publish,
-                    // before its change arrived here) stays; none held, nothing to do.
+                    // before its change arrived here) stays.
                     let stale = match store.cache.get(&key).await {
                         Some((Value::Meta(m), _)) => c.blake3.is_none_or(|h| {
                             m.headers.get(http::header::ETAG).map(|v| v.as_bytes())
