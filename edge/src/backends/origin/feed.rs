@@ -46,17 +46,26 @@ pub struct Recent {
     /// Changes noted so far: the edge's own count, comparable whichever origin's feed (a
     /// cluster has one per node) reported them.
     noted: std::sync::atomic::AtomicU64,
+    /// Size of `map` at which old changes are next swept out (under `map`'s lock).
+    sweep_at: Mutex<usize>,
 }
 
 /// How long a change is remembered: longer than any manifest fetch may take.
 const REMEMBER: Duration = Duration::from_secs(120);
+/// Changes remembered before the first sweep.
+const SWEEP_MIN: usize = 10_000;
 
 impl Recent {
     fn note(&self, path: &str, version: Option<ChunkHash>) {
         let mut m = self.map.lock().unwrap();
         let seq = self.noted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        if m.len() > 10_000 {
+        // Swept when it has grown past twice what the last sweep kept (at least 10,000): a
+        // burst of changes all younger than `REMEMBER` costs one pass per doubling, not a
+        // pass over the whole map per change while readers wait on this lock.
+        let mut sweep_at = self.sweep_at.lock().unwrap();
+        if m.len() >= (*sweep_at).max(SWEEP_MIN) {
             m.retain(|_, (_, _, at)| at.elapsed() < REMEMBER);
+            *sweep_at = 2 * m.len();
         }
         m.insert(path.to_string(), (seq, version, Instant::now()));
     }
@@ -203,5 +212,25 @@ async fn follow(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_changes_is_swept_once_per_doubling_and_still_answers() {
+        let r = Recent::default();
+        let h = ChunkHash::of(b"v");
+        for i in 0..50_000 {
+            r.note(&format!("p{i}"), Some(h));
+        }
+        // Nothing is older than REMEMBER: all kept, and the next sweep waits for 2x.
+        assert_eq!(r.map.lock().unwrap().len(), 50_000);
+        assert!(*r.sweep_at.lock().unwrap() >= 2 * 40_000);
+        assert!(r.superseded("p7", 0, &ChunkHash::of(b"other")));
+        assert!(!r.superseded("p7", 0, &h));
+        assert!(!r.superseded("p7", r.position(), &ChunkHash::of(b"other")));
     }
 }
