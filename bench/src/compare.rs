@@ -56,6 +56,46 @@ pub struct Args {
     /// Draw Tessera's charts (latency percentiles, operations per second) into this folder.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// While each server's round runs, publish this many new small files (1–16 KiB, 8 at a
+    /// time, as `tessera push` does) to the same origin: reads while a site is pushed. The
+    /// publisher stops when the round ends, whether or not it is done.
+    #[arg(long, default_value_t = 0)]
+    publish_files: usize,
+}
+
+/// Publishes up to `files` small files under `prefix`, 8 at a time, until done or `stop`;
+/// returns how many were published.
+async fn publisher(
+    origin: String,
+    prefix: String,
+    files: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> usize {
+    use futures_util::StreamExt;
+    let Ok(client) = tessera_origin_proto::OriginClient::new(&origin, Some("bench".into())) else {
+        return 0;
+    };
+    let puts = futures_util::stream::iter(0..files)
+        .take_until({
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        })
+        .map(|i| {
+            let client = client.clone();
+            let path = format!("{prefix}/{}/{i}.html", i % 100);
+            // 1–16 KiB of text that differs per file (so it is stored, not deduplicated).
+            let len = 1024 + (i * 7919) % (15 << 10);
+            let body: String = format!("<p>file {i} of {prefix}</p>\n")
+                .repeat(len / 24 + 1)
+                .chars()
+                .take(len)
+                .collect();
+            async move { client.put_bytes(&path, body).await.is_ok() }
+        })
+        .buffer_unordered(8);
+    puts.filter(|ok| std::future::ready(*ok)).count().await
 }
 
 /// Why a peer cannot serve `protocol`, if it cannot.
@@ -70,7 +110,7 @@ fn unsupported(peer: &str, protocol: &str) -> Option<&'static str> {
 }
 
 /// Starts peer `name`; `tls` is the certificate and key to serve HTTPS (and HTTP/3) with.
-async fn start_peer(
+pub(crate) async fn start_peer(
     name: &str,
     dir: &Path,
     origin: SocketAddr,
@@ -169,7 +209,26 @@ async fn run_async(a: Args) -> Result<()> {
                 rate: 0.0,
                 plot: if i == 0 { a.plot.clone() } else { None },
             };
-            let report = run::run_workload(&args).await?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let publishing = (a.publish_files > 0).then(|| {
+                tokio::spawn(publisher(
+                    origin_url.clone(),
+                    format!("push/{round}-{}", server.name),
+                    a.publish_files,
+                    stopped,
+                ))
+            });
+            let report = run::run_workload(&args).await;
+            let _ = stop.send(true);
+            if let Some(p) = publishing {
+                let n = p.await.unwrap_or(0);
+                println!(
+                    "{}, round {}: {n} files published during the round",
+                    server.name,
+                    round + 1
+                );
+            }
+            let report = report?;
             if round + 1 == a.rounds.max(1) {
                 // The details of the last round (the table below has every round).
                 println!("--- {}", server.name);
@@ -196,12 +255,20 @@ async fn run_async(a: Args) -> Result<()> {
     println!();
     println!(
         "{name}, {} clients, {} rounds of {} s per server (servers in turn), scale {}, reads over {}: \
-         reads through each server, writes to the origin; each figure is the server's median round",
+         reads through each server, writes to the origin; each figure is the server's median round{}",
         a.concurrency,
         a.rounds.max(1),
         a.seconds,
         a.scale,
-        a.protocol
+        a.protocol,
+        if a.publish_files > 0 {
+            format!(
+                "; a publisher pushed up to {} small files to the origin during every round",
+                a.publish_files
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "| server | reads/s | every round | read p50 | read p99 | read errors | Tessera / server (reads/s) |"
@@ -236,8 +303,13 @@ async fn run_async(a: Args) -> Result<()> {
             })
             .collect();
         println!(
-            "Headline: a trace replayed at its own times over {}, read p50 / p99: {}",
+            "Headline: a trace replayed at its own times over {}{}, read p50 / p99: {}",
             a.protocol,
+            if a.publish_files > 0 {
+                " while small files are pushed to the origin"
+            } else {
+                ""
+            },
             lat.join(", ")
         );
     } else {

@@ -16,6 +16,7 @@
 //!   downloads over HTTP/3 with the QUIC settings the edge could use.
 
 mod cluster;
+mod cold_miss;
 mod compare;
 mod edge_hits;
 mod hit_ratio;
@@ -54,6 +55,9 @@ enum Command {
     Http3(http3::Args),
     /// Run one of the seed's workloads against an origin (writes) and an edge (reads).
     Run(run::Args),
+    /// Time to the last byte of a cold large object through Tessera's edge in origin mode,
+    /// nginx and Varnish in front of the same origin, and the origin's own GET.
+    ColdMiss(cold_miss::Args),
     /// One workload against Tessera's edge and nginx, Varnish and Caddy in front of the
     /// same origin, in one run.
     Compare(compare::Args),
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Command::EdgeHits(a) => edge_hits::run(a),
         Command::Workloads(a) => workload::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::ColdMiss(a) => cold_miss::run(a),
         Command::Cluster(a) => cluster::run(a),
         Command::Plugins(a) => plugins::run(a),
         Command::Report(a) => report::run(a),

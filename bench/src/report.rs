@@ -143,11 +143,30 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             args: compare("backup", "http1", Some("backup")),
         },
         Section {
+            name: "cold-miss",
+            title: "Cold misses of a 64 MiB object: Tessera's edge, nginx, Varnish, the origin",
+            args: q(&["cold-miss"], &["--mib", "16", "--rounds", "1"]),
+        },
+        Section {
             name: "compare-trace",
             title: "A CSV trace replayed at its own times (open loop)",
             args: {
                 let mut v = compare("trace", "http1", None);
                 v.extend(["--trace".into(), "bench/traces/cdn-2000rps-5s.csv".into()]);
+                v
+            },
+        },
+        Section {
+            name: "compare-trace-publishing",
+            title: "The same trace while 20,000 small files are pushed to the origin",
+            args: {
+                let mut v = compare("trace", "http1", None);
+                v.extend([
+                    "--trace".into(),
+                    "bench/traces/cdn-2000rps-5s.csv".into(),
+                    "--publish-files".into(),
+                    "20000".into(),
+                ]);
                 v
             },
         },

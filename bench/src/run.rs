@@ -511,7 +511,11 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
                     }
                     tokio::time::sleep_until(due.into()).await;
                     w.intended = Some(due);
-                    w.read(e.key.trim_start_matches('/'), Some(e.size)).await;
+                    let key = e.key.trim_start_matches('/');
+                    if e.update {
+                        w.write(key, content(key, e.size)).await;
+                    }
+                    w.read(key, (!e.varies).then_some(e.size)).await;
                     continue;
                 }
                 if let (Some(d), Some(i)) = (due, interval) {

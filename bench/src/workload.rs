@@ -340,6 +340,12 @@ pub struct TraceEntry {
     pub at: Duration,
     pub key: String,
     pub size: u64,
+    /// The key had another size before this line: the object was updated, and the replay
+    /// publishes the new version here before reading it.
+    pub update: bool,
+    /// The key's size changes somewhere in the trace, so a read may see either version
+    /// (its size is not checked).
+    pub varies: bool,
 }
 
 /// Parses a CSV trace `timestamp,key,size` (timestamps in seconds, fractional allowed,
@@ -387,10 +393,30 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceEntry>> {
             at: Duration::from_secs_f64(ts - t0),
             key: cols[1].to_string(),
             size,
+            update: false,
+            varies: false,
         });
     }
     if out.is_empty() {
         bail!("the trace has no entries");
+    }
+    // Real traces hold objects that were updated (the same key, another size).
+    let mut last: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut varying = std::collections::HashSet::new();
+    let updates: Vec<bool> = out
+        .iter()
+        .map(|e| {
+            let prev = last.insert(e.key.as_str(), e.size);
+            let update = prev.is_some_and(|p| p != e.size);
+            if update {
+                varying.insert(e.key.clone());
+            }
+            update
+        })
+        .collect();
+    for (e, update) in out.iter_mut().zip(updates) {
+        e.update = update;
+        e.varies = varying.contains(&e.key);
     }
     Ok(out)
 }
@@ -577,6 +603,30 @@ mod tests {
             let e = parse_trace(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_key_whose_size_changes_is_an_update() {
+        let t = parse_trace(
+            "0,/a,10
+1,/b,5
+2,/a,10
+3,/a,12
+4,/a,12
+",
+        )
+        .unwrap();
+        let flags: Vec<(bool, bool)> = t.iter().map(|e| (e.update, e.varies)).collect();
+        assert_eq!(
+            flags,
+            [
+                (false, true),
+                (false, false),
+                (false, true),
+                (true, true),
+                (false, true)
+            ]
+        );
     }
 }
 
