@@ -218,15 +218,7 @@ impl OriginClient {
     ) -> Result<(http::response::Parts, Bytes), ClientError> {
         let (parts, bytes) = self.send_raw(method, url.clone(), body, extra).await?;
         if !parts.status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Status {
-                url,
-                status: parts.status,
-                message,
-            });
+            return Err(status_error(url, parts.status, &bytes));
         }
         Ok((parts, bytes))
     }
@@ -578,15 +570,7 @@ impl OriginClient {
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Status {
-                url,
-                status: parts.status,
-                message,
-            });
+            return Err(status_error(url, parts.status, &bytes));
         }
         Ok(ChunkBatch {
             url,
@@ -594,6 +578,20 @@ impl OriginClient {
             decoder: crate::batch::Decoder::new(hashes.to_vec()),
             ended: false,
         })
+    }
+}
+
+/// An error status from the origin, with the `error` field of its JSON body (or the body
+/// itself) as the message.
+fn status_error(url: String, status: StatusCode, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    ClientError::Status {
+        url,
+        status,
+        message,
     }
 }
 

@@ -199,14 +199,7 @@ impl OriginBackend {
                 Ok(Some(Ok(item))) => {
                     let lead = leads.next().expect("the decoder checks the frame count");
                     match item {
-                        BatchItem::Chunk(_, b) => {
-                            self.ctx.metrics.origin_chunks.inc();
-                            self.ctx
-                                .store
-                                .cache
-                                .insert(Key(lead.hash.0), Value::Bytes(b.clone()));
-                            lead.permit.flight().set(Ok(b));
-                        }
+                        BatchItem::Chunk(_, b) => self.deliver(lead, b),
                         BatchItem::Unavailable(h) => left.push(lead.failed(FetchError::new(
                             FetchFailure::Status,
                             format!("origin error: {} has no chunk {h}", origin.base()),
@@ -243,6 +236,16 @@ impl OriginBackend {
         left
     }
 
+    /// A chunk arrived and was checked: counted, stored, and handed to everyone waiting.
+    fn deliver(&self, lead: Lead, b: Bytes) {
+        self.ctx.metrics.origin_chunks.inc();
+        self.ctx
+            .store
+            .cache
+            .insert(Key(lead.hash.0), Value::Bytes(b.clone()));
+        lead.permit.flight().set(Ok(b));
+    }
+
     /// [`Self::fetch_batch`] from an origin that has no batch endpoint: one `GET` per chunk,
     /// a few at a time.
     async fn fetch_singly(&self, i: usize, leads: Vec<Lead>) -> Vec<Lead> {
@@ -250,12 +253,7 @@ impl OriginBackend {
         let gets = leads.into_iter().map(|lead| async move {
             let error = match self.ctx.call(FetchKind::Chunk, origin.chunk(lead.hash)).await {
                 Some(Ok(b)) => {
-                    self.ctx.metrics.origin_chunks.inc();
-                    self.ctx
-                        .store
-                        .cache
-                        .insert(Key(lead.hash.0), Value::Bytes(b.clone()));
-                    lead.permit.flight().set(Ok(b));
+                    self.deliver(lead, b);
                     return None;
                 }
                 Some(Err(e)) => {
