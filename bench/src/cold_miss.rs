@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Result;
-use bytes::Bytes;
 use tessera_edge::client::{ClientOptions, Connection, Mode};
 use tessera_origin_proto::OriginClient;
 
@@ -37,20 +36,6 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     crate::runtime(2)?.block_on(run_async(a))
-}
-
-/// Deterministic random bytes, different for every `seed`.
-fn object(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
 }
 
 /// Seconds to the last byte of `path` through `addr`, checking its length.
@@ -98,9 +83,9 @@ async fn run_async(a: Args) -> Result<()> {
     );
     for r in 0..rounds {
         for i in 0..servers.len() {
-            let seed = (r * servers.len() + i) as u64 + 1;
+            let key = format!("cold/{r}-{i}.bin");
             client
-                .put_bytes(&format!("cold/{r}-{i}.bin"), object(size as usize, seed))
+                .put_bytes(&key, crate::run::content(&key, size))
                 .await?;
         }
     }

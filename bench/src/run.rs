@@ -160,7 +160,7 @@ pub struct Report {
 }
 
 /// The bytes written at `key`: incompressible and distinct per key (blake3's XOF).
-fn content(key: &str, size: u64) -> Bytes {
+pub(crate) fn content(key: &str, size: u64) -> Bytes {
     let mut out = vec![0u8; size as usize];
     blake3::Hasher::new()
         .update(key.as_bytes())
