@@ -106,9 +106,11 @@ where
 
 /// The upstream every server fronts: `/1k`, `/1m` and `/100m`, cacheable for an hour.
 pub(crate) async fn upstream() -> Result<SocketAddr> {
-    let small = Bytes::from(vec![b'a'; 1024]);
-    let big = Bytes::from(vec![b'b'; 1 << 20]);
-    let huge = Bytes::from(vec![b'c'; 100 << 20]);
+    // Incompressible bytes, as real media is: a file of one repeated byte is one chunk
+    // repeated, which flatters origin mode (and any server that compresses).
+    let small = crate::run::content("1k", 1024);
+    let big = crate::run::content("1m", 1 << 20);
+    let huge = crate::run::content("100m", 100 << 20);
     serve_http1(move |req| {
         let body = match req.uri().path() {
             "/1m" => big.clone(),
@@ -272,8 +274,13 @@ async fn start_tessera_origin_mode(
     // Killed when `keep` is dropped, at the end of the run.
     keep.push(origin);
     let client = tessera_origin_proto::OriginClient::new(&origin_url, Some("bench".into()))?;
-    client.put_bytes("1k", vec![b'a'; 1024]).await?;
-    client.put_bytes("1m", vec![b'b'; 1 << 20]).await?;
+    // The same bytes as the upstream's (about 64 distinct chunks for `/1m`).
+    client
+        .put_bytes("1k", crate::run::content("1k", 1024))
+        .await?;
+    client
+        .put_bytes("1m", crate::run::content("1m", 1 << 20))
+        .await?;
     spawn_edge(
         "tessera-origin",
         ["--origin", &origin_url],

@@ -447,3 +447,63 @@ async fn a_slow_reader_of_a_cold_file_is_fetched_for_a_bounded_window_ahead() {
         "a 32 MiB file ({total} chunks) in windows of 512 KiB: {batches} batches"
     );
 }
+
+over_protocols! {
+    /// A file hit again in whole is kept assembled: a small one inline in its stored
+    /// response, a large one in segments; either way its chunks leave the memory tier, so its
+    /// bytes are counted there once. Without an SSD tier and with the origin gone, the
+    /// assembled copies alone serve whole files and ranges across segment boundaries.
+    async fn hot_files_are_kept_assembled_and_counted_once() {
+        let (origin, edge, _d) = origin_and_edge(|c| {
+            c.disk_bytes = 0;
+            c.follow_changes = false;
+        })
+        .await;
+        let big = noise((5 << 20) / 2, 41); // two full segments and a half
+        let small = noise(100 << 10, 42);
+        origin.publish("big.bin", big.clone()).await;
+        origin.publish("small.bin", small.clone()).await;
+        let used = || edge.edge.cache().memory_usage();
+
+        let before = used();
+        assert_eq!(&edge.get("/big.bin").await.body[..], &big[..]);
+        assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);
+        let cold = used() - before;
+        assert!(cold >= big.len() + small.len(), "the chunks are held: {cold}");
+
+        // Hits: the small file is assembled by its hit, the large one in the background.
+        assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);
+        assert_eq!(&edge.get("/big.bin").await.body[..], &big[..]);
+        edge.until("the large file to be assembled", |e| {
+            e.metric("tessera_edge_assembled_files_total", &[]) == 1.0
+        })
+        .await;
+        let hot = used() - before;
+        assert!(
+            hot < cold + (64 << 10),
+            "assembled copies replace the chunks in memory: {cold} bytes cold, {hot} hot"
+        );
+
+        origin.stop().await;
+        let fetched = edge.origin_chunks();
+        for _ in 0..2 {
+            let r = edge.get("/big.bin").await;
+            assert_eq!(r.status, 200);
+            assert!(r.body == big[..], "the whole large file, from its segments");
+            assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);
+        }
+        for (from, to) in [(1_048_000, 1_049_999), (0, 10), (2_000_000, big.len() - 1)] {
+            let r = edge
+                .get_with("/big.bin", &[("range", &format!("bytes={from}-{to}"))])
+                .await;
+            assert_eq!(r.status, 206, "range {from}-{to}");
+            assert!(r.body == big[from..=to], "range {from}-{to}");
+        }
+        let r = edge
+            .get_with("/small.bin", &[("range", "bytes=1000-1999")])
+            .await;
+        assert_eq!(&r.body[..], &small[1000..2000]);
+        assert_eq!(edge.origin_chunks(), fetched, "no chunk was fetched again");
+        assert_eq!(edge.metric("tessera_edge_assembled_files_total", &[]), 1.0);
+    }
+}

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub origin_chunks: IntCounter,
     /// Chunks being fetched from origins now (origin mode).
     pub chunks_in_flight: IntGauge,
+    /// Large origin-mode files copied into segments for their hits (origin mode).
+    pub assembled: IntCounter,
     /// Origin failures by kind (`connect`, `timeout`, `status`, `corrupt`, `malformed`).
     pub origin_errors: IntCounterVec,
     /// Time from a request to an origin to its response head.
@@ -173,6 +175,14 @@ impl Metrics {
                 IntGauge::new(
                     "tessera_edge_origin_chunks_in_flight",
                     "Chunks being fetched from origins now",
+                )
+                .unwrap(),
+            ),
+            assembled: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_assembled_files_total",
+                    "Large files copied into segments held in memory, so hits are big writes",
                 )
                 .unwrap(),
             ),

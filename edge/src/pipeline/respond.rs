@@ -64,7 +64,7 @@ impl Edge {
             counter.inc_by(end - start);
             full_body(b.slice(start as usize..end as usize))
         } else {
-            let mut stream = self.body_stream(&meta, start, end);
+            let mut stream = self.body_stream(&meta, key, start, end);
             if matches!(meta.body, BodyRef::Chunks(_)) {
                 // The first bytes before the head: when the origin cannot give them (or
                 // gives corrupt bytes), the client gets a clear 502 instead of a cut-off 200.
@@ -93,13 +93,13 @@ impl Edge {
     }
 
     /// The bytes `start..end` of a stored body, as they are read or fetched.
-    pub(crate) fn body_stream(&self, meta: &Meta, start: u64, end: u64) -> ByteStream {
+    pub(crate) fn body_stream(&self, meta: &Meta, key: Key, start: u64, end: u64) -> ByteStream {
         if let Some(s) = self.store.body_stream(meta, start, end) {
             return s;
         }
         match (&meta.body, &self.origin) {
             (BodyRef::Chunks(chunks), Some(origin)) => {
-                origin.chunk_stream(chunks.clone(), start, end)
+                origin.file_stream(chunks.clone(), key, meta.size, start, end)
             }
             _ => Box::pin(futures_util::stream::once(async {
                 Err(BoxError::from(
@@ -121,7 +121,7 @@ impl Edge {
                     BodyRef::Inline(b) => b.clone(),
                     _ => {
                         let mut all = Vec::with_capacity(meta.size as usize);
-                        let mut s = self.body_stream(meta, 0, meta.size);
+                        let mut s = self.body_stream(meta, key, 0, meta.size);
                         while let Some(part) = s.next().await {
                             all.extend_from_slice(&part.ok()?);
                         }

@@ -189,6 +189,32 @@ impl Cache {
         self.hybrid.contains(key)
     }
 
+    /// Stores `value` under `key` in memory only (a copy the SSD tier holds in another form).
+    pub fn insert_in_memory(&self, key: Key, value: Value) {
+        self.forget_removal(&key);
+        self.hybrid.insert_with_properties(
+            key,
+            value,
+            HybridCacheProperties::default().with_location(Location::InMem),
+        );
+    }
+
+    /// The memory tier's entry under `key`, never touching the SSD tier.
+    pub fn get_in_memory(&self, key: &Key) -> Option<Value> {
+        self.hybrid.memory().get(key).map(|e| e.value().clone())
+    }
+
+    /// Whether the memory tier holds `key`.
+    pub fn in_memory(&self, key: &Key) -> bool {
+        self.hybrid.memory().contains(key)
+    }
+
+    /// Drops `key` from the memory tier only (its bytes are held there in another entry; the
+    /// SSD tier's copy, if any, stays).
+    pub fn forget_in_memory(&self, key: &Key) {
+        self.hybrid.memory().remove(key);
+    }
+
     /// Removes `key` from both tiers.
     pub fn remove(&self, key: &Key) {
         let now = now_ms();

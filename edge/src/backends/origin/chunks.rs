@@ -6,64 +6,31 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, StatusCode, header};
+use http::StatusCode;
 use tessera_origin_proto::batch::MAX_BATCH_CHUNKS;
 use tessera_origin_proto::{BatchItem, ChunkHash, ClientError, ManifestChunk};
 
+use crate::backends::origin::assembly::Assembled;
 use crate::backends::origin::{OriginBackend, note_error};
 use crate::basics::body::{BoxError, ByteStream};
 use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::FetchKind;
 use crate::coalesce::{Join, Once, Permit};
-use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, Value};
+use crate::store::entry::{Key, Value};
 use crate::store::tiers::Tier;
 
 impl OriginBackend {
-    /// A small file hit again in whole is kept assembled: its stored response gets the bytes
-    /// inline, so later hits cost one lookup instead of a manifest and chunk lookups
-    /// (`tessera-bench edge-hits`, figures in `bench/HISTORY.md`). The chunks stay cached by
-    /// address for ranges and for other files sharing them. Anything that fails leaves
-    /// `meta` as it was.
-    pub async fn assemble(
-        self: &Arc<Self>,
-        meta: Arc<Meta>,
-        key: Key,
-        req: &HeaderMap,
-    ) -> Arc<Meta> {
-        let BodyRef::Chunks(chunks) = &meta.body else {
-            return meta;
-        };
-        let cache = &self.ctx.store.cache;
-        // Only once every chunk is cached: assembling must not be a second origin fetch.
-        if meta.size as usize > INLINE_MAX
-            || req.contains_key(header::RANGE)
-            || !chunks.iter().all(|c| cache.contains(&Key(c.hash.0)))
-        {
-            return meta;
-        }
-        let mut all = Vec::with_capacity(meta.size as usize);
-        let mut parts = self.chunk_stream(chunks.clone(), 0, meta.size);
-        while let Some(p) = parts.next().await {
-            match p {
-                Ok(b) => all.extend_from_slice(&b),
-                Err(_) => return meta,
-            }
-        }
-        let mut m = (*meta).clone();
-        m.body = BodyRef::Inline(Bytes::from(all));
-        let m = Arc::new(m);
-        cache.insert(key, Value::Meta(m.clone()));
-        m
-    }
-
     /// The bytes `start..end` of a file made of `chunks`, in order, as they are found or
     /// arrive. Chunks are looked up a window at a time ([`OriginBackend::readahead`] bytes
     /// ahead of what the client was sent, refilled when half of it was sent); the window's
     /// misses are fetched in one streamed batch per origin node ([`Self::fetch_leads`]), and
-    /// each chunk is handed on as soon as it arrived and was checked.
+    /// each chunk is handed on as soon as it arrived and was checked. A chunk neither tier
+    /// holds is cut from the file's assembled `copy` when memory has it (its chunks left
+    /// memory when it was made), before it is fetched.
     pub fn chunk_stream(
         self: &Arc<Self>,
         chunks: Arc<Vec<ManifestChunk>>,
+        copy: Option<Assembled>,
         start: u64,
         end: u64,
     ) -> ByteStream {
@@ -72,6 +39,7 @@ impl OriginBackend {
         let reader = Reader {
             me: self.clone(),
             chunks,
+            copy,
             start,
             end,
             next: first,
@@ -336,6 +304,8 @@ enum Slot {
 struct Reader {
     me: Arc<OriginBackend>,
     chunks: Arc<Vec<ManifestChunk>>,
+    /// Where the file's assembled copy may be.
+    copy: Option<Assembled>,
     start: u64,
     end: u64,
     /// Next chunk to hand on.
@@ -403,10 +373,16 @@ impl Reader {
         )
         .await;
         let mut leads = Vec::new();
+        // One window's misses are joined under one lock, so readers of one file that look it
+        // up at the same moment do not split its chunks between their batches.
+        let _joining = me.joining.lock().unwrap();
         for (c, found) in self.chunks[from..to].iter().zip(found) {
             self.window.push_back(match found {
                 Ok(Some(b)) => Slot::Ready(b),
                 Err(e) => Slot::Failed(e),
+                Ok(None) if let Some(b) = self.copy.and_then(|a| me.from_assembled(a, c)) => {
+                    Slot::Ready(b)
+                }
                 Ok(None) => match me.chunks.join(Key(c.hash.0)) {
                     Join::Follow(flight) => Slot::Wait(flight),
                     Join::Lead(permit) => {
@@ -417,6 +393,7 @@ impl Reader {
                 },
             });
         }
+        drop(_joining);
         if !leads.is_empty() {
             tokio::spawn(me.clone().fetch_leads(leads));
         }

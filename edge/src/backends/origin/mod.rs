@@ -12,9 +12,11 @@
 //! - [`origins`]: the clients, the cluster's ring, origins that failed lately.
 //! - [`manifest`]: fetching and revalidating manifests, stored as responses.
 //! - [`chunks`]: verified chunks, the byte streams made of them, and batch fetches.
+//! - [`assembly`]: hot files kept assembled (inline or in segments), counted once.
 //! - [`feed`]: following the origins' change feeds, and the recent changes a manifest fetch
 //!   checks before storing.
 
+pub mod assembly;
 pub mod chunks;
 pub mod feed;
 pub mod manifest;
@@ -45,6 +47,10 @@ pub struct OriginBackend {
     readahead: u64,
     /// Ask origins for chunks in their stored brotli encoding.
     brotli: bool,
+    /// Held while a window's missing chunks join their flights (see [`chunks`]).
+    joining: std::sync::Mutex<()>,
+    /// Files being copied into segments now, by [`assembly::assembly_id`].
+    assembling: std::sync::Mutex<std::collections::HashSet<[u8; 16]>>,
     /// Paths the change feeds reported recently.
     recent: feed::Recent,
     /// The feeds to follow, with the file each one's position is saved in (none when the
@@ -73,6 +79,8 @@ impl OriginBackend {
             chunks: Flights::new(None),
             readahead: cfg.origin_readahead_bytes.max(1),
             brotli: cfg.origin_brotli,
+            assembling: Default::default(),
+            joining: Default::default(),
             ctx,
             origins,
             recent: Default::default(),
