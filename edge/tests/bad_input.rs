@@ -352,7 +352,8 @@ async fn an_origin_that_dies_mid_batch_leaves_the_rest_to_the_next() {
 #[tokio::test]
 async fn a_chunk_no_origin_can_give_before_the_first_byte_is_a_json_502() {
     let real = Origin::start().await;
-    let data = noise(200_000, 23);
+    // Larger than a small file, which a miss reads whole before answering.
+    let data = noise(400_000, 23);
     real.publish("f.bin", data.clone()).await;
     let (fake, _) = faulty_origin(&real, "f.bin", &data, BatchFault::Corrupt(0)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -382,4 +383,16 @@ async fn a_chunk_no_origin_can_give_before_the_first_byte_is_a_json_502() {
         body.is_err(),
         "a body with a corrupt chunk must not look complete"
     );
+
+    // A small file is read whole on a miss: a corrupt chunk anywhere in it is a clean 502.
+    let small = noise(100_000, 24);
+    real.publish("small.bin", small.clone()).await;
+    let (fake, _) = faulty_origin(&real, "small.bin", &small, BatchFault::Corrupt(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Origin(vec![fake.url()]), dir.path());
+    cfg.follow_changes = false;
+    let edge = EdgeNode::start(cfg).await;
+    let r = edge.get("/small.bin").await;
+    assert_eq!(r.status, 502);
+    assert!(r.json()["error"].as_str().unwrap().contains("blake3"));
 }

@@ -469,7 +469,12 @@ over_protocols! {
         assert_eq!(&edge.get("/big.bin").await.body[..], &big[..]);
         assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);
         let cold = used() - before;
-        assert!(cold >= big.len() + small.len(), "the chunks are held: {cold}");
+        assert!(cold >= big.len() + small.len(), "the files are held: {cold}");
+        // The miss stored the small file assembled, as one entry: its chunks are not kept.
+        let manifest = origin.client.manifest("small.bin").await.unwrap().unwrap();
+        for c in &manifest.chunks {
+            assert!(!edge.edge.cache().in_memory(&tessera_edge::store::entry::Key(c.hash.0)));
+        }
 
         // Hits: the small file is assembled by its hit, the large one in the background.
         assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);

@@ -80,6 +80,15 @@ impl FetchError {
         }
     }
 
+    /// The error that ended a body stream: the fetch's own when it was one, else a body
+    /// failure.
+    pub fn of_stream(e: crate::basics::body::BoxError) -> FetchError {
+        match e.downcast::<FetchError>() {
+            Ok(e) => *e,
+            Err(e) => FetchError::new(FetchFailure::Body, e.to_string()),
+        }
+    }
+
     /// The fetch this request waited for was abandoned by the request that led it.
     pub fn abandoned() -> FetchError {
         FetchError::new(FetchFailure::Abandoned, "the fetch was abandoned")

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 
 use crate::backends::origin::{ManifestAnswer, OriginBackend};
 use crate::backends::upstream::Upstream;
@@ -136,9 +136,14 @@ impl Edge {
             match usage {
                 Use::Fresh => {
                     let meta = match &via {
-                        Via::Origin { origin, .. } => {
-                            origin.assemble(found.meta, found.key, &parts.headers).await
+                        Via::Origin { origin, .. } if parts.method == Method::GET => {
+                            let meta = found.meta.clone();
+                            origin
+                                .assemble(found.meta, found.key, &parts.headers, false)
+                                .await
+                                .unwrap_or(meta)
                         }
+                        Via::Origin { .. } => found.meta,
                         Via::Upstream { .. } => found.meta,
                     };
                     let r = self.serve(parts, meta, found.key, Some(tier), now).await;
@@ -185,6 +190,19 @@ impl Edge {
                     (Some(_), 304) => Outcome::revalidated(304),
                     (Some(_), status) => Outcome::refetched(status, true),
                     (None, _) => Outcome::miss(true),
+                };
+                // The request that fetched a small file stores it assembled (requests that
+                // followed its fetch read the same chunks, or the assembled copy).
+                let meta = match &via {
+                    Via::Origin { origin, .. }
+                        if stale.is_none() && !collapsed && parts.method == Method::GET =>
+                    {
+                        match origin.assemble(meta, key, &parts.headers, true).await {
+                            Ok(meta) => meta,
+                            Err(e) => return Err(refusal_of(&e)),
+                        }
+                    }
+                    _ => meta,
                 };
                 let r = self.serve(parts, meta, key, None, now).await;
                 Ok((r, outcome.collapsed(collapsed)))

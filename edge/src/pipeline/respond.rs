@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::basics::body::{BoxError, ByteStream, EdgeBody, empty_body, full_body, stream_body};
-use crate::basics::error::{FetchError, FetchFailure, Refusal};
+use crate::basics::error::{FetchError, Refusal};
 use crate::coalesce::fill::{Fill, FillHead};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::refusal_of;
@@ -73,13 +73,7 @@ impl Edge {
                         stream =
                             Box::pin(futures_util::stream::once(async { Ok(first) }).chain(stream));
                     }
-                    Some(Err(e)) => {
-                        let e = match e.downcast::<FetchError>() {
-                            Ok(e) => *e,
-                            Err(e) => FetchError::new(FetchFailure::Body, e.to_string()),
-                        };
-                        return refusal_of(&e).response();
-                    }
+                    Some(Err(e)) => return refusal_of(&FetchError::of_stream(e)).response(),
                     None => {}
                 }
             }

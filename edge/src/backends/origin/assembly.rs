@@ -23,6 +23,7 @@ use tessera_origin_proto::{ChunkHash, ManifestChunk};
 
 use crate::backends::origin::OriginBackend;
 use crate::basics::body::ByteStream;
+use crate::basics::error::FetchError;
 use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, SEGMENT, Value, segment_key};
 
 /// Where a file's assembled copy is kept.
@@ -39,25 +40,36 @@ pub enum Assembled {
 const ASSEMBLE_SHARE: usize = 8;
 
 impl OriginBackend {
-    /// Called on a fresh hit of `meta` (stored under `key`) by a request with headers `req`.
-    /// Returns what to serve: a small file comes back assembled once every chunk is cached
-    /// (assembling must not be a second origin fetch); a large one is assembled in the
-    /// background and served from its chunks this time. Anything that fails leaves `meta`
-    /// as it was.
+    /// Called with `meta` (stored under `key`) for a `GET` with headers `req`: on a fresh hit,
+    /// or on a miss (`missed`) that fetched it for this request. Returns what to serve:
+    /// - a small file comes back assembled: on a miss its chunks are fetched for it, so it is
+    ///   stored as one entry from the start (and not stored again, losing what the eviction
+    ///   policy learned of it, when it is hit); on a hit, once every chunk is cached
+    ///   (assembling must not be a second origin fetch);
+    /// - a large one, hit, is assembled in the background and served from its chunks this
+    ///   time.
+    ///
+    /// On a hit, anything that fails leaves `meta` as it was; on a miss, a chunk the origins
+    /// could not give is the error (it was fetched once, for this request, and is not fetched
+    /// again to serve it).
     pub async fn assemble(
         self: &Arc<Self>,
         meta: Arc<Meta>,
         key: Key,
         req: &HeaderMap,
-    ) -> Arc<Meta> {
+        missed: bool,
+    ) -> Result<Arc<Meta>, FetchError> {
         let BodyRef::Chunks(chunks) = &meta.body else {
-            return meta;
+            return Ok(meta);
         };
         if req.contains_key(header::RANGE) {
-            return meta;
+            return Ok(meta);
         }
         let cache = &self.ctx.store.cache;
         if meta.size as usize > INLINE_MAX {
+            if missed {
+                return Ok(meta);
+            }
             let id = assembly_id(chunks);
             if meta.size as usize <= cache.memory_capacity() / ASSEMBLE_SHARE
                 && !cache.in_memory(&segment_key(&id, 0))
@@ -69,20 +81,22 @@ impl OriginBackend {
                         .assemble_segments(chunks.clone(), meta.size, id),
                 );
             }
-            return meta;
+            return Ok(meta);
         }
-        if !chunks.iter().all(|c| cache.contains(&Key(c.hash.0))) {
-            return meta;
+        if !missed && !chunks.iter().all(|c| cache.contains(&Key(c.hash.0))) {
+            return Ok(meta);
         }
-        let Some(all) = self.read_all(chunks, meta.size).await else {
-            return meta;
+        let all = match self.read_all(chunks, meta.size).await {
+            Ok(all) => all,
+            Err(e) if missed => return Err(e),
+            Err(_) => return Ok(meta),
         };
         let mut m = (*meta).clone();
         m.body = BodyRef::Inline(all);
         let m = Arc::new(m);
         cache.insert(key, Value::Meta(m.clone()));
         self.forget_chunks_in_memory(chunks);
-        m
+        Ok(m)
     }
 
     /// The bytes `start..end` of a file of `size` bytes made of `chunks`, stored under `key`:
@@ -159,18 +173,18 @@ impl OriginBackend {
         self.assembling.lock().unwrap().remove(&id);
     }
 
-    /// The whole file, read from its chunks; `None` when one cannot be read.
+    /// The whole file, read from its chunks; the error of the first that cannot be read.
     async fn read_all(
         self: &Arc<Self>,
         chunks: &Arc<Vec<ManifestChunk>>,
         size: u64,
-    ) -> Option<Bytes> {
+    ) -> Result<Bytes, FetchError> {
         let mut all = Vec::with_capacity(size as usize);
         let mut parts = self.chunk_stream(chunks.clone(), None, 0, size);
         while let Some(p) = parts.next().await {
-            all.extend_from_slice(&p.ok()?);
+            all.extend_from_slice(&p.map_err(FetchError::of_stream)?);
         }
-        Some(Bytes::from(all))
+        Ok(Bytes::from(all))
     }
 
     /// Chunk `c` cut from its file's assembled `copy`, if memory holds it. A chunk may be
