@@ -56,6 +56,12 @@ pub struct Args {
     /// Also write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Replay this CSV trace (`timestamp,key,size`) instead of the cdn workload, through an
+    /// origin-mode edge and the peers in front of one Tessera origin, beside foyer's S3-FIFO
+    /// and LRU simulated on it (`--requests`, `--scale`, `--tail`, `--seed`, `--plot` and
+    /// `--json` do not apply).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 /// What the upstream was asked for.
@@ -320,6 +326,9 @@ async fn start(name: &str, dir: &std::path::Path, up: SocketAddr, mib: usize) ->
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(trace) = &a.trace {
+        return crate::runtime(1)?.block_on(crate::trace_ratio::run(&a, trace));
+    }
     crate::runtime(1)?.block_on(run_async(a))
 }
 
@@ -536,6 +545,7 @@ mod tests {
             seed: 3,
             plot: None,
             json: None,
+            trace: None,
         };
         let (up, counts) = upstream(a.scale).await.unwrap();
         let ops = sequence(&a);

@@ -30,6 +30,7 @@ mod report;
 mod run;
 #[cfg(test)]
 mod testing;
+mod trace_ratio;
 mod workload;
 
 use clap::{Parser, Subcommand};
