@@ -61,6 +61,12 @@ pub struct Args {
     /// publisher stops when the round ends, whether or not it is done.
     #[arg(long, default_value_t = 0)]
     publish_files: usize,
+    /// Before Tessera's edge starts, publish this many small files to the origin (as
+    /// `--publish-files` does), so the edge starts behind a change feed backlog of that many
+    /// entries (it follows the feed from its start). Use with `--rounds 1`: later rounds find
+    /// the backlog long applied.
+    #[arg(long, default_value_t = 0)]
+    backlog_files: usize,
 }
 
 /// Publishes up to `files` small files under `prefix`, 8 at a time, until done or `stop`;
@@ -153,6 +159,15 @@ async fn run_async(a: Args) -> Result<()> {
     let origin = spawn_origin(dir.path()).await?;
     let origin_addr = origin.addr;
     let origin_url = format!("http://{origin_addr}");
+    if a.backlog_files > 0 {
+        let started = std::time::Instant::now();
+        let (_keep, never) = tokio::sync::watch::channel(false);
+        let n = publisher(origin_url.clone(), "backlog".into(), a.backlog_files, never).await;
+        println!(
+            "{n} files published before the edge started ({:.1} s): a change feed backlog of {n} entries",
+            started.elapsed().as_secs_f64()
+        );
+    }
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let tls = a.protocol != "http1";
     let edge = spawn_edge_on(
@@ -305,10 +320,10 @@ async fn run_async(a: Args) -> Result<()> {
         println!(
             "Headline: a trace replayed at its own times over {}{}, read p50 / p99: {}",
             a.protocol,
-            if a.publish_files > 0 {
-                " while small files are pushed to the origin"
-            } else {
-                ""
+            match (a.publish_files, a.backlog_files) {
+                (0, 0) => String::new(),
+                (0, n) => format!(" by an edge started behind a feed backlog of {n} changes"),
+                _ => " while small files are pushed to the origin".into(),
             },
             lat.join(", ")
         );

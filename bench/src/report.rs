@@ -105,6 +105,20 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             ),
         },
         Section {
+            name: "hit-ratio-trace",
+            title: "Object hit ratio of a CDN trace at fixed memory budgets, origin mode",
+            args: q(
+                &[
+                    "hit-ratio",
+                    "--trace",
+                    "bench/traces/cdn-2000rps-25s-x0.1.csv",
+                    "--peers",
+                    "varnish",
+                ],
+                &["--sizes", "4"],
+            ),
+        },
+        Section {
             name: "policy",
             title: "Eviction policies of the memory tier (foyer, simulated)",
             args: q(
@@ -166,6 +180,23 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
                     "bench/traces/cdn-2000rps-5s.csv".into(),
                     "--publish-files".into(),
                     "20000".into(),
+                ]);
+                v
+            },
+        },
+        Section {
+            name: "compare-trace-backlog",
+            title: "The same trace through an edge started behind a feed backlog of 40,000 changes",
+            args: {
+                let mut v = compare("trace", "http1", None);
+                // One round: later rounds would find the backlog long applied.
+                let r = v.iter().position(|a| a == "--rounds").unwrap();
+                v[r + 1] = "1".into();
+                v.extend([
+                    "--trace".into(),
+                    "bench/traces/cdn-2000rps-5s.csv".into(),
+                    "--backlog-files".into(),
+                    "40000".into(),
                 ]);
                 v
             },
