@@ -61,10 +61,11 @@ pub struct Args {
     /// publisher stops when the round ends, whether or not it is done.
     #[arg(long, default_value_t = 0)]
     publish_files: usize,
-    /// Before Tessera's edge starts, publish this many small files to the origin (as
-    /// `--publish-files` does), so the edge starts behind a change feed backlog of that many
-    /// entries (it follows the feed from its start). Use with `--rounds 1`: later rounds find
-    /// the backlog long applied.
+    /// Publish this many small files to the origin (as `--publish-files` does) before the
+    /// servers start (after a trace's objects), and give Tessera's first round a new edge
+    /// started just before it: the edge starts behind a change feed backlog of that many
+    /// entries (it follows the feeds from their start). Use with `--rounds 1`: later rounds
+    /// find the backlog long applied.
     #[arg(long, default_value_t = 0)]
     backlog_files: usize,
 }
@@ -160,6 +161,13 @@ async fn run_async(a: Args) -> Result<()> {
     let origin_addr = origin.addr;
     let origin_url = format!("http://{origin_addr}");
     if a.backlog_files > 0 {
+        // What the trace reads goes first, so the whole backlog lies between it and the edge.
+        if let Some(t) = a.trace.as_ref().filter(|_| a.workload == Kind::Trace) {
+            let trace = crate::workload::parse_trace(&std::fs::read_to_string(t)?)?;
+            let client =
+                tessera_origin_proto::OriginClient::new(&origin_url, Some("bench".into()))?;
+            run::publish_objects(&client, run::trace_objects(&trace)).await?;
+        }
         let started = std::time::Instant::now();
         let (_keep, never) = tokio::sync::watch::channel(false);
         let n = publisher(origin_url.clone(), "backlog".into(), a.backlog_files, never).await;
@@ -203,7 +211,23 @@ async fn run_async(a: Args) -> Result<()> {
     let mut rows: Vec<(&'static str, Vec<Report>)> =
         servers.iter().map(|(s, _)| (s.name, Vec::new())).collect();
     for round in 0..a.rounds.max(1) {
-        for (i, (server, admin)) in servers.iter().enumerate() {
+        for i in 0..servers.len() {
+            if a.backlog_files > 0 && round == 0 && i == 0 {
+                // A new edge (new data folder, so it follows the feeds from their start),
+                // started just before its run: it is as far behind as it gets.
+                let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+                let edge = spawn_edge_on(
+                    "tessera",
+                    ["--origin", &origin_url],
+                    dir.path().join("edge-behind"),
+                    a.cache_mib,
+                    Some(admin),
+                    tls,
+                )
+                .await?;
+                servers[0] = (edge, Some(format!("http://{admin}")));
+            }
+            let (server, admin) = &servers[i];
             let args = run::Args {
                 workload: a.workload,
                 origin: origin_url.clone(),
@@ -219,8 +243,11 @@ async fn run_async(a: Args) -> Result<()> {
                 seed: 1,
                 trace: a.trace.clone(),
                 json: None,
-                // The objects are published once, before the first run.
-                no_preload: i > 0 || round > 0,
+                // The objects are published once, before the first run (before the backlog
+                // when there is one).
+                no_preload: i > 0
+                    || round > 0
+                    || (a.backlog_files > 0 && a.workload == Kind::Trace),
                 rate: 0.0,
                 plot: if i == 0 { a.plot.clone() } else { None },
             };

@@ -152,6 +152,16 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             args: compare("write-heavy", "http1", Some("write-heavy")),
         },
         Section {
+            name: "compare-read-heavy-http2",
+            title: "The read-heavy workload over HTTP/2",
+            args: compare("read-heavy", "http2", None),
+        },
+        Section {
+            name: "compare-write-heavy-http2",
+            title: "The write-heavy workload over HTTP/2",
+            args: compare("write-heavy", "http2", None),
+        },
+        Section {
             name: "compare-backup",
             title: "The backup workload (successive versions, restores)",
             args: compare("backup", "http1", Some("backup")),

@@ -351,6 +351,7 @@ async fn edge_metrics(admin: &Option<String>) -> Option<Vec<(String, f64)>> {
             .filter(|l| {
                 l.starts_with("tessera_edge_cache_lookups_total")
                     || l.starts_with("tessera_edge_origin_fetches_total")
+                    || l.starts_with("tessera_edge_feed_position")
             })
             .filter_map(|l| {
                 let (k, v) = l.rsplit_once(' ')?;
@@ -361,15 +362,13 @@ async fn edge_metrics(admin: &Option<String>) -> Option<Vec<(String, f64)>> {
 }
 
 fn edge_summary(before: &[(String, f64)], after: &[(String, f64)]) -> serde_json::Value {
-    let delta = |name: &str| {
-        let get = |m: &[(String, f64)]| {
-            m.iter()
-                .filter(|(k, _)| k.contains(name))
-                .map(|(_, v)| v)
-                .sum::<f64>()
-        };
-        get(after) - get(before)
+    let get = |m: &[(String, f64)], name: &str| {
+        m.iter()
+            .filter(|(k, _)| k.contains(name))
+            .map(|(_, v)| v)
+            .sum::<f64>()
     };
+    let delta = |name: &str| get(after, name) - get(before, name);
     let lookups = delta("cache_lookups_total");
     let hit = |tier: &str| delta(&format!("result=\"hit\",tier=\"{tier}\""));
     serde_json::json!({
@@ -377,7 +376,48 @@ fn edge_summary(before: &[(String, f64)], after: &[(String, f64)]) -> serde_json
         "hit_ratio_memory": if lookups > 0.0 { hit("memory") / lookups } else { 0.0 },
         "hit_ratio_disk": if lookups > 0.0 { hit("disk") / lookups } else { 0.0 },
         "origin_fetches": delta("origin_fetches_total"),
+        // How far the edge had followed the origins' change feeds, at the start and the end.
+        "feed_position": [get(before, "feed_position"), get(after, "feed_position")],
     })
+}
+
+/// The objects a trace reads, each at its first size, published as `key` without its `/`.
+pub(crate) fn trace_objects(trace: &[crate::workload::TraceEntry]) -> Vec<(String, u64)> {
+    let mut seen = std::collections::HashSet::new();
+    trace
+        .iter()
+        .filter(|e| seen.insert(e.key.clone()))
+        .map(|e| (e.key.trim_start_matches('/').to_string(), e.size))
+        .collect()
+}
+
+/// Publishes what reads will ask for (`key`, `size`: [`content`]), untimed, 16 at a time.
+pub(crate) async fn publish_objects(
+    origin: &OriginClient,
+    objects: Vec<(String, u64)>,
+) -> Result<()> {
+    eprintln!("publishing {} objects first", objects.len());
+    let bar = progress_bar(objects.len() as u64, "publishing {wide_bar} {pos}/{len}");
+    futures_util::stream::iter(objects)
+        .map(|(key, size)| {
+            let (client, bar) = (origin.clone(), bar.clone());
+            async move {
+                let data = content(&key, size);
+                let r = client
+                    .put_bytes(&key, data)
+                    .await
+                    .with_context(|| format!("publishing {key}"));
+                bar.inc(1);
+                r
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// Runs the workload and reports.
@@ -426,39 +466,12 @@ pub async fn run_workload(a: &Args) -> Result<Report> {
             Some(Source::Backup(Backup::new(a.seed, files, bytes, 4), files))
         }
         Kind::Trace => {
-            let mut seen = std::collections::HashSet::new();
-            for e in trace.as_ref().unwrap() {
-                if seen.insert(e.key.clone()) {
-                    preload.push((e.key.trim_start_matches('/').to_string(), e.size));
-                }
-            }
+            preload = trace_objects(trace.as_ref().unwrap());
             None
         }
     };
-    // Publish what reads will ask for, untimed, 16 at a time.
     if !preload.is_empty() && !a.no_preload {
-        eprintln!("publishing {} objects first", preload.len());
-        let bar = progress_bar(preload.len() as u64, "publishing {wide_bar} {pos}/{len}");
-        let client = origin.clone();
-        futures_util::stream::iter(preload)
-            .map(|(key, size)| {
-                let (client, bar) = (client.clone(), bar.clone());
-                async move {
-                    let data = content(&key, size);
-                    let r = client
-                        .put_bytes(&key, data)
-                        .await
-                        .with_context(|| format!("publishing {key}"));
-                    bar.inc(1);
-                    r
-                }
-            })
-            .buffer_unordered(16)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
-        bar.finish_and_clear();
+        publish_objects(&origin, preload).await?;
     }
     let before = edge_metrics(&a.edge_admin).await;
     let start = Instant::now();

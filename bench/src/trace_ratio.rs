@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,7 +29,7 @@ use tessera_edge::client::{ClientOptions, Connection, Mode};
 
 use crate::edge_hits::{Server, spawn_edge_with, spawn_origin};
 use crate::hit_ratio::Args;
-use crate::run::{content, get_whole};
+use crate::run::{content, get_whole, publish_objects, trace_objects};
 use crate::workload::{TraceEntry, parse_trace};
 
 /// Whether a request to the origin counts as the origin serving content.
@@ -105,31 +104,6 @@ impl Replayed {
     fn hit_ratio(&self) -> f64 {
         self.hits as f64 / self.requests.max(1) as f64
     }
-}
-
-/// Publishes the first version of every key of `trace` (16 at a time).
-async fn publish_first_versions(
-    origin: &tessera_origin_proto::OriginClient,
-    trace: &[TraceEntry],
-) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    let firsts: Vec<(String, u64)> = trace
-        .iter()
-        .filter(|e| seen.insert(e.key.clone()))
-        .map(|e| (e.key.trim_start_matches('/').to_string(), e.size))
-        .collect();
-    let results: Vec<Result<()>> = futures_util::stream::iter(firsts)
-        .map(|(key, size)| async move {
-            origin
-                .put_bytes(&key, content(&key, size))
-                .await
-                .with_context(|| format!("publishing {key}"))?;
-            Ok(())
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    results.into_iter().collect()
 }
 
 /// Replays `trace` through `addr` with one client: the first half warms, the second half is
@@ -243,8 +217,7 @@ pub async fn run(a: &Args, path: &Path) -> Result<()> {
         &format!("http://{}", origin.addr),
         Some("bench".into()),
     )?;
-    eprintln!("hit-ratio: publishing {} objects", unique.len());
-    publish_first_versions(&client, &trace).await?;
+    publish_objects(&client, trace_objects(&trace)).await?;
     let (proxy, count) = counting_proxy(origin.addr).await?;
     println!(
         "Trace `{}`: {} requests for {} distinct objects of {:.1} MiB in all ({} updates, \
@@ -291,7 +264,7 @@ pub async fn run(a: &Args, path: &Path) -> Result<()> {
         for name in &names {
             eprintln!("hit-ratio: {name} with {mib} MiB");
             if updates > 0 {
-                publish_first_versions(&client, &trace).await?;
+                publish_objects(&client, trace_objects(&trace)).await?;
             }
             let server = start(name, &dir.path().join(format!("{name}-{mib}")), proxy, mib).await?;
             let r = replay(server.addr, &trace, &client, &count).await?;
