@@ -236,6 +236,65 @@ async fn kill_9_of_an_origin_loses_no_read_and_publishes_go_on_then_repair_heals
     assert!(s == 200 && b == late);
 }
 
+/// An owner of a file's chunks dies while the edge streams the file (cold) to a client: the
+/// chunks it would have given come from their other owner, and the client gets every byte.
+#[tokio::test]
+async fn an_owner_killed_mid_stream_leaves_the_rest_to_the_replica() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (topology, ports, edge) = write_topology(dir.path(), 3);
+    let mut origins: Vec<OriginProcess> = ["o1", "o2", "o3"]
+        .iter()
+        .map(|id| start_origin(&topology, id))
+        .collect();
+    let t = topology.to_str().unwrap();
+    let (_edge, _) = start_tessera(
+        &["edge", "--topology", t, "--id", "e1"],
+        "listening on http://",
+    );
+    let o1 = OriginClient::new(
+        &format!("http://127.0.0.1:{}", ports[0]),
+        Some("t0k".into()),
+    )
+    .unwrap();
+    let data = noise(48 << 20, 404);
+    o1.put_bytes("big.bin", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+
+    // A client with a small receive buffer reads the first MiB and stops: the edge fetches a
+    // readahead window (4 MiB) ahead of it, far from the 48 MiB file.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 << 10).unwrap();
+    let mut s = sock
+        .connect(format!("127.0.0.1:{edge}").parse().unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    while got.len() < (1 << 20) + 4096 {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the edge closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", &got[..40]);
+    let mut body = got.split_off(head_end);
+
+    // o2 owns (first or second) about two thirds of the chunks; it dies now.
+    origins[1].kill_9();
+    while body.len() < data.len() {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the body ended at {} of {}", body.len(), data.len());
+        body.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(body.len(), data.len());
+    assert!(body == data, "the bytes served are the file's");
+}
+
 #[test]
 fn a_topology_with_mistakes_is_refused_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
