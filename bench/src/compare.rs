@@ -176,22 +176,30 @@ async fn run_async(a: Args) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let tls = a.protocol != "http1";
-    let edge = spawn_edge_on(
-        "tessera",
-        ["--origin", &origin_url],
-        dir.path().join("edge"),
-        a.cache_mib,
-        Some(admin),
-        tls,
-    )
-    .await?;
+    // Tessera's edge with its admin URL, its data in `folder`.
+    let start_edge = |folder: &'static str| {
+        let (data, origin_url) = (dir.path().join(folder), origin_url.clone());
+        async move {
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+            let edge = spawn_edge_on(
+                "tessera",
+                ["--origin", &origin_url],
+                data,
+                a.cache_mib,
+                Some(admin),
+                tls,
+            )
+            .await?;
+            anyhow::Ok((edge, Some(format!("http://{admin}"))))
+        }
+    };
+    let edge = start_edge("edge").await?;
     let (cert, key) = (
         dir.path().join("edge/tls/dev-cert.pem"),
         dir.path().join("edge/tls/dev-key.pem"),
     );
-    let mut servers = vec![(edge, Some(format!("http://{admin}")))];
+    let mut servers = vec![edge];
     for p in &a.peers {
         if let Some(why) = unsupported(p, &a.protocol) {
             println!("{p} left out over {}: {why}", a.protocol);
@@ -215,17 +223,7 @@ async fn run_async(a: Args) -> Result<()> {
             if a.backlog_files > 0 && round == 0 && i == 0 {
                 // A new edge (new data folder, so it follows the feeds from their start),
                 // started just before its run: it is as far behind as it gets.
-                let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-                let edge = spawn_edge_on(
-                    "tessera",
-                    ["--origin", &origin_url],
-                    dir.path().join("edge-behind"),
-                    a.cache_mib,
-                    Some(admin),
-                    tls,
-                )
-                .await?;
-                servers[0] = (edge, Some(format!("http://{admin}")));
+                servers[0] = start_edge("edge-behind").await?;
             }
             let (server, admin) = &servers[i];
             let args = run::Args {

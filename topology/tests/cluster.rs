@@ -47,6 +47,30 @@ fn start_origin(topology: &Path, id: &str) -> OriginProcess {
     start_tessera(&["origin", "--topology", t, "--id", id], "listening on").0
 }
 
+/// The network of [`write_topology`] with three origins, started: the topology file, the
+/// origins' ports, the edge's port, the origins and the edge.
+fn start_network(
+    dir: &Path,
+) -> (
+    std::path::PathBuf,
+    Vec<u16>,
+    u16,
+    Vec<OriginProcess>,
+    OriginProcess,
+) {
+    let (topology, ports, edge) = write_topology(dir, 3);
+    let origins = ["o1", "o2", "o3"]
+        .iter()
+        .map(|id| start_origin(&topology, id))
+        .collect();
+    let t = topology.to_str().unwrap();
+    let (edge_process, _) = start_tessera(
+        &["edge", "--topology", t, "--id", "e1"],
+        "listening on http://",
+    );
+    (topology, ports, edge, origins, edge_process)
+}
+
 /// Waits (bounded) until origin `url` sees node `id` as `live`.
 async fn wait_live(url: &str, id: &str, live: bool) {
     for _ in 0..200 {
@@ -105,16 +129,7 @@ async fn up_runs_the_network_serves_the_demo_and_stops_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_an_origin_loses_no_read_and_publishes_go_on_then_repair_heals() {
     let dir = tempfile::tempdir().unwrap();
-    let (topology, ports, edge) = write_topology(dir.path(), 3);
-    let mut origins: Vec<OriginProcess> = ["o1", "o2", "o3"]
-        .iter()
-        .map(|id| start_origin(&topology, id))
-        .collect();
-    let t = topology.to_str().unwrap();
-    let (_edge, _) = start_tessera(
-        &["edge", "--topology", t, "--id", "e1"],
-        "listening on http://",
-    );
+    let (topology, ports, edge, mut origins, _edge) = start_network(dir.path());
     let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
     let o1 = OriginClient::new(&url(0), Some("t0k".into())).unwrap();
     let files: Vec<(String, Vec<u8>)> = (0..12)
@@ -242,16 +257,7 @@ async fn kill_9_of_an_origin_loses_no_read_and_publishes_go_on_then_repair_heals
 async fn an_owner_killed_mid_stream_leaves_the_rest_to_the_replica() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let (topology, ports, edge) = write_topology(dir.path(), 3);
-    let mut origins: Vec<OriginProcess> = ["o1", "o2", "o3"]
-        .iter()
-        .map(|id| start_origin(&topology, id))
-        .collect();
-    let t = topology.to_str().unwrap();
-    let (_edge, _) = start_tessera(
-        &["edge", "--topology", t, "--id", "e1"],
-        "listening on http://",
-    );
+    let (_topology, ports, edge, mut origins, _edge) = start_network(dir.path());
     let o1 = OriginClient::new(
         &format!("http://127.0.0.1:{}", ports[0]),
         Some("t0k".into()),

@@ -1,18 +1,21 @@
 //! Hot files kept assembled, so a hit is a few large writes instead of a lookup and a write
 //! per 16 KiB chunk, and their bytes are counted once in the memory tier.
 //!
-//! - A small file (up to [`INLINE_MAX`]) hit again in whole gets its bytes inline in its
-//!   stored response: one lookup serves it.
+//! - A small file (up to [`INLINE_MAX`]) read in whole, on its miss or on a hit, gets its
+//!   bytes inline in its stored response: one entry, one lookup serves it.
 //! - A larger file hit again in whole is copied, in the background, into segments of
 //!   [`SEGMENT`] bytes kept in memory only, under keys derived from its list of chunks (two
 //!   paths with the same content share them). A hit then sends a segment per write, as an
 //!   upstream-mode hit does; a segment that left the cache is read from the chunks instead.
 //!
 //! Either way the file's chunks then leave the memory tier: the bytes are held there once.
-//! The SSD tier keeps the chunks (never the assembled copies), so a range or another file
-//! sharing a chunk reads it from there; with no SSD tier it is fetched again.
+//! The SSD tier keeps the chunks (and a small file's stored response, inline bytes and all),
+//! so a range or another file sharing a chunk reads it from there; with no SSD tier it is
+//! fetched again. A chunk looked up while its file's copy was being made is cut from the
+//! copy ([`OriginBackend::from_assembled`]).
 //!
-//! Figures: `tessera-bench edge-hits` (origin row), before and after in `bench/HISTORY.md`.
+//! Figures: `tessera-bench edge-hits` (origin row) and `tessera-bench hit-ratio --trace`,
+//! before and after in `bench/HISTORY.md`.
 
 use std::sync::Arc;
 

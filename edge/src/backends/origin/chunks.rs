@@ -374,8 +374,12 @@ impl Reader {
         .await;
         let mut leads = Vec::new();
         // One window's misses are joined under one lock, so readers of one file that look it
-        // up at the same moment do not split its chunks between their batches.
-        let _joining = me.joining.lock().unwrap();
+        // up at the same moment do not split its chunks between their batches (a window that
+        // is all hits takes no lock).
+        let joining = found
+            .iter()
+            .any(|f| matches!(f, Ok(None)))
+            .then(|| me.joining.lock().unwrap());
         for (c, found) in self.chunks[from..to].iter().zip(found) {
             self.window.push_back(match found {
                 Ok(Some(b)) => Slot::Ready(b),
@@ -393,7 +397,7 @@ impl Reader {
                 },
             });
         }
-        drop(_joining);
+        drop(joining);
         if !leads.is_empty() {
             tokio::spawn(me.clone().fetch_leads(leads));
         }
