@@ -12,7 +12,7 @@
 //! The SSD tier keeps the chunks (and a small file's stored response, inline bytes and all),
 //! so a range or another file sharing a chunk reads it from there; with no SSD tier it is
 //! fetched again. A chunk looked up while its file's copy was being made is cut from the
-//! copy ([`OriginBackend::from_assembled`]).
+//! copy ([`OriginBackend::cut_from_assembled`]).
 //!
 //! Figures: `tessera-bench edge-hits` (origin row) and `tessera-bench hit-ratio --trace`,
 //! before and after in `bench/HISTORY.md`.
@@ -193,7 +193,7 @@ impl OriginBackend {
     /// Chunk `c` cut from its file's assembled `copy`, if memory holds it. A chunk may be
     /// looked up just after the copy was made and the chunks left memory (and before the SSD
     /// tier finished writing them): it is not fetched again.
-    pub(crate) fn from_assembled(&self, copy: Assembled, c: &ManifestChunk) -> Option<Bytes> {
+    pub(crate) fn cut_from_assembled(&self, copy: Assembled, c: &ManifestChunk) -> Option<Bytes> {
         let cache = &self.ctx.store.cache;
         let (from, to) = (c.offset, c.offset + u64::from(c.size));
         match copy {

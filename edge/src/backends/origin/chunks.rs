@@ -384,7 +384,7 @@ impl Reader {
             self.window.push_back(match found {
                 Ok(Some(b)) => Slot::Ready(b),
                 Err(e) => Slot::Failed(e),
-                Ok(None) if let Some(b) = self.copy.and_then(|a| me.from_assembled(a, c)) => {
+                Ok(None) if let Some(b) = self.copy.and_then(|a| me.cut_from_assembled(a, c)) => {
                     Slot::Ready(b)
                 }
                 Ok(None) => match me.chunks.join(Key(c.hash.0)) {
