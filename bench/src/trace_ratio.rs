@@ -137,6 +137,10 @@ async fn replay(
             get_whole(c, &e.key, (!e.varies).then_some(e.size)).await
         }
         .await;
+        if got.is_err() {
+            // A new connection for the next request, warming or measured.
+            conn = None;
+        }
         if i < half {
             continue;
         }
@@ -149,7 +153,6 @@ async fn replay(
                     eprintln!("hit-ratio: {}: {err}", e.key);
                 }
                 r.errors += 1;
-                conn = None;
             }
         }
     }
