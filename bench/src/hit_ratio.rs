@@ -326,9 +326,6 @@ async fn start(name: &str, dir: &std::path::Path, up: SocketAddr, mib: usize) ->
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if let Some(trace) = &a.trace {
-        return crate::runtime(1)?.block_on(crate::trace_ratio::run(&a, trace));
-    }
     crate::runtime(1)?.block_on(run_async(a))
 }
 

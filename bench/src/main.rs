@@ -89,7 +89,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest(a) => ingest::run(a),
         Command::Policy(a) => policy::run(a),
-        Command::HitRatio(a) => hit_ratio::run(a),
+        // `--trace`: the trace through an origin-mode edge (trace_ratio) instead.
+        Command::HitRatio(a) => match a.trace.clone() {
+            Some(trace) => runtime(1)?.block_on(trace_ratio::run(&a, &trace)),
+            None => hit_ratio::run(a),
+        },
         Command::EdgeHits(a) => edge_hits::run(a),
         Command::Workloads(a) => workload::run(a),
         Command::Compare(a) => compare::run(a),
