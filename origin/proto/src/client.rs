@@ -240,22 +240,7 @@ impl OriginClient {
         for (k, v) in extra {
             req = req.header(k, v);
         }
-        if self.hop {
-            req = req.header(HOP_HEADER, "1");
-        }
-        let req = req.body(body).map_err(|e| ClientError::BadUrl {
-            url: url.clone(),
-            why: e.to_string(),
-        })?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| ClientError::Transport {
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
-        let (parts, body) = resp.into_parts();
+        let (parts, body) = self.open(req, &url, body).await?.into_parts();
         let bytes = body
             .collect()
             .await
@@ -265,6 +250,30 @@ impl OriginClient {
             })?
             .to_bytes();
         Ok((parts, bytes))
+    }
+
+    /// Sends `req` (to `url`) with `body` and the hop header when this client is a node's,
+    /// and returns the answer's head and its body unread.
+    async fn open(
+        &self,
+        mut req: http::request::Builder,
+        url: &str,
+        body: UploadBody,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        if self.hop {
+            req = req.header(HOP_HEADER, "1");
+        }
+        let req = req.body(body).map_err(|e| ClientError::BadUrl {
+            url: url.to_string(),
+            why: e.to_string(),
+        })?;
+        self.http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Transport {
+                url: url.to_string(),
+                source: Box::new(e),
+            })
     }
 
     fn json<T: serde::de::DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, ClientError> {
@@ -546,24 +555,8 @@ impl OriginClient {
         if brotli {
             req = req.header(header::ACCEPT_ENCODING, "br");
         }
-        if self.hop {
-            req = req.header(HOP_HEADER, "1");
-        }
-        let req = req
-            .body(full(crate::batch::encode_request(hashes)))
-            .map_err(|e| ClientError::BadUrl {
-                url: url.clone(),
-                why: e.to_string(),
-            })?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| ClientError::Transport {
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
-        let (parts, body) = resp.into_parts();
+        let body = full(crate::batch::encode_request(hashes));
+        let (parts, body) = self.open(req, &url, body).await?.into_parts();
         if parts.status != StatusCode::OK {
             let bytes = http_body_util::Limited::new(body, 64 << 10)
                 .collect()
