@@ -33,7 +33,7 @@
 //! unknown kind, an oversized payload, bytes after the last frame, and frames for
 //! addresses other than those requested, in that order.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::ChunkHash;
 
@@ -153,15 +153,26 @@ pub fn frame_header(kind: Option<Encoding>, hash: &ChunkHash, payload_len: usize
 }
 
 /// Decodes a batch body fed to it piece by piece, checking each frame against the address
-/// requested at its position. Does no I/O and never allocates more than one frame ahead of
-/// what it was given.
+/// requested at its position. Does no I/O. Each payload is copied once, into a buffer of its
+/// own of exactly its length (allocated when its frame's header arrived): a chunk kept from
+/// it holds no bytes of its neighbours, and nothing is allocated more than one frame ahead of
+/// what was given.
 #[derive(Debug)]
 pub struct Decoder {
     expected: Vec<ChunkHash>,
-    buf: BytesMut,
+    /// The magic, or the header of the next frame, while incomplete.
+    head: Vec<u8>,
     magic_seen: bool,
-    /// Frames decoded so far.
-    done: usize,
+    /// Frame headers accepted (the position of the next one).
+    headers: usize,
+    /// The frame whose payload is arriving: kind, address, length and the bytes so far.
+    current: Option<(u8, ChunkHash, usize, BytesMut)>,
+    /// Complete frames not yet taken.
+    ready: std::collections::VecDeque<Frame>,
+    /// What was wrong with the body; given after the frames that came before it.
+    error: Option<BatchError>,
+    /// Frames taken so far.
+    given: usize,
 }
 
 impl Decoder {
@@ -169,63 +180,90 @@ impl Decoder {
     pub fn new(expected: Vec<ChunkHash>) -> Decoder {
         Decoder {
             expected,
-            buf: BytesMut::new(),
+            head: Vec::with_capacity(FRAME_HEADER),
             magic_seen: false,
-            done: 0,
+            headers: 0,
+            current: None,
+            ready: Default::default(),
+            error: None,
+            given: 0,
         }
     }
 
     /// Adds bytes received.
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+    pub fn push(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && self.error.is_none() {
+            if let Some((_, _, len, payload)) = &mut self.current {
+                let take = (*len - payload.len()).min(data.len());
+                payload.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if payload.len() == *len {
+                    self.complete();
+                }
+                continue;
+            }
+            let want = if self.magic_seen {
+                FRAME_HEADER
+            } else {
+                MAGIC.len()
+            };
+            if self.magic_seen && self.headers == self.expected.len() {
+                self.error = Some(BatchError::TooMany(self.expected.len()));
+                break;
+            }
+            let take = (want - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.head.len() == want {
+                self.error = self.accept_head().err();
+                self.head.clear();
+            }
+        }
     }
 
-    /// Frames decoded so far.
-    pub fn frames(&self) -> usize {
-        self.done
-    }
-
-    /// The next complete frame, `None` when more bytes are needed or every frame arrived.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, BatchError> {
+    /// The magic or a frame header is complete: check it and start its frame.
+    fn accept_head(&mut self) -> Result<(), BatchError> {
+        let h = &self.head;
         if !self.magic_seen {
-            if self.buf.len() < MAGIC.len() {
-                return Ok(None);
+            if h[..] != MAGIC {
+                return Err(BatchError::BadMagic(h.clone()));
             }
-            if self.buf[..MAGIC.len()] != MAGIC {
-                return Err(BatchError::BadMagic(self.buf[..MAGIC.len()].to_vec()));
-            }
-            self.buf.advance(MAGIC.len());
             self.magic_seen = true;
+            return Ok(());
         }
-        if self.buf.len() < FRAME_HEADER {
-            return self.idle();
-        }
-        let kind = self.buf[0];
+        let kind = h[0];
         if kind > 2 {
             return Err(BatchError::UnknownKind(kind));
         }
-        let len = u32::from_be_bytes(self.buf[33..37].try_into().unwrap());
+        let len = u32::from_be_bytes(h[33..37].try_into().unwrap());
         if len as usize > MAX_PAYLOAD {
             return Err(BatchError::TooLarge(len));
         }
-        let hash = ChunkHash(self.buf[1..33].try_into().unwrap());
-        let Some(&expected) = self.expected.get(self.done) else {
-            return Err(BatchError::TooMany(self.expected.len()));
-        };
+        let hash = ChunkHash(h[1..33].try_into().unwrap());
+        let expected = self.expected[self.headers];
         if hash != expected {
             return Err(BatchError::OutOfOrder {
-                position: self.done,
+                position: self.headers,
                 expected,
                 got: hash,
             });
         }
-        if self.buf.len() < FRAME_HEADER + len as usize {
-            return Ok(None);
+        self.headers += 1;
+        let len = len as usize;
+        self.current = Some((kind, hash, len, BytesMut::with_capacity(len)));
+        if len == 0 {
+            self.complete();
         }
-        self.buf.advance(FRAME_HEADER);
-        let payload = self.buf.split_to(len as usize).freeze();
-        self.done += 1;
-        Ok(Some(match kind {
+        Ok(())
+    }
+
+    /// The current frame's payload is complete.
+    fn complete(&mut self) {
+        let Some((kind, hash, _, payload)) = self.current.take() else {
+            return;
+        };
+        let payload = payload.freeze();
+        self.ready.push_back(match kind {
             0 => Frame::Chunk {
                 hash,
                 encoding: Encoding::Identity,
@@ -237,30 +275,39 @@ impl Decoder {
                 payload,
             },
             _ => Frame::Unavailable { hash },
-        }))
+        });
+    }
+
+    /// Frames taken so far.
+    pub fn frames(&self) -> usize {
+        self.given
+    }
+
+    /// The next complete frame, `None` when more bytes are needed or every frame arrived.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, BatchError> {
+        if let Some(f) = self.ready.pop_front() {
+            self.given += 1;
+            return Ok(Some(f));
+        }
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(None),
+        }
     }
 
     /// Checks, once the body ended, that every frame arrived and nothing followed.
     pub fn finish(&self) -> Result<(), BatchError> {
-        if self.done < self.expected.len() {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let complete = self.headers - usize::from(self.current.is_some());
+        if complete < self.expected.len() {
             return Err(BatchError::Truncated {
-                got: self.done,
+                got: complete,
                 expected: self.expected.len(),
             });
         }
-        if !self.buf.is_empty() {
-            return Err(BatchError::TooMany(self.expected.len()));
-        }
         Ok(())
-    }
-
-    /// No complete frame header buffered: wait for more, unless every frame arrived and
-    /// bytes follow them.
-    fn idle(&self) -> Result<Option<Frame>, BatchError> {
-        if self.done == self.expected.len() && !self.buf.is_empty() {
-            return Err(BatchError::TooMany(self.expected.len()));
-        }
-        Ok(None)
     }
 }
 
@@ -314,6 +361,36 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn each_payload_is_a_buffer_of_its_own_of_its_exact_length() {
+        let payloads: Vec<Vec<u8>> = (1..=3u8).map(|i| vec![i; 1000 * i as usize]).collect();
+        let hashes: Vec<ChunkHash> = payloads.iter().map(|p| ChunkHash::of(p)).collect();
+        let frames: Vec<_> = hashes
+            .iter()
+            .zip(&payloads)
+            .map(|(h, p)| (Some(Encoding::Identity), *h, &p[..]))
+            .collect();
+        let wire = body(&frames);
+        let mut d = Decoder::new(hashes);
+        // Pieces that cut across frames, as a socket delivers them.
+        for piece in wire.chunks(1500) {
+            d.push(piece);
+        }
+        for p in &payloads {
+            let Some(Frame::Chunk { payload, .. }) = d.next_frame().unwrap() else {
+                panic!("a chunk frame")
+            };
+            assert_eq!(&payload[..], &p[..]);
+            // Held by nothing else (no neighbour shares its buffer), and no larger.
+            let own = payload
+                .try_into_mut()
+                .expect("the payload's buffer is its own");
+            assert_eq!(own.capacity(), p.len());
+        }
+        d.finish().unwrap();
+        assert_eq!(d.frames(), 3);
     }
 
     #[test]
