@@ -277,14 +277,23 @@ pub async fn measure(
     }
 }
 
-/// The same sequence through an in-process foyer cache of `mib` MiB weighted like the
-/// edge's memory tier (body + 32-byte key + ~300 bytes of stored response), S3-FIFO.
+/// The same sequence through an in-process foyer cache of `mib` MiB, S3-FIFO, each object
+/// weighed as the edge's memory tier weighs it ([`edge_weight`], with the upstream's fields).
 fn simulate(ops: &[(String, u64)], mib: usize) -> f64 {
     use foyer::{CacheBuilder, S3FifoConfig};
-    let cache: foyer::Cache<String, u64> = CacheBuilder::new(mib << 20)
+    let mut fields = http::HeaderMap::new();
+    for (name, value) in [
+        ("cache-control", "public, max-age=3600"),
+        ("content-type", "application/octet-stream"),
+        ("content-length", "1048576"),
+        ("date", "Sun, 06 Dec 2026 04:37:20 GMT"),
+    ] {
+        fields.insert(name, http::HeaderValue::from_static(value));
+    }
+    let cache: foyer::Cache<String, usize> = CacheBuilder::new(mib << 20)
         .with_shards(8)
         .with_eviction_config(S3FifoConfig::default())
-        .with_weighter(|_k: &String, v: &u64| *v as usize + 32 + 300)
+        .with_weighter(|_k: &String, w: &usize| *w)
         .build::<foyer::CacheProperties>();
     let half = ops.len() / 2;
     let mut hits = 0;
@@ -292,10 +301,39 @@ fn simulate(ops: &[(String, u64)], mib: usize) -> f64 {
         if cache.get(k).is_some() {
             hits += usize::from(i >= half);
         } else {
-            cache.insert(k.clone(), *size);
+            cache.insert(k.clone(), edge_weight(k, &fields, *size));
         }
     }
     hits as f64 / (ops.len() - half).max(1) as f64
+}
+
+/// What an edge's memory tier charges for the response to `path` with the fields `fields`
+/// and a body of `size` bytes, held whole
+/// ([`tessera_edge::store::entry::weigh`]: foyer's record, the stored response, its body).
+/// The simulations weigh objects with it, so that they and the edge spend one budget alike.
+pub(crate) fn edge_weight(path: &str, fields: &http::HeaderMap, size: u64) -> usize {
+    use tessera_edge::rules::freshness::Freshness;
+    use tessera_edge::store::entry::{BodyRef, Meta, Value, weigh};
+    let meta = Meta {
+        status: 200,
+        headers: tessera_edge::store::headers::StoredHeaders::from_map(fields),
+        freshness: Freshness {
+            lifetime: 0,
+            initial_age: 0,
+            response_time: 0,
+            must_revalidate: false,
+            no_cache: false,
+            immutable: false,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        },
+        stored_at_ms: 0,
+        path: format!("/{}", path.trim_start_matches('/')),
+        surrogate_keys: Vec::new(),
+        size,
+        body: BodyRef::Inline(Bytes::from(vec![0; size as usize])),
+    };
+    weigh(&Value::Meta(Arc::new(meta)))
 }
 
 async fn start(name: &str, dir: &std::path::Path, up: SocketAddr, mib: usize) -> Result<Server> {

@@ -180,22 +180,39 @@ async fn start(name: &str, dir: &Path, origin: SocketAddr, mib: usize) -> Result
     }
 }
 
-/// The trace through a foyer cache of `mib` MiB with `eviction`, weighted like the edge's
-/// memory tier (body + key + ~300 bytes of stored response): the measured half's hit ratio.
+/// The trace through a foyer cache of `mib` MiB with `eviction`, each object weighed as an
+/// origin-mode edge's memory tier weighs a file it holds whole
+/// ([`crate::hit_ratio::edge_weight`] with the fields such an edge stores): the measured
+/// half's hit ratio.
 fn simulate(trace: &[TraceEntry], mib: usize, eviction: foyer::EvictionConfig) -> f64 {
-    let cache: foyer::Cache<String, u64> = foyer::CacheBuilder::new(mib << 20)
+    let mut fields = http::HeaderMap::new();
+    let etag = tessera_origin_proto::ChunkHash::of(b"").etag();
+    fields.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    fields.insert(
+        "etag",
+        http::HeaderValue::from_str(&etag).expect("a quoted hex string"),
+    );
+    fields.insert(
+        "last-modified",
+        http::HeaderValue::from_static("Sun, 06 Dec 2026 04:37:20 GMT"),
+    );
+    let cache: foyer::Cache<String, (u64, usize)> = foyer::CacheBuilder::new(mib << 20)
         .with_shards(8)
         .with_eviction_config(eviction)
-        .with_weighter(|_k: &String, v: &u64| *v as usize + 32 + 300)
+        .with_weighter(|_k: &String, v: &(u64, usize)| v.1)
         .build::<foyer::CacheProperties>();
     let half = trace.len() / 2;
     let mut hits = 0;
     for (i, e) in trace.iter().enumerate() {
         // An update replaces what was held.
-        if !e.update && cache.get(&e.key).is_some_and(|s| *s.value() == e.size) {
+        if !e.update && cache.get(&e.key).is_some_and(|s| s.value().0 == e.size) {
             hits += usize::from(i >= half);
         } else {
-            cache.insert(e.key.clone(), e.size);
+            let weight = crate::hit_ratio::edge_weight(&e.key, &fields, e.size);
+            cache.insert(e.key.clone(), (e.size, weight));
         }
     }
     hits as f64 / (trace.len() - half).max(1) as f64
@@ -230,7 +247,7 @@ pub async fn run(a: &Args, path: &Path) -> Result<()> {
          during which the origin was asked for no file, manifest or chunk (counted by a proxy in \
          front of it). Tessera: an origin-mode edge with its memory tier only (`--disk 0`); \
          Varnish: `-s malloc`; nginx: `proxy_cache` `max_size` (on disk, enforced after the fact). \
-         Simulated: foyer with the same budget and weights (body + 332 bytes), on the same sequence.",
+         Simulated: foyer with the same budget, on the same sequence, each object weighed as the edge's memory tier weighs a file it holds whole (its body, the stored response, foyer's record).",
         path.display(),
         trace.len(),
         unique.len(),

@@ -32,7 +32,7 @@ impl Edge {
     ) -> Response<EdgeBody> {
         let req = &parts.headers;
         let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
-        let mut headers = meta.headers.clone();
+        let mut headers = meta.headers.to_map();
         headers.remove(header::CONTENT_LENGTH);
         headers.insert(header::AGE, HeaderValue::from(meta.freshness.age(now)));
         let (code, start, end) = match plan(req, status, &mut headers, Some(meta.size)) {

@@ -6,6 +6,7 @@
 pub mod advice;
 pub mod bans;
 pub mod entry;
+pub mod headers;
 pub mod tiers;
 
 use std::sync::Arc;

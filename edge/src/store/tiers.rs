@@ -13,7 +13,7 @@ use foyer::{
 use crate::basics::clock::now_ms;
 use crate::basics::config::Policy;
 use crate::store::advice::{Advice, Target};
-use crate::store::entry::{Key, SEGMENT, Value};
+use crate::store::entry::{Key, SEGMENT, Value, weigh};
 
 /// foyer's properties for an entry stored as `advice` says.
 fn properties(advice: Advice) -> HybridCacheProperties {
@@ -107,7 +107,7 @@ impl Cache {
             .memory(memory)
             .with_shards(8)
             .with_eviction_config(eviction)
-            .with_weighter(|_k: &Key, v: &Value| 32 + v.weight())
+            .with_weighter(|_k: &Key, v: &Value| weigh(v))
             .storage()
             .with_recover_mode(RecoverMode::Quiet);
         // `disk` 0: memory only (foyer's no-op storage engine), like Varnish with malloc.

@@ -171,7 +171,10 @@ async fn follow(
                     // before its change arrived here) stays.
                     let stale = match store.cache.get(&key).await {
                         Some((Value::Meta(m), _)) => c.blake3.is_none_or(|h| {
-                            m.headers.get(http::header::ETAG).map(|v| v.as_bytes())
+                            m.headers
+                                .get(http::header::ETAG)
+                                .as_ref()
+                                .map(|v| v.as_bytes())
                                 != Some(h.etag().as_bytes())
                         }),
                         Some(_) => true,

@@ -16,6 +16,7 @@ use crate::rules::not_modified::merge_304;
 use crate::rules::store_plan::surrogate_keys;
 use crate::store::advice::Candidate;
 use crate::store::entry::{BodyRef, Key, Meta, Value};
+use crate::store::headers::StoredHeaders;
 
 /// The cache key of the manifest of the file at `path`.
 pub fn manifest_key(path: &str) -> Key {
@@ -82,8 +83,7 @@ impl OriginBackend {
         let etag = stale
             .as_ref()
             .and_then(|m| m.headers.get(header::ETAG))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+            .and_then(|v| v.to_str().ok().map(str::to_string));
         let kind = if stale.is_some() {
             FetchKind::Revalidate
         } else {
@@ -129,13 +129,15 @@ impl OriginBackend {
                         continue;
                     };
                     let mut m = (**old).clone();
-                    (m.headers, m.freshness) = merge_304(
-                        &old.headers,
+                    let merged;
+                    (merged, m.freshness) = merge_304(
+                        &old.headers.to_map(),
                         &headers,
                         request_time,
                         response_time,
                         self.ctx.heuristic_cap_secs,
                     );
+                    m.headers = StoredHeaders::from_map(&merged);
                     m.stored_at_ms = self.ctx.store.bans.stamp_ms();
                     let m = Arc::new(m);
                     self.ctx.store.cache.insert(key, Value::Meta(m.clone()));
@@ -179,7 +181,7 @@ impl OriginBackend {
             key: &key,
             path: &meta.path,
             size: meta.size,
-            content_type: meta.headers.get(header::CONTENT_TYPE),
+            content_type: meta.headers.get(header::CONTENT_TYPE).as_ref(),
             status: meta.status,
             ttl_secs: meta.freshness.lifetime,
         });
@@ -236,7 +238,7 @@ impl OriginBackend {
         }
         Meta {
             status: 200,
-            headers,
+            headers: StoredHeaders::from_map(&headers),
             freshness: Freshness::of(
                 StatusCode::OK,
                 origin_headers,

@@ -23,6 +23,7 @@ use crate::rules::store_plan::{
 use crate::rules::vary::{selecting_values, vary_names};
 use crate::store::advice::{Advice, Candidate};
 use crate::store::entry::{BodyRef, Key, Meta, Value, segment_key, variant_key};
+use crate::store::headers::StoredHeaders;
 
 impl Upstream {
     /// Joins the fill for `key`, or starts it: the fetch then runs on a task of its own (a
@@ -84,10 +85,10 @@ impl Upstream {
         let mut headers = forward_headers(self, &parts.headers, true);
         if let Some((m, _)) = &stale {
             if let Some(e) = m.headers.get(header::ETAG) {
-                headers.insert(header::IF_NONE_MATCH, e.clone());
+                headers.insert(header::IF_NONE_MATCH, e);
             }
             if let Some(lm) = m.headers.get(header::LAST_MODIFIED) {
-                headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+                headers.insert(header::IF_MODIFIED_SINCE, lm);
             }
         }
         let mut req = Request::new(empty_body());
@@ -126,13 +127,15 @@ impl Upstream {
         let cap = ctx.heuristic_cap_secs;
         if let (Some((old, vkey)), StatusCode::NOT_MODIFIED) = (&stale, rparts.status) {
             let mut m = (**old).clone();
-            (m.headers, m.freshness) = merge_304(
-                &old.headers,
+            let merged;
+            (merged, m.freshness) = merge_304(
+                &old.headers.to_map(),
                 &rparts.headers,
                 request_time,
                 response_time,
                 cap,
             );
+            m.headers = StoredHeaders::from_map(&merged);
             m.stored_at_ms = ctx.store.bans.stamp_ms();
             let m = Arc::new(m);
             ctx.store.cache.insert(*vkey, Value::Meta(m.clone()));
@@ -248,9 +251,10 @@ impl Upstream {
             if let Some(ttl) = advice.and_then(|a| a.ttl_secs) {
                 freshness.lifetime = ttl;
             }
+            let kept = stored_headers(headers);
             let meta = Meta {
                 status: rparts.status.as_u16(),
-                headers: stored_headers(headers),
+                headers: StoredHeaders::from_map(&kept),
                 freshness,
                 stored_at_ms: ctx.store.bans.stamp_ms(),
                 path: parts.uri.path().to_string(),
@@ -261,7 +265,7 @@ impl Upstream {
                     Layout::Segments(count) => BodyRef::Segments { id: seg_id, count },
                 },
             };
-            if worth_keeping(&meta.freshness, &meta.headers) {
+            if worth_keeping(&meta.freshness, &kept) {
                 let cache = &ctx.store.cache;
                 if names.is_empty() {
                     cache.insert_advised(key, Value::Meta(Arc::new(meta)), advice);
