@@ -448,6 +448,51 @@ async fn a_slow_reader_of_a_cold_file_is_fetched_for_a_bounded_window_ahead() {
     );
 }
 
+/// A small file's miss stores it assembled; its chunks, fetched on the way, go to the SSD
+/// tier only. Stored in memory and dropped right after, they would push other entries out of
+/// the memory tier for nothing.
+#[tokio::test]
+async fn a_small_files_miss_puts_only_its_assembled_copy_in_memory() {
+    let (origin, edge, _d) = origin_and_edge(|c| c.follow_changes = false).await;
+    let small = noise(200 << 10, 43);
+    origin.publish("small.bin", small.clone()).await;
+    let chunks = origin
+        .client
+        .manifest("small.bin")
+        .await
+        .unwrap()
+        .unwrap()
+        .chunks;
+    assert!(
+        chunks.len() >= 4,
+        "a file of several chunks: {}",
+        chunks.len()
+    );
+    let cache = edge.edge.cache();
+
+    let before = cache.memory_inserts();
+    assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);
+    // Its stored response as fetched (the manifest), then assembled: two, whatever the
+    // number of chunks.
+    assert_eq!(cache.memory_inserts() - before, 2);
+    assert_eq!(edge.origin_chunks(), chunks.len() as u64);
+    for c in &chunks {
+        assert!(!cache.in_memory(&tessera_edge::store::entry::Key(c.hash.0)));
+    }
+    edge.until("the chunks to reach the SSD tier", |e| {
+        chunks.iter().all(|c| {
+            e.edge
+                .cache()
+                .contains(&tessera_edge::store::entry::Key(c.hash.0))
+        })
+    })
+    .await;
+    // Hits come from the assembled copy.
+    assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);
+    assert_eq!(cache.memory_inserts() - before, 2);
+    assert_eq!(edge.origin_chunks(), chunks.len() as u64);
+}
+
 over_protocols! {
     /// A file hit again in whole is kept assembled: a small one inline in its stored
     /// response, a large one in segments; either way its chunks leave the memory tier, so its

@@ -77,6 +77,8 @@ pub struct Cache {
     /// a copy still waiting to be written may be found after it; a stored response older
     /// than its key's removal is treated as gone. A std mutex: map operations only.
     removed: Arc<std::sync::Mutex<std::collections::HashMap<Key, u64>>>,
+    /// Entries stored in the memory tier so far (each store that may displace others).
+    memory_inserts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long removals are remembered: far longer than foyer's write queue takes to drain.
@@ -133,6 +135,7 @@ impl Cache {
         Ok(Cache {
             hybrid,
             removed: Default::default(),
+            memory_inserts: Default::default(),
         })
     }
 
@@ -162,6 +165,7 @@ impl Cache {
     /// Stores `value` under `key` in memory and (written behind) on SSD.
     pub fn insert(&self, key: Key, value: Value) {
         self.forget_removal(&key);
+        self.counted();
         self.hybrid.insert(key, value);
     }
 
@@ -179,6 +183,9 @@ impl Cache {
             return self.insert(key, value);
         };
         self.forget_removal(&key);
+        if a.admit && a.target != Target::Disk {
+            self.counted();
+        }
         self.hybrid
             .insert_with_properties(key, value, properties(a));
     }
@@ -189,9 +196,21 @@ impl Cache {
         self.hybrid.contains(key)
     }
 
+    /// Stores `value` under `key` on the SSD tier only (written behind; nothing with
+    /// `--disk 0`): bytes memory holds in another form.
+    pub fn insert_on_disk(&self, key: Key, value: Value) {
+        self.forget_removal(&key);
+        self.hybrid.insert_with_properties(
+            key,
+            value,
+            HybridCacheProperties::default().with_location(Location::OnDisk),
+        );
+    }
+
     /// Stores `value` under `key` in memory only (a copy the SSD tier holds in another form).
     pub fn insert_in_memory(&self, key: Key, value: Value) {
         self.forget_removal(&key);
+        self.counted();
         self.hybrid.insert_with_properties(
             key,
             value,
@@ -233,6 +252,17 @@ impl Cache {
     pub fn removed_since(&self, key: &Key, stored_at_ms: u64) -> bool {
         let removed = self.removed.lock().unwrap();
         !removed.is_empty() && removed.get(key).is_some_and(|at| *at >= stored_at_ms)
+    }
+
+    fn counted(&self) {
+        self.memory_inserts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Entries stored in the memory tier since it opened: what made room by evicting.
+    pub fn memory_inserts(&self) -> u64 {
+        self.memory_inserts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes in use in the memory tier.

@@ -176,14 +176,15 @@ impl OriginBackend {
         self.assembling.lock().unwrap().remove(&id);
     }
 
-    /// The whole file, read from its chunks; the error of the first that cannot be read.
+    /// The whole file, read from its chunks (those fetched are stored on the SSD tier only:
+    /// memory keeps the file assembled); the error of the first that cannot be read.
     async fn read_all(
         self: &Arc<Self>,
         chunks: &Arc<Vec<ManifestChunk>>,
         size: u64,
     ) -> Result<Bytes, FetchError> {
         let mut all = Vec::with_capacity(size as usize);
-        let mut parts = self.chunk_stream(chunks.clone(), None, 0, size);
+        let mut parts = self.chunks_to_assemble(chunks.clone());
         while let Some(p) = parts.next().await {
             all.extend_from_slice(&p.map_err(FetchError::of_stream)?);
         }

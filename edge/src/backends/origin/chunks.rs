@@ -34,6 +34,25 @@ impl OriginBackend {
         start: u64,
         end: u64,
     ) -> ByteStream {
+        self.reader(chunks, copy, start, end, true)
+    }
+
+    /// The whole file made of `chunks`, to be assembled by the caller: what it fetches goes to
+    /// the SSD tier only, since memory will hold the assembled copy (its chunks would push
+    /// out other entries on their way through).
+    pub fn chunks_to_assemble(self: &Arc<Self>, chunks: Arc<Vec<ManifestChunk>>) -> ByteStream {
+        let size = chunks.last().map_or(0, |c| c.offset + u64::from(c.size));
+        self.reader(chunks, None, 0, size, false)
+    }
+
+    fn reader(
+        self: &Arc<Self>,
+        chunks: Arc<Vec<ManifestChunk>>,
+        copy: Option<Assembled>,
+        start: u64,
+        end: u64,
+        memory: bool,
+    ) -> ByteStream {
         let first = chunks.partition_point(|c| c.offset + c.size as u64 <= start);
         let last = chunks.partition_point(|c| c.offset < end);
         let reader = Reader {
@@ -47,6 +66,7 @@ impl OriginBackend {
             queued: first,
             window: VecDeque::new(),
             window_bytes: 0,
+            memory,
         };
         Box::pin(futures_util::stream::unfold(reader, Reader::step))
     }
@@ -80,7 +100,12 @@ impl OriginBackend {
     /// (unavailable, corrupt, or the batch broke off) from the next node of that chunk's
     /// list, until every chunk arrived or its list ran out. Runs on a task of its own holding
     /// the permits, so a client that goes away does not fail the requests waiting with it.
-    pub(crate) async fn fetch_leads(self: Arc<Self>, leads: Vec<(ChunkHash, ChunkPermit)>) {
+    /// `memory`: the chunks are stored in memory too (else on the SSD tier only).
+    pub(crate) async fn fetch_leads(
+        self: Arc<Self>,
+        leads: Vec<(ChunkHash, ChunkPermit)>,
+        memory: bool,
+    ) {
         let cache = &self.ctx.store.cache;
         let mut todo = Vec::with_capacity(leads.len());
         for (hash, permit) in leads {
@@ -98,6 +123,7 @@ impl OriginBackend {
                 order: self.origins.for_chunk(&hash),
                 hash,
                 permit,
+                memory,
                 tried: 0,
                 error: FetchError::new(FetchFailure::Connect, "no origin configured"),
             });
@@ -207,10 +233,13 @@ impl OriginBackend {
     /// A chunk arrived and was checked: counted, stored, and handed to everyone waiting.
     fn deliver(&self, lead: Lead, b: Bytes) {
         self.ctx.metrics.origin_chunks.inc();
-        self.ctx
-            .store
-            .cache
-            .insert(Key(lead.hash.0), Value::Bytes(b.clone()));
+        let cache = &self.ctx.store.cache;
+        let (key, value) = (Key(lead.hash.0), Value::Bytes(b.clone()));
+        if lead.memory {
+            cache.insert(key, value);
+        } else {
+            cache.insert_on_disk(key, value);
+        }
         lead.permit.flight().set(Ok(b));
     }
 
@@ -266,6 +295,8 @@ fn timeout_error(origin: &str) -> FetchError {
 struct Lead {
     hash: ChunkHash,
     permit: ChunkPermit,
+    /// Whether the chunk is stored in memory too once it arrived (else on the SSD tier only).
+    memory: bool,
     /// Origins to ask, in order.
     order: Vec<usize>,
     /// How many of `order` were asked.
@@ -317,6 +348,8 @@ struct Reader {
     window: VecDeque<Slot>,
     /// Bytes of the chunks in `window`.
     window_bytes: u64,
+    /// Whether the chunks this reader fetches are kept in memory (else on the SSD tier only).
+    memory: bool,
 }
 
 impl Reader {
@@ -399,7 +432,7 @@ impl Reader {
         }
         drop(joining);
         if !leads.is_empty() {
-            tokio::spawn(me.clone().fetch_leads(leads));
+            tokio::spawn(me.clone().fetch_leads(leads, self.memory));
         }
     }
 }
