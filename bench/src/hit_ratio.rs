@@ -317,16 +317,7 @@ pub(crate) fn edge_weight(path: &str, fields: &http::HeaderMap, size: u64) -> us
     let meta = Meta {
         status: 200,
         headers: tessera_edge::store::headers::StoredHeaders::from_map(fields),
-        freshness: Freshness {
-            lifetime: 0,
-            initial_age: 0,
-            response_time: 0,
-            must_revalidate: false,
-            no_cache: false,
-            immutable: false,
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-        },
+        freshness: Freshness::default(),
         stored_at_ms: 0,
         path: format!("/{}", path.trim_start_matches('/')),
         surrogate_keys: Vec::new(),

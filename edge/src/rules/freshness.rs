@@ -188,8 +188,9 @@ pub fn not_storable(
 }
 
 /// What a cache needs to know of a stored response to judge its freshness: the parsed
-/// directives and the times of RFC 9111 §4.2.3, in seconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// directives and the times of RFC 9111 §4.2.3, in seconds since the Unix epoch. The
+/// default is a response with no lifetime: stale at once, with no directive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Freshness {
     /// Freshness lifetime in seconds (§4.2.1), including heuristic freshness.
     pub lifetime: u64,

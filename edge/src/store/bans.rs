@@ -188,16 +188,7 @@ mod tests {
         Meta {
             status: 200,
             headers: Default::default(),
-            freshness: Freshness {
-                lifetime: 0,
-                initial_age: 0,
-                response_time: 0,
-                must_revalidate: false,
-                no_cache: false,
-                immutable: false,
-                stale_while_revalidate: 0,
-                stale_if_error: 0,
-            },
+            freshness: Freshness::default(),
             stored_at_ms: at,
             path: path.into(),
             surrogate_keys: keys.iter().map(|s| s.to_string()).collect(),
