@@ -241,11 +241,14 @@ impl Code for Value {
     }
 
     fn decode(r: &mut impl std::io::Read) -> foyer::Result<Self> {
+        let mut tag = [0u8];
+        r.read_exact(&mut tag).map_err(|_| io_err("empty entry"))?;
         let mut all = Vec::new();
         r.read_to_end(&mut all).map_err(foyer::Error::io_error)?;
-        let (&tag, rest) = all.split_first().ok_or_else(|| io_err("empty entry"))?;
-        match tag {
-            1 => Ok(Value::Bytes(Bytes::copy_from_slice(rest))),
+        let rest = &all[..];
+        match tag[0] {
+            // The bytes as read, in a buffer of their own: no second copy.
+            1 => Ok(Value::Bytes(Bytes::from(all))),
             2 => {
                 if rest.len() < 4 {
                     return Err(io_err("short meta entry"));
