@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use tessera_edge::Backend;
-use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk, batch};
+use tessera_origin_proto::{ChunkHash, Manifest, ManifestChunk, batch, inline};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends raw bytes and reads until the edge closes the connection (or 5 s pass).
@@ -234,6 +234,9 @@ enum BatchFault {
     Corrupt(usize),
     /// Ends the body cleanly after this many frames, as a node that died mid-batch.
     CutAfter(usize),
+    /// Serves batches intact, but sends the file's bytes with its manifest with a bit
+    /// flipped.
+    BadInline,
 }
 
 /// An origin in front of `real`'s data that serves its manifest and answers chunk batches
@@ -260,13 +263,24 @@ async fn faulty_origin(
         })
         .collect();
     let json = Bytes::from(serde_json::to_vec(&m).unwrap());
+    let mut bad = data.to_vec();
+    bad[data.len() / 2] ^= 0x01;
     let up = Upstream::start(move |req, _| {
         let mut r = http::Response::builder().status(200);
         let body = if req.uri().path().starts_with("/api/v1/manifests/") {
             r = r
                 .header("cache-control", "max-age=60")
                 .header("etag", "\"m\"");
-            json.clone()
+            if matches!(fault, BatchFault::BadInline) {
+                assert!(
+                    req.headers().contains_key(inline::INLINE_HEADER),
+                    "the edge asks"
+                );
+                r = r.header("content-type", inline::CONTENT_TYPE);
+                inline::encode(&json, &bad)
+            } else {
+                json.clone()
+            }
         } else if req.uri().path() == "/api/v1/chunks" {
             let asked = batch::decode_request(req.body()).unwrap();
             let mut out = batch::MAGIC.to_vec();
@@ -294,6 +308,40 @@ async fn faulty_origin(
     })
     .await;
     (up, m)
+}
+
+/// A small file's bytes that come with its manifest but fail the check are never served:
+/// the edge fetches the chunks instead, and they go to the SSD tier only, the memory tier
+/// taking just the stored response and its assembled copy.
+#[tokio::test]
+async fn corrupt_inline_bytes_are_dropped_for_the_chunks() {
+    let real = Origin::start().await;
+    let data = noise(150 << 10, 61);
+    real.publish("s.bin", data.clone()).await;
+    let (fake, m) = faulty_origin(&real, "s.bin", &data, BatchFault::BadInline).await;
+    assert!(m.chunks.len() >= 4, "several chunks: {}", m.chunks.len());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        Backend::Origin(vec![format!("http://{}", fake.addr)]),
+        dir.path(),
+    );
+    cfg.follow_changes = false;
+    let edge = EdgeNode::start(cfg).await;
+    let cache = edge.edge.cache();
+    let before = cache.memory_inserts();
+
+    let r = edge.get("/s.bin").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == data[..], "the file's bytes, not the corrupt ones");
+    assert_eq!(fake.count("/api/v1/chunks"), 1, "its chunks in one batch");
+    assert_eq!(edge.origin_chunks(), m.chunks.len() as u64);
+    assert_eq!(
+        cache.memory_inserts() - before,
+        2,
+        "no chunk passed through memory"
+    );
+    assert!(edge.get("/s.bin").await.body == data[..]);
+    assert_eq!(fake.count("/api/v1/chunks"), 1);
 }
 
 /// An edge whose origins are `first` then the real origin `real` (a failover list).

@@ -7,6 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use tessera_edge::Backend;
+use tessera_edge::store::entry::INLINE_MAX;
 
 async fn origin_and_edge(
     tweak: impl FnOnce(&mut tessera_edge::EdgeConfig),
@@ -448,11 +449,10 @@ async fn a_slow_reader_of_a_cold_file_is_fetched_for_a_bounded_window_ahead() {
     );
 }
 
-/// A small file's miss stores it assembled; its chunks, fetched on the way, go to the SSD
-/// tier only. Stored in memory and dropped right after, they would push other entries out of
-/// the memory tier for nothing.
+/// A small file's miss is one round trip: its bytes come with its manifest, and it is stored
+/// assembled, as one entry. A file just over the inline limit takes the chunk path.
 #[tokio::test]
-async fn a_small_files_miss_puts_only_its_assembled_copy_in_memory() {
+async fn a_small_files_miss_is_one_request_and_one_entry() {
     let (origin, edge, _d) = origin_and_edge(|c| c.follow_changes = false).await;
     let small = noise(200 << 10, 43);
     origin.publish("small.bin", small.clone()).await;
@@ -472,25 +472,30 @@ async fn a_small_files_miss_puts_only_its_assembled_copy_in_memory() {
 
     let before = cache.memory_inserts();
     assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);
-    // Its stored response as fetched (the manifest), then assembled: two, whatever the
-    // number of chunks.
-    assert_eq!(cache.memory_inserts() - before, 2);
-    assert_eq!(edge.origin_chunks(), chunks.len() as u64);
+    assert_eq!(edge.origin_fetches("manifest"), 1);
+    assert_eq!(edge.origin_fetches("chunks"), 0, "no chunk batch");
+    assert_eq!(edge.origin_chunks(), 0);
+    assert_eq!(cache.memory_inserts() - before, 1, "one entry, assembled");
     for c in &chunks {
         assert!(!cache.in_memory(&tessera_edge::store::entry::Key(c.hash.0)));
     }
-    edge.until("the chunks to reach the SSD tier", |e| {
-        chunks.iter().all(|c| {
-            e.edge
-                .cache()
-                .contains(&tessera_edge::store::entry::Key(c.hash.0))
-        })
-    })
-    .await;
-    // Hits come from the assembled copy.
+    // Hits and ranges come from the assembled copy.
     assert_eq!(&edge.get("/small.bin").await.body[..], &small[..]);
-    assert_eq!(cache.memory_inserts() - before, 2);
-    assert_eq!(edge.origin_chunks(), chunks.len() as u64);
+    let r = edge
+        .get_with("/small.bin", &[("range", "bytes=100-199")])
+        .await;
+    assert_eq!(&r.body[..], &small[100..200]);
+    assert_eq!(edge.origin_fetches("manifest"), 1);
+    assert_eq!(cache.memory_inserts() - before, 1);
+
+    let large = noise(INLINE_MAX + 1, 44);
+    origin.publish("large.bin", large.clone()).await;
+    assert_eq!(&edge.get("/large.bin").await.body[..], &large[..]);
+    assert_eq!(
+        edge.origin_fetches("chunks"),
+        1,
+        "over the limit: a chunk batch"
+    );
 }
 
 over_protocols! {

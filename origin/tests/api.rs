@@ -810,3 +810,54 @@ async fn chunk_batches_stream_many_chunks_in_the_order_asked() {
     assert_eq!(r.header("allow"), "POST");
     node.stop().await;
 }
+
+/// A small file's manifest comes with its bytes when the edge asks, framed as
+/// `tessera_origin_proto::inline` documents; a larger file, a `HEAD` or a request without the
+/// header gets the manifest alone, as before.
+#[tokio::test]
+async fn a_manifest_carries_a_small_files_bytes_when_asked() {
+    use tessera_origin_proto::{ManifestFetch, inline};
+    let node = Node::start(|_| {}).await;
+    let small = noise(100 << 10, 51);
+    node.client.put_bytes("s.bin", small.clone()).await.unwrap();
+    let url = node.url("/api/v1/manifests/s.bin");
+
+    let r = send(Method::GET, &url, &[(inline::INLINE_HEADER, "262144")], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], inline::CONTENT_TYPE);
+    let (json, data) = inline::decode(&r.body).unwrap();
+    let m = tessera_origin_proto::Manifest::from_json(&json).unwrap();
+    assert_eq!(m.size, small.len() as u64);
+    assert!(m.chunks.len() > 1, "several chunks, read back in order");
+    assert!(data == small[..], "the file's bytes follow the manifest");
+
+    // Too large for the limit asked, a HEAD, no header: the manifest alone.
+    for (method, headers) in [
+        (Method::GET, vec![(inline::INLINE_HEADER, "102399")]),
+        (Method::HEAD, vec![(inline::INLINE_HEADER, "262144")]),
+        (Method::GET, vec![]),
+    ] {
+        let r = send(method.clone(), &url, &headers, "").await;
+        assert_eq!(r.status, StatusCode::OK, "{method} {headers:?}");
+        assert_eq!(r.headers["content-type"], "application/json");
+        if method == Method::GET {
+            tessera_origin_proto::Manifest::from_json(&r.body).unwrap();
+        }
+    }
+
+    // The client checks the bytes and hands them over.
+    let Ok(ManifestFetch::Found { inline, .. }) = node
+        .client
+        .manifest_with("s.bin", None, Some(1 << 20))
+        .await
+    else {
+        panic!("found")
+    };
+    assert!(inline.unwrap() == small[..]);
+    let Ok(ManifestFetch::Found { inline, .. }) =
+        node.client.manifest_with("s.bin", None, Some(1000)).await
+    else {
+        panic!("found")
+    };
+    assert!(inline.is_none());
+}

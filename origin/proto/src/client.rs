@@ -137,6 +137,9 @@ pub enum ManifestFetch {
     Found {
         manifest: Manifest,
         headers: http::HeaderMap,
+        /// The whole file, checked against the manifest's blake3 and size, when it was asked
+        /// for ([`crate::inline`]) and the node sent it.
+        inline: Option<Bytes>,
     },
     /// The ETag sent is still current; the headers refresh the stored copy's freshness.
     NotModified { headers: http::HeaderMap },
@@ -342,23 +345,59 @@ impl OriginClient {
         path: &str,
         etag: Option<&str>,
     ) -> Result<ManifestFetch, ClientError> {
+        self.manifest_with(path, etag, None).await
+    }
+
+    /// [`Self::manifest_revalidate`], asking for the file's bytes with the manifest when it
+    /// is at most `inline_max` bytes ([`crate::inline`]).
+    pub async fn manifest_with(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+        inline_max: Option<u64>,
+    ) -> Result<ManifestFetch, ClientError> {
         let url = format!("{}/api/v1/manifests/{}", self.base, encode_path(path));
-        let extra: Vec<_> = etag
+        let mut extra: Vec<_> = etag
             .map(|e| (header::IF_NONE_MATCH, e.to_string()))
             .into_iter()
             .collect();
+        if let Some(max) = inline_max {
+            extra.push((
+                http::HeaderName::from_static(crate::inline::INLINE_HEADER),
+                max.to_string(),
+            ));
+        }
         let (parts, bytes) = self
             .send_raw(Method::GET, url.clone(), full(Bytes::new()), &extra)
             .await?;
         match parts.status {
             StatusCode::OK => {
-                let manifest = Manifest::from_json(&bytes).map_err(|e| ClientError::Malformed {
+                let framed = parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v == crate::inline::CONTENT_TYPE);
+                let (json, data) = if framed {
+                    let (json, data) =
+                        crate::inline::decode(&bytes).ok_or_else(|| ClientError::Malformed {
+                            url: url.clone(),
+                            why: "a manifest with inline bytes shorter than it says".into(),
+                        })?;
+                    (json, Some(data))
+                } else {
+                    (bytes, None)
+                };
+                let manifest = Manifest::from_json(&json).map_err(|e| ClientError::Malformed {
                     url,
                     why: e.to_string(),
                 })?;
+                // Bytes that are not the file's are dropped: its chunks are fetched instead.
+                let inline = data.filter(|d| {
+                    d.len() as u64 == manifest.size && ChunkHash::of(d) == manifest.blake3
+                });
                 Ok(ManifestFetch::Found {
                     manifest,
                     headers: parts.headers,
+                    inline,
                 })
             }
             StatusCode::NOT_MODIFIED => Ok(ManifestFetch::NotModified {

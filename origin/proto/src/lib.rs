@@ -13,6 +13,7 @@
 //! - [`range`]: `Range` and conditional request evaluation (RFC 9110), shared by origin and edge.
 //! - [`ring`]: consistent-hash placement of chunks and manifests on origin nodes.
 //! - [`batch`]: many chunks in one streamed response (the edges' misses), format version 1.
+//! - [`inline`]: a small file's bytes with its manifest (one round trip), format version 1.
 //! - [`client`]: [`OriginClient`], an HTTP client for the publisher and edge APIs.
 //!
 //! # Chunk wire format (version 1)
@@ -26,6 +27,7 @@ pub mod batch;
 pub mod changes;
 pub mod client;
 pub mod hash;
+pub mod inline;
 pub mod manifest;
 pub mod path;
 pub mod range;

@@ -2,7 +2,8 @@
 //!
 //! Routes:
 //! - `PUT|GET|HEAD|DELETE /api/v1/files/{path}`, `POST /api/v1/files`, `GET /api/v1/files?prefix=P`
-//! - `GET|HEAD /api/v1/manifests/{path}`, `GET|HEAD /api/v1/chunks/{blake3}`,
+//! - `GET|HEAD /api/v1/manifests/{path}` (with a small file's bytes when asked,
+//!   [`tessera_origin_proto::inline`]), `GET|HEAD /api/v1/chunks/{blake3}`,
 //!   `POST /api/v1/chunks` (many at once, [`tessera_origin_proto::batch`]): the edges' view
 //! - `GET /api/v1/stats`, `GET /metrics`, `GET /healthz`
 //!
@@ -13,12 +14,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tessera_origin_proto::{CHUNK_CACHE_CONTROL, ChunkHash, Manifest, validate_path};
+use tessera_origin_proto::{CHUNK_CACHE_CONTROL, ChunkHash, Manifest, inline, validate_path};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info_span, warn};
@@ -953,11 +954,44 @@ async fn get_manifest(app: &Arc<App>, path: String, headers: &HeaderMap, head: b
         return Ok(r);
     }
     let json = serde_json::to_vec(&m).unwrap();
+    let inline_max = headers
+        .get(inline::INLINE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !head
+        && inline_max.is_some_and(|max| m.size <= max)
+        && let Some(data) = local_file(app, &m).await
+    {
+        let body = inline::encode(&json, &data);
+        let r = v
+            .head(StatusCode::OK)
+            .header(header::CONTENT_TYPE, inline::CONTENT_TYPE)
+            .header(header::CONTENT_LENGTH, body.len());
+        return Ok(r.body(full(body)).unwrap());
+    }
     let r = v
         .head(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CONTENT_LENGTH, json.len());
     Ok(r.body(if head { empty() } else { full(json) }).unwrap())
+}
+
+/// The bytes of the (small) file `m` when this node holds every chunk and each is intact;
+/// `None` otherwise (the manifest then goes alone, and its chunks are asked for as usual).
+async fn local_file(app: &Arc<App>, m: &Manifest) -> Option<Bytes> {
+    let store = app.store.clone();
+    let chunks: Vec<ChunkHash> = m.chunks.iter().map(|c| c.hash).collect();
+    let size = m.size as usize;
+    blocking(move || {
+        let mut all = BytesMut::with_capacity(size);
+        for h in &chunks {
+            all.extend_from_slice(&store.load_chunk(h).ok()??.data);
+        }
+        Some(all.freeze())
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 async fn get_chunk(app: &Arc<App>, hash: ChunkHash, headers: &HeaderMap, head: bool) -> Reply {

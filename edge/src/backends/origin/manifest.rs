@@ -1,6 +1,7 @@
 //! Manifests: fetched from the file's owners (any origin, without a ring), revalidated by
 //! `ETag`, stored as the file's response. Concurrent fetches of one manifest share one.
 
+use bytes::Bytes;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,7 +16,7 @@ use crate::rules::freshness::Freshness;
 use crate::rules::not_modified::merge_304;
 use crate::rules::store_plan::surrogate_keys;
 use crate::store::advice::Candidate;
-use crate::store::entry::{BodyRef, Key, Meta, Value};
+use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, Value};
 use crate::store::headers::StoredHeaders;
 
 /// The cache key of the manifest of the file at `path`.
@@ -97,7 +98,11 @@ impl OriginBackend {
             let request_time = now_secs();
             let r = self
                 .ctx
-                .call(kind, origin.manifest_revalidate(file, etag.as_deref()))
+                .call(
+                    kind,
+                    // A small file comes with its manifest: one round trip for its miss.
+                    origin.manifest_with(file, etag.as_deref(), Some(INLINE_MAX as u64)),
+                )
                 .await;
             let response_time = now_secs();
             match r {
@@ -108,14 +113,17 @@ impl OriginBackend {
                         format!("origin {} did not answer in time", origin.base()),
                     );
                 }
-                Some(Ok(ManifestFetch::Found { manifest, headers })) => {
+                Some(Ok(ManifestFetch::Found {
+                    manifest,
+                    headers,
+                    inline,
+                })) => {
                     let meta = self.store_manifest(
                         file,
-                        key,
                         &manifest,
                         &headers,
-                        request_time,
-                        response_time,
+                        inline,
+                        [request_time, response_time],
                         position,
                     );
                     return Ok((ManifestAnswer::Found(meta), 200));
@@ -161,19 +169,22 @@ impl OriginBackend {
     }
 
     /// Stores a fetched manifest as the file's response (unless eviction advice refuses it
-    /// or the file changed meanwhile) and returns it.
-    #[allow(clippy::too_many_arguments)]
+    /// or the file changed meanwhile) and returns it. A small file that came with its
+    /// manifest (`inline`, checked by the client) is stored assembled from the start.
     fn store_manifest(
         &self,
         file: &str,
-        key: Key,
         manifest: &Manifest,
         headers: &HeaderMap,
-        request_time: u64,
-        response_time: u64,
+        inline: Option<Bytes>,
+        [request_time, response_time]: [u64; 2],
         position: u64,
     ) -> Arc<Meta> {
+        let key = manifest_key(file);
         let mut meta = self.meta_of(manifest, headers, request_time, response_time);
+        if let Some(all) = inline {
+            meta.body = BodyRef::Inline(all);
+        }
         // Eviction advice governs the file's stored response (its manifest, and the
         // assembled copy of a small file); chunks are shared by address between files and
         // stay under the built-in policy.
