@@ -449,6 +449,53 @@ async fn a_slow_reader_of_a_cold_file_is_fetched_for_a_bounded_window_ahead() {
     );
 }
 
+/// A file held whole that the SSD tier gives back with other bytes than the file's is not
+/// served: its blake3 (the `ETag`) is checked, as a chunk's is. foyer's own checksums catch a
+/// flipped bit on the device, so the wrong entry is written through the cache itself here,
+/// standing in for corruption that gets past them.
+#[tokio::test]
+async fn a_file_held_whole_is_checked_when_read_back_from_the_ssd_tier() {
+    use tessera_edge::store::entry::{BodyRef, Value};
+    use tessera_edge::store::tiers::Tier;
+    let (origin, edge, _d) = origin_and_edge(|c| c.follow_changes = false).await;
+    let small = noise(50 << 10, 45);
+    origin.publish("s.bin", small.clone()).await;
+    assert_eq!(&edge.get("/s.bin").await.body[..], &small[..]);
+    let cache = edge.edge.cache();
+    let key = tessera_edge::backends::origin::manifest_key("s.bin");
+    let Some(Value::Meta(m)) = cache.get_in_memory(&key) else {
+        panic!("held whole in memory")
+    };
+    let mut bad = (*m).clone();
+    let mut bytes = small.clone();
+    bytes[100] ^= 0x01;
+    bad.body = BodyRef::Inline(Bytes::from(bytes.clone()));
+    cache.insert_on_disk(key, Value::Meta(std::sync::Arc::new(bad)));
+    cache.forget_in_memory(&key);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some((Value::Meta(m), Tier::Disk)) = cache.get(&key).await
+            && matches!(&m.body, BodyRef::Inline(b) if b[..] == bytes[..])
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the entry reached the SSD tier"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // That lookup promoted the copy to memory: drop it there again.
+    cache.forget_in_memory(&key);
+    let corrupt = edge.edge.metrics().corrupt_chunks.get();
+
+    let r = edge.get("/s.bin").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == small[..], "the file's bytes, fetched again");
+    assert_eq!(edge.edge.metrics().corrupt_chunks.get(), corrupt + 1);
+    assert_eq!(edge.origin_fetches("manifest"), 2);
+}
+
 /// A small file's miss is one round trip: its bytes come with its manifest, and it is stored
 /// assembled, as one entry. A file just over the inline limit takes the chunk path.
 #[tokio::test]

@@ -56,6 +56,16 @@ enum Fetched {
 }
 
 impl Via {
+    /// Whether `found` may be served: an origin-mode file held whole and read back from the
+    /// SSD tier must still hash to its `ETag` (the file's blake3), as chunks are checked; one
+    /// that does not is counted, removed and fetched again.
+    fn intact(&self, found: &Found) -> bool {
+        let Via::Origin { origin, .. } = self else {
+            return true;
+        };
+        origin.intact(found)
+    }
+
     /// Revalidates `found` in the background (`stale-while-revalidate`).
     fn revalidate_in_background(&self, parts: &http::request::Parts, key: Key, found: &Found) {
         match self {
@@ -126,7 +136,10 @@ impl Edge {
     ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
         let now = now_secs();
         let mut stale = None;
-        if use_stored && let Some(found) = self.store.lookup(&key, &parts.headers).await {
+        if use_stored
+            && let Some(found) = self.store.lookup(&key, &parts.headers).await
+            && via.intact(&found)
+        {
             let usage = if found.verdict == BanVerdict::Stale {
                 Use::Revalidate
             } else {

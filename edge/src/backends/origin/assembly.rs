@@ -27,7 +27,9 @@ use tessera_origin_proto::{ChunkHash, ManifestChunk};
 use crate::backends::origin::OriginBackend;
 use crate::basics::body::ByteStream;
 use crate::basics::error::FetchError;
+use crate::store::Found;
 use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, SEGMENT, Value, segment_key};
+use crate::store::tiers::Tier;
 
 /// Where a file's assembled copy is kept.
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +235,26 @@ impl OriginBackend {
                 Some(Bytes::from(out))
             }
         }
+    }
+
+    /// Whether the stored response `found` may be served: a file held whole (inline) that
+    /// came from the SSD tier must hash to its `ETag`, the file's blake3. One that does not is
+    /// counted as a corrupt chunk and removed.
+    pub fn intact(&self, found: &Found) -> bool {
+        let BodyRef::Inline(b) = &found.meta.body else {
+            return true;
+        };
+        if found.tier != Tier::Disk {
+            return true;
+        }
+        let etag = found.meta.headers.get(header::ETAG);
+        if etag.is_some_and(|e| e.as_bytes() == ChunkHash::of(b).etag().as_bytes()) {
+            return true;
+        }
+        self.ctx.metrics.corrupt_chunks.inc();
+        tracing::error!(path = %found.meta.path, "SSD tier returned a corrupt file; refetching");
+        self.ctx.store.cache.remove(&found.key);
+        false
     }
 
     /// The file's bytes are held assembled: its chunks leave the memory tier.
