@@ -825,6 +825,7 @@ async fn a_manifest_carries_a_small_files_bytes_when_asked() {
     let r = send(Method::GET, &url, &[(inline::INLINE_HEADER, "262144")], "").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["content-type"], inline::CONTENT_TYPE);
+    assert_eq!(r.headers["vary"], inline::INLINE_HEADER);
     let (json, data) = inline::decode(&r.body).unwrap();
     let m = tessera_origin_proto::Manifest::from_json(&json).unwrap();
     assert_eq!(m.size, small.len() as u64);
@@ -840,6 +841,7 @@ async fn a_manifest_carries_a_small_files_bytes_when_asked() {
         let r = send(method.clone(), &url, &headers, "").await;
         assert_eq!(r.status, StatusCode::OK, "{method} {headers:?}");
         assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(r.headers["vary"], inline::INLINE_HEADER);
         if method == Method::GET {
             tessera_origin_proto::Manifest::from_json(&r.body).unwrap();
         }

@@ -966,12 +966,15 @@ async fn get_manifest(app: &Arc<App>, path: String, headers: &HeaderMap, head: b
         let r = v
             .head(StatusCode::OK)
             .header(header::CONTENT_TYPE, inline::CONTENT_TYPE)
+            .header(header::VARY, inline::INLINE_HEADER)
             .header(header::CONTENT_LENGTH, body.len());
         return Ok(r.body(full(body)).unwrap());
     }
+    // Two forms of one resource: a cache between origin and edge keeps them apart.
     let r = v
         .head(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
+        .header(header::VARY, inline::INLINE_HEADER)
         .header(header::CONTENT_LENGTH, json.len());
     Ok(r.body(if head { empty() } else { full(json) }).unwrap())
 }

@@ -1,9 +1,9 @@
 //! Manifests: fetched from the file's owners (any origin, without a ring), revalidated by
 //! `ETag`, stored as the file's response. Concurrent fetches of one manifest share one.
 
-use bytes::Bytes;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tessera_origin_proto::{ClientError, Manifest, ManifestFetch};
 
