@@ -119,12 +119,6 @@ impl StoredHeaders {
     }
 }
 
-impl From<&HeaderMap> for StoredHeaders {
-    fn from(map: &HeaderMap) -> StoredHeaders {
-        StoredHeaders::from_map(map)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,7 +130,7 @@ impl ClientError {
     }
 }
 
-/// The answer to [`OriginClient::manifest_revalidate`].
+/// The answer to [`OriginClient::manifest_with`].
 #[derive(Debug)]
 pub enum ManifestFetch {
     /// The current manifest, and the response headers it came with.
@@ -339,17 +339,8 @@ impl OriginClient {
     }
 
     /// The manifest of `path` with the headers that govern caching it (`Cache-Control`,
-    /// `ETag`, `Date`, …), revalidating `etag` when given: the edge's manifest fetch.
-    pub async fn manifest_revalidate(
-        &self,
-        path: &str,
-        etag: Option<&str>,
-    ) -> Result<ManifestFetch, ClientError> {
-        self.manifest_with(path, etag, None).await
-    }
-
-    /// [`Self::manifest_revalidate`], asking for the file's bytes with the manifest when it
-    /// is at most `inline_max` bytes ([`crate::inline`]).
+    /// `ETag`, `Date`, …), revalidating `etag` when given, and with the file's bytes when it
+    /// is at most `inline_max` bytes ([`crate::inline`]): the edge's manifest fetch.
     pub async fn manifest_with(
         &self,
         path: &str,

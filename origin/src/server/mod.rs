@@ -988,7 +988,7 @@ async fn local_file(app: &Arc<App>, m: &Manifest) -> Option<Bytes> {
     blocking(move || {
         let mut all = BytesMut::with_capacity(size);
         for h in &chunks {
-            all.extend_from_slice(&store.load_chunk(h).ok()??.data);
+            all.extend_from_slice(&store.read_chunk(h).ok()??);
         }
         Some(all.freeze())
     })
