@@ -127,6 +127,90 @@ over_protocols! {
     }
 }
 
+/// Spellings of `/private/r.txt` (the raw target a client may send).
+const SAME_PATH: [&str; 8] = [
+    "/private/r.txt",
+    "/%70rivate/r.txt",
+    "/%70%72%69%76%61%74%65/r.txt",
+    "/private%2Fr.txt",
+    "/private%2fr.txt",
+    "//private/r.txt",
+    "/private//r.txt",
+    "/%2Fprivate/r.txt",
+];
+
+/// Spellings that step out of a folder into `/private/`: refused whatever a plugin says.
+const DOT_SEGMENTS: [&str; 4] = [
+    "/public/../private/r.txt",
+    "/public/%2e%2e/private/r.txt",
+    "/public%2F..%2Fprivate/r.txt",
+    "/./private/r.txt",
+];
+
+over_protocols! {
+    /// Plugins see the path the edge serves, after its one normalisation, in both modes:
+    /// no spelling of a protected path gets past `authorize`, every spelling reaches
+    /// `route` as the same path, and a URL signed for the path is good for every spelling.
+    async fn every_spelling_of_a_path_meets_the_same_plugins() {
+        let up = echo_upstream("upstream").await;
+        let origin = Origin::start().await;
+        origin.publish("private/r.txt", &b"the protected file"[..]).await;
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, backend) in [
+            ("origin", Backend::Origin(vec![origin.url()])),
+            ("upstream", Backend::Upstream(up.url())),
+        ] {
+            let mut cfg = config(backend, &dir.path().join(mode));
+            cfg.plugins.bind = vec![bind(
+                Hook::Authorize,
+                "signed-url",
+                &[("key", "k3y"), ("prefixes", "/private/")],
+            )];
+            let edge = EdgeNode::start(cfg).await;
+            let q = shipped::sign_url(b"k3y", "hmac-sha256", "/private/r.txt", now() + 300).unwrap();
+            for raw in SAME_PATH {
+                let r = edge.get(raw).await;
+                assert_eq!(r.status, 403, "{mode} {raw}: {:?}", r.body);
+                let r = edge.get(&format!("{raw}?{q}")).await;
+                assert_eq!(r.status, 200, "{mode} {raw} signed: {:?}", r.body);
+                let served = match mode {
+                    "origin" => &b"the protected file"[..],
+                    _ => b"upstream /private/r.txt?",
+                };
+                assert!(r.body.starts_with(served), "{mode} {raw}: {:?}", r.body);
+            }
+            for raw in DOT_SEGMENTS {
+                let r = edge.get(raw).await;
+                assert_eq!(r.status, 400, "{mode} {raw}: {:?}", r.body);
+                assert!(r.json()["error"].as_str().unwrap().contains("dot segments"), "{mode} {raw}");
+            }
+            // The upstream was only ever asked for the one spelling, and once: one cache
+            // entry for every spelling.
+            if mode == "upstream" {
+                assert_eq!(up.count(&format!("/private/r.txt?{q}")), 1);
+                assert_eq!(up.count("/private/r.txt"), 0);
+            }
+            // `authorize` failing closed on the prefix (a trapping plugin) and `route`
+            // answering what it saw: the same path for every spelling.
+            for (hook, m) in [("authorize", "trap"), ("route", "echo")] {
+                let r = deploy(&edge, hook, "hostile", shipped::HOSTILE, &[("mode", m), ("prefix", "/private/")]).await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                for raw in SAME_PATH {
+                    let r = edge.get(raw).await;
+                    if hook == "authorize" {
+                        assert_eq!(r.status, 503, "{mode} {raw}: {:?}", r.body);
+                    } else {
+                        assert_eq!((r.status.as_u16(), echoed(&r)["path"].as_str()), (200, "/private/r.txt"), "{mode} {raw}");
+                    }
+                }
+                let r = edge.admin("DELETE", &format!("/api/v1/plugins/{hook}"), "").await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+            }
+            edge.stop().await;
+        }
+    }
+}
+
 /// The `name=value` lines the hostile plugin's `echo` mode answers.
 fn echoed(r: &Reply) -> BTreeMap<String, String> {
     String::from_utf8(r.body.to_vec())

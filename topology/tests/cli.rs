@@ -301,21 +301,32 @@ fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
     let (_, out, _) = get("/a.txt");
     assert!(out.lines().next().unwrap().contains("403"), "{out}");
     assert!(!out.contains("secret content"));
-    let (ok, signed, err) = tessera(&[
-        "plugin",
-        "sign-url",
-        "--key",
-        "k3y",
-        "--expires-in",
-        "600",
-        "/a.txt",
-    ]);
+    let sign = |path: &str| {
+        tessera(&[
+            "plugin",
+            "sign-url",
+            "--key",
+            "k3y",
+            "--expires-in",
+            "600",
+            path,
+        ])
+    };
+    let (ok, signed, err) = sign("/a.txt");
     assert!(ok, "{err}");
     let (_, out, _) = get(signed.trim());
     assert!(
         out.lines().next().unwrap().contains("200") && out.contains("secret content"),
         "{out}"
     );
+    // Another spelling of the path is signed as the edge normalises it (what the plugin
+    // sees); a path the edge refuses is not signed.
+    let (ok, signed, err) = sign("//%61.txt");
+    assert!(ok && signed.starts_with("/a.txt?expires="), "{signed}{err}");
+    let (_, out, _) = get(signed.trim());
+    assert!(out.lines().next().unwrap().contains("200"), "{out}");
+    let (ok, _, err) = sign("/b/../a.txt");
+    assert!(!ok && err.contains("dot segments"), "{err}");
 
     // The token from the environment; a second version, listed with the first as previous.
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))

@@ -41,7 +41,7 @@ use crate::pipeline::drive::Via;
 use crate::pipeline::hooks::{Admission, Plugins};
 use crate::pipeline::outcome::{CacheResult, Outcome, PassReason, refusal_of};
 use crate::rules::freshness::request_directives;
-use crate::rules::path::{check_path, file_path};
+use crate::rules::path::{check_path, file_path, normalize_target};
 use crate::store::Store;
 use crate::store::bans::Bans;
 use crate::store::entry::Key;
@@ -229,6 +229,9 @@ impl Edge {
         proto: Protocol,
         client: SocketAddr,
     ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
+        // The one normalisation of the path ([`crate::rules::path`]): plugins, the cache key
+        // and the backend all see what it gives.
+        normalize_target(&mut req)?;
         // Phase 1: admit.
         let mut upstream = self.upstream.clone();
         if self.plugins.has_request_hooks()
@@ -239,15 +242,19 @@ impl Edge {
                 Admission::Serve(Some(named)) => upstream = Some(named),
                 Admission::Serve(None) => {}
             }
+            // A route plugin may have rewritten the path.
+            normalize_target(&mut req)?;
         }
-        // Phase 2: check. The upstream gets the path as the client sent it (checked only).
-        let path = check_path(req.uri().path())?;
+        // Phase 2: check.
         match (upstream, &self.origin) {
             (Some(up), _) => {
                 add_forwarded_for(req.headers_mut(), client.ip());
                 self.via_upstream(req, up).await
             }
-            (None, Some(origin)) => self.via_origin(req, path, origin).await,
+            (None, Some(origin)) => {
+                let path = check_path(req.uri().path())?;
+                self.via_origin(req, path, origin).await
+            }
             (None, None) => Err(Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "this edge has no backend for the request",

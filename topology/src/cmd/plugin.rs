@@ -229,6 +229,10 @@ pub async fn run(a: Args) -> Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs()
                 + expires_in;
+            // Plugins see the path as the edge normalises it: sign that.
+            let path = tessera_edge::rules::path::normalize_path(&path)
+                .map_err(|r| anyhow::anyhow!("{}", r.message))?
+                .into_owned();
             let Some(q) =
                 tessera_plugins::shipped::sign_url(key.as_bytes(), &algorithm, &path, expires)
             else {

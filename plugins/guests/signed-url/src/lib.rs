@@ -1,8 +1,10 @@
 //! `signed-url`: CloudFront-style signed URLs, as an `authorize` plugin.
 //!
 //! A request under a protected prefix must carry `expires` (Unix seconds) and `sig` in its
-//! query. `sig` is the lower-case hex MAC of the message `PATH?expires=EXPIRES` (the path as
-//! sent, percent-encoding and all) under the deploy-time key. Expired, forged or missing
+//! query. `sig` is the lower-case hex MAC of the message `PATH?expires=EXPIRES` under the
+//! deploy-time key, PATH as the edge normalises it before any plugin sees it (escapes of
+//! unreserved characters decoded, `%2F` and `//` as `/`: `/%70rivate//a%7Eb` is
+//! `/private/a~b`; `tessera plugin sign-url` signs that form). Expired, forged or missing
 //! signatures get `403` with a JSON body naming the problem; paths outside the protected
 //! prefixes pass untouched.
 //!
