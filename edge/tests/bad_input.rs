@@ -444,3 +444,109 @@ async fn a_chunk_no_origin_can_give_before_the_first_byte_is_a_json_502() {
     assert_eq!(r.status, 502);
     assert!(r.json()["error"].as_str().unwrap().contains("blake3"));
 }
+
+/// A raw HTTP/1.1 upstream, keep-alive, that honours a request's declared `Content-Length`:
+/// it reads that body before answering (`body_first`), or answers at once and then drains
+/// what was declared, as servers of both kinds do. Records each request's target and
+/// declared length.
+async fn framing_upstream(
+    body_first: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Option<usize>)>>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Reads until `buf` holds `n` bytes; false when the connection ended.
+                macro_rules! fill_to {
+                    ($n:expr) => {{
+                        let (want, mut ok) = ($n, true);
+                        while buf.len() < want {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => {
+                                    ok = false;
+                                    break;
+                                }
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        ok
+                    }};
+                }
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break Some(i + 4);
+                        }
+                        if !fill_to!(buf.len() + 1) {
+                            break None;
+                        }
+                    };
+                    let Some(end) = end else { return };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let declared = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    });
+                    seen.lock().unwrap().push((target.clone(), declared));
+                    let len = declared.unwrap_or(0);
+                    if body_first && !fill_to!(end + len) {
+                        return;
+                    }
+                    let body = format!("served {target}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: max-age=60\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() || !fill_to!(end + len) {
+                        return;
+                    }
+                    buf.drain(..end + len);
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+over_protocols! {
+    /// A `GET` with a body: the edge's fill sends no body, so it must not send the client's
+    /// `Content-Length` either; else the upstream reads the next request on the connection
+    /// as that body (answering a smuggled request, cached as the next URL), or waits for a
+    /// body that never comes.
+    async fn a_get_with_a_body_never_desyncs_the_upstream_connection() {
+        for body_first in [true, false] {
+            let (addr, seen) = framing_upstream(body_first).await;
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = config(Backend::Upstream(format!("http://{addr}")), dir.path());
+            cfg.origin_timeout_secs = 5;
+            let edge = EdgeNode::start(cfg).await;
+            let r = edge
+                .send("GET", "/a", &[], Bytes::from_static(b"0123456789abcdefghijklmnopq"))
+                .await;
+            assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"served /a"[..]), "body first: {body_first} {:?}", seen.lock().unwrap());
+            let r = edge.get_with("/victim", &[("x-a", "GET /poison HTTP/1.1")]).await;
+            assert_eq!(&r.body[..], b"served /victim", "body first: {body_first}");
+            let r = edge.get("/victim").await;
+            assert_eq!(&r.body[..], b"served /victim", "body first: {body_first}");
+            assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+            assert_eq!(
+                *seen.lock().unwrap(),
+                vec![("/a".to_string(), None), ("/victim".to_string(), None)],
+                "body first: {body_first}"
+            );
+            edge.stop().await;
+        }
+    }
+}

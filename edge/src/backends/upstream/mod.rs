@@ -209,8 +209,13 @@ fn forward_headers(up: &Upstream, from: &HeaderMap, for_fill: bool) -> HeaderMap
         .collect();
     let mut h = HeaderMap::new();
     for (k, v) in from {
+        // Framing is the body's that is sent (hyper writes it from the body: none for a
+        // fill), never the client's: a `Content-Length` kept on a request sent without its
+        // body makes the upstream read the next request on the connection as that body.
         if is_hop_by_hop(k)
             || k == header::HOST
+            || k == header::CONTENT_LENGTH
+            || k == header::EXPECT
             || connection_listed.iter().any(|c| c == k.as_str())
         {
             continue;
@@ -292,7 +297,11 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         h.insert("if-none-match", HeaderValue::from_static("\"a\""));
         h.insert("host", HeaderValue::from_static("example.org"));
+        h.insert("content-length", HeaderValue::from_static("27"));
+        h.insert("expect", HeaderValue::from_static("100-continue"));
         let f = forward_headers(&up, &h, true);
+        // Framing comes from the body sent, not the client's.
+        assert!(!f.contains_key("content-length") && !f.contains_key("expect"));
         assert!(!f.contains_key("x-secret"));
         assert!(!f.contains_key("te"));
         assert!(!f.contains_key("if-none-match"));
