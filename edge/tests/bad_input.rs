@@ -550,3 +550,180 @@ over_protocols! {
         }
     }
 }
+
+/// Byte `i` of the big bodies below.
+fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// A raw upstream answering every request with `size` bytes of [`pattern`] under
+/// `cache_control`, written 64 KiB at a time. Counts requests and the body bytes it got
+/// written into its sockets.
+async fn big_upstream(
+    size: u64,
+    cache_control: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (requests, sent) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let (r2, s2) = (requests.clone(), sent.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (requests, sent) = (r2.clone(), s2.clone());
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                if s.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                requests.fetch_add(1, SeqCst);
+                let h = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nCache-Control: {cache_control}\r\n\r\n"
+                );
+                if s.write_all(h.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut off = 0u64;
+                while off < size {
+                    let n = (64 << 10).min(size - off);
+                    let piece: Vec<u8> = (off..off + n).map(pattern).collect();
+                    if s.write_all(&piece).await.is_err() {
+                        return;
+                    }
+                    off += n;
+                    sent.fetch_add(n, SeqCst);
+                }
+            });
+        }
+    });
+    (addr, requests, sent)
+}
+
+/// A raw HTTP/1.1 `GET` of `path` that reads the response head and the first bytes of the
+/// body, then stops reading; returns the connection and the body bytes read so far.
+async fn stalled_get(addr: std::net::SocketAddr, path: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let body_at = loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the edge closed the connection");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    (s, got.split_off(body_at))
+}
+
+/// Reads the rest of a body of `size` bytes (`read` of them already) and checks every byte.
+async fn finish_reading(mut s: tokio::net::TcpStream, mut read: Vec<u8>, size: u64) {
+    let mut buf = vec![0u8; 1 << 20];
+    while (read.len() as u64) < size {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no byte for 20 s at {} of {size}", read.len()))
+            .unwrap();
+        assert!(n > 0, "body cut at {} of {size}", read.len());
+        read.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(read.len() as u64, size);
+    let bad = read
+        .iter()
+        .enumerate()
+        .find(|(i, b)| **b != pattern(*i as u64));
+    assert!(bad.is_none(), "wrong byte at {:?}", bad.map(|b| b.0));
+}
+
+const WINDOW: usize = 4 << 20;
+
+/// One client reading a few bytes of a large uncacheable response and stalling holds the
+/// edge to its fill window: the fill waits, the upstream's bytes stay in the sockets, and
+/// memory stays bounded (it was the whole body before). The rest flows when it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_of_an_uncached_body_holds_its_fill_to_the_window() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let size = 64u64 << 20;
+    let (addr, requests, sent) = big_upstream(size, "no-store").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(format!("http://{addr}")), dir.path());
+    cfg.fill_window_bytes = WINDOW;
+    let edge = EdgeNode::start(cfg).await;
+    let (s, read) = stalled_get(edge.http, "/big").await;
+    edge.until("the fill waits for its reader", |e| {
+        e.metric("tessera_edge_fills_waiting", &[]) == 1.0
+    })
+    .await;
+    // The window, and at most one more frame (hyper reads up to ~400 KiB at a time).
+    let held = edge.metric("tessera_edge_fill_bytes", &[]);
+    assert!(held <= (WINDOW + (512 << 10)) as f64, "held {held}");
+    // What the upstream could write: the window, plus what the sockets and hyper buffer.
+    let sent_now = sent.load(SeqCst);
+    assert!(
+        sent_now < 32 << 20,
+        "the upstream sent {sent_now} of {size} bytes"
+    );
+    finish_reading(s, read, size).await;
+    assert_eq!(requests.load(SeqCst), 1);
+    edge.until("the fill let go of its bytes", |e| {
+        e.metric("tessera_edge_fill_bytes", &[]) == 0.0
+    })
+    .await;
+    // A reader that goes away stops the fetch of a body nobody else wants.
+    let (s, _) = stalled_get(edge.http, "/big").await;
+    edge.until("the second fill waits", |e| {
+        e.metric("tessera_edge_fills_waiting", &[]) == 1.0
+    })
+    .await;
+    drop(s);
+    edge.until("the abandoned fill ends", |e| {
+        e.metric("tessera_edge_fills_waiting", &[]) == 0.0
+            && e.metric("tessera_edge_fill_bytes", &[]) == 0.0
+    })
+    .await;
+    edge.stop().await;
+}
+
+/// A stored body goes on at the upstream's pace however slowly one of its readers reads:
+/// the fill keeps only its window, another client gets the whole body meanwhile, and the
+/// slow reader, fallen behind, reads what the fill let go of from the cache, byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_of_a_stored_body_reads_back_from_the_cache() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let size = 24u64 << 20;
+    let (addr, requests, _) = big_upstream(size, "max-age=600").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(format!("http://{addr}")), dir.path());
+    cfg.fill_window_bytes = WINDOW;
+    let edge = EdgeNode::start(cfg).await;
+    let (slow, read) = stalled_get(edge.http, "/stored").await;
+    let (fast, early) = stalled_get(edge.http, "/stored").await;
+    finish_reading(fast, early, size).await;
+    assert_eq!(edge.metric("tessera_edge_fills_waiting", &[]), 0.0);
+    let held = edge.metric("tessera_edge_fill_bytes", &[]);
+    assert!(
+        held <= (WINDOW + (1 << 20)) as f64,
+        "held {held} while a reader stalls"
+    );
+    finish_reading(slow, read, size).await;
+    assert_eq!(requests.load(SeqCst), 1, "one upstream fetch for both");
+    let r = edge.get("/stored").await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    edge.stop().await;
+}

@@ -31,6 +31,8 @@ pub struct Context {
     pub heuristic_cap_secs: u64,
     /// Largest body stored, bytes.
     pub max_object_bytes: u64,
+    /// Body bytes one fill holds at most ([`crate::coalesce::fill`]).
+    pub fill_window_bytes: usize,
 }
 
 impl Context {

@@ -45,6 +45,10 @@ pub struct EdgeConfig {
     pub heuristic_cap_secs: u64,
     /// Largest response body the edge stores; larger ones are streamed through uncached.
     pub max_object_bytes: u64,
+    /// Upstream mode: body bytes one fill (a response being fetched, shared by its readers)
+    /// holds at most. A stored body goes on at the upstream's pace (readers that fall
+    /// behind read the cache); one not stored waits for its slowest reader.
+    pub fill_window_bytes: usize,
     /// Time to connect to an origin, seconds.
     pub connect_timeout_secs: u64,
     /// Time to wait for an origin's response head, seconds (then `504`).
@@ -148,6 +152,7 @@ impl Default for EdgeConfig {
             admin_token: None,
             heuristic_cap_secs: 24 * 3600,
             max_object_bytes: 1 << 30,
+            fill_window_bytes: 8 << 20,
             connect_timeout_secs: 5,
             origin_timeout_secs: 30,
             origin_readahead_bytes: 4 << 20,

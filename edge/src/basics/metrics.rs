@@ -68,6 +68,10 @@ pub struct Metrics {
     pub origin_chunks: IntCounter,
     /// Chunks being fetched from origins now (origin mode).
     pub chunks_in_flight: IntGauge,
+    /// Body bytes held by fills in progress (upstream mode).
+    pub fill_bytes: IntGauge,
+    /// Fills waiting for a slow reader.
+    pub fills_waiting: IntGauge,
     /// Large origin-mode files copied into segments for their hits (origin mode).
     pub assembled: IntCounter,
     /// Origin failures by kind (`connect`, `timeout`, `status`, `corrupt`, `malformed`).
@@ -175,6 +179,22 @@ impl Metrics {
                 IntGauge::new(
                     "tessera_edge_origin_chunks_in_flight",
                     "Chunks being fetched from origins now",
+                )
+                .unwrap(),
+            ),
+            fill_bytes: reg(
+                &registry,
+                IntGauge::new(
+                    "tessera_edge_fill_bytes",
+                    "Body bytes held by responses being fetched from upstreams for their readers",
+                )
+                .unwrap(),
+            ),
+            fills_waiting: reg(
+                &registry,
+                IntGauge::new(
+                    "tessera_edge_fills_waiting",
+                    "Responses being fetched that wait for a slow reader (their window is full)",
                 )
                 .unwrap(),
             ),

@@ -1,18 +1,29 @@
 //! A streaming fill: one upstream response being fetched, shared by every request waiting
 //! for it. The leader (a task of its own, so a client that goes away does not cancel it)
-//! publishes the head, then appends the body as it arrives; followers stream the body from
-//! its first byte as it arrives.
+//! publishes the head, then appends the body as it arrives; readers stream the body from
+//! its first byte.
+//!
+//! Memory is bounded per fill: it holds at most its window ([`FillLimits::window`]) of body
+//! bytes, whatever its readers' pace (as nginx's `proxy_buffers` and a busy-buffers cap).
+//! - A body being stored goes on at the upstream's pace: bytes already in the cache (its
+//!   full segments) leave the fill, and a reader that fell behind them, or joined late,
+//!   reads them back from the cache.
+//! - A body not stored (`no-store`, too large, refused by the eviction plugin) waits for its
+//!   slowest reader once the window is full, and stops when no reader is left.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use tokio::sync::watch;
+use prometheus::IntGauge;
+use tokio::sync::{Notify, watch};
 
-use crate::basics::error::FetchError;
+use crate::basics::error::{FetchError, FetchFailure};
 use crate::coalesce::Flight;
-use crate::store::entry::{Key, Meta};
+use crate::store::entry::{Key, Meta, SEGMENT, Value, segment_key};
+use crate::store::tiers::Cache;
 
 /// The head of a response being filled.
 #[derive(Debug, Clone)]
@@ -31,12 +42,64 @@ pub struct FillHead {
     pub key: Key,
 }
 
+/// How much a fill may hold, and where its stored segments are.
+#[derive(Debug, Clone)]
+pub struct FillLimits {
+    /// Body bytes held at most (plus one frame).
+    pub window: usize,
+    /// Bytes held by every fill, counted here.
+    pub gauge: IntGauge,
+    /// Fills waiting for a slow reader, counted here.
+    pub waiting: IntGauge,
+    /// The cache, and the id of the segments the body is stored in.
+    pub segments: Option<(Cache, [u8; 16])>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     head: Option<Result<Arc<FillHead>, FetchError>>,
-    parts: Vec<Bytes>,
+    limits: Option<FillLimits>,
+    /// Body bytes not yet let go, from offset `start`.
+    parts: VecDeque<Bytes>,
+    /// The body offset of each of `parts`.
+    offsets: VecDeque<u64>,
+    start: u64,
+    /// Offset of the end of what arrived.
+    end: u64,
+    /// The body below this offset is in the cache (full segments).
+    stored_upto: u64,
+    /// Readers (id, offset of their next byte).
+    readers: Vec<(u64, u64)>,
+    next_reader: u64,
     /// `Some(Ok)` when the body is complete, `Some(Err)` when it failed.
     done: Option<Result<(), FetchError>>,
+}
+
+impl State {
+    fn held(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Lets go of the oldest bytes while the window is full and nobody needs them from here:
+    /// the cache has them, or every reader is past them.
+    fn trim(&mut self) {
+        let Some(limits) = &self.limits else { return };
+        let slowest = self.readers.iter().map(|r| r.1).min().unwrap_or(u64::MAX);
+        let before = self.held();
+        while self.held() >= limits.window as u64 {
+            let Some(first) = self.parts.front() else {
+                break;
+            };
+            let first_end = self.start + first.len() as u64;
+            if first_end > self.stored_upto && first_end > slowest {
+                break;
+            }
+            self.parts.pop_front();
+            self.offsets.pop_front();
+            self.start = first_end;
+        }
+        limits.gauge.sub((before - self.held()) as i64);
+    }
 }
 
 /// One response being fetched.
@@ -45,6 +108,8 @@ pub struct Fill {
     /// A std mutex: held only to copy a few fields, never across an `.await`.
     state: Mutex<State>,
     version: watch::Sender<u64>,
+    /// Wakes a leader waiting for its slowest reader.
+    room: Notify,
     /// Set when an unsafe request invalidated the key during the fill: its response must
     /// not stay in the cache.
     invalidated: std::sync::atomic::AtomicBool,
@@ -55,6 +120,7 @@ impl Flight for Fill {
         Fill {
             state: Mutex::new(State::default()),
             version: watch::channel(0).0,
+            room: Notify::new(),
             invalidated: Default::default(),
         }
     }
@@ -65,9 +131,32 @@ impl Flight for Fill {
     }
 }
 
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = &s.limits {
+            l.gauge.sub(s.held() as i64);
+        }
+    }
+}
+
+/// What the leader does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Room {
+    /// Read on.
+    Go,
+    /// Nobody will read the body: stop fetching it.
+    Stop,
+}
+
 impl Fill {
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Sets the fill's limits (leader only, before the body).
+    pub fn limit(&self, limits: FillLimits) {
+        self.state.lock().unwrap().limits = Some(limits);
     }
 
     /// Publishes the response head (leader only; the first call wins).
@@ -93,8 +182,56 @@ impl Fill {
 
     /// Appends body bytes (leader only).
     pub fn push(&self, bytes: Bytes) {
-        self.state.lock().unwrap().parts.push(bytes);
+        {
+            let mut s = self.state.lock().unwrap();
+            let n = bytes.len() as u64;
+            let end = s.end;
+            s.offsets.push_back(end);
+            s.parts.push_back(bytes);
+            s.end += n;
+            if let Some(l) = &s.limits {
+                l.gauge.add(n as i64);
+            }
+            s.trim();
+        }
         self.bump();
+    }
+
+    /// The body below `offset` is in the cache (leader only).
+    pub fn stored_upto(&self, offset: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.stored_upto = s.stored_upto.max(offset);
+        s.trim();
+    }
+
+    /// Waits until the fill may take more of the body (leader only). `storing`: whether the
+    /// body is still being stored (else bytes leave only as readers pass them).
+    pub async fn room(&self, storing: bool) -> Room {
+        let mut waited = None;
+        let room = loop {
+            let notified = self.room.notified();
+            {
+                let mut s = self.state.lock().unwrap();
+                s.trim();
+                if s.readers.is_empty() && !storing {
+                    break Room::Stop;
+                }
+                match &s.limits {
+                    Some(l) if s.held() >= l.window as u64 => {
+                        if waited.is_none() {
+                            l.waiting.inc();
+                            waited = Some(l.waiting.clone());
+                        }
+                    }
+                    _ => break Room::Go,
+                }
+            }
+            notified.await;
+        };
+        if let Some(w) = waited {
+            w.dec();
+        }
+        room
     }
 
     /// Marks the body complete or failed (leader only; the first call wins).
@@ -115,40 +252,131 @@ impl Fill {
         }
     }
 
+    /// A reader of the body from its first byte; `None` when that byte is gone (neither
+    /// held nor stored: the caller fetches on its own). The leader's own request takes its
+    /// reader before the body starts.
+    pub fn reader(self: &Arc<Self>) -> Option<FillReader> {
+        let mut s = self.state.lock().unwrap();
+        if s.start > 0 && s.stored_upto < s.start {
+            return None;
+        }
+        let id = s.next_reader;
+        s.next_reader += 1;
+        s.readers.push((id, 0));
+        Some(FillReader {
+            fill: self.clone(),
+            id,
+        })
+    }
+}
+
+/// One reader's place in a fill; dropping it (or its body) lets the fill go on without it.
+#[derive(Debug)]
+pub struct FillReader {
+    fill: Arc<Fill>,
+    id: u64,
+}
+
+impl Drop for FillReader {
+    fn drop(&mut self) {
+        self.fill
+            .state
+            .lock()
+            .unwrap()
+            .readers
+            .retain(|r| r.0 != self.id);
+        self.fill.room.notify_one();
+    }
+}
+
+/// What a reader takes next.
+enum Next {
+    Bytes(Bytes),
+    /// From the cache: segment `i` of the segments `id`, up to body offset `end` (what was
+    /// released: the last byte waits until the response is stored).
+    Stored(Cache, [u8; 16], u32, u64),
+    Failed(FetchError),
+    End,
+    Wait,
+}
+
+impl FillReader {
     /// The body from its first byte, as it arrives.
-    pub fn body(
-        self: &Arc<Self>,
-    ) -> impl Stream<Item = Result<Bytes, FetchError>> + Send + 'static {
-        let rx = self.version.subscribe();
+    pub fn body(self) -> impl Stream<Item = Result<Bytes, FetchError>> + Send + 'static {
+        let rx = self.fill.version.subscribe();
         futures_util::stream::unfold(
-            (self.clone(), rx, 0usize, false),
-            |(fill, mut rx, i, ended)| async move {
+            (self, rx, 0u64, false),
+            |(me, mut rx, pos, ended)| async move {
                 if ended {
                     return None;
                 }
                 loop {
                     let next = {
-                        let s = fill.state.lock().unwrap();
-                        if let Some(b) = s.parts.get(i) {
-                            Some(Ok(b.clone()))
+                        let s = me.fill.state.lock().unwrap();
+                        if pos < s.start {
+                            match &s.limits {
+                                Some(FillLimits {
+                                    segments: Some((cache, id)),
+                                    ..
+                                }) => {
+                                    let i = (pos / SEGMENT as u64) as u32;
+                                    Next::Stored(cache.clone(), *id, i, s.end)
+                                }
+                                _ => Next::Failed(fell_behind()),
+                            }
+                        } else if pos < s.end {
+                            let i = s.offsets.partition_point(|&o| o <= pos) - 1;
+                            let b = &s.parts[i];
+                            Next::Bytes(b.slice((pos - s.offsets[i]) as usize..))
                         } else {
                             match &s.done {
-                                Some(Ok(())) => return None,
-                                Some(Err(e)) => Some(Err(e.clone())),
-                                None => None,
+                                Some(Ok(())) => Next::End,
+                                Some(Err(e)) => Next::Failed(e.clone()),
+                                None => Next::Wait,
                             }
                         }
                     };
-                    match next {
-                        Some(Ok(b)) => return Some((Ok(b), (fill, rx, i + 1, false))),
-                        Some(Err(e)) => return Some((Err(e), (fill, rx, i, true))),
+                    let bytes = match next {
+                        Next::Bytes(b) => b,
+                        Next::Stored(cache, id, i, end) => {
+                            let first = i as u64 * SEGMENT as u64;
+                            match cache.get(&segment_key(&id, i)).await {
+                                Some((Value::Bytes(seg), _)) if first + seg.len() as u64 > pos => {
+                                    let to = seg.len().min((end - first) as usize);
+                                    seg.slice((pos - first) as usize..to)
+                                }
+                                _ => return Some((Err(fell_behind()), (me, rx, pos, true))),
+                            }
+                        }
+                        Next::Failed(e) => return Some((Err(e), (me, rx, pos, true))),
+                        Next::End => return None,
                         // The fill holds the sender: `changed` cannot fail while it lives.
-                        None => drop(rx.changed().await),
+                        Next::Wait => {
+                            drop(rx.changed().await);
+                            continue;
+                        }
+                    };
+                    let pos = pos + bytes.len() as u64;
+                    {
+                        let mut s = me.fill.state.lock().unwrap();
+                        if let Some(r) = s.readers.iter_mut().find(|r| r.0 == me.id) {
+                            r.1 = pos;
+                        }
                     }
+                    me.fill.room.notify_one();
+                    return Some((Ok(bytes), (me, rx, pos, false)));
                 }
             },
         )
     }
+}
+
+/// A reader that fell behind what the fill holds, whose bytes the cache no longer has.
+fn fell_behind() -> FetchError {
+    FetchError::new(
+        FetchFailure::Body,
+        "this reader fell behind the fill's window and the stored copy is gone",
+    )
 }
 
 #[cfg(test)]
@@ -168,7 +396,7 @@ mod tests {
         let Join::Follow(j) = fills.join(key) else {
             panic!("second follows")
         };
-        let mut body = Box::pin(j.body());
+        let mut body = Box::pin(j.reader().unwrap().body());
         assert_eq!(body.next().await.unwrap().unwrap(), "ab");
         let next = tokio::spawn(async move {
             let mut all = Vec::new();
@@ -190,7 +418,7 @@ mod tests {
         let Join::Lead(leader) = fills.join(Key([2; 32])) else {
             panic!()
         };
-        let mut body = Box::pin(leader.flight().body());
+        let mut body = Box::pin(leader.flight().reader().unwrap().body());
         leader.flight().push(Bytes::from_static(b"x"));
         leader.flight().finish(Err(FetchError::new(
             crate::basics::error::FetchFailure::Body,
@@ -212,6 +440,12 @@ mod tests {
         };
         drop(leader);
         assert!(f.head().await.is_err());
-        assert!(Box::pin(f.body()).next().await.unwrap().is_err());
+        assert!(
+            Box::pin(f.reader().unwrap().body())
+                .next()
+                .await
+                .unwrap()
+                .is_err()
+        );
     }
 }

@@ -13,7 +13,7 @@ use crate::backends::upstream::Upstream;
 use crate::basics::body::EdgeBody;
 use crate::basics::clock::now_secs;
 use crate::basics::error::{FetchError, Refusal};
-use crate::coalesce::fill::{Fill, FillHead};
+use crate::coalesce::fill::{FillHead, FillReader};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::{Outcome, PassReason, StaleReason, refusal_of};
 use crate::rules::freshness::{CacheControl, Use};
@@ -47,8 +47,9 @@ enum Fetched {
     },
     /// A response being filled (upstream mode).
     Filling {
-        fill: Arc<Fill>,
         head: Arc<FillHead>,
+        /// This request's place in the fill; `None` when it joined too late to read it.
+        reader: Option<FillReader>,
         leader: bool,
     },
     /// Nothing is published at this path (origin mode).
@@ -105,7 +106,7 @@ impl Via {
                 Ok((fetched, followed))
             }
             Via::Upstream { up, pq } => {
-                let (fill, leader) =
+                let (fill, reader, leader) =
                     up.fill(parts, pq, key, stale.map(|f| (f.meta.clone(), f.key)));
                 let head = fill.head().await?;
                 let fetched = match &head.revalidated {
@@ -114,7 +115,11 @@ impl Via {
                         key: head.key,
                         status: 304,
                     },
-                    None => Fetched::Filling { fill, head, leader },
+                    None => Fetched::Filling {
+                        head,
+                        reader,
+                        leader,
+                    },
                 };
                 Ok((fetched, !leader))
             }
@@ -224,7 +229,11 @@ impl Edge {
                 StatusCode::NOT_FOUND,
                 format!("nothing is published at {file:?}"),
             )),
-            Fetched::Filling { fill, head, leader } => {
+            Fetched::Filling {
+                head,
+                reader,
+                leader,
+            } => {
                 if head.status.is_server_error()
                     && let Some(r) = self
                         .stale_on_error(parts, stale.as_ref(), now, req_cc)
@@ -236,8 +245,9 @@ impl Edge {
                     .vary
                     .iter()
                     .all(|(n, v)| parts.headers.get(n.as_str()) == v.as_ref());
+                let shared = head.storable && same_variant && reader.is_some();
                 if !leader
-                    && (!head.storable || !same_variant)
+                    && !shared
                     && let Via::Upstream { up, pq } = &via
                 {
                     // Not shareable with this request: fetch for it alone.
@@ -248,7 +258,7 @@ impl Edge {
                     Some(_) => Outcome::refetched(head.status.as_u16(), head.storable),
                     None => Outcome::miss(head.storable),
                 };
-                let r = self.serve_fill(parts, &fill, &head);
+                let r = self.serve_fill(parts, reader, &head);
                 Ok((r, outcome.collapsed(collapsed)))
             }
         }

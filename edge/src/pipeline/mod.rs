@@ -44,7 +44,7 @@ use crate::rules::freshness::request_directives;
 use crate::rules::path::{check_path, file_path, normalize_target};
 use crate::store::Store;
 use crate::store::bans::Bans;
-use crate::store::entry::Key;
+use crate::store::entry::{Key, SEGMENT};
 use crate::store::tiers::Cache;
 
 /// One edge node: its store, its backends and its plugins, wired together.
@@ -90,6 +90,7 @@ impl Edge {
             origin_timeout: cfg.origin_timeout(),
             heuristic_cap_secs: cfg.heuristic_cap_secs,
             max_object_bytes: cfg.max_object_bytes,
+            fill_window_bytes: cfg.fill_window_bytes.max(2 * SEGMENT),
         };
         let connect = std::time::Duration::from_secs(cfg.connect_timeout_secs);
         let (origin, upstream) = match &cfg.backend {

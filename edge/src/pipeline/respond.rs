@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::basics::body::{BoxError, ByteStream, EdgeBody, empty_body, full_body, stream_body};
 use crate::basics::error::{FetchError, Refusal};
-use crate::coalesce::fill::{Fill, FillHead};
+use crate::coalesce::fill::{FillHead, FillReader};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::refusal_of;
 use crate::rules::representation::{Plan, mark_brotli, plan, wants_brotli};
@@ -150,7 +150,7 @@ impl Edge {
     pub(crate) fn serve_fill(
         &self,
         parts: &http::request::Parts,
-        fill: &Arc<Fill>,
+        reader: Option<FillReader>,
         head: &FillHead,
     ) -> Response<EdgeBody> {
         let mut headers = head.headers.clone();
@@ -165,10 +165,10 @@ impl Edge {
         };
         let body = if parts.method == Method::HEAD {
             empty_body()
-        } else {
+        } else if let Some(reader) = reader {
             let counter = self.metrics.bytes_served.with_label_values(&["origin"]);
             let mut pos = 0u64;
-            stream_body(fill.body().filter_map(move |r| {
+            stream_body(reader.body().filter_map(move |r| {
                 let out = match r {
                     Err(e) => Some(Err(BoxError::from(e))),
                     Ok(b) => {
@@ -183,6 +183,12 @@ impl Edge {
                     }
                 };
                 std::future::ready(out)
+            }))
+        } else {
+            // The leader's reader is taken before its fill starts: only a follower may have
+            // none, and followers without one fetch on their own.
+            stream_body(futures_util::stream::once(async {
+                Err(BoxError::from("this response's fill could not be joined"))
             }))
         };
         respond(status, headers, body)

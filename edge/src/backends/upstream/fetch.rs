@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 
@@ -13,7 +14,7 @@ use crate::basics::body::empty_body;
 use crate::basics::clock::now_secs;
 use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::FetchKind;
-use crate::coalesce::fill::{Fill, FillHead};
+use crate::coalesce::fill::{Fill, FillHead, FillLimits, FillReader, Room};
 use crate::coalesce::{Join, Permit};
 use crate::rules::freshness::Freshness;
 use crate::rules::not_modified::merge_304;
@@ -22,7 +23,7 @@ use crate::rules::store_plan::{
 };
 use crate::rules::vary::{selecting_values, vary_names};
 use crate::store::advice::{Advice, Candidate};
-use crate::store::entry::{BodyRef, Key, Meta, Value, segment_key, variant_key};
+use crate::store::entry::{BodyRef, Key, Meta, SEGMENT, Value, segment_key, variant_key};
 use crate::store::headers::StoredHeaders;
 
 impl Upstream {
@@ -36,14 +37,19 @@ impl Upstream {
         pq: &str,
         key: Key,
         stale: Option<(Arc<Meta>, Key)>,
-    ) -> (Arc<Fill>, bool) {
+    ) -> (Arc<Fill>, Option<FillReader>, bool) {
         match self.fills.join(key) {
-            Join::Follow(fill) => (fill, false),
+            Join::Follow(fill) => {
+                let reader = fill.reader();
+                (fill, reader, false)
+            }
             Join::Lead(permit) => {
                 let fill = permit.flight().clone();
+                // The leading request reads from the first byte, whatever happens first.
+                let reader = fill.reader();
                 let (me, parts, pq) = (self.clone(), parts.clone(), pq.to_string());
                 tokio::spawn(async move { me.lead(&parts, &pq, stale, permit).await });
-                (fill, true)
+                (fill, reader, true)
             }
         }
     }
@@ -199,17 +205,33 @@ impl Upstream {
             key,
         }));
 
-        // The body: to the fill as it arrives, segments to the cache as they fill up.
+        // The body: to the fill as it arrives, segments to the cache as they fill up. The
+        // fill holds a bounded window of it (see `coalesce::fill`).
         let seg_id: [u8; 16] = rand::random();
+        fill.limit(FillLimits {
+            window: ctx.fill_window_bytes,
+            gauge: ctx.metrics.fill_bytes.clone(),
+            waiting: ctx.metrics.fills_waiting.clone(),
+            segments: storing.then(|| (ctx.store.cache.clone(), seg_id)),
+        });
         let store_segment = |advice: Option<Advice>| {
-            move |i: u32, bytes| {
-                ctx.store
-                    .cache
-                    .insert_advised(segment_key(&seg_id, i), Value::Bytes(bytes), advice)
+            move |i: u32, bytes: Bytes| {
+                let end = i as u64 * SEGMENT as u64 + bytes.len() as u64;
+                ctx.store.cache.insert_advised(
+                    segment_key(&seg_id, i),
+                    Value::Bytes(bytes),
+                    advice,
+                );
+                fill.stored_upto(end);
             }
         };
         let mut layout = BodyLayout::new(storing, ctx.max_object_bytes);
         loop {
+            if fill.room(layout.storing()).await == Room::Stop {
+                // Not stored, and every reader went away.
+                fill.finish(Err(FetchError::abandoned()));
+                return;
+            }
             match body.frame().await {
                 None => break,
                 Some(Err(e)) => {

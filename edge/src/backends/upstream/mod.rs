@@ -279,6 +279,7 @@ mod tests {
             origin_timeout: Duration::from_secs(5),
             heuristic_cap_secs: 3600,
             max_object_bytes: 1 << 20,
+            fill_window_bytes: 8 << 20,
         };
         (ctx, dir)
     }
