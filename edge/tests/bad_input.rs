@@ -727,3 +727,70 @@ async fn a_stalled_reader_of_a_stored_body_reads_back_from_the_cache() {
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
     edge.stop().await;
 }
+
+/// Connections that say nothing, or nothing more, are closed; at the connection cap new
+/// clients wait while the admin listener still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_idle_and_surplus_connections_are_contained() {
+    let up = Upstream::start(|_, _| response(200, &[("cache-control", "max-age=60")], b"ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    cfg.header_timeout_secs = 1;
+    cfg.idle_timeout_secs = 1;
+    cfg.max_connections = Some(2);
+    let edge = EdgeNode::start(cfg).await;
+
+    // Silent from accept: closed after the header timeout (it used to stay open).
+    let mut silent = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("a silent connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    drop(silent);
+
+    // HTTP/2 (h2c) that answers the edge's PINGs but asks for nothing more: GOAWAY after
+    // the idle time, and the connection ends.
+    let tcp = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(edge.url("/a"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("an idle HTTP/2 connection is closed")
+        .unwrap()
+        .unwrap();
+
+    // Two connections in use (each sent part of a head): the third client waits; the
+    // admin listener answers all the same; when one closes the third is served.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    edge.until("the connection cap is reached", |e| {
+        e.metric("tessera_edge_connection_limit_hits_total", &[]) >= 1.0
+    })
+    .await;
+    let url = edge.url("/third");
+    let third = tokio::spawn(async move { get(&url, &[]).await });
+    assert_eq!(edge.admin("GET", "/healthz", "").await.status, 200);
+    // The held connections time out on their heads (1 s), freeing their places.
+    let r = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the waiting client is served once a place frees")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    drop(held);
+    edge.stop().await;
+}

@@ -352,6 +352,30 @@ async fn brotli_for_clients_that_accept_it() {
         let r = edge.get("/site.css").await;
         assert_eq!(r.header("content-encoding"), "");
         assert_eq!(&r.body[..], css.as_bytes());
+        // One copy per content: the same bytes at other paths, and many requests at once
+        // for a body never compressed, each compress once. Copies are held in the memory
+        // tier, within its budget.
+        let compressions = || edge.metric("tessera_edge_brotli_compressions_total", &[]);
+        assert_eq!(compressions(), 1.0);
+        origin.publish("copy/site.css", css.clone()).await;
+        let r = edge.get_with("/copy/site.css", &[("accept-encoding", "br")]).await;
+        assert_eq!((r.header("content-encoding"), compressions()), ("br", 1.0));
+        let js = "function f(a) { return a + 1; }\n".repeat(20_000);
+        origin.publish("app.js", js.clone()).await;
+        let all = futures_util::future::join_all(
+            (0..8).map(|_| edge.get_with("/app.js", &[("accept-encoding", "br")])),
+        )
+        .await;
+        for r in &all {
+            assert_eq!(r.header("content-encoding"), "br");
+            assert_eq!(r.body, all[0].body);
+        }
+        assert_eq!(compressions(), 2.0);
+        let mut plain = Vec::new();
+        brotli::BrotliDecompress(&mut &all[0].body[..], &mut plain).unwrap();
+        assert_eq!(plain, js.as_bytes());
+        let cache = edge.edge.cache();
+        assert!(cache.memory_usage() <= cache.memory_capacity());
     }
 async fn conditional_requests_are_answered_from_cache() {
         let (origin, edge, _d) = origin_and_edge(|_| {}).await;

@@ -70,8 +70,14 @@ pub struct EdgeConfig {
     pub follow_changes: bool,
     /// Compress compressible responses with brotli for clients that accept it.
     pub brotli: bool,
-    /// Bytes of compressed bodies kept in memory (so a hit is not compressed twice).
-    pub brotli_cache_entries: usize,
+    /// Time a connection may stay open without a new request, seconds (then it is closed;
+    /// HTTP/2 with GOAWAY, letting requests in flight finish). A TCP connection must also
+    /// send its first byte within `header_timeout_secs`.
+    pub idle_timeout_secs: u64,
+    /// Client connections (TCP) open at most; further clients wait in the listen backlog
+    /// until one closes. `None`: the open-file limit less a reserve of 256 descriptors, so
+    /// the SSD tier, upstream connections and the admin listener still get theirs.
+    pub max_connections: Option<usize>,
     /// Time a response may wait for a client to accept more of its body (a client that
     /// stopped reading), seconds; then the stream is reset. HTTP/3 only: hyper's HTTP/1.1
     /// and HTTP/2 connections end on TCP's own timeouts.
@@ -158,10 +164,11 @@ impl Default for EdgeConfig {
             origin_readahead_bytes: 4 << 20,
             origin_brotli: false,
             header_timeout_secs: 10,
+            idle_timeout_secs: 75,
+            max_connections: None,
             max_header_bytes: 32 << 10,
             follow_changes: true,
             brotli: true,
-            brotli_cache_entries: 4096,
             send_stall_secs: 30,
             quic: crate::basics::quic::QuicSettings::default(),
             origin_ring: None,

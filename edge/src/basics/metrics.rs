@@ -72,6 +72,10 @@ pub struct Metrics {
     pub fill_bytes: IntGauge,
     /// Fills waiting for a slow reader.
     pub fills_waiting: IntGauge,
+    /// Times the client connection cap was reached.
+    pub connection_limit_hits: IntCounter,
+    /// Bodies compressed with brotli for clients (each copy is made once).
+    pub brotli_compressions: IntCounter,
     /// Large origin-mode files copied into segments for their hits (origin mode).
     pub assembled: IntCounter,
     /// Origin failures by kind (`connect`, `timeout`, `status`, `corrupt`, `malformed`).
@@ -179,6 +183,22 @@ impl Metrics {
                 IntGauge::new(
                     "tessera_edge_origin_chunks_in_flight",
                     "Chunks being fetched from origins now",
+                )
+                .unwrap(),
+            ),
+            connection_limit_hits: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_connection_limit_hits_total",
+                    "Times the edge reached max_connections and left new clients waiting",
+                )
+                .unwrap(),
+            ),
+            brotli_compressions: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_brotli_compressions_total",
+                    "Stored bodies compressed with brotli (a copy kept in the memory tier)",
                 )
                 .unwrap(),
             ),

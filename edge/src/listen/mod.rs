@@ -74,8 +74,13 @@ pub async fn run(
         ),
         (listeners.admin.map(|l| (l, None)), tcp::Serves::Admin),
     ];
+    // One cap for every content listener; the admin listener is outside it.
+    let limit = Arc::new(tokio::sync::Semaphore::new(tcp::max_connections(
+        edge.config(),
+    )));
     for (listener, serves) in tcp {
         if let Some((l, tls)) = listener {
+            let limit = matches!(serves, tcp::Serves::Content(_)).then(|| limit.clone());
             loops.spawn(tcp::accept_loop(
                 l,
                 tls,
@@ -83,6 +88,7 @@ pub async fn run(
                 connections.clone(),
                 stop_rx.clone(),
                 serves,
+                limit,
             ));
         }
     }

@@ -1,8 +1,12 @@
 //! The TCP listeners: plain HTTP (HTTP/1.1 and h2c with prior knowledge), HTTPS (HTTP/1.1
 //! and HTTP/2 by ALPN) and the admin API's.
 //!
-//! Limits applied before a request reaches the pipeline: a request head must arrive within
-//! `header_timeout_secs` (else the connection is closed), and may be at most
+//! Limits applied before a request reaches the pipeline: at most `max_connections` client
+//! connections (the admin listener apart; more wait in the backlog); a connection must send
+//! its first byte (plain) or finish its TLS handshake within `header_timeout_secs` / 10 s,
+//! and is closed after `idle_timeout_secs` without a new request (HTTP/2: GOAWAY); a
+//! request head must arrive within `header_timeout_secs` (else the connection is closed),
+//! and may be at most
 //! `max_header_bytes` (else `431` on HTTP/1.1, a stream error on HTTP/2). hyper refuses
 //! malformed requests with `400`, including differing duplicate `Content-Length`s; a request
 //! with both `Transfer-Encoding` and `Content-Length` is decoded by the chunked framing only
@@ -56,12 +60,18 @@ fn builder(edge: &Edge) -> Builder<TokioExecutor> {
 /// flight and close (HTTP/2: GOAWAY). A macro, not a generic function: a spawned generic
 /// future over hyper's connection types trips the compiler's higher-ranked lifetime check.
 macro_rules! drive {
-    ($conn:expr, $stop:expr, $peer:expr) => {{
+    ($conn:expr, $stop:expr, $peer:expr, $idle:expr) => {{
         let mut stop = $stop;
+        let idle: Idle = $idle;
         let mut conn = std::pin::pin!($conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
-            _ = async { drop(stop.wait_for(|stopped| *stopped).await) } => {
+            _ = async {
+                tokio::select! {
+                    _ = async { drop(stop.wait_for(|stopped| *stopped).await) } => {}
+                    _ = idle.expired() => {}
+                }
+            } => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -72,6 +82,47 @@ macro_rules! drive {
     }};
 }
 
+/// When a connection last began a request, to close it once idle.
+#[derive(Debug, Clone)]
+struct Idle {
+    last: Arc<std::sync::Mutex<tokio::time::Instant>>,
+    limit: Duration,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Idle {
+        Idle {
+            last: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
+            limit,
+        }
+    }
+
+    fn touch(&self) {
+        *self.last.lock().unwrap() = tokio::time::Instant::now();
+    }
+
+    /// Resolves once no request began for the limit.
+    async fn expired(&self) {
+        loop {
+            let due = *self.last.lock().unwrap() + self.limit;
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// The cap on client connections: `max_connections`, or the open-file limit (raised to its
+/// hard limit) less a reserve.
+pub(crate) fn max_connections(cfg: &crate::basics::config::EdgeConfig) -> usize {
+    const RESERVE: u64 = 256;
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    cfg.max_connections
+        .unwrap_or_else(|| files.saturating_sub(RESERVE).max(16) as usize)
+        .max(1)
+}
+
 /// Accepts connections on `listener` until `stop`, each served on a task of `connections`.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
@@ -80,11 +131,41 @@ pub(crate) async fn accept_loop(
     connections: TaskTracker,
     mut stop: tokio::sync::watch::Receiver<bool>,
     serves: Serves,
+    limit: Option<Arc<tokio::sync::Semaphore>>,
 ) {
     let builder = Arc::new(builder(&edge));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let over_tls = acceptor.is_some();
+    let first_byte = Duration::from_secs(edge.config().header_timeout_secs.max(1));
+    let idle_limit = Duration::from_secs(edge.config().idle_timeout_secs.max(1));
+    let cap = limit.as_ref().map_or(0, |l| l.available_permits());
+    let mut warned = false;
     loop {
+        // A place for the connection before accepting it: at the cap, clients wait in
+        // the backlog (said once, until a place frees).
+        let permit = match &limit {
+            None => None,
+            Some(l) => {
+                let permit = match l.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        if !warned {
+                            warn!(cap, "at max_connections: new clients wait until one closes");
+                            edge.metrics().connection_limit_hits.inc();
+                            warned = true;
+                        }
+                        tokio::select! {
+                            p = l.clone().acquire_owned() => p.expect("never closed"),
+                            _ = stop.changed() => return,
+                        }
+                    }
+                };
+                Some(permit)
+            }
+        };
+        if permit.is_some() {
+            warned = false;
+        }
         let (stream, peer) = tokio::select! {
             conn = listener.accept() => match conn {
                 Ok(c) => c,
@@ -100,9 +181,12 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let edge = edge.clone();
         let serves = serves.clone();
+        let idle = Idle::new(idle_limit);
+        let touched = idle.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let edge = edge.clone();
             let serves = serves.clone();
+            touched.touch();
             async move {
                 let resp = match serves {
                     Serves::Admin => crate::listen::admin::handle(&edge, req).await,
@@ -129,18 +213,30 @@ pub(crate) async fn accept_loop(
         let builder = builder.clone();
         match &acceptor {
             None => {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .into_owned();
                 let stop = stop.clone();
                 connections.spawn(async move {
-                    drive!(conn, stop, peer);
+                    let _permit = permit;
+                    // A client that says nothing is closed (hyper's own header timeout
+                    // starts only once it has seen the first bytes).
+                    let mut one = [0u8; 1];
+                    match tokio::time::timeout(first_byte, stream.peek(&mut one)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            debug!(%peer, "closed a connection that sent nothing");
+                            return;
+                        }
+                    }
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned();
+                    drive!(conn, stop, peer, idle);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let stop = stop.clone();
                 connections.spawn(async move {
+                    let _permit = permit;
                     let tls = match tokio::time::timeout(
                         Duration::from_secs(10),
                         acceptor.accept(stream),
@@ -160,7 +256,7 @@ pub(crate) async fn accept_loop(
                     let conn = builder
                         .serve_connection(TokioIo::new(tls), svc)
                         .into_owned();
-                    drive!(conn, stop, peer);
+                    drive!(conn, stop, peer, idle);
                 });
             }
         }

@@ -21,11 +21,10 @@ pub mod respond;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cached::SizedCache;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tessera_origin_proto::validate_path;
 
@@ -34,9 +33,10 @@ use crate::backends::origin::{OriginBackend, manifest_key};
 use crate::backends::upstream::{Upstream, add_forwarded_for, host_of};
 use crate::basics::body::EdgeBody;
 use crate::basics::config::{Backend, EdgeConfig};
-use crate::basics::error::Refusal;
+use crate::basics::error::{FetchError, Refusal};
 use crate::basics::metrics::Metrics;
 use crate::basics::protocol::Protocol;
+use crate::coalesce::{Flights, Once};
 use crate::pipeline::drive::Via;
 use crate::pipeline::hooks::{Admission, Plugins};
 use crate::pipeline::outcome::{CacheResult, Outcome, PassReason, refusal_of};
@@ -60,9 +60,8 @@ pub struct Edge {
     /// Upstreams a `route` plugin may name ([`EdgeConfig::upstreams`]).
     named_upstreams: HashMap<String, Arc<Upstream>>,
     plugins: Arc<Plugins>,
-    /// Brotli-compressed bodies by (entry key, stored time), so a hot text asset is
-    /// compressed once, not per request. A std mutex: a map operation, no `.await`.
-    brotli: Mutex<SizedCache<(Key, u64), Bytes>>,
+    /// Brotli copies being made ([`Edge::brotli_copy`]), so each is made once.
+    compressing: Flights<Key, Once<Result<Bytes, FetchError>>>,
 }
 
 impl Edge {
@@ -113,7 +112,7 @@ impl Edge {
             .collect::<anyhow::Result<HashMap<_, _>>>()?;
         plugins.bind_configured(&cfg.plugins)?;
         Ok(Arc::new(Edge {
-            brotli: Mutex::new(SizedCache::with_size(cfg.brotli_cache_entries.max(1))),
+            compressing: Flights::new(None),
             cfg,
             store,
             metrics,

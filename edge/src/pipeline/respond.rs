@@ -6,17 +6,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cached::Cached;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use crate::basics::body::{BoxError, ByteStream, EdgeBody, empty_body, full_body, stream_body};
-use crate::basics::error::{FetchError, Refusal};
+use crate::basics::error::{FetchError, FetchFailure, Refusal};
+use crate::coalesce::Join;
 use crate::coalesce::fill::{FillHead, FillReader};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::refusal_of;
 use crate::rules::representation::{Plan, mark_brotli, plan, wants_brotli};
-use crate::store::entry::{BodyRef, Key, Meta};
+use crate::store::entry::{BodyRef, Key, Meta, Value};
 use crate::store::tiers::Tier;
 
 impl Edge {
@@ -103,47 +103,72 @@ impl Edge {
         }
     }
 
-    /// The brotli-compressed copy of a stored body, compressed once per stored version;
-    /// `None` when it does not get smaller or cannot be read.
+    /// The brotli-compressed copy of a stored body; `None` when it does not get smaller or
+    /// cannot be read. Copies live in the memory tier (counted and evicted with everything
+    /// else), one per content in origin mode (its `ETag` is the file's blake3, so paths
+    /// with the same bytes share it) and one per stored version in upstream mode. Requests
+    /// for a copy being made wait for it rather than compress it again.
     async fn brotli_copy(&self, meta: &Meta, key: Key) -> Option<Bytes> {
-        let cache_key = (key, meta.stored_at_ms);
-        let cached = self.brotli.lock().unwrap().cache_get(&cache_key).cloned();
-        let compressed = match cached {
-            Some(c) => c,
-            None => {
-                let body = match &meta.body {
-                    BodyRef::Inline(b) => b.clone(),
-                    _ => {
-                        let mut all = Vec::with_capacity(meta.size as usize);
-                        let mut s = self.body_stream(meta, key, 0, meta.size);
-                        while let Some(part) = s.next().await {
-                            all.extend_from_slice(&part.ok()?);
-                        }
-                        Bytes::from(all)
-                    }
-                };
-                let c = tokio::task::spawn_blocking(move || {
-                    let mut out = Vec::with_capacity(body.len() / 3);
-                    let params = brotli::enc::BrotliEncoderParams {
-                        quality: 5,
-                        lgwin: 22,
-                        ..Default::default()
-                    };
-                    brotli::BrotliCompress(&mut &body[..], &mut out, &params).ok()?;
-                    // Not worth it: remember that as an empty entry.
-                    Some(if out.len() < body.len() {
-                        Bytes::from(out)
-                    } else {
-                        Bytes::new()
-                    })
-                })
-                .await
-                .ok()??;
-                self.brotli.lock().unwrap().cache_set(cache_key, c.clone());
-                c
+        let etag = meta.headers.get(header::ETAG);
+        let copy_key = match (&self.origin, &etag) {
+            (Some(_), Some(e)) => Key::derive("brotli-content", &[e.as_bytes()]),
+            _ => Key::derive(
+                "brotli-version",
+                &[&key.0, &meta.stored_at_ms.to_le_bytes()],
+            ),
+        };
+        let cache = &self.store.cache;
+        if let Some(Value::Bytes(c)) = cache.get_in_memory(&copy_key) {
+            return (!c.is_empty()).then_some(c);
+        }
+        let permit = match self.compressing.join(copy_key) {
+            Join::Follow(once) => return once.wait().await.ok().filter(|c| !c.is_empty()),
+            Join::Lead(permit) => permit,
+        };
+        self.metrics.brotli_compressions.inc();
+        let compressed = self.compress(meta, key).await;
+        if let Some(c) = &compressed {
+            cache.insert_in_memory(copy_key, Value::Bytes(c.clone()));
+        }
+        permit.flight().set(compressed.clone().ok_or_else(|| {
+            FetchError::new(
+                FetchFailure::Body,
+                "the stored body could not be compressed",
+            )
+        }));
+        compressed.filter(|c| !c.is_empty())
+    }
+
+    /// The stored body, compressed (empty when that does not make it smaller).
+    async fn compress(&self, meta: &Meta, key: Key) -> Option<Bytes> {
+        let body = match &meta.body {
+            BodyRef::Inline(b) => b.clone(),
+            _ => {
+                let mut all = Vec::with_capacity(meta.size as usize);
+                let mut s = self.body_stream(meta, key, 0, meta.size);
+                while let Some(part) = s.next().await {
+                    all.extend_from_slice(&part.ok()?);
+                }
+                Bytes::from(all)
             }
         };
-        (!compressed.is_empty()).then_some(compressed)
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(body.len() / 3);
+            let params = brotli::enc::BrotliEncoderParams {
+                quality: 5,
+                lgwin: 22,
+                ..Default::default()
+            };
+            brotli::BrotliCompress(&mut &body[..], &mut out, &params).ok()?;
+            // Not worth it: remember that as an empty copy.
+            Some(if out.len() < body.len() {
+                Bytes::from(out)
+            } else {
+                Bytes::new()
+            })
+        })
+        .await
+        .ok()?
     }
 
     /// The response to the request `parts` from a fill in progress.

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use cached::{Cached, TimedSizedCache};
 use foyer::{
     BlockEngineConfig, DeviceBuilder, EvictionConfig, FsDeviceBuilder, Hint, HybridCache,
     HybridCacheBuilder, HybridCachePolicy, HybridCacheProperties, LfuConfig, Location,
@@ -73,16 +74,20 @@ pub enum CacheError {
 #[derive(Clone, Debug)]
 pub struct Cache {
     hybrid: HybridCache<Key, Value>,
-    /// Recent removals (key → time in ms). foyer's removal from the SSD tier is queued, and
-    /// a copy still waiting to be written may be found after it; a stored response older
-    /// than its key's removal is treated as gone. A std mutex: map operations only.
-    removed: Arc<std::sync::Mutex<std::collections::HashMap<Key, u64>>>,
+    /// Recent removals (key → time in ms), the newest [`REMEMBER_REMOVALS`] for up to
+    /// [`REMEMBER_REMOVALS_FOR`]. foyer's removal from the SSD tier is queued, and a copy
+    /// still waiting to be written may be found after it; a stored response older than its
+    /// key's removal is treated as gone. A std mutex: map operations only.
+    removed: Arc<std::sync::Mutex<TimedSizedCache<Key, u64>>>,
     /// Entries stored in the memory tier so far (each store that may displace others).
     memory_inserts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long removals are remembered: far longer than foyer's write queue takes to drain.
-const REMEMBER_REMOVALS_MS: u64 = 10 * 60 * 1000;
+const REMEMBER_REMOVALS_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+/// How many removals are remembered at most (the oldest are forgotten first), so a stream
+/// of removals (404s, purges) costs bounded memory and constant time each.
+const REMEMBER_REMOVALS: usize = 100_000;
 
 impl Cache {
     /// Opens the cache: `memory` bytes in RAM, `disk` bytes in files under `dir` (recovered
@@ -134,7 +139,9 @@ impl Cache {
         let hybrid = storage.build().await.map_err(open_err)?;
         Ok(Cache {
             hybrid,
-            removed: Default::default(),
+            removed: Arc::new(std::sync::Mutex::new(
+                TimedSizedCache::with_size_and_lifespan(REMEMBER_REMOVALS, REMEMBER_REMOVALS_FOR),
+            )),
             memory_inserts: Default::default(),
         })
     }
@@ -172,8 +179,8 @@ impl Cache {
     /// A store after a removal supersedes it (even within the same millisecond).
     fn forget_removal(&self, key: &Key) {
         let mut removed = self.removed.lock().unwrap();
-        if !removed.is_empty() {
-            removed.remove(key);
+        if removed.cache_size() > 0 {
+            removed.cache_remove(key);
         }
     }
 
@@ -236,22 +243,15 @@ impl Cache {
 
     /// Removes `key` from both tiers.
     pub fn remove(&self, key: &Key) {
-        let now = now_ms();
-        {
-            let mut removed = self.removed.lock().unwrap();
-            if removed.len() >= 100_000 {
-                removed.retain(|_, at| now.saturating_sub(*at) < REMEMBER_REMOVALS_MS);
-            }
-            removed.insert(*key, now);
-        }
+        self.removed.lock().unwrap().cache_set(*key, now_ms());
         self.hybrid.remove(key);
     }
 
     /// Whether `key` was removed at or after `stored_at_ms` (so what was found under it is a
     /// copy the removal has not reached yet).
     pub fn removed_since(&self, key: &Key, stored_at_ms: u64) -> bool {
-        let removed = self.removed.lock().unwrap();
-        !removed.is_empty() && removed.get(key).is_some_and(|at| *at >= stored_at_ms)
+        let mut removed = self.removed.lock().unwrap();
+        removed.cache_size() > 0 && removed.cache_get(key).is_some_and(|at| *at >= stored_at_ms)
     }
 
     fn counted(&self) {
