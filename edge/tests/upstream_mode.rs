@@ -502,3 +502,53 @@ async fn purge_by_surrogate_key() {
         assert_eq!(stats["purges_active"], 1);
     }
 }
+
+over_protocols! {
+    /// The upstream learns who asked and how from the edge, not from what a client claims:
+    /// client-sent forwarded headers are replaced (kept and extended only from a trusted
+    /// proxy), routing overrides dropped, and `Connection` cannot strip the edge's own.
+    async fn forwarded_headers_come_from_the_edge() {
+        let up = Upstream::start(|_, _| response(200, &[("cache-control", "no-store")], b"ok")).await;
+        // `Connection` exists in HTTP/1.1 only (HTTP/2 and HTTP/3 clients drop it and what
+        // it names).
+        let connection = if proto() == Proto::Http1 { "connection" } else { "x-ignored" };
+        let claims = [
+            (connection, "x-forwarded-for, forwarded"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-real-ip", "6.6.6.6"),
+        ];
+        for trusted in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+            if trusted {
+                cfg.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+            }
+            let edge = EdgeNode::start(cfg).await;
+            let path = format!("/who-{trusted}");
+            assert_eq!(edge.get_with(&path, &claims).await.status, 200);
+            let h = up.request_headers(&path, 0);
+            let tls = proto() != Proto::Http1;
+            let scheme = if tls { "https" } else { "http" };
+            if trusted {
+                assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+                assert_eq!(h["x-forwarded-host"], "evil.example");
+                assert!(h["forwarded"].to_str().unwrap().starts_with("for=6.6.6.6, for=127.0.0.1;"), "{h:?}");
+            } else {
+                assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+                assert_eq!(h["x-forwarded-proto"], scheme);
+                assert_ne!(h["x-forwarded-host"], "evil.example");
+                let f = h["forwarded"].to_str().unwrap();
+                assert!(f.starts_with(&format!("for=127.0.0.1;proto={scheme};host=")), "{f}");
+                for gone in ["x-original-url", "x-rewrite-url", "x-real-ip"] {
+                    assert!(!h.contains_key(gone), "{gone} reached the upstream");
+                }
+            }
+            edge.stop().await;
+        }
+    }
+}

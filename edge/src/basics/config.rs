@@ -74,6 +74,11 @@ pub struct EdgeConfig {
     /// HTTP/2 with GOAWAY, letting requests in flight finish). A TCP connection must also
     /// send its first byte within `header_timeout_secs`.
     pub idle_timeout_secs: u64,
+    /// Upstream mode: clients (proxies in front of the edge, as CIDR blocks) whose
+    /// `Forwarded` / `X-Forwarded-*` headers are kept and extended; from anyone else they
+    /// are replaced by what the edge knows, and `X-Real-IP`, `X-Original-URL` and
+    /// `X-Rewrite-URL` are dropped.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Client connections (TCP) open at most; further clients wait in the listen backlog
     /// until one closes. `None`: the open-file limit less a reserve of 256 descriptors, so
     /// the SSD tier, upstream connections and the admin listener still get theirs.
@@ -166,6 +171,7 @@ impl Default for EdgeConfig {
             header_timeout_secs: 10,
             idle_timeout_secs: 75,
             max_connections: None,
+            trusted_proxies: Vec::new(),
             max_header_bytes: 32 << 10,
             follow_changes: true,
             brotli: true,

@@ -197,7 +197,7 @@ pub(crate) async fn accept_loop(
                             Protocol::Http1
                         };
                         let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
-                        if over_tls && proto == Protocol::Http1 && edge.plugins().get().is_some() {
+                        if over_tls && proto == Protocol::Http1 {
                             req.extensions_mut().insert(OverTls);
                         }
                         let mut resp = edge.handle(req, proto, peer).await;

@@ -30,12 +30,12 @@ use tessera_origin_proto::validate_path;
 
 use crate::backends::Context;
 use crate::backends::origin::{OriginBackend, manifest_key};
-use crate::backends::upstream::{Upstream, add_forwarded_for, host_of};
+use crate::backends::upstream::{Upstream, host_of, set_forwarded};
 use crate::basics::body::EdgeBody;
 use crate::basics::config::{Backend, EdgeConfig};
 use crate::basics::error::{FetchError, Refusal};
 use crate::basics::metrics::Metrics;
-use crate::basics::protocol::Protocol;
+use crate::basics::protocol::{OverTls, Protocol};
 use crate::coalesce::{Flights, Once};
 use crate::pipeline::drive::Via;
 use crate::pipeline::hooks::{Admission, Plugins};
@@ -248,7 +248,21 @@ impl Edge {
         // Phase 2: check.
         match (upstream, &self.origin) {
             (Some(up), _) => {
-                add_forwarded_for(req.headers_mut(), client.ip());
+                let tls = proto == Protocol::Http3
+                    || req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
+                    || req.extensions().get::<OverTls>().is_some();
+                let trusted = self
+                    .cfg
+                    .trusted_proxies
+                    .iter()
+                    .any(|n| n.contains(&client.ip()));
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                    .map(str::to_string);
+                set_forwarded(req.headers_mut(), client.ip(), tls, host, trusted);
                 self.via_upstream(req, up).await
             }
             (None, Some(origin)) => {

@@ -183,15 +183,64 @@ pub fn host_of(parts: &http::request::Parts) -> String {
         .to_ascii_lowercase()
 }
 
-/// Adds `client` to the request's `X-Forwarded-For` (appended to any value already present),
-/// so the upstream sees who asked.
-pub fn add_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client}"),
-        None => client.to_string(),
+/// Headers that say who a request came from and how, set by the edge.
+const FORWARDED: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Headers a client could use to pose as a proxy in front of the edge or to redirect the
+/// upstream's routing: dropped unless the client is a trusted proxy.
+const POSING: [&str; 3] = ["x-real-ip", "x-original-url", "x-rewrite-url"];
+
+/// Sets the request's forwarded headers from what the edge knows: the client's address,
+/// the scheme it used (`tls`) and the `host` it asked for, as `Forwarded` (RFC 7239) and its
+/// `X-Forwarded-*` forms. What a client sent in them is dropped, unless it is a `trusted`
+/// proxy, whose values are kept and extended.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<String>,
+    trusted: bool,
+) {
+    let proto = if tls { "https" } else { "http" };
+    if !trusted {
+        for name in FORWARDED.iter().chain(&POSING) {
+            headers.remove(*name);
+        }
+    }
+    let append = |headers: &mut HeaderMap, name: &'static str, value: String| {
+        let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {value}"),
+            None => value,
+        };
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            headers.insert(name, v);
+        }
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    append(headers, "x-forwarded-for", client.to_string());
+    let node = match client {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if let Some(h) = host.as_deref().filter(|h| !h.contains(['"', '\\'])) {
+        forwarded.push_str(&format!(";host=\"{h}\""));
+    }
+    append(headers, "forwarded", forwarded);
+    for (name, value) in [
+        ("x-forwarded-proto", Some(proto)),
+        ("x-forwarded-host", host.as_deref()),
+    ] {
+        if let Some(v) = value
+            && !headers.contains_key(name)
+            && let Ok(v) = HeaderValue::from_str(v)
+        {
+            headers.insert(name, v);
+        }
     }
 }
 
@@ -212,11 +261,14 @@ fn forward_headers(up: &Upstream, from: &HeaderMap, for_fill: bool) -> HeaderMap
         // Framing is the body's that is sent (hyper writes it from the body: none for a
         // fill), never the client's: a `Content-Length` kept on a request sent without its
         // body makes the upstream read the next request on the connection as that body.
+        // The forwarded headers are the edge's own by now: a client cannot strip them by
+        // listing them in `Connection`.
         if is_hop_by_hop(k)
             || k == header::HOST
             || k == header::CONTENT_LENGTH
             || k == header::EXPECT
-            || connection_listed.iter().any(|c| c == k.as_str())
+            || (connection_listed.iter().any(|c| c == k.as_str())
+                && !FORWARDED.contains(&k.as_str()))
         {
             continue;
         }
@@ -312,10 +364,38 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends() {
+    fn forwarded_headers_say_what_the_edge_knows() {
         let mut h = HeaderMap::new();
-        add_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
-        add_forwarded_for(&mut h, "::1".parse().unwrap());
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        h.insert("host", HeaderValue::from_static("site.example"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        let mut untrusted = h.clone();
+        let host = Some("site.example".to_string());
+        set_forwarded(
+            &mut untrusted,
+            "10.0.0.1".parse().unwrap(),
+            true,
+            host.clone(),
+            false,
+        );
+        assert_eq!(untrusted["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(untrusted["x-forwarded-host"], "site.example");
+        assert_eq!(untrusted["x-forwarded-proto"], "https");
+        assert_eq!(
+            untrusted["forwarded"],
+            "for=10.0.0.1;proto=https;host=\"site.example\""
+        );
+        assert!(!untrusted.contains_key("x-original-url"));
+        let mut trusted = h;
+        set_forwarded(&mut trusted, "::1".parse().unwrap(), false, host, true);
+        assert_eq!(trusted["x-forwarded-for"], "6.6.6.6, ::1");
+        assert_eq!(trusted["x-forwarded-host"], "evil.example");
+        assert!(
+            trusted["forwarded"]
+                .to_str()
+                .unwrap()
+                .starts_with("for=\"[::1]\";proto=http")
+        );
     }
 }
