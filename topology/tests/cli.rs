@@ -53,6 +53,34 @@ async fn push_publishes_a_folder_and_reports() {
     // The copy cost nothing: stored bytes are about one copy's worth.
     let stats = client.stats().await.unwrap();
     assert!(stats.unique_bytes < 310_000, "{stats:?}");
+
+    // Links: one to a file inside is published as that file; one out of the folder and
+    // links to folders (two to `.` would expand without end) are skipped, and said so.
+    std::fs::write(dir.path().join("outside.txt"), "not for the public").unwrap();
+    std::os::unix::fs::symlink("../outside.txt", site.join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(".", site.join("loop1")).unwrap();
+    std::os::unix::fs::symlink(".", site.join("loop2")).unwrap();
+    std::os::unix::fs::symlink("index.html", site.join("alias.html")).unwrap();
+    let (ok, out, err) = tessera(&["push", site_arg, "--origin", &url, "--prefix", "links"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("published 4 files"), "{out}");
+    assert!(err.contains("leak.txt: a link out of the folder"), "{err}");
+    assert!(
+        err.contains("loop1: links to folders are not followed"),
+        "{err}"
+    );
+    assert!(client.manifest("links/alias.html").await.unwrap().is_some());
+    assert!(client.manifest("links/leak.txt").await.unwrap().is_none());
+    assert!(
+        client
+            .manifest("links/loop1/index.html")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for l in ["leak.txt", "loop1", "loop2", "alias.html"] {
+        std::fs::remove_file(site.join(l)).unwrap();
+    }
     child.kill_9();
 
     // Failures: an origin that is not there, a path that does not exist, a bad URL.

@@ -54,12 +54,33 @@ fn plan(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
             .context("the file name is not UTF-8")?;
         out.push((root.to_path_buf(), join(name)));
     } else {
+        // Links: one to a file inside the folder publishes that file's bytes under the
+        // link's path; one out of the folder, or to a folder (which could loop), is skipped
+        // and said so.
+        let inside = std::fs::canonicalize(root)
+            .with_context(|| format!("cannot read {}", root.display()))?;
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
             for e in
                 std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
             {
                 let p = e?.path();
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_symlink()) {
+                    match std::fs::canonicalize(&p) {
+                        Ok(t) if !t.starts_with(&inside) => {
+                            eprintln!("skipping {}: a link out of the folder", p.display());
+                            continue;
+                        }
+                        Ok(t) if t.is_dir() => {
+                            eprintln!(
+                                "skipping {}: links to folders are not followed",
+                                p.display()
+                            );
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
                 let m = match std::fs::metadata(&p) {
                     Ok(m) => m,
                     // A dangling symlink has nothing to publish; say so and go on.
