@@ -507,6 +507,9 @@ async fn a_file_held_whole_is_checked_when_read_back_from_the_ssd_tier() {
             tokio::time::Instant::now() < deadline,
             "the entry reached the SSD tier"
         );
+        // Found while still queued for the SSD tier, it was promoted to memory: drop it
+        // there, so the next lookup reads the SSD tier again.
+        cache.forget_in_memory(&key);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     // That lookup promoted the copy to memory: drop it there again.
