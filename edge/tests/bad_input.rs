@@ -40,6 +40,11 @@ async fn malformed_requests_are_refused() {
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
         (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
             "differing Content-Lengths",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd"
                 .to_vec(),

@@ -352,6 +352,14 @@ async fn bad_input_gets_a_clear_error() {
     let cases: Vec<(Method, String, Vec<(&str, &str)>, Vec<u8>, StatusCode, &str)> = vec![
         (
             Method::PUT,
+            "/api/v1/files/a%5Cb.txt".into(),
+            vec![auth],
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "backslash",
+        ),
+        (
+            Method::PUT,
             "/api/v1/files/a/../b".into(),
             vec![auth],
             b"x".to_vec(),

@@ -229,6 +229,13 @@ impl Edge {
         proto: Protocol,
         client: SocketAddr,
     ) -> Result<(Response<EdgeBody>, Outcome), Refusal> {
+        // RFC 9112 §3.2: a request with more than one `Host` is refused.
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "the request has more than one Host header",
+            ));
+        }
         // The one normalisation of the path ([`crate::rules::path`]): plugins, the cache key
         // and the backend all see what it gives.
         normalize_target(&mut req)?;

@@ -38,5 +38,12 @@ pub use hash::ChunkHash;
 pub use manifest::{Manifest, ManifestChunk};
 pub use path::{PathError, validate_path};
 
+/// Whether a bearer token a request `given` is `expected`, in time that reveals neither a
+/// matching prefix nor the expected length (their blake3 digests are compared, in constant
+/// time).
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    blake3::hash(given.as_bytes()) == blake3::hash(expected.as_bytes())
+}
+
 /// `Cache-Control` sent with every chunk: a chunk's address is its content, so it never changes.
 pub const CHUNK_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";

@@ -21,12 +21,15 @@ pub enum PathError {
     /// The path has a `.` or `..` segment.
     #[error("path has a '.' or '..' segment")]
     DotSegment,
+    /// The path has a backslash (edges refuse them in requests, so it could not be served).
+    #[error("path has a backslash, which edges refuse in requests")]
+    Backslash,
 }
 
 /// Checks that `path` (already percent-decoded, without the leading `/`) may name a file.
 ///
 /// A path is 1 to 1024 bytes of segments separated by `/`; no segment is empty, `.` or `..`,
-/// and no byte is a control character. Paths are case-sensitive and are stored as given.
+/// and no byte is a control character or a backslash. Paths are case-sensitive and are stored as given.
 pub fn validate_path(path: &str) -> Result<(), PathError> {
     if path.is_empty() {
         return Err(PathError::Empty);
@@ -36,6 +39,9 @@ pub fn validate_path(path: &str) -> Result<(), PathError> {
     }
     if path.chars().any(char::is_control) {
         return Err(PathError::ControlChar);
+    }
+    if path.contains('\\') {
+        return Err(PathError::Backslash);
     }
     for seg in path.split('/') {
         match seg {
@@ -57,6 +63,7 @@ mod tests {
         assert_eq!(validate_path("x..y/.hidden"), Ok(()));
         assert_eq!(validate_path(""), Err(PathError::Empty));
         assert_eq!(validate_path("a//b"), Err(PathError::EmptySegment));
+        assert_eq!(validate_path("a\\b.txt"), Err(PathError::Backslash));
         assert_eq!(validate_path("/a"), Err(PathError::EmptySegment));
         assert_eq!(validate_path("a/"), Err(PathError::EmptySegment));
         assert_eq!(validate_path("a/../b"), Err(PathError::DotSegment));

@@ -73,14 +73,7 @@ fn authorize(edge: &Edge, headers: &http::HeaderMap) -> Result<(), Refusal> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = given.is_some_and(|g| {
-        // Compare without an early exit, so timing does not reveal a prefix.
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    let ok = given.is_some_and(|g| tessera_origin_proto::token_matches(g, token));
     if ok {
         Ok(())
     } else {
