@@ -75,14 +75,31 @@ pub fn development(dir: &Path) -> Result<Identity, TlsError> {
             "::1".to_string(),
         ])
         .map_err(|e| TlsError::Generate(e.to_string()))?;
-        let write = |p: &Path, s: String| {
-            std::fs::write(p, s).map_err(|e| TlsError::Read {
-                path: p.to_path_buf(),
-                why: e.to_string(),
-            })
+        // The key is readable by its owner only (mode 0600), the certificate by anyone.
+        let write = |p: &Path, s: String, mode: u32| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(p)
+                .and_then(|mut f| f.write_all(s.as_bytes()))
+                .map_err(|e| TlsError::Read {
+                    path: p.to_path_buf(),
+                    why: e.to_string(),
+                })
         };
-        write(&key, made.signing_key.serialize_pem())?;
-        write(&cert, made.cert.pem())?;
+        write(&key, made.signing_key.serialize_pem(), 0o600)?;
+        write(&cert, made.cert.pem(), 0o644)?;
+    }
+    // A key written by an older version with a looser mode is tightened.
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(&key)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        let _ = std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600));
     }
     let mut id = load(&cert, &key)?;
     id.generated = true;
@@ -112,6 +129,20 @@ mod tests {
         assert!(a.generated);
         assert_eq!(a.certs, b.certs);
         server_config(&a, &[b"h2", b"http/1.1"]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| {
+            std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("dev-key.pem"), 0o600, "the key is its owner's alone");
+        // One left readable by an older version is tightened.
+        let key = dir.path().join("dev-key.pem");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        development(dir.path()).unwrap();
+        assert_eq!(mode("dev-key.pem"), 0o600);
     }
 
     #[test]
