@@ -343,3 +343,30 @@ async fn shutdown_sends_goaway_and_finishes_requests_in_flight() {
         .expect("shutdown finished")
         .unwrap();
 }
+
+/// Past `retry_after_handshakes` handshakes in progress a client proves its address with a
+/// Retry first (a real client follows it and is served); past `max_handshakes` new clients
+/// are refused, and both are counted. Thresholds of 0 put every client past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_limits_are_retried_then_refused() {
+    let (_o, edge, _d) = origin_and_edge(|c| c.quic.retry_after_handshakes = 0).await;
+    still_serves(&edge).await;
+    still_serves(&edge).await;
+    let retried = edge.metric("tessera_edge_quic_events_total", &[("event", "retry")]);
+    assert_eq!(retried, 2.0, "each new client was sent a Retry");
+
+    let (_o, edge, _d) = origin_and_edge(|c| c.quic.max_handshakes = 0).await;
+    let mut opts = tessera_edge::client::ClientOptions::new(tessera_edge::client::Mode::Http3)
+        .trust_file(edge.cert.as_ref().unwrap())
+        .unwrap();
+    let https = edge.https.unwrap();
+    opts.connect_to = Some(https);
+    let refused = tessera_edge::client::Connection::connect(
+        &format!("https://localhost:{}/", https.port()),
+        &opts,
+    )
+    .await;
+    assert!(refused.is_err(), "a client past max_handshakes is refused");
+    let n = edge.metric("tessera_edge_quic_events_total", &[("event", "refused")]);
+    assert!(n >= 1.0, "refusals are counted: {n}");
+}

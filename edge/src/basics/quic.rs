@@ -31,6 +31,12 @@ pub struct QuicSettings {
     /// UDP socket send and receive buffers, bytes (the kernel caps them at
     /// `net.core.wmem_max` / `rmem_max`): a burst larger than the receive buffer is lost.
     pub socket_buffer_bytes: usize,
+    /// Handshakes in progress past which a new client must first prove its address with a
+    /// stateless Retry (RFC 9000 §8.1): a flood of spoofed Initial packets then costs the
+    /// edge a packet each and no state.
+    pub retry_after_handshakes: usize,
+    /// Handshakes in progress past which new clients are refused until some finish.
+    pub max_handshakes: usize,
 }
 
 impl Default for QuicSettings {
@@ -44,6 +50,8 @@ impl Default for QuicSettings {
             max_mtu: 1452,
             segmentation_offload: true,
             socket_buffer_bytes: 4 << 20,
+            retry_after_handshakes: 64,
+            max_handshakes: 4096,
         }
     }
 }

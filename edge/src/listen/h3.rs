@@ -86,6 +86,8 @@ pub(crate) async fn accept_loop(
     connections: TaskTracker,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let event = |e: &str| edge.metrics().quic_events.with_label_values(&[e]).inc();
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
@@ -94,7 +96,36 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        connections.spawn(connection(incoming, edge.clone(), stop.clone()));
+        // Address validation under load (RFC 9000 §8.1): past `retry_after_handshakes`
+        // handshakes in progress, a client must first prove its address with a stateless
+        // Retry (a spoofed flood then costs a packet each, no state); past
+        // `max_handshakes` even validated ones are refused until some finish.
+        let limits = &edge.config().quic;
+        let now = handshaking.load(std::sync::atomic::Ordering::Relaxed);
+        if now >= limits.max_handshakes {
+            event("refused");
+            incoming.refuse();
+            continue;
+        }
+        if now >= limits.retry_after_handshakes
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            event("retry");
+            let _ = incoming.retry();
+            continue;
+        }
+        handshaking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let done = handshaking.clone();
+        let handshake_over = scopeguard(move || {
+            done.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        connections.spawn(connection(
+            incoming,
+            edge.clone(),
+            stop.clone(),
+            handshake_over,
+        ));
     }
     endpoint.set_server_config(None);
 }
@@ -103,11 +134,15 @@ async fn connection(
     incoming: quinn::Incoming,
     edge: Arc<Edge>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    handshake_over: impl Send,
 ) {
     let m = edge.metrics().clone();
     let event = |e: &str| m.quic_events.with_label_values(&[e]).inc();
     let timeout = Duration::from_secs(edge.config().header_timeout_secs.max(1));
-    let conn = match tokio::time::timeout(timeout, incoming).await {
+    let handshake = tokio::time::timeout(timeout, incoming).await;
+    // No longer in progress (a guard: also when this task is cut short).
+    drop(handshake_over);
+    let conn = match handshake {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             debug!(error = %e, "QUIC handshake failed");
