@@ -49,6 +49,9 @@ pub struct OriginConfig {
     pub store: StoreConfig,
     /// Membership of an origin cluster; `None` runs a standalone node.
     pub cluster: Option<cluster::ClusterConfig>,
+    /// Time a connection has to send its first byte, and then each request head, seconds
+    /// (else it is closed).
+    pub header_timeout_secs: u64,
 }
 
 impl Default for OriginConfig {
@@ -61,6 +64,7 @@ impl Default for OriginConfig {
             max_concurrent_uploads: 64,
             store: StoreConfig::default(),
             cluster: None,
+            header_timeout_secs: 30,
         }
     }
 }

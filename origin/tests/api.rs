@@ -871,3 +871,19 @@ async fn a_manifest_carries_a_small_files_bytes_when_asked() {
     };
     assert!(inline.is_none());
 }
+
+/// A connection that sends nothing is closed after the header timeout, as one that never
+/// finishes its head is; the node keeps serving.
+#[tokio::test]
+async fn a_silent_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let node = Node::start(|c| c.header_timeout_secs = 1).await;
+    let mut silent = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("a silent connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(node.client.stats().await.is_ok());
+}

@@ -160,12 +160,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // A client that never finishes its request head is cut off instead of holding a
-    // connection open forever.
+    // A client that says nothing, or never finishes its request head, is cut off instead
+    // of holding a connection open forever.
+    let header_timeout = Duration::from_secs(app.config.header_timeout_secs.max(1));
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(header_timeout);
+    let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -186,10 +188,21 @@ pub async fn serve(
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(handle(app, req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    // A client that says nothing at all is closed too (the header timeout
+                    // starts once hyper has seen its first bytes).
+                    let mut one = [0u8; 1];
+                    match tokio::time::timeout(header_timeout, stream.peek(&mut one)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            debug!(%peer, "closed a connection that sent nothing");
+                            return;
+                        }
+                    }
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
                         debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
