@@ -44,6 +44,14 @@ pub fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Marks a request that arrived over TLS on a TCP listener (HTTP/1.1 has no `:scheme`; the
-/// plugins' `request.scheme` reads it).
+/// plugins' `request.scheme` and the forwarded headers read it).
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
+
+/// Whether `req`, which came over `proto`, came over TLS: HTTP/2 and HTTP/3 carry
+/// `:scheme`; HTTP/1.1 over TLS is marked by the listener ([`OverTls`]).
+pub fn over_tls<B>(req: &http::Request<B>, proto: Protocol) -> bool {
+    proto == Protocol::Http3
+        || req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
+        || req.extensions().get::<OverTls>().is_some()
+}

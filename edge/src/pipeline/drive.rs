@@ -250,7 +250,9 @@ impl Edge {
                     && !shared
                     && let Via::Upstream { up, pq } = &via
                 {
-                    // Not shareable with this request: fetch for it alone.
+                    // Not shareable with this request: fetch for it alone (its place in the
+                    // fill is let go at once, so the fill does not wait for it).
+                    drop(reader);
                     let r = up.pass(parts, pq, None).await.map_err(|e| refusal_of(&e))?;
                     return Ok((r, Outcome::pass(PassReason::Uncacheable)));
                 }

@@ -18,7 +18,7 @@ use crate::backends::upstream::Upstream;
 use crate::basics::body::{EdgeBody, full_body};
 use crate::basics::config::PluginsConfig;
 use crate::basics::error::Refusal;
-use crate::basics::protocol::{OverTls, Protocol};
+use crate::basics::protocol::{Protocol, over_tls};
 use crate::store::advice::{Advice, Advisor, Candidate, Target};
 
 /// An edge's plugins: the host, made when the first plugin is bound (an edge without
@@ -157,10 +157,7 @@ fn plugin_request<B>(
     proto: Protocol,
     client: SocketAddr,
 ) -> tessera_plugins::Request {
-    // HTTP/2 and HTTP/3 carry `:scheme`; HTTP/1.1 over TLS is marked by the listener.
-    let tls = proto == Protocol::Http3
-        || req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
-        || req.extensions().get::<OverTls>().is_some();
+    let tls = over_tls(req, proto);
     tessera_plugins::Request {
         method: req.method().clone(),
         tls,

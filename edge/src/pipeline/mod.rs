@@ -35,7 +35,7 @@ use crate::basics::body::EdgeBody;
 use crate::basics::config::{Backend, EdgeConfig};
 use crate::basics::error::{FetchError, Refusal};
 use crate::basics::metrics::Metrics;
-use crate::basics::protocol::{OverTls, Protocol};
+use crate::basics::protocol::{Protocol, over_tls};
 use crate::coalesce::{Flights, Once};
 use crate::pipeline::drive::Via;
 use crate::pipeline::hooks::{Admission, Plugins};
@@ -255,9 +255,7 @@ impl Edge {
         // Phase 2: check.
         match (upstream, &self.origin) {
             (Some(up), _) => {
-                let tls = proto == Protocol::Http3
-                    || req.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
-                    || req.extensions().get::<OverTls>().is_some();
+                let tls = over_tls(&req, proto);
                 let trusted = self
                     .cfg
                     .trusted_proxies
