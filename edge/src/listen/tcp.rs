@@ -142,12 +142,15 @@ pub(crate) async fn accept_loop(
     let mut warned = false;
     loop {
         // A place for the connection before accepting it: at the cap, clients wait in
-        // the backlog (said once, until a place frees).
+        // the backlog (said once per episode: until a place is free at once again).
         let permit = match &limit {
             None => None,
             Some(l) => {
                 let permit = match l.clone().try_acquire_owned() {
-                    Ok(p) => p,
+                    Ok(p) => {
+                        warned = false;
+                        p
+                    }
                     Err(_) => {
                         if !warned {
                             warn!(cap, "at max_connections: new clients wait until one closes");
@@ -163,9 +166,6 @@ pub(crate) async fn accept_loop(
                 Some(permit)
             }
         };
-        if permit.is_some() {
-            warned = false;
-        }
         let (stream, peer) = tokio::select! {
             conn = listener.accept() => match conn {
                 Ok(c) => c,
