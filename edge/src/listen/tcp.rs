@@ -216,15 +216,9 @@ pub(crate) async fn accept_loop(
                 let stop = stop.clone();
                 connections.spawn(async move {
                     let _permit = permit;
-                    // A client that says nothing is closed (hyper's own header timeout
-                    // starts only once it has seen the first bytes).
-                    let mut one = [0u8; 1];
-                    match tokio::time::timeout(first_byte, stream.peek(&mut one)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => {
-                            debug!(%peer, "closed a connection that sent nothing");
-                            return;
-                        }
+                    if !tessera_origin_proto::sends_within(&stream, first_byte).await {
+                        debug!(%peer, "closed a connection that sent nothing");
+                        return;
                     }
                     let conn = builder
                         .serve_connection(TokioIo::new(stream), svc)

@@ -38,6 +38,17 @@ pub use hash::ChunkHash;
 pub use manifest::{Manifest, ManifestChunk};
 pub use path::{PathError, validate_path};
 
+/// Whether a client that just connected sends its first byte `within` the time given (it is
+/// peeked, not read). The edge and the origin close connections that say nothing: hyper's
+/// header timeout starts only once it has seen bytes.
+pub async fn sends_within(stream: &tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    let mut one = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.peek(&mut one)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
 /// Whether a bearer token a request `given` is `expected`, in time that reveals neither a
 /// matching prefix nor the expected length (their blake3 digests are compared, in constant
 /// time).

@@ -191,15 +191,9 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
                 tokio::spawn(async move {
-                    // A client that says nothing at all is closed too (the header timeout
-                    // starts once hyper has seen its first bytes).
-                    let mut one = [0u8; 1];
-                    match tokio::time::timeout(header_timeout, stream.peek(&mut one)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => {
-                            debug!(%peer, "closed a connection that sent nothing");
-                            return;
-                        }
+                    if !tessera_origin_proto::sends_within(&stream, header_timeout).await {
+                        debug!(%peer, "closed a connection that sent nothing");
+                        return;
                     }
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
