@@ -59,10 +59,8 @@ pub struct FillLimits {
 struct State {
     head: Option<Result<Arc<FillHead>, FetchError>>,
     limits: Option<FillLimits>,
-    /// Body bytes not yet let go, from offset `start`.
-    parts: VecDeque<Bytes>,
-    /// The body offset of each of `parts`.
-    offsets: VecDeque<u64>,
+    /// Body bytes not yet let go, from offset `start`, each part with its body offset.
+    parts: VecDeque<(u64, Bytes)>,
     start: u64,
     /// Offset of the end of what arrived.
     end: u64,
@@ -87,7 +85,7 @@ impl State {
         let slowest = self.readers.iter().map(|r| r.1).min().unwrap_or(u64::MAX);
         let before = self.held();
         while self.held() >= limits.window as u64 {
-            let Some(first) = self.parts.front() else {
+            let Some((_, first)) = self.parts.front() else {
                 break;
             };
             let first_end = self.start + first.len() as u64;
@@ -95,7 +93,6 @@ impl State {
                 break;
             }
             self.parts.pop_front();
-            self.offsets.pop_front();
             self.start = first_end;
         }
         limits.gauge.sub((before - self.held()) as i64);
@@ -186,8 +183,7 @@ impl Fill {
             let mut s = self.state.lock().unwrap();
             let n = bytes.len() as u64;
             let end = s.end;
-            s.offsets.push_back(end);
-            s.parts.push_back(bytes);
+            s.parts.push_back((end, bytes));
             s.end += n;
             if let Some(l) = &s.limits {
                 l.gauge.add(n as i64);
@@ -325,9 +321,9 @@ impl FillReader {
                                 _ => Next::Failed(fell_behind()),
                             }
                         } else if pos < s.end {
-                            let i = s.offsets.partition_point(|&o| o <= pos) - 1;
-                            let b = &s.parts[i];
-                            Next::Bytes(b.slice((pos - s.offsets[i]) as usize..))
+                            let i = s.parts.partition_point(|(o, _)| *o <= pos) - 1;
+                            let (at, b) = &s.parts[i];
+                            Next::Bytes(b.slice((pos - at) as usize..))
                         } else {
                             match &s.done {
                                 Some(Ok(())) => Next::End,
