@@ -535,7 +535,7 @@ over_protocols! {
             let (addr, seen) = framing_upstream(body_first).await;
             let dir = tempfile::tempdir().unwrap();
             let mut cfg = config(Backend::Upstream(format!("http://{addr}")), dir.path());
-            cfg.origin_timeout_secs = 5;
+            cfg.timeouts.first_byte_ms = 5000;
             let edge = EdgeNode::start(cfg).await;
             let r = edge
                 .send("GET", "/a", &[], Bytes::from_static(b"0123456789abcdefghijklmnopq"))

@@ -636,3 +636,95 @@ over_protocols! {
         assert_eq!(edge.metric("tessera_edge_assembled_files_total", &[]), 1.0);
     }
 }
+
+/// Two origins holding the same files, the first of them hung (a fault proxy that accepts
+/// and never answers). Misses are hedged to the second after the hedge delay, never wait for
+/// the first-byte timeout and never fail; after `consecutive_failures` lost races the hung
+/// one is ejected and misses go straight to the healthy one. A body that stalls midway is
+/// cut off by the between-bytes timeout and fetched from the next origin.
+#[tokio::test]
+async fn a_hung_origin_is_hedged_around_then_ejected() {
+    use tessera_faults::{Fault, FaultProxy};
+    let origin = Origin::start().await;
+    let hung = FaultProxy::start(origin.addr).await.unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| {
+            (
+                format!("f{i}.bin"),
+                noise(if i % 2 == 0 { 1000 } else { 3 << 20 }, i),
+            )
+        })
+        .collect();
+    for (path, data) in &files {
+        origin.publish(path, data.clone()).await;
+    }
+    hung.set(Fault::Blackhole);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Origin(vec![hung.url(), origin.url()]), dir.path());
+    cfg.follow_changes = false;
+    // Without hedging each miss would wait a minute for the hung origin.
+    cfg.timeouts.first_byte_ms = 60_000;
+    cfg.timeouts.hedge_after_ms = 100;
+    cfg.outliers.consecutive_failures = 3;
+    let edge = EdgeNode::start_with(cfg, false).await;
+    let hedges =
+        |winner: &str| edge.metric("tessera_edge_origin_hedges_total", &[("winner", winner)]);
+
+    for (i, (path, data)) in files.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let r = edge.get(&format!("/{path}")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.body.len()),
+            (200, data.len()),
+            "{path}"
+        );
+        assert!(r.body == data[..], "{path}: wrong bytes");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{path} waited for the hung origin: {:?}",
+            started.elapsed()
+        );
+        if i == 0 {
+            // The small file: its manifest (with the file inline) was hedged.
+            assert_eq!(hedges("second"), 1.0);
+        }
+    }
+    // f0 (1 race), f1 (manifest and batch: 2 races) ejected the hung origin; later misses
+    // asked the healthy origin first.
+    let ejections = edge.metric(
+        "tessera_edge_origin_ejections_total",
+        &[("origin", &hung.url())],
+    );
+    assert_eq!(ejections, 1.0);
+    assert_eq!(hedges("second"), 3.0);
+    assert_eq!(hedges("first") + hedges("none"), 0.0);
+    assert_eq!(
+        edge.metric("tessera_edge_origin_errors_total", &[("kind", "timeout")]),
+        0.0
+    );
+    edge.stop().await;
+
+    // A body that stalls after its head: cut off after the between-bytes timeout, and the
+    // chunks it did not give come from the next origin.
+    hung.set(Fault::Stall { after: 200_000 });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Origin(vec![hung.url(), origin.url()]), dir.path());
+    cfg.follow_changes = false;
+    cfg.timeouts.hedge_after_ms = 0;
+    cfg.timeouts.between_bytes_ms = 300;
+    let edge = EdgeNode::start_with(cfg, false).await;
+    let (path, data) = &files[1];
+    let r = edge.get(&format!("/{path}")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == data[..], "wrong bytes after a stalled batch");
+    assert_eq!(
+        edge.metric("tessera_edge_origin_errors_total", &[("kind", "timeout")]),
+        1.0
+    );
+    assert_eq!(
+        edge.origin_fetches("chunks"),
+        2,
+        "the stalled batch, then the next origin's"
+    );
+    edge.stop().await;
+}

@@ -552,3 +552,99 @@ over_protocols! {
         }
     }
 }
+
+/// A GET through a plain HTTP/1.1 connection to the edge: the status, and the body or the
+/// error it ended with.
+async fn get_raw(edge: &EdgeNode, path: &str) -> (u16, Result<Bytes, String>) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let resp = client.get(edge.url(path).parse().unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await;
+    (
+        status,
+        body.map(|b| b.to_bytes()).map_err(|e| format!("{e:?}")),
+    )
+}
+
+/// Faults between the edge and its upstream, injected by a fault proxy: a body that stalls
+/// is cut off after the between-bytes timeout, a truncated one is refused, and neither is
+/// stored; a hung upstream is a `504` after the first-byte timeout, a reset one a `502`, and
+/// one that cannot be connected to a `502` after the connect timeout.
+#[tokio::test]
+async fn upstream_faults_end_in_errors_within_their_timeouts_and_store_nothing() {
+    use tessera_faults::{Fault, FaultProxy};
+    let body = Bytes::from(noise(1 << 20, 9));
+    let b2 = body.clone();
+    let up = Upstream::start(move |_, _| {
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .body(http_body_util::Full::new(b2.clone()))
+            .unwrap()
+    })
+    .await;
+    let proxy = FaultProxy::start(up.addr).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(proxy.url()), dir.path());
+    cfg.timeouts.first_byte_ms = 500;
+    cfg.timeouts.between_bytes_ms = 500;
+    let edge = EdgeNode::start_with(cfg, false).await;
+    let errors = |kind: &str| edge.metric("tessera_edge_origin_errors_total", &[("kind", kind)]);
+
+    for (path, fault, kind) in [
+        ("/stalled", Fault::Stall { after: 300_000 }, "timeout"),
+        ("/truncated", Fault::Truncate { after: 300_000 }, "body"),
+    ] {
+        proxy.set(fault);
+        let before = errors(kind);
+        let (status, got) = get_raw(&edge, path).await;
+        assert_eq!(status, 200, "{fault:?}: the head came before the fault");
+        assert!(
+            got.is_err(),
+            "{fault:?}: the body must end in an error, got {got:?}"
+        );
+        assert_eq!(errors(kind), before + 1.0, "{fault:?}");
+        proxy.set(Fault::None);
+        let (status, got) = get_raw(&edge, path).await;
+        assert_eq!((status, got.as_ref().ok()), (200, Some(&body)), "{fault:?}");
+        assert_eq!(up.count(path), 2, "{fault:?}: the broken body was stored");
+    }
+
+    proxy.set(Fault::Blackhole);
+    let started = std::time::Instant::now();
+    let r = edge.get("/hung").await;
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.set(Fault::Reset);
+    assert_eq!(edge.get("/reset").await.status, 502);
+    edge.stop().await;
+
+    // A listener whose accept queue is full (backlog 0, one connection queued) drops SYNs:
+    // connecting to it hangs until the connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let _queued = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(format!("http://{addr}")), dir.path());
+    cfg.timeouts.connect_ms = 300;
+    let edge = EdgeNode::start_with(cfg, false).await;
+    let started = std::time::Instant::now();
+    let r = edge.get("/unreachable").await;
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        edge.metric("tessera_edge_origin_errors_total", &[("kind", "connect")]),
+        1.0
+    );
+    edge.stop().await;
+}

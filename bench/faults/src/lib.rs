@@ -47,10 +47,11 @@ pub enum Fault {
     /// open ones stop answering too.
     Blackhole,
     /// Each connection forwards this many bytes from the target, then nothing more while it
-    /// stays open (a server that hangs mid-body). Counted over the connection's life.
+    /// stays open (a server that hangs mid-body). Counted from when the connection met the
+    /// fault.
     Stall { after: u64 },
     /// Each connection forwards this many bytes from the target, then closes (FIN): a body
-    /// cut short. Counted over the connection's life.
+    /// cut short. Counted from when the connection met the fault.
     Truncate { after: u64 },
 }
 
@@ -241,11 +242,17 @@ async fn responses(
         client_gone.notified().await;
     };
     let writer = async move {
-        let mut sent: u64 = 0;
+        // The fault this connection last met, and the bytes it forwarded since.
+        let (mut met, mut sent) = (Fault::None, 0u64);
         let mut ready_at = Instant::now();
         while let Some((stamp, bytes)) = rx.recv().await {
             let mut piece = &bytes[..];
-            match shared.fault() {
+            let fault = shared.fault();
+            if fault != met {
+                // Stalls and truncations count from here.
+                (met, sent) = (fault, 0);
+            }
+            match fault {
                 Fault::None => {}
                 Fault::Latency(d) => tokio::time::sleep_until(stamp + d).await,
                 Fault::Bandwidth(rate) => {
@@ -277,7 +284,7 @@ async fn responses(
                     if room < piece.len() {
                         let _ = to.write_all(&piece[..room]).await;
                         shared.forwarded(room);
-                        if matches!(shared.fault(), Fault::Truncate { .. }) {
+                        if matches!(fault, Fault::Truncate { .. }) {
                             let _ = to.shutdown().await;
                             return;
                         }

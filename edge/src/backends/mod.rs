@@ -11,9 +11,10 @@ pub mod origin;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::basics::error::FetchFailure;
+use crate::basics::config::Timeouts;
+use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::{FetchKind, Metrics};
 use crate::store::Store;
 use crate::store::advice::Advisor;
@@ -25,8 +26,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Eviction advice for what the backend stores.
     pub advisor: Arc<dyn Advisor>,
-    /// Time to wait for an origin's or upstream's response head.
-    pub origin_timeout: Duration,
+    /// How long to wait on origins and upstreams, and when to hedge.
+    pub timeouts: Timeouts,
     /// Cap on heuristic freshness, seconds.
     pub heuristic_cap_secs: u64,
     /// Largest body stored, bytes.
@@ -37,7 +38,7 @@ pub struct Context {
 
 impl Context {
     /// One request to an origin or upstream: counted by `kind`, timed to its answer, and cut
-    /// off after the origin timeout, which is counted as a `timeout` failure and gives
+    /// off after the first-byte timeout, which is counted as a `timeout` failure and gives
     /// `None`.
     pub async fn call<T>(
         &self,
@@ -49,7 +50,7 @@ impl Context {
             .with_label_values(&[kind.as_str()])
             .inc();
         let started = Instant::now();
-        match tokio::time::timeout(self.origin_timeout, f).await {
+        match tokio::time::timeout(self.timeouts.first_byte(), f).await {
             Ok(answer) => {
                 self.metrics
                     .origin_latency
@@ -61,6 +62,65 @@ impl Context {
                 None
             }
         }
+    }
+
+    /// The next piece of a response body, or a `timeout` failure (counted) when none came
+    /// within the between-bytes timeout. `from` names the origin in the error.
+    pub async fn next_piece<T>(
+        &self,
+        piece: impl std::future::Future<Output = T>,
+        from: &str,
+    ) -> Result<T, FetchError> {
+        tokio::time::timeout(self.timeouts.between_bytes(), piece)
+            .await
+            .map_err(|_| {
+                self.failed(FetchFailure::Timeout);
+                FetchError::new(
+                    FetchFailure::Timeout,
+                    format!(
+                        "{from} sent nothing for {} ms in the middle of a body",
+                        self.timeouts.between_bytes_ms
+                    ),
+                )
+            })
+    }
+
+    /// Runs `first`; when it has not answered within the hedge delay and there is a
+    /// `second`, runs that too. The first good answer (`good`) wins and the other request is
+    /// dropped, which cancels it; when one fails, the other's answer is taken. Returns the
+    /// answer and whether it came from `second`. Each race is counted in
+    /// `tessera_edge_origin_hedges_total` by its winner.
+    pub async fn hedged<T>(
+        &self,
+        first: impl std::future::Future<Output = T>,
+        second: Option<impl std::future::Future<Output = T>>,
+        good: impl Fn(&T) -> bool,
+    ) -> (T, bool) {
+        let mut first = std::pin::pin!(first);
+        let (Some(delay), Some(second)) = (self.timeouts.hedge_after(), second) else {
+            return (first.await, false);
+        };
+        tokio::select! {
+            t = &mut first => return (t, false),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let mut second = std::pin::pin!(second);
+        let count = |winner: &str| {
+            self.metrics
+                .origin_hedges
+                .with_label_values(&[winner])
+                .inc()
+        };
+        let (answer, from_second) = tokio::select! {
+            t = &mut first => if good(&t) { (t, false) } else { (second.await, true) },
+            t = &mut second => if good(&t) { (t, true) } else { (first.await, false) },
+        };
+        count(match (good(&answer), from_second) {
+            (false, _) => "none",
+            (true, false) => "first",
+            (true, true) => "second",
+        });
+        (answer, from_second)
     }
 
     /// Counts a failure to fetch from an origin or upstream.

@@ -49,10 +49,10 @@ pub struct EdgeConfig {
     /// holds at most. A stored body goes on at the upstream's pace (readers that fall
     /// behind read the cache); one not stored waits for its slowest reader.
     pub fill_window_bytes: usize,
-    /// Time to connect to an origin, seconds.
-    pub connect_timeout_secs: u64,
-    /// Time to wait for an origin's response head, seconds (then `504`).
-    pub origin_timeout_secs: u64,
+    /// How long the edge waits on origins and upstreams, and when it asks a second origin.
+    pub timeouts: Timeouts,
+    /// Origin mode: when an origin that keeps failing is set aside.
+    pub outliers: Outliers,
     /// Origin mode: bytes of chunks a response fetches ahead of what its client has been
     /// sent (refilled when half of it was sent). Bounds the memory one slow client of a cold
     /// large file can hold; larger windows mean fewer, longer batch requests.
@@ -164,8 +164,8 @@ impl Default for EdgeConfig {
             heuristic_cap_secs: 24 * 3600,
             max_object_bytes: 1 << 30,
             fill_window_bytes: 8 << 20,
-            connect_timeout_secs: 5,
-            origin_timeout_secs: 30,
+            timeouts: Timeouts::default(),
+            outliers: Outliers::default(),
             origin_readahead_bytes: 4 << 20,
             origin_brotli: false,
             header_timeout_secs: 10,
@@ -185,9 +185,73 @@ impl Default for EdgeConfig {
     }
 }
 
-impl EdgeConfig {
-    pub(crate) fn origin_timeout(&self) -> Duration {
-        Duration::from_secs(self.origin_timeout_secs)
+/// How long the edge waits on an origin or upstream (`[timeouts]`, in milliseconds).
+/// Varnish's `connect_timeout`, `first_byte_timeout` and `between_bytes_timeout` are the
+/// model; the defaults are shorter than its 60 s, since a CDN's client is still waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// Time to open a TCP connection (then the next origin, or `502`).
+    pub connect_ms: u64,
+    /// Time from sending a request to the response head (then the next origin, or `504`).
+    pub first_byte_ms: u64,
+    /// Time between two reads of a response body (then the body is cut off: nothing is
+    /// stored, and the client's response ends in an error).
+    pub between_bytes_ms: u64,
+    /// Origin mode: time an origin has to answer before the same request goes to the next
+    /// origin that holds the data too (a hedge: the first answer wins, the other is
+    /// cancelled). 0: never hedge.
+    pub hedge_after_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: 3_000,
+            first_byte_ms: 15_000,
+            between_bytes_ms: 15_000,
+            hedge_after_ms: 200,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms.max(1))
+    }
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_millis(self.first_byte_ms.max(1))
+    }
+    pub fn between_bytes(&self) -> Duration {
+        Duration::from_millis(self.between_bytes_ms.max(1))
+    }
+    /// The hedge delay, `None` when hedging is off.
+    pub fn hedge_after(&self) -> Option<Duration> {
+        (self.hedge_after_ms > 0).then(|| Duration::from_millis(self.hedge_after_ms))
+    }
+}
+
+/// Outlier detection of origins (`[outliers]`, as Envoy's `outlier_detection`): an origin
+/// that failed this many times in a row (no connection, no answer in time, an error status,
+/// a broken or corrupt body, or a hedge it lost) is ejected: asked last, after every other
+/// origin that holds the data, for `eject_secs` times the number of its ejections in a row
+/// (at most 10 times). Then it is back on probation: one success clears it, one failure
+/// ejects it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Outliers {
+    /// Failures in a row that eject an origin; 0: never eject.
+    pub consecutive_failures: u32,
+    /// Base ejection time, seconds.
+    pub eject_secs: u64,
+}
+
+impl Default for Outliers {
+    fn default() -> Self {
+        Outliers {
+            consecutive_failures: 5,
+            eject_secs: 30,
+        }
     }
 }
 

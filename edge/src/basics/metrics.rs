@@ -80,6 +80,11 @@ pub struct Metrics {
     pub assembled: IntCounter,
     /// Origin failures by kind (`connect`, `timeout`, `status`, `corrupt`, `malformed`).
     pub origin_errors: IntCounterVec,
+    /// Requests hedged to a second origin (`[timeouts] hedge_after_ms`), by which answered
+    /// first: `first`, `second`, or `none` (both failed).
+    pub origin_hedges: IntCounterVec,
+    /// Origins ejected by outlier detection (`[outliers]`), by origin URL.
+    pub origin_ejections: IntCounterVec,
     /// Time from a request to an origin to its response head.
     pub origin_latency: Histogram,
     /// Requests that waited for another request's origin fetch instead of making their own.
@@ -158,6 +163,16 @@ impl Metrics {
                 "tessera_edge_origin_errors_total",
                 "Origin failures, by kind",
                 &["kind"],
+            ),
+            origin_hedges: counter_vec(
+                "tessera_edge_origin_hedges_total",
+                "Requests hedged to a second origin, by which answered first",
+                &["winner"],
+            ),
+            origin_ejections: counter_vec(
+                "tessera_edge_origin_ejections_total",
+                "Origins ejected by outlier detection, by origin",
+                &["origin"],
             ),
             origin_latency: reg(
                 &registry,

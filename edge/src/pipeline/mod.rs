@@ -86,12 +86,12 @@ impl Edge {
             store: store.clone(),
             metrics: metrics.clone(),
             advisor: plugins.clone(),
-            origin_timeout: cfg.origin_timeout(),
+            timeouts: cfg.timeouts,
             heuristic_cap_secs: cfg.heuristic_cap_secs,
             max_object_bytes: cfg.max_object_bytes,
             fill_window_bytes: cfg.fill_window_bytes.max(2 * SEGMENT),
         };
-        let connect = std::time::Duration::from_secs(cfg.connect_timeout_secs);
+        let connect = cfg.timeouts.connect();
         let (origin, upstream) = match &cfg.backend {
             Backend::Origin(urls) => (
                 Some(Arc::new(OriginBackend::new(urls, &cfg, ctx.clone())?)),

@@ -177,16 +177,26 @@ impl OriginClient {
                 why: "expected http://HOST:PORT".into(),
             });
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let http = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             base,
             token,
-            http,
+            http: Self::pool(Duration::from_secs(10)),
             hop: false,
         })
+    }
+
+    /// A connection pool whose connection attempts give up after `connect_timeout`.
+    fn pool(connect_timeout: Duration) -> Client<HttpConnector, UploadBody> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        Client::builder(TokioExecutor::new()).build(connector)
+    }
+
+    /// This client, giving up on a connection attempt after `timeout` (10 s by default).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.http = Self::pool(timeout);
+        self
     }
 
     /// This client, marking its requests as hops between cluster nodes.

@@ -129,23 +129,29 @@ impl OriginBackend {
             });
         }
         while !todo.is_empty() {
-            let mut by_origin: BTreeMap<usize, Vec<Lead>> = BTreeMap::new();
+            // Grouped by the origin to ask and the one to hedge to, so each batch has one
+            // of each.
+            let mut by_origin: BTreeMap<(usize, Option<usize>), Vec<Lead>> = BTreeMap::new();
             for lead in todo.drain(..) {
                 match lead.order.get(lead.tried) {
-                    Some(&i) => by_origin.entry(i).or_default().push(lead),
+                    Some(&i) => {
+                        let second = lead.order.get(lead.tried + 1).copied();
+                        by_origin.entry((i, second)).or_default().push(lead)
+                    }
                     None => lead.permit.flight().set(Err(lead.error.clone())),
                 }
             }
-            let rounds = by_origin.into_iter().flat_map(|(i, leads)| {
+            let rounds = by_origin.into_iter().flat_map(|(pair, leads)| {
                 // A batch holds at most so many chunks; a window never gets near it.
                 let mut parts = Vec::new();
                 let mut leads = leads.into_iter().peekable();
                 while leads.peek().is_some() {
-                    parts.push((i, leads.by_ref().take(MAX_BATCH_CHUNKS).collect::<Vec<_>>()));
+                    let part = leads.by_ref().take(MAX_BATCH_CHUNKS).collect::<Vec<_>>();
+                    parts.push((pair, part));
                 }
                 parts
             });
-            let rounds = rounds.map(|(i, leads)| self.fetch_batch(i, leads));
+            let rounds = rounds.map(|((i, second), leads)| self.fetch_batch(i, second, leads));
             todo = futures_util::future::join_all(rounds)
                 .await
                 .into_iter()
@@ -154,17 +160,39 @@ impl OriginBackend {
         }
     }
 
-    /// One batch from origin `i`. Fills the flights of the chunks it gave; returns the leads
-    /// it could not serve, each marked as having tried `i`, with the reason.
-    async fn fetch_batch(&self, i: usize, leads: Vec<Lead>) -> Vec<Lead> {
-        let origin = self.origins.client(i);
+    /// One batch from origin `first`, hedged to `second` when `first` is slow to answer.
+    /// Fills the flights of the chunks it gave; returns the leads it could not serve, each
+    /// marked as having tried the origins asked, with the reason.
+    async fn fetch_batch(
+        &self,
+        first: usize,
+        second: Option<usize>,
+        mut leads: Vec<Lead>,
+    ) -> Vec<Lead> {
         let hashes: Vec<ChunkHash> = leads.iter().map(|l| l.hash).collect();
-        let opened = self
+        let open = |i: usize| {
+            let batch = self.origins.client(i).chunk_batch(&hashes, self.brotli);
+            self.ctx.call(FetchKind::Chunks, batch)
+        };
+        let (opened, from_second) = self
             .ctx
-            .call(FetchKind::Chunks, origin.chunk_batch(&hashes, self.brotli))
+            .hedged(open(first), second.map(open), |r| matches!(r, Some(Ok(_))))
             .await;
+        let i = match second {
+            Some(second) if from_second => {
+                // It failed, or it lost the race: these chunks have tried it.
+                self.origins.failed(first);
+                leads.iter_mut().for_each(|l| l.tried += 1);
+                second
+            }
+            _ => first,
+        };
+        let origin = self.origins.client(i);
         let mut batch = match opened {
-            Some(Ok(b)) => b,
+            Some(Ok(b)) => {
+                self.origins.succeeded(i);
+                b
+            }
             Some(Err(ClientError::Status { status, .. }))
                 if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
             {
@@ -186,8 +214,8 @@ impl OriginBackend {
         let mut leads = leads.into_iter();
         let mut left = Vec::new();
         loop {
-            // Each chunk must arrive within the origin timeout of the one before it.
-            let item = tokio::time::timeout(self.ctx.origin_timeout, batch.next()).await;
+            // Each chunk must arrive within the between-bytes timeout of the one before it.
+            let item = self.ctx.next_piece(batch.next(), origin.base()).await;
             let error = match item {
                 Ok(None) => break,
                 Ok(Some(Ok(item))) => {
@@ -201,6 +229,7 @@ impl OriginBackend {
                         BatchItem::Corrupt(h) => {
                             self.ctx.failed(FetchFailure::Corrupt);
                             self.ctx.metrics.corrupt_chunks.inc();
+                            self.origins.failed(i);
                             tracing::warn!(origin = origin.base(), chunk = %h, "corrupt chunk refused");
                             left.push(lead.failed(FetchError::new(
                                 FetchFailure::Corrupt,
@@ -218,10 +247,9 @@ impl OriginBackend {
                     tracing::warn!(origin = origin.base(), error = %e, "chunk batch broke off");
                     FetchError::new(failure, format!("origin error: {e}"))
                 }
-                Err(_) => {
-                    self.ctx.failed(FetchFailure::Timeout);
+                Err(e) => {
                     self.origins.failed(i);
-                    timeout_error(origin.base())
+                    e
                 }
             };
             left.extend(leads.by_ref().map(|l| l.failed(error.clone())));
@@ -250,6 +278,7 @@ impl OriginBackend {
         let gets = leads.into_iter().map(|lead| async move {
             let error = match self.ctx.call(FetchKind::Chunk, origin.chunk(lead.hash)).await {
                 Some(Ok(b)) => {
+                    self.origins.succeeded(i);
                     self.deliver(lead, b);
                     return None;
                 }

@@ -132,7 +132,13 @@ async fn follow(
     loop {
         let client = backend.origins.client(origins[origin % origins.len()]);
         let (store, metrics) = (&backend.ctx.store, &backend.ctx.metrics);
-        match client.changes(since, WAIT_SECS).await {
+        // The origin holds the poll WAIT_SECS at most; one that holds it longer hangs.
+        let limit = Duration::from_secs(WAIT_SECS) + backend.ctx.timeouts.first_byte();
+        let polled = match tokio::time::timeout(limit, client.changes(since, WAIT_SECS)).await {
+            Ok(polled) => polled.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
+        };
+        match polled {
             Ok(reply) => {
                 backoff = Duration::from_millis(200);
                 if since == u64::MAX {

@@ -93,18 +93,44 @@ impl OriginBackend {
         let key = manifest_key(file);
         let mut last = FetchError::new(FetchFailure::Connect, "no origin configured");
         let position = self.recent.position();
-        for i in self.origins.for_file(file) {
-            let origin = self.origins.client(i);
+        let order = self.origins.for_file(file);
+        let ask = |i: usize| {
+            self.ctx.call(
+                kind,
+                // A small file comes with its manifest: one round trip for its miss.
+                self.origins.client(i).manifest_with(
+                    file,
+                    etag.as_deref(),
+                    Some(INLINE_MAX as u64),
+                ),
+            )
+        };
+        let mut next = 0;
+        while let Some(&first) = order.get(next) {
+            // The next origin in the list is asked too when this one is slow to answer.
+            let second = order.get(next + 1).copied();
             let request_time = now_secs();
-            let r = self
+            let (r, from_second) = self
                 .ctx
-                .call(
-                    kind,
-                    // A small file comes with its manifest: one round trip for its miss.
-                    origin.manifest_with(file, etag.as_deref(), Some(INLINE_MAX as u64)),
-                )
+                .hedged(ask(first), second.map(ask), |r| matches!(r, Some(Ok(_))))
                 .await;
             let response_time = now_secs();
+            let i = match second {
+                Some(second) if from_second => {
+                    // It failed, or it lost the race.
+                    self.origins.failed(first);
+                    next += 2;
+                    second
+                }
+                _ => {
+                    next += 1;
+                    first
+                }
+            };
+            let origin = self.origins.client(i);
+            if let Some(Ok(_)) = &r {
+                self.origins.succeeded(i);
+            }
             match r {
                 None => {
                     self.origins.failed(i);

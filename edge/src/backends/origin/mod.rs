@@ -61,7 +61,13 @@ pub struct OriginBackend {
 impl OriginBackend {
     /// The backend for origins at `urls`, as `cfg` describes them.
     pub fn new(urls: &[String], cfg: &EdgeConfig, ctx: Context) -> anyhow::Result<OriginBackend> {
-        let origins = origins::Origins::new(urls, cfg.origin_ring.as_ref())?;
+        let origins = origins::Origins::new(
+            urls,
+            cfg.origin_ring.as_ref(),
+            cfg.timeouts.connect(),
+            cfg.outliers,
+            ctx.metrics.origin_ejections.clone(),
+        )?;
         let feeds = match &cfg.origin_ring {
             _ if !cfg.follow_changes => Vec::new(),
             // A cluster: every node's feed (each lists the changes of the files it holds).
@@ -99,12 +105,12 @@ fn failure_of(e: &ClientError) -> FetchFailure {
     }
 }
 
-/// Counts and logs an origin client's error; marks the origin down when it could not be
-/// reached. Returns the failure.
+/// Counts an origin client's error, and holds it against the origin for outlier detection
+/// unless it is a client error status (a refusal, not a sick origin). Returns the failure.
 fn note_error(backend: &OriginBackend, i: usize, e: &ClientError) -> FetchFailure {
     let failure = failure_of(e);
     backend.ctx.failed(failure);
-    if failure == FetchFailure::Connect {
+    if !matches!(e, ClientError::Status { status, .. } if status.is_client_error()) {
         backend.origins.failed(i);
     }
     failure

@@ -232,7 +232,15 @@ impl Upstream {
                 fill.finish(Err(FetchError::abandoned()));
                 return;
             }
-            match body.frame().await {
+            let piece = match ctx.next_piece(body.frame(), "the upstream").await {
+                Ok(piece) => piece,
+                Err(e) => {
+                    tracing::warn!(upstream = %self.authority, error = %e, "upstream body stalled; nothing stored");
+                    fill.finish(Err(e));
+                    return;
+                }
+            };
+            match piece {
                 None => break,
                 Some(Err(e)) => {
                     ctx.failed(FetchFailure::Body);

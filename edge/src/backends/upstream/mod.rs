@@ -155,14 +155,28 @@ impl Upstream {
         };
         let (rparts, body) = resp.into_parts();
         let counter = self.ctx.metrics.bytes_served.with_label_values(&["origin"]);
-        let body = body
+        let ctx = self.ctx.clone();
+        // Each frame within the between-bytes timeout of the one before, or the body ends
+        // in an error.
+        let frames = futures_util::stream::unfold(Some(body), move |body| {
+            let ctx = ctx.clone();
+            async move {
+                let mut body = body?;
+                match ctx.next_piece(body.frame(), "the upstream").await {
+                    Ok(None) => None,
+                    Ok(Some(Ok(frame))) => Some((Ok(frame), Some(body))),
+                    Ok(Some(Err(e))) => Some((Err(BoxError::from(e)), None)),
+                    Err(e) => Some((Err(BoxError::from(e)), None)),
+                }
+            }
+        });
+        let body = http_body_util::StreamBody::new(frames)
             .map_frame(move |f| {
                 if let Some(d) = f.data_ref() {
                     counter.inc_by(d.len() as u64);
                 }
                 f
             })
-            .map_err(BoxError::from)
             .boxed_unsync();
         let mut r = Response::new(body);
         *r.status_mut() = rparts.status;
@@ -328,7 +342,7 @@ mod tests {
             },
             metrics: Default::default(),
             advisor: Arc::new(crate::store::advice::BuiltIn),
-            origin_timeout: Duration::from_secs(5),
+            timeouts: Default::default(),
             heuristic_cap_secs: 3600,
             max_object_bytes: 1 << 20,
             fill_window_bytes: 8 << 20,
