@@ -19,6 +19,7 @@ mod cluster;
 mod cold_miss;
 mod compare;
 mod edge_hits;
+mod faults;
 mod hit_ratio;
 mod http3;
 mod ingest;
@@ -59,6 +60,9 @@ enum Command {
     /// Time to the last byte of a cold large object through Tessera's edge in origin mode,
     /// nginx and Varnish in front of the same origin, and the origin's own GET.
     ColdMiss(cold_miss::Args),
+    /// Cold misses through an edge whose first of two origins is healthy, hung, resetting or
+    /// slow (the fault proxy between them): failures, latency, hedges, ejections.
+    Faults(faults::Args),
     /// One workload against Tessera's edge and nginx, Varnish and Caddy in front of the
     /// same origin, in one run.
     Compare(compare::Args),
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         Command::Workloads(a) => workload::run(a),
         Command::Compare(a) => compare::run(a),
         Command::ColdMiss(a) => cold_miss::run(a),
+        Command::Faults(a) => faults::run(a),
         Command::Cluster(a) => cluster::run(a),
         Command::Plugins(a) => plugins::run(a),
         Command::Report(a) => report::run(a),

@@ -172,6 +172,11 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             args: q(&["cold-miss"], &["--mib", "16", "--rounds", "1"]),
         },
         Section {
+            name: "faults",
+            title: "Cold misses with one of two origins hung, resetting or slow (hedging, ejection)",
+            args: q(&["faults"], &["--misses", "60"]),
+        },
+        Section {
             name: "compare-trace",
             title: "A CSV trace replayed at its own times (open loop)",
             args: {

@@ -338,14 +338,32 @@ fn show_error(kind: &str, key: &str, e: &str) {
     }
 }
 
-/// Sums of the edge's counters that the report differences.
-async fn edge_metrics(admin: &Option<String>) -> Option<Vec<(String, f64)>> {
-    let url = format!("{}/metrics", admin.as_ref()?);
+/// The text of `/metrics` on the admin listener at `admin` (`http://HOST:PORT`).
+pub(crate) async fn scrape(admin: &str) -> Option<String> {
+    let url = format!("{admin}/metrics");
     let opts = ClientOptions::new(Mode::Http1);
     let mut c = Connection::connect(&url, &opts).await.ok()?;
     let resp = c.get("/metrics").await.ok()?;
     let text = resp.into_body().collect().await.ok()?.to_bytes();
-    let text = String::from_utf8_lossy(&text);
+    Some(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The sum of every series of metric `name` in a `/metrics` text.
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        // An empty sum is -0.
+        .sum::<f64>()
+        + 0.0
+}
+
+/// Sums of the edge's counters that the report differences.
+async fn edge_metrics(admin: &Option<String>) -> Option<Vec<(String, f64)>> {
+    let text = scrape(admin.as_ref()?).await?;
     Some(
         text.lines()
             .filter(|l| {
