@@ -105,7 +105,7 @@ async fn run_async(a: Args) -> Result<()> {
         },
     ];
     let small = a.kib << 10;
-    let size = move |i: usize| if i % 2 == 0 { small } else { 1 << 20 };
+    let size = move |i: usize| if i.is_multiple_of(2) { small } else { 1 << 20 };
     println!(
         "publishing {} files ({} KiB and 1 MiB)",
         scenarios.len() * a.misses,
