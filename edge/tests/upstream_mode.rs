@@ -648,3 +648,179 @@ async fn upstream_faults_end_in_errors_within_their_timeouts_and_store_nothing()
     );
     edge.stop().await;
 }
+
+/// A tmpfs of `mib` MiB mounted on a new temporary folder, unmounted when dropped (the
+/// tests run as root, as CI does).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        SmallDisk { dir }
+    }
+
+    fn resize(&self, mib: u64) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The SSD tier on a filesystem too small for it, on one that fills up after it opened, and
+/// on a folder damaged while the edge was down: every object is served with its own bytes
+/// (from memory, what the SSD kept, or the upstream), and what went wrong is counted.
+#[tokio::test]
+async fn a_full_or_damaged_ssd_tier_serves_no_corrupt_byte() {
+    const N: u64 = 200;
+    let up = Upstream::start(|req, _| {
+        let n: u64 = req
+            .uri()
+            .path()
+            .trim_start_matches("/obj/")
+            .parse()
+            .unwrap();
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .body(http_body_util::Full::new(Bytes::from(noise(64 << 10, n))))
+            .unwrap()
+    })
+    .await;
+    let fetched = || {
+        (0..N)
+            .map(|n| up.count(&format!("/obj/{n}")))
+            .sum::<usize>()
+    };
+    // Every object twice; the second round's SSD hits.
+    let twice = async |edge: &EdgeNode| {
+        let disk_hits = || {
+            edge.metric(
+                "tessera_edge_cache_lookups_total",
+                &[("result", "hit"), ("tier", "disk")],
+            )
+        };
+        let mut before = 0.0;
+        for round in 0..2 {
+            if round == 1 {
+                before = disk_hits();
+            }
+            for n in 0..N {
+                // One host whatever the edge's port: the cache key survives restarts.
+                let r = edge
+                    .get_with(&format!("/obj/{n}"), &[("host", "site.test")])
+                    .await;
+                assert_eq!(r.status, 200, "round {round}: /obj/{n}");
+                assert!(
+                    r.body == noise(64 << 10, n)[..],
+                    "round {round}: /obj/{n} has wrong bytes"
+                );
+            }
+        }
+        disk_hits() - before
+    };
+    let disk = SmallDisk::mount(40);
+    let mut cfg = config(Backend::Upstream(up.url()), &disk.path().join("edge"));
+    cfg.memory_bytes = 2 << 20;
+    cfg.disk_bytes = 128 << 20;
+
+    // No room for 128 MiB of SSD tier: memory only, said and counted.
+    let errors =
+        |edge: &EdgeNode, op: &str| edge.metric("tessera_edge_ssd_errors_total", &[("op", op)]);
+    let edge = EdgeNode::start_with(cfg.clone(), false).await;
+    assert_eq!(errors(&edge, "allocate"), 1.0);
+    assert_eq!(edge.metric("tessera_edge_ssd_bytes", &[]), 0.0);
+    assert_eq!(twice(&edge).await, 0.0);
+    edge.stop().await;
+
+    // Room at start; then the filesystem fills up. The tier has its blocks: it goes on.
+    disk.resize(400);
+    let edge = EdgeNode::start_with(cfg.clone(), false).await;
+    assert_eq!(
+        edge.metric("tessera_edge_ssd_bytes", &[]),
+        (128 << 20) as f64
+    );
+    let filler = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", disk.path().join("filler").display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!filler.success(), "dd stops when the filesystem is full");
+    let before = fetched();
+    let hits = twice(&edge).await;
+    assert!(
+        hits >= (N / 2) as f64,
+        "the full filesystem stopped the SSD tier: {hits} SSD hits"
+    );
+    assert!(fetched() - before < 2 * N as usize);
+    assert_eq!(errors(&edge, "read"), 0.0);
+    edge.stop().await;
+
+    // Damaged while the edge was down: garbage over parts of its files, one cut short.
+    let cache = disk.path().join("edge/cache");
+    let mut files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("foyer-storage-")
+        })
+        .collect();
+    files.sort();
+    for (i, f) in files.iter().enumerate().skip(1) {
+        use std::io::{Seek, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        let len = file.metadata().unwrap().len();
+        if i == 2 {
+            file.set_len(len / 4).unwrap();
+        }
+        for at in (0..len / 4).step_by(1 << 20) {
+            file.seek(std::io::SeekFrom::Start(at + 100_000)).unwrap();
+            file.write_all(&noise(20_000, at)).unwrap();
+        }
+    }
+    let edge = EdgeNode::start_with(cfg.clone(), false).await;
+    let before = fetched();
+    let lookups = edge.metric(
+        "tessera_edge_cache_lookups_total",
+        &[("result", "hit"), ("tier", "disk")],
+    );
+    twice(&edge).await;
+    let kept = edge.metric(
+        "tessera_edge_cache_lookups_total",
+        &[("result", "hit"), ("tier", "disk")],
+    ) - lookups;
+    let refetched = fetched() - before;
+    eprintln!("after damage: {kept} SSD hits, {refetched} refetched");
+    assert!(
+        refetched > 0 && refetched < N as usize,
+        "the damage dropped some, not all: {refetched}"
+    );
+    assert!(kept > 0.0);
+    edge.stop().await;
+}

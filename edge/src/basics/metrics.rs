@@ -93,6 +93,11 @@ pub struct Metrics {
     pub corrupt_chunks: IntCounter,
     /// Bytes held per tier (`memory`).
     pub cache_bytes: IntGaugeVec,
+    /// Errors of the SSD tier, by operation (`read`; `allocate`: no room for its files at
+    /// start, so it runs in memory only).
+    pub ssd_errors: IntCounterVec,
+    /// Bytes of the SSD tier in use by this run (0 when it runs in memory only).
+    pub ssd_bytes: IntGauge,
     /// Requests refused as malformed (400, 431, bad paths).
     pub bad_requests: IntCounter,
     /// Purges by kind (`path`, `prefix`, `key`, `all`) and mode (`hard`, `soft`).
@@ -254,6 +259,19 @@ impl Metrics {
                 IntCounter::new(
                     "tessera_edge_corrupt_chunks_total",
                     "Chunks refused because their bytes did not match their blake3",
+                )
+                .unwrap(),
+            ),
+            ssd_errors: counter_vec(
+                "tessera_edge_ssd_errors_total",
+                "Errors of the SSD tier, by operation",
+                &["op"],
+            ),
+            ssd_bytes: reg(
+                &registry,
+                IntGauge::new(
+                    "tessera_edge_ssd_bytes",
+                    "Bytes of the SSD tier in use (0: memory only)",
                 )
                 .unwrap(),
             ),

@@ -75,6 +75,7 @@ impl Edge {
             cfg.memory_bytes,
             cfg.disk_bytes,
             cfg.policy,
+            &metrics,
         )
         .await?;
         let store = Store {

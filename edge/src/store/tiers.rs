@@ -13,6 +13,7 @@ use foyer::{
 
 use crate::basics::clock::now_ms;
 use crate::basics::config::Policy;
+use crate::basics::metrics::Metrics;
 use crate::store::advice::{Advice, Target};
 use crate::store::entry::{Key, SEGMENT, Value, weigh};
 
@@ -81,6 +82,8 @@ pub struct Cache {
     removed: Arc<std::sync::Mutex<TimedSizedCache<Key, u64>>>,
     /// Entries stored in the memory tier so far (each store that may displace others).
     memory_inserts: Arc<std::sync::atomic::AtomicU64>,
+    /// `tessera_edge_ssd_errors_total`, by operation.
+    ssd_errors: prometheus::IntCounterVec,
 }
 
 /// How long removals are remembered: far longer than foyer's write queue takes to drain.
@@ -91,22 +94,65 @@ const REMEMBER_REMOVALS: usize = 100_000;
 
 impl Cache {
     /// Opens the cache: `memory` bytes in RAM, `disk` bytes in files under `dir` (recovered
-    /// from an earlier run when present).
+    /// from an earlier run when present), every block of them allocated at once. When the
+    /// filesystem has no room for them the cache opens in memory only (an error logged and
+    /// counted); the files stay for a later start. Errors and the SSD tier's size go to
+    /// `metrics`.
     pub async fn open(
         dir: &Path,
         memory: usize,
         disk: usize,
         policy: Policy,
+        metrics: &Metrics,
     ) -> Result<Cache, CacheError> {
-        let eviction: EvictionConfig = match policy {
-            Policy::WTinyLfu => LfuConfig::default().into(),
-            Policy::S3Fifo => S3FifoConfig::default().into(),
-        };
         let open_err = |source| CacheError::Open {
             dir: dir.display().to_string(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(foyer::Error::io_error(e)))?;
+        let mut hybrid = Self::build(dir, memory, disk, policy)
+            .await
+            .map_err(open_err)?;
+        let mut ssd_bytes = disk;
+        if disk > 0
+            && let Err(e) = allocate_files(dir)
+        {
+            metrics.ssd_errors.with_label_values(&["allocate"]).inc();
+            tracing::error!(
+                dir = %dir.display(),
+                bytes = disk,
+                error = %e,
+                "no room for the SSD tier: serving from memory only (free space, or lower --disk, and restart)"
+            );
+            if let Err(e) = hybrid.close().await {
+                tracing::warn!(error = %e, "closing the SSD cache failed");
+            }
+            hybrid = Self::build(dir, memory, 0, policy)
+                .await
+                .map_err(open_err)?;
+            ssd_bytes = 0;
+        }
+        metrics.ssd_bytes.set(ssd_bytes as i64);
+        Ok(Cache {
+            hybrid,
+            removed: Arc::new(std::sync::Mutex::new(
+                TimedSizedCache::with_size_and_lifespan(REMEMBER_REMOVALS, REMEMBER_REMOVALS_FOR),
+            )),
+            memory_inserts: Default::default(),
+            ssd_errors: metrics.ssd_errors.clone(),
+        })
+    }
+
+    async fn build(
+        dir: &Path,
+        memory: usize,
+        disk: usize,
+        policy: Policy,
+    ) -> Result<HybridCache<Key, Value>, foyer::Error> {
+        let eviction: EvictionConfig = match policy {
+            Policy::WTinyLfu => LfuConfig::default().into(),
+            Policy::S3Fifo => S3FifoConfig::default().into(),
+        };
         let storage = HybridCacheBuilder::new()
             .with_name("tessera-edge")
             .with_policy(HybridCachePolicy::WriteOnInsertion)
@@ -126,8 +172,7 @@ impl Cache {
             let block = (disk / 16).clamp(2 * SEGMENT + 4096, 64 << 20);
             let device = FsDeviceBuilder::new(dir)
                 .with_capacity(disk.max(16 * block))
-                .build()
-                .map_err(open_err)?;
+                .build()?;
             storage
                 .with_io_engine_config(PsyncIoEngineConfig::new())
                 .with_engine_config(
@@ -136,14 +181,7 @@ impl Cache {
                         .with_tombstone_log(true),
                 )
         };
-        let hybrid = storage.build().await.map_err(open_err)?;
-        Ok(Cache {
-            hybrid,
-            removed: Arc::new(std::sync::Mutex::new(
-                TimedSizedCache::with_size_and_lifespan(REMEMBER_REMOVALS, REMEMBER_REMOVALS_FOR),
-            )),
-            memory_inserts: Default::default(),
-        })
+        storage.build().await
     }
 
     /// Looks `key` up in memory, then on SSD (a disk hit is promoted to memory by foyer).
@@ -163,6 +201,7 @@ impl Cache {
             }
             Ok(None) => None,
             Err(e) => {
+                self.ssd_errors.with_label_values(&["read"]).inc();
                 tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
                 None
             }
@@ -283,6 +322,27 @@ impl Cache {
     }
 }
 
+/// Gives every file of the SSD tier all its blocks now (foyer creates them sparse), so a
+/// filesystem that fills up later cannot fail the tier's writes: foyer's block engine does
+/// not survive a failed write (0.22: its flusher and tombstone log panic, and the tier stops
+/// storing).
+fn allocate_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("foyer-storage-")
+        {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(entry.path())?;
+        let len = file.metadata()?.len();
+        fs4::fs_std::FileExt::allocate(&file, len)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,7 +351,7 @@ mod tests {
     #[tokio::test]
     async fn a_cache_without_disk_keeps_entries_in_memory_only() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path(), 1 << 20, 0, Policy::S3Fifo)
+        let cache = Cache::open(dir.path(), 1 << 20, 0, Policy::S3Fifo, &Metrics::default())
             .await
             .unwrap();
         let key = |i: u32| Key::derive("t", &[&i.to_le_bytes()]);

@@ -332,6 +332,7 @@ mod tests {
             1 << 20,
             0,
             crate::basics::config::Policy::default(),
+            &Default::default(),
         )
         .await
         .unwrap();
