@@ -370,3 +370,71 @@ async fn handshakes_past_the_limits_are_retried_then_refused() {
     let n = edge.metric("tessera_edge_quic_events_total", &[("event", "refused")]);
     assert!(n >= 1.0, "refusals are counted: {n}");
 }
+
+/// One client address holds at most `max_connections_per_client` connections, TCP and QUIC
+/// together: past it a TCP connection's request gets a `503` naming the limit, a QUIC one is
+/// refused; each counted. A place frees when a connection closes.
+#[tokio::test]
+async fn a_clients_connections_past_its_limit_are_refused() {
+    let (_o, edge, _d) = origin_and_edge(|c| c.max_connections_per_client = 2).await;
+    let (http_url, http_opts) = (
+        edge.url("/"),
+        tessera_edge::client::ClientOptions::new(tessera_edge::client::Mode::Http1),
+    );
+    let plain = || tessera_edge::client::Connection::connect(&http_url, &http_opts);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = plain().await.unwrap();
+        let r = Reply::read(c.get("/ok.txt").await.unwrap()).await;
+        assert_eq!(r.status, 200);
+        held.push(c);
+    }
+    let mut third = plain().await.unwrap();
+    let r = Reply::read(third.get("/ok.txt").await.unwrap()).await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_connections_per_client 2"),
+        "{:?}",
+        r.json()
+    );
+    let refused = |proto: &str| {
+        edge.metric(
+            "tessera_edge_connections_refused_total",
+            &[("proto", proto)],
+        )
+    };
+    assert_eq!(refused("tcp"), 1.0);
+
+    let mut opts = tessera_edge::client::ClientOptions::new(tessera_edge::client::Mode::Http3)
+        .trust_file(edge.cert.as_ref().unwrap())
+        .unwrap();
+    let https = edge.https.unwrap();
+    opts.connect_to = Some(https);
+    let url = format!("https://localhost:{}/", https.port());
+    assert!(
+        tessera_edge::client::Connection::connect(&url, &opts)
+            .await
+            .is_err(),
+        "a QUIC client past its address's limit is refused"
+    );
+    assert_eq!(refused("quic"), 1.0);
+
+    // One closes: its place is free once the edge sees it go.
+    held.pop().unwrap().close().await;
+    drop(third);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = tessera_edge::client::Connection::connect(&url, &opts).await {
+            let r = Reply::read(c.get("/ok.txt").await.unwrap()).await;
+            assert_eq!(r.status, 200);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection's place never freed"
+        );
+    }
+}

@@ -83,6 +83,11 @@ pub struct EdgeConfig {
     /// until one closes. `None`: the open-file limit less a reserve of 256 descriptors, so
     /// the SSD tier, upstream connections and the admin listener still get theirs.
     pub max_connections: Option<usize>,
+    /// Connections (TCP and QUIC together) one client address may hold open; past it, a TCP
+    /// connection's requests get `503` (HTTP/1.1: and it is closed), a QUIC connection is refused
+    /// (`CONNECTION_REFUSED`). Generous by default: many users can share an address (NAT).
+    /// 0: no limit.
+    pub max_connections_per_client: usize,
     /// Time a response may wait for a client to accept more of its body (a client that
     /// stopped reading), seconds; then the stream is reset. HTTP/3 only: hyper's HTTP/1.1
     /// and HTTP/2 connections end on TCP's own timeouts.
@@ -171,6 +176,7 @@ impl Default for EdgeConfig {
             header_timeout_secs: 10,
             idle_timeout_secs: 75,
             max_connections: None,
+            max_connections_per_client: 256,
             trusted_proxies: Vec::new(),
             max_header_bytes: 32 << 10,
             follow_changes: true,

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub fills_waiting: IntGauge,
     /// Times the client connection cap was reached.
     pub connection_limit_hits: IntCounter,
+    /// Connections refused because their client address holds `max_connections_per_client`,
+    /// by protocol (`tcp`, `quic`).
+    pub connections_refused: IntCounterVec,
     /// Bodies compressed with brotli for clients (each copy is made once).
     pub brotli_compressions: IntCounter,
     /// Large origin-mode files copied into segments for their hits (origin mode).
@@ -205,6 +208,11 @@ impl Metrics {
                     "Chunks being fetched from origins now",
                 )
                 .unwrap(),
+            ),
+            connections_refused: counter_vec(
+                "tessera_edge_connections_refused_total",
+                "Connections refused for their client address's limit, by protocol",
+                &["proto"],
             ),
             connection_limit_hits: reg(
                 &registry,

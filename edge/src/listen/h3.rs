@@ -85,6 +85,7 @@ pub(crate) async fn accept_loop(
     edge: Arc<Edge>,
     connections: TaskTracker,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    per_client: Arc<crate::listen::PerClient>,
 ) {
     let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let event = |e: &str| edge.metrics().quic_events.with_label_values(&[e]).inc();
@@ -115,6 +116,14 @@ pub(crate) async fn accept_loop(
             let _ = incoming.retry();
             continue;
         }
+        let Some(slot) = per_client.admit(incoming.remote_address().ip()) else {
+            edge.metrics()
+                .connections_refused
+                .with_label_values(&["quic"])
+                .inc();
+            incoming.refuse();
+            continue;
+        };
         handshaking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = handshaking.clone();
         let handshake_over = scopeguard(move || {
@@ -125,6 +134,7 @@ pub(crate) async fn accept_loop(
             edge.clone(),
             stop.clone(),
             handshake_over,
+            slot,
         ));
     }
     endpoint.set_server_config(None);
@@ -135,6 +145,8 @@ async fn connection(
     edge: Arc<Edge>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     handshake_over: impl Send,
+    // Counted against the client's address while the connection lives.
+    _slot: crate::listen::ClientSlot,
 ) {
     let m = edge.metrics().clone();
     let event = |e: &str| m.quic_events.with_label_values(&[e]).inc();

@@ -11,8 +11,10 @@ pub mod admin;
 pub mod h3;
 pub mod tcp;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -36,6 +38,63 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
+/// Connections open per client address, across the TCP and QUIC listeners
+/// (`max_connections_per_client`).
+#[derive(Debug)]
+pub(crate) struct PerClient {
+    limit: usize,
+    /// A std mutex: map operations only.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection counted against its client address until dropped.
+#[derive(Debug)]
+pub(crate) struct ClientSlot {
+    owner: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    pub(crate) fn new(limit: usize) -> Arc<PerClient> {
+        Arc::new(PerClient {
+            limit,
+            open: Default::default(),
+        })
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when it holds the limit already
+    /// (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap();
+        let n = open.entry(ip).or_default();
+        if self.limit > 0 && *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// How long connections may take to finish after shutdown.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -51,6 +110,7 @@ pub async fn run(
     let mut loops = tokio::task::JoinSet::new();
     let mut endpoint = None;
     let mut alt_svc = None;
+    let per_client = PerClient::new(edge.config().max_connections_per_client);
     if let Some((socket, config)) = listeners.h3 {
         let port = socket.local_addr()?.port();
         let ep = crate::basics::quic::endpoint(socket, Some(config), &edge.config().quic)?;
@@ -60,6 +120,7 @@ pub async fn run(
             edge.clone(),
             connections.clone(),
             stop_rx.clone(),
+            per_client.clone(),
         ));
         endpoint = Some(ep);
     }
@@ -80,7 +141,8 @@ pub async fn run(
     )));
     for (listener, serves) in tcp {
         if let Some((l, tls)) = listener {
-            let limit = matches!(serves, tcp::Serves::Content(_)).then(|| limit.clone());
+            let content = matches!(serves, tcp::Serves::Content(_));
+            let limits = content.then(|| (limit.clone(), per_client.clone()));
             loops.spawn(tcp::accept_loop(
                 l,
                 tls,
@@ -88,7 +150,7 @@ pub async fn run(
                 connections.clone(),
                 stop_rx.clone(),
                 serves,
-                limit,
+                limits,
             ));
         }
     }

@@ -131,8 +131,9 @@ pub(crate) async fn accept_loop(
     connections: TaskTracker,
     mut stop: tokio::sync::watch::Receiver<bool>,
     serves: Serves,
-    limit: Option<Arc<tokio::sync::Semaphore>>,
+    limits: Option<(Arc<tokio::sync::Semaphore>, Arc<crate::listen::PerClient>)>,
 ) {
+    let (limit, per_client) = limits.unzip();
     let builder = Arc::new(builder(&edge));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let over_tls = acceptor.is_some();
@@ -179,6 +180,17 @@ pub(crate) async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        // Past its address's limit, a connection is served a `503` for each request (HTTP/1.1:
+        // and closed after the first).
+        let slot = per_client.as_ref().map(|p| (p.admit(peer.ip()), p.limit()));
+        let refused = matches!(slot, Some((None, _)));
+        if refused {
+            edge.metrics()
+                .connections_refused
+                .with_label_values(&["tcp"])
+                .inc();
+        }
+        let per_client_limit = slot.as_ref().map_or(0, |(_, l)| *l);
         let edge = edge.clone();
         let serves = serves.clone();
         let idle = Idle::new(idle_limit);
@@ -189,6 +201,22 @@ pub(crate) async fn accept_loop(
             touched.touch();
             async move {
                 let resp = match serves {
+                    _ if refused => {
+                        let mut r = crate::basics::error::Refusal::new(
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "too many connections from {} (max_connections_per_client \
+                                 {per_client_limit})",
+                                peer.ip().to_canonical()
+                            ),
+                        )
+                        .response();
+                        if req.version() < Version::HTTP_2 {
+                            r.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        r
+                    }
                     Serves::Admin => crate::listen::admin::handle(&edge, req).await,
                     Serves::Content(alt_svc) => {
                         let proto = if req.version() == Version::HTTP_2 {
@@ -215,7 +243,7 @@ pub(crate) async fn accept_loop(
             None => {
                 let stop = stop.clone();
                 connections.spawn(async move {
-                    let _permit = permit;
+                    let _permit = (permit, slot);
                     if !tessera_origin_proto::sends_within(&stream, first_byte).await {
                         debug!(%peer, "closed a connection that sent nothing");
                         return;
@@ -230,7 +258,7 @@ pub(crate) async fn accept_loop(
                 let acceptor = acceptor.clone();
                 let stop = stop.clone();
                 connections.spawn(async move {
-                    let _permit = permit;
+                    let _permit = (permit, slot);
                     let tls = match tokio::time::timeout(
                         Duration::from_secs(10),
                         acceptor.accept(stream),
