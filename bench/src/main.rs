@@ -18,6 +18,7 @@
 mod cluster;
 mod cold_miss;
 mod compare;
+mod connections;
 mod edge_hits;
 mod faults;
 mod hit_ratio;
@@ -29,6 +30,7 @@ mod plugins;
 mod policy;
 mod report;
 mod run;
+mod slow_readers;
 #[cfg(test)]
 mod testing;
 mod trace_ratio;
@@ -63,6 +65,12 @@ enum Command {
     /// Cold misses through an edge whose first of two origins is healthy, hung, resetting or
     /// slow (the fault proxy between them): failures, latency, hedges, ejections.
     Faults(faults::Args),
+    /// Many slow clients on cold large objects through an upstream-mode edge: its RSS, and a
+    /// fast client's throughput beside them.
+    SlowReaders(slow_readers::Args),
+    /// Idle HTTP/1.1 and QUIC connections and slowloris against one edge: its RSS per
+    /// connection, and a normal client's p99 beside them.
+    Connections(connections::Args),
     /// One workload against Tessera's edge and nginx, Varnish and Caddy in front of the
     /// same origin, in one run.
     Compare(compare::Args),
@@ -103,6 +111,11 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::ColdMiss(a) => cold_miss::run(a),
         Command::Faults(a) => faults::run(a),
+        Command::Connections(a) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            connections::run(a)
+        }
+        Command::SlowReaders(a) => slow_readers::run(a),
         Command::Cluster(a) => cluster::run(a),
         Command::Plugins(a) => plugins::run(a),
         Command::Report(a) => report::run(a),

@@ -177,6 +177,19 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             args: q(&["faults"], &["--misses", "60"]),
         },
         Section {
+            name: "slow-readers",
+            title: "Slow readers of cold 1 GiB objects: the edge's memory, a fast client beside them",
+            args: q(&["slow-readers"], &["--readers", "10", "--seconds", "10"]),
+        },
+        Section {
+            name: "connections",
+            title: "Idle HTTP/1.1 and QUIC connections and slowloris: RSS per connection, a normal client beside them",
+            args: q(
+                &["connections"],
+                &["--tcp", "2000", "--quic", "500", "--slowloris", "1000"],
+            ),
+        },
+        Section {
             name: "compare-trace",
             title: "A CSV trace replayed at its own times (open loop)",
             args: {

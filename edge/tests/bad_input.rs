@@ -705,19 +705,30 @@ async fn a_stalled_reader_of_an_uncached_body_holds_its_fill_to_the_window() {
     edge.stop().await;
 }
 
-/// A stored body goes on at the upstream's pace however slowly one of its readers reads:
-/// the fill keeps only its window, another client gets the whole body meanwhile, and the
-/// slow reader, fallen behind, reads what the fill let go of from the cache, byte-exact.
+/// A stored body whose only reader stalls waits for it (slow readers of many cold objects
+/// must not pull them all into the cache at the upstream's pace); once a second, fast
+/// reader waits at its end it goes on at that reader's pace, keeping only its window, and
+/// the slow reader, fallen behind, reads what the fill let go of from the cache,
+/// byte-exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_of_a_stored_body_reads_back_from_the_cache() {
     use std::sync::atomic::Ordering::SeqCst;
-    let size = 24u64 << 20;
-    let (addr, requests, _) = big_upstream(size, "max-age=600").await;
+    let size = 64u64 << 20;
+    let (addr, requests, sent) = big_upstream(size, "max-age=600").await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(Backend::Upstream(format!("http://{addr}")), dir.path());
     cfg.fill_window_bytes = WINDOW;
     let edge = EdgeNode::start(cfg).await;
     let (slow, read) = stalled_get(edge.http, "/stored").await;
+    edge.until("the fill waits for its only reader", |e| {
+        e.metric("tessera_edge_fills_waiting", &[]) == 1.0
+    })
+    .await;
+    let sent_now = sent.load(SeqCst);
+    assert!(
+        sent_now < 32 << 20,
+        "the upstream sent {sent_now} of {size} bytes for one stalled reader"
+    );
     let (fast, early) = stalled_get(edge.http, "/stored").await;
     finish_reading(fast, early, size).await;
     assert_eq!(edge.metric("tessera_edge_fills_waiting", &[]), 0.0);

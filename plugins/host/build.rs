@@ -7,7 +7,8 @@
 //! target in the sysroot of the very `rustc` the guests will be built with, and when it is
 //! missing asks rustup to add it to that toolchain (saying so in the build output), before
 //! building. Without rustup it stops with what to install. The guests are always built from
-//! the source in the tree: no prebuilt `.wasm` is ever embedded.
+//! the source in the tree: no prebuilt `.wasm` is ever embedded. `TESSERA_NO_GUESTS=1` skips
+//! them (the fuzz targets): empty files stand in, which no shipped plugin loads from.
 //!
 //! The components land in `target/plugins/wasm32-wasip2/release/` (next to the host's own
 //! build folders, shared by debug and release builds of the host) and their paths are
@@ -39,6 +40,18 @@ fn main() {
     );
     for (dir, _) in GUESTS {
         println!("cargo:rerun-if-changed={}", guests.join(dir).display());
+    }
+    println!("cargo:rerun-if-env-changed=TESSERA_NO_GUESTS");
+    if std::env::var_os("TESSERA_NO_GUESTS").is_some() {
+        // Builds that never load a shipped plugin (the fuzz targets, on a nightly toolchain
+        // that may lack the wasm target): empty files stand in, and loading one fails.
+        let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+        for (dir, file) in GUESTS {
+            let path = out.join(format!("{file}.wasm"));
+            std::fs::write(&path, b"").unwrap();
+            println!("cargo:rustc-env={}={}", plugin_var(dir), path.display());
+        }
+        return;
     }
     ensure_target(&guests);
     let target_dir = guest_target_dir();
@@ -81,12 +94,16 @@ fn main() {
             "the build did not produce {}",
             path.display()
         );
-        let var = format!(
-            "TESSERA_PLUGIN_{}",
-            dir.to_ascii_uppercase().replace('-', "_")
-        );
-        println!("cargo:rustc-env={var}={}", path.display());
+        println!("cargo:rustc-env={}={}", plugin_var(dir), path.display());
     }
+}
+
+/// The variable that hands guest `dir`'s component to the crate.
+fn plugin_var(dir: &str) -> String {
+    format!(
+        "TESSERA_PLUGIN_{}",
+        dir.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 /// The target the guests are built for.

@@ -46,8 +46,9 @@ pub struct EdgeConfig {
     /// Largest response body the edge stores; larger ones are streamed through uncached.
     pub max_object_bytes: u64,
     /// Upstream mode: body bytes one fill (a response being fetched, shared by its readers)
-    /// holds at most. A stored body goes on at the upstream's pace (readers that fall
-    /// behind read the cache); one not stored waits for its slowest reader.
+    /// holds at most (at least 2 MiB). A stored body goes on at its fastest reader's pace
+    /// (readers that fall behind read the cache); one not stored waits for its slowest
+    /// reader.
     pub fill_window_bytes: usize,
     /// How long the edge waits on origins and upstreams, and when it asks a second origin.
     pub timeouts: Timeouts,
@@ -168,7 +169,7 @@ impl Default for EdgeConfig {
             admin_token: None,
             heuristic_cap_secs: 24 * 3600,
             max_object_bytes: 1 << 30,
-            fill_window_bytes: 8 << 20,
+            fill_window_bytes: 2 << 20,
             timeouts: Timeouts::default(),
             outliers: Outliers::default(),
             origin_readahead_bytes: 4 << 20,

@@ -5,9 +5,10 @@
 //!
 //! Memory is bounded per fill: it holds at most its window ([`FillLimits::window`]) of body
 //! bytes, whatever its readers' pace (as nginx's `proxy_buffers` and a busy-buffers cap).
-//! - A body being stored goes on at the upstream's pace: bytes already in the cache (its
-//!   full segments) leave the fill, and a reader that fell behind them, or joined late,
-//!   reads them back from the cache.
+//! - A body being stored goes on at the pace of its fastest reader (at the upstream's pace
+//!   when no reader is left): bytes already in the cache (its full segments) leave the fill
+//!   once a reader waits at its end, and a reader that fell behind them, or joined late,
+//!   reads them back from the cache. A fill whose readers are all behind waits for them.
 //! - A body not stored (`no-store`, too large, refused by the eviction plugin) waits for its
 //!   slowest reader once the window is full, and stops when no reader is left.
 
@@ -79,17 +80,24 @@ impl State {
     }
 
     /// Lets go of the oldest bytes while the window is full and nobody needs them from here:
-    /// the cache has them, or every reader is past them.
+    /// every reader is past them; or the cache has them and a reader waits at the end for
+    /// more (the readers behind it then read the cache: a slow reader does not hold back a
+    /// fast one, but a fill whose readers are all behind goes at their pace, so slow
+    /// readers of many cold objects do not pull them all into the cache at the upstream's
+    /// pace, evicting one another's bytes before they are read).
     fn trim(&mut self) {
         let Some(limits) = &self.limits else { return };
         let slowest = self.readers.iter().map(|r| r.1).min().unwrap_or(u64::MAX);
+        let waiting_at_end = self.readers.iter().any(|r| r.1 >= self.end);
         let before = self.held();
         while self.held() >= limits.window as u64 {
             let Some((_, first)) = self.parts.front() else {
                 break;
             };
             let first_end = self.start + first.len() as u64;
-            if first_end > self.stored_upto && first_end > slowest {
+            let stored =
+                first_end <= self.stored_upto && (waiting_at_end || self.readers.is_empty());
+            if !stored && first_end > slowest {
                 break;
             }
             self.parts.pop_front();

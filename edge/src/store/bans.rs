@@ -91,19 +91,27 @@ impl Bans {
     /// Loads the bans saved in `dir`, or starts with none.
     pub fn load(dir: &Path) -> std::io::Result<Bans> {
         let file = dir.join("bans.json");
-        let state = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+        match std::fs::read(&file) {
+            Ok(bytes) => Bans::parse(&bytes, file.clone()).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("{}: {e}", file.display()),
                 )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
-                version: 1,
-                ..State::default()
-            },
-            Err(e) => return Err(e),
-        };
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Bans {
+                state: Arc::new(RwLock::new(State {
+                    version: 1,
+                    ..State::default()
+                })),
+                file,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The bans of a `bans.json` file's `bytes`, to be saved back to `file`.
+    pub fn parse(bytes: &[u8], file: PathBuf) -> Result<Bans, serde_json::Error> {
+        let state: State = serde_json::from_slice(bytes)?;
         Ok(Bans {
             state: Arc::new(RwLock::new(state)),
             file,

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tessera_origin::server::range::{RangeAsk, accepts_encoding, etag_matches, parse_range};
+use tessera_origin_proto::range::{RangeAsk, accepts_encoding, etag_matches, parse_range};
 
 fuzz_target!(|data: (&str, u64)| {
     let (header, size) = data;
