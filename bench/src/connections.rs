@@ -30,10 +30,10 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     tcp: usize,
     /// Idle QUIC connections.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 5_000)]
     quic: usize,
     /// Slowloris connections.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 10_000)]
     slowloris: usize,
     /// Seconds of each normal-client measurement.
     #[arg(long, default_value_t = 5)]
@@ -111,48 +111,43 @@ async fn run_async(a: Args) -> Result<()> {
     println!("normal client alone: p99 {alone:.2} ms");
     let mut rows = Vec::new();
 
-    // Idle keep-alive HTTP/1.1.
-    let before = rss(pid);
-    let mut idle = Vec::with_capacity(a.tcp);
-    let opts = ClientOptions::new(Mode::Http1);
-    for _ in 0..a.tcp {
-        let mut c = Connection::connect(&format!("http://{}/", edge.addr), &opts).await?;
-        crate::run::get_whole(&mut c, "/1k", Some(1024)).await?;
-        idle.push(c);
-    }
-    let per = (rss(pid).saturating_sub(before)) as f64 / a.tcp as f64;
-    let (p99, failed) = normal_client(edge.addr, a.seconds).await?;
-    println!(
-        "{} idle HTTP/1.1 connections: {:.1} KiB each ({:.0} per GiB); normal client p99 {p99:.2} ms, {failed} failed",
-        a.tcp,
-        per / 1024.0,
-        (1u64 << 30) as f64 / per
-    );
-    rows.push(("idle HTTP/1.1 keep-alive", a.tcp, Some(per), p99, failed));
-    drop(idle);
-
-    // Idle QUIC.
-    let before = rss(pid);
-    let mut opts = ClientOptions::new(Mode::Http3);
-    opts.insecure = true;
-    opts.connect_to = Some(https_addr);
-    let mut quic = Vec::with_capacity(a.quic);
-    for _ in 0..a.quic {
-        let mut c = Connection::connect(&format!("https://localhost:{https}/"), &opts).await?;
-        crate::run::get_whole(&mut c, "/1k", Some(1024)).await?;
-        quic.push(c);
-    }
-    let per = (rss(pid).saturating_sub(before)) as f64 / a.quic as f64;
-    let (p99, failed) = normal_client(edge.addr, a.seconds).await?;
-    println!(
-        "{} idle QUIC connections: {:.1} KiB each ({:.0} per GiB); normal client p99 {p99:.2} ms, {failed} failed",
-        a.quic,
-        per / 1024.0,
-        (1u64 << 30) as f64 / per
-    );
-    rows.push(("idle QUIC", a.quic, Some(per), p99, failed));
-    for c in quic {
-        c.close().await;
+    // Idle keep-alive HTTP/1.1, then idle QUIC: one request each, then silent.
+    let mut h3 = ClientOptions::new(Mode::Http3);
+    h3.insecure = true;
+    h3.connect_to = Some(https_addr);
+    let kinds = [
+        (
+            "idle HTTP/1.1 keep-alive",
+            a.tcp,
+            format!("http://{}/", edge.addr),
+            ClientOptions::new(Mode::Http1),
+        ),
+        (
+            "idle QUIC",
+            a.quic,
+            format!("https://localhost:{https}/"),
+            h3,
+        ),
+    ];
+    for (what, count, url, opts) in kinds {
+        let before = rss(pid);
+        let mut held = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut c = Connection::connect(&url, &opts).await?;
+            crate::run::get_whole(&mut c, "/1k", Some(1024)).await?;
+            held.push(c);
+        }
+        let per = (rss(pid).saturating_sub(before)) as f64 / count.max(1) as f64;
+        let (p99, failed) = normal_client(edge.addr, a.seconds).await?;
+        println!(
+            "{count} {what} connections: {:.1} KiB each ({:.0} per GiB); normal client p99 {p99:.2} ms, {failed} failed",
+            per / 1024.0,
+            (1u64 << 30) as f64 / per
+        );
+        rows.push((what, count, Some(per), p99, failed));
+        for c in held {
+            c.close().await;
+        }
     }
 
     // Slowloris: a head one byte every 10 s, reopened when the edge closes it.
