@@ -15,12 +15,14 @@
 //! - `http3`: memory hits over HTTP/1.1, HTTP/2 and HTTP/3 against Caddy, and 100 MiB
 //!   downloads over HTTP/3 with the QUIC settings the edge could use.
 
+mod chaos;
 mod cluster;
 mod cold_miss;
 mod compare;
 mod connections;
 mod edge_hits;
 mod faults;
+mod fuzz;
 mod hit_ratio;
 mod http3;
 mod ingest;
@@ -71,6 +73,12 @@ enum Command {
     /// Idle HTTP/1.1 and QUIC connections and slowloris against one edge: its RSS per
     /// connection, and a normal client's p99 beside them.
     Connections(connections::Args),
+    /// Every cargo-fuzz target of the edge and the origin for a fixed number of executions
+    /// (nightly and cargo-fuzz needed).
+    Fuzz(fuzz::Args),
+    /// A workload through an origin cluster and an edge while faults and kills come and go:
+    /// failed reads, corrupt bodies, lost writes, RSS and open files.
+    Chaos(chaos::Args),
     /// One workload against Tessera's edge and nginx, Varnish and Caddy in front of the
     /// same origin, in one run.
     Compare(compare::Args),
@@ -111,6 +119,8 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::ColdMiss(a) => cold_miss::run(a),
         Command::Faults(a) => faults::run(a),
+        Command::Chaos(a) => chaos::run(a),
+        Command::Fuzz(a) => fuzz::run(a),
         Command::Connections(a) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             connections::run(a)

@@ -190,6 +190,19 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             ),
         },
         Section {
+            name: "fuzz",
+            title: "Fuzzing: every cargo-fuzz target of the edge and the origin",
+            args: q(&["fuzz"], &["--runs", "100000"]),
+        },
+        Section {
+            name: "chaos",
+            title: "Chaos: faults and kills under a workload (30 minutes)",
+            args: q(
+                &["chaos", "--minutes", "30", "--plots", &p("")],
+                &["--minutes", "2"],
+            ),
+        },
+        Section {
             name: "compare-trace",
             title: "A CSV trace replayed at its own times (open loop)",
             args: {
@@ -589,7 +602,13 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("== report: {} (tessera-bench {})", s.name, s.args.join(" "));
         let started = Instant::now();
         let date = now();
-        let ran = run_section(s, Duration::from_secs(a.section_minutes * 60))?;
+        // The chaos run lasts 30 minutes by design.
+        let minutes = if s.name == "chaos" && !a.quick {
+            a.section_minutes.max(40)
+        } else {
+            a.section_minutes
+        };
+        let ran = run_section(s, Duration::from_secs(minutes * 60))?;
         if !ran.ok {
             failed.push(s.name);
         }

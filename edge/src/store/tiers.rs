@@ -338,7 +338,14 @@ fn allocate_files(dir: &Path) -> std::io::Result<()> {
         }
         let file = std::fs::OpenOptions::new().write(true).open(entry.path())?;
         let len = file.metadata()?.len();
-        fs4::fs_std::FileExt::allocate(&file, len)?;
+        match fs4::fs_std::FileExt::allocate(&file, len) {
+            // A filesystem without fallocate: the files stay sparse, as foyer made them.
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot give the SSD tier's files their blocks at start; a full filesystem will stop the tier");
+                return Ok(());
+            }
+            other => other?,
+        }
     }
     Ok(())
 }
