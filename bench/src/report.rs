@@ -197,10 +197,15 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
         Section {
             name: "chaos",
             title: "Chaos: faults and kills under a workload (30 minutes)",
-            args: q(
-                &["chaos", "--minutes", "30", "--plots", &p("")],
-                &["--minutes", "2"],
-            ),
+            args: [
+                "chaos",
+                "--minutes",
+                if quick { "2" } else { "30" },
+                "--plots",
+                &p(""),
+            ]
+            .map(String::from)
+            .to_vec(),
         },
         Section {
             name: "compare-trace",
