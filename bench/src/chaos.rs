@@ -159,15 +159,7 @@ impl Nodes {
 
 /// RSS (bytes) and open files of process `pid`.
 fn sample(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()?
-        * 1024;
+    let rss = crate::edge_hits::rss(pid)?;
     let files = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
     Some((rss, files))
 }
@@ -411,19 +403,8 @@ async fn run_async(a: Args) -> Result<()> {
         }
         if Instant::now() >= next_step {
             // End the last fault, start the next.
-            match undo.take() {
-                Some(Step::Proxy(k, _)) => proxies[k].set(Fault::None),
-                Some(Step::KillOrigin(k)) => {
-                    nodes.start_origin(k)?;
-                    wait_listening(origin_addrs[k], "tessera origin").await?;
-                    origin_up[k].store(true, Ordering::Relaxed);
-                }
-                Some(Step::KillEdge) => {
-                    nodes.start_edge()?;
-                    wait_listening(edge_addr, "tessera edge").await?;
-                    edge_up.store(true, Ordering::Relaxed);
-                }
-                _ => {}
+            if let Some(done) = undo.take() {
+                end_step(done, &proxies, &mut nodes, &origin_up, &edge_up).await?;
             }
             let s = steps[step % steps.len()];
             step += 1;
@@ -447,18 +428,8 @@ async fn run_async(a: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     // Everything back, then the reckoning.
-    match undo.take() {
-        Some(Step::Proxy(k, _)) => proxies[k].set(Fault::None),
-        Some(Step::KillOrigin(k)) => {
-            nodes.start_origin(k)?;
-            wait_listening(origin_addrs[k], "tessera origin").await?;
-        }
-        Some(Step::KillEdge) => {
-            nodes.start_edge()?;
-            wait_listening(edge_addr, "tessera edge").await?;
-            edge_up.store(true, Ordering::Relaxed);
-        }
-        _ => {}
+    if let Some(done) = undo.take() {
+        end_step(done, &proxies, &mut nodes, &origin_up, &edge_up).await?;
     }
     stop.store(true, Ordering::Relaxed);
     writer.await?;
@@ -536,6 +507,34 @@ async fn run_async(a: Args) -> Result<()> {
         pass,
         "corrupt bodies were served or acknowledged writes were lost"
     );
+    Ok(())
+}
+
+/// Ends schedule step `step`: its proxy passes bytes again, or its process is restarted
+/// and listening.
+async fn end_step(
+    step: Step,
+    proxies: &[FaultProxy],
+    nodes: &mut Nodes,
+    origin_up: &[AtomicBool],
+    edge_up: &AtomicBool,
+) -> Result<()> {
+    match step {
+        Step::Proxy(k, _) => proxies[k].set(Fault::None),
+        Step::KillOrigin(k) => {
+            nodes.start_origin(k)?;
+            let addr = nodes.origins[k].as_ref().expect("just started").addr;
+            wait_listening(addr, "tessera origin").await?;
+            origin_up[k].store(true, Ordering::Relaxed);
+        }
+        Step::KillEdge => {
+            nodes.start_edge()?;
+            let addr = nodes.edge.as_ref().expect("just started").addr;
+            wait_listening(addr, "tessera edge").await?;
+            edge_up.store(true, Ordering::Relaxed);
+        }
+        Step::Calm => {}
+    }
     Ok(())
 }
 

@@ -45,14 +45,9 @@ pub fn run(a: Args) -> Result<()> {
     crate::runtime(2)?.block_on(run_async(a))
 }
 
+/// The edge's RSS, 0 when it cannot be read.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
+    crate::edge_hits::rss(pid).unwrap_or(0)
 }
 
 /// p99 (ms) of back-to-back GETs of `/1k` on one HTTP/1.1 connection for `secs`, and the

@@ -20,7 +20,7 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use tessera_edge::client::{ClientOptions, Connection, Mode};
 
-use crate::edge_hits::{machine, spawn_edge};
+use crate::edge_hits::{machine, rss, spawn_edge};
 
 /// Options of `tessera-bench slow-readers`.
 #[derive(Debug, clap::Args)]
@@ -85,14 +85,6 @@ async fn upstream(size: u64, cache_control: &'static str) -> Result<SocketAddr> 
         }
     });
     Ok(addr)
-}
-
-/// The resident set of process `pid`, bytes.
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// MB/s of back-to-back downloads of `/hot` on one connection for `secs`.
