@@ -810,3 +810,133 @@ async fn silent_idle_and_surplus_connections_are_contained() {
     drop(held);
     edge.stop().await;
 }
+
+/// Reads one HTTP/1.1 response with a `Content-Length` from `s`, keeping what follows it in
+/// `buf`: its status, head and body; status 0 when the connection closes first.
+async fn next_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
+    let deadline = Duration::from_secs(10);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut more = [0u8; 4096];
+        let n = tokio::time::timeout(deadline, s.read(&mut more))
+            .await
+            .expect("a response in time")
+            .unwrap_or(0);
+        if n == 0 {
+            return (0, String::new(), Vec::new());
+        }
+        buf.extend_from_slice(&more[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .expect("a Content-Length");
+    while buf.len() < end + len {
+        let mut more = [0u8; 4096];
+        let n = tokio::time::timeout(deadline, s.read(&mut more))
+            .await
+            .expect("a body in time")
+            .unwrap();
+        assert!(n > 0, "closed mid-body");
+        buf.extend_from_slice(&more[..n]);
+    }
+    let body = buf[end..end + len].to_vec();
+    buf.drain(..end + len);
+    (status_of(&head), head, body)
+}
+
+#[tokio::test]
+async fn keep_alive_connections_park_between_requests_and_keep_their_order() {
+    // Each body is its path, so a response can be matched to its request.
+    let up = Upstream::start(|req, _| {
+        http::Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(http_body_util::Full::new(Bytes::from(
+                req.uri().path().to_owned(),
+            )))
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    cfg.idle_timeout_secs = 2;
+    let edge = EdgeNode::start(cfg).await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    // Three connections, one request each: all three park.
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        let mut buf = Vec::new();
+        s.write_all(get(&format!("/c{i}")).as_bytes())
+            .await
+            .unwrap();
+        let (status, head, body) = next_response(&mut s, &mut buf).await;
+        assert_eq!(status, 200);
+        assert!(!head.to_ascii_lowercase().contains("connection: close"));
+        assert_eq!(body, format!("/c{i}").as_bytes());
+        conns.push((s, buf));
+    }
+    edge.until("three parked connections", |e| {
+        e.metric("tessera_edge_connections_parked", &[]) == 3.0
+    })
+    .await;
+
+    // Pipelined on a parked connection, in one write and across writes: every answer, in
+    // order, on the same connection.
+    let (s, buf) = &mut conns[0];
+    let batch = format!("{}{}{}", get("/p1"), get("/p2"), get("/p3"));
+    s.write_all(batch.as_bytes()).await.unwrap();
+    for p in ["/p1", "/p2", "/p3"] {
+        let (status, _, body) = next_response(s, buf).await;
+        assert_eq!((status, body.as_slice()), (200, p.as_bytes()));
+    }
+    // A request split mid-head and a request with a body (which hyper finishes before the
+    // connection parks again) are answered too.
+    s.write_all(b"GET /sp").await.unwrap();
+    s.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    s.write_all(b"lit HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = next_response(s, buf).await;
+    assert_eq!((status, body.as_slice()), (200, b"/split".as_slice()));
+    s.write_all(b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (status, _, _) = next_response(s, buf).await;
+    assert_ne!(status, 0, "the POST is answered");
+    s.write_all(get("/after").as_bytes()).await.unwrap();
+    let (status, _, body) = next_response(s, buf).await;
+    assert_eq!((status, body.as_slice()), (200, b"/after".as_slice()));
+
+    // `Connection: close` is answered, then the connection closes (it does not park).
+    let (s, buf) = &mut conns[1];
+    s.write_all(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = next_response(s, buf).await;
+    assert_eq!((status, body.as_slice()), (200, b"/last".as_slice()));
+    assert_eq!(
+        next_response(s, buf).await.0,
+        0,
+        "closed after Connection: close"
+    );
+
+    // Parked connections are closed after the idle limit.
+    for (s, buf) in &mut conns {
+        assert_eq!(next_response(s, buf).await.0, 0, "closed once idle");
+    }
+    edge.until("no parked connection", |e| {
+        e.metric("tessera_edge_connections_parked", &[]) == 0.0
+    })
+    .await;
+    edge.stop().await;
+}

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod h3;
+mod parked;
 pub mod tcp;
 
 use std::collections::HashMap;
