@@ -124,15 +124,9 @@ impl BodyLayout {
                 self.inline.extend_from_slice(&data);
             } else {
                 // Past the inline size: what was inline starts the first segment.
-                if !self.inline.is_empty() {
-                    self.segment.extend_from_slice(&self.inline);
-                    self.inline.clear();
-                }
-                self.segment.extend_from_slice(&data);
-                while self.segment.len() >= SEGMENT {
-                    store(self.segments, self.segment.split_to(SEGMENT).freeze());
-                    self.segments += 1;
-                }
+                let inline = std::mem::take(&mut self.inline);
+                self.fill_segments(&inline, &mut store);
+                self.fill_segments(&data, &mut store);
             }
         }
         if data.is_empty() {
@@ -145,6 +139,24 @@ impl BodyLayout {
             release(data.slice(..data.len() - 1));
         }
         self.held = Some(data.slice(data.len() - 1..));
+    }
+
+    /// Copies `data` into segments, each its own buffer of exactly [`SEGMENT`] bytes: a
+    /// segment split off a larger, grown buffer would keep all of that buffer alive in the
+    /// cache (up to twice what the cache counts).
+    fn fill_segments(&mut self, mut data: &[u8], store: &mut impl FnMut(u32, Bytes)) {
+        while !data.is_empty() {
+            if self.segment.capacity() == 0 {
+                self.segment = BytesMut::with_capacity(SEGMENT);
+            }
+            let take = (SEGMENT - self.segment.len()).min(data.len());
+            self.segment.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.segment.len() == SEGMENT {
+                store(self.segments, std::mem::take(&mut self.segment).freeze());
+                self.segments += 1;
+            }
+        }
     }
 
     /// Stores nothing of this body (segments already handed out are never referenced and
@@ -163,15 +175,24 @@ impl BodyLayout {
             return (None, self.held);
         }
         let layout = if self.segments == 0 && self.segment.is_empty() {
-            Layout::Inline(self.inline.freeze())
+            Layout::Inline(exact(self.inline))
         } else {
             if !self.segment.is_empty() {
-                store(self.segments, self.segment.split().freeze());
+                store(self.segments, exact(self.segment));
                 self.segments += 1;
             }
             Layout::Segments(self.segments)
         };
         (Some(layout), self.held)
+    }
+}
+
+/// `buf` as bytes that keep no more than a little spare room alive.
+fn exact(buf: BytesMut) -> Bytes {
+    if buf.capacity() > buf.len() + buf.len() / 8 {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
     }
 }
 
@@ -220,6 +241,35 @@ mod tests {
         assert_eq!(stored, [(0, SEGMENT), (1, SEGMENT), (2, 10)]);
         assert_eq!(released, n - 1);
         assert_eq!(layout, Some(Layout::Segments(3)));
+    }
+
+    #[test]
+    fn what_is_stored_keeps_no_more_memory_than_its_bytes() {
+        // Frames of odd sizes: a segment split off a grown buffer would share (and keep
+        // alive) up to twice its size.
+        let capacity = |b: Bytes| b.try_into_mut().expect("owned alone").capacity();
+        let mut l = BodyLayout::new(true, 1 << 30);
+        let mut stored = Vec::new();
+        let mut i = 0;
+        while l.total() < (2 * SEGMENT + 5000) as u64 {
+            let n = 7919 + i % 3;
+            l.push(Bytes::from(vec![1u8; n]), |_, b| stored.push(b), |_| ());
+            i += 1;
+        }
+        l.finish(|_, b| stored.push(b));
+        assert_eq!(stored.len(), 3);
+        for b in stored {
+            let len = b.len();
+            assert!(capacity(b) <= len + len / 8, "a segment of {len} bytes");
+        }
+        let mut l = BodyLayout::new(true, 1 << 30);
+        for _ in 0..9 {
+            l.push(Bytes::from(vec![1u8; 10_000]), |_, _| (), |_| ());
+        }
+        let (Some(Layout::Inline(b)), _) = l.finish(|_, _| ()) else {
+            panic!("inline")
+        };
+        assert!(capacity(b) <= 90_000 + 90_000 / 8);
     }
 
     #[test]

@@ -170,7 +170,13 @@ impl OriginBackend {
         }
         if complete {
             if !segment.is_empty() {
-                cache.insert_in_memory(segment_key(&id, i), Value::Bytes(segment.into()));
+                // The last segment, copied to its size (its buffer has room for a whole one).
+                let last = if segment.capacity() > segment.len() {
+                    Bytes::copy_from_slice(&segment)
+                } else {
+                    segment.into()
+                };
+                cache.insert_in_memory(segment_key(&id, i), Value::Bytes(last));
             }
             self.forget_chunks_in_memory(&chunks);
             self.ctx.metrics.assembled.inc();
