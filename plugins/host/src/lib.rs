@@ -22,6 +22,8 @@
 //! Hook calls are synchronous and take at most the deadline (default 5 ms); they may run on
 //! any thread at once (each takes its own instance). Deploys are serialised.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod generated;
 mod memo;
 mod metrics;

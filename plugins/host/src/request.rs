@@ -75,6 +75,27 @@ impl Request {
     }
 }
 
+/// A `header-values` answer as the plugin gets it: the filed string holds the values joined
+/// by newlines, which no header value can hold.
+pub(crate) fn values_of(joined: Option<String>) -> Vec<String> {
+    match joined {
+        Some(joined) => joined.split('\n').map(str::to_string).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// A `headers` answer as the plugin gets it: the filed string holds `name: value` lines (a
+/// name holds no ':', a value no newline).
+pub(crate) fn pairs_of(joined: &str) -> Vec<(String, String)> {
+    joined
+        .split('\n')
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 /// The one handle a call passes: a plugin can reach no request but the one of its call,
 /// so every handle means the store's current request.
 pub(crate) fn handle() -> Resource<types::Request> {
@@ -109,23 +130,11 @@ impl types::HostRequest for State {
     }
 
     fn header_values(&mut self, _: Resource<types::Request>, name: String) -> Vec<String> {
-        match self.read(Read::HeaderValues(name.to_ascii_lowercase())) {
-            // Joined by newlines, which no header value can hold.
-            Some(joined) => joined.split('\n').map(str::to_string).collect(),
-            None => Vec::new(),
-        }
+        values_of(self.read(Read::HeaderValues(name.to_ascii_lowercase())))
     }
 
     fn headers(&mut self, _: Resource<types::Request>) -> Vec<(String, String)> {
-        let joined = self.read(Read::Headers).unwrap_or_default();
-        // `name: value` lines; a name holds no ':'.
-        joined
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(": ")?;
-                Some((k.to_string(), v.to_string()))
-            })
-            .collect()
+        pairs_of(&self.read(Read::Headers).unwrap_or_default())
     }
 
     fn client(&mut self, _: Resource<types::Request>) -> String {
