@@ -607,8 +607,9 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("== report: {} (tessera-bench {})", s.name, s.args.join(" "));
         let started = Instant::now();
         let date = now();
-        // The chaos run lasts 30 minutes by design.
-        let minutes = if s.name == "chaos" && !a.quick {
+        // The chaos run lasts 30 minutes by design; the fuzz campaigns (10 million runs of
+        // each target) take 15–25 minutes, more on a busy machine.
+        let minutes = if matches!(s.name, "chaos" | "fuzz") && !a.quick {
             a.section_minutes.max(40)
         } else {
             a.section_minutes
