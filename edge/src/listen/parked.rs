@@ -206,14 +206,12 @@ async fn exchange(
         return Ended::Closed;
     }
     let parts = conn.into_parts();
-    // What hyper read and did not parse comes first, then what it had not read yet of the
-    // bytes this exchange began with.
     let Rewind { ahead, socket } = parts.io.into_inner();
     let ahead = if ahead.is_empty() {
         parts.read_buf
     } else {
-        let mut all = BytesMut::from(&parts.read_buf[..]);
-        all.extend_from_slice(&ahead);
+        let mut all = BytesMut::from(&ahead[..]);
+        all.extend_from_slice(&parts.read_buf);
         all.freeze()
     };
     Ended::Parked(socket, ahead)
