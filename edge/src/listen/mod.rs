@@ -9,7 +9,6 @@
 
 pub mod admin;
 pub mod h3;
-mod parked;
 pub mod tcp;
 
 use std::collections::HashMap;
