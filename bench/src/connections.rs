@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     tcp: usize,
     /// Idle QUIC connections.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 10_000)]
     quic: usize,
     /// Slowloris connections.
     #[arg(long, default_value_t = 10_000)]
