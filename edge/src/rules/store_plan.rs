@@ -163,8 +163,9 @@ impl BodyLayout {
     /// age out of the cache).
     pub fn stop_storing(&mut self) {
         self.storing = false;
-        self.inline.clear();
-        self.segment.clear();
+        // Their buffers go too (a segment's is 1 MiB, for the rest of a long body).
+        self.inline = BytesMut::new();
+        self.segment = BytesMut::new();
     }
 
     /// Ends the body: the last partial segment goes to `store`; returns where the body was
