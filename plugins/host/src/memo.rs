@@ -97,10 +97,10 @@ pub(crate) struct Trace {
 
 /// Longest trace filed, counting the answers' bytes: a full tree holds at most
 /// `memo_entries` times this in answers (16 MiB at the default), whatever clients send.
-const TRACE_BYTES_MAX: usize = 1024;
+pub(crate) const TRACE_BYTES_MAX: usize = 1024;
 
 impl Trace {
-    fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.reads
             .iter()
             .map(|(_, a)| a.as_ref().map_or(0, String::len))
