@@ -810,3 +810,192 @@ async fn silent_idle_and_surplus_connections_are_contained() {
     drop(held);
     edge.stop().await;
 }
+
+/// Reads one HTTP/1.1 response with a `Content-Length` from `s`, keeping what follows it in
+/// `buf`: its status, head and body; status 0 when the connection closes first.
+async fn next_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
+    let deadline = Duration::from_secs(10);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut more = [0u8; 4096];
+        let n = tokio::time::timeout(deadline, s.read(&mut more))
+            .await
+            .expect("a response in time")
+            .unwrap_or(0);
+        if n == 0 {
+            return (0, String::new(), Vec::new());
+        }
+        buf.extend_from_slice(&more[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .expect("a Content-Length");
+    while buf.len() < end + len {
+        let mut more = [0u8; 4096];
+        let n = tokio::time::timeout(deadline, s.read(&mut more))
+            .await
+            .expect("a body in time")
+            .unwrap();
+        assert!(n > 0, "closed mid-body");
+        buf.extend_from_slice(&more[..n]);
+    }
+    let body = buf[end..end + len].to_vec();
+    buf.drain(..end + len);
+    (status_of(&head), head, body)
+}
+
+#[tokio::test]
+async fn keep_alive_connections_park_between_requests_and_keep_their_order() {
+    // Each body is its path, so a response can be matched to its request.
+    let up = Upstream::start(|req, _| {
+        http::Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(http_body_util::Full::new(Bytes::from(
+                req.uri().path().to_owned(),
+            )))
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    cfg.idle_timeout_secs = 4;
+    cfg.header_timeout_secs = 1;
+    let edge = EdgeNode::start(cfg).await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    // Three connections, one request each: all three park.
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        let mut buf = Vec::new();
+        s.write_all(get(&format!("/c{i}")).as_bytes())
+            .await
+            .unwrap();
+        let (status, head, body) = next_response(&mut s, &mut buf).await;
+        assert_eq!(status, 200);
+        assert!(!head.to_ascii_lowercase().contains("connection: close"));
+        assert_eq!(body, format!("/c{i}").as_bytes());
+        conns.push((s, buf));
+    }
+    edge.until("three parked connections", |e| {
+        e.metric("tessera_edge_connections_parked", &[]) == 3.0
+    })
+    .await;
+
+    // Pipelined on a parked connection, in one write and across writes: every answer, in
+    // order, on the same connection.
+    let (s, buf) = &mut conns[0];
+    let batch = format!("{}{}{}", get("/p1"), get("/p2"), get("/p3"));
+    s.write_all(batch.as_bytes()).await.unwrap();
+    for p in ["/p1", "/p2", "/p3"] {
+        let (status, _, body) = next_response(s, buf).await;
+        assert_eq!((status, body.as_slice()), (200, p.as_bytes()));
+    }
+    // A batch larger than hyper's first read of a connection (8 KiB): what one exchange
+    // read ahead is handed to the next in order, whatever is left of it.
+    // The first head grows hyper's reads (8 KiB, then 16 KiB), so more than 8 KiB of the
+    // next heads are read ahead.
+    let mut batch = String::new();
+    let paths: Vec<String> = (0..12).map(|i| format!("/big{i}")).collect();
+    for (i, p) in paths.iter().enumerate() {
+        let pad = "p".repeat(if i == 0 { 12_000 } else { 3_000 });
+        batch.push_str(&format!(
+            "GET {p} HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n"
+        ));
+    }
+    s.write_all(batch.as_bytes()).await.unwrap();
+    for p in &paths {
+        let (status, _, body) = next_response(s, buf).await;
+        assert_eq!((status, body.as_slice()), (200, p.as_bytes()));
+    }
+    // A request split mid-head and a request with a body (which hyper finishes before the
+    // connection parks again) are answered too.
+    s.write_all(b"GET /sp").await.unwrap();
+    s.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    s.write_all(b"lit HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = next_response(s, buf).await;
+    assert_eq!((status, body.as_slice()), (200, b"/split".as_slice()));
+    s.write_all(b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (status, _, _) = next_response(s, buf).await;
+    assert_ne!(status, 0, "the POST is answered");
+    // A request with a body pipelined behind one without, its body sent after the first
+    // answer: hyper reads that body from the socket within the same exchange.
+    s.write_all(
+        format!(
+            "{}POST /form2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+            get("/before")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = next_response(s, buf).await;
+    assert_eq!((status, body.as_slice()), (200, b"/before".as_slice()));
+    s.write_all(b"hello").await.unwrap();
+    let (status, head, _) = next_response(s, buf).await;
+    assert_ne!(status, 0, "the pipelined POST is answered");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"));
+    s.write_all(get("/after").as_bytes()).await.unwrap();
+    let (status, _, body) = next_response(s, buf).await;
+    assert_eq!((status, body.as_slice()), (200, b"/after".as_slice()));
+
+    // `Connection: close` is answered, then the connection closes (it does not park).
+    let (s, buf) = &mut conns[1];
+    s.write_all(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = next_response(s, buf).await;
+    assert_eq!((status, body.as_slice()), (200, b"/last".as_slice()));
+    assert_eq!(
+        next_response(s, buf).await.0,
+        0,
+        "closed after Connection: close"
+    );
+
+    // hyper's client (as the bench's) on one connection, which it never replaces: 200
+    // requests in a row, and a pause longer than the header timeout (1 s) halfway. A parked
+    // connection waits for its next request under the idle limit, not the header timeout,
+    // and sends nothing between answers.
+    let mut client = edge.connection().await;
+    for i in 0..200 {
+        let path = format!("/k{}", i % 5);
+        let resp = client
+            .send(http::Request::get(&path).body(Bytes::new()).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on one kept-alive connection: {e}"));
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, path.as_bytes());
+        if i == 100 {
+            // The pause under test, not a wait for something.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
+    }
+    drop(client);
+
+    // Parked connections are closed after the idle limit.
+    for (s, buf) in &mut conns {
+        assert_eq!(next_response(s, buf).await.0, 0, "closed once idle");
+    }
+    edge.until("no parked connection", |e| {
+        e.metric("tessera_edge_connections_parked", &[]) == 0.0
+    })
+    .await;
+    edge.stop().await;
+}

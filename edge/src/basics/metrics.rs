@@ -113,6 +113,8 @@ pub struct Metrics {
     pub quic_events: IntCounterVec,
     /// QUIC connections open.
     pub quic_connections: IntGauge,
+    /// Plain HTTP/1.1 connections parked between requests (holding no HTTP buffers).
+    pub connections_parked: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -320,6 +322,14 @@ impl Metrics {
             quic_connections: reg(
                 &registry,
                 IntGauge::new("tessera_edge_quic_connections", "QUIC connections open").unwrap(),
+            ),
+            connections_parked: reg(
+                &registry,
+                IntGauge::new(
+                    "tessera_edge_connections_parked",
+                    "Plain HTTP/1.1 keep-alive connections waiting for a request, parked",
+                )
+                .unwrap(),
             ),
             registry,
         }

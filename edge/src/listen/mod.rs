@@ -1,7 +1,8 @@
 //! Layer 6, the listeners: plain HTTP (HTTP/1.1 and h2c with prior knowledge) and HTTPS
 //! (HTTP/1.1 and HTTP/2 by ALPN) in [`tcp`], HTTP/3 over QUIC in [`h3`], and the admin API
 //! in [`admin`], one file per group of endpoints. Each hands requests to the pipeline
-//! ([`crate::pipeline::Edge::handle`]).
+//! ([`crate::pipeline::Edge::handle`]). Plain HTTP/1.1 connections leave hyper between
+//! requests and wait with nothing but their socket (`parked.rs`).
 //!
 //! Every connection runs as a task of one [`TaskTracker`]: shutdown stops the accept loops,
 //! closes the tracker and waits (up to 30 s) for the connections to finish their requests in
@@ -9,6 +10,7 @@
 
 pub mod admin;
 pub mod h3;
+mod parked;
 pub mod tcp;
 
 use std::collections::HashMap;

@@ -14,10 +14,13 @@
 //! smuggled behind it.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Version, header};
+use http::{HeaderValue, Request, Response, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::basics::body::BoxError;
+use crate::basics::body::{BoxError, EdgeBody};
 use crate::basics::protocol::{OverTls, Protocol};
 use crate::pipeline::Edge;
 
@@ -82,14 +85,95 @@ macro_rules! drive {
     }};
 }
 
+/// What serves each request of a TCP connection: the pipeline or the admin API, or a `503`
+/// past the client's connection limit. Its futures are boxed, so an idle connection holds
+/// no room for one.
+#[derive(Clone)]
+pub(super) struct Service {
+    pub(super) edge: Arc<Edge>,
+    serves: Serves,
+    touched: Idle,
+    refused: bool,
+    per_client_limit: usize,
+    peer: SocketAddr,
+    over_tls: bool,
+    /// Told when an HTTP/1.1 exchange may leave hyper once answered ([`super::parked`]).
+    pub(super) park: Arc<super::parked::Parking>,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response<EdgeBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<EdgeBody>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<Incoming>) -> Answer {
+        let this = self.clone();
+        this.touched.touch();
+        let parkable = super::parked::request_allows(&req);
+        this.park.asked();
+        Box::pin(async move {
+            let resp = this.answer(req).await;
+            this.park.answered(parkable, &resp);
+            Ok(resp)
+        })
+    }
+}
+
+impl Service {
+    async fn answer(&self, req: Request<Incoming>) -> Response<EdgeBody> {
+        let peer = self.peer;
+        match &self.serves {
+            _ if self.refused => {
+                let mut r = crate::basics::error::Refusal::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "too many connections from {} (max_connections_per_client {})",
+                        peer.ip().to_canonical(),
+                        self.per_client_limit
+                    ),
+                )
+                .response();
+                if req.version() < Version::HTTP_2 {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
+            }
+            Serves::Admin => crate::listen::admin::handle(&self.edge, req).await,
+            Serves::Content(alt_svc) => {
+                let proto = if req.version() == Version::HTTP_2 {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                };
+                let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                if self.over_tls && proto == Protocol::Http1 {
+                    req.extensions_mut().insert(OverTls);
+                }
+                let mut resp = self.edge.handle(req, proto, peer).await;
+                if let Some(v) = alt_svc {
+                    resp.headers_mut().insert(header::ALT_SVC, v.clone());
+                }
+                resp
+            }
+        }
+    }
+}
+
 /// When a connection last began a request, to close it once idle.
 #[derive(Debug, Clone)]
-struct Idle {
+pub(super) struct Idle {
     last: Arc<std::sync::Mutex<tokio::time::Instant>>,
     limit: Duration,
 }
 
 impl Idle {
+    pub(super) fn limit(&self) -> Duration {
+        self.limit
+    }
+
     fn new(limit: Duration) -> Idle {
         Idle {
             last: Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())),
@@ -97,12 +181,12 @@ impl Idle {
         }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         *self.last.lock().unwrap() = tokio::time::Instant::now();
     }
 
     /// Resolves once no request began for the limit.
-    async fn expired(&self) {
+    pub(super) async fn expired(&self) {
         loop {
             let due = *self.last.lock().unwrap() + self.limit;
             if tokio::time::Instant::now() >= due {
@@ -135,6 +219,7 @@ pub(crate) async fn accept_loop(
 ) {
     let (limit, per_client) = limits.unzip();
     let builder = Arc::new(builder(&edge));
+    let h1 = Arc::new(super::parked::builder(&edge));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let over_tls = acceptor.is_some();
     let first_byte = Duration::from_secs(edge.config().header_timeout_secs.max(1));
@@ -191,67 +276,40 @@ pub(crate) async fn accept_loop(
                 .inc();
         }
         let per_client_limit = slot.as_ref().map_or(0, |(_, l)| *l);
-        let edge = edge.clone();
-        let serves = serves.clone();
         let idle = Idle::new(idle_limit);
-        let touched = idle.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let edge = edge.clone();
-            let serves = serves.clone();
-            touched.touch();
-            async move {
-                let resp = match serves {
-                    _ if refused => {
-                        let mut r = crate::basics::error::Refusal::new(
-                            http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!(
-                                "too many connections from {} (max_connections_per_client \
-                                 {per_client_limit})",
-                                peer.ip().to_canonical()
-                            ),
-                        )
-                        .response();
-                        if req.version() < Version::HTTP_2 {
-                            r.headers_mut()
-                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        }
-                        r
-                    }
-                    Serves::Admin => crate::listen::admin::handle(&edge, req).await,
-                    Serves::Content(alt_svc) => {
-                        let proto = if req.version() == Version::HTTP_2 {
-                            Protocol::Http2
-                        } else {
-                            Protocol::Http1
-                        };
-                        let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
-                        if over_tls && proto == Protocol::Http1 {
-                            req.extensions_mut().insert(OverTls);
-                        }
-                        let mut resp = edge.handle(req, proto, peer).await;
-                        if let Some(v) = alt_svc {
-                            resp.headers_mut().insert(header::ALT_SVC, v);
-                        }
-                        resp
-                    }
-                };
-                Ok::<_, Infallible>(resp)
-            }
-        });
+        let svc = Service {
+            edge: edge.clone(),
+            serves: serves.clone(),
+            touched: idle.clone(),
+            refused,
+            per_client_limit,
+            peer,
+            over_tls,
+            park: Arc::default(),
+        };
         let builder = builder.clone();
         match &acceptor {
             None => {
                 let stop = stop.clone();
+                let h1 = h1.clone();
                 connections.spawn(async move {
                     let _permit = (permit, slot);
                     if !tessera_origin_proto::sends_within(&stream, first_byte).await {
                         debug!(%peer, "closed a connection that sent nothing");
                         return;
                     }
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .into_owned();
-                    drive!(conn, stop, peer, idle);
+                    if !super::parked::may_be_h2c(&stream).await {
+                        super::parked::serve(stream, svc, &h1, stop, idle).await;
+                        return;
+                    }
+                    // Boxed: the task's own size is what a parked connection costs.
+                    Box::pin(async move {
+                        let conn = builder
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .into_owned();
+                        drive!(conn, stop, peer, idle);
+                    })
+                    .await;
                 });
             }
             Some(acceptor) => {
