@@ -201,10 +201,19 @@ impl Fill {
         self.bump();
     }
 
-    /// The body below `offset` is in the cache (leader only).
-    pub fn stored_upto(&self, offset: u64) {
+    /// The segment `seg`, at body offset `at`, is in the cache (leader only). The parts
+    /// of the window it covers whole become slices of it, so the window and the memory
+    /// tier hold those bytes once, and the upstream's read buffers behind them go.
+    pub fn stored(&self, at: u64, seg: &Bytes) {
         let mut s = self.state.lock().unwrap();
-        s.stored_upto = s.stored_upto.max(offset);
+        let end = at + seg.len() as u64;
+        s.stored_upto = s.stored_upto.max(end);
+        for (off, part) in s.parts.iter_mut() {
+            let part_end = *off + part.len() as u64;
+            if *off >= at && part_end <= end && !part.is_empty() {
+                *part = seg.slice((*off - at) as usize..(part_end - at) as usize);
+            }
+        }
         s.trim();
     }
 
@@ -414,6 +423,29 @@ mod tests {
         assert_eq!(next.await.unwrap(), b"cd");
         drop(leader);
         assert!(matches!(fills.join(key), Join::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn a_stored_segment_takes_the_place_of_the_parts_it_covers_whole() {
+        let fills = Flights::<Key, Fill>::new(None);
+        let Join::Lead(leader) = fills.join(Key([4; 32])) else {
+            panic!()
+        };
+        let frames: Vec<Bytes> = (0..4u8).map(|i| Bytes::from(vec![i; 10])).collect();
+        for f in &frames {
+            leader.flight().push(f.clone());
+        }
+        // A segment of 25 bytes: the first two parts whole, the third in part.
+        let seg = Bytes::from(frames.concat()).slice(..25);
+        leader.flight().stored(0, &seg);
+        let s = leader.flight().state.lock().unwrap();
+        assert_eq!(s.stored_upto, 25);
+        let inside = seg.as_ptr_range();
+        for (i, (off, part)) in s.parts.iter().enumerate() {
+            assert_eq!(*off, 10 * i as u64);
+            assert_eq!(part[..], frames[i][..], "part {i} keeps its bytes");
+            assert_eq!(inside.contains(&part.as_ptr()), i < 2, "part {i}");
+        }
     }
 
     #[tokio::test]

@@ -216,13 +216,13 @@ impl Upstream {
         });
         let store_segment = |advice: Option<Advice>| {
             move |i: u32, bytes: Bytes| {
-                let end = i as u64 * SEGMENT as u64 + bytes.len() as u64;
+                // In the cache first: a reader behind the window reads it there.
                 ctx.store.cache.insert_advised(
                     segment_key(&seg_id, i),
-                    Value::Bytes(bytes),
+                    Value::Bytes(bytes.clone()),
                     advice,
                 );
-                fill.stored_upto(end);
+                fill.stored(i as u64 * SEGMENT as u64, &bytes);
             }
         };
         let mut layout = BodyLayout::new(storing, ctx.max_object_bytes);
