@@ -586,17 +586,37 @@ async fn big_upstream(
             let (requests, sent) = (r2.clone(), s2.clone());
             tokio::spawn(async move {
                 let mut head = [0u8; 4096];
-                if s.read(&mut head).await.unwrap_or(0) == 0 {
+                let n = s.read(&mut head).await.unwrap_or(0);
+                if n == 0 {
                     return;
                 }
                 requests.fetch_add(1, SeqCst);
+                // `Range: bytes=N-` with `If-Range` its ETag (or none): the rest from N.
+                let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+                let field = |name: &str| {
+                    head.split("\r\n")
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_string())
+                };
+                let from = field("range: bytes=")
+                    .filter(|_| field("if-range:").is_none_or(|v| v == "\"big\""))
+                    .and_then(|v| v.trim_end_matches('-').parse::<u64>().ok())
+                    .filter(|&n| n < size);
+                let h = match from {
+                    Some(n) => format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {n}-{}/{size}\r\nContent-Length: {}\r\n",
+                        size - 1,
+                        size - n
+                    ),
+                    None => format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n"),
+                };
                 let h = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nCache-Control: {cache_control}\r\n\r\n"
+                    "{h}Cache-Control: {cache_control}\r\nETag: \"big\"\r\nConnection: close\r\n\r\n"
                 );
                 if s.write_all(h.as_bytes()).await.is_err() {
                     return;
                 }
-                let mut off = 0u64;
+                let mut off = from.unwrap_or(0);
                 while off < size {
                     let n = (64 << 10).min(size - off);
                     let piece: Vec<u8> = (off..off + n).map(pattern).collect();
@@ -741,6 +761,41 @@ async fn a_stalled_reader_of_a_stored_body_reads_back_from_the_cache() {
     assert_eq!(requests.load(SeqCst), 1, "one upstream fetch for both");
     let r = edge.get("/stored").await;
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    edge.stop().await;
+}
+
+/// A reader that fell behind a stored fill's window, whose segments the cache no longer
+/// holds, gets the rest of the body on its own (a `Range` request, `If-Range` the ETag)
+/// instead of an error, byte-exact, and the fill does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_an_evicted_stored_body_fetches_the_rest_on_its_own() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let size = 64u64 << 20;
+    let (addr, requests, _) = big_upstream(size, "max-age=600").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(format!("http://{addr}")), dir.path());
+    cfg.fill_window_bytes = WINDOW;
+    // A memory tier far smaller than the body and no SSD tier: segments go soon.
+    cfg.memory_bytes = 8 << 20;
+    cfg.disk_bytes = 0;
+    let edge = EdgeNode::start(cfg).await;
+    let (mut slow, mut read) = stalled_get(edge.http, "/evicted").await;
+    // The slow reader takes its first MiB from the fill, then stalls; a fast reader joins
+    // and takes the fill to the end, past segments the cache lets go of.
+    let mut buf = vec![0u8; 64 << 10];
+    while read.len() < 1 << 20 {
+        let n = slow.read(&mut buf).await.unwrap();
+        assert!(n > 0, "body cut at {}", read.len());
+        read.extend_from_slice(&buf[..n]);
+    }
+    let (fast, early) = stalled_get(edge.http, "/evicted").await;
+    finish_reading(fast, early, size).await;
+    finish_reading(slow, read, size).await;
+    assert_eq!(
+        requests.load(SeqCst),
+        2,
+        "the fill, and the rest for the reader left behind"
+    );
     edge.stop().await;
 }
 

@@ -54,6 +54,24 @@ pub struct FillLimits {
     pub waiting: IntGauge,
     /// The cache, and the id of the segments the body is stored in.
     pub segments: Option<(Cache, [u8; 16])>,
+    /// How a reader that fell behind both the window and the cache gets the rest of the
+    /// body on its own; without it such a reader fails.
+    pub rest: Option<Rest>,
+}
+
+/// The body from an offset to its end, fetched on its own (upstream: a `Range` request
+/// with `If-Range`), for a reader that fell behind what the fill holds and the cache
+/// keeps. The stream fails if the upstream cannot give exactly that.
+#[derive(Clone)]
+pub struct Rest(pub Arc<dyn Fn(u64) -> BodyStream + Send + Sync>);
+
+/// A body's bytes, as a stream.
+pub type BodyStream = futures_util::stream::BoxStream<'static, Result<Bytes, FetchError>>;
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rest")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -290,8 +308,9 @@ pub struct FillReader {
     id: u64,
 }
 
-impl Drop for FillReader {
-    fn drop(&mut self) {
+impl FillReader {
+    /// The fill goes on without this reader.
+    fn leave(&self) {
         self.fill
             .state
             .lock()
@@ -302,12 +321,30 @@ impl Drop for FillReader {
     }
 }
 
+impl Drop for FillReader {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// Where a reader's body stream is.
+struct Reading {
+    me: FillReader,
+    rx: watch::Receiver<u64>,
+    /// Body offset of the next byte.
+    pos: u64,
+    ended: bool,
+    /// Set once the reader fell behind the window and the cache: the rest of the body,
+    /// fetched on its own.
+    detached: Option<BodyStream>,
+}
+
 /// What a reader takes next.
 enum Next {
     Bytes(Bytes),
     /// From the cache: segment `i` of the segments `id`, up to body offset `end` (what was
     /// released: the last byte waits until the response is stored).
-    Stored(Cache, [u8; 16], u32, u64),
+    Stored(Cache, [u8; 16], u32, u64, Option<Rest>),
     Failed(FetchError),
     End,
     Wait,
@@ -316,71 +353,105 @@ enum Next {
 impl FillReader {
     /// The body from its first byte, as it arrives.
     pub fn body(self) -> impl Stream<Item = Result<Bytes, FetchError>> + Send + 'static {
-        let rx = self.fill.version.subscribe();
-        futures_util::stream::unfold(
-            (self, rx, 0u64, false),
-            |(me, mut rx, pos, ended)| async move {
-                if ended {
-                    return None;
+        let start = Reading {
+            rx: self.fill.version.subscribe(),
+            me: self,
+            pos: 0,
+            ended: false,
+            detached: None,
+        };
+        futures_util::stream::unfold(start, |mut r| async move {
+            if r.ended {
+                return None;
+            }
+            loop {
+                if let Some(rest) = &mut r.detached {
+                    use futures_util::StreamExt;
+                    return match rest.next().await {
+                        Some(Ok(b)) => {
+                            r.pos += b.len() as u64;
+                            Some((Ok(b), r))
+                        }
+                        Some(Err(e)) => {
+                            r.ended = true;
+                            Some((Err(e), r))
+                        }
+                        None => None,
+                    };
                 }
-                loop {
-                    let next = {
-                        let s = me.fill.state.lock().unwrap();
-                        if pos < s.start {
-                            match &s.limits {
-                                Some(FillLimits {
-                                    segments: Some((cache, id)),
-                                    ..
-                                }) => {
-                                    let i = (pos / SEGMENT as u64) as u32;
-                                    Next::Stored(cache.clone(), *id, i, s.end)
-                                }
-                                _ => Next::Failed(fell_behind()),
+                let pos = r.pos;
+                let next = {
+                    let s = r.me.fill.state.lock().unwrap();
+                    if pos < s.start {
+                        match &s.limits {
+                            Some(FillLimits {
+                                segments: Some((cache, id)),
+                                rest,
+                                ..
+                            }) => {
+                                let i = (pos / SEGMENT as u64) as u32;
+                                Next::Stored(cache.clone(), *id, i, s.end, rest.clone())
                             }
-                        } else if pos < s.end {
-                            let i = s.parts.partition_point(|(o, _)| *o <= pos) - 1;
-                            let (at, b) = &s.parts[i];
-                            Next::Bytes(b.slice((pos - at) as usize..))
-                        } else {
-                            match &s.done {
-                                Some(Ok(())) => Next::End,
-                                Some(Err(e)) => Next::Failed(e.clone()),
-                                None => Next::Wait,
-                            }
+                            _ => Next::Failed(fell_behind()),
                         }
-                    };
-                    let bytes = match next {
-                        Next::Bytes(b) => b,
-                        Next::Stored(cache, id, i, end) => {
-                            let first = i as u64 * SEGMENT as u64;
-                            match cache.get(&segment_key(&id, i)).await {
-                                Some((Value::Bytes(seg), _)) if first + seg.len() as u64 > pos => {
-                                    let to = seg.len().min((end - first) as usize);
-                                    seg.slice((pos - first) as usize..to)
-                                }
-                                _ => return Some((Err(fell_behind()), (me, rx, pos, true))),
-                            }
-                        }
-                        Next::Failed(e) => return Some((Err(e), (me, rx, pos, true))),
-                        Next::End => return None,
-                        // The fill holds the sender: `changed` cannot fail while it lives.
-                        Next::Wait => {
-                            drop(rx.changed().await);
-                            continue;
-                        }
-                    };
-                    let pos = pos + bytes.len() as u64;
-                    {
-                        let mut s = me.fill.state.lock().unwrap();
-                        if let Some(r) = s.readers.iter_mut().find(|r| r.0 == me.id) {
-                            r.1 = pos;
+                    } else if pos < s.end {
+                        let i = s.parts.partition_point(|(o, _)| *o <= pos) - 1;
+                        let (at, b) = &s.parts[i];
+                        Next::Bytes(b.slice((pos - at) as usize..))
+                    } else {
+                        match &s.done {
+                            Some(Ok(())) => Next::End,
+                            Some(Err(e)) => Next::Failed(e.clone()),
+                            None => Next::Wait,
                         }
                     }
-                    me.fill.room.notify_one();
-                    return Some((Ok(bytes), (me, rx, pos, false)));
+                };
+                let bytes = match next {
+                    Next::Bytes(b) => b,
+                    Next::Stored(cache, id, i, end, rest) => {
+                        let first = i as u64 * SEGMENT as u64;
+                        match cache.get(&segment_key(&id, i)).await {
+                            Some((Value::Bytes(seg), _)) if first + seg.len() as u64 > pos => {
+                                let to = seg.len().min((end - first) as usize);
+                                seg.slice((pos - first) as usize..to)
+                            }
+                            _ => match rest {
+                                // Evicted: the rest of the body on its own, and the fill
+                                // goes on without this reader.
+                                Some(Rest(fetch)) => {
+                                    r.me.leave();
+                                    r.detached = Some(fetch(pos));
+                                    continue;
+                                }
+                                None => {
+                                    r.ended = true;
+                                    return Some((Err(fell_behind()), r));
+                                }
+                            },
+                        }
+                    }
+                    Next::Failed(e) => {
+                        r.ended = true;
+                        return Some((Err(e), r));
+                    }
+                    Next::End => return None,
+                    // The fill holds the sender: `changed` cannot fail while it lives.
+                    Next::Wait => {
+                        drop(r.rx.changed().await);
+                        continue;
+                    }
+                };
+                r.pos += bytes.len() as u64;
+                {
+                    let mut s = r.me.fill.state.lock().unwrap();
+                    if let Some(x) = s.readers.iter_mut().find(|x| x.0 == r.me.id) {
+                        x.1 = r.pos;
+                    }
                 }
-            },
-        )
+                r.me.fill.room.notify_one();
+                return Some((Ok(bytes), r));
+            }
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 
@@ -14,7 +15,7 @@ use crate::basics::body::empty_body;
 use crate::basics::clock::now_secs;
 use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::FetchKind;
-use crate::coalesce::fill::{Fill, FillHead, FillLimits, FillReader, Room};
+use crate::coalesce::fill::{Fill, FillHead, FillLimits, FillReader, Rest, Room};
 use crate::coalesce::{Join, Permit};
 use crate::rules::freshness::Freshness;
 use crate::rules::not_modified::merge_304;
@@ -76,10 +77,92 @@ impl Upstream {
         }
     }
 
+    /// How a reader that fell behind a stored fill (and the cache) gets the rest of the
+    /// body on its own: a `Range` request from its offset, `If-Range` the response's strong
+    /// ETag or its Last-Modified, so that a representation changed since fails the reader
+    /// instead of mixing two. `None` without a validator.
+    fn rest_of_body(
+        self: &Arc<Self>,
+        pq: &str,
+        req: &http::HeaderMap,
+        resp: &http::HeaderMap,
+    ) -> Option<Rest> {
+        let validator = resp
+            .get(header::ETAG)
+            .filter(|e| !e.as_bytes().starts_with(b"W/"))
+            .or_else(|| resp.get(header::LAST_MODIFIED))?
+            .clone();
+        let headers = forward_headers(self, req, true);
+        let (me, uri) = (self.clone(), self.uri(pq));
+        Some(Rest(Arc::new(move |from: u64| {
+            let (me, uri, mut headers) = (me.clone(), uri.clone(), headers.clone());
+            headers.insert(header::RANGE, format!("bytes={from}-").parse().unwrap());
+            headers.insert(header::IF_RANGE, validator.clone());
+            let fetch = async move {
+                let mut req = Request::new(empty_body());
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
+                let resp = match me.ctx.call(FetchKind::Object, me.client.request(req)).await {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        return Err(FetchError::new(
+                            FetchFailure::Connect,
+                            format!("origin unreachable for the rest of a body: {e}"),
+                        ));
+                    }
+                    None => {
+                        return Err(FetchError::new(FetchFailure::Timeout, "origin timed out"));
+                    }
+                };
+                let starts_at = resp
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if resp.status() != StatusCode::PARTIAL_CONTENT || starts_at != Some(from) {
+                    return Err(FetchError::new(
+                        FetchFailure::Body,
+                        format!(
+                            "the upstream answered {} to the rest of a body from byte {from}",
+                            resp.status()
+                        ),
+                    ));
+                }
+                let body = resp.into_body();
+                // Each piece within the between-bytes timeout, as the fill's own.
+                Ok(futures_util::stream::unfold(
+                    (me, body),
+                    |(me, mut body)| async move {
+                        let piece = match me.ctx.next_piece(body.frame(), "the upstream").await {
+                            Ok(p) => p,
+                            Err(e) => return Some((Err(e), (me, body))),
+                        };
+                        match piece? {
+                            Ok(frame) => {
+                                let data = frame.into_data().unwrap_or_default();
+                                Some((Ok(data), (me, body)))
+                            }
+                            Err(e) => Some((
+                                Err(FetchError::new(
+                                    FetchFailure::Body,
+                                    format!("origin body failed: {e}"),
+                                )),
+                                (me, body),
+                            )),
+                        }
+                    },
+                ))
+            };
+            futures_util::stream::once(fetch).try_flatten().boxed()
+        })))
+    }
+
     /// The leader's work. Dropping `permit` (at the end, or early when the task is cut off)
     /// ends the fill.
     async fn lead(
-        &self,
+        self: &Arc<Self>,
         parts: &http::request::Parts,
         pq: &str,
         stale: Option<(Arc<Meta>, Key)>,
@@ -213,6 +296,7 @@ impl Upstream {
             gauge: ctx.metrics.fill_bytes.clone(),
             waiting: ctx.metrics.fills_waiting.clone(),
             segments: storing.then(|| (ctx.store.cache.clone(), seg_id)),
+            rest: self.rest_of_body(pq, &parts.headers, &rparts.headers),
         });
         let store_segment = |advice: Option<Advice>| {
             move |i: u32, bytes: Bytes| {
