@@ -97,7 +97,9 @@ pub(super) struct Service {
     per_client_limit: usize,
     peer: SocketAddr,
     over_tls: bool,
-    /// Told when an HTTP/1.1 exchange may leave hyper once answered ([`super::parked`]).
+    /// Whether the request being answered lets its plain HTTP/1.1 connection leave hyper
+    /// afterwards ([`super::parked::Parking`]; each parked exchange has its own, and TLS and
+    /// HTTP/2 connections never read it).
     pub(super) park: Arc<super::parked::Parking>,
 }
 
