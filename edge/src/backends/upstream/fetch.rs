@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 
-use crate::backends::upstream::{Upstream, forward_headers, response_headers};
+use crate::backends::upstream::{Upstream, forward_headers, response_headers, timed_frames};
 use crate::basics::body::empty_body;
 use crate::basics::clock::now_secs;
 use crate::basics::error::{FetchError, FetchFailure};
@@ -130,30 +130,9 @@ impl Upstream {
                         ),
                     ));
                 }
-                let body = resp.into_body();
                 // Each piece within the between-bytes timeout, as the fill's own.
-                Ok(futures_util::stream::unfold(
-                    (me, body),
-                    |(me, mut body)| async move {
-                        let piece = match me.ctx.next_piece(body.frame(), "the upstream").await {
-                            Ok(p) => p,
-                            Err(e) => return Some((Err(e), (me, body))),
-                        };
-                        match piece? {
-                            Ok(frame) => {
-                                let data = frame.into_data().unwrap_or_default();
-                                Some((Ok(data), (me, body)))
-                            }
-                            Err(e) => Some((
-                                Err(FetchError::new(
-                                    FetchFailure::Body,
-                                    format!("origin body failed: {e}"),
-                                )),
-                                (me, body),
-                            )),
-                        }
-                    },
-                ))
+                Ok(timed_frames(me.ctx.clone(), resp.into_body())
+                    .map_ok(|frame| frame.into_data().unwrap_or_default()))
             };
             futures_util::stream::once(fetch).try_flatten().boxed()
         })))

@@ -15,6 +15,7 @@ pub mod fetch;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt;
@@ -162,21 +163,7 @@ impl Upstream {
         };
         let (rparts, body) = resp.into_parts();
         let counter = self.ctx.metrics.bytes_served.with_label_values(&["origin"]);
-        let ctx = self.ctx.clone();
-        // Each frame within the between-bytes timeout of the one before, or the body ends
-        // in an error.
-        let frames = futures_util::stream::unfold(Some(body), move |body| {
-            let ctx = ctx.clone();
-            async move {
-                let mut body = body?;
-                match ctx.next_piece(body.frame(), "the upstream").await {
-                    Ok(None) => None,
-                    Ok(Some(Ok(frame))) => Some((Ok(frame), Some(body))),
-                    Ok(Some(Err(e))) => Some((Err(BoxError::from(e)), None)),
-                    Err(e) => Some((Err(BoxError::from(e)), None)),
-                }
-            }
-        });
+        let frames = timed_frames(self.ctx.clone(), body).map_err(BoxError::from);
         let body = http_body_util::StreamBody::new(frames)
             .map_frame(move |f| {
                 if let Some(d) = f.data_ref() {
@@ -190,6 +177,34 @@ impl Upstream {
         *r.headers_mut() = response_headers(&rparts.headers);
         Ok(r)
     }
+}
+
+/// An upstream body's frames, each within the between-bytes timeout of the one before; the
+/// stream ends after its first error.
+fn timed_frames(
+    ctx: Context,
+    body: hyper::body::Incoming,
+) -> impl futures_util::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, FetchError>>
++ Send
++ 'static {
+    futures_util::stream::unfold(Some(body), move |body| {
+        let ctx = ctx.clone();
+        async move {
+            let mut body = body?;
+            match ctx.next_piece(body.frame(), "the upstream").await {
+                Ok(None) => None,
+                Ok(Some(Ok(frame))) => Some((Ok(frame), Some(body))),
+                Ok(Some(Err(e))) => Some((
+                    Err(FetchError::new(
+                        FetchFailure::Body,
+                        format!("origin body failed: {e}"),
+                    )),
+                    None,
+                )),
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
 }
 
 /// The host a request is for: its `Host` field, else its URI's authority, lowercase.
