@@ -331,7 +331,7 @@ impl Drop for FillReader {
 struct Reading {
     me: FillReader,
     rx: watch::Receiver<u64>,
-    /// Body offset of the next byte.
+    /// Body offset of the next byte (until detached).
     pos: u64,
     ended: bool,
     /// Set once the reader fell behind the window and the cache: the rest of the body,
@@ -368,10 +368,7 @@ impl FillReader {
                 if let Some(rest) = &mut r.detached {
                     use futures_util::StreamExt;
                     return match rest.next().await {
-                        Some(Ok(b)) => {
-                            r.pos += b.len() as u64;
-                            Some((Ok(b), r))
-                        }
+                        Some(Ok(b)) => Some((Ok(b), r)),
                         Some(Err(e)) => {
                             r.ended = true;
                             Some((Err(e), r))
