@@ -616,8 +616,13 @@ async fn big_upstream(
                 if s.write_all(h.as_bytes()).await.is_err() {
                     return;
                 }
+                // `/hang…`: 24 MiB, then nothing more (the connection held open).
+                let hang = head.starts_with("get /hang");
                 let mut off = from.unwrap_or(0);
                 while off < size {
+                    if hang && off >= 24 << 20 {
+                        std::future::pending::<()>().await;
+                    }
                     let n = (64 << 10).min(size - off);
                     let piece: Vec<u8> = (off..off + n).map(pattern).collect();
                     if s.write_all(&piece).await.is_err() {
@@ -668,12 +673,7 @@ async fn finish_reading(mut s: tokio::net::TcpStream, mut read: Vec<u8>, size: u
         assert!(n > 0, "body cut at {} of {size}", read.len());
         read.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(read.len() as u64, size);
-    let bad = read
-        .iter()
-        .enumerate()
-        .find(|(i, b)| **b != pattern(*i as u64));
-    assert!(bad.is_none(), "wrong byte at {:?}", bad.map(|b| b.0));
+    assert_whole(&read, size);
 }
 
 const WINDOW: usize = 4 << 20;
@@ -762,6 +762,87 @@ async fn a_stalled_reader_of_a_stored_body_reads_back_from_the_cache() {
     let r = edge.get("/stored").await;
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
     edge.stop().await;
+}
+
+/// A stored body whose readers all went away is fetched to its end into the cache (as
+/// nginx and Varnish finish a cacheable fetch whose client left), but only
+/// `max_background_fills` at once: each holds up to its window and the upstream's pace of
+/// CPU, so clients that start and drop many cold downloads cannot grow the edge without
+/// bound. A fill left alone past the limit stops, and a later request fetches anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_fills_left_by_their_readers_go_on_only_up_to_the_background_limit() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let size = 32u64 << 20;
+    let (addr, requests, sent) = big_upstream(size, "max-age=600").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(format!("http://{addr}")), dir.path());
+    cfg.fill_window_bytes = WINDOW;
+    cfg.max_background_fills = 1;
+    // The stalled upstream below must outlast the test.
+    cfg.timeouts.between_bytes_ms = 600_000;
+    let edge = EdgeNode::start(cfg).await;
+
+    // A reader stalls until its fill waits for it, then leaves.
+    let leave = async |path: &str| {
+        let (s, _) = stalled_get(edge.http, path).await;
+        edge.until("the fill waits for its reader", |e| {
+            e.metric("tessera_edge_fills_waiting", &[]) == 1.0
+        })
+        .await;
+        drop(s);
+    };
+
+    // Its only reader leaves: the fill goes on alone to the end, and the body is a hit.
+    leave("/done").await;
+    edge.until("the upstream sent the whole body", |_| {
+        sent.load(SeqCst) == size
+    })
+    .await;
+    edge.until("the fill ended", |e| {
+        e.metric("tessera_edge_fills_background", &[]) == 0.0
+            && e.metric("tessera_edge_fill_bytes", &[]) == 0.0
+    })
+    .await;
+    let r = edge.get("/done").await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_whole(&r.body, size);
+    assert_eq!(requests.load(SeqCst), 1);
+
+    // One left alone whose upstream stalls mid-body holds the only permit...
+    leave("/hang").await;
+    edge.until("it goes on without readers", |e| {
+        e.metric("tessera_edge_fills_background", &[]) == 1.0
+    })
+    .await;
+    // ...so the next one left alone stops.
+    leave("/stop").await;
+    edge.until("the third fill stops", |e| {
+        e.metric("tessera_edge_fills_stopped_total", &[]) == 1.0
+            && e.metric("tessera_edge_fills_waiting", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(edge.metric("tessera_edge_fills_background", &[]), 1.0);
+    // What it held went with it; the stalled one holds at most its window.
+    edge.until("the stopped fill let go of its bytes", |e| {
+        e.metric("tessera_edge_fill_bytes", &[]) <= (WINDOW + (512 << 10)) as f64
+    })
+    .await;
+    // Nothing of it was kept as a whole response: the next request fetches it anew.
+    let r = edge.get("/stop").await;
+    assert!(r.cache_status().contains("miss"), "{}", r.cache_status());
+    assert_whole(&r.body, size);
+    assert_eq!(requests.load(SeqCst), 4, "/done, /hang, /stop twice");
+    edge.stop().await;
+}
+
+/// Asserts that `body` is the whole pattern body of `size` bytes.
+fn assert_whole(body: &[u8], size: u64) {
+    assert_eq!(body.len() as u64, size);
+    let bad = body
+        .iter()
+        .enumerate()
+        .find(|(i, b)| **b != pattern(*i as u64));
+    assert!(bad.is_none(), "wrong byte at {:?}", bad.map(|b| b.0));
 }
 
 /// A reader that fell behind a stored fill's window, whose segments the cache no longer

@@ -16,6 +16,7 @@ use std::time::Instant;
 use crate::basics::config::Timeouts;
 use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::{FetchKind, Metrics};
+use crate::coalesce::fill::Background;
 use crate::store::Store;
 use crate::store::advice::Advisor;
 
@@ -34,6 +35,8 @@ pub struct Context {
     pub max_object_bytes: u64,
     /// Body bytes one fill holds at most ([`crate::coalesce::fill`]).
     pub fill_window_bytes: usize,
+    /// The stored fills that may go on with no reader left.
+    pub background_fills: Background,
 }
 
 impl Context {

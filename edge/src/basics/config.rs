@@ -50,6 +50,11 @@ pub struct EdgeConfig {
     /// (readers that fall behind read the cache); one not stored waits for its slowest
     /// reader.
     pub fill_window_bytes: usize,
+    /// Upstream mode: stored responses whose readers all went away that are still fetched
+    /// to the end into the cache, at most (as nginx and Varnish finish a cacheable fetch
+    /// whose client left). Each holds up to its window and takes the upstream's pace of
+    /// CPU; one left when this many go on stops (0: every one stops).
+    pub max_background_fills: usize,
     /// How long the edge waits on origins and upstreams, and when it asks a second origin.
     pub timeouts: Timeouts,
     /// Origin mode: when an origin that keeps failing is set aside.
@@ -170,6 +175,7 @@ impl Default for EdgeConfig {
             heuristic_cap_secs: 24 * 3600,
             max_object_bytes: 1 << 30,
             fill_window_bytes: 2 << 20,
+            max_background_fills: 16,
             timeouts: Timeouts::default(),
             outliers: Outliers::default(),
             origin_readahead_bytes: 4 << 20,

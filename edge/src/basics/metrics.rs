@@ -72,6 +72,10 @@ pub struct Metrics {
     pub fill_bytes: IntGauge,
     /// Fills waiting for a slow reader.
     pub fills_waiting: IntGauge,
+    /// Stored fills going on with no reader left (at most `max_background_fills`).
+    pub fills_background: IntGauge,
+    /// Stored fills stopped when their last reader left, `max_background_fills` going on.
+    pub fills_stopped: IntCounter,
     /// Times the client connection cap was reached.
     pub connection_limit_hits: IntCounter,
     /// Connections refused because their client address holds `max_connections_per_client`,
@@ -245,6 +249,22 @@ impl Metrics {
                 IntGauge::new(
                     "tessera_edge_fills_waiting",
                     "Responses being fetched that wait for a slow reader (their window is full)",
+                )
+                .unwrap(),
+            ),
+            fills_background: reg(
+                &registry,
+                IntGauge::new(
+                    "tessera_edge_fills_background",
+                    "Responses being fetched into the cache with no reader left",
+                )
+                .unwrap(),
+            ),
+            fills_stopped: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_fills_stopped_total",
+                    "Responses being stored whose fetch stopped when their last reader left, max_background_fills going on already",
                 )
                 .unwrap(),
             ),

@@ -5,10 +5,12 @@
 //!
 //! Memory is bounded per fill: it holds at most its window ([`FillLimits::window`]) of body
 //! bytes, whatever its readers' pace (as nginx's `proxy_buffers` and a busy-buffers cap).
-//! - A body being stored goes on at the pace of its fastest reader (at the upstream's pace
-//!   when no reader is left): bytes already in the cache (its full segments) leave the fill
-//!   once a reader waits at its end, and a reader that fell behind them, or joined late,
-//!   reads them back from the cache. A fill whose readers are all behind waits for them.
+//! - A body being stored goes on at the pace of its fastest reader: bytes already in the
+//!   cache (its full segments) leave the fill once a reader waits at its end, and a reader
+//!   that fell behind them, or joined late, reads them back from the cache. A fill whose
+//!   readers are all behind waits for them. When no reader is left it goes on at the
+//!   upstream's pace to complete the cached body, if fewer than [`Background`]'s limit do
+//!   so already; else it stops.
 //! - A body not stored (`no-store`, too large, refused by the eviction plugin) waits for its
 //!   slowest reader once the window is full, and stops when no reader is left.
 
@@ -18,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use prometheus::IntGauge;
-use tokio::sync::{Notify, watch};
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::basics::error::{FetchError, FetchFailure};
 use crate::coalesce::Flight;
@@ -57,6 +59,56 @@ pub struct FillLimits {
     /// How a reader that fell behind both the window and the cache gets the rest of the
     /// body on its own; without it such a reader fails.
     pub rest: Option<Rest>,
+    /// Whether a stored body may go on once no reader is left.
+    pub background: Background,
+}
+
+/// The stored fills that go on with no reader left, to complete their body in the cache
+/// (as nginx and Varnish finish a cacheable fetch whose client went away): at most as many
+/// as it has permits, since each holds up to its window of memory and takes the upstream's
+/// pace of CPU. A fill left alone when they are all taken stops. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Background {
+    permits: Arc<Semaphore>,
+    /// Fills going on with no reader now.
+    going: IntGauge,
+    /// Fills stopped for want of a permit.
+    stopped: IntCounter,
+}
+
+impl Background {
+    /// At most `max` fills going on with no reader, counted in `going` (while they do) and
+    /// `stopped` (each one stopped).
+    pub fn new(max: usize, going: IntGauge, stopped: IntCounter) -> Background {
+        Background {
+            permits: Arc::new(Semaphore::new(max)),
+            going,
+            stopped,
+        }
+    }
+
+    /// A permit to go on, if one is left.
+    fn permit(&self) -> Option<Going> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.going.inc();
+        Some(Going {
+            _permit: permit,
+            going: self.going.clone(),
+        })
+    }
+}
+
+/// A fill's permit to go on with no reader, held until the fill ends.
+#[derive(Debug)]
+struct Going {
+    _permit: OwnedSemaphorePermit,
+    going: IntGauge,
+}
+
+impl Drop for Going {
+    fn drop(&mut self) {
+        self.going.dec();
+    }
 }
 
 /// The body from an offset to its end, fetched on its own (upstream: a `Range` request
@@ -90,6 +142,11 @@ struct State {
     next_reader: u64,
     /// `Some(Ok)` when the body is complete, `Some(Err)` when it failed.
     done: Option<Result<(), FetchError>>,
+    /// Held while the fill goes on with no reader left.
+    background: Option<Going>,
+    /// Set when the fill stopped because no reader was left: a request that comes later
+    /// fetches on its own.
+    stopped: bool,
 }
 
 impl State {
@@ -236,7 +293,9 @@ impl Fill {
     }
 
     /// Waits until the fill may take more of the body (leader only). `storing`: whether the
-    /// body is still being stored (else bytes leave only as readers pass them).
+    /// body is still being stored (else bytes leave only as readers pass them). With no
+    /// reader left, a body not stored stops, and so does a stored one that finds no
+    /// [`Background`] permit.
     pub async fn room(&self, storing: bool) -> Room {
         let mut waited = None;
         let room = loop {
@@ -244,8 +303,24 @@ impl Fill {
             {
                 let mut s = self.state.lock().unwrap();
                 s.trim();
-                if s.readers.is_empty() && !storing {
-                    break Room::Stop;
+                if s.readers.is_empty() && s.background.is_none() {
+                    let budget = s.limits.as_ref().map(|l| l.background.clone());
+                    match (storing, budget) {
+                        (false, _) => {
+                            s.stopped = true;
+                            break Room::Stop;
+                        }
+                        (true, Some(b)) => match b.permit() {
+                            Some(going) => s.background = Some(going),
+                            None => {
+                                b.stopped.inc();
+                                s.stopped = true;
+                                break Room::Stop;
+                            }
+                        },
+                        // Without limits nothing bounds the fill.
+                        (true, None) => {}
+                    }
                 }
                 match &s.limits {
                     Some(l) if s.held() >= l.window as u64 => {
@@ -267,7 +342,12 @@ impl Fill {
 
     /// Marks the body complete or failed (leader only; the first call wins).
     pub fn finish(&self, result: Result<(), FetchError>) {
-        self.state.lock().unwrap().done.get_or_insert(result);
+        let going = {
+            let mut s = self.state.lock().unwrap();
+            s.done.get_or_insert(result);
+            s.background.take()
+        };
+        drop(going);
         self.bump();
     }
 
@@ -288,7 +368,7 @@ impl Fill {
     /// reader before the body starts.
     pub fn reader(self: &Arc<Self>) -> Option<FillReader> {
         let mut s = self.state.lock().unwrap();
-        if s.start > 0 && s.stored_upto < s.start {
+        if s.stopped || s.start > 0 && s.stored_upto < s.start {
             return None;
         }
         let id = s.next_reader;

@@ -36,6 +36,7 @@ use crate::basics::config::{Backend, EdgeConfig};
 use crate::basics::error::{FetchError, Refusal};
 use crate::basics::metrics::Metrics;
 use crate::basics::protocol::{Protocol, over_tls};
+use crate::coalesce::fill::Background;
 use crate::coalesce::{Flights, Once};
 use crate::pipeline::drive::Via;
 use crate::pipeline::hooks::{Admission, Plugins};
@@ -91,6 +92,11 @@ impl Edge {
             heuristic_cap_secs: cfg.heuristic_cap_secs,
             max_object_bytes: cfg.max_object_bytes,
             fill_window_bytes: cfg.fill_window_bytes.max(2 * SEGMENT),
+            background_fills: Background::new(
+                cfg.max_background_fills,
+                metrics.fills_background.clone(),
+                metrics.fills_stopped.clone(),
+            ),
         };
         let connect = cfg.timeouts.connect();
         let (origin, upstream) = match &cfg.backend {

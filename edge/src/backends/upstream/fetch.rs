@@ -276,6 +276,7 @@ impl Upstream {
             waiting: ctx.metrics.fills_waiting.clone(),
             segments: storing.then(|| (ctx.store.cache.clone(), seg_id)),
             rest: self.rest_of_body(pq, &parts.headers, &rparts.headers),
+            background: ctx.background_fills.clone(),
         });
         let store_segment = |advice: Option<Advice>| {
             move |i: u32, bytes: Bytes| {
@@ -291,7 +292,8 @@ impl Upstream {
         let mut layout = BodyLayout::new(storing, ctx.max_object_bytes);
         loop {
             if fill.room(layout.storing()).await == Room::Stop {
-                // Not stored, and every reader went away.
+                // Every reader went away, and the body is not stored or too many others
+                // go on without readers already.
                 fill.finish(Err(FetchError::abandoned()));
                 return;
             }

@@ -369,6 +369,11 @@ mod tests {
             heuristic_cap_secs: 3600,
             max_object_bytes: 1 << 20,
             fill_window_bytes: 8 << 20,
+            background_fills: crate::coalesce::fill::Background::new(
+                16,
+                prometheus::IntGauge::new("going", "going").unwrap(),
+                prometheus::IntCounter::new("stopped", "stopped").unwrap(),
+            ),
         };
         (ctx, dir)
     }
