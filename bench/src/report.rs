@@ -179,7 +179,10 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
         Section {
             name: "slow-readers",
             title: "Slow readers of cold 1 GiB objects: the edge's memory, a fast client beside them",
-            args: q(&["slow-readers"], &["--readers", "10", "--seconds", "10"]),
+            args: q(
+                &["slow-readers"],
+                &["--readers", "10", "--seconds", "10", "--rounds", "1"],
+            ),
         },
         Section {
             name: "connections",
