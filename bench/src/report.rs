@@ -179,10 +179,7 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
         Section {
             name: "slow-readers",
             title: "Slow readers of cold 1 GiB objects: the edge's memory, a fast client beside them",
-            args: q(
-                &["slow-readers"],
-                &["--readers", "10", "--seconds", "10", "--rounds", "1"],
-            ),
+            args: q(&["slow-readers"], &["--readers", "10", "--seconds", "12"]),
         },
         Section {
             name: "connections",
