@@ -339,6 +339,11 @@ async fn run_async(a: Args) -> Result<()> {
                     let got = tokio::time::timeout(Duration::from_secs(30), got).await;
                     counts[READS].fetch_add(1, Ordering::Relaxed);
                     let why = match &got {
+                        // An error's body names the problem (the edge's JSON).
+                        Ok(Ok((s, body))) if *s >= 400 => format!(
+                            "status {s}: {}",
+                            String::from_utf8_lossy(&body[..body.len().min(300)])
+                        ),
                         Ok(Ok((s, _))) => format!("status {s}"),
                         Ok(Err(e)) => e.to_string(),
                         Err(_) => "no answer within 30 s".into(),
