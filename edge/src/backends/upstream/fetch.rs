@@ -102,18 +102,7 @@ impl Upstream {
                 let mut req = Request::new(empty_body());
                 *req.uri_mut() = uri;
                 *req.headers_mut() = headers;
-                let resp = match me.ctx.call(FetchKind::Object, me.client.request(req)).await {
-                    Some(Ok(r)) => r,
-                    Some(Err(e)) => {
-                        return Err(FetchError::new(
-                            FetchFailure::Connect,
-                            format!("origin unreachable for the rest of a body: {e}"),
-                        ));
-                    }
-                    None => {
-                        return Err(FetchError::new(FetchFailure::Timeout, "origin timed out"));
-                    }
-                };
+                let resp = me.request(FetchKind::Object, req).await?;
                 let starts_at = resp
                     .headers()
                     .get(header::CONTENT_RANGE)
@@ -168,24 +157,12 @@ impl Upstream {
         } else {
             FetchKind::Object
         };
-        let resp = match ctx.call(kind, self.client.request(req)).await {
-            None => {
-                fill.set_head(Err(FetchError::new(
-                    FetchFailure::Timeout,
-                    "origin timed out",
-                )));
+        let resp = match self.request(kind, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                fill.set_head(Err(e));
                 return;
             }
-            Some(Err(e)) => {
-                ctx.failed(FetchFailure::Connect);
-                tracing::warn!(upstream = %self.authority, error = %e, "upstream request failed");
-                fill.set_head(Err(FetchError::new(
-                    FetchFailure::Connect,
-                    format!("origin unreachable: {e}"),
-                )));
-                return;
-            }
-            Some(Ok(r)) => r,
         };
         let response_time = now_secs();
         let (rparts, mut body) = resp.into_parts();

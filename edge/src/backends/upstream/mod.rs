@@ -129,6 +129,32 @@ impl Upstream {
         }
     }
 
+    /// Sends `req` to the upstream, counted by `kind` and timed to its answer. No answer
+    /// within the first-byte timeout is a `Timeout` failure (counted by [`Context::call`]);
+    /// a request that fails (no connection, a broken one) a `Connect` failure, counted and
+    /// logged.
+    async fn request(
+        &self,
+        kind: FetchKind,
+        req: Request<EdgeBody>,
+    ) -> Result<Response<hyper::body::Incoming>, FetchError> {
+        match self.ctx.call(kind, self.client.request(req)).await {
+            Some(Ok(r)) => Ok(r),
+            None => Err(FetchError::new(
+                FetchFailure::Timeout,
+                "the upstream did not answer in time",
+            )),
+            Some(Err(e)) => {
+                self.ctx.failed(FetchFailure::Connect);
+                tracing::warn!(upstream = %self.authority, error = %e, "upstream request failed");
+                Err(FetchError::new(
+                    FetchFailure::Connect,
+                    format!("upstream unreachable: {e}"),
+                ))
+            }
+        }
+    }
+
     /// Forwards a request as it is (its body too) and streams the answer back, storing
     /// nothing.
     pub async fn pass(
@@ -141,26 +167,7 @@ impl Upstream {
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = self.uri(pq);
         *req.headers_mut() = forward_headers(self, &parts.headers, false);
-        let resp = match self
-            .ctx
-            .call(FetchKind::Pass, self.client.request(req))
-            .await
-        {
-            None => {
-                return Err(FetchError::new(
-                    FetchFailure::Timeout,
-                    "the upstream did not answer in time",
-                ));
-            }
-            Some(Err(e)) => {
-                self.ctx.failed(FetchFailure::Connect);
-                return Err(FetchError::new(
-                    FetchFailure::Connect,
-                    format!("upstream request failed: {e}"),
-                ));
-            }
-            Some(Ok(r)) => r,
-        };
+        let resp = self.request(FetchKind::Pass, req).await?;
         let (rparts, body) = resp.into_parts();
         let counter = self.ctx.metrics.bytes_served.with_label_values(&["origin"]);
         let frames = timed_frames(self.ctx.clone(), body).map_err(BoxError::from);
