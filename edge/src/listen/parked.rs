@@ -223,7 +223,7 @@ async fn exchange(
     idle: &Idle,
 ) -> Ended {
     let park = Arc::new(Parking::default());
-    svc.park = park.clone();
+    svc.park = Some(park.clone());
     let io = Rewind {
         ahead,
         socket,

@@ -98,9 +98,9 @@ pub(super) struct Service {
     peer: SocketAddr,
     over_tls: bool,
     /// Whether the request being answered lets its plain HTTP/1.1 connection leave hyper
-    /// afterwards ([`super::parked::Parking`]; each parked exchange has its own, and TLS and
-    /// HTTP/2 connections never read it).
-    pub(super) park: Arc<super::parked::Parking>,
+    /// afterwards ([`super::parked::Parking`]): each exchange of a plain HTTP/1.1
+    /// connection has its own; `None` on TLS and HTTP/2 connections, which never park.
+    pub(super) park: Option<Arc<super::parked::Parking>>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<EdgeBody>, Infallible>> + Send>>;
@@ -113,11 +113,15 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     fn call(&self, req: Request<Incoming>) -> Answer {
         let this = self.clone();
         this.touched.touch();
-        let parkable = super::parked::request_allows(&req);
-        this.park.asked();
+        let parkable = this.park.is_some() && super::parked::request_allows(&req);
+        if let Some(p) = &this.park {
+            p.asked();
+        }
         Box::pin(async move {
             let resp = this.answer(req).await;
-            this.park.answered(parkable, &resp);
+            if let Some(p) = &this.park {
+                p.answered(parkable, &resp);
+            }
             Ok(resp)
         })
     }
@@ -287,7 +291,7 @@ pub(crate) async fn accept_loop(
             per_client_limit,
             peer,
             over_tls,
-            park: Arc::default(),
+            park: None,
         };
         let builder = builder.clone();
         match &acceptor {
