@@ -25,8 +25,8 @@
 //! # Repair and scrub
 //! [`Cluster::repair`] (every `repair_interval_secs`, and on `POST /api/v1/cluster/repair`)
 //! pushes each record and each fragment's chunks this node holds to their current owners,
-//! then drops what this node holds but no longer owns, and fragments of superseded
-//! versions. [`Cluster::scrub`] reads every chunk at a bounded rate, checks it against its
+//! then drops what this node holds but no longer owns, and fragments of versions
+//! superseded or deleted longer ago than [`ClusterConfig::superseded_grace_secs`]. [`Cluster::scrub`] reads every chunk at a bounded rate, checks it against its
 //! blake3 and replaces a corrupt one with a replica's copy.
 
 use std::collections::{HashMap, HashSet};
@@ -90,6 +90,11 @@ pub struct ClusterConfig {
     /// Fragments of a version with no file record yet (a publish in flight) are kept this
     /// long before repair treats them as left by a failed publish.
     pub fragment_grace_secs: u64,
+    /// A version replaced by a newer one, or deleted, keeps its fragments (and so its
+    /// chunks) this long after it was, so reads that started on it finish (as a file
+    /// unlinked on a filesystem stays readable while it is open); repair drops them
+    /// afterwards. 0: they are dropped at once, everywhere.
+    pub superseded_grace_secs: u64,
     /// Seconds a node call may take before the node is treated as down for that call.
     pub call_timeout_secs: u64,
 }
@@ -105,6 +110,7 @@ impl Default for ClusterConfig {
             scrub_bytes_per_sec: 32 << 20,
             tombstone_secs: 7 * 24 * 3600,
             fragment_grace_secs: 600,
+            superseded_grace_secs: 600,
             call_timeout_secs: 10,
         }
     }
@@ -755,7 +761,9 @@ impl Cluster {
             }
         };
         let superseded = current.newer_than(&rec);
-        self.spawn_drop_older(&current);
+        if self.cfg.superseded_grace_secs == 0 {
+            self.spawn_drop_older(&current);
+        }
         let reply = PublishReply {
             path: path.to_string(),
             size,
@@ -1059,7 +1067,8 @@ impl Cluster {
         Err(ClusterError::ChunkUnavailable(hash))
     }
 
-    /// Deletes `path` cluster-wide: a tombstone on its owners, then its fragments dropped.
+    /// Deletes `path` cluster-wide: a tombstone on its owners; its fragments are dropped at
+    /// once with no [`ClusterConfig::superseded_grace_secs`], else by repair after it.
     /// Returns `false` if nothing was published there.
     pub async fn delete(self: &Arc<Self>, path: &str) -> Result<bool, ClusterError> {
         self.ensure_quorum().await?;
@@ -1074,8 +1083,10 @@ impl Cluster {
             manifest: None,
         };
         let (_, current) = self.put_record(&rec).await.map_err(|e| e.error)?;
-        let body = serde_json::json!({"path": path, "stamp": current.stamp, "upload": current.upload, "older": true});
-        self.broadcast_drop(body).await;
+        if self.cfg.superseded_grace_secs == 0 {
+            let body = serde_json::json!({"path": path, "stamp": current.stamp, "upload": current.upload, "older": true});
+            self.broadcast_drop(body).await;
+        }
         Ok(true)
     }
 
@@ -1362,7 +1373,11 @@ impl Cluster {
             let is_current = cur.is_some_and(|c| c.manifest.is_some() && c.version() == version);
             if !is_current {
                 let stale = match cur {
-                    Some(c) => c.version() > version,
+                    // Superseded (or deleted) long enough ago that reads of it are over.
+                    Some(c) => {
+                        c.version() > version
+                            && now.saturating_sub(c.stamp) >= self.cfg.superseded_grace_secs * 1000
+                    }
                     // No record yet: a publish in flight, or a failed one once old enough.
                     None => now.saturating_sub(f.stamp) > self.cfg.fragment_grace_secs * 1000,
                 };

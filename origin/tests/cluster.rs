@@ -4,8 +4,13 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use common::{Node, cluster_config, get, noise, restart_node, send, start_cluster, start_member};
+use common::{
+    Node, cluster_config, get, noise, restart_node, send, start_cluster, start_cluster_with,
+    start_member,
+};
 use http::{Method, StatusCode};
 use tessera_origin_proto::ring::{Ring, RingNode};
 use tessera_origin_proto::{ChunkHash, Manifest};
@@ -302,6 +307,74 @@ async fn too_few_live_nodes_refuse_a_publish_cleanly() {
         StatusCode::NOT_FOUND
     );
     nodes.pop().unwrap().stop().await;
+}
+
+/// A version replaced by a newer one keeps its chunks for `superseded_grace_secs`, so a read
+/// that started on it (an edge streaming the old file from its manifest) can finish, as a
+/// file unlinked on a filesystem stays readable while open; repair drops them afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_version_stays_readable_for_the_grace_period() {
+    const GRACE: Duration = Duration::from_secs(6);
+    let nodes = start_cluster_with(3, 2, |c| c.superseded_grace_secs = GRACE.as_secs()).await;
+    let v1 = noise(2 << 20, 21);
+    publish(&nodes[0], "g.bin", &v1).await;
+    let m1 = manifest(&nodes[0], "g.bin").await;
+    let replaced = std::time::Instant::now();
+    publish(&nodes[1], "g.bin", &noise(1 << 20, 22)).await;
+    let m2 = manifest(&nodes[0], "g.bin").await;
+    let in_v2: std::collections::HashSet<_> = m2.chunks.iter().map(|c| c.hash).collect();
+    let only_v1: Vec<_> = m1
+        .chunks
+        .iter()
+        .filter(|c| !in_v2.contains(&c.hash))
+        .map(|c| c.hash)
+        .collect();
+    assert!(!only_v1.is_empty());
+    // Within the grace period, after a repair pass: every old chunk still on two nodes,
+    // and the old version reads back whole, chunk by chunk, from any node.
+    repair_all(&nodes).await;
+    assert!(
+        replaced.elapsed() < GRACE,
+        "the test ran too slowly to tell"
+    );
+    for h in &only_v1 {
+        assert_eq!(holders(&nodes, h).await.len(), 2, "chunk {h} dropped early");
+    }
+    let mut read = Vec::new();
+    for c in &m1.chunks {
+        let r = get(&nodes[2].url(&format!("/api/v1/chunks/{}", c.hash))).await;
+        assert_eq!(r.status, StatusCode::OK);
+        read.extend_from_slice(&r.body);
+    }
+    assert!(read == v1, "the old version no longer reads back");
+    // After it, repair drops them.
+    let deadline = std::time::Instant::now() + GRACE * 5;
+    loop {
+        repair_all(&nodes).await;
+        let mut left = 0;
+        for h in &only_v1 {
+            left += holders(&nodes, h).await.len();
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} copies of the old version's chunks still kept"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        replaced.elapsed() >= GRACE,
+        "dropped before the grace period ended"
+    );
+    assert_eq!(
+        get(&nodes[0].url("/api/v1/files/g.bin")).await.body,
+        noise(1 << 20, 22)
+    );
+    for n in nodes {
+        n.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -102,12 +102,23 @@ pub fn cluster_config(
         repair_interval_secs: 0,
         scrub_bytes_per_sec: 0,
         call_timeout_secs: 3,
+        // Most tests check that what a publish or a delete frees is gone at once.
+        superseded_grace_secs: 0,
         ..Default::default()
     }
 }
 
 /// `n` origin nodes forming one cluster with replication `r`, all with token `secret`.
 pub async fn start_cluster(n: usize, r: usize) -> Vec<Node> {
+    start_cluster_with(n, r, |_| {}).await
+}
+
+/// [`start_cluster`], each node's configuration changed by `change`.
+pub async fn start_cluster_with(
+    n: usize,
+    r: usize,
+    change: impl Fn(&mut tessera_origin::cluster::ClusterConfig),
+) -> Vec<Node> {
     let mut listeners = Vec::new();
     for _ in 0..n {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -115,7 +126,8 @@ pub async fn start_cluster(n: usize, r: usize) -> Vec<Node> {
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        let cfg = cluster_config(&addrs, i, r);
+        let mut cfg = cluster_config(&addrs, i, r);
+        change(&mut cfg);
         nodes.push(start_member(l, tempfile::tempdir().unwrap(), cfg).await);
     }
     nodes
