@@ -881,10 +881,13 @@ impl Cluster {
     fn spawn_drop_older(self: &Arc<Self>, current: &FileRecord) {
         let me = self.clone();
         let cur = current.clone();
-        tokio::spawn(async move {
-            let body = serde_json::json!({"path": cur.path, "stamp": cur.stamp, "upload": cur.upload, "older": true});
-            me.broadcast_drop(body).await;
-        });
+        tokio::spawn(async move { me.drop_older(&cur).await });
+    }
+
+    /// Drops on every live node the fragments of versions older than `current`.
+    async fn drop_older(&self, current: &FileRecord) {
+        let body = serde_json::json!({"path": current.path, "stamp": current.stamp, "upload": current.upload, "older": true});
+        self.broadcast_drop(body).await;
     }
 
     /// Drops the fragments of one failed version everywhere.
@@ -1084,8 +1087,7 @@ impl Cluster {
         };
         let (_, current) = self.put_record(&rec).await.map_err(|e| e.error)?;
         if self.cfg.superseded_grace_secs == 0 {
-            let body = serde_json::json!({"path": path, "stamp": current.stamp, "upload": current.upload, "older": true});
-            self.broadcast_drop(body).await;
+            self.drop_older(&current).await;
         }
         Ok(true)
     }
