@@ -93,22 +93,91 @@ async fn malformed_requests_are_refused() {
     assert!(edge.metric("tessera_edge_bad_requests_total", &[]) >= 3.0);
 }
 
+/// The HTTP/1.1 smuggling shapes (RFC 9112 §6.3, §11.2): whatever the edge answers, a
+/// request hidden in another's body never reaches the upstream, and the connection ends
+/// after at most one answer.
 #[tokio::test]
-async fn a_smuggled_request_behind_te_and_cl_is_never_processed() {
+async fn smuggled_requests_are_never_processed() {
+    let up = Upstream::start(|_, _| response(200, &[], b"ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start(config(Backend::Upstream(up.url()), dir.path())).await;
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let shapes = [
+        (
+            "CL.TE",
+            "Content-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "TE.CL",
+            "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n30\r\n",
+        ),
+        (
+            "TE.TE, a second coding",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "TE not chunked",
+            "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "space before the colon",
+            "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "folded TE",
+            "X-A: a\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk size overflow",
+            "Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffff1\r\n",
+        ),
+        ("negative length", "Content-Length: -1\r\n\r\n"),
+        ("length with a sign", "Content-Length: +3\r\n\r\nabc"),
+    ];
+    for (what, head_and_body) in shapes {
+        let reply = raw(
+            edge.http,
+            format!("POST /form HTTP/1.1\r\nHost: x\r\n{head_and_body}{hidden}").as_bytes(),
+        )
+        .await;
+        assert!(
+            reply.matches("HTTP/1.1 ").count() <= 1,
+            "{what}: one answer at most, then close: {reply}"
+        );
+        assert_eq!(
+            up.count("/smuggled"),
+            0,
+            "{what}: the hidden request arrived"
+        );
+    }
+    // The edge still serves a clean client.
+    assert_eq!(edge.get("/after").await.status, 200);
+}
+
+/// A client's malformed chunked body is the client's fault: a 400, and the upstream is
+/// not counted as failing (clients could otherwise fire origin alerts).
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_error_not_the_upstreams() {
     let up = Upstream::start(|_, _| response(200, &[], b"ok")).await;
     let dir = tempfile::tempdir().unwrap();
     let edge = EdgeNode::start(config(Backend::Upstream(up.url()), dir.path())).await;
     let reply = raw(
         edge.http,
-        b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /form HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nZZ\r\n",
     )
     .await;
-    assert_eq!(
-        reply.matches("HTTP/1.1 ").count(),
-        1,
-        "one response, then close: {reply}"
-    );
-    assert_eq!(up.count("/smuggled"), 0);
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    assert!(reply.contains("request body"), "{reply}");
+    let errors = |kind| edge.metric("tessera_edge_origin_errors_total", &[("kind", kind)]);
+    assert_eq!(errors("connect"), 0.0);
+    assert_eq!(errors("timeout"), 0.0);
+    // A well-formed body still passes.
+    let reply = raw(
+        edge.http,
+        b"POST /form HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
 }
 
 /// A raw upstream that announces `Content-Length: 100` and sends 50 bytes.

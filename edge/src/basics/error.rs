@@ -46,6 +46,9 @@ pub enum FetchFailure {
     Corrupt,
     /// The request that led a shared fetch went away before it ended.
     Abandoned,
+    /// The client's own request body, passed on, was malformed or broke off: a `400`,
+    /// never counted against the origin.
+    Client,
 }
 
 impl FetchFailure {
@@ -59,6 +62,7 @@ impl FetchFailure {
             FetchFailure::Malformed => "malformed",
             FetchFailure::Corrupt => "corrupt",
             FetchFailure::Abandoned => "abandoned",
+            FetchFailure::Client => "client",
         }
     }
 }

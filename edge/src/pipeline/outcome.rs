@@ -202,6 +202,7 @@ impl Outcome {
 pub fn refusal_of(e: &FetchError) -> Refusal {
     let status = match e.failure {
         FetchFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        FetchFailure::Client => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
     };
     Refusal::new(status, e.message.clone())
@@ -239,12 +240,14 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_are_504_and_other_failures_502() {
+    fn timeouts_are_504_a_client_body_400_and_other_failures_502() {
         let t = refusal_of(&FetchError::new(FetchFailure::Timeout, "slow"));
         assert_eq!(
             (t.status, t.message.as_str()),
             (StatusCode::GATEWAY_TIMEOUT, "slow")
         );
+        let c = refusal_of(&FetchError::new(FetchFailure::Client, "bad chunk"));
+        assert_eq!(c.status, StatusCode::BAD_REQUEST);
         for f in [
             FetchFailure::Connect,
             FetchFailure::Corrupt,

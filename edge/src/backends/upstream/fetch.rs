@@ -102,7 +102,7 @@ impl Upstream {
                 let mut req = Request::new(empty_body());
                 *req.uri_mut() = uri;
                 *req.headers_mut() = headers;
-                let resp = me.request(FetchKind::Object, req).await?;
+                let resp = me.request(FetchKind::Object, req, None).await?;
                 let starts_at = resp
                     .headers()
                     .get(header::CONTENT_RANGE)
@@ -157,7 +157,7 @@ impl Upstream {
         } else {
             FetchKind::Object
         };
-        let resp = match self.request(kind, req).await {
+        let resp = match self.request(kind, req, None).await {
             Ok(r) => r,
             Err(e) => {
                 fill.set_head(Err(e));

@@ -132,17 +132,23 @@ impl Upstream {
     /// Sends `req` to the upstream, counted by `kind` and timed to its answer. No answer
     /// within the first-byte timeout is a `Timeout` failure (counted by [`Context::call`]);
     /// a request that fails (no connection, a broken one) a `Connect` failure, counted and
-    /// logged.
+    /// logged, unless `client_body` says the client's own body broke it (a `Client`
+    /// failure, which is the client's fault and counts nowhere as the upstream's).
     async fn request(
         &self,
         kind: FetchKind,
         req: Request<EdgeBody>,
+        client_body: Option<&ClientBody>,
     ) -> Result<Response<hyper::body::Incoming>, FetchError> {
         match self.ctx.call(kind, self.client.request(req)).await {
             Some(Ok(r)) => Ok(r),
             None => Err(FetchError::new(
                 FetchFailure::Timeout,
                 "the upstream did not answer in time",
+            )),
+            Some(Err(e)) if client_body.is_some_and(ClientBody::failed) => Err(FetchError::new(
+                FetchFailure::Client,
+                format!("the request body is malformed or broke off: {e}"),
             )),
             Some(Err(e)) => {
                 self.ctx.failed(FetchFailure::Connect);
@@ -163,11 +169,16 @@ impl Upstream {
         pq: &str,
         body: Option<EdgeBody>,
     ) -> Result<Response<EdgeBody>, FetchError> {
-        let mut req = Request::new(body.unwrap_or_else(empty_body));
+        let watch = ClientBody::default();
+        let body = match body {
+            Some(b) => watch.watch(b),
+            None => empty_body(),
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = self.uri(pq);
         *req.headers_mut() = forward_headers(self, &parts.headers, false);
-        let resp = self.request(FetchKind::Pass, req).await?;
+        let resp = self.request(FetchKind::Pass, req, Some(&watch)).await?;
         let (rparts, body) = resp.into_parts();
         let counter = self.ctx.metrics.bytes_served.with_label_values(&["origin"]);
         let frames = timed_frames(self.ctx.clone(), body).map_err(BoxError::from);
@@ -183,6 +194,27 @@ impl Upstream {
         *r.status_mut() = rparts.status;
         *r.headers_mut() = response_headers(&rparts.headers);
         Ok(r)
+    }
+}
+
+/// Whether a client's request body, passed on to the upstream, ended in an error (a
+/// malformed chunked encoding, a client that went away mid-body).
+#[derive(Debug, Clone, Default)]
+struct ClientBody(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl ClientBody {
+    /// `body`, noting here when it fails.
+    fn watch(&self, body: EdgeBody) -> EdgeBody {
+        let failed = self.0.clone();
+        body.map_err(move |e| {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            e
+        })
+        .boxed_unsync()
+    }
+
+    fn failed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
