@@ -72,7 +72,8 @@ async fn holders(nodes: &[Node], h: &ChunkHash) -> Vec<usize> {
 async fn record_holders(nodes: &[Node], path: &str) -> Vec<usize> {
     let mut out = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        let r = get(&n.url(&format!("/api/v1/cluster/files/{path}"))).await;
+        let url = n.url(&format!("/api/v1/cluster/files/{path}"));
+        let r = send(Method::GET, &url, &[AUTH], Bytes::new()).await;
         if r.status == StatusCode::OK {
             out.push(i);
         }
@@ -631,13 +632,11 @@ async fn internal_calls_refuse_bad_input() {
             .unwrap()
             .contains("does not match")
     );
-    assert_eq!(
-        get(&n.url("/api/v1/cluster/fragments/1.ab/a.bin"))
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
-    // Writes need the token.
+    let fragment = n.url("/api/v1/cluster/fragments/1.ab/a.bin");
+    let r = send(Method::GET, &fragment, &[AUTH], Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Writes need the token, and so do reads of records and fragments (they name deleted
+    // paths); the cluster's status stays open.
     let r = send(
         Method::POST,
         &n.url("/api/v1/cluster/repair"),
@@ -646,5 +645,35 @@ async fn internal_calls_refuse_bad_input() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(Method::PUT, &n.url("/api/v1/files/gone.txt"), &[AUTH], "x").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = send(
+        Method::DELETE,
+        &n.url("/api/v1/files/gone.txt"),
+        &[AUTH],
+        "",
+    )
+    .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    for p in [
+        "/api/v1/cluster/files",
+        "/api/v1/cluster/files?prefix=gone",
+        "/api/v1/cluster/files/gone.txt",
+        "/api/v1/cluster/fragments/1.ab/a.bin",
+    ] {
+        let r = get(&n.url(p)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{p}");
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("gone.txt"),
+            "{p}"
+        );
+    }
+    let r = send(Method::GET, &n.url("/api/v1/cluster/files"), &[AUTH], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("gone.txt"),
+        "the token reads records"
+    );
+    assert_eq!(get(&n.url("/api/v1/cluster")).await.status, StatusCode::OK);
     stop_all(nodes).await;
 }

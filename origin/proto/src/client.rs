@@ -245,9 +245,8 @@ impl OriginClient {
         extra: &[(header::HeaderName, String)],
     ) -> Result<(http::response::Parts, Bytes), ClientError> {
         let mut req = Request::builder().method(method.clone()).uri(&url);
-        if method != Method::GET
-            && let Some(t) = &self.token
-        {
+        // Every call carries the token: a cluster node's reads of another's records need it.
+        if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         for (k, v) in extra {

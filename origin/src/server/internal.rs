@@ -1,6 +1,7 @@
 //! `/api/v1/cluster…`: the cluster's status for operators, and the calls nodes make to each
-//! other. Writes need the node token like every write; the calls answer from this node's
-//! own store only.
+//! other. Writes need the node token like every write, and so do reads of file records and
+//! fragments (they name deleted paths and every version's chunks); the calls answer from
+//! this node's own store only.
 //!
 //! - `GET /api/v1/cluster`: nodes, liveness, replication, write rule, last repair report.
 //! - `GET /api/v1/cluster/stats`: storage figures of the whole cluster (see
@@ -75,10 +76,11 @@ pub(super) async fn route(
     let cluster = cluster_of(app)?.clone();
     let path = req.uri.path();
     let method = &req.method;
-    if *method != Method::GET && *method != Method::HEAD {
+    let rest = path.strip_prefix("/api/v1/cluster").unwrap_or("");
+    let node_call = rest.starts_with("/files") || rest.starts_with("/fragments");
+    if node_call || (*method != Method::GET && *method != Method::HEAD) {
         authorize(app, &req.headers)?;
     }
-    let rest = path.strip_prefix("/api/v1/cluster").unwrap_or("");
     match (method.clone(), rest) {
         (Method::GET, "" | "/") => Ok(json_reply(StatusCode::OK, &cluster.status())),
         (Method::GET, "/stats") => Ok(json_reply(StatusCode::OK, &cluster.stats().await?)),

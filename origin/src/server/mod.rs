@@ -434,7 +434,7 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "writes need the header 'Authorization: Bearer <token>' with this node's token",
+            "writes, and reads of cluster records, need the header 'Authorization: Bearer <token>' with this node's token",
         )
         .with_header(
             header::WWW_AUTHENTICATE,
