@@ -58,42 +58,58 @@ pub fn load(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     })
 }
 
-/// The development certificate in `dir` (`dev-cert.pem`, `dev-key.pem`), made on first use
-/// for `localhost`, `127.0.0.1` and `::1`, and reused after, so a browser exception or a
-/// pinned key hash stays valid across restarts.
+/// How long a development certificate is valid.
+pub const DEV_CERT_DAYS: i64 = 365;
+/// A development certificate this close to its end, or valid longer than browsers accept
+/// (398 days), is replaced at start.
+const DEV_CERT_RENEW_DAYS: i64 = 30;
+const MAX_CERT_DAYS: i64 = 398;
+
+/// The development certificate in `dir` (`dev-cert.pem`, `dev-key.pem`) for `localhost`,
+/// `127.0.0.1` and `::1`: valid for a year from when it was made, made on first use and
+/// reused after; one that ends within 30 days (or is valid longer than browsers accept, as
+/// older versions made them) is renewed with the same key, so a browser exception or a
+/// pinned key hash stays valid across restarts and renewals.
 pub fn development(dir: &Path) -> Result<Identity, TlsError> {
+    development_at(dir, time::OffsetDateTime::now_utc())
+}
+
+/// [`development`] as of `now`.
+pub fn development_at(dir: &Path, now: time::OffsetDateTime) -> Result<Identity, TlsError> {
     let cert = dir.join("dev-cert.pem");
     let key = dir.join("dev-key.pem");
-    if !cert.exists() || !key.exists() {
-        std::fs::create_dir_all(dir).map_err(|e| TlsError::Read {
-            path: dir.to_path_buf(),
+    let io_err = |p: &Path, e: std::io::Error| TlsError::Read {
+        path: p.to_path_buf(),
+        why: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let gen_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    // The key is readable by its owner only (mode 0600), the certificate by anyone.
+    let write = |p: &Path, s: String, mode: u32| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(p)
+            .and_then(|mut f| f.write_all(s.as_bytes()))
+            .map_err(|e| io_err(p, e))
+    };
+    let signing_key = match std::fs::read_to_string(&key) {
+        Ok(pem) => rcgen::KeyPair::from_pem(&pem).map_err(|e| TlsError::Read {
+            path: key.clone(),
             why: e.to_string(),
-        })?;
-        let made = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ])
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
-        // The key is readable by its owner only (mode 0600), the certificate by anyone.
-        let write = |p: &Path, s: String, mode: u32| {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(p)
-                .and_then(|mut f| f.write_all(s.as_bytes()))
-                .map_err(|e| TlsError::Read {
-                    path: p.to_path_buf(),
-                    why: e.to_string(),
-                })
-        };
-        write(&key, made.signing_key.serialize_pem(), 0o600)?;
-        write(&cert, made.cert.pem(), 0o644)?;
-    }
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = rcgen::KeyPair::generate().map_err(gen_err)?;
+            write(&key, k.serialize_pem(), 0o600)?;
+            let _ = std::fs::remove_file(&cert);
+            k
+        }
+        Err(e) => return Err(io_err(&key, e)),
+    };
     // A key written by an older version with a looser mode is tightened.
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(&key)
@@ -101,9 +117,38 @@ pub fn development(dir: &Path) -> Result<Identity, TlsError> {
     {
         let _ = std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600));
     }
+    let renew = match validity(&cert) {
+        Some((from, until)) => {
+            until - now < time::Duration::days(DEV_CERT_RENEW_DAYS)
+                || from > now
+                || until - from > time::Duration::days(MAX_CERT_DAYS)
+        }
+        None => true,
+    };
+    if renew {
+        let mut params = rcgen::CertificateParams::new(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ])
+        .map_err(gen_err)?;
+        // A day's margin for clocks behind this one.
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(DEV_CERT_DAYS);
+        let made = params.self_signed(&signing_key).map_err(gen_err)?;
+        write(&cert, made.pem(), 0o644)?;
+    }
     let mut id = load(&cert, &key)?;
     id.generated = true;
     Ok(id)
+}
+
+/// The validity period of the first certificate in the PEM file `cert`, if it reads.
+pub fn validity(cert: &Path) -> Option<(time::OffsetDateTime, time::OffsetDateTime)> {
+    let der = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let v = parsed.validity();
+    Some((v.not_before.to_datetime(), v.not_after.to_datetime()))
 }
 
 /// A rustls server configuration offering `alpn` (for example `h2`, `http/1.1`).
@@ -143,6 +188,47 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         development(dir.path()).unwrap();
         assert_eq!(mode("dev-key.pem"), 0o600);
+    }
+
+    #[test]
+    fn development_certificate_lasts_a_year_and_is_renewed_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("dev-cert.pem");
+        let key = dir.path().join("dev-key.pem");
+        let now = time::OffsetDateTime::now_utc();
+        let days = |d: i64| time::Duration::days(d);
+        let a = development_at(dir.path(), now).unwrap();
+        let (from, until) = validity(&cert).unwrap();
+        assert!(from <= now && now < until);
+        assert!((until - now - days(DEV_CERT_DAYS)).abs() < time::Duration::minutes(1));
+        let key_pem = std::fs::read(&key).unwrap();
+
+        // 100 days on it is kept; 340 days on (25 left) it is renewed with the same key.
+        let b = development_at(dir.path(), now + days(100)).unwrap();
+        assert_eq!(a.certs, b.certs);
+        let c = development_at(dir.path(), now + days(340)).unwrap();
+        assert_ne!(a.certs, c.certs, "renewed");
+        assert_eq!(std::fs::read(&key).unwrap(), key_pem, "the key stays");
+        let (_, until) = validity(&cert).unwrap();
+        assert!(until - (now + days(340)) > days(DEV_CERT_DAYS - 1));
+        let spki = |id: &Identity| {
+            let (_, p) = x509_parser::parse_x509_certificate(&id.certs[0]).unwrap();
+            p.public_key().raw.to_vec()
+        };
+        assert_eq!(spki(&a), spki(&c), "a pinned key hash stays valid");
+
+        // A certificate an older version made (valid 1975 to 4096) is replaced.
+        let k = rcgen::KeyPair::from_pem(&String::from_utf8(key_pem).unwrap()).unwrap();
+        let old = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&k)
+            .unwrap();
+        std::fs::write(&cert, old.pem()).unwrap();
+        let (from, until) = validity(&cert).unwrap();
+        assert!(until - from > days(MAX_CERT_DAYS), "rcgen's default span");
+        development_at(dir.path(), now).unwrap();
+        let (from, until) = validity(&cert).unwrap();
+        assert!(until - from <= days(DEV_CERT_DAYS + 1));
     }
 
     #[test]
