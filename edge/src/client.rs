@@ -305,7 +305,12 @@ impl Connection {
                 Ok(r.map(|b| b.map_err(BoxError::from).boxed_unsync()))
             }
             Sender::H3 { send, .. } => {
-                parts.uri = format!("https://{}{pq}", self.authority)
+                // HTTP/3 has no `Host` field: one given names the request's authority.
+                let authority = match parts.headers.remove(http::header::HOST) {
+                    Some(h) => h.to_str().map_err(|e| fail(&e))?.to_string(),
+                    None => self.authority.clone(),
+                };
+                parts.uri = format!("https://{authority}{pq}")
                     .parse()
                     .map_err(|e| fail(&e))?;
                 parts.version = http::Version::HTTP_3;

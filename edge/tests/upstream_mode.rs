@@ -553,6 +553,30 @@ over_protocols! {
     }
 }
 
+over_protocols! {
+    /// With `hosts` configured, a request for any other host is a 421 that neither reaches
+    /// the upstream nor takes a cache entry; the hosts listed are served.
+    async fn hosts_the_edge_does_not_serve_are_misdirected() {
+        let up = Upstream::start(|_, _| response(200, &[("cache-control", "max-age=60")], b"ok")).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+        cfg.hosts = ["127.0.0.1", "localhost", "*.example.com"]
+            .map(|h| h.to_string().try_into().unwrap())
+            .to_vec();
+        let edge = EdgeNode::start(cfg).await;
+        assert_eq!(edge.get("/a").await.status, 200);
+        assert_eq!(edge.get_with("/a", &[("host", "www.example.com")]).await.status, 200);
+        for host in ["evil.example", "example.com", "www.example.com.evil.example"] {
+            let r = edge.get_with("/b", &[("host", host)]).await;
+            assert_eq!(r.status, 421, "{host}");
+            assert!(r.json()["error"].as_str().unwrap().contains(host), "{host}");
+        }
+        assert_eq!(up.count("/b"), 0, "a misdirected request reached the upstream");
+        assert_eq!(edge.metric("tessera_edge_misdirected_requests_total", &[]), 3.0);
+        edge.stop().await;
+    }
+}
+
 /// A GET through a plain HTTP/1.1 connection to the edge: the status, and the body or the
 /// error it ended with.
 async fn get_raw(edge: &EdgeNode, path: &str) -> (u16, Result<Bytes, String>) {

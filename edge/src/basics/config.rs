@@ -24,6 +24,71 @@ impl Backend {
     }
 }
 
+/// A host an edge serves (see [`EdgeConfig::hosts`]), kept in lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPattern(String);
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let p = s.trim_end_matches('.').to_ascii_lowercase();
+        let name = p.strip_prefix("*.").unwrap_or(&p);
+        let ipv6 = name.starts_with('[')
+            && name.ends_with(']')
+            && name[1..name.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok();
+        let valid = ipv6
+            || (!name.is_empty()
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                }));
+        if valid && !(ipv6 && p.starts_with("*.")) {
+            Ok(HostPattern(p))
+        } else {
+            Err(format!(
+                "{s:?} is not a host: expected a name (cdn.example.com), an address \
+                 (127.0.0.1, [::1]) or *.example.com, without a port"
+            ))
+        }
+    }
+}
+
+impl From<HostPattern> for String {
+    fn from(h: HostPattern) -> String {
+        h.0
+    }
+}
+
+impl HostPattern {
+    /// Whether a request's `host` (a `Host` value or an authority, the port included or
+    /// not) is this one.
+    pub fn matches(&self, host: &str) -> bool {
+        let name = host_name(host);
+        match self.0.strip_prefix("*.") {
+            Some(parent) => name
+                .strip_suffix(parent)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => name == self.0,
+        }
+    }
+}
+
+/// A `Host` value without its port and trailing dot, in lower case.
+fn host_name(host: &str) -> String {
+    let h = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// Configuration of one edge node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -85,6 +150,12 @@ pub struct EdgeConfig {
     /// are replaced by what the edge knows, and `X-Real-IP`, `X-Original-URL` and
     /// `X-Rewrite-URL` are dropped.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The hosts this edge serves: names (`cdn.example.com`), addresses (`127.0.0.1`,
+    /// `[::1]`) or `*.example.com` for every name under one. A request for any other host
+    /// (its `Host` or `:authority`, without the port, in any case) gets `421 Misdirected
+    /// Request`, so made-up hosts neither reach the upstream nor take cache space. Empty
+    /// (the default): every host is served.
+    pub hosts: Vec<HostPattern>,
     /// Client connections (TCP) open at most; further clients wait in the listen backlog
     /// until one closes. `None`: the open-file limit less a reserve of 256 descriptors, so
     /// the SSD tier, upstream connections and the admin listener still get theirs.
@@ -185,6 +256,7 @@ impl Default for EdgeConfig {
             max_connections: None,
             max_connections_per_client: 256,
             trusted_proxies: Vec::new(),
+            hosts: Vec::new(),
             max_header_bytes: 32 << 10,
             follow_changes: true,
             brotli: true,
@@ -305,5 +377,50 @@ mod tests {
         assert_eq!(cfg.disk_bytes, EdgeConfig::default().disk_bytes);
         let err = toml::from_str::<EdgeConfig>("memroy_bytes = 1").unwrap_err();
         assert!(err.to_string().contains("memroy_bytes"), "{err}");
+    }
+
+    #[test]
+    fn hosts_match_names_addresses_and_subdomains_without_the_port() {
+        let cfg: EdgeConfig = toml::from_str(
+            r#"hosts = ["CDN.example.com.", "*.img.example.com", "127.0.0.1", "[::1]"]"#,
+        )
+        .unwrap();
+        let served = |h: &str| cfg.hosts.iter().any(|p| p.matches(h));
+        for h in [
+            "cdn.example.com",
+            "cdn.EXAMPLE.com:8443",
+            "cdn.example.com.",
+            "a.img.example.com",
+            "a.b.img.example.com:80",
+            "127.0.0.1:8080",
+            "[::1]:443",
+            "[::1]",
+        ] {
+            assert!(served(h), "{h}");
+        }
+        for h in [
+            "",
+            "evil.com",
+            "cdn.example.com.evil.com",
+            "xcdn.example.com",
+            "img.example.com",
+            "aimg.example.com",
+            "127.0.0.2",
+            "[::2]:443",
+        ] {
+            assert!(!served(h), "{h}");
+        }
+        for bad in [
+            "cdn.example.com:80",
+            "a/b",
+            "",
+            "*.",
+            "a..b",
+            "*.[::1]",
+            "x*.y",
+        ] {
+            let e = toml::from_str::<EdgeConfig>(&format!("hosts = [{bad:?}]")).unwrap_err();
+            assert!(e.to_string().contains("is not a host"), "{bad}: {e}");
+        }
     }
 }

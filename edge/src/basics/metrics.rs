@@ -107,6 +107,8 @@ pub struct Metrics {
     pub ssd_bytes: IntGauge,
     /// Requests refused as malformed (400, 431, bad paths).
     pub bad_requests: IntCounter,
+    /// Requests for a host this edge does not serve (421).
+    pub misdirected: IntCounter,
     /// Purges by kind (`path`, `prefix`, `key`, `all`) and mode (`hard`, `soft`).
     pub purges: IntCounterVec,
     /// Change feed position (origin mode).
@@ -318,6 +320,14 @@ impl Metrics {
                 IntCounter::new(
                     "tessera_edge_bad_requests_total",
                     "Requests refused as malformed",
+                )
+                .unwrap(),
+            ),
+            misdirected: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_misdirected_requests_total",
+                    "Requests for a host this edge does not serve (421)",
                 )
                 .unwrap(),
             ),

@@ -243,6 +243,22 @@ impl Edge {
                 "the request has more than one Host header",
             ));
         }
+        // Hosts this edge does not serve go no further (RFC 9110 §15.5.20).
+        if !self.cfg.hosts.is_empty() {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .unwrap_or("");
+            if !self.cfg.hosts.iter().any(|p| p.matches(host)) {
+                self.metrics.misdirected.inc();
+                return Err(Refusal::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!("this edge does not serve the host {host:?}"),
+                ));
+            }
+        }
         // The one normalisation of the path ([`crate::rules::path`]): plugins, the cache key
         // and the backend all see what it gives.
         normalize_target(&mut req)?;
