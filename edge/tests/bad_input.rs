@@ -1204,3 +1204,181 @@ async fn keep_alive_connections_park_between_requests_and_keep_their_order() {
     .await;
     edge.stop().await;
 }
+
+/// A raw HTTP/2 (h2c, prior knowledge) connection for the frame-level attacks: frames are
+/// written as an attacker writes them, and what the edge sends back is read frame by frame.
+mod raw_h2 {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const GOAWAY: u8 = 7;
+    pub const CONTINUATION: u8 = 9;
+    pub const END_STREAM: u8 = 1;
+    pub const END_HEADERS: u8 = 4;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An HPACK block for `GET path` (static-table method, scheme and path name; literal
+    /// path and authority, never indexed).
+    pub fn get_block(path: &str) -> Vec<u8> {
+        let mut b = vec![0x82, 0x86]; // :method GET, :scheme http
+        for (index, value) in [(4u8, path), (1, "127.0.0.1")] {
+            b.push(index); // literal without indexing, indexed name
+            b.push(value.len() as u8);
+            b.extend_from_slice(value.as_bytes());
+        }
+        b
+    }
+
+    /// A connection that has sent the preface and its (empty) SETTINGS.
+    pub async fn open(addr: std::net::SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(4, 0, 0, &[]));
+        s.write_all(&hello).await.unwrap();
+        s
+    }
+
+    /// Frames the edge sent (kind, flags, stream), read until it closes the connection or
+    /// sends nothing for 5 s.
+    pub async fn read_all(s: &mut TcpStream) -> Vec<(u8, u8, u32, Vec<u8>)> {
+        let mut data = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            data.extend_from_slice(&buf[..n]);
+        }
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at + 9 <= data.len() {
+            let len = u32::from_be_bytes([0, data[at], data[at + 1], data[at + 2]]) as usize;
+            let stream = u32::from_be_bytes(data[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+            let end = (at + 9 + len).min(data.len());
+            frames.push((
+                data[at + 3],
+                data[at + 4],
+                stream,
+                data[at + 9..end].to_vec(),
+            ));
+            at += 9 + len;
+        }
+        frames
+    }
+}
+
+/// HTTP/2 attacks that must keep failing (CVE-2023-44487 rapid reset, CONTINUATION floods,
+/// HPACK bombs): each ends in a refusal or a closed connection within bounds, never reaches
+/// the upstream for what it smuggles in, and the edge keeps serving others.
+#[tokio::test]
+async fn http2_rapid_reset_continuation_flood_and_hpack_bomb_are_contained() {
+    use raw_h2::*;
+    let up = Upstream::start(|_, _| response(200, &[("cache-control", "no-store")], b"ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start(config(Backend::Upstream(up.url()), dir.path())).await;
+
+    // The raw requests are well formed: one is answered.
+    let mut s = open(edge.http).await;
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/plain"),
+    ))
+    .await
+    .unwrap();
+    let frames = read_all(&mut s).await;
+    assert_eq!(up.count("/plain"), 1);
+
+    // Rapid reset: streams opened and cancelled at once, 5,000 of them. The edge answers
+    // with GOAWAY long before the end, and only a few of them reach the upstream.
+    let mut s = open(edge.http).await;
+    let mut sent = 0;
+    for i in 0..5_000u32 {
+        let id = 2 * i + 1;
+        let mut burst = frame(HEADERS, END_HEADERS | END_STREAM, id, &get_block("/reset"));
+        burst.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+        if s.write_all(&burst).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let frames = read_all(&mut s).await;
+    // GOAWAY with ENHANCE_YOUR_CALM (0xb), not a protocol error of ours.
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.0 == GOAWAY && f.3.get(4..8) == Some(&[0, 0, 0, 11][..])),
+        "no GOAWAY(ENHANCE_YOUR_CALM) after {sent} reset streams: {frames:?}"
+    );
+    let reached = up.count("/reset");
+    assert!(
+        reached < 1_000,
+        "{reached} of {sent} reset streams reached the upstream"
+    );
+
+    // CONTINUATION flood: a header block that never ends, 16 KiB at a time. The edge stops
+    // it at its header limit (32 KiB) instead of buffering it: the connection is ended
+    // before 64 MiB are sent.
+    let mut s = open(edge.http).await;
+    let mut block = get_block("/flood");
+    block.extend_from_slice(&[0x40, 1, b'x', 0x7f, 0]); // a literal header x: ...
+    let mut sent = 0usize;
+    let _ = s.write_all(&frame(HEADERS, 0, 1, &block)).await;
+    let junk = vec![b'a'; 16 << 10];
+    while sent < 64 << 20 {
+        if s.write_all(&frame(CONTINUATION, 0, 1, &junk))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += junk.len();
+    }
+    assert!(
+        sent < 64 << 20,
+        "the edge took 64 MiB of CONTINUATION frames"
+    );
+    assert_eq!(up.count("/flood"), 0);
+
+    // HPACK bomb: one 4 KiB header into the dynamic table, then 4,000 one-byte references
+    // to it (16 MiB decoded from 4 KiB sent). Refused (a 431, a reset or GOAWAY), never
+    // forwarded.
+    let mut s = open(edge.http).await;
+    let mut block = get_block("/bomb");
+    let value = vec![b'v'; 4000];
+    block.extend_from_slice(&[0x40, 1, b'b']); // literal with incremental indexing, name b
+    block.extend_from_slice(&[
+        0x7f,
+        (4000u32 - 127) as u8 & 0x7f | 0x80,
+        ((4000 - 127) >> 7) as u8,
+    ]);
+    block.extend_from_slice(&value);
+    block.extend(std::iter::repeat_n(0xbe, 4_000)); // indexed: dynamic entry 62
+    let _ = s
+        .write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await;
+    let frames = read_all(&mut s).await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.0 == GOAWAY || (f.2 == 1 && (f.0 == RST_STREAM || f.0 == HEADERS))),
+        "the bomb got no refusal: {frames:?}"
+    );
+    assert_eq!(up.count("/bomb"), 0, "the bomb reached the upstream");
+
+    // Everyone else is still served.
+    assert_eq!(edge.get("/after").await.status, 200);
+}
