@@ -1300,6 +1300,7 @@ async fn http2_rapid_reset_continuation_flood_and_hpack_bomb_are_contained() {
     .await
     .unwrap();
     let frames = read_all(&mut s).await;
+    assert!(frames.iter().any(|f| f.0 == HEADERS && f.2 == 1), "{frames:?}");
     assert_eq!(up.count("/plain"), 1);
 
     // Rapid reset: streams opened and cancelled at once, 5,000 of them. The edge answers
