@@ -577,6 +577,51 @@ over_protocols! {
     }
 }
 
+over_protocols! {
+    /// Brotli copies in upstream mode are made once per content: URLs that store the same
+    /// bytes share one copy, and concurrent requests for a new one wait for it.
+    async fn brotli_copies_are_made_once_per_content() {
+        let css: &'static str = "body { color: red; margin: 0 auto; }\n".repeat(4_000).leak();
+        let js: &'static str = "function f(a) { return a + 1; }\n".repeat(20_000).leak();
+        let (c, j) = (css, js);
+        let up = Upstream::start(move |req, _| {
+            let (body, kind) = if req.uri().path().ends_with(".css") {
+                (c.as_bytes(), "text/css")
+            } else {
+                (j.as_bytes(), "application/javascript")
+            };
+            response(200, &[("cache-control", "max-age=60"), ("content-type", kind)], body)
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let compressions = || edge.metric("tessera_edge_brotli_compressions_total", &[]);
+        // Copies are made of stored responses: each URL is fetched (and stored) first.
+        for path in ["/a.css", "/b.css", "/c.css", "/app.js"] {
+            assert_eq!(edge.get(path).await.status, 200);
+        }
+        for path in ["/a.css", "/b.css", "/c.css"] {
+            let r = edge.get_with(path, &[("accept-encoding", "br")]).await;
+            assert_eq!(r.header("content-encoding"), "br", "{path}");
+            let mut plain = Vec::new();
+            brotli::BrotliDecompress(&mut &r.body[..], &mut plain).unwrap();
+            assert_eq!(plain, css.as_bytes(), "{path}");
+        }
+        assert_eq!(compressions(), 1.0, "three URLs of the same bytes");
+        let all = futures_util::future::join_all(
+            (0..8).map(|_| edge.get_with("/app.js", &[("accept-encoding", "br")])),
+        )
+        .await;
+        for r in &all {
+            assert_eq!(r.header("content-encoding"), "br");
+            assert_eq!(r.body, all[0].body);
+        }
+        assert_eq!(compressions(), 2.0);
+        let mut plain = Vec::new();
+        brotli::BrotliDecompress(&mut &all[0].body[..], &mut plain).unwrap();
+        assert_eq!(plain, js.as_bytes());
+    }
+}
+
 /// A GET through a plain HTTP/1.1 connection to the edge: the status, and the body or the
 /// error it ended with.
 async fn get_raw(edge: &EdgeNode, path: &str) -> (u16, Result<Bytes, String>) {

@@ -105,19 +105,38 @@ impl Edge {
 
     /// The brotli-compressed copy of a stored body; `None` when it does not get smaller or
     /// cannot be read. Copies live in the memory tier (counted and evicted with everything
-    /// else), one per content in origin mode (its `ETag` is the file's blake3, so paths
-    /// with the same bytes share it) and one per stored version in upstream mode. Requests
-    /// for a copy being made wait for it rather than compress it again.
+    /// else), one per content: in origin mode the `ETag` is the file's blake3; in upstream
+    /// mode a stored version is hashed once (blake3, its digest kept under the version) so
+    /// URLs with the same bytes share one copy. Requests for a copy being made wait for it
+    /// rather than compress it again.
     async fn brotli_copy(&self, meta: &Meta, key: Key) -> Option<Bytes> {
-        let etag = meta.headers.get(header::ETAG);
-        let copy_key = match (&self.origin, &etag) {
-            (Some(_), Some(e)) => Key::derive("brotli-content", &[e.as_bytes()]),
-            _ => Key::derive(
-                "brotli-version",
-                &[&key.0, &meta.stored_at_ms.to_le_bytes()],
-            ),
-        };
         let cache = &self.store.cache;
+        let etag = meta.headers.get(header::ETAG);
+        let (copy_key, mut body) = match (&self.origin, &etag) {
+            (Some(_), Some(e)) => (Key::derive("brotli-content", &[e.as_bytes()]), None),
+            _ => {
+                let version = Key::derive(
+                    "brotli-version",
+                    &[&key.0, &meta.stored_at_ms.to_le_bytes()],
+                );
+                match cache.get_in_memory(&version) {
+                    Some(Value::Bytes(digest)) => (Key::derive("brotli-hash", &[&digest]), None),
+                    _ => {
+                        let body = self.body_bytes(meta, key).await?;
+                        let hash_of = body.clone();
+                        let digest =
+                            tokio::task::spawn_blocking(move || *blake3::hash(&hash_of).as_bytes())
+                                .await
+                                .ok()?;
+                        cache.insert_in_memory(
+                            version,
+                            Value::Bytes(Bytes::copy_from_slice(&digest)),
+                        );
+                        (Key::derive("brotli-hash", &[&digest]), Some(body))
+                    }
+                }
+            }
+        };
         if let Some(Value::Bytes(c)) = cache.get_in_memory(&copy_key) {
             return (!c.is_empty()).then_some(c);
         }
@@ -126,7 +145,13 @@ impl Edge {
             Join::Lead(permit) => permit,
         };
         self.metrics.brotli_compressions.inc();
-        let compressed = self.compress(meta, key).await;
+        if body.is_none() {
+            body = self.body_bytes(meta, key).await;
+        }
+        let compressed = match body {
+            Some(b) => compress(b).await,
+            None => None,
+        };
         if let Some(c) = &compressed {
             cache.insert_in_memory(copy_key, Value::Bytes(c.clone()));
         }
@@ -139,9 +164,9 @@ impl Edge {
         compressed.filter(|c| !c.is_empty())
     }
 
-    /// The stored body, compressed (empty when that does not make it smaller).
-    async fn compress(&self, meta: &Meta, key: Key) -> Option<Bytes> {
-        let body = match &meta.body {
+    /// The whole stored body, read or fetched; `None` when it cannot be.
+    async fn body_bytes(&self, meta: &Meta, key: Key) -> Option<Bytes> {
+        Some(match &meta.body {
             BodyRef::Inline(b) => b.clone(),
             _ => {
                 let mut all = Vec::with_capacity(meta.size as usize);
@@ -151,24 +176,7 @@ impl Edge {
                 }
                 Bytes::from(all)
             }
-        };
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(body.len() / 3);
-            let params = brotli::enc::BrotliEncoderParams {
-                quality: 5,
-                lgwin: 22,
-                ..Default::default()
-            };
-            brotli::BrotliCompress(&mut &body[..], &mut out, &params).ok()?;
-            // Not worth it: remember that as an empty copy.
-            Some(if out.len() < body.len() {
-                Bytes::from(out)
-            } else {
-                Bytes::new()
-            })
         })
-        .await
-        .ok()?
     }
 
     /// The response to the request `parts` from a fill in progress.
@@ -269,4 +277,25 @@ fn unsatisfiable(size: u64) -> Response<EdgeBody> {
         HeaderValue::from_str(&format!("bytes */{size}")).unwrap(),
     );
     r
+}
+
+/// `body` compressed with brotli (empty when that does not make it smaller).
+async fn compress(body: Bytes) -> Option<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(body.len() / 3);
+        let params = brotli::enc::BrotliEncoderParams {
+            quality: 5,
+            lgwin: 22,
+            ..Default::default()
+        };
+        brotli::BrotliCompress(&mut &body[..], &mut out, &params).ok()?;
+        // Not worth it: remember that as an empty copy.
+        Some(if out.len() < body.len() {
+            Bytes::from(out)
+        } else {
+            Bytes::new()
+        })
+    })
+    .await
+    .ok()?
 }
