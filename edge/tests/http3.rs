@@ -371,6 +371,58 @@ async fn handshakes_past_the_limits_are_retried_then_refused() {
     assert!(n >= 1.0, "refusals are counted: {n}");
 }
 
+/// A flood of forged Initial packets (each a real client's first datagram, with its own
+/// random connection ids, from its own source port, never followed up): past
+/// `retry_after_handshakes` each costs the edge one stateless Retry, so at most that many
+/// handshakes hold state; a real client in the middle of it follows its Retry and is served.
+#[tokio::test]
+async fn a_flood_of_forged_initials_costs_a_retry_each() {
+    let (_o, edge, _d) = origin_and_edge(|_| {}).await;
+    let limit = tessera_edge::EdgeConfig::default()
+        .quic
+        .retry_after_handshakes;
+    let server = edge.https.unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
+    let mut forger = quinn_proto::Endpoint::new(Default::default(), None, false, None);
+    let mut flood = async |n: usize| {
+        for _ in 0..n {
+            let now = std::time::Instant::now();
+            let cfg = quinn::ClientConfig::new(crypto.clone());
+            let (_, mut conn) = forger.connect(now, cfg, server, "localhost").unwrap();
+            let mut datagram = Vec::new();
+            let sent = conn.poll_transmit(now, 1, &mut datagram).unwrap();
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            socket
+                .send_to(&datagram[..sent.size], server)
+                .await
+                .unwrap();
+        }
+    };
+    let retries = || edge.metric("tessera_edge_quic_events_total", &[("event", "retry")]);
+    flood(1_500).await;
+    still_serves(&edge).await;
+    flood(1_500).await;
+    // Every Initial is handled (a handshake, a Retry or a refusal) before this counts.
+    edge.until("the flood is handled", |e| {
+        let events = |ev| e.metric("tessera_edge_quic_events_total", &[("event", ev)]);
+        events("retry") + events("refused") >= (3_000 - limit) as f64
+    })
+    .await;
+    assert!(
+        retries() >= (3_000 - limit) as f64,
+        "{} Retries for 3,000 forged Initials (limit {limit})",
+        retries()
+    );
+    still_serves(&edge).await;
+}
+
 /// One client address holds at most `max_connections_per_client` connections, TCP and QUIC
 /// together: past it a TCP connection's request gets a `503` naming the limit, a QUIC one is
 /// refused; each counted. A place frees when a connection closes.
