@@ -1300,7 +1300,10 @@ async fn http2_rapid_reset_continuation_flood_and_hpack_bomb_are_contained() {
     .await
     .unwrap();
     let frames = read_all(&mut s).await;
-    assert!(frames.iter().any(|f| f.0 == HEADERS && f.2 == 1), "{frames:?}");
+    assert!(
+        frames.iter().any(|f| f.0 == HEADERS && f.2 == 1),
+        "{frames:?}"
+    );
     assert_eq!(up.count("/plain"), 1);
 
     // Rapid reset: streams opened and cancelled at once, 5,000 of them. The edge answers
@@ -1382,4 +1385,133 @@ async fn http2_rapid_reset_continuation_flood_and_hpack_bomb_are_contained() {
 
     // Everyone else is still served.
     assert_eq!(edge.get("/after").await.status, 200);
+}
+
+/// Not an open proxy: a request in absolute form, or a `CONNECT`, for another server
+/// never reaches that server; the edge answers from its own backend or refuses.
+#[tokio::test]
+async fn the_edge_is_not_an_open_proxy() {
+    let up = Upstream::start(|_, _| response(200, &[], b"mine")).await;
+    let other = Upstream::start(|_, _| response(200, &[], b"other")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start(config(Backend::Upstream(up.url()), dir.path())).await;
+    let target = other.addr;
+    for request in [
+        format!("GET http://{target}/x HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
+    ] {
+        let reply = raw(edge.http, request.as_bytes()).await;
+        assert!(!reply.contains("other"), "{request}: {reply}");
+    }
+    assert_eq!(other.count("/x"), 0, "the other server was reached");
+}
+
+/// BREACH needs a compressed response that mixes a secret with what the attacker sent;
+/// the edge compresses only stored, shared responses: a private or uncacheable page, or
+/// one asked with credentials, goes out as the upstream sent it.
+#[tokio::test]
+async fn private_pages_are_never_compressed() {
+    let page: &'static [u8] = "<html>csrf=SECRET-TOKEN; you searched for ... </html>\n"
+        .repeat(200)
+        .leak()
+        .as_bytes();
+    let up = Upstream::start(move |req, _| {
+        let cc = match req.uri().path() {
+            "/private" => "private, max-age=60",
+            "/no-store" => "no-store",
+            _ => "max-age=60",
+        };
+        response(
+            200,
+            &[("cache-control", cc), ("content-type", "text/html")],
+            page,
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start(config(Backend::Upstream(up.url()), dir.path())).await;
+    let br = ("accept-encoding", "br");
+    for (path, extra) in [
+        ("/private", None),
+        ("/no-store", None),
+        ("/shared", Some(("authorization", "Bearer user-token"))),
+    ] {
+        let headers: Vec<_> = [br].into_iter().chain(extra).collect();
+        for _ in 0..2 {
+            let r = edge.get_with(path, &headers).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("content-encoding"), "", "{path} was compressed");
+            assert_eq!(&r.body[..], page);
+        }
+    }
+    // A shared page without credentials is (the control: compression is on).
+    edge.get("/public").await;
+    assert_eq!(
+        edge.get_with("/public", &[br])
+            .await
+            .header("content-encoding"),
+        "br"
+    );
+}
+
+/// TLS 1.0 and 1.1 are refused: a ClientHello offering at most TLS 1.1 gets an alert and
+/// no handshake, where the same ClientHello offering TLS 1.2 gets a ServerHello.
+#[tokio::test]
+async fn tls_before_1_2_is_refused() {
+    let up = Upstream::start(|_, _| response(200, &[], b"ok")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start(config(Backend::Upstream(up.url()), dir.path())).await;
+    for (version, name, handshake_expected) in [
+        ([3u8, 3u8], "TLS 1.2", true),
+        ([3, 1], "TLS 1.0", false),
+        ([3, 2], "TLS 1.1", false),
+    ] {
+        // ClientHello: version, 32 random bytes, no session id, ECDHE suites with AES-128
+        // (GCM for TLS 1.2, CBC for older), no compression; extensions: x25519, the
+        // uncompressed point format, ECDSA/RSA signature schemes.
+        let mut hello = version.to_vec();
+        hello.extend_from_slice(&[7u8; 32]);
+        hello.extend_from_slice(&[
+            0, 0, 8, 0xc0, 0x2b, 0xc0, 0x2f, 0xc0, 0x09, 0xc0, 0x13, 1, 0,
+        ]);
+        let extensions = [
+            &[0x00, 0x0a, 0, 4, 0, 2, 0x00, 0x1d][..],
+            &[0x00, 0x0b, 0, 2, 1, 0],
+            &[0x00, 0x0d, 0, 8, 0, 6, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01],
+        ]
+        .concat();
+        hello.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+        hello.extend(extensions);
+        let mut handshake = vec![1, 0];
+        handshake.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+        handshake.extend(hello);
+        let mut record = vec![0x16, 3, 1];
+        record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+        record.extend(handshake);
+        let mut s = tokio::net::TcpStream::connect(edge.https.unwrap())
+            .await
+            .unwrap();
+        s.write_all(&record).await.unwrap();
+        let mut reply = vec![0u8; 16 << 10];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut reply))
+            .await
+            .expect("the edge answers a ClientHello")
+            .unwrap_or(0);
+        let reply = &reply[..n];
+        if handshake_expected {
+            // A handshake record (22) holding a ServerHello (2).
+            assert_eq!(
+                (reply.first(), reply.get(5)),
+                (Some(&22), Some(&2)),
+                "{name}: {reply:?}"
+            );
+        } else {
+            // An alert record (21), fatal (2).
+            assert_eq!(
+                (reply.first(), reply.get(5)),
+                (Some(&21), Some(&2)),
+                "{name}: {reply:?}"
+            );
+        }
+    }
 }
