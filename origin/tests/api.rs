@@ -221,6 +221,9 @@ async fn list_by_prefix() {
         .collect();
     assert_eq!(paths, ["img/a.png", "img/b.png"]);
     assert_eq!(r.json()[0]["size"], 9);
+    // A prefix written as a URL path means the same files.
+    let slashed = get(&node.url("/api/v1/files?prefix=%2Fimg%2F")).await;
+    assert_eq!(slashed.json(), r.json());
     let all = get(&node.url("/api/v1/files")).await;
     assert_eq!(all.json().as_array().unwrap().len(), 4);
     node.stop().await;

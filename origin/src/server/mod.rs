@@ -629,7 +629,9 @@ async fn list(app: &Arc<App>, query: &str) -> Reply {
     let mut prefix = String::new();
     for (k, v) in form_pairs(query) {
         if k == "prefix" {
-            prefix = v;
+            // Published paths have no leading slash; a prefix written as a URL path
+            // (`/img/`) means the same files.
+            prefix = v.trim_start_matches('/').to_string();
         }
     }
     let files = match &app.cluster {

@@ -9,7 +9,7 @@ use crate::basics::body::{EdgeBody, json_response};
 use crate::basics::clock::now_ms;
 use crate::basics::error::Refusal;
 use crate::pipeline::Edge;
-use crate::rules::path::file_path;
+use crate::rules::path::{file_path, normalize_path};
 use crate::store::bans::{Ban, Selector};
 
 /// The body of `POST /api/v1/purge`: exactly one of `path`, `prefix`, `key`, `all`.
@@ -34,8 +34,8 @@ pub async fn handle(edge: &Edge, body: Bytes) -> Result<Response<EdgeBody>, Refu
         )
     })?;
     let selector = match (ask.path, ask.prefix, ask.key, ask.all) {
-        (Some(p), None, None, false) => Selector::Path(purge_path(edge, p)),
-        (None, Some(p), None, false) => Selector::Prefix(p),
+        (Some(p), None, None, false) => Selector::Path(purge_path(edge, &request_path(&p)?)),
+        (None, Some(p), None, false) => Selector::Prefix(request_path(&p)?),
         (None, None, Some(k), false) => Selector::Key(k),
         (None, None, None, true) => Selector::All,
         _ => {
@@ -66,11 +66,30 @@ pub async fn handle(edge: &Edge, body: Bytes) -> Result<Response<EdgeBody>, Refu
     ))
 }
 
-/// Purge paths are request paths; in origin mode `/` and `…/` name their `index.html`.
-fn purge_path(edge: &Edge, p: String) -> String {
-    if edge.config().backend.is_origin() && (p.is_empty() || p.ends_with('/')) {
-        format!("/{}", file_path(&p))
+/// A purge's path or prefix as requests' paths are kept: normalised as every request's
+/// path is ([`normalize_path`]), with the leading `/` added when it was left out
+/// (`css/a.css` is `/css/a.css`); what no request path can be is refused.
+fn request_path(p: &str) -> Result<String, Refusal> {
+    let rooted = if p.starts_with('/') {
+        p.to_string()
     } else {
-        p
+        format!("/{p}")
+    };
+    normalize_path(&rooted)
+        .map(|n| n.into_owned())
+        .map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("purge {p:?}: {}", e.message),
+            )
+        })
+}
+
+/// Purge paths are request paths; in origin mode `/` and `…/` name their `index.html`.
+fn purge_path(edge: &Edge, p: &str) -> String {
+    if edge.config().backend.is_origin() && p.ends_with('/') {
+        format!("/{}", file_path(p))
+    } else {
+        p.to_string()
     }
 }
