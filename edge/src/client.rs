@@ -170,7 +170,26 @@ fn split(url: &str) -> Result<(bool, String, u16, String), ClientError> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // A port that is not a number from 1 to 65535 is a mistake, not the default port
+    // (`Uri::port` reads such a port as none).
+    let authority = uri.authority().ok_or_else(bad)?.as_str();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
+    let port = match after_host.rsplit_once(':').map(|(_, p)| p) {
+        None | Some("") => {
+            if https {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(bad()),
+        },
+    };
     let pq = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
@@ -544,4 +563,32 @@ impl ServerCertVerifier for AnyCertificate {
 /// Splits `url` into its path and query (for requests on a connection made from it).
 pub fn path_of(url: &str) -> Result<String, ClientError> {
     split(url).map(|(_, _, _, pq)| pq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn urls_with_a_bad_port_are_refused_not_sent_to_the_default_port() {
+        for (url, port) in [
+            ("http://127.0.0.1/", 80),
+            ("https://localhost/x", 443),
+            ("http://127.0.0.1:8080/", 8080),
+            ("http://[::1]:9/", 9),
+            ("https://[::1]/", 443),
+            ("http://u:p@h:81/", 81),
+        ] {
+            assert_eq!(split(url).unwrap().2, port, "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:99999/",
+            "http://127.0.0.1:65536/",
+            "http://127.0.0.1:abc/",
+            "http://127.0.0.1:0/",
+            "ftp://x/",
+        ] {
+            assert!(split(url).is_err(), "{url}");
+        }
+    }
 }

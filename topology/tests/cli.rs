@@ -189,10 +189,40 @@ async fn get_fetches_over_each_protocol_from_an_edge() {
     assert!(out.is_empty());
     assert!(std::fs::read(&saved).unwrap() == std::fs::read(&big).unwrap());
 
+    // -I alone prints the status line and the headers, as curl does.
+    let (ok, out, err) = tessera(&["get", "-k", "-I", &url]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(" 200 OK\n") && out.contains("cache-status:"),
+        "{out}"
+    );
+    assert!(!out.contains("over quic"), "{out}");
+
     // Failures say why and exit non-zero.
     let (ok, _, err) = tessera(&["get", "--http3", &url]);
     assert!(!ok);
     assert!(err.contains("TLS with localhost failed"), "{err}");
+    assert!(err.contains("-k accepts any certificate"), "{err}");
+    for bad in [
+        "http://127.0.0.1:99999/",
+        "http://127.0.0.1:abc/",
+        "http://127.0.0.1:65536/",
+        "http://127.0.0.1:0/",
+    ] {
+        let (ok, _, err) = tessera(&["get", bad]);
+        assert!(!ok, "{bad}");
+        assert!(err.contains("bad URL"), "{bad}: {err}");
+    }
+    // --fail: a 404 exits 22 without the body; without it, the 404 body is printed.
+    let missing = format!("https://localhost:{port}/missing.html");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["get", "-k", "--fail", &missing])
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(22), "{status:?}");
+    assert!(status.stdout.is_empty(), "{status:?}");
+    let (ok, out, _) = tessera(&["get", "-k", &missing]);
+    assert!(ok && out.contains("error"), "{out}");
     let (ok, _, err) = tessera(&["get", "--http3", "http://localhost:1/x"]);
     assert!(!ok);
     assert!(err.contains("HTTP/3 needs an https:// URL"), "{err}");

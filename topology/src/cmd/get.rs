@@ -26,9 +26,12 @@ pub struct Args {
     /// Print the status line and the response headers before the body.
     #[arg(short = 'i', long)]
     include: bool,
-    /// Send HEAD instead of GET.
+    /// Send HEAD instead of GET, and print the status line and the headers (as curl -I).
     #[arg(short = 'I', long)]
     head: bool,
+    /// Exit with status 22 (as curl -f) when the server answers 400 or more, without the body.
+    #[arg(short = 'f', long)]
+    fail: bool,
     /// Write the body to FILE instead of stdout.
     #[arg(short = 'o', long)]
     output: Option<PathBuf>,
@@ -69,10 +72,25 @@ pub async fn run(a: Args) -> Result<()> {
         req = req.header(name.trim(), value.trim());
     }
     let req = req.body(Bytes::new()).context("bad request header")?;
-    let mut conn = Connection::connect(&a.url, &opts).await?;
+    let mut conn = Connection::connect(&a.url, &opts)
+        .await
+        .map_err(|e| match e {
+            tessera_edge::client::ClientError::Tls(..) if !a.insecure && a.cacert.is_none() => {
+                anyhow::anyhow!(
+                    "{e}\n(a development or self-signed certificate? -k accepts any certificate, \
+                     --cacert FILE trusts the one in FILE)"
+                )
+            }
+            e => e.into(),
+        })?;
     let protocol = conn.protocol;
     let resp = conn.send(req).await?;
-    if a.include {
+    if a.fail && resp.status().as_u16() >= 400 {
+        conn.close().await;
+        eprintln!("tessera get: the server answered {}", resp.status());
+        std::process::exit(22);
+    }
+    if a.include || a.head {
         let mut head = format!("{protocol} {}\n", resp.status());
         for (k, v) in resp.headers() {
             head.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
