@@ -122,6 +122,17 @@ over_protocols! {
         let r = edge.get("/missing.css").await;
         assert_eq!(r.status, 404);
         assert!(r.json()["error"].as_str().unwrap().contains("missing.css"));
+        // An ordinary 404 of the origin is a miss, not an error.
+        assert_eq!(r.cache_status(), "tessera; fwd=miss; fwd-status=404");
+
+        // A folder asked for without its slash is sent to the folder when it has an index.
+        origin.publish("app/index.html", "<p>app</p>").await;
+        for (asked, location) in [("/app", "/app/"), ("/app?v=2", "/app/?v=2")] {
+            let r = edge.get(asked).await;
+            assert_eq!((r.status.as_u16(), r.header("location")), (301, location), "{asked}");
+        }
+        assert_eq!(&edge.get("/app/").await.body[..], b"<p>app</p>");
+        assert_eq!(edge.get("/nope").await.status, 404, "no index, no redirect");
     }
 async fn ssd_tier_serves_what_memory_evicted_and_promotes_it() {
         // A memory tier far smaller than the files: early files leave memory but stay on SSD.

@@ -225,10 +225,35 @@ impl Edge {
                 let r = self.serve(parts, meta, key, None, now).await;
                 Ok((r, outcome.collapsed(collapsed)))
             }
-            Fetched::Missing(file) => Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                format!("nothing is published at {file:?}"),
-            )),
+            Fetched::Missing(file) => {
+                // A folder asked for without its slash: sent to the folder when it has an
+                // index, as static hosts do (its manifest is then in the cache).
+                let path = parts.uri.path();
+                if let Via::Origin { origin, .. } = &via
+                    && !path.ends_with('/')
+                    && let Ok((ManifestAnswer::Found(_), ..)) =
+                        origin.manifest(&format!("{file}/index.html"), None).await
+                {
+                    let location = match parts.uri.query() {
+                        Some(q) => format!("{path}/?{q}"),
+                        None => format!("{path}/"),
+                    };
+                    let r = Response::builder()
+                        .status(StatusCode::MOVED_PERMANENTLY)
+                        .header(http::header::LOCATION, location)
+                        .header(http::header::CACHE_CONTROL, "public, max-age=60")
+                        .body(crate::basics::body::empty_body())
+                        .expect("a redirect from a normalised path");
+                    return Ok((r, Outcome::miss(false).collapsed(collapsed)));
+                }
+                // An ordinary answer of the origin, not a failure of the fetch.
+                let r = Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    format!("nothing is published at {file:?}"),
+                )
+                .response();
+                Ok((r, Outcome::absent().collapsed(collapsed)))
+            }
             Fetched::Filling {
                 head,
                 reader,

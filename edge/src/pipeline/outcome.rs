@@ -102,6 +102,8 @@ enum Detail {
     Miss {
         stored: bool,
     },
+    /// A miss the origin answered with 404 (nothing published there).
+    Absent,
     /// A stale response's revalidation that got a new response of this status.
     Refetched {
         status: u16,
@@ -144,6 +146,11 @@ impl Outcome {
         Outcome::new(Detail::Miss { stored }, None)
     }
 
+    /// A miss of something the origin does not hold (its `404`).
+    pub fn absent() -> Outcome {
+        Outcome::new(Detail::Absent, None)
+    }
+
     pub fn refetched(status: u16, stored: bool) -> Outcome {
         Outcome::new(Detail::Refetched { status, stored }, None)
     }
@@ -166,7 +173,7 @@ impl Outcome {
         match self.detail {
             Detail::Hit { .. } => CacheResult::Hit,
             Detail::Stale { .. } => CacheResult::Stale,
-            Detail::Miss { .. } | Detail::Refetched { .. } => CacheResult::Miss,
+            Detail::Miss { .. } | Detail::Absent | Detail::Refetched { .. } => CacheResult::Miss,
             Detail::Revalidated { .. } => CacheResult::Revalidated,
             Detail::Pass(_) => CacheResult::Pass,
         }
@@ -184,6 +191,7 @@ impl Outcome {
             Detail::Hit { ttl } => format!("hit; ttl={ttl}; detail={}", self.tier_label()),
             Detail::Stale { ttl, why } => format!("hit; ttl={ttl}; detail={}", why.as_str()),
             Detail::Miss { stored: s } => format!("fwd=miss{}", stored(s)),
+            Detail::Absent => "fwd=miss; fwd-status=404".to_string(),
             Detail::Refetched { status, stored: s } => {
                 format!("fwd=stale; fwd-status={status}{}", stored(s))
             }
@@ -231,6 +239,9 @@ mod tests {
             "fwd=stale; fwd-status=200"
         );
         assert_eq!(Outcome::revalidated(304).result(), CacheResult::Revalidated);
+        let absent = Outcome::absent();
+        assert_eq!(absent.cache_status(), "fwd=miss; fwd-status=404");
+        assert_eq!(absent.result(), CacheResult::Miss);
         assert_eq!(Outcome::refetched(200, true).result(), CacheResult::Miss);
         let pass = Outcome::pass(PassReason::Plugin);
         assert_eq!(
