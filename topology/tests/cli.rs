@@ -284,7 +284,8 @@ fn json_access_log_has_one_line_per_request() {
     for (v, status, cache) in [
         (miss, 200, "miss"),
         (hit, 200, "hit"),
-        (missing, 404, "pass"),
+        // Nothing published there: the origin's answer to a miss.
+        (missing, 404, "miss"),
     ] {
         assert_eq!(v["proto"], "http/1.1", "{v}");
         assert_eq!(v["method"], "GET");

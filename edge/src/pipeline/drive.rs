@@ -229,21 +229,23 @@ impl Edge {
                 // A folder asked for without its slash: sent to the folder when it has an
                 // index, as static hosts do (its manifest is then in the cache).
                 let path = parts.uri.path();
+                let location = match parts.uri.query() {
+                    Some(q) => format!("{path}/?{q}"),
+                    None => format!("{path}/"),
+                };
                 if let Via::Origin { origin, .. } = &via
                     && !path.ends_with('/')
+                    && let Ok(location) = http::HeaderValue::from_str(&location)
                     && let Ok((ManifestAnswer::Found(_), ..)) =
                         origin.manifest(&format!("{file}/index.html"), None).await
                 {
-                    let location = match parts.uri.query() {
-                        Some(q) => format!("{path}/?{q}"),
-                        None => format!("{path}/"),
-                    };
-                    let r = Response::builder()
-                        .status(StatusCode::MOVED_PERMANENTLY)
-                        .header(http::header::LOCATION, location)
-                        .header(http::header::CACHE_CONTROL, "public, max-age=60")
-                        .body(crate::basics::body::empty_body())
-                        .expect("a redirect from a normalised path");
+                    let mut r = Response::new(crate::basics::body::empty_body());
+                    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+                    r.headers_mut().insert(http::header::LOCATION, location);
+                    r.headers_mut().insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("public, max-age=60"),
+                    );
                     return Ok((r, Outcome::miss(false).collapsed(collapsed)));
                 }
                 // An ordinary answer of the origin, not a failure of the fetch.
