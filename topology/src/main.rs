@@ -67,9 +67,18 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Up(a) => cmd::up::run(a).await,
-            Command::Origin(a) => cmd::origin::run(a).await,
-            Command::Edge(a) => cmd::edge::run(a).await,
+            Command::Up(a) => {
+                cmd::origin::ignore_hangups();
+                cmd::up::run(a).await
+            }
+            Command::Origin(a) => {
+                cmd::origin::ignore_hangups();
+                cmd::origin::run(a).await
+            }
+            Command::Edge(a) => {
+                cmd::origin::ignore_hangups();
+                cmd::edge::run(a).await
+            }
             Command::Push(a) => cmd::push::run(a).await,
             Command::Get(a) => cmd::get::run(a).await,
             Command::Plugin(a) => cmd::plugin::run(a).await,

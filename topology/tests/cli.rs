@@ -470,3 +470,68 @@ fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
     assert!(ok);
     assert!(get("/a.txt").1.contains("secret content"));
 }
+
+/// SIGHUP (`systemctl reload`) used to end the process (exit 129); until reloading exists it
+/// is logged and ignored, by the origin and the edge alike, and SIGTERM still stops them.
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let commands: [Vec<String>; 2] = [
+        ["origin", "--listen", "127.0.0.1:0", "--data"]
+            .map(String::from)
+            .to_vec(),
+        [
+            "edge",
+            "--origin",
+            "http://127.0.0.1:9",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for (i, mut args) in commands.into_iter().enumerate() {
+        args.push(data(&format!("node{i}")));
+        let log = dir.path().join(format!("node{i}.log"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (mut p, lines) = common::start_tessera_with(
+            &args,
+            "listening on http://",
+            std::fs::File::create(&log).unwrap().into(),
+        );
+        let url = lines
+            .iter()
+            .find_map(|l| l.split(' ').find(|w| w.starts_with("http://")))
+            .unwrap()
+            .to_string();
+        let pid = p.id().to_string();
+        let sent = Command::new("sh")
+            .args(["-c", "kill -HUP \"$1\"", "sh", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let mut logged = false;
+        for _ in 0..200 {
+            if std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("SIGHUP received")
+            {
+                logged = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(logged, "{}: no SIGHUP line", args[0]);
+        assert!(p.running(), "{} ended on SIGHUP", args[0]);
+        // Still serving (which also means its SIGTERM handler is in place).
+        let (ok, _, err) = tessera(&["get", "-o", "/dev/null", &url]);
+        assert!(ok, "{}: {err}", args[0]);
+        assert!(
+            common::terminate(&mut p),
+            "{} did not stop cleanly on SIGTERM",
+            args[0]
+        );
+    }
+}

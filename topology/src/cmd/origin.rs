@@ -70,6 +70,26 @@ pub async fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// Servers (origin, edge, `up`) no longer end on SIGHUP (what `systemctl reload` and many
+/// scripts send): reloading is not supported yet, so each one is logged and ignored. Called
+/// first thing, before anything is bound, so no SIGHUP finds the default action.
+pub fn ignore_hangups() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::warn!(
+                        "SIGHUP received: reloading the configuration is not supported; \
+                         ignored (restart the process to apply changes)"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot catch SIGHUP; it will end the process"),
+    }
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -16,6 +16,11 @@ impl OriginProcess {
         self.0.id()
     }
 
+    /// Whether it is still running (not exited).
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
     /// `kill -9`, and reaps it.
     pub fn kill_9(&mut self) {
         self.0.kill().unwrap();
