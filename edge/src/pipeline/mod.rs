@@ -245,12 +245,7 @@ impl Edge {
         }
         // Hosts this edge does not serve go no further (RFC 9110 §15.5.20).
         if !self.cfg.hosts.is_empty() {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .unwrap_or("");
+            let host = asked_host(&req).unwrap_or("");
             if !self.cfg.hosts.iter().any(|p| p.matches(host)) {
                 self.metrics.misdirected.inc();
                 return Err(Refusal::new(
@@ -284,12 +279,7 @@ impl Edge {
                     .trusted_proxies
                     .iter()
                     .any(|n| n.contains(&client.ip()));
-                let host = req
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                    .map(str::to_string);
+                let host = asked_host(&req).map(str::to_string);
                 set_forwarded(req.headers_mut(), client.ip(), tls, host, trusted);
                 self.via_upstream(req, up).await
             }
@@ -374,4 +364,13 @@ impl Edge {
         self.through_cache(&parts, &req_cc, key, Via::Upstream { up, pq }, use_stored)
             .await
     }
+}
+
+/// The host a request asks for: its `Host` field, else its URI's authority (HTTP/2 and
+/// HTTP/3 `:authority`), as sent.
+fn asked_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
 }

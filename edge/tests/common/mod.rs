@@ -622,3 +622,19 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Eight concurrent `GET`s of `path` asking for brotli: each comes compressed, all the same
+/// bytes, which decompress to `plain`.
+pub async fn concurrent_brotli_gets(edge: &EdgeNode, path: &str, plain: &[u8]) {
+    let all = futures_util::future::join_all(
+        (0..8).map(|_| edge.get_with(path, &[("accept-encoding", "br")])),
+    )
+    .await;
+    for r in &all {
+        assert_eq!(r.header("content-encoding"), "br");
+        assert_eq!(r.body, all[0].body);
+    }
+    let mut decoded = Vec::new();
+    brotli::BrotliDecompress(&mut &all[0].body[..], &mut decoded).unwrap();
+    assert_eq!(decoded, plain);
+}
