@@ -662,3 +662,163 @@ async fn a_plugin_bound_in_the_config_that_fails_its_check_stops_the_start() {
         .unwrap_err();
     assert!(format!("{e:#}").contains("/no/such/file.wasm"), "{e:#}");
 }
+
+async fn status(edge: &EdgeNode, path: &str) -> u16 {
+    edge.get(path).await.status.as_u16()
+}
+
+/// The authorize slot as `GET /api/v1/plugins` lists it: (current name, version), previous.
+async fn authorize_slot(edge: &EdgeNode) -> (Option<(String, u64)>, Option<(String, u64)>) {
+    let list = edge.admin("GET", "/api/v1/plugins", "").await.json();
+    let slot = list["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["hook"] == "authorize")
+        .unwrap()
+        .clone();
+    let one = |v: &serde_json::Value| {
+        v.as_object().map(|o| {
+            (
+                o["name"].as_str().unwrap().to_string(),
+                o["version"].as_u64().unwrap(),
+            )
+        })
+    };
+    (one(&slot["current"]), one(&slot["previous"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployed_plugins_survive_restarts_and_a_changed_configuration_wins() {
+    let up = echo_upstream("origin").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(Backend::Upstream(up.url()), dir.path());
+    let signed = shipped::sign_url(b"k3y", "hmac-sha256", "/a", now() + 300).unwrap();
+
+    // A guard deployed at run time; a refused deploy uses up no version number.
+    let edge = EdgeNode::start_with(cfg.clone(), false).await;
+    let r = deploy(
+        &edge,
+        "route",
+        "wrong",
+        shipped::SIGNED_URL,
+        &[("key", "k")],
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    let r = deploy(
+        &edge,
+        "authorize",
+        "guard",
+        shipped::SIGNED_URL,
+        &[("key", "k3y"), ("prefixes", "/")],
+    )
+    .await;
+    assert_eq!(r.json()["deployed"]["version"], 1, "{:?}", r.body);
+    assert_eq!(status(&edge, "/a").await, 403);
+    edge.stop().await;
+
+    // After a restart it guards the site before the first request, as version 1.
+    let edge = EdgeNode::start_with(cfg.clone(), false).await;
+    assert_eq!(status(&edge, "/a").await, 403);
+    assert_eq!(status(&edge, &format!("/a?{signed}")).await, 200);
+    assert_eq!(
+        authorize_slot(&edge).await,
+        (Some(("guard".into(), 1)), None)
+    );
+    // A second version, and a rollback to the first: both outlive the restart, rollback
+    // included, and numbers go on from the highest given.
+    deploy(
+        &edge,
+        "authorize",
+        "open",
+        shipped::SIGNED_URL,
+        &[("key", "k3y"), ("prefixes", "/x/")],
+    )
+    .await;
+    assert_eq!(status(&edge, "/a").await, 200);
+    edge.admin("POST", "/api/v1/plugins/authorize/rollback", "")
+        .await;
+    edge.stop().await;
+    let edge = EdgeNode::start_with(cfg.clone(), false).await;
+    assert_eq!(status(&edge, "/a").await, 403);
+    assert_eq!(
+        authorize_slot(&edge).await,
+        (Some(("guard".into(), 1)), Some(("open".into(), 2)))
+    );
+    let r = edge
+        .admin("POST", "/api/v1/plugins/authorize/rollback", "")
+        .await;
+    assert_eq!(r.json()["bound"]["name"], "open");
+    assert_eq!(status(&edge, "/a").await, 200);
+    edge.stop().await;
+
+    // The configuration now binds its own guard for the hook: it is newer than the run-time
+    // deploys, so it wins, and then lasts as long as the configuration is unchanged.
+    let mut with_guard = cfg.clone();
+    with_guard.plugins.bind = vec![bind(
+        Hook::Authorize,
+        "signed-url",
+        &[("key", "k3y"), ("prefixes", "/c/")],
+    )];
+    for _ in 0..2 {
+        let edge = EdgeNode::start_with(with_guard.clone(), false).await;
+        assert_eq!(
+            (status(&edge, "/a").await, status(&edge, "/c/x").await),
+            (200, 403)
+        );
+        assert_eq!(
+            authorize_slot(&edge).await.0,
+            Some(("signed-url".into(), 3))
+        );
+        edge.stop().await;
+    }
+    // A run-time removal of the configured guard lasts too, until the configuration changes.
+    let edge = EdgeNode::start_with(with_guard.clone(), false).await;
+    assert_eq!(
+        edge.admin("DELETE", "/api/v1/plugins/authorize", "")
+            .await
+            .status,
+        200
+    );
+    edge.stop().await;
+    let edge = EdgeNode::start_with(with_guard.clone(), false).await;
+    assert_eq!(status(&edge, "/c/x").await, 200);
+    deploy(
+        &edge,
+        "authorize",
+        "guard",
+        shipped::SIGNED_URL,
+        &[("key", "k3y"), ("prefixes", "/")],
+    )
+    .await;
+    edge.stop().await;
+
+    // A saved component that is damaged stops the start, naming it; nothing is served
+    // unguarded.
+    let plugins = dir.path().join("plugins");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plugins.join("state.json")).unwrap()).unwrap();
+    let current = &state["hooks"]["authorize"]["current"];
+    assert_eq!(current["config"]["key"], "k3y");
+    let wasm = plugins.join(format!("{}.wasm", current["blake3"].as_str().unwrap()));
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&wasm, bytes).unwrap();
+    let e = tessera_edge::Edge::open(with_guard.clone(), Default::default())
+        .await
+        .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("guard v4") && msg.contains("damaged") && msg.contains("does not start"),
+        "{msg}"
+    );
+    // The state file holds the signing key: its owner alone reads it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(plugins.join("state.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+}

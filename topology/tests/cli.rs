@@ -310,29 +310,35 @@ fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
     let (ok, out, err) = tessera(&["push", file.to_str().unwrap(), "--origin", &origin_url]);
     assert!(ok, "{out}{err}");
     // Port 0 for both listeners: the edge prints where they are, admin last.
-    let (_edge, lines) = common::start_edge(
-        &dir.path().join("edge"),
-        &[
-            "--origin",
-            &origin_url,
-            "--http",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--admin-token",
-            "tok",
-        ],
-        "admin on http://",
-    );
-    let url_after = |marker: &str| {
-        lines
-            .iter()
-            .find_map(|l| l.split_once(marker))
-            .map(|(_, rest)| format!("http://{}", rest.trim()))
-            .unwrap_or_else(|| panic!("no {marker:?} line in {lines:?}"))
+    let start_edge = || {
+        let (edge, lines) = common::start_edge(
+            &dir.path().join("edge"),
+            &[
+                "--origin",
+                &origin_url,
+                "--http",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--admin-token",
+                "tok",
+            ],
+            "admin on http://",
+        );
+        let url_after = |marker: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.split_once(marker))
+                .map(|(_, rest)| format!("http://{}", rest.trim()))
+                .unwrap_or_else(|| panic!("no {marker:?} line in {lines:?}"))
+        };
+        let urls = (
+            url_after("listening on http://"),
+            url_after("admin on http://"),
+        );
+        (edge, urls)
     };
-    let edge_url = url_after("listening on http://");
-    let admin_url = url_after("admin on http://");
+    let (mut edge, (edge_url, admin_url)) = start_edge();
     let get = |path: &str| tessera(&["get", "-i", &format!("{edge_url}{path}")]);
     let (_, first, err) = get("/a.txt");
     assert!(first.contains("200"), "{first}{err}");
@@ -431,6 +437,22 @@ fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
     assert!(ok, "{err}");
     assert!(out.contains("signed-url v1"), "{out}");
     assert!(get(signed.trim()).1.lines().next().unwrap().contains("200"));
+
+    // kill -9 and a restart on the same data folder: the guard is bound again before the
+    // listener opens, with its previous version kept for rollback.
+    edge.kill_9();
+    let (_edge, (edge_url, admin_url)) = start_edge();
+    let get = |path: &str| tessera(&["get", "-i", &format!("{edge_url}{path}")]);
+    let (_, out, _) = get("/a.txt");
+    assert!(out.lines().next().unwrap().contains("403"), "{out}");
+    assert!(get(signed.trim()).1.lines().next().unwrap().contains("200"));
+    let (ok, list, _) = tessera(&["plugin", "list", "--edge", &admin_url, "--token", "tok"]);
+    assert!(ok);
+    let row = list.lines().find(|l| l.starts_with("authorize")).unwrap();
+    assert!(
+        row.contains("signed-url v1") && row.contains("other-key v2"),
+        "{list}"
+    );
 
     // Clear failures, non-zero exits.
     let (ok, _, err) = tessera(&["plugin", "list", "--edge", &admin_url, "--token", "wrong"]);

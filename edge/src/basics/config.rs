@@ -191,8 +191,9 @@ pub struct EdgeConfig {
 pub struct PluginsConfig {
     /// Deadline, memory cap and instance count of the sandbox.
     pub limits: tessera_plugins::Limits,
-    /// Plugins bound when the edge starts (a run-time deploy replaces them until the next
-    /// start, as `varnishadm vcl.use` does).
+    /// Plugins bound when the edge starts. Run-time deploys are saved in the data folder
+    /// and outlive restarts; a hook's bindings here win over them only when they changed
+    /// since the last start (see `pipeline::deployed`).
     pub bind: Vec<PluginBinding>,
 }
 

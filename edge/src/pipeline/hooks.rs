@@ -5,24 +5,27 @@
 //! back to the default route; `eviction` falls back to the built-in policy. The host has
 //! already counted and logged the failure with the plugin's name and version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use prometheus::Registry;
-use tessera_plugins::{Decision, Hook, Limits, PluginHost, Verdict};
+use tessera_plugins::{Decision, Hook, Limits, PluginHost, PluginInfo, Verdict};
 
 use crate::backends::upstream::Upstream;
 use crate::basics::body::{EdgeBody, full_body};
 use crate::basics::config::PluginsConfig;
 use crate::basics::error::Refusal;
 use crate::basics::protocol::{Protocol, over_tls};
+use crate::pipeline::deployed::Deployed;
 use crate::store::advice::{Advice, Advisor, Candidate, Target};
 
 /// An edge's plugins: the host, made when the first plugin is bound (an edge without
-/// plugins runs no wasmtime engine).
+/// plugins runs no wasmtime engine), and what is saved of them in the data folder
+/// ([`Deployed`]).
 #[derive(Debug)]
 pub struct Plugins {
     host: OnceLock<PluginHost>,
@@ -31,16 +34,20 @@ pub struct Plugins {
     making: Mutex<()>,
     limits: Limits,
     registry: Registry,
+    deployed: Deployed,
 }
 
 impl Plugins {
-    pub fn new(limits: Limits, registry: Registry) -> Plugins {
-        Plugins {
+    /// The plugins of the edge whose data folder is `data` (nothing bound yet: see
+    /// [`Plugins::start`]).
+    pub fn new(limits: Limits, registry: Registry, data: &Path) -> anyhow::Result<Plugins> {
+        Ok(Plugins {
             host: OnceLock::new(),
             making: Mutex::new(()),
             limits,
             registry,
-        }
+            deployed: Deployed::open(data)?,
+        })
     }
 
     /// The host, when a plugin was ever bound.
@@ -54,7 +61,7 @@ impl Plugins {
     }
 
     /// The host, made on first use.
-    pub fn host(&self) -> Result<&PluginHost, Refusal> {
+    fn host(&self) -> Result<&PluginHost, Refusal> {
         if let Some(h) = self.host.get() {
             return Ok(h);
         }
@@ -71,22 +78,44 @@ impl Plugins {
         Ok(self.host.get_or_init(|| made))
     }
 
-    /// Binds the plugins of the edge's configuration (at start-up); the first that cannot be
-    /// loaded or fails its check stops the start with its reason.
-    pub fn bind_configured(&self, cfg: &PluginsConfig) -> anyhow::Result<()> {
-        for (i, b) in cfg.bind.iter().enumerate() {
-            let (bytes, name) = b.load()?;
-            let host = self.host().map_err(|r| anyhow::anyhow!("{}", r.message))?;
-            host.deploy(b.hook, &name, &bytes, b.config.clone())
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "plugins.bind[{i}] ({} on the {} hook): {e}",
-                        b.plugin,
-                        b.hook.as_str()
-                    )
-                })?;
+    /// Binds what the edge starts with, before its listeners open: the plugins saved in the
+    /// data folder and those of the configuration, reconciled as [`Deployed::start`] says.
+    /// A plugin that cannot be bound stops the start with its reason.
+    pub fn start(&self, cfg: &PluginsConfig) -> anyhow::Result<()> {
+        self.deployed.start(cfg, || {
+            self.host().map_err(|r| anyhow::anyhow!("{}", r.message))
+        })
+    }
+
+    /// Checks `wasm` and binds it to `hook`; saved first, so it outlives restarts.
+    /// Blocking (compilation).
+    pub fn deploy(
+        &self,
+        hook: Hook,
+        name: &str,
+        wasm: &[u8],
+        config: BTreeMap<String, String>,
+    ) -> Result<PluginInfo, Refusal> {
+        self.deployed.deploy(self.host()?, hook, name, wasm, config)
+    }
+
+    /// Binds the previous version of `hook` again (saved first). Blocking.
+    pub fn rollback(&self, hook: Hook) -> Result<PluginInfo, Refusal> {
+        let host = self.host.get().ok_or_else(|| {
+            Refusal::new(
+                StatusCode::CONFLICT,
+                tessera_plugins::DeployError::NoPrevious(hook.as_str()).to_string(),
+            )
+        })?;
+        self.deployed.rollback(host, hook)
+    }
+
+    /// Unbinds `hook` (saved first); `None` when nothing is bound. Blocking.
+    pub fn remove(&self, hook: Hook) -> Result<Option<PluginInfo>, Refusal> {
+        match self.host.get() {
+            Some(host) => self.deployed.remove(host, hook),
+            None => Ok(None),
         }
-        Ok(())
     }
 
     /// Whether `authorize` or `route` has a plugin bound.

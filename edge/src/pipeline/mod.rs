@@ -1,7 +1,7 @@
 //! Layer 5, the request pipeline every protocol shares. A request goes through named phases,
 //! in order (as pingora's `ProxyHttp` phases):
 //! 1. **admit** ([`hooks`]): the `authorize` and `route` plugins, which may answer or pick
-//!    a named upstream;
+//!    a named upstream (bound at start and kept across restarts: [`deployed`]);
 //! 2. **check**: the path, and the backend's own request rules (methods, `no-store`,
 //!    forwarded headers);
 //! 3. **through the cache** ([`drive`]): the one lookup → judge → hit / stale / revalidate /
@@ -14,6 +14,7 @@
 //! in one place ([`outcome::refusal_of`]).
 
 pub mod access;
+pub mod deployed;
 pub mod drive;
 pub mod hooks;
 pub mod outcome;
@@ -83,7 +84,11 @@ impl Edge {
             cache,
             bans: Bans::load(&cfg.data)?,
         };
-        let plugins = Arc::new(Plugins::new(cfg.plugins.limits, metrics.registry.clone()));
+        let plugins = Arc::new(Plugins::new(
+            cfg.plugins.limits,
+            metrics.registry.clone(),
+            &cfg.data,
+        )?);
         let ctx = Context {
             store: store.clone(),
             metrics: metrics.clone(),
@@ -117,7 +122,7 @@ impl Edge {
                 Ok((name.clone(), Arc::new(up)))
             })
             .collect::<anyhow::Result<HashMap<_, _>>>()?;
-        plugins.bind_configured(&cfg.plugins)?;
+        plugins.start(&cfg.plugins)?;
         Ok(Arc::new(Edge {
             compressing: Flights::new(None),
             cfg,

@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::basics::clock::now_ms;
+use crate::basics::durable::write_atomic;
 use crate::store::entry::Meta;
 
 /// What a purge selects.
@@ -160,20 +161,9 @@ impl Bans {
             serde_json::to_vec(&*s).expect("bans serialise")
         };
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let tmp = file.with_extension("json.tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &file)?;
-            if let Some(dir) = file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("ban writer does not panic")
+        tokio::task::spawn_blocking(move || write_atomic(&file, &json, false))
+            .await
+            .expect("ban writer does not panic")
     }
 
     /// Number of active bans.

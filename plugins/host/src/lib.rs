@@ -305,16 +305,23 @@ impl PluginHost {
         wasm: &[u8],
         config: BTreeMap<String, String>,
     ) -> Result<PluginInfo, DeployError> {
-        let plugin = match self.prepare(hook, name, wasm, config) {
-            Ok(p) => p,
-            Err(e) => {
-                self.count_deploy(hook, "refused");
-                tracing::warn!(target: "tessera::plugin", hook = hook.as_str(), plugin = name, "deploy refused: {e}");
-                return Err(e);
-            }
-        };
-        let info = plugin.info.clone();
+        let plugin = self.prepare(hook, name, wasm, config)?;
+        Ok(self.bind(plugin))
+    }
+
+    /// The version number the next [`PluginHost::bind`] of an unstamped plugin gives.
+    pub fn next_version(&self) -> u64 {
+        self.inner.versions.load(Ordering::Relaxed) + 1
+    }
+
+    /// Binds a plugin made by [`PluginHost::prepare`] to its hook (see
+    /// [`PluginHost::deploy`]). An unstamped plugin gets the next version number; a stamped
+    /// one ([`Plugin::stamp`]) keeps its own, and later numbers follow it.
+    pub fn bind(&self, plugin: Plugin) -> PluginInfo {
         let _serial = self.inner.deploying.lock().unwrap();
+        let plugin = self.numbered(plugin);
+        let info = plugin.info.clone();
+        let hook = info.hook;
         let slot = &self.inner.slots[hook.index()];
         let old = slot.current.swap(Some(Arc::new(plugin)));
         if let Some(old) = &old {
@@ -326,10 +333,62 @@ impl PluginHost {
         self.count_deploy(hook, "deployed");
         self.set_version(hook);
         tracing::info!(target: "tessera::plugin", hook = hook.as_str(), plugin = %info.name, version = info.version, blake3 = %info.blake3, "plugin deployed");
-        Ok(info)
+        info
     }
 
-    fn prepare(
+    /// Puts back what `hook` had bound before a restart: its current and previous versions,
+    /// stamped with their old numbers (none is counted as a deploy). Numbers given from
+    /// now on are above `last_version`.
+    pub fn restore(
+        &self,
+        hook: Hook,
+        current: Option<Plugin>,
+        previous: Option<Plugin>,
+        last_version: u64,
+    ) {
+        let _serial = self.inner.deploying.lock().unwrap();
+        self.inner
+            .versions
+            .fetch_max(last_version, Ordering::Relaxed);
+        let slot = &self.inner.slots[hook.index()];
+        let [current, previous] = [current, previous].map(|p| p.map(|p| self.numbered(p)));
+        if let Some(p) = &previous {
+            p.park();
+        }
+        slot.current.store(current.map(Arc::new));
+        slot.previous.store(previous.map(Arc::new));
+        self.set_version(hook);
+    }
+
+    /// `plugin` with a version number: its own if stamped, else the next one.
+    fn numbered(&self, plugin: Plugin) -> Plugin {
+        let v = plugin.info.version;
+        if v == 0 {
+            let at = plugin.info.deployed_at_ms;
+            let next = self.inner.versions.fetch_add(1, Ordering::Relaxed) + 1;
+            return plugin.stamp(next, at);
+        }
+        self.inner.versions.fetch_max(v, Ordering::Relaxed);
+        plugin
+    }
+
+    /// Compiles `wasm` for `hook` and makes its check call, binding nothing: a refusal is
+    /// counted and logged, and uses up no version number. Blocking, as
+    /// [`PluginHost::deploy`].
+    pub fn prepare(
+        &self,
+        hook: Hook,
+        name: &str,
+        wasm: &[u8],
+        config: BTreeMap<String, String>,
+    ) -> Result<Plugin, DeployError> {
+        self.compile(hook, name, wasm, config).inspect_err(|e| {
+            self.count_deploy(hook, "refused");
+            tracing::warn!(target: "tessera::plugin", hook = hook.as_str(), plugin = name, "deploy refused: {e}");
+        })
+    }
+
+    fn compile(
         &self,
         hook: Hook,
         name: &str,
@@ -376,7 +435,7 @@ impl PluginHost {
         let info = PluginInfo {
             hook,
             name: name.to_string(),
-            version: self.inner.versions.fetch_add(1, Ordering::Relaxed) + 1,
+            version: 0,
             blake3: blake3::hash(wasm).to_hex().to_string(),
             size: wasm.len(),
             config_keys: config.keys().cloned().collect(),

@@ -28,7 +28,8 @@ pub struct PluginInfo {
     pub hook: Hook,
     /// The operator's name for it.
     pub name: String,
-    /// This edge's deploy number (increases with every deploy, on any hook).
+    /// This edge's deploy number (increases with every deploy, on any hook; kept across
+    /// restarts by an edge that saves its plugins; 0 until bound).
     pub version: u64,
     /// BLAKE3 of the component, hex.
     pub blake3: String,
@@ -158,6 +159,21 @@ impl Plugin {
 
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// The version number and deploy time it is bound under (set when it is bound, or
+    /// kept from before a restart). Drops the instances made so far: they carry the old
+    /// identity in their logs.
+    pub fn stamp(mut self, version: u64, deployed_at_ms: u64) -> Plugin {
+        self.info.version = version;
+        self.info.deployed_at_ms = deployed_at_ms;
+        self.id = Arc::new(Identity {
+            name: self.info.name.clone(),
+            version,
+            hook: self.info.hook.as_str(),
+        });
+        self.park();
+        self
     }
 
     /// Drops the ready instances (a version kept only for rollback holds no memory slots).

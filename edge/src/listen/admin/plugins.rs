@@ -41,8 +41,8 @@ pub async fn handle(
             })?;
             deploy(edge, hook, query.as_deref(), wasm).await?
         }
-        (Method::POST, "rollback") => rollback(edge, hook)?,
-        (Method::DELETE, "") => remove(edge, hook)?,
+        (Method::POST, "rollback") => rollback(edge, hook).await?,
+        (Method::DELETE, "") => remove(edge, hook).await?,
         (m, _) => {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -84,11 +84,8 @@ async fn deploy(
     }
     let name = name
         .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "give the plugin a name: ?name=…"))?;
-    let host = edge.plugins().host()?.clone();
-    let info = tokio::task::spawn_blocking(move || host.deploy(hook, &name, &wasm, config))
-        .await
-        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let e = edge.clone();
+    let info = blocking(move || e.plugins().deploy(hook, &name, &wasm, config)).await?;
     Ok(serde_json::json!({ "deployed": info }))
 }
 
@@ -112,31 +109,31 @@ pub fn list(edge: &Edge) -> serde_json::Value {
 }
 
 /// `POST /api/v1/plugins/{hook}/rollback`.
-fn rollback(edge: &Edge, hook: Hook) -> Result<serde_json::Value, Refusal> {
-    let host = edge.plugins().get().ok_or_else(|| {
-        Refusal::new(
-            StatusCode::CONFLICT,
-            format!(
-                "the {} hook has no previous version to roll back to",
-                hook.as_str()
-            ),
-        )
-    })?;
-    let info = host
-        .rollback(hook)
-        .map_err(|e| Refusal::new(StatusCode::CONFLICT, e.to_string()))?;
+async fn rollback(edge: &Arc<Edge>, hook: Hook) -> Result<serde_json::Value, Refusal> {
+    let e = edge.clone();
+    let info = blocking(move || e.plugins().rollback(hook)).await?;
     Ok(serde_json::json!({ "bound": info }))
 }
 
 /// `DELETE /api/v1/plugins/{hook}`.
-fn remove(edge: &Edge, hook: Hook) -> Result<serde_json::Value, Refusal> {
-    match edge.plugins().get().and_then(|h| h.remove(hook)) {
+async fn remove(edge: &Arc<Edge>, hook: Hook) -> Result<serde_json::Value, Refusal> {
+    let e = edge.clone();
+    match blocking(move || e.plugins().remove(hook)).await? {
         Some(info) => Ok(serde_json::json!({ "removed": info })),
         None => Err(Refusal::new(
             StatusCode::NOT_FOUND,
             format!("no plugin is bound to the {} hook", hook.as_str()),
         )),
     }
+}
+
+/// Runs a plugin change (compilation, synced writes) on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 /// `application/x-www-form-urlencoded` pairs, decoded.
