@@ -81,6 +81,82 @@ async fn push_publishes_a_folder_and_reports() {
     for l in ["leak.txt", "loop1", "loop2", "alias.html"] {
         std::fs::remove_file(site.join(l)).unwrap();
     }
+
+    // Secrets stay home: hidden files, version-control folders and editor backups are
+    // skipped (and said so), `.well-known` is published, --exclude leaves out more.
+    for (f, body) in [
+        (".git/config", "[remote] url = https://token@example.com"),
+        (".env", "DB_PASSWORD=hunter2"),
+        ("index.html~", "old"),
+        ("#index.html#", "autosave"),
+        (
+            ".well-known/security.txt",
+            "Contact: mailto:sec@example.com",
+        ),
+        ("drafts/next.html", "draft"),
+        ("img/raw.psd", "layers"),
+    ] {
+        let p = site.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    let exclude = ["--exclude", "*.psd", "--exclude", "drafts/"];
+    let push = |prefix: &str, extra: &[&str]| {
+        let mut args = vec!["push", site_arg, "--origin", &url, "--prefix", prefix];
+        args.extend_from_slice(&exclude);
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    let (ok, out, err) = push("dry", &["--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("-> /dry/.well-known/security.txt"), "{out}");
+    assert!(
+        out.contains("would publish 4 files") && out.contains("nothing was sent"),
+        "{out}"
+    );
+    assert!(!out.contains(".env") && !out.contains("raw.psd"), "{out}");
+    assert!(client.manifest("dry/index.html").await.unwrap().is_none());
+    let (ok, out, err) = push("hidden", &[]);
+    assert!(ok && out.contains("published 4 files"), "{out}{err}");
+    assert!(
+        err.contains("skipped version-control folders (never published): .git/"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped hidden files and editor backups (--include-hidden publishes them): #index.html#, .env, index.html~"),
+        "{err}"
+    );
+    assert!(
+        err.contains("skipped excluded by --exclude: drafts/, img/raw.psd"),
+        "{err}"
+    );
+    let published = |p: &str| {
+        let client = &client;
+        let p = p.to_string();
+        async move { client.manifest(&p).await.unwrap().is_some() }
+    };
+    assert!(published("hidden/.well-known/security.txt").await);
+    for p in [
+        ".env",
+        ".git/config",
+        "index.html~",
+        "drafts/next.html",
+        "img/raw.psd",
+    ] {
+        assert!(
+            !published(&format!("hidden/{p}")).await,
+            "{p} was published"
+        );
+    }
+    let (ok, out, err) = push("all", &["--include-hidden"]);
+    assert!(ok, "{out}{err}");
+    assert!(published("all/.env").await && published("all/index.html~").await);
+    assert!(!published("all/.git/config").await);
+    let (ok, _, err) = tessera(&["push", site_arg, "--origin", &url, "--exclude", "a[b"]);
+    assert!(
+        !ok && err.contains("--exclude \"a[b\" is not a valid pattern"),
+        "{err}"
+    );
     child.kill_9();
 
     // Failures: an origin that is not there, a path that does not exist, a bad URL.

@@ -32,10 +32,88 @@ pub struct Args {
     /// group their commits (`bench/HISTORY.md`, "Many small files").
     #[arg(long, default_value_t = 16)]
     jobs: usize,
+    /// Leave out what matches PATTERN (a glob; repeat for more): without a `/` it matches a
+    /// file or folder name at any depth (`*.psd`, `drafts`), with one the path from the
+    /// folder (`img/raw/*`); a trailing `/` matches folders only.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Also publish hidden files and folders (names starting with `.`, except `.well-known`,
+    /// which is always published) and editor backups (`name~`, `#name#`). Version-control
+    /// folders (.git, .hg, .svn, .bzr, CVS, _darcs) are never published.
+    #[arg(long)]
+    include_hidden: bool,
+    /// Print what would be published, and where, without sending anything.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
 }
 
-/// Lists the files to publish with the path each gets.
-fn plan(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
+/// Version-control folders: never published.
+const VCS: [&str; 6] = [".git", ".hg", ".svn", ".bzr", "CVS", "_darcs"];
+
+/// What a folder push leaves out.
+struct Filter {
+    include_hidden: bool,
+    /// `--exclude` patterns: (matcher, matched against the whole path, folders only).
+    exclude: Vec<(globset::GlobMatcher, bool, bool)>,
+}
+
+/// Why an entry was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Skip {
+    Vcs,
+    Hidden,
+    Excluded,
+}
+
+impl Filter {
+    fn new(include_hidden: bool, patterns: &[String]) -> Result<Filter> {
+        let exclude = patterns
+            .iter()
+            .map(|p| {
+                let dir_only = p.ends_with('/');
+                let body = p.trim_end_matches('/');
+                let anchored = body.contains('/');
+                let glob = globset::GlobBuilder::new(body.trim_start_matches('/'))
+                    .literal_separator(true)
+                    .build()
+                    .with_context(|| format!("--exclude {p:?} is not a valid pattern"))?;
+                Ok((glob.compile_matcher(), anchored, dir_only))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Filter {
+            include_hidden,
+            exclude,
+        })
+    }
+
+    /// Whether the entry `name` at `rel` (its path from the folder) is left out.
+    fn skip(&self, name: &str, rel: &str, is_dir: bool) -> Option<Skip> {
+        if is_dir && VCS.contains(&name) {
+            return Some(Skip::Vcs);
+        }
+        let hidden = (name.starts_with('.') && name != ".well-known")
+            || name.ends_with('~')
+            || (name.len() > 1 && name.starts_with('#') && name.ends_with('#'));
+        if hidden && !self.include_hidden {
+            return Some(Skip::Hidden);
+        }
+        let excluded = self.exclude.iter().any(|(m, anchored, dir_only)| {
+            (!dir_only || is_dir) && m.is_match(if *anchored { rel } else { name })
+        });
+        excluded.then_some(Skip::Excluded)
+    }
+}
+
+/// What a push publishes: each file with the path it gets, and what was left out.
+struct Plan {
+    files: Vec<(PathBuf, String)>,
+    /// Paths from the folder (a folder's with a trailing `/`), and why.
+    skipped: Vec<(String, Skip)>,
+}
+
+/// Lists the files to publish with the path each gets. A file named on its own is
+/// published whatever its name.
+fn plan(root: &Path, prefix: &str, filter: &Filter) -> Result<Plan> {
     let prefix = prefix.trim_matches('/');
     let join = |rel: &str| {
         if prefix.is_empty() {
@@ -47,6 +125,7 @@ fn plan(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
     let meta =
         std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     if meta.is_file() {
         let name = root
             .file_name()
@@ -64,7 +143,19 @@ fn plan(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
             for e in
                 std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
             {
-                let p = e?.path();
+                let e = e?;
+                let p = e.path();
+                let rel = p
+                    .strip_prefix(root)?
+                    .to_str()
+                    .with_context(|| format!("{} is not UTF-8", p.display()))?
+                    .replace(std::path::MAIN_SEPARATOR, "/");
+                let name = e.file_name().to_string_lossy().into_owned();
+                let is_dir = std::fs::metadata(&p).is_ok_and(|m| m.is_dir());
+                if let Some(why) = filter.skip(&name, &rel, is_dir) {
+                    skipped.push((if is_dir { format!("{rel}/") } else { rel }, why));
+                    continue;
+                }
                 if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_symlink()) {
                     match std::fs::canonicalize(&p) {
                         Ok(t) if !t.starts_with(&inside) => {
@@ -95,25 +186,50 @@ fn plan(root: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
                 if m.is_dir() {
                     stack.push(p);
                 } else if m.is_file() {
-                    let rel = p
-                        .strip_prefix(root)?
-                        .to_str()
-                        .with_context(|| format!("{} is not UTF-8", p.display()))?;
-                    out.push((
-                        p.clone(),
-                        join(&rel.replace(std::path::MAIN_SEPARATOR, "/")),
-                    ));
+                    out.push((p.clone(), join(&rel)));
                 }
             }
         }
         out.sort_by(|a, b| a.1.cmp(&b.1));
+        skipped.sort();
     }
     for (local, path) in &out {
         validate_path(path).map_err(|e| {
             anyhow::anyhow!("{} cannot be published as {path:?}: {e}", local.display())
         })?;
     }
-    Ok(out)
+    Ok(Plan {
+        files: out,
+        skipped,
+    })
+}
+
+/// Says on stderr what a push left out.
+fn report_skipped(skipped: &[(String, Skip)]) {
+    const SHOWN: usize = 10;
+    for (why, what) in [
+        (Skip::Vcs, "version-control folders (never published)"),
+        (
+            Skip::Hidden,
+            "hidden files and editor backups (--include-hidden publishes them)",
+        ),
+        (Skip::Excluded, "excluded by --exclude"),
+    ] {
+        let paths: Vec<&str> = skipped
+            .iter()
+            .filter(|(_, w)| *w == why)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        if paths.is_empty() {
+            continue;
+        }
+        let more = match paths.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        let shown = paths[..paths.len().min(SHOWN)].join(", ");
+        eprintln!("skipped {what}: {shown}{more}");
+    }
 }
 
 /// A request body that streams `file` and advances `bar`.
@@ -138,14 +254,28 @@ fn file_body(file: tokio::fs::File, bar: ProgressBar) -> UploadBody {
 
 pub async fn run(a: Args) -> Result<()> {
     let client = OriginClient::new(&a.origin, a.token.clone())?;
-    let files = plan(&a.path, &a.prefix)?;
+    let Plan { files, skipped } = plan(
+        &a.path,
+        &a.prefix,
+        &Filter::new(a.include_hidden, &a.exclude)?,
+    )?;
+    report_skipped(&skipped);
     if files.is_empty() {
         bail!("{} holds no files to publish", a.path.display());
     }
-    let total: u64 = files
-        .iter()
-        .map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let total: u64 = files.iter().map(|(p, _)| size(p)).sum();
+    if a.dry_run {
+        for (local, path) in &files {
+            println!("{} -> /{path} ({} bytes)", local.display(), size(local));
+        }
+        println!(
+            "would publish {} files, {total} bytes to {} (dry run: nothing was sent)",
+            files.len(),
+            a.origin
+        );
+        return Ok(());
+    }
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
