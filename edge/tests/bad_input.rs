@@ -287,9 +287,24 @@ async fn a_corrupt_chunk_from_the_origin_is_refused_and_not_cached() {
         let r = edge.get("/f.bin").await;
         assert_eq!(r.status, 502, "attempt {attempt}");
         assert!(
-            r.json()["error"].as_str().unwrap().contains("blake3"),
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("failed its integrity check"),
             "{:?}",
             r.body
+        );
+        let id = r.json()["request_id"].as_str().unwrap().to_string();
+        let kept = edge
+            .admin("GET", &format!("/api/v1/errors?id={id}"), "")
+            .await
+            .json();
+        assert!(
+            kept["errors"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("blake3"),
+            "{kept}"
         );
         assert_eq!(edge.edge.metrics().corrupt_chunks.get(), attempt);
     }
@@ -486,7 +501,10 @@ async fn a_chunk_no_origin_can_give_before_the_first_byte_is_a_json_502() {
     let r = edge.get("/f.bin").await;
     assert_eq!(r.status, 502);
     assert!(
-        r.json()["error"].as_str().unwrap().contains("blake3"),
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("integrity check"),
         "{:?}",
         r.body
     );
@@ -516,7 +534,12 @@ async fn a_chunk_no_origin_can_give_before_the_first_byte_is_a_json_502() {
     let edge = EdgeNode::start(cfg).await;
     let r = edge.get("/small.bin").await;
     assert_eq!(r.status, 502);
-    assert!(r.json()["error"].as_str().unwrap().contains("blake3"));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("integrity check")
+    );
 }
 
 /// A raw HTTP/1.1 upstream, keep-alive, that honours a request's declared `Content-Length`:

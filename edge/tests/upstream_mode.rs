@@ -261,11 +261,18 @@ async fn an_unreachable_upstream_is_a_502_with_a_reason() {
         .await;
         let r = edge.get("/x").await;
         assert_eq!(r.status, 502);
-        assert!(
-            r.json()["error"].as_str().unwrap().contains("unreachable"),
-            "{:?}",
-            r.body
-        );
+        // The public is told what failed in public terms and a request id; the upstream's
+        // address and the library's error go to the log and the admin API under that id.
+        let said = r.json();
+        assert_eq!(said["error"], "the origin could not be reached", "{said}");
+        assert!(!String::from_utf8_lossy(&r.body).contains(&port.to_string()), "{said}");
+        let id = said["request_id"].as_str().unwrap().to_string();
+        assert_eq!(r.header("x-request-id"), id);
+        let kept = edge.admin("GET", &format!("/api/v1/errors?id={id}"), "").await.json();
+        let kept = &kept["errors"][0];
+        assert_eq!((kept["status"].as_u64(), kept["path"].as_str()), (Some(502), Some("/x")));
+        let detail = kept["detail"].as_str().unwrap();
+        assert!(detail.contains("unreachable") && detail.contains(&port.to_string()), "{detail}");
     }
 async fn request_directives() {
         let up = Upstream::start(|_, _| {

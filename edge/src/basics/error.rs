@@ -11,7 +11,19 @@ use crate::basics::body::{EdgeBody, json_response};
 #[derive(Debug, Clone)]
 pub struct Refusal {
     pub status: StatusCode,
+    /// What the client is told.
     pub message: String,
+    /// What only the operator is told (addresses, URLs, the library's error): the log and
+    /// the admin API get it under a request id the client is given ([`Incident`]).
+    pub detail: Option<String>,
+}
+
+/// A failure whose details stay inside: carried in a response's extensions from where it
+/// was made to the pipeline, which gives it a request id, logs and keeps it.
+#[derive(Debug, Clone)]
+pub struct Incident {
+    pub message: String,
+    pub detail: String,
 }
 
 impl Refusal {
@@ -19,12 +31,30 @@ impl Refusal {
         Refusal {
             status,
             message: message.into(),
+            detail: None,
         }
     }
 
-    /// The response: the status, and `{"error": message}`.
+    /// A failure told to the client in public terms, with its `detail` kept for the
+    /// operator.
+    pub fn internal(status: StatusCode, message: impl Into<String>, detail: String) -> Self {
+        Refusal {
+            detail: Some(detail),
+            ..Refusal::new(status, message)
+        }
+    }
+
+    /// The response: the status, and `{"error": message}` (and the [`Incident`], in the
+    /// extensions, when there is a detail).
     pub fn response(&self) -> Response<EdgeBody> {
-        json_response(self.status, &serde_json::json!({ "error": self.message }))
+        let mut r = json_response(self.status, &serde_json::json!({ "error": self.message }));
+        if let Some(detail) = &self.detail {
+            r.extensions_mut().insert(Incident {
+                message: self.message.clone(),
+                detail: detail.clone(),
+            });
+        }
+        r
     }
 }
 

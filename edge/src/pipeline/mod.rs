@@ -17,6 +17,7 @@ pub mod access;
 pub mod deployed;
 pub mod drive;
 pub mod hooks;
+pub mod incidents;
 pub mod outcome;
 pub mod respond;
 
@@ -34,13 +35,14 @@ use crate::backends::origin::{OriginBackend, manifest_key};
 use crate::backends::upstream::{Upstream, host_of, set_forwarded};
 use crate::basics::body::EdgeBody;
 use crate::basics::config::{Backend, EdgeConfig};
-use crate::basics::error::{FetchError, Refusal};
+use crate::basics::error::{FetchError, Incident, Refusal};
 use crate::basics::metrics::Metrics;
 use crate::basics::protocol::{Protocol, over_tls};
 use crate::coalesce::fill::Background;
 use crate::coalesce::{Flights, Once};
 use crate::pipeline::drive::Via;
 use crate::pipeline::hooks::{Admission, Plugins};
+use crate::pipeline::incidents::Incidents;
 use crate::pipeline::outcome::{CacheResult, Outcome, PassReason, refusal_of};
 use crate::rules::freshness::request_directives;
 use crate::rules::path::{check_path, file_path, normalize_target};
@@ -64,6 +66,8 @@ pub struct Edge {
     plugins: Arc<Plugins>,
     /// Brotli copies being made ([`Edge::brotli_copy`]), so each is made once.
     compressing: Flights<Key, Once<Result<Bytes, FetchError>>>,
+    /// Failures whose details stay inside ([`incidents`]).
+    incidents: Incidents,
 }
 
 impl Edge {
@@ -125,6 +129,7 @@ impl Edge {
         plugins.start(&cfg.plugins)?;
         Ok(Arc::new(Edge {
             compressing: Flights::new(None),
+            incidents: Incidents::default(),
             cfg,
             store,
             metrics,
@@ -149,6 +154,11 @@ impl Edge {
 
     pub fn config(&self) -> &EdgeConfig {
         &self.cfg
+    }
+
+    /// The last failures whose details stay inside.
+    pub fn incidents(&self) -> &Incidents {
+        &self.incidents
     }
 
     /// The edge's plugins.
@@ -180,6 +190,7 @@ impl Edge {
             .cfg
             .access_log
             .then(|| (req.method().to_string(), req.uri().path().to_string()));
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let (mut resp, outcome) = match self.answer(req, proto, client).await {
             Ok(r) => r,
             Err(refusal) => {
@@ -189,6 +200,11 @@ impl Edge {
                 (refusal.response(), Outcome::pass(PassReason::Error))
             }
         };
+        if let Some(incident) = resp.extensions_mut().remove::<Incident>() {
+            resp = self
+                .incidents
+                .answer(resp.status(), &method, &uri, incident);
+        }
         // Phase 4: log.
         if let Ok(v) = HeaderValue::from_str(&format!("tessera; {}", outcome.cache_status())) {
             resp.headers_mut().append("cache-status", v);

@@ -208,12 +208,32 @@ impl Outcome {
 /// What a client is told when a fetch failed: `504` when the origin did not answer in time,
 /// else `502`, with the fetch's message.
 pub fn refusal_of(e: &FetchError) -> Refusal {
-    let status = match e.failure {
-        FetchFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        FetchFailure::Client => StatusCode::BAD_REQUEST,
-        _ => StatusCode::BAD_GATEWAY,
+    let (status, public) = match e.failure {
+        FetchFailure::Timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the origin did not answer in time",
+        ),
+        FetchFailure::Client => (
+            StatusCode::BAD_REQUEST,
+            "the request body is malformed or broke off",
+        ),
+        FetchFailure::Connect => (StatusCode::BAD_GATEWAY, "the origin could not be reached"),
+        FetchFailure::Status => (StatusCode::BAD_GATEWAY, "the origin answered with an error"),
+        FetchFailure::Body => (StatusCode::BAD_GATEWAY, "the origin's answer broke off"),
+        FetchFailure::Malformed => (
+            StatusCode::BAD_GATEWAY,
+            "the origin's answer could not be understood",
+        ),
+        FetchFailure::Corrupt => (
+            StatusCode::BAD_GATEWAY,
+            "the origin's data failed its integrity check",
+        ),
+        FetchFailure::Abandoned => (
+            StatusCode::BAD_GATEWAY,
+            "the fetch this request shared was abandoned; retry",
+        ),
     };
-    Refusal::new(status, e.message.clone())
+    Refusal::internal(status, public, e.message.clone())
 }
 
 #[cfg(test)]
@@ -254,8 +274,12 @@ mod tests {
     fn timeouts_are_504_a_client_body_400_and_other_failures_502() {
         let t = refusal_of(&FetchError::new(FetchFailure::Timeout, "slow"));
         assert_eq!(
-            (t.status, t.message.as_str()),
-            (StatusCode::GATEWAY_TIMEOUT, "slow")
+            (t.status, t.message.as_str(), t.detail.as_deref()),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the origin did not answer in time",
+                Some("slow")
+            )
         );
         let c = refusal_of(&FetchError::new(FetchFailure::Client, "bad chunk"));
         assert_eq!(c.status, StatusCode::BAD_REQUEST);

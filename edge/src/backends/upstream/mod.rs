@@ -144,7 +144,7 @@ impl Upstream {
             Some(Ok(r)) => Ok(r),
             None => Err(FetchError::new(
                 FetchFailure::Timeout,
-                "the upstream did not answer in time",
+                format!("the upstream {} did not answer in time", self.authority),
             )),
             Some(Err(e)) if client_body.is_some_and(ClientBody::failed) => Err(FetchError::new(
                 FetchFailure::Client,
@@ -152,10 +152,11 @@ impl Upstream {
             )),
             Some(Err(e)) => {
                 self.ctx.failed(FetchFailure::Connect);
-                tracing::warn!(upstream = %self.authority, error = %e, "upstream request failed");
+                // Logged where the failure reaches a client, under its request id.
+                tracing::debug!(upstream = %self.authority, error = %e, "upstream request failed");
                 Err(FetchError::new(
                     FetchFailure::Connect,
-                    format!("upstream unreachable: {e}"),
+                    format!("upstream {} unreachable: {e}", self.authority),
                 ))
             }
         }

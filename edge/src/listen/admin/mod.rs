@@ -1,5 +1,6 @@
 //! The admin API: `/healthz` and `/metrics` open, everything else behind the admin token —
-//! stats ([`stats`]), purges ([`purge`]) and plugin deploys ([`plugins`]).
+//! stats ([`stats`]), purges ([`purge`]), plugin deploys ([`plugins`]) and the last failures
+//! with their details (`/api/v1/errors`, `crate::pipeline::incidents`).
 
 pub mod plugins;
 pub mod purge;
@@ -53,6 +54,18 @@ async fn route(edge: &Arc<Edge>, req: Request<Incoming>) -> Result<Response<Edge
     match (method, path.as_str()) {
         (Method::GET, "/api/v1/stats") => Ok(json_response(StatusCode::OK, &stats::stats(edge))),
         (Method::GET, "/api/v1/plugins") => Ok(json_response(StatusCode::OK, &plugins::list(edge))),
+        (Method::GET, "/api/v1/errors") => {
+            let id = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|p| p.strip_prefix("id="))
+                    .map(str::to_string)
+            });
+            let errors = edge.incidents().list(id.as_deref());
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "errors": errors }),
+            ))
+        }
         (_, p) if p.starts_with("/api/v1/plugins/") => plugins::handle(edge, req).await,
         (Method::POST, "/api/v1/purge") => purge::handle(edge, read_body(req).await?).await,
         (m, p) => Err(Refusal::new(
