@@ -87,7 +87,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cmd::one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -569,6 +569,61 @@ fn plugin_commands_deploy_list_sign_and_roll_back_on_a_real_edge() {
     assert!(get("/a.txt").1.contains("secret content"));
 }
 
+/// A data folder serves one node at a time: a second origin or edge given a running one's
+/// folder is refused with the reason before it binds anything; once the first is gone (even
+/// by kill -9) the folder is free again.
+#[test]
+fn a_second_node_on_a_data_folder_in_use_is_refused_before_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin_data, edge_data) = (dir.path().join("origin"), dir.path().join("edge"));
+    let (mut origin, origin_url) = common::start_origin(&origin_data);
+    let (mut edge, _) = common::start_edge(
+        &edge_data,
+        &["--origin", &origin_url, "--http", "127.0.0.1:0"],
+        "listening on",
+    );
+    let second = |args: &[&str]| {
+        let (ok, out, err) = tessera(args);
+        assert!(!ok, "{out}{err}");
+        assert!(out.is_empty(), "it bound before refusing: {out}");
+        assert_eq!(err.lines().count(), 1, "said once: {err}");
+        err
+    };
+    let err = second(&[
+        "origin",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        origin_data.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("is in use by another tessera node")
+            && err.contains(&format!("process {}", origin.id())),
+        "{err}"
+    );
+    let err = second(&[
+        "edge",
+        "--origin",
+        &origin_url,
+        "--http",
+        "127.0.0.1:0",
+        "--data",
+        edge_data.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(&edge_data.display().to_string()) && err.contains("this edge another --data"),
+        "{err}"
+    );
+    edge.kill_9();
+    let (_edge, lines) = common::start_edge(
+        &edge_data,
+        &["--origin", &origin_url, "--http", "127.0.0.1:0"],
+        "listening on",
+    );
+    assert!(lines.iter().any(|l| l.contains("listening on")));
+    origin.kill_9();
+}
+
 /// SIGHUP (`systemctl reload`) used to end the process (exit 129); until reloading exists it
 /// is logged and ignored, by the origin and the edge alike, and SIGTERM still stops them.
 #[test]

@@ -122,6 +122,7 @@ pub async fn run(a: Args) -> Result<()> {
     if listen.http.is_none() && listen.https.is_none() {
         listen.http = Some("127.0.0.1:8080".parse()?);
     }
+    let _lock = super::lock_data_folder(&config.data, "edge")?;
     let (listeners, lines) = bind_all(&listen, &config).await?;
     let edge = tessera_edge::Edge::open(config, Default::default()).await?;
     // The lines tests and scripts wait for: the bound addresses (ports may have been 0).

@@ -47,6 +47,22 @@ pub async fn run(a: Args) -> Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    // Every node's data folder is locked before anything is bound.
+    let mut locks = Vec::new();
+    for o in &topo.origins {
+        let (_, cfg) = topo.origin_config(&o.id)?;
+        locks.push(super::lock_data_folder(
+            &cfg.data,
+            &format!("origin {}", o.id),
+        )?);
+    }
+    for e in &topo.edges {
+        let (_, cfg) = topo.edge_config(&e.id)?;
+        locks.push(super::lock_data_folder(
+            &cfg.data,
+            &format!("edge {}", e.id),
+        )?);
+    }
     let mut nodes = tokio::task::JoinSet::new();
     for o in &topo.origins {
         let (addr, cfg) = topo.origin_config(&o.id)?;
