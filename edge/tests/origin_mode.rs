@@ -188,6 +188,33 @@ async fn a_restarted_edge_serves_its_ssd_tier_without_the_origin() {
             0
         );
     }
+async fn an_origin_outage_is_ridden_out_on_stale_files_by_default() {
+        // Files the origin says are stale at once, without a stale-if-error of its own (its
+        // default Cache-Control has none either).
+        let origin = Origin::start_with(|c| c.file_cache_control = "public, max-age=0".into()).await;
+        origin.publish("page.html", "<p>up</p>").await;
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let edge_config = |i: usize, grace: u64| {
+            let mut cfg = config(Backend::Origin(vec![origin.url()]), dirs[i].path());
+            // No change-feed long poll holding the origin's shutdown up.
+            cfg.follow_changes = false;
+            cfg.origin_stale_if_error_secs = grace;
+            cfg
+        };
+        let graced = EdgeNode::start(edge_config(0, tessera_edge::EdgeConfig::default().origin_stale_if_error_secs)).await;
+        let strict = EdgeNode::start(edge_config(1, 0)).await;
+        for edge in [&graced, &strict] {
+            assert_eq!(edge.get("/page.html").await.status, 200);
+        }
+        origin.stop().await;
+        // The default grace serves the stale copy through the outage, and says so.
+        let r = graced.get("/page.html").await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"<p>up</p>"[..]));
+        assert!(r.cache_status().contains("detail=stale-if-error"), "{}", r.cache_status());
+        // Without it, only the origin's headers count: none allows a stale copy.
+        let r = strict.get("/page.html").await;
+        assert_eq!(r.status, 502, "{}", r.cache_status());
+    }
 async fn a_new_version_pulls_only_its_changed_chunks() {
         let (origin, edge, _d) = origin_and_edge(|_| {}).await;
         let v1 = noise(4 << 20, 1);

@@ -132,6 +132,13 @@ pub struct EdgeConfig {
     /// to transfer, a decode per chunk here). Off by default: on a LAN or loopback the
     /// decode costs more than the bytes saved.
     pub origin_brotli: bool,
+    /// Origin mode: seconds a file past its freshness is still served while its origins
+    /// fail (unreachable, timing out, answering 5xx), as Varnish's grace and nginx's
+    /// `proxy_cache_use_stale error timeout` keep a site up through an origin outage;
+    /// `Cache-Status` says `detail=stale-if-error`. The origin's own `stale-if-error` is
+    /// used when longer; a `must-revalidate` file is never served stale. 0: only what the
+    /// origin's headers allow.
+    pub origin_stale_if_error_secs: u64,
     /// Time a client has to send a request head, seconds.
     pub header_timeout_secs: u64,
     /// Largest request header section, bytes (larger gets `431`).
@@ -252,6 +259,7 @@ impl Default for EdgeConfig {
             outliers: Outliers::default(),
             origin_readahead_bytes: 4 << 20,
             origin_brotli: false,
+            origin_stale_if_error_secs: 86_400,
             header_timeout_secs: 10,
             idle_timeout_secs: 75,
             max_connections: None,

@@ -313,7 +313,7 @@ impl Freshness {
             return false;
         }
         let stale_by = self.age(now).saturating_sub(self.lifetime);
-        stale_by <= self.stale_if_error
+        stale_by < self.stale_if_error
             || req
                 .max_stale
                 .is_some_and(|s| s.is_none_or(|s| stale_by <= s))

@@ -95,12 +95,18 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start() -> Origin {
+        Self::start_with(|_| {}).await
+    }
+
+    /// An origin whose configuration `f` changes first.
+    pub async fn start_with(f: impl FnOnce(&mut OriginConfig)) -> Origin {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = OriginConfig {
+        let mut cfg = OriginConfig {
             data: dir.path().join("data"),
             token: Some("t".into()),
             ..Default::default()
         };
+        f(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -273,16 +273,18 @@ impl OriginBackend {
                 headers.insert(name, v.clone());
             }
         }
+        let mut freshness = Freshness::of(
+            StatusCode::OK,
+            origin_headers,
+            request_time,
+            response_time,
+            self.ctx.heuristic_cap_secs,
+        );
+        freshness.stale_if_error = freshness.stale_if_error.max(self.grace_secs);
         Meta {
             status: 200,
             headers: StoredHeaders::from_map(&headers),
-            freshness: Freshness::of(
-                StatusCode::OK,
-                origin_headers,
-                request_time,
-                response_time,
-                self.ctx.heuristic_cap_secs,
-            ),
+            freshness,
             stored_at_ms: self.ctx.store.bans.stamp_ms(),
             path: format!("/{}", m.path),
             surrogate_keys: surrogate_keys(origin_headers),

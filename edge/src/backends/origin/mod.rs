@@ -47,6 +47,8 @@ pub struct OriginBackend {
     readahead: u64,
     /// Ask origins for chunks in their stored brotli encoding.
     brotli: bool,
+    /// The least `stale-if-error` a file gets ([`EdgeConfig::origin_stale_if_error_secs`]).
+    grace_secs: u64,
     /// Held while a window's missing chunks join their flights (see [`chunks`]).
     joining: std::sync::Mutex<()>,
     /// Files being copied into segments now, by [`assembly::assembly_id`].
@@ -85,6 +87,7 @@ impl OriginBackend {
             chunks: Flights::new(None),
             readahead: cfg.origin_readahead_bytes.max(1),
             brotli: cfg.origin_brotli,
+            grace_secs: cfg.origin_stale_if_error_secs,
             assembling: Default::default(),
             joining: Default::default(),
             ctx,
