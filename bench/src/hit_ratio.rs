@@ -323,6 +323,7 @@ pub(crate) fn edge_weight(path: &str, fields: &http::HeaderMap, size: u64) -> us
         surrogate_keys: Vec::new(),
         size,
         body: BodyRef::Inline(Bytes::from(vec![0; size as usize])),
+        placement: Default::default(),
     };
     weigh(&Value::Meta(Arc::new(meta)))
 }

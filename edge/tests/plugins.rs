@@ -371,7 +371,19 @@ async fn size_eviction_advice_keeps_big_objects_out_of_memory_and_sets_ttls() {
     )];
     let edge = EdgeNode::start_with(cfg, false).await;
     let before = edge.edge.cache().memory_usage();
-    assert_eq!(edge.get("/big.bin").await.body.len(), BIG.len());
+    // Hits read it from the SSD tier without bringing it into memory.
+    for i in 0..3 {
+        let r = edge.get("/big.bin").await;
+        assert_eq!(r.body.len(), BIG.len());
+        if i > 0 {
+            assert!(
+                r.cache_status().contains("detail=disk"),
+                "read {i}: {}",
+                r.cache_status()
+            );
+        }
+    }
+    assert_eq!(up.count("/big.bin"), 1);
     let grown = edge.edge.cache().memory_usage() - before;
     assert!(
         grown < 100_000,
@@ -821,4 +833,71 @@ async fn deployed_plugins_survive_restarts_and_a_changed_configuration_wins() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
+
+/// `size-eviction` in origin mode, where a file is a manifest and chunks: a file over
+/// `memory-max-bytes` is kept on the SSD tier only, chunks and all (never assembled in
+/// memory), and a type in `never-cache-types` is not kept at all, and is labelled so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_eviction_governs_a_files_chunks_in_origin_mode() {
+    let origin = Origin::start().await;
+    let big = noise(3 << 20, 41);
+    origin.publish("big.bin", big.clone()).await;
+    origin.publish("doc.pdf", noise(600_000, 42)).await;
+    origin.publish("small.txt", "small").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Origin(vec![origin.url()]), dir.path());
+    cfg.follow_changes = false;
+    cfg.plugins.bind = vec![bind(
+        Hook::Eviction,
+        "size-eviction",
+        &[
+            ("memory-max-bytes", "1000000"),
+            ("never-cache-types", "application/pdf"),
+        ],
+    )];
+    let edge = EdgeNode::start_with(cfg, false).await;
+    let before = edge.edge.cache().memory_usage();
+    for i in 0..3 {
+        let r = edge.get("/big.bin").await;
+        assert!(r.body == big, "read {i}");
+        assert!(
+            !r.cache_status().contains("detail=memory"),
+            "read {i}: {}",
+            r.cache_status()
+        );
+    }
+    let grown = edge.edge.cache().memory_usage().saturating_sub(before);
+    assert!(
+        grown < 1_000_000,
+        "a 3 MiB file went to memory: +{grown} bytes"
+    );
+    let chunks = edge.origin_chunks();
+    let r = edge.get("/big.bin").await;
+    assert!(
+        r.cache_status().contains("detail=disk"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(edge.origin_chunks(), chunks, "served from the SSD tier");
+
+    for i in 0..2 {
+        let r = edge.get("/doc.pdf").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.cache_status(), "tessera; fwd=miss", "read {i}");
+    }
+    assert_eq!(
+        edge.origin_fetches("manifest"),
+        3,
+        "big.bin once, doc.pdf on each read"
+    );
+    for _ in 0..2 {
+        assert_eq!(edge.get("/small.txt").await.status, 200);
+    }
+    assert!(
+        edge.get("/small.txt")
+            .await
+            .cache_status()
+            .contains("detail=memory")
+    );
 }

@@ -19,7 +19,7 @@ use crate::pipeline::outcome::{Outcome, PassReason, StaleReason, refusal_of};
 use crate::rules::freshness::{CacheControl, Use};
 use crate::store::Found;
 use crate::store::bans::BanVerdict;
-use crate::store::entry::{Key, Meta};
+use crate::store::entry::{Key, Meta, Placement};
 
 /// How long a background revalidation may take before it is pointless.
 const BACKGROUND_REVALIDATE: Duration = Duration::from_secs(30);
@@ -204,10 +204,11 @@ impl Edge {
         };
         match fetched {
             Fetched::Stored { meta, key, status } => {
+                let kept = meta.placement != Placement::Nowhere;
                 let outcome = match (&stale, status) {
                     (Some(_), 304) => Outcome::revalidated(304),
-                    (Some(_), status) => Outcome::refetched(status, true),
-                    (None, _) => Outcome::miss(true),
+                    (Some(_), status) => Outcome::refetched(status, kept),
+                    (None, _) => Outcome::miss(kept),
                 };
                 // The request that fetched a small file stores it assembled (requests that
                 // followed its fetch read the same chunks, or the assembled copy).

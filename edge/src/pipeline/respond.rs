@@ -93,7 +93,7 @@ impl Edge {
         }
         match (&meta.body, &self.origin) {
             (BodyRef::Chunks(chunks), Some(origin)) => {
-                origin.file_stream(chunks.clone(), key, meta.size, start, end)
+                origin.file_stream(chunks.clone(), key, meta.size, [start, end], meta.placement)
             }
             _ => Box::pin(futures_util::stream::once(async {
                 Err(BoxError::from(

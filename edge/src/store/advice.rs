@@ -11,7 +11,7 @@ use crate::store::entry::Key;
 pub enum Target {
     /// Memory only: never written to SSD.
     Memory,
-    /// SSD only: not kept in memory at first (foyer may still promote it on a later hit).
+    /// SSD only: never kept in memory (read back without being brought into memory).
     Disk,
     /// Memory, written behind to SSD.
     #[default]

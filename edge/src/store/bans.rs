@@ -192,6 +192,7 @@ mod tests {
             surrogate_keys: keys.iter().map(|s| s.to_string()).collect(),
             size: 0,
             body: BodyRef::Inline(Default::default()),
+            placement: Default::default(),
         }
     }
 

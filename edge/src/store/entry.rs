@@ -27,6 +27,7 @@ use tessera_origin_proto::ManifestChunk;
 
 use crate::rules::freshness::Freshness;
 pub use crate::rules::store_plan::{INLINE_MAX, SEGMENT};
+use crate::store::advice::{Advice, Target};
 use crate::store::headers::StoredHeaders;
 
 /// The address of a cache entry.
@@ -80,6 +81,35 @@ pub fn segment_key(id: &[u8; 16], i: u32) -> Key {
     Key::derive("seg", &[id, &i.to_le_bytes()])
 }
 
+/// Where a response's bytes may be kept, as eviction advice said (the built-in policy:
+/// both tiers). In origin mode it governs the file's chunks too, and only `Both` and
+/// `Memory` files are assembled in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    #[default]
+    Both,
+    Memory,
+    /// The SSD tier only: a read does not bring it into memory.
+    Disk,
+    /// Not kept (served, then dropped).
+    Nowhere,
+}
+
+impl Placement {
+    pub fn of(advice: Option<Advice>) -> Placement {
+        match advice {
+            None => Placement::Both,
+            Some(a) if !a.admit => Placement::Nowhere,
+            Some(a) => match a.target {
+                Target::Both => Placement::Both,
+                Target::Memory => Placement::Memory,
+                Target::Disk => Placement::Disk,
+            },
+        }
+    }
+}
+
 /// A stored response: what the cache needs to serve, judge and purge it.
 #[derive(Debug, Clone)]
 pub struct Meta {
@@ -97,6 +127,7 @@ pub struct Meta {
     /// Length of the body in bytes.
     pub size: u64,
     pub body: BodyRef,
+    pub placement: Placement,
 }
 
 /// The serialised form of [`Meta`], without the inline body.
@@ -118,6 +149,9 @@ struct MetaRecord {
     size: u64,
     segments: Option<([u8; 16], u32)>,
     chunks: Option<Vec<ManifestChunk>>,
+    /// Absent in entries written before it existed: `both`.
+    #[serde(default)]
+    placement: Placement,
 }
 
 /// One cache entry.
@@ -224,6 +258,7 @@ impl Code for Value {
                     size: m.size,
                     segments,
                     chunks,
+                    placement: m.placement,
                 };
                 let json = serde_json::to_vec(&rec).map_err(io_err)?;
                 w.write_all(&[2]).map_err(io)?;
@@ -289,6 +324,7 @@ impl Code for Value {
                     surrogate_keys: rec.surrogate_keys,
                     size: rec.size,
                     body,
+                    placement: rec.placement,
                 })))
             }
             3 => Ok(Value::Vary(Arc::new(
@@ -351,6 +387,7 @@ mod tests {
             surrogate_keys: vec!["k1".into()],
             size: 5,
             body,
+            placement: Placement::Disk,
         }
     }
 

@@ -16,7 +16,9 @@ use http::HeaderMap;
 
 use crate::basics::body::{BoxError, ByteStream};
 use crate::store::bans::{BanVerdict, Bans};
-use crate::store::entry::{BodyRef, Key, Meta, SEGMENT, Value, segment_key, variant_key};
+use crate::store::entry::{
+    BodyRef, Key, Meta, Placement, SEGMENT, Value, segment_key, variant_key,
+};
 use crate::store::tiers::{Cache, Tier};
 
 /// The tiers and the purges that apply to them. Cheap to clone; safe to use from any task.
@@ -95,12 +97,20 @@ impl Store {
                 let first = (start / seg) as u32;
                 let last = ((end - 1) / seg) as u32;
                 let cache = self.cache.clone();
+                // A body advised to the SSD tier only is read without bringing it into memory.
+                let disk_only = meta.placement == Placement::Disk;
                 Some(Box::pin(
                     futures_util::stream::iter(first..=last)
                         .map(move |i| {
                             let cache = cache.clone();
                             async move {
-                                match cache.get(&segment_key(&id, i)).await {
+                                let key = segment_key(&id, i);
+                                let found = if disk_only {
+                                    cache.get_unpromoted(&key).await
+                                } else {
+                                    cache.get(&key).await
+                                };
+                                match found {
                                     Some((Value::Bytes(b), _)) => Ok((i, b)),
                                     _ => Err(BoxError::from("a body segment left the cache")),
                                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cached::{Cached, TimedSizedCache};
 use foyer::{
     BlockEngineConfig, DeviceBuilder, EvictionConfig, FsDeviceBuilder, Hint, HybridCache,
-    HybridCacheBuilder, HybridCachePolicy, HybridCacheProperties, LfuConfig, Location,
+    HybridCacheBuilder, HybridCachePolicy, HybridCacheProperties, LfuConfig, Load, Location,
     PsyncIoEngineConfig, RecoverMode, S3FifoConfig, Source,
 };
 
@@ -15,7 +15,7 @@ use crate::basics::clock::now_ms;
 use crate::basics::config::Policy;
 use crate::basics::metrics::Metrics;
 use crate::store::advice::{Advice, Target};
-use crate::store::entry::{Key, SEGMENT, Value, weigh};
+use crate::store::entry::{Key, Placement, SEGMENT, Value, weigh};
 
 /// foyer's properties for an entry stored as `advice` says.
 fn properties(advice: Advice) -> HybridCacheProperties {
@@ -197,6 +197,14 @@ impl Cache {
                     Source::Disk => Tier::Disk,
                     _ => Tier::Memory,
                 };
+                // foyer brings what it reads from the SSD tier into memory; a response
+                // advised to the SSD tier only goes back out.
+                if let Value::Meta(m) = e.value()
+                    && tier == Tier::Disk
+                    && m.placement == Placement::Disk
+                {
+                    self.hybrid.memory().remove(key);
+                }
                 Some((e.value().clone(), tier))
             }
             Ok(None) => None,
@@ -205,6 +213,34 @@ impl Cache {
                 tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
                 None
             }
+        }
+    }
+
+    /// The entry under `key` from memory, else from the SSD tier without bringing it into
+    /// memory (for bytes advised to the SSD tier only).
+    pub async fn get_unpromoted(&self, key: &Key) -> Option<(Value, Tier)> {
+        if let Some(e) = self.hybrid.memory().get(key) {
+            return Some((e.value().clone(), Tier::Memory));
+        }
+        match self.hybrid.storage().load(key).await {
+            Ok(Load::Entry { value, .. }) => Some((value, Tier::Disk)),
+            Ok(Load::Piece { piece, .. }) => Some((piece.value().clone(), Tier::Disk)),
+            Ok(_) => None,
+            Err(e) => {
+                self.ssd_errors.with_label_values(&["read"]).inc();
+                tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Stores `value` under `key` where `placement` says.
+    pub fn insert_placed(&self, key: Key, value: Value, placement: Placement) {
+        match placement {
+            Placement::Both => self.insert(key, value),
+            Placement::Memory => self.insert_in_memory(key, value),
+            Placement::Disk => self.insert_on_disk(key, value),
+            Placement::Nowhere => {}
         }
     }
 

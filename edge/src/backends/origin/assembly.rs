@@ -28,7 +28,7 @@ use crate::backends::origin::OriginBackend;
 use crate::basics::body::ByteStream;
 use crate::basics::error::FetchError;
 use crate::store::Found;
-use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, SEGMENT, Value, segment_key};
+use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, Placement, SEGMENT, Value, segment_key};
 use crate::store::tiers::Tier;
 
 /// Where a file's assembled copy is kept.
@@ -67,7 +67,10 @@ impl OriginBackend {
         let BodyRef::Chunks(chunks) = &meta.body else {
             return Ok(meta);
         };
-        if req.contains_key(header::RANGE) {
+        // Only a file memory may keep is assembled there.
+        if req.contains_key(header::RANGE)
+            || !matches!(meta.placement, Placement::Both | Placement::Memory)
+        {
             return Ok(meta);
         }
         let cache = &self.ctx.store.cache;
@@ -99,31 +102,32 @@ impl OriginBackend {
         let mut m = (*meta).clone();
         m.body = BodyRef::Inline(all);
         let m = Arc::new(m);
-        cache.insert(key, Value::Meta(m.clone()));
+        cache.insert_placed(key, Value::Meta(m.clone()), m.placement);
         self.forget_chunks_in_memory(chunks);
         Ok(m)
     }
 
     /// The bytes `start..end` of a file of `size` bytes made of `chunks`, stored under `key`:
     /// from its assembled segments where memory holds them, else from the chunks.
+    /// `keep`: where the chunks it fetches go ([`Meta::placement`]).
     pub fn file_stream(
         self: &Arc<Self>,
         chunks: Arc<Vec<ManifestChunk>>,
         key: Key,
         size: u64,
-        start: u64,
-        end: u64,
+        [start, end]: [u64; 2],
+        keep: Placement,
     ) -> ByteStream {
         let seg = SEGMENT as u64;
         let first = start / seg;
         if size as usize <= INLINE_MAX {
-            return self.chunk_stream(chunks, Some(Assembled::Inline(key)), start, end);
+            return self.chunk_stream(chunks, Some(Assembled::Inline(key)), start, end, keep);
         }
         let id = assembly_id(&chunks);
         let copy = Some(Assembled::Segments(id));
         let cache = self.ctx.store.cache.clone();
         if !cache.in_memory(&segment_key(&id, first as u32)) {
-            return self.chunk_stream(chunks, copy, start, end);
+            return self.chunk_stream(chunks, copy, start, end, keep);
         }
         let me = self.clone();
         let last = (end - 1) / seg;
@@ -135,7 +139,7 @@ impl OriginBackend {
                     let part = b.slice((s - off) as usize..(e - off) as usize);
                     Box::pin(futures_util::stream::once(async move { Ok(part) })) as ByteStream
                 }
-                _ => me.chunk_stream(chunks.clone(), copy, s, e),
+                _ => me.chunk_stream(chunks.clone(), copy, s, e, keep),
             }
         }))
     }
@@ -149,7 +153,7 @@ impl OriginBackend {
         id: [u8; 16],
     ) {
         let cache = &self.ctx.store.cache;
-        let mut parts = self.chunk_stream(chunks.clone(), None, 0, size);
+        let mut parts = self.chunk_stream(chunks.clone(), None, 0, size, Placement::Both);
         let mut segment = Vec::with_capacity(SEGMENT.min(size as usize));
         let mut i = 0u32;
         let mut complete = true;

@@ -16,7 +16,7 @@ use crate::basics::body::{BoxError, ByteStream};
 use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::FetchKind;
 use crate::coalesce::{Join, Once, Permit};
-use crate::store::entry::{Key, Value};
+use crate::store::entry::{Key, Placement, Value};
 use crate::store::tiers::Tier;
 
 impl OriginBackend {
@@ -27,14 +27,17 @@ impl OriginBackend {
     /// each chunk is handed on as soon as it arrived and was checked. A chunk neither tier
     /// holds is cut from the file's assembled `copy` when memory has it (its chunks left
     /// memory when it was made), before it is fetched.
+    /// `keep`: where the chunks it fetches are stored, and whether those it reads from the
+    /// SSD tier are brought into memory (only when memory may keep them).
     pub fn chunk_stream(
         self: &Arc<Self>,
         chunks: Arc<Vec<ManifestChunk>>,
         copy: Option<Assembled>,
         start: u64,
         end: u64,
+        keep: Placement,
     ) -> ByteStream {
-        self.reader(chunks, copy, start, end, true)
+        self.reader(chunks, copy, start, end, keep)
     }
 
     /// The whole file made of `chunks`, to be assembled by the caller: what it fetches goes to
@@ -42,7 +45,7 @@ impl OriginBackend {
     /// out other entries on their way through).
     pub fn chunks_to_assemble(self: &Arc<Self>, chunks: Arc<Vec<ManifestChunk>>) -> ByteStream {
         let size = chunks.last().map_or(0, |c| c.offset + u64::from(c.size));
-        self.reader(chunks, None, 0, size, false)
+        self.reader(chunks, None, 0, size, Placement::Disk)
     }
 
     fn reader(
@@ -51,7 +54,7 @@ impl OriginBackend {
         copy: Option<Assembled>,
         start: u64,
         end: u64,
-        memory: bool,
+        keep: Placement,
     ) -> ByteStream {
         let first = chunks.partition_point(|c| c.offset + c.size as u64 <= start);
         let last = chunks.partition_point(|c| c.offset < end);
@@ -66,17 +69,26 @@ impl OriginBackend {
             queued: first,
             window: VecDeque::new(),
             window_bytes: 0,
-            memory,
+            keep,
         };
         Box::pin(futures_util::stream::unfold(reader, Reader::step))
     }
 
     /// The chunk from memory, or from the SSD tier when it matches its blake3 (a corrupt copy
     /// is counted, removed and reads as a miss).
-    async fn cached_chunk(&self, hash: ChunkHash) -> Result<Option<Bytes>, FetchError> {
+    /// `keep` says whether one read from the SSD tier may stay in memory.
+    async fn cached_chunk(
+        &self,
+        hash: ChunkHash,
+        keep: Placement,
+    ) -> Result<Option<Bytes>, FetchError> {
         let key = Key(hash.0);
         let cache = &self.ctx.store.cache;
-        match cache.get(&key).await {
+        let found = match keep {
+            Placement::Both | Placement::Memory => cache.get(&key).await,
+            Placement::Disk | Placement::Nowhere => cache.get_unpromoted(&key).await,
+        };
+        match found {
             Some((Value::Bytes(b), Tier::Memory)) => Ok(Some(b)),
             Some((Value::Bytes(b), Tier::Disk)) => {
                 if ChunkHash::of(&b) == hash {
@@ -100,11 +112,11 @@ impl OriginBackend {
     /// (unavailable, corrupt, or the batch broke off) from the next node of that chunk's
     /// list, until every chunk arrived or its list ran out. Runs on a task of its own holding
     /// the permits, so a client that goes away does not fail the requests waiting with it.
-    /// `memory`: the chunks are stored in memory too (else on the SSD tier only).
+    /// `keep`: where the chunks are stored.
     pub(crate) async fn fetch_leads(
         self: Arc<Self>,
         leads: Vec<(ChunkHash, ChunkPermit)>,
-        memory: bool,
+        keep: Placement,
     ) {
         let cache = &self.ctx.store.cache;
         let mut todo = Vec::with_capacity(leads.len());
@@ -112,7 +124,7 @@ impl OriginBackend {
             // A fetch that ended between this request's lookup and its join has stored the
             // chunk (before it ended its flight): take that instead of fetching again.
             if cache.contains(&Key(hash.0))
-                && let Ok(Some(b)) = self.cached_chunk(hash).await
+                && let Ok(Some(b)) = self.cached_chunk(hash, keep).await
             {
                 permit.flight().set(Ok(b));
                 continue;
@@ -123,7 +135,7 @@ impl OriginBackend {
                 order: self.origins.for_chunk(&hash),
                 hash,
                 permit,
-                memory,
+                keep,
                 tried: 0,
                 error: FetchError::new(FetchFailure::Connect, "no origin configured"),
             });
@@ -262,12 +274,7 @@ impl OriginBackend {
     fn deliver(&self, lead: Lead, b: Bytes) {
         self.ctx.metrics.origin_chunks.inc();
         let cache = &self.ctx.store.cache;
-        let (key, value) = (Key(lead.hash.0), Value::Bytes(b.clone()));
-        if lead.memory {
-            cache.insert(key, value);
-        } else {
-            cache.insert_on_disk(key, value);
-        }
+        cache.insert_placed(Key(lead.hash.0), Value::Bytes(b.clone()), lead.keep);
         lead.permit.flight().set(Ok(b));
     }
 
@@ -324,8 +331,8 @@ fn timeout_error(origin: &str) -> FetchError {
 struct Lead {
     hash: ChunkHash,
     permit: ChunkPermit,
-    /// Whether the chunk is stored in memory too once it arrived (else on the SSD tier only).
-    memory: bool,
+    /// Where the chunk is stored once it arrived.
+    keep: Placement,
     /// Origins to ask, in order.
     order: Vec<usize>,
     /// How many of `order` were asked.
@@ -377,8 +384,8 @@ struct Reader {
     window: VecDeque<Slot>,
     /// Bytes of the chunks in `window`.
     window_bytes: u64,
-    /// Whether the chunks this reader fetches are kept in memory (else on the SSD tier only).
-    memory: bool,
+    /// Where the chunks this reader fetches are kept.
+    keep: Placement,
 }
 
 impl Reader {
@@ -431,7 +438,7 @@ impl Reader {
         let found = futures_util::future::join_all(
             self.chunks[from..to]
                 .iter()
-                .map(|c| me.cached_chunk(c.hash)),
+                .map(|c| me.cached_chunk(c.hash, self.keep)),
         )
         .await;
         let mut leads = Vec::new();
@@ -461,7 +468,7 @@ impl Reader {
         }
         drop(joining);
         if !leads.is_empty() {
-            tokio::spawn(me.clone().fetch_leads(leads, self.memory));
+            tokio::spawn(me.clone().fetch_leads(leads, self.keep));
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::rules::freshness::Freshness;
 use crate::rules::not_modified::merge_304;
 use crate::rules::store_plan::surrogate_keys;
 use crate::store::advice::Candidate;
-use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, Value};
+use crate::store::entry::{BodyRef, INLINE_MAX, Key, Meta, Placement, Value};
 use crate::store::headers::StoredHeaders;
 
 /// The cache key of the manifest of the file at `path`.
@@ -212,8 +212,8 @@ impl OriginBackend {
             meta.body = BodyRef::Inline(all);
         }
         // Eviction advice governs the file's stored response (its manifest, and the
-        // assembled copy of a small file); chunks are shared by address between files and
-        // stay under the built-in policy.
+        // assembled copy of a small file) and, through its placement, where the chunks
+        // fetched for it are kept (chunks other files brought in stay where they are).
         let advice = self.ctx.advisor.advise(Candidate {
             key: &key,
             path: &meta.path,
@@ -225,6 +225,7 @@ impl OriginBackend {
         if let Some(ttl) = advice.and_then(|a| a.ttl_secs) {
             meta.freshness.lifetime = ttl;
         }
+        meta.placement = Placement::of(advice);
         let meta = Arc::new(meta);
         if advice.is_some_and(|a| !a.admit) {
             return meta;
@@ -290,6 +291,7 @@ impl OriginBackend {
             surrogate_keys: surrogate_keys(origin_headers),
             size: m.size,
             body: BodyRef::Chunks(Arc::new(m.chunks.clone())),
+            placement: Placement::Both,
         }
     }
 }

@@ -24,7 +24,9 @@ use crate::rules::store_plan::{
 };
 use crate::rules::vary::{selecting_values, vary_names};
 use crate::store::advice::{Advice, Candidate};
-use crate::store::entry::{BodyRef, Key, Meta, SEGMENT, Value, segment_key, variant_key};
+use crate::store::entry::{
+    BodyRef, Key, Meta, Placement, SEGMENT, Value, segment_key, variant_key,
+};
 use crate::store::headers::StoredHeaders;
 
 impl Upstream {
@@ -336,6 +338,7 @@ impl Upstream {
                     Layout::Inline(b) => BodyRef::Inline(b),
                     Layout::Segments(count) => BodyRef::Segments { id: seg_id, count },
                 },
+                placement: Placement::of(advice),
             };
             if worth_keeping(&meta.freshness, &kept) {
                 let cache = &ctx.store.cache;
