@@ -901,3 +901,74 @@ async fn size_eviction_governs_a_files_chunks_in_origin_mode() {
             .contains("detail=memory")
     );
 }
+
+/// A plugin's configuration is checked at deploy: a key it never asks for (a typo), a
+/// reference to an upstream the edge lacks, a missing required key; each is refused with
+/// the plugin's own words, and uses up no version number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_configuration_is_checked_at_deploy() {
+    let up = echo_upstream("origin").await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = EdgeNode::start_with(config(Backend::Upstream(up.url()), dir.path()), false).await;
+    let refused = |r: Reply| {
+        assert_eq!(r.status, 422, "{:?}", r.body);
+        r.json()["error"].as_str().unwrap().to_string()
+    };
+    let e = refused(
+        deploy(
+            &edge,
+            "authorize",
+            "guard",
+            shipped::SIGNED_URL,
+            &[("key", "k"), ("prefix", "/private/")],
+        )
+        .await,
+    );
+    assert!(
+        e.starts_with("the plugin refused its configuration: unknown key prefix: guard asked for")
+            && e.contains("prefixes"),
+        "{e}"
+    );
+    let e = refused(
+        deploy(
+            &edge,
+            "route",
+            "r",
+            shipped::ROUTER,
+            &[("route.1", "prefix=/app/ upstream=canary")],
+        )
+        .await,
+    );
+    assert!(
+        e.contains("route.1: no upstream named \"canary\" on this edge (it has none"),
+        "{e}"
+    );
+    let e = refused(deploy(&edge, "authorize", "guard", shipped::SIGNED_URL, &[]).await);
+    assert_eq!(
+        e,
+        "the plugin refused its configuration: signed-url needs --config key=SECRET"
+    );
+    let e = refused(
+        deploy(
+            &edge,
+            "authorize",
+            "guard",
+            shipped::SIGNED_URL,
+            &[("key", "k"), ("tessera.upstreams", "x")],
+        )
+        .await,
+    );
+    assert!(e.contains("are the host's"), "{e}");
+    // None of that was bound or numbered.
+    assert_eq!(edge.get("/private/a").await.status, 200);
+    let r = deploy(
+        &edge,
+        "authorize",
+        "guard",
+        shipped::SIGNED_URL,
+        &[("key", "k"), ("prefixes", "/private/")],
+    )
+    .await;
+    assert_eq!(r.json()["deployed"]["version"], 1, "{:?}", r.body);
+    assert_eq!(edge.get("/private/a").await.status, 403);
+}

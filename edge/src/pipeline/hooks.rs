@@ -35,18 +35,26 @@ pub struct Plugins {
     limits: Limits,
     registry: Registry,
     deployed: Deployed,
+    /// The names of the edge's upstreams, given to plugins as `tessera.upstreams`.
+    upstreams: Vec<String>,
 }
 
 impl Plugins {
     /// The plugins of the edge whose data folder is `data` (nothing bound yet: see
     /// [`Plugins::start`]).
-    pub fn new(limits: Limits, registry: Registry, data: &Path) -> anyhow::Result<Plugins> {
+    pub fn new(
+        limits: Limits,
+        registry: Registry,
+        data: &Path,
+        upstreams: Vec<String>,
+    ) -> anyhow::Result<Plugins> {
         Ok(Plugins {
             host: OnceLock::new(),
             making: Mutex::new(()),
             limits,
             registry,
             deployed: Deployed::open(data)?,
+            upstreams,
         })
     }
 
@@ -75,6 +83,7 @@ impl Plugins {
                 format!("cannot start the plugin host: {e:#}"),
             )
         })?;
+        made.set_reserved("tessera.upstreams", self.upstreams.join(","));
         Ok(self.host.get_or_init(|| made))
     }
 

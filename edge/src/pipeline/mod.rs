@@ -92,6 +92,7 @@ impl Edge {
             cfg.plugins.limits,
             metrics.registry.clone(),
             &cfg.data,
+            cfg.upstreams.keys().cloned().collect(),
         )?);
         let ctx = Context {
             store: store.clone(),

@@ -175,6 +175,10 @@ pub enum DeployError {
     /// The check call (a made-up request or object) failed.
     #[error("the plugin failed its check call: {0}")]
     CheckFailed(Failure),
+    /// The plugin said its configuration is wrong (it logged this, then panicked), or was
+    /// given keys it never asked for.
+    #[error("the plugin refused its configuration: {0}")]
+    BadConfig(String),
     /// Nothing to roll back to.
     #[error("the {0} hook has no previous version to roll back to")]
     NoPrevious(&'static str),
@@ -207,6 +211,8 @@ struct Inner {
     versions: AtomicU64,
     /// Serialises deploys, rollbacks and removals (calls never take it).
     deploying: std::sync::Mutex<()>,
+    /// Configuration keys the host gives every plugin (`tessera.…`), beside its own.
+    reserved: std::sync::RwLock<BTreeMap<String, String>>,
 }
 
 /// The plugin host of one edge. Cheap to clone.
@@ -286,12 +292,26 @@ impl PluginHost {
                 slots: Default::default(),
                 versions: AtomicU64::new(0),
                 deploying: std::sync::Mutex::new(()),
+                reserved: Default::default(),
             }),
         })
     }
 
     pub fn limits(&self) -> Limits {
         self.inner.limits
+    }
+
+    /// Gives every plugin deployed from now on the configuration key `key` (which must
+    /// start with `tessera.`), read like its own: `tessera.upstreams`, the names of the
+    /// edge's upstreams, lets a `route` plugin check its rules at deploy.
+    pub fn set_reserved(&self, key: &str, value: String) {
+        debug_assert!(key.starts_with("tessera."));
+        let mut r = self
+            .inner
+            .reserved
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        r.insert(key.to_string(), value);
     }
 
     /// Compiles and checks a plugin, then binds it to `hook`: requests already holding the
@@ -432,6 +452,11 @@ impl PluginHost {
                 generated::eviction::EvictionPre::new(instance_pre).map_err(not_exported)?,
             ),
         };
+        if let Some(k) = config.keys().find(|k| k.starts_with("tessera.")) {
+            return Err(DeployError::BadInput(format!(
+                "configuration key {k:?}: keys starting with tessera. are the host's"
+            )));
+        }
         let info = PluginInfo {
             hook,
             name: name.to_string(),
@@ -444,15 +469,40 @@ impl PluginHost {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         };
+        let reserved = self
+            .inner
+            .reserved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut values = config;
+        values.extend(reserved.clone());
         let plugin = Plugin::new(
             info,
-            config,
+            values,
             pre,
             self.inner.engine.clone(),
             self.inner.limits,
             self.inner.metrics.clone(),
         );
-        check_call(&plugin).map_err(DeployError::CheckFailed)?;
+        check_call(&plugin).map_err(|f| match f {
+            Failure::Panic(said) => DeployError::BadConfig(said),
+            f => DeployError::CheckFailed(f),
+        })?;
+        // A plugin reads its configuration on its first call (the check call): a key it
+        // never asked for is a typo or a setting it does not have.
+        let unasked = plugin.unasked_keys(&reserved);
+        if !unasked.is_empty() {
+            return Err(DeployError::BadConfig(format!(
+                "unknown key{} {}: {name} asked for {}",
+                if unasked.len() > 1 { "s" } else { "" },
+                unasked.join(", "),
+                match plugin.asked_keys() {
+                    a if a.is_empty() => "no configuration".to_string(),
+                    a => a.join(", "),
+                }
+            )));
+        }
         Ok(plugin)
     }
 

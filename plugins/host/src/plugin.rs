@@ -13,7 +13,7 @@ use crate::generated::eviction::{Eviction, EvictionPre};
 use crate::generated::route::{Route, RoutePre};
 use crate::memo::Memo;
 use crate::metrics::Metrics;
-use crate::sandbox::{Identity, State};
+use crate::sandbox::{Config, Identity, State};
 use crate::{Decision, Verdict};
 use crate::{Hook, Limits};
 
@@ -51,9 +51,13 @@ pub enum Failure {
     /// The instance reached its memory cap.
     #[error("exceeded its memory cap of {0} bytes")]
     Memory(usize),
-    /// The guest trapped (a panic, `unreachable`, a stack overflow…).
+    /// The guest trapped (`unreachable`, a stack overflow…).
     #[error("trapped: {0}")]
     Trap(String),
+    /// The guest panicked, after logging this line (its message, for a plugin that logs
+    /// before it panics, as the shipped ones do).
+    #[error("panicked: {0}")]
+    Panic(String),
     /// The answer cannot be used (an invalid header, a body over 1 MiB, an unknown
     /// upstream…).
     #[error("answered something unusable: {0}")]
@@ -68,7 +72,7 @@ impl Failure {
         match self {
             Failure::Deadline(_) => "deadline",
             Failure::Memory(_) => "memory",
-            Failure::Trap(_) => "trap",
+            Failure::Trap(_) | Failure::Panic(_) => "trap",
             Failure::Invalid(_) => "invalid",
             Failure::Instantiate(_) => "instantiate",
         }
@@ -97,7 +101,7 @@ pub(crate) struct Instance {
 pub struct Plugin {
     pub(crate) info: PluginInfo,
     id: Arc<Identity>,
-    config: Arc<BTreeMap<String, String>>,
+    config: Arc<Config>,
     pre: Pre,
     engine: wasmtime::Engine,
     limits: Limits,
@@ -148,7 +152,10 @@ impl Plugin {
             seconds,
             info,
             id,
-            config: Arc::new(config),
+            config: Arc::new(Config {
+                values: config,
+                asked: Default::default(),
+            }),
             pre,
             engine,
             limits,
@@ -174,6 +181,27 @@ impl Plugin {
         });
         self.park();
         self
+    }
+
+    /// The configuration keys no instance asked for, but those in `except`.
+    pub(crate) fn unasked_keys(&self, except: &BTreeMap<String, String>) -> Vec<String> {
+        let asked = self.config.asked.lock().unwrap_or_else(|e| e.into_inner());
+        self.config
+            .values
+            .keys()
+            .filter(|k| !asked.contains(*k) && !except.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// The configuration keys instances asked for.
+    pub(crate) fn asked_keys(&self) -> Vec<String> {
+        let asked = self.config.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked
+            .iter()
+            .filter(|k| !k.starts_with("tessera."))
+            .cloned()
+            .collect()
     }
 
     /// Drops the ready instances (a version kept only for rollback holds no memory slots).
@@ -281,7 +309,9 @@ impl Plugin {
         }
         let msg = format!("{e:#}");
         let msg = match msg.split_once("unknown import: `") {
-            // A stubbed WASI import: a Rust guest prints its panic message to stderr.
+            // A stubbed WASI import: a Rust guest prints its panic message to stderr; what
+            // it logged last is that message, when it logs before it panics.
+            Some(_) if let Some(line) = &state.last_log => return Failure::Panic(line.clone()),
             Some((_, rest)) => format!(
                 "it called {}, which the sandbox does not offer (a panic printing its message?)",
                 rest.split('`').next().unwrap_or(rest)

@@ -35,10 +35,19 @@ pub(crate) struct Identity {
     pub hook: &'static str,
 }
 
+/// A deployed version's configuration, shared by its instances.
+#[derive(Debug, Default)]
+pub(crate) struct Config {
+    pub values: BTreeMap<String, String>,
+    /// The keys its instances asked for: a deploy refuses keys its check call never asked
+    /// for (a typo, or a setting the plugin does not have).
+    pub asked: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
 /// The data of one plugin instance's store.
 pub(crate) struct State {
     pub id: Arc<Identity>,
-    config: Arc<BTreeMap<String, String>>,
+    config: Arc<Config>,
     memory_cap: usize,
     /// Set when the cap refused a memory growth: a trap after it is an out-of-memory.
     pub memory_denied: bool,
@@ -62,11 +71,7 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
-    pub fn new(
-        id: Arc<Identity>,
-        config: Arc<BTreeMap<String, String>>,
-        memory_cap: usize,
-    ) -> State {
+    pub fn new(id: Arc<Identity>, config: Arc<Config>, memory_cap: usize) -> State {
         State {
             id,
             config,
@@ -187,7 +192,12 @@ impl host::Host for State {
     }
 
     fn config(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
+        let value = self.config.values.get(&key).cloned();
+        let mut asked = self.config.asked.lock().unwrap_or_else(|e| e.into_inner());
+        if asked.len() < 1024 && !asked.contains(&key) {
+            asked.insert(key);
+        }
+        value
     }
 
     fn hmac_sha256(&mut self, key: Vec<u8>, data: Vec<u8>) -> Vec<u8> {

@@ -63,11 +63,13 @@ fn mode() -> Mode {
 /// Misbehaves as configured when `path` is under the prefix; returns only in the modes that
 /// answer something.
 fn misbehave(path: &str) -> Mode {
-    let prefix = host::config("prefix").unwrap_or_else(|| "/".into());
+    // Both settings are read on every call (the host refuses a key a plugin's first call
+    // never asked for).
+    let (prefix, mode) = (host::config("prefix").unwrap_or_else(|| "/".into()), mode());
     if !path.starts_with(&prefix) {
         return Mode::Ok;
     }
-    match mode() {
+    match mode {
         Mode::Loop => {
             let mut n: u64 = 0;
             loop {

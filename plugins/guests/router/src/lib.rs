@@ -137,6 +137,26 @@ fn rules() -> &'static Result<Vec<Rule>, String> {
                 None => break,
             }
         }
+        // The edge names its upstreams: a rule sending requests to one it lacks is refused
+        // at deploy rather than falling back to the default route on every request.
+        if let Some(known) = host::config("tessera.upstreams") {
+            let known: Vec<&str> = known.split(',').filter(|s| !s.is_empty()).collect();
+            for (i, r) in rules.iter().enumerate() {
+                if let Action::Upstream { name, .. } = &r.action
+                    && !known.contains(&name.as_str())
+                {
+                    return Err(format!(
+                        "route.{}: no upstream named {name:?} on this edge (it has {})",
+                        i + 1,
+                        if known.is_empty() {
+                            "none: add [upstreams] to its configuration".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                }
+            }
+        }
         Ok(rules)
     })
 }
