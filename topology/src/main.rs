@@ -45,12 +45,17 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // One TLS crypto provider for the whole process, installed before anything uses rustls.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // foyer's own information lines (its recovery steps, "mock mode" with no SSD tier) are
+    // not the operator's business; its warnings are.
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,foyer=warn,foyer_storage=warn,foyer_memory=warn".into());
+    // Colours only for a terminal: a log file or a pipe gets plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if cli.log_format == "json" {
+        cmd::announce_as_json(true);
         logs.json().flatten_event(true).init();
     } else {
         logs.init();

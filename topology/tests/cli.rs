@@ -334,7 +334,16 @@ fn json_access_log_has_one_line_per_request() {
         "listening on http://",
         std::fs::File::create(&log).unwrap().into(),
     );
-    let base = lines[0].rsplit(' ').next().unwrap().to_string();
+    // Under --log-format json the line saying where the edge listens is JSON too.
+    let said: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("listening on http://"),
+        "{said}"
+    );
+    let base = said["url"].as_str().unwrap().to_string();
     for _ in 0..2 {
         let (ok, out, err) = tessera(&["get", "-o", "/dev/null", &format!("{base}/a.txt")]);
         assert!(ok, "{out}{err}");
@@ -371,6 +380,13 @@ fn json_access_log_has_one_line_per_request() {
         assert_eq!(v["level"], "INFO");
     }
     assert_eq!(miss["path"], "/a.txt");
+    // The combined format's fields: the host asked for, the query, User-Agent, Referer.
+    assert_eq!(miss["host"], base.trim_start_matches("http://"), "{miss}");
+    assert_eq!(
+        (miss["query"].as_str(), miss["referer"].as_str()),
+        (Some(""), Some(""))
+    );
+    assert!(miss["user_agent"].is_string(), "{miss}");
     assert_eq!(miss["bytes"], body.len() as u64);
     assert_eq!(hit["bytes"], body.len() as u64);
     assert_eq!(hit["tier"], "memory");
@@ -685,6 +701,20 @@ fn sighup_is_logged_and_ignored() {
             common::terminate(&mut p),
             "{} did not stop cleanly on SIGTERM",
             args[0]
+        );
+        // A log file gets plain text (no colours), says which node stops, and no internals.
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour codes in a log file: {text}"
+        );
+        assert!(
+            text.contains(&format!("shutting down role=\"{}\"", args[0])),
+            "{text}"
+        );
+        assert!(
+            !text.contains("cmd::origin") && !text.contains("18446744073709551615"),
+            "{text}"
         );
     }
 }

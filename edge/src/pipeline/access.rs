@@ -20,13 +20,25 @@ use crate::basics::body::{BoxError, EdgeBody};
 #[derive(Debug)]
 pub struct Entry {
     pub proto: &'static str,
-    pub method: String,
-    pub path: String,
+    pub asked: Asked,
     pub status: u16,
     pub cache: &'static str,
     pub tier: &'static str,
     pub client: std::net::SocketAddr,
     pub start: Instant,
+}
+
+/// What the request asked for, taken before it is answered.
+#[derive(Debug)]
+pub struct Asked {
+    pub method: String,
+    pub path: String,
+    /// The query (empty: none), the host asked for, `User-Agent` and `Referer` (empty: not
+    /// sent; at most 1 KiB each): with the rest, the fields of nginx's combined format.
+    pub query: String,
+    pub host: String,
+    pub user_agent: String,
+    pub referer: String,
 }
 
 /// A response body that counts what it sends and logs the entry when it is done.
@@ -93,8 +105,10 @@ impl Drop for Logged {
         tracing::info!(
             target: "tessera::access",
             proto = e.proto,
-            method = %e.method,
-            path = %e.path,
+            method = %e.asked.method,
+            path = %e.asked.path,
+            query = %e.asked.query,
+            host = %e.asked.host,
             status = e.status,
             cache = e.cache,
             tier = e.tier,
@@ -102,6 +116,8 @@ impl Drop for Logged {
             complete,
             duration_ms = e.start.elapsed().as_secs_f64() * 1000.0,
             client = %e.client.ip(),
+            user_agent = %e.asked.user_agent,
+            referer = %e.asked.referer,
             "request"
         );
     }

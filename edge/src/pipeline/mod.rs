@@ -187,10 +187,20 @@ impl Edge {
         client: SocketAddr,
     ) -> Response<EdgeBody> {
         let start = Instant::now();
-        let logged = self
-            .cfg
-            .access_log
-            .then(|| (req.method().to_string(), req.uri().path().to_string()));
+        let logged = self.cfg.access_log.then(|| {
+            let field = |name: header::HeaderName| {
+                let v = req.headers().get(name).map(|v| v.as_bytes()).unwrap_or(b"");
+                String::from_utf8_lossy(&v[..v.len().min(1024)]).into_owned()
+            };
+            access::Asked {
+                method: req.method().to_string(),
+                path: req.uri().path().to_string(),
+                query: req.uri().query().unwrap_or("").to_string(),
+                host: asked_host(&req).unwrap_or("").to_string(),
+                user_agent: field(header::USER_AGENT),
+                referer: field(header::REFERER),
+            }
+        });
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let (mut resp, outcome) = match self.answer(req, proto, client).await {
             Ok(r) => r,
@@ -229,12 +239,11 @@ impl Edge {
             .with_label_values(&[proto.as_str(), kind])
             .observe(start.elapsed().as_secs_f64());
         match logged {
-            Some((method, path)) => {
+            Some(asked) => {
                 let (parts, body) = resp.into_parts();
                 let entry = access::Entry {
                     proto: proto.as_str(),
-                    method,
-                    path,
+                    asked,
                     status: parts.status.as_u16(),
                     cache: result.as_str(),
                     tier: outcome.tier_label(),

@@ -418,6 +418,11 @@ impl OriginClient {
         since: u64,
         wait_secs: u64,
     ) -> Result<crate::changes::ChangesReply, ClientError> {
+        // `u64::MAX` asks for the head: said so, not as a 20-digit number.
+        let since = match since {
+            u64::MAX => "head".to_string(),
+            n => n.to_string(),
+        };
         let url = format!(
             "{}/api/v1/changes?since={since}&wait={wait_secs}",
             self.base

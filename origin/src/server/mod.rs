@@ -657,14 +657,16 @@ async fn list(app: &Arc<App>, query: &str) -> Reply {
 /// Longest a change feed request may wait, in seconds.
 const MAX_WAIT_SECS: u64 = 60;
 
-/// `GET /api/v1/changes?since=N&wait=S&limit=L`: the change feed, long-polled with `wait`.
+/// `GET /api/v1/changes?since=N&wait=S&limit=L`: the change feed, long-polled with `wait`;
+/// `since=head` asks for the latest change number only (a new follower's first call).
 async fn changes(app: &Arc<App>, query: &str) -> Reply {
     let (mut since, mut wait, mut limit) = (0u64, 0u64, 1000usize);
     for (k, v) in form_pairs(query) {
         let bad =
             |what: &str| ApiError::new(StatusCode::BAD_REQUEST, format!("{k}={v:?} is not {what}"));
         match k.as_str() {
-            "since" => since = v.parse().map_err(|_| bad("a change number"))?,
+            "since" if v == "head" => since = u64::MAX,
+            "since" => since = v.parse().map_err(|_| bad("a change number or head"))?,
             "wait" => {
                 wait = v
                     .parse::<u64>()

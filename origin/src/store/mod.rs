@@ -600,7 +600,12 @@ impl Store {
             fsync_dir(&self.packs_dir)?;
         }
         if report != GcReport::default() {
-            info!(?report, "garbage collected");
+            info!(
+                chunks = report.chunks,
+                packs_deleted = report.packs_deleted,
+                packs_compacted = report.packs_compacted,
+                "garbage collected"
+            );
         }
         Ok(report)
     }

@@ -127,9 +127,9 @@ pub async fn run(a: Args) -> Result<()> {
     let edge = tessera_edge::Edge::open(config, Default::default()).await?;
     // The lines tests and scripts wait for: the bound addresses (ports may have been 0).
     for l in lines {
-        println!("{l}");
+        super::announce(&l);
     }
-    tessera_edge::run(listeners, edge, super::origin::shutdown_signal()).await
+    tessera_edge::run(listeners, edge, super::origin::shutdown_signal("edge")).await
 }
 
 /// Binds every listener of `listen`; returns them and one line per listener saying where

@@ -21,6 +21,35 @@ pub fn load_config<T: serde::de::DeserializeOwned + Default>(
     toml::from_str(&text).with_context(|| format!("config {}", p.display()))
 }
 
+static JSON_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Under `--log-format json`, [`announce`] writes JSON too.
+pub fn announce_as_json(on: bool) {
+    JSON_LINES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Writes a line scripts and tests wait for on stdout (where a node listens): as it is, or
+/// under `--log-format json` as one JSON object with the line as `message` and its URL as
+/// `url`, as the log lines are.
+pub fn announce(line: &str) {
+    if !JSON_LINES.load(std::sync::atomic::Ordering::Relaxed) {
+        println!("{line}");
+        return;
+    }
+    let url = line.split_whitespace().find(|w| w.contains("://"));
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let v = serde_json::json!({
+        "timestamp": timestamp,
+        "level": "INFO",
+        "target": "tessera",
+        "message": line,
+        "url": url,
+    });
+    println!("{v}");
+}
+
 /// Takes the lock of a node's data folder (`tessera.lock`, created with the folder if
 /// missing) for as long as the returned file is open: a second process given the same
 /// folder is refused before it binds or reads anything, as two writers would corrupt the

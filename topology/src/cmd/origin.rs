@@ -63,11 +63,11 @@ pub async fn run(a: Args) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     // The line tests and scripts wait for: the bound address (the port may have been 0).
-    println!(
+    super::announce(&format!(
         "tessera origin listening on http://{addr} (data in {})",
         config.data.display()
-    );
-    tessera_origin::run(listener, config, shutdown_signal()).await?;
+    ));
+    tessera_origin::run(listener, config, shutdown_signal("origin")).await?;
     Ok(())
 }
 
@@ -81,22 +81,25 @@ pub fn ignore_hangups() {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
                     tracing::warn!(
+                        target: "tessera",
                         "SIGHUP received: reloading the configuration is not supported; \
                          ignored (restart the process to apply changes)"
                     );
                 }
             });
         }
-        Err(e) => tracing::warn!(error = %e, "cannot catch SIGHUP; it will end the process"),
+        Err(e) => {
+            tracing::warn!(target: "tessera", error = %e, "cannot catch SIGHUP; it will end the process")
+        }
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM, saying that `role` (`origin`, `edge`, `up`) stops.
+pub async fn shutdown_signal(role: &'static str) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!(target: "tessera", role, "shutting down");
 }

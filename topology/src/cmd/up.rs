@@ -105,7 +105,7 @@ pub async fn run(a: Args) -> Result<()> {
     }
     print_summary(&topo, !a.no_demo);
     let outcome = tokio::select! {
-        _ = super::origin::shutdown_signal() => Ok(()),
+        _ = super::origin::shutdown_signal("up") => Ok(()),
         Some(r) = nodes.join_next() => match r {
             Ok(Ok(())) => Err(anyhow::anyhow!("a node stopped on its own")),
             Ok(Err(e)) => Err(e),
