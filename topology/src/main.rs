@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Log lines (stderr) as `text` or as one JSON object per line (`json`), access-log
     /// lines included.
-    #[arg(long, global = true, env = "TESSERA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, global = true, env = "TESSERA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], display_order = 1000)]
     log_format: String,
     #[command(subcommand)]
     command: Command,

@@ -22,6 +22,36 @@ fn help_lists_the_subcommands() {
     let (ok, out, _) = tessera(&["--help"]);
     assert!(ok);
     assert!(out.contains("origin") && out.contains("push"), "{out}");
+    // A node's own options come first, with their defaults; the global --log-format last;
+    // no pointers into the source tree.
+    let (ok, out, _) = tessera(&["edge", "--help"]);
+    assert!(ok);
+    let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("no {s} in {out}"));
+    assert!(at("--id <") < at("--log-format <"), "{out}");
+    for default in [
+        "[default: 256MiB]",
+        "[default: 1GiB]",
+        "[default: tessera-edge-data]",
+    ] {
+        assert!(out.contains(default), "{default}: {out}");
+    }
+    let (_, origin, _) = tessera(&["origin", "--help"]);
+    assert!(origin.contains("[default: 64GiB]"), "{origin}");
+    let (_, push, _) = tessera(&["push", "--help"]);
+    for text in [&out, &origin, &push] {
+        assert!(
+            !text.contains("Config`") && !text.contains("HISTORY.md"),
+            "{text}"
+        );
+    }
+    for sub in ["rollback", "remove"] {
+        let (_, h, _) = tessera(&["plugin", sub, "--help"]);
+        let line = h
+            .lines()
+            .find(|l| l.trim_start().starts_with("--hook"))
+            .unwrap();
+        assert!(line.contains("route, authorize or eviction"), "{h}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

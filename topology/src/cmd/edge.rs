@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use tessera_edge::{Backend, EdgeConfig, Listeners};
 
-/// Options of `tessera edge`. Every option may also come from `--config` (TOML with any
-/// `EdgeConfig` field); options given here override the file.
+/// Options of `tessera edge`. Every option may also come from `--config` (a TOML file of
+/// edge settings, README "Configuration files"); options given here override the file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Serve plain HTTP/1.1 (and h2c with prior knowledge) here.
+    /// Serve plain HTTP/1.1 (and h2c with prior knowledge) here [default: 127.0.0.1:8080
+    /// when neither --http nor --https is given].
     #[arg(long)]
     http: Option<SocketAddr>,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) here, and HTTP/3 on the same UDP port.
@@ -31,13 +32,14 @@ pub struct Args {
     /// Any HTTP server to front as a caching reverse proxy.
     #[arg(long)]
     upstream: Option<String>,
-    /// Folder of the SSD tier and the edge's state (created if missing).
+    /// Folder of the SSD tier and the edge's state (created if missing) [default:
+    /// tessera-edge-data].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Size of the memory tier, e.g. 256MiB.
+    /// Size of the memory tier, e.g. 1GiB [default: 256MiB].
     #[arg(long, value_parser = crate::size::parse_size)]
     memory: Option<u64>,
-    /// Size of the SSD tier, e.g. 4GiB; 0 keeps the cache in memory only.
+    /// Size of the SSD tier, e.g. 4GiB; 0 keeps the cache in memory only [default: 1GiB].
     #[arg(long, value_parser = crate::size::parse_size)]
     disk: Option<u64>,
     /// Serve the admin API (purge, stats, /metrics, /healthz) here.
@@ -50,7 +52,7 @@ pub struct Args {
     /// `--log-format json`, as JSON.
     #[arg(long)]
     access_log: bool,
-    /// TOML file with any `EdgeConfig` field.
+    /// TOML file of edge settings (README "Configuration files").
     #[arg(long, conflicts_with = "topology")]
     config: Option<PathBuf>,
     /// Run the edge `--id` of this topology file (listeners, caches, origins from it;

@@ -12,16 +12,18 @@ pub struct Args {
     /// Address to serve the origin API on [default: 127.0.0.1:7070, or the topology's].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Folder for the node's chunks and metadata (created if missing).
+    /// Folder for the node's chunks and metadata (created if missing) [default:
+    /// tessera-data/origin, or the topology's].
     #[arg(long)]
     data: Option<PathBuf>,
     /// Bearer token that writes must carry; reads stay open.
     #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Largest accepted upload, e.g. 10GiB.
+    /// Largest accepted upload, e.g. 10GiB [default: 64GiB].
     #[arg(long, value_parser = crate::size::parse_size)]
     max_body: Option<u64>,
-    /// TOML file with any `OriginConfig` field; command-line options override it.
+    /// TOML file of origin settings (README "Configuration files"); command-line options
+    /// override it.
     #[arg(long, conflicts_with = "topology")]
     config: Option<PathBuf>,
     /// Run the origin `--id` of this topology file as a member of its cluster (address,

@@ -55,6 +55,7 @@ enum Command {
     Rollback {
         #[command(flatten)]
         admin: Admin,
+        /// The hook to roll back: route, authorize or eviction.
         #[arg(long)]
         hook: Hook,
     },
@@ -62,6 +63,7 @@ enum Command {
     Remove {
         #[command(flatten)]
         admin: Admin,
+        /// The hook to unbind: route, authorize or eviction.
         #[arg(long)]
         hook: Hook,
     },

@@ -28,8 +28,8 @@ pub struct Args {
     /// The origin's write token.
     #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Files uploaded at once. Small files are latency-bound: 16 at a time let the origin
-    /// group their commits (`bench/HISTORY.md`, "Many small files").
+    /// Files uploaded at once (small files are latency-bound: several at a time let the
+    /// origin group their commits).
     #[arg(long, default_value_t = 16)]
     jobs: usize,
     /// Leave out what matches PATTERN (a glob; repeat for more): without a `/` it matches a
