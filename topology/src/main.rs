@@ -35,6 +35,8 @@ enum Command {
     Edge(cmd::edge::Args),
     /// Publish a file or a folder to an origin.
     Push(cmd::push::Args),
+    /// Delete published files from an origin.
+    Delete(cmd::push::DeleteArgs),
     /// Fetch a URL over HTTP/1.1, HTTP/2 or HTTP/3 (`--http3`).
     Get(cmd::get::Args),
     /// Deploy, list, roll back or remove an edge's WebAssembly plugins; sign URLs.
@@ -85,6 +87,7 @@ fn main() -> std::process::ExitCode {
                 cmd::edge::run(a).await
             }
             Command::Push(a) => cmd::push::run(a).await,
+            Command::Delete(a) => cmd::push::delete(a).await,
             Command::Get(a) => cmd::get::run(a).await,
             Command::Plugin(a) => cmd::plugin::run(a).await,
         }

@@ -67,7 +67,14 @@ async fn push_publishes_a_folder_and_reports() {
     let site_arg = site.to_str().unwrap();
     let (ok, out, err) = tessera(&["push", site_arg, "--origin", &url, "--prefix", "www"]);
     assert!(ok, "{out}{err}");
-    assert!(out.contains("published 3 files, 600014 bytes"), "{out}");
+    assert!(
+        out.contains("published 3 files, 585.95 KiB (600014 bytes)") && out.contains("under /www/"),
+        "{out}"
+    );
+    assert!(
+        out.contains("stored ") && out.contains(" % of the files' size"),
+        "{out}"
+    );
     assert!(out.contains("dedup"), "{out}");
     // Pushing the same folder again stores nothing new.
     let (ok, again, err) = tessera(&["push", site_arg, "--origin", &url, "--prefix", "www2"]);
@@ -187,6 +194,41 @@ async fn push_publishes_a_folder_and_reports() {
         !ok && err.contains("--exclude \"a[b\" is not a valid pattern"),
         "{err}"
     );
+
+    // --delete removes what is no longer in the folder (under the prefix only); `tessera
+    // delete` removes paths; deleting what is not published is an error.
+    std::fs::remove_file(site.join("img/copy.bin")).unwrap();
+    let (ok, out, err) = tessera(&[
+        "push", site_arg, "--origin", &url, "--prefix", "www", "--delete",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("deleted /www/img/copy.bin (not in the folder)"),
+        "{out}"
+    );
+    assert!(client.manifest("www/img/copy.bin").await.unwrap().is_none());
+    assert!(
+        client
+            .manifest("www2/img/copy.bin")
+            .await
+            .unwrap()
+            .is_some(),
+        "another prefix is left alone"
+    );
+    let (ok, out, err) = tessera(&[
+        "delete",
+        "/www2/index.html",
+        "www2/img/a.bin",
+        "--origin",
+        &url,
+    ]);
+    assert!(ok && out.contains("deleted /www2/index.html"), "{out}{err}");
+    assert!(client.manifest("www2/img/a.bin").await.unwrap().is_none());
+    let (ok, _, err) = tessera(&["delete", "/www2/index.html", "--origin", &url]);
+    assert!(
+        !ok && err.contains("/www2/index.html is not published"),
+        "{err}"
+    );
     child.kill_9();
 
     // Failures: an origin that is not there, a path that does not exist, a bad URL.
@@ -214,6 +256,28 @@ fn push_without_the_token_fails_with_the_reason() {
     let (ok, _, err) = tessera(&["push", file.to_str().unwrap(), "--origin", &url]);
     assert!(!ok);
     assert!(err.contains("401") && err.contains("Bearer"), "{err}");
+    // A folder: the first refusal stops the push, said once.
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    for i in 0..40 {
+        std::fs::write(site.join(format!("{i}.txt")), "x").unwrap();
+    }
+    let (ok, out, err) = tessera(&[
+        "push",
+        site.to_str().unwrap(),
+        "--origin",
+        &url,
+        "--jobs",
+        "2",
+    ]);
+    assert!(!ok, "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the origin refused the write token (401 Unauthorized")
+            && err.contains("stopped after 0 of 40 files")
+            && err.contains("--token"),
+        "{err}"
+    );
     let (ok, out, err) = tessera(&[
         "push",
         file.to_str().unwrap(),
@@ -223,6 +287,11 @@ fn push_without_the_token_fails_with_the_reason() {
         "s3cret",
     ]);
     assert!(ok, "{out}{err}");
+    // A file named alone says where it went.
+    assert!(
+        out.contains(&format!("published {} as /f.txt", file.display())),
+        "{out}"
+    );
     child.kill_9();
 }
 

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use http::StatusCode;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tessera_origin_proto::client::UploadBody;
-use tessera_origin_proto::{OriginClient, PublishReply, validate_path};
+use tessera_origin_proto::{ClientError, OriginClient, PublishReply, validate_path};
 use tokio::io::AsyncReadExt;
 
 /// Options of `tessera push`.
@@ -45,6 +46,10 @@ pub struct Args {
     /// Print what would be published, and where, without sending anything.
     #[arg(long, short = 'n')]
     dry_run: bool,
+    /// After publishing, delete the files published under --prefix that are not in the
+    /// folder (as rsync --delete).
+    #[arg(long)]
+    delete: bool,
 }
 
 /// Version-control folders: never published.
@@ -288,11 +293,18 @@ pub async fn run(a: Args) -> Result<()> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let client = Arc::new(client);
+    let single = (files.len() == 1 && std::fs::metadata(&a.path).is_ok_and(|m| m.is_file()))
+        .then(|| files[0].clone());
+    let planned: std::collections::HashSet<String> = files.iter().map(|(_, p)| p.clone()).collect();
+    // A refused token refuses every file alike: the first refusal stops what has not started.
+    let refused = Arc::new(std::sync::OnceLock::<String>::new());
     let results: Vec<(String, Result<PublishReply>)> = futures_util::stream::iter(files)
         .map(|(local, path)| {
-            let client = client.clone();
-            let bar = bar.clone();
+            let (client, bar, refused) = (client.clone(), bar.clone(), refused.clone());
             async move {
+                if refused.get().is_some() {
+                    return (path, Err(anyhow::anyhow!("not sent")));
+                }
                 let r = async {
                     let f = tokio::fs::File::open(&local)
                         .await
@@ -300,6 +312,15 @@ pub async fn run(a: Args) -> Result<()> {
                     Ok(client.put_file(&path, file_body(f, bar)).await?)
                 }
                 .await;
+                let r: Result<PublishReply> = r.inspect_err(|e: &anyhow::Error| {
+                    if let Some(ClientError::Status {
+                        status, message, ..
+                    }) = e.downcast_ref::<ClientError>()
+                        && (*status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN)
+                    {
+                        let _ = refused.set(format!("{status}: {message}"));
+                    }
+                });
                 (path, r)
             }
         })
@@ -307,6 +328,14 @@ pub async fn run(a: Args) -> Result<()> {
         .collect()
         .await;
     bar.finish_and_clear();
+    if let Some(why) = refused.get() {
+        let sent = results.iter().filter(|(_, r)| r.is_ok()).count();
+        bail!(
+            "the origin refused the write token ({why}); stopped after {sent} of {} files \
+             (give the origin's write token with --token or TESSERA_TOKEN)",
+            results.len()
+        );
+    }
     let (mut n, mut bytes, mut chunks, mut new_chunks, mut added, mut failed) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for (path, r) in &results {
@@ -324,23 +353,160 @@ pub async fn run(a: Args) -> Result<()> {
             }
         }
     }
-    println!("published {n} files, {bytes} bytes in {chunks} chunks ({new_chunks} new)");
-    if added == 0 {
-        println!("new bytes stored: 0 (the origin already had every chunk)");
-    } else {
-        let ratio = bytes as f64 / added as f64;
-        println!(
-            "new bytes stored: {added} ({ratio:.2}x smaller than the files, after dedup and compression)"
-        );
+    match &single {
+        Some((local, path)) if failed == 0 => {
+            println!("published {} as /{path}", local.display())
+        }
+        _ => {}
     }
+    println!(
+        "published {n} files, {} ({bytes} bytes) in {chunks} chunks ({new_chunks} new){}",
+        HumanBytes(bytes),
+        match a.prefix.trim_matches('/') {
+            "" => String::new(),
+            p => format!(" under /{p}/"),
+        }
+    );
+    println!("{}", stored_line(bytes, added));
     if let Ok(s) = client.stats().await {
         println!(
-            "origin now holds {} files, {} bytes; dedup {:.2}x, compression {:.2}x, overall {:.2}x",
-            s.objects, s.logical_bytes, s.dedup_ratio, s.compression_ratio, s.efficiency
+            "origin now holds {} files, {}; dedup {:.2}x, compression {:.2}x, overall {:.2}x",
+            s.objects,
+            HumanBytes(s.logical_bytes),
+            s.dedup_ratio,
+            s.compression_ratio,
+            s.efficiency
         );
     }
     if failed > 0 {
         bail!("{failed} of {} files failed to publish", results.len());
+    }
+    if a.delete {
+        delete_unlisted(&client, &a.prefix, &planned).await?;
+    }
+    Ok(())
+}
+
+/// What a push added to the origin's disk, in words.
+fn stored_line(bytes: u64, added: u64) -> String {
+    if added == 0 {
+        return "stored nothing new: the origin already had every chunk".into();
+    }
+    let pct = added as f64 * 100.0 / bytes.max(1) as f64;
+    let share = if pct < 0.1 {
+        "under 0.1 %".to_string()
+    } else {
+        format!("{pct:.1} %")
+    };
+    format!(
+        "stored {} new on the origin, {share} of the files' size (after dedup and \
+         compression{})",
+        HumanBytes(added),
+        if pct > 100.0 {
+            "; copies in a cluster count"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `--delete`: removes the published files under `prefix` that this push did not list.
+async fn delete_unlisted(
+    client: &OriginClient,
+    prefix: &str,
+    planned: &std::collections::HashSet<String>,
+) -> Result<()> {
+    let prefix = prefix.trim_matches('/');
+    // `www/`, not `www`: the folder's files, not also those of `www2/`.
+    let folder = match prefix {
+        "" => String::new(),
+        p => format!("{p}/"),
+    };
+    let listed = list(client, &folder).await?;
+    let gone: Vec<String> = listed
+        .into_iter()
+        .filter(|p| !planned.contains(p))
+        .collect();
+    for p in &gone {
+        delete_one(client, p).await?;
+        println!("deleted /{p} (not in the folder)");
+    }
+    if gone.is_empty() {
+        println!("deleted nothing: every published file under /{prefix} is in the folder");
+    }
+    Ok(())
+}
+
+/// The published paths starting with `prefix`.
+async fn list(client: &OriginClient, prefix: &str) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        path: String,
+    }
+    let q: String = url_escape(prefix);
+    let (parts, body) = client
+        .call(
+            http::Method::GET,
+            &format!("/api/v1/files?prefix={q}"),
+            UploadBody::default(),
+        )
+        .await?;
+    anyhow::ensure!(
+        parts.status.is_success(),
+        "cannot list the origin's files: {} {}",
+        parts.status,
+        String::from_utf8_lossy(&body)
+    );
+    let listed: Vec<Listed> =
+        serde_json::from_slice(&body).context("the origin's file list is malformed")?;
+    Ok(listed.into_iter().map(|l| l.path).collect())
+}
+
+/// Deletes one published file; an error names it and what the origin said.
+async fn delete_one(client: &OriginClient, path: &str) -> Result<()> {
+    let (parts, body) = client
+        .call(
+            http::Method::DELETE,
+            &format!("/api/v1/files/{}", url_escape(path).replace("%2F", "/")),
+            UploadBody::default(),
+        )
+        .await?;
+    match parts.status {
+        s if s.is_success() => Ok(()),
+        StatusCode::NOT_FOUND => bail!("/{path} is not published"),
+        s => bail!(
+            "cannot delete /{path}: {s} {}",
+            String::from_utf8_lossy(&body)
+        ),
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Options of `tessera delete`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Published paths to delete, e.g. /img/old.png.
+    #[arg(required = true)]
+    paths: Vec<String>,
+    /// Origin URL, e.g. http://127.0.0.1:7070.
+    #[arg(long)]
+    origin: String,
+    /// The origin's write token.
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// `tessera delete PATH…`: each path deleted in turn; the first failure stops it.
+pub async fn delete(a: DeleteArgs) -> Result<()> {
+    let client = OriginClient::new(&a.origin, a.token)?;
+    for p in &a.paths {
+        let path = p.trim_start_matches('/');
+        validate_path(path).map_err(|e| anyhow::anyhow!("{p:?} is not a published path: {e}"))?;
+        delete_one(&client, path).await?;
+        println!("deleted /{path}");
     }
     Ok(())
 }
