@@ -455,7 +455,7 @@ async fn a_clients_connections_past_its_limit_are_refused() {
     let refused = |proto: &str| {
         edge.metric(
             "tessera_edge_connections_refused_total",
-            &[("proto", proto)],
+            &[("protocol", proto)],
         )
     };
     assert_eq!(refused("tcp"), 1.0);

@@ -507,6 +507,11 @@ async fn purge_by_surrogate_key() {
         let stats = edge.admin("GET", "/api/v1/stats", "").await.json();
         assert_eq!(stats["lookups"]["hit"]["memory"], 1);
         assert_eq!(stats["purges_active"], 1);
+        // Reading the stats makes no series that cannot happen (a hit from no tier).
+        let m = String::from_utf8(edge.admin("GET", "/metrics", "").await.body.to_vec()).unwrap();
+        assert!(!m.contains(r#"result="hit",tier="none""#), "{m}");
+        assert!(m.contains(r#"tessera_edge_requests_total{protocol="#), "{m}");
+        assert!(m.contains(r#"tessera_edge_response_seconds_bucket{protocol=""#));
     }
 }
 

@@ -106,6 +106,11 @@ pub async fn run(
     let uploads = tokio::sync::Semaphore::new(config.max_concurrent_uploads.max(1));
     let store = Arc::new(store);
     let metrics = metrics::Metrics::new();
+    if config.cluster.is_none() {
+        // A standalone node is a cluster of one, itself live.
+        metrics.cluster_nodes.set(1);
+        metrics.cluster_nodes_live.set(1);
+    }
     let cluster = match &config.cluster {
         Some(c) => Some(Arc::new(
             cluster::Cluster::new(

@@ -699,6 +699,9 @@ async fn metrics_and_stats_report_storage() {
         2.0 * text.len() as f64
     );
     assert_eq!(metric(m, "tessera_origin_objects"), 2.0);
+    // A standalone node is a cluster of one, live.
+    assert_eq!(metric(m, "tessera_origin_cluster_nodes"), 1.0);
+    assert_eq!(metric(m, "tessera_origin_cluster_nodes_live"), 1.0);
     assert!(metric(m, "tessera_origin_dedup_ratio") >= 2.0);
     assert!(m.contains("tessera_origin_request_duration_seconds_bucket{op=\"put\""));
     assert!(m.contains("tessera_origin_requests_total{op=\"put\",status=\"201\"} 2"));

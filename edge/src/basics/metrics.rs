@@ -166,7 +166,7 @@ impl Metrics {
                         "Time to the response head, by protocol and cache result",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["proto", "result"],
+                    &["protocol", "result"],
                 )
                 .unwrap(),
             ),
@@ -220,7 +220,7 @@ impl Metrics {
             connections_refused: counter_vec(
                 "tessera_edge_connections_refused_total",
                 "Connections refused for their client address's limit, by protocol",
-                &["proto"],
+                &["protocol"],
             ),
             connection_limit_hits: reg(
                 &registry,

@@ -64,6 +64,14 @@ pub async fn run(a: Args) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    if config.token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            target: "tessera",
+            %addr,
+            "no write token: anyone who can reach this address can publish and delete files \
+             (give --token or TESSERA_TOKEN)"
+        );
+    }
     // The line tests and scripts wait for: the bound address (the port may have been 0).
     super::announce(&format!(
         "tessera origin listening on http://{addr} (data in {})",

@@ -6,13 +6,35 @@ use crate::pipeline::outcome::{CacheResult, TIER_LABELS};
 
 pub fn stats(edge: &Edge) -> serde_json::Value {
     let m = edge.metrics();
+    // Read from the series that exist: asking for a label pair would create it, and
+    // /metrics would then export combinations that cannot happen (a hit from tier none).
+    use prometheus::core::Collector;
+    let mut counted = std::collections::HashMap::new();
+    for family in m.cache.collect() {
+        for metric in family.get_metric() {
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            counted.insert(
+                (label("result"), label("tier")),
+                metric.get_counter().get_value() as u64,
+            );
+        }
+    }
     let mut lookups = serde_json::Map::new();
     for result in CacheResult::ALL {
         let mut by_tier = serde_json::Map::new();
         for tier in TIER_LABELS {
-            let n = m.cache.with_label_values(&[result.as_str(), tier]).get();
-            if n > 0 {
-                by_tier.insert(tier.into(), n.into());
+            match counted.get(&(result.as_str().to_string(), tier.to_string())) {
+                Some(&n) if n > 0 => {
+                    by_tier.insert(tier.into(), n.into());
+                }
+                _ => {}
             }
         }
         lookups.insert(result.as_str().into(), by_tier.into());
