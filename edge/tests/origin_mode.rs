@@ -394,6 +394,14 @@ async fn brotli_for_clients_that_accept_it() {
         let mut plain = Vec::new();
         brotli::BrotliDecompress(&mut &r.body[..], &mut plain).unwrap();
         assert_eq!(plain, css.as_bytes());
+        // A 304 to a brotli request stands for that 200: its weak ETag and its Vary.
+        let etag = r.header("etag").to_string();
+        let r = edge
+            .get_with("/site.css", &[("accept-encoding", "br"), ("if-none-match", &etag)])
+            .await;
+        assert_eq!(r.status, 304);
+        assert_eq!(r.header("etag"), etag);
+        assert!(r.header("vary").to_ascii_lowercase().contains("accept-encoding"), "{:?}", r.header("vary"));
         let r = edge.get("/site.css").await;
         assert_eq!(r.header("content-encoding"), "");
         assert_eq!(&r.body[..], css.as_bytes());

@@ -15,7 +15,7 @@ use crate::coalesce::Join;
 use crate::coalesce::fill::{FillHead, FillReader};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::refusal_of;
-use crate::rules::representation::{Plan, mark_brotli, plan, wants_brotli};
+use crate::rules::representation::{Plan, mark_brotli, plan, wants_brotli, weaken_etag};
 use crate::store::entry::{BodyRef, Key, Meta, Value};
 use crate::store::tiers::Tier;
 
@@ -36,7 +36,17 @@ impl Edge {
         headers.remove(header::CONTENT_LENGTH);
         headers.insert(header::AGE, HeaderValue::from(meta.freshness.age(now)));
         let (code, start, end) = match plan(req, status, &mut headers, Some(meta.size)) {
-            Plan::Decided(decided) => return precondition_answer(decided, &headers),
+            Plan::Decided(decided) => {
+                // A 304 stands for the 200 this request would get: for a brotli one, its weak
+                // ETag and its Vary (RFC 9110 §15.4.5).
+                if decided == StatusCode::NOT_MODIFIED
+                    && status == StatusCode::OK
+                    && wants_brotli(self.cfg.brotli, meta.size, &mut headers, req)
+                {
+                    weaken_etag(&mut headers);
+                }
+                return precondition_answer(decided, &headers);
+            }
             Plan::Unsatisfiable { size } => return unsatisfiable(size),
             Plan::Send { status, start, end } => (status, start, end),
         };

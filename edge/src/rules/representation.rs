@@ -114,6 +114,12 @@ pub fn mark_brotli(headers: &mut HeaderMap, length: usize) {
     headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     headers.remove(header::ACCEPT_RANGES);
+    weaken_etag(headers);
+}
+
+/// Makes the `ETag` of `headers` weak (`W/"…"`): the one a brotli-compressed representation
+/// carries, in its `200` and in the `304`s that stand for it.
+pub fn weaken_etag(headers: &mut HeaderMap) {
     if let Some(e) = headers.get(header::ETAG).and_then(|v| v.to_str().ok())
         && !e.starts_with("W/")
         && let Ok(w) = HeaderValue::from_str(&format!("W/{e}"))
