@@ -40,6 +40,7 @@ pub struct OriginConfig {
     /// Bearer token required on writes (`PUT`, `POST`, `DELETE`); reads stay open.
     pub token: Option<String>,
     /// Largest accepted publish body, in bytes (`413` above it).
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub max_body_bytes: u64,
     /// `Cache-Control` sent with files and manifests (edges revalidate with the `ETag`).
     pub file_cache_control: String,

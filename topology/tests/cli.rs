@@ -817,3 +817,57 @@ fn sighup_is_logged_and_ignored() {
         );
     }
 }
+
+/// Node config files take sizes as operators write them (`"64MiB"`) as well as numbers, and
+/// the size is the one used; a size that is not one is refused naming the field.
+#[test]
+fn node_config_files_take_human_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin_toml = dir.path().join("origin.toml");
+    std::fs::write(&origin_toml, "max_body_bytes = \"1KiB\"\n").unwrap();
+    let (mut origin, url) = common::start_origin_with(
+        &dir.path().join("origin"),
+        &["--config", origin_toml.to_str().unwrap()],
+    );
+    let small = dir.path().join("small.bin");
+    std::fs::write(&small, vec![7u8; 1000]).unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 2000]).unwrap();
+    let (ok, out, err) = tessera(&["push", small.to_str().unwrap(), "--origin", &url]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = tessera(&["push", big.to_str().unwrap(), "--origin", &url]);
+    assert!(!ok && err.contains("413"), "{err}");
+
+    let edge_toml = dir.path().join("edge.toml");
+    std::fs::write(
+        &edge_toml,
+        format!("backend = {{ origin = [\"{url}\"] }}\nmemory_bytes = \"64MiB\"\ndisk_bytes = \"16MiB\"\n"),
+    )
+    .unwrap();
+    let (_edge, lines) = common::start_edge(
+        &dir.path().join("edge"),
+        &[
+            "--config",
+            edge_toml.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        "listening on",
+    );
+    let base = lines[0].rsplit(' ').next().unwrap();
+    let (ok, _, err) = tessera(&["get", "-o", "/dev/null", &format!("{base}/small.bin")]);
+    assert!(ok, "{err}");
+    std::fs::write(&edge_toml, "memory_bytes = \"lots\"\n").unwrap();
+    let (ok, _, err) = tessera(&[
+        "edge",
+        "--config",
+        edge_toml.to_str().unwrap(),
+        "--upstream",
+        "http://127.0.0.1:9",
+    ]);
+    assert!(
+        !ok && err.contains("memory_bytes") && err.contains("is not a size"),
+        "{err}"
+    );
+    origin.kill_9();
+}

@@ -98,8 +98,10 @@ pub struct EdgeConfig {
     /// Folder of the SSD tier and the edge's small state files (purges, feed position).
     pub data: PathBuf,
     /// Bytes of the memory tier.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub memory_bytes: usize,
     /// Bytes of the SSD tier; 0: no SSD tier (memory only).
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub disk_bytes: usize,
     /// Eviction policy of the memory tier.
     pub policy: Policy,
@@ -109,11 +111,13 @@ pub struct EdgeConfig {
     /// Cap on heuristic freshness (10 % of the time since `Last-Modified`), seconds.
     pub heuristic_cap_secs: u64,
     /// Largest response body the edge stores; larger ones are streamed through uncached.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub max_object_bytes: u64,
     /// Upstream mode: body bytes one fill (a response being fetched, shared by its readers)
     /// holds at most (at least 2 MiB). A stored body goes on at its fastest reader's pace
     /// (readers that fall behind read the cache); one not stored waits for its slowest
     /// reader.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub fill_window_bytes: usize,
     /// Upstream mode: stored responses whose readers all went away that are still fetched
     /// to the end into the cache, at most (as nginx and Varnish finish a cacheable fetch
@@ -127,6 +131,7 @@ pub struct EdgeConfig {
     /// Origin mode: bytes of chunks a response fetches ahead of what its client has been
     /// sent (refilled when half of it was sent). Bounds the memory one slow client of a cold
     /// large file can hold; larger windows mean fewer, longer batch requests.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub origin_readahead_bytes: u64,
     /// Origin mode: ask origins for chunks in the brotli encoding they store them in (less
     /// to transfer, a decode per chunk here). Off by default: on a LAN or loopback the
@@ -142,6 +147,7 @@ pub struct EdgeConfig {
     /// Time a client has to send a request head, seconds.
     pub header_timeout_secs: u64,
     /// Largest request header section, bytes (larger gets `431`).
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub max_header_bytes: usize,
     /// Follow the origin's change feed (origin mode), so publishes and deletes reach this
     /// cache at once.

@@ -32,6 +32,7 @@ pub mod manifest;
 pub mod path;
 pub mod range;
 pub mod ring;
+pub mod size;
 
 pub use client::{BatchItem, ChunkBatch, ClientError, ManifestFetch, OriginClient, PublishReply};
 pub use hash::ChunkHash;
