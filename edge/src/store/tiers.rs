@@ -189,7 +189,9 @@ impl Cache {
     pub async fn get(&self, key: &Key) -> Option<(Value, Tier)> {
         // A memory hit needs none of the hybrid lookup's machinery.
         if let Some(e) = self.hybrid.memory().get(key) {
-            return Some((e.value().clone(), Tier::Memory));
+            let value = e.value().clone();
+            drop(e);
+            return Some(self.kept_where_advised(key, value, Tier::Memory));
         }
         match self.hybrid.get(key).await {
             Ok(Some(e)) => {
@@ -197,15 +199,9 @@ impl Cache {
                     Source::Disk => Tier::Disk,
                     _ => Tier::Memory,
                 };
-                // foyer brings what it reads from the SSD tier into memory; a response
-                // advised to the SSD tier only goes back out.
-                if let Value::Meta(m) = e.value()
-                    && tier == Tier::Disk
-                    && m.placement == Placement::Disk
-                {
-                    self.hybrid.memory().remove(key);
-                }
-                Some((e.value().clone(), tier))
+                let value = e.value().clone();
+                drop(e);
+                Some(self.kept_where_advised(key, value, tier))
             }
             Ok(None) => None,
             Err(e) => {
@@ -213,6 +209,19 @@ impl Cache {
                 tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
                 None
             }
+        }
+    }
+
+    /// foyer brings what it reads from the SSD tier (or from its queue of writes to it) into
+    /// memory: a response advised to the SSD tier only goes back out, and is said to come
+    /// from the SSD tier, where it is kept.
+    fn kept_where_advised(&self, key: &Key, value: Value, tier: Tier) -> (Value, Tier) {
+        match &value {
+            Value::Meta(m) if m.placement == Placement::Disk => {
+                self.hybrid.memory().remove(key);
+                (value, Tier::Disk)
+            }
+            _ => (value, tier),
         }
     }
 

@@ -329,11 +329,6 @@ impl PluginHost {
         Ok(self.bind(plugin))
     }
 
-    /// The version number the next [`PluginHost::bind`] of an unstamped plugin gives.
-    pub fn next_version(&self) -> u64 {
-        self.inner.versions.load(Ordering::Relaxed) + 1
-    }
-
     /// Binds a plugin made by [`PluginHost::prepare`] to its hook (see
     /// [`PluginHost::deploy`]). An unstamped plugin gets the next version number; a stamped
     /// one ([`Plugin::stamp`]) keeps its own, and later numbers follow it.
