@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
             surrogate_keys: vec!["k".into()],
             size: 0,
             body: BodyRef::Chunks(Arc::new(Vec::new())),
+            placement: Default::default(),
         };
         let _ = bans.verdict(&meta);
     }
