@@ -304,10 +304,7 @@ impl Deployed {
         let mut next = saved.clone();
         let h = next.hook(hook);
         if h.previous.is_none() {
-            return Err(Refusal::new(
-                StatusCode::CONFLICT,
-                tessera_plugins::DeployError::NoPrevious(hook.as_str()).to_string(),
-            ));
+            return Err(no_previous(hook));
         }
         std::mem::swap(&mut h.current, &mut h.previous);
         self.save(&next).map_err(not_saved)?;
@@ -400,6 +397,14 @@ fn fingerprint(configured: &[Configured]) -> Option<String> {
         .collect();
     let json = serde_json::to_vec(&all).expect("bindings serialise");
     Some(blake3::hash(&json).to_hex().to_string())
+}
+
+/// `409`: `hook` has no previous version to roll back to.
+pub fn no_previous(hook: Hook) -> Refusal {
+    Refusal::new(
+        StatusCode::CONFLICT,
+        tessera_plugins::DeployError::NoPrevious(hook.as_str()).to_string(),
+    )
 }
 
 fn not_saved(e: std::io::Error) -> Refusal {

@@ -110,12 +110,10 @@ impl Plugins {
 
     /// Binds the previous version of `hook` again (saved first). Blocking.
     pub fn rollback(&self, hook: Hook) -> Result<PluginInfo, Refusal> {
-        let host = self.host.get().ok_or_else(|| {
-            Refusal::new(
-                StatusCode::CONFLICT,
-                tessera_plugins::DeployError::NoPrevious(hook.as_str()).to_string(),
-            )
-        })?;
+        let host = self
+            .host
+            .get()
+            .ok_or_else(|| crate::pipeline::deployed::no_previous(hook))?;
         self.deployed.rollback(host, hook)
     }
 

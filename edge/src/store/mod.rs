@@ -16,9 +16,7 @@ use http::HeaderMap;
 
 use crate::basics::body::{BoxError, ByteStream};
 use crate::store::bans::{BanVerdict, Bans};
-use crate::store::entry::{
-    BodyRef, Key, Meta, Placement, SEGMENT, Value, segment_key, variant_key,
-};
+use crate::store::entry::{BodyRef, Key, Meta, SEGMENT, Value, segment_key, variant_key};
 use crate::store::tiers::{Cache, Tier};
 
 /// The tiers and the purges that apply to them. Cheap to clone; safe to use from any task.
@@ -97,20 +95,14 @@ impl Store {
                 let first = (start / seg) as u32;
                 let last = ((end - 1) / seg) as u32;
                 let cache = self.cache.clone();
-                // A body advised to the SSD tier only is read without bringing it into memory.
-                let disk_only = meta.placement == Placement::Disk;
+                // Read where the body is kept (one advised to the SSD tier stays out of memory).
+                let placement = meta.placement;
                 Some(Box::pin(
                     futures_util::stream::iter(first..=last)
                         .map(move |i| {
                             let cache = cache.clone();
                             async move {
-                                let key = segment_key(&id, i);
-                                let found = if disk_only {
-                                    cache.get_unpromoted(&key).await
-                                } else {
-                                    cache.get(&key).await
-                                };
-                                match found {
+                                match cache.get_as(&segment_key(&id, i), placement).await {
                                     Some((Value::Bytes(b), _)) => Ok((i, b)),
                                     _ => Err(BoxError::from("a body segment left the cache")),
                                 }

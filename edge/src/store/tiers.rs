@@ -204,12 +204,15 @@ impl Cache {
                 Some(self.kept_where_advised(key, value, tier))
             }
             Ok(None) => None,
-            Err(e) => {
-                self.ssd_errors.with_label_values(&["read"]).inc();
-                tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
-                None
-            }
+            Err(e) => self.read_failed(e),
         }
+    }
+
+    /// An SSD read error: counted, logged, and a miss.
+    fn read_failed<T>(&self, e: impl std::fmt::Display) -> Option<T> {
+        self.ssd_errors.with_label_values(&["read"]).inc();
+        tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
+        None
     }
 
     /// foyer brings what it reads from the SSD tier (or from its queue of writes to it) into
@@ -225,9 +228,13 @@ impl Cache {
         }
     }
 
-    /// The entry under `key` from memory, else from the SSD tier without bringing it into
-    /// memory (for bytes advised to the SSD tier only).
-    pub async fn get_unpromoted(&self, key: &Key) -> Option<(Value, Tier)> {
+    /// The entry under `key`, read as bytes kept where `placement` says: [`Cache::get`] when
+    /// memory may keep them, else from memory or the SSD tier without bringing them into
+    /// memory.
+    pub async fn get_as(&self, key: &Key, placement: Placement) -> Option<(Value, Tier)> {
+        if matches!(placement, Placement::Both | Placement::Memory) {
+            return self.get(key).await;
+        }
         if let Some(e) = self.hybrid.memory().get(key) {
             return Some((e.value().clone(), Tier::Memory));
         }
@@ -235,11 +242,7 @@ impl Cache {
             Ok(Load::Entry { value, .. }) => Some((value, Tier::Disk)),
             Ok(Load::Piece { piece, .. }) => Some((piece.value().clone(), Tier::Disk)),
             Ok(_) => None,
-            Err(e) => {
-                self.ssd_errors.with_label_values(&["read"]).inc();
-                tracing::warn!(error = %e, "SSD cache read failed; treated as a miss");
-                None
-            }
+            Err(e) => self.read_failed(e),
         }
     }
 

@@ -84,11 +84,7 @@ impl OriginBackend {
     ) -> Result<Option<Bytes>, FetchError> {
         let key = Key(hash.0);
         let cache = &self.ctx.store.cache;
-        let found = match keep {
-            Placement::Both | Placement::Memory => cache.get(&key).await,
-            Placement::Disk | Placement::Nowhere => cache.get_unpromoted(&key).await,
-        };
-        match found {
+        match cache.get_as(&key, keep).await {
             Some((Value::Bytes(b), Tier::Memory)) => Ok(Some(b)),
             Some((Value::Bytes(b), Tier::Disk)) => {
                 if ChunkHash::of(&b) == hash {
