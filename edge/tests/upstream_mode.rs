@@ -824,6 +824,7 @@ async fn a_full_or_damaged_ssd_tier_serves_no_corrupt_byte() {
     assert_eq!(errors(&edge, "allocate"), 1.0);
     assert_eq!(edge.metric("tessera_edge_ssd_bytes", &[]), 0.0);
     assert_eq!(twice(&edge).await, 0.0);
+    assert_eq!(edge.metric("tessera_edge_ssd_used_bytes", &[]), 0.0);
     edge.stop().await;
 
     // Room at start; then the filesystem fills up. The tier has its blocks: it goes on.
@@ -840,12 +841,24 @@ async fn a_full_or_damaged_ssd_tier_serves_no_corrupt_byte() {
         .status()
         .unwrap();
     assert!(!filler.success(), "dd stops when the filesystem is full");
+    let used = |edge: &EdgeNode| edge.metric("tessera_edge_ssd_used_bytes", &[]);
+    assert_eq!(used(&edge), 0.0, "nothing stored yet");
     let before = fetched();
     let hits = twice(&edge).await;
     assert!(
         hits >= (N / 2) as f64,
         "the full filesystem stopped the SSD tier: {hits} SSD hits"
     );
+    // What the SSD tier served it holds, in whole blocks, within its capacity; the
+    // operator's view (`tessera stats`) says the same.
+    let used_now = used(&edge);
+    assert!(
+        used_now >= hits * (64 << 10) as f64 && used_now <= (128 << 20) as f64,
+        "{used_now} bytes used for {hits} SSD hits of 64 KiB"
+    );
+    let stats = edge.admin("GET", "/api/v1/stats", "").await.json();
+    assert_eq!(stats["disk"]["capacity_bytes"], 128 << 20);
+    assert!(stats["disk"]["used_bytes"].as_f64().unwrap() >= used_now);
     assert!(fetched() - before < 2 * N as usize);
     assert_eq!(errors(&edge, "read"), 0.0);
     edge.stop().await;

@@ -52,6 +52,11 @@ impl FetchKind {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// The same registry as foyer sees it: its tiers export their own `foyer_*` series.
+    pub foyer: mixtrics::registry::prometheus_0_14::PrometheusMetricsRegistry,
+    /// Bytes of the SSD tier holding entries: its blocks being written or full, times the
+    /// block size (a block is reused whole, as Varnish's file storage reports segments).
+    pub ssd_used: IntGauge,
     /// Requests answered, by protocol (`http/1.1`, `h2`, `h3`) and status code.
     pub requests: IntCounterVec,
     /// Cache lookups by result (`hit`, `miss`, `stale`, `revalidated`, `pass`) and tier
@@ -103,7 +108,7 @@ pub struct Metrics {
     /// Errors of the SSD tier, by operation (`read`; `allocate`: no room for its files at
     /// start, so it runs in memory only).
     pub ssd_errors: IntCounterVec,
-    /// Bytes of the SSD tier in use by this run (0 when it runs in memory only).
+    /// Bytes of the SSD tier in use by this run (0 when it runs in memory only): its capacity.
     pub ssd_bytes: IntGauge,
     /// Requests refused as malformed (400, 431, bad paths).
     pub bad_requests: IntCounter,
@@ -361,18 +366,66 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            ssd_used: reg(
+                &registry,
+                IntGauge::new(
+                    "tessera_edge_ssd_used_bytes",
+                    "Bytes of the SSD tier holding entries (blocks written or being written)",
+                )
+                .unwrap(),
+            ),
+            foyer: mixtrics::registry::prometheus_0_14::PrometheusMetricsRegistry::new(
+                registry.clone(),
+            ),
             registry,
         }
     }
 
+    /// Bytes of the SSD tier holding entries, from foyer's block gauges (refreshes
+    /// `tessera_edge_ssd_used_bytes`). 0 when the tier runs in memory only.
+    pub fn ssd_used_bytes(&self) -> i64 {
+        let used = if self.ssd_bytes.get() == 0 {
+            0
+        } else {
+            ssd_used_from(&self.registry.gather())
+        };
+        self.ssd_used.set(used);
+        used
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        self.ssd_used_bytes();
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
+}
+
+/// Blocks of foyer's SSD engine that hold entries (every state but `clean`) times its block
+/// size.
+fn ssd_used_from(families: &[prometheus::proto::MetricFamily]) -> i64 {
+    let family = |name: &str| families.iter().find(|f| f.name() == name);
+    let gauge_sum = |f: &prometheus::proto::MetricFamily, keep: &dyn Fn(&str) -> bool| {
+        f.get_metric()
+            .iter()
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .all(|l| l.name() != "type" || keep(l.value()))
+            })
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum::<i64>()
+    };
+    let (Some(blocks), Some(size)) = (
+        family("foyer_storage_block_engine_block"),
+        family("foyer_storage_block_engine_block_size_bytes"),
+    ) else {
+        return 0;
+    };
+    gauge_sum(blocks, &|t| t != "clean") * gauge_sum(size, &|_| true)
 }
 
 impl Default for Metrics {

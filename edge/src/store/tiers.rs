@@ -110,7 +110,7 @@ impl Cache {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(foyer::Error::io_error(e)))?;
-        let mut hybrid = Self::build(dir, memory, disk, policy)
+        let mut hybrid = Self::build(dir, memory, disk, policy, metrics)
             .await
             .map_err(open_err)?;
         let mut ssd_bytes = disk;
@@ -127,7 +127,7 @@ impl Cache {
             if let Err(e) = hybrid.close().await {
                 tracing::warn!(error = %e, "closing the SSD cache failed");
             }
-            hybrid = Self::build(dir, memory, 0, policy)
+            hybrid = Self::build(dir, memory, 0, policy, metrics)
                 .await
                 .map_err(open_err)?;
             ssd_bytes = 0;
@@ -148,6 +148,7 @@ impl Cache {
         memory: usize,
         disk: usize,
         policy: Policy,
+        metrics: &Metrics,
     ) -> Result<HybridCache<Key, Value>, foyer::Error> {
         let eviction: EvictionConfig = match policy {
             Policy::WTinyLfu => LfuConfig::default().into(),
@@ -155,6 +156,7 @@ impl Cache {
         };
         let storage = HybridCacheBuilder::new()
             .with_name("tessera-edge")
+            .with_metrics_registry(Box::new(metrics.foyer.clone()))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(true)
             .memory(memory)

@@ -70,7 +70,10 @@ pub fn stats(edge: &Edge) -> serde_json::Value {
             "used_bytes": edge.cache().memory_usage(),
             "capacity_bytes": edge.cache().memory_capacity(),
         },
-        "disk": { "capacity_bytes": m.ssd_bytes.get() },
+        "disk": {
+            "used_bytes": m.ssd_used_bytes(),
+            "capacity_bytes": m.ssd_bytes.get(),
+        },
         "purges_active": edge.bans().len(),
         "feed_position": m.feed_position.get(),
     })
