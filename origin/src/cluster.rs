@@ -83,6 +83,7 @@ pub struct ClusterConfig {
     /// Seconds between background repair passes (0: only on request).
     pub repair_interval_secs: u64,
     /// Bytes per second the background scrub reads and verifies (0: no scrub).
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub scrub_bytes_per_sec: u64,
     /// How long a delete's tombstone is kept, so that a node that was down during the
     /// delete cannot bring the file back.

@@ -35,6 +35,9 @@ pub use store::{Store, StoreConfig, StoreError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OriginConfig {
+    /// Address the origin API is served on (`tessera origin` binds it; the library is
+    /// handed the listener).
+    pub listen: std::net::SocketAddr,
     /// Folder for pack files and the metadata database.
     pub data: PathBuf,
     /// Bearer token required on writes (`PUT`, `POST`, `DELETE`); reads stay open.
@@ -58,6 +61,7 @@ pub struct OriginConfig {
 impl Default for OriginConfig {
     fn default() -> Self {
         Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7070)),
             data: PathBuf::from("tessera-data/origin"),
             token: None,
             max_body_bytes: 64 << 30,

@@ -17,18 +17,25 @@
 //! http = "127.0.0.1:8080"  # at least one of http / https
 //! https = "127.0.0.1:8443" # HTTP/3 on the same UDP port
 //! admin = "127.0.0.1:8081"
-//! memory = "256MiB"
-//! disk = "1GiB"
+//! memory_bytes = "256MiB"  # `memory` is the same key
+//! disk_bytes = "1GiB"      # `disk` is the same key
 //! origins = ["o1", "o2"]   # default: every origin
 //! parent = "e2"            # optional: tiered caching, misses go to that edge
 //! access_log = true        # optional: one log line per request
 //! upstreams = { legacy = "http://127.0.0.1:9000" }  # optional: named upstreams for routing
 //!
-//! [[edge.plugins]]         # optional: WebAssembly plugins bound at start-up
+//! [[edge.plugins.bind]]    # optional: WebAssembly plugins bound at start-up
 //! hook = "authorize"       # route, authorize or eviction
 //! plugin = "signed-url"    # a shipped plugin or a .wasm file
 //! config = { key = "secret", prefixes = "/private/" }
 //! ```
+//!
+//! One schema: an `[[origin]]` or `[[edge]]` entry takes every key of that node's own
+//! configuration file (`topology/CONFIGURATION.md`), besides the topology's own (`id`,
+//! `weight`; `origins`, `parent`). What the topology decides (an origin's `cluster`, an
+//! edge's `backend` and `origin_ring`) cannot be set in an entry. `data` defaults to
+//! `{data}/{id}`, `token` and `admin_token` to the topology's. An edge's `[[edge.plugins]]`
+//! (a list of bindings) is short for `[[edge.plugins.bind]]`.
 //!
 //! [`parse`] checks everything it can before any node starts: unknown fields, duplicate
 //! ids and addresses, references to nodes that do not exist, parent cycles, a replication
@@ -43,6 +50,7 @@ use tessera_edge::{Backend, EdgeConfig};
 use tessera_origin::OriginConfig;
 use tessera_origin::cluster::{ClusterConfig, NodeAddr};
 use toml::Spanned;
+use toml::de::DeValue;
 
 /// The topology `tessera up` runs without an argument: three origins, replication 2, two
 /// edges, all on loopback.
@@ -72,12 +80,11 @@ fn default_data() -> PathBuf {
     PathBuf::from("tessera-data")
 }
 
+/// An `[[origin]]`'s keys the topology checks; the others are the node's (see [`node`]).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOrigin {
     id: Spanned<String>,
     listen: Spanned<SocketAddr>,
-    data: Option<PathBuf>,
     #[serde(default = "one")]
     weight: Spanned<u32>,
 }
@@ -86,55 +93,38 @@ fn one() -> Spanned<u32> {
     Spanned::new(0..0, 1)
 }
 
+/// An `[[edge]]`'s keys the topology checks; the others are the node's (see [`node`]).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEdge {
     id: Spanned<String>,
     http: Option<Spanned<SocketAddr>>,
     https: Option<Spanned<SocketAddr>>,
     admin: Option<Spanned<SocketAddr>>,
-    data: Option<PathBuf>,
-    memory: Option<Spanned<String>>,
-    disk: Option<Spanned<String>>,
     origins: Option<Vec<Spanned<String>>>,
     parent: Option<Spanned<String>>,
-    #[serde(default)]
-    access_log: bool,
-    #[serde(default)]
-    upstreams: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    plugins: Vec<tessera_edge::config::PluginBinding>,
 }
 
 /// One origin node of a topology.
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub id: String,
-    pub listen: SocketAddr,
-    pub data: PathBuf,
     pub weight: u32,
+    /// Its node configuration: the entry's keys, `data` and `token` defaulted from the
+    /// topology (`cluster` is added by [`Topology::origin_config`]).
+    pub config: OriginConfig,
 }
 
 /// One edge node of a topology.
 #[derive(Debug, Clone)]
 pub struct Edge {
     pub id: String,
-    pub http: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
-    pub admin: Option<SocketAddr>,
-    pub data: PathBuf,
-    pub memory: Option<u64>,
-    pub disk: Option<u64>,
     /// Indexes into [`Topology::origins`].
     pub origins: Vec<usize>,
     /// Index into [`Topology::edges`].
     pub parent: Option<usize>,
-    /// One log line per request.
-    pub access_log: bool,
-    /// Named upstreams a route plugin may send requests to.
-    pub upstreams: std::collections::BTreeMap<String, String>,
-    /// Plugins bound at start-up.
-    pub plugins: Vec<tessera_edge::config::PluginBinding>,
+    /// Its node configuration: the entry's keys, `data` and `admin_token` defaulted from
+    /// the topology (`backend` and `origin_ring` are added by [`Topology::edge_config`]).
+    pub config: EdgeConfig,
 }
 
 /// A checked topology.
@@ -142,8 +132,8 @@ pub struct Edge {
 pub struct Topology {
     pub replication: usize,
     pub vnodes: u32,
+    /// The origins' write token (the first origin's, which `tessera up` publishes through).
     pub token: Option<String>,
-    pub admin_token: Option<String>,
     pub origins: Vec<Origin>,
     pub edges: Vec<Edge>,
 }
@@ -175,15 +165,21 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
         field: field.to_string(),
         message,
     };
-    let raw: Raw = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        TopologyError {
-            file: file.to_string(),
-            line: line_of(span),
-            field: "toml".into(),
-            message: e.message().to_string(),
+    let toml_err = |e: toml::de::Error| TopologyError {
+        file: file.to_string(),
+        line: line_of(e.span().unwrap_or(0..0)),
+        field: "toml".into(),
+        message: e.message().to_string(),
+    };
+    let raw: Raw = toml::from_str(text).map_err(toml_err)?;
+    // The same text as spanned tables: each entry read again as its node's configuration.
+    let doc = toml::de::DeTable::parse(text).map_err(toml_err)?;
+    let entries = |kind: &str| -> Vec<Spanned<DeValue<'_>>> {
+        match doc.get_ref().get(kind).map(|v| v.get_ref()) {
+            Some(DeValue::Array(a)) => a.iter().cloned().collect(),
+            _ => Vec::new(),
         }
-    })?;
+    };
     if raw.origin.is_empty() {
         return Err(err(
             0..0,
@@ -229,7 +225,7 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
             Ok(())
         };
     let mut origins = Vec::new();
-    for o in &raw.origin {
+    for (o, entry) in raw.origin.iter().zip(entries("origin")) {
         check_id(&o.id, "origin")?;
         check_addr(&o.listen, "listen", o.id.get_ref())?;
         if *o.weight.get_ref() == 0 || *o.weight.get_ref() > 100 {
@@ -239,14 +235,27 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
                 "a weight is 1 to 100".into(),
             ));
         }
+        let (mut config, given) = node::<OriginConfig>(
+            entry,
+            &["id", "weight"],
+            &[
+                ("cluster.me", "the entry's `id` is the node's"),
+                ("cluster.nodes", "the topology's origins are the cluster"),
+                ("cluster.replication", "set `replication` at the top"),
+                ("cluster.vnodes", "set `vnodes` at the top"),
+            ],
+        )
+        .map_err(|(span, field, message)| err(span, &field, message))?;
+        if !given.contains("data") {
+            config.data = raw.data.join(o.id.get_ref());
+        }
+        if !given.contains("token") {
+            config.token = raw.token.clone();
+        }
         origins.push(Origin {
             id: o.id.get_ref().clone(),
-            listen: *o.listen.get_ref(),
-            data: o
-                .data
-                .clone()
-                .unwrap_or_else(|| raw.data.join(o.id.get_ref())),
             weight: *o.weight.get_ref(),
+            config,
         });
     }
     // Unset: two copies, or one for a single origin.
@@ -286,7 +295,7 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
         .map(|(i, e)| (e.id.get_ref().as_str(), i))
         .collect();
     let mut edges = Vec::new();
-    for e in &raw.edge {
+    for (e, entry) in raw.edge.iter().zip(entries("edge")) {
         check_id(&e.id, "edge")?;
         let id = e.id.get_ref();
         for (field, a) in [("http", &e.http), ("https", &e.https), ("admin", &e.admin)] {
@@ -301,15 +310,21 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
                 format!("edge {id:?} has neither http nor https: clients could not reach it"),
             ));
         }
-        let size = |s: &Option<Spanned<String>>,
-                    field: &str|
-         -> Result<Option<u64>, TopologyError> {
-            s.as_ref()
-                .map(|s| crate::size::parse_size(s.get_ref()).map_err(|m| err(s.span(), field, m)))
-                .transpose()
-        };
-        let memory = size(&e.memory, "memory")?;
-        let disk = size(&e.disk, "disk")?;
+        let (mut config, given) = node::<EdgeConfig>(
+            entry,
+            &["id", "origins", "parent"],
+            &[
+                ("backend", "the topology sets it from `origins` or `parent`"),
+                ("origin_ring", "the topology sets it from its origins"),
+            ],
+        )
+        .map_err(|(span, field, message)| err(span, &field, message))?;
+        if !given.contains("data") {
+            config.data = raw.data.join(id);
+        }
+        if !given.contains("admin_token") {
+            config.admin_token = raw.admin_token.clone();
+        }
         let list = match &e.origins {
             None => (0..origins.len()).collect(),
             Some(names) => {
@@ -365,17 +380,9 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
         };
         edges.push(Edge {
             id: id.clone(),
-            http: e.http.as_ref().map(|a| *a.get_ref()),
-            https: e.https.as_ref().map(|a| *a.get_ref()),
-            admin: e.admin.as_ref().map(|a| *a.get_ref()),
-            data: e.data.clone().unwrap_or_else(|| raw.data.join(id)),
-            memory,
-            disk,
             origins: list,
             parent,
-            access_log: e.access_log,
-            upstreams: e.upstreams.clone(),
-            plugins: e.plugins.clone(),
+            config,
         });
     }
     // Parents must not form a cycle (e1 → e2 → e1 would bounce a miss forever).
@@ -399,25 +406,89 @@ pub fn parse(text: &str, file: &str) -> Result<Topology, TopologyError> {
     Ok(Topology {
         replication,
         vnodes,
-        token: raw.token,
-        admin_token: raw.admin_token,
+        token: origins[0].config.token.clone(),
         origins,
         edges,
     })
 }
 
+/// Reads a topology entry as its node's configuration file: the entry without the
+/// topology's own keys `own`, refusing the keys `decided` (with why the topology decides
+/// them). Returns the configuration and the keys the entry gave; an error is the span, the
+/// field and the message.
+fn node<T: serde::de::DeserializeOwned>(
+    entry: Spanned<DeValue<'_>>,
+    own: &[&str],
+    decided: &[(&str, &str)],
+) -> Result<(T, HashSet<String>), (std::ops::Range<usize>, String, String)> {
+    let span = entry.span();
+    let DeValue::Table(mut table) = entry.into_inner() else {
+        return Err((span, "toml".into(), "a node entry is a table".into()));
+    };
+    for key in own {
+        table.remove(*key);
+    }
+    for (key, why) in decided {
+        // A dotted key is one inside a table (`cluster.me`).
+        let (outer, inner) = key.split_once('.').unwrap_or((key, ""));
+        let found = match (table.get_key_value(outer), inner) {
+            (Some((k, _)), "") => Some(k.span()),
+            (Some((_, v)), inner) => match v.get_ref() {
+                DeValue::Table(t) => t.get_key_value(inner).map(|(k, _)| k.span()),
+                _ => None,
+            },
+            (None, _) => None,
+        };
+        if let Some(at) = found {
+            return Err((
+                at,
+                key.to_string(),
+                format!("cannot be set in a topology entry: {why}"),
+            ));
+        }
+    }
+    // `[[edge.plugins]]`, a list of bindings, is short for `[[edge.plugins.bind]]`.
+    if let Some(plugins) = table.get_mut("plugins")
+        && let DeValue::Array(_) = plugins.get_ref()
+    {
+        let key_span = plugins.span();
+        let list = std::mem::replace(plugins.get_mut(), DeValue::Boolean(false));
+        let mut inner = toml::de::DeTable::new();
+        inner.insert(
+            Spanned::new(key_span.clone(), "bind".into()),
+            Spanned::new(key_span.clone(), list),
+        );
+        *plugins.get_mut() = DeValue::Table(inner);
+    }
+    let given = table.keys().map(|k| k.get_ref().to_string()).collect();
+    let config = T::deserialize(toml::de::Deserializer::from(Spanned::new(
+        span.clone(),
+        table,
+    )))
+    .map_err(|e| {
+        (
+            e.span().unwrap_or(span),
+            "toml".to_string(),
+            e.message().to_string(),
+        )
+    })?;
+    Ok((config, given))
+}
+
 impl Topology {
-    /// The configuration of origin `id`, or an error naming the ids there are.
-    pub fn origin_config(&self, id: &str) -> anyhow::Result<(SocketAddr, OriginConfig)> {
+    /// The configuration of origin `id` (its `listen` is where it serves), or an error
+    /// naming the ids there are.
+    pub fn origin_config(&self, id: &str) -> anyhow::Result<OriginConfig> {
         let o = self.origins.iter().find(|o| o.id == id).ok_or_else(|| {
             anyhow::anyhow!(
                 "no origin {id:?} in the topology (origins: {})",
                 self.origin_ids()
             )
         })?;
-        let cfg = OriginConfig {
-            data: o.data.clone(),
-            token: self.token.clone(),
+        // The entry's own cluster settings (repair, scrub, timeouts) with the topology's
+        // membership.
+        let settings = o.config.cluster.clone().unwrap_or_default();
+        Ok(OriginConfig {
             cluster: Some(ClusterConfig {
                 me: o.id.clone(),
                 nodes: self
@@ -425,17 +496,16 @@ impl Topology {
                     .iter()
                     .map(|n| NodeAddr {
                         id: n.id.clone(),
-                        url: format!("http://{}", n.listen),
+                        url: format!("http://{}", n.config.listen),
                         weight: n.weight,
                     })
                     .collect(),
                 replication: self.replication,
                 vnodes: self.vnodes,
-                ..Default::default()
+                ..settings
             }),
-            ..Default::default()
-        };
-        Ok((o.listen, cfg))
+            ..o.config.clone()
+        })
     }
 
     fn origin_ids(&self) -> String {
@@ -452,32 +522,19 @@ impl Topology {
             let ids: Vec<_> = self.edges.iter().map(|e| e.id.as_str()).collect();
             anyhow::anyhow!("no edge {id:?} in the topology (edges: {})", ids.join(", "))
         })?;
-        let mut cfg = EdgeConfig {
-            data: e.data.clone(),
-            admin_token: self.admin_token.clone(),
-            access_log: e.access_log,
-            upstreams: e.upstreams.clone(),
-            ..Default::default()
-        };
-        cfg.plugins.bind = e.plugins.clone();
-        if let Some(m) = e.memory {
-            cfg.memory_bytes = usize::try_from(m)?;
-        }
-        if let Some(d) = e.disk {
-            cfg.disk_bytes = usize::try_from(d)?;
-        }
+        let mut cfg = e.config.clone();
         match e.parent {
             Some(p) => {
                 let parent = &self.edges[p];
                 cfg.backend =
-                    Backend::Upstream(format!("http://{}", parent.http.expect("checked")));
+                    Backend::Upstream(format!("http://{}", parent.config.http.expect("checked")));
             }
             None => {
                 let chosen: Vec<&Origin> = e.origins.iter().map(|&i| &self.origins[i]).collect();
                 cfg.backend = Backend::Origin(
                     chosen
                         .iter()
-                        .map(|o| format!("http://{}", o.listen))
+                        .map(|o| format!("http://{}", o.config.listen))
                         .collect(),
                 );
                 // The edge computes owners only when it knows the whole ring.
@@ -510,7 +567,7 @@ mod tests {
         assert_eq!(t.origins.len(), 3);
         assert_eq!(t.replication, 2);
         assert_eq!(t.edges.len(), 2);
-        let (_, o) = t.origin_config("o2").unwrap();
+        let o = t.origin_config("o2").unwrap();
         assert_eq!(o.cluster.unwrap().nodes.len(), 3);
         let (_, e) = t.edge_config("e1").unwrap();
         assert_eq!(e.origin_ring.unwrap().nodes.len(), 3);
@@ -546,6 +603,89 @@ mod tests {
                 .to_string()
                 .contains("o1, o2")
         );
+    }
+
+    #[test]
+    fn an_entry_takes_every_key_of_its_node_file_and_the_topology_fills_the_rest() {
+        let t = parse(
+            r#"
+            data = "base"
+            token = "shared"
+            admin_token = "admin"
+
+            [[origin]]
+            id = "o1"
+            listen = "127.0.0.1:7071"
+            max_body_bytes = "1g"
+            file_cache_control = "public, max-age=5"
+
+            [[origin]]
+            id = "o2"
+            listen = "127.0.0.1:7072"
+            data = "elsewhere"
+            token = "own"
+            store = { pack_target_bytes = "8MiB" }
+            cluster = { repair_interval_secs = 600 }
+
+            [[edge]]
+            id = "e1"
+            http = "127.0.0.1:8080"
+            memory_bytes = "64MiB"
+            disk = "0"
+            policy = "w-tiny-lfu"
+            admin_token = "mine"
+            timeouts = { connect_ms = 5 }
+
+            [[edge.plugins]]
+            hook = "authorize"
+            plugin = "signed-url"
+
+            [[edge]]
+            id = "e2"
+            https = "127.0.0.1:8443"
+            http3 = false
+            tls_cert = "c.pem"
+            tls_key = "k.pem"
+
+            [[edge.plugins.bind]]
+            hook = "route"
+            plugin = "router"
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        let o1 = t.origin_config("o1").unwrap();
+        assert_eq!(o1.listen, "127.0.0.1:7071".parse().unwrap());
+        assert_eq!(o1.max_body_bytes, 1 << 30);
+        assert_eq!(o1.file_cache_control, "public, max-age=5");
+        assert_eq!(o1.data, PathBuf::from("base/o1"));
+        assert_eq!(o1.token.as_deref(), Some("shared"));
+        assert_eq!(o1.cluster.unwrap().nodes.len(), 2);
+        let o2 = t.origin_config("o2").unwrap();
+        assert_eq!(o2.data, PathBuf::from("elsewhere"));
+        assert_eq!(o2.token.as_deref(), Some("own"));
+        assert_eq!(o2.store.pack_target_bytes, 8 << 20);
+        let c2 = o2.cluster.unwrap();
+        assert_eq!((c2.me.as_str(), c2.repair_interval_secs), ("o2", 600));
+        assert_eq!(t.token.as_deref(), Some("shared"));
+
+        let (_, e1) = t.edge_config("e1").unwrap();
+        assert_eq!(e1.http, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            (e1.memory_bytes, e1.disk_bytes, e1.policy),
+            (64 << 20, 0, tessera_edge::config::Policy::WTinyLfu)
+        );
+        assert_eq!(e1.admin_token.as_deref(), Some("mine"));
+        assert_eq!(e1.timeouts.connect_ms, 5);
+        assert_eq!(e1.plugins.bind.len(), 1);
+        assert_eq!(e1.plugins.bind[0].plugin, "signed-url");
+        assert_eq!(e1.data, PathBuf::from("base/e1"));
+        let (_, e2) = t.edge_config("e2").unwrap();
+        assert_eq!(e2.admin_token.as_deref(), Some("admin"));
+        assert!(!e2.http3);
+        assert_eq!(e2.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(e2.plugins.bind[0].plugin, "router");
+        assert!(matches!(e2.backend, Backend::Origin(ref o) if o.len() == 2));
     }
 
     #[test]
@@ -601,8 +741,30 @@ mod tests {
                     "{base}[[edge]]\nid = \"e1\"\nhttp = \"127.0.0.1:8080\"\nmemory = \"lots\"\n"
                 ),
                 7,
-                "memory",
+                "toml",
                 "not a size",
+            ),
+            (
+                &format!(
+                    "{base}[[edge]]\nid = \"e1\"\nhttp = \"127.0.0.1:8080\"\nbackend = {{ upstream = \"http://x\" }}\n"
+                ),
+                7,
+                "backend",
+                "cannot be set in a topology entry",
+            ),
+            (
+                "[[origin]]\nid = \"o1\"\nlisten = \"127.0.0.1:7071\"\n\ncluster = { vnodes = 8 }\n",
+                5,
+                "cluster.vnodes",
+                "set `vnodes` at the top",
+            ),
+            (
+                &format!(
+                    "{base}[[edge]]\nid = \"e1\"\nhttp = \"127.0.0.1:8080\"\n[edge.timeouts]\nconect_ms = 5\n"
+                ),
+                8,
+                "toml",
+                "unknown field `conect_ms`",
             ),
             (
                 &format!(

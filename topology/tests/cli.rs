@@ -818,17 +818,31 @@ fn sighup_is_logged_and_ignored() {
     }
 }
 
-/// Node config files take sizes as operators write them (`"64MiB"`) as well as numbers, and
-/// the size is the one used; a size that is not one is refused naming the field.
+/// A node config file describes a whole node: the origin's `listen` and the edge's
+/// listeners (`http`, `https`, `http3`, `admin`) come from the file alone. Sizes are taken
+/// as operators write them (`"64MiB"`) as well as numbers, and the size is the one used; a
+/// size that is not one is refused naming the field.
 #[test]
-fn node_config_files_take_human_sizes() {
+fn node_config_files_describe_a_whole_node_with_human_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let origin_toml = dir.path().join("origin.toml");
-    std::fs::write(&origin_toml, "max_body_bytes = \"1KiB\"\n").unwrap();
-    let (mut origin, url) = common::start_origin_with(
-        &dir.path().join("origin"),
-        &["--config", origin_toml.to_str().unwrap()],
+    std::fs::write(
+        &origin_toml,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata = {:?}\nmax_body_bytes = \"1KiB\"\n",
+            dir.path().join("origin")
+        ),
+    )
+    .unwrap();
+    let (mut origin, lines) = common::start_tessera(
+        &["origin", "--config", origin_toml.to_str().unwrap()],
+        "listening on",
     );
+    let url = lines[0]
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_string();
     let small = dir.path().join("small.bin");
     std::fs::write(&small, vec![7u8; 1000]).unwrap();
     let big = dir.path().join("big.bin");
@@ -841,22 +855,41 @@ fn node_config_files_take_human_sizes() {
     let edge_toml = dir.path().join("edge.toml");
     std::fs::write(
         &edge_toml,
-        format!("backend = {{ origin = [\"{url}\"] }}\nmemory_bytes = \"64MiB\"\ndisk_bytes = \"16MiB\"\n"),
+        format!(
+            "backend = {{ origin = [\"{url}\"] }}\ndata = {:?}\nmemory_bytes = \"64MiB\"\n\
+             disk_bytes = \"16MiB\"\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n\
+             http3 = false\nadmin = \"127.0.0.1:0\"\nadmin_token = \"t\"\n",
+            dir.path().join("edge")
+        ),
     )
     .unwrap();
-    let (_edge, lines) = common::start_edge(
-        &dir.path().join("edge"),
-        &[
-            "--config",
-            edge_toml.to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-        ],
-        "listening on",
+    let (_edge, lines) = common::start_tessera(
+        &["edge", "--config", edge_toml.to_str().unwrap()],
+        "admin on",
     );
-    let base = lines[0].rsplit(' ').next().unwrap();
-    let (ok, _, err) = tessera(&["get", "-o", "/dev/null", &format!("{base}/small.bin")]);
-    assert!(ok, "{err}");
+    let at = |scheme: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.split(' ').find(|w| w.starts_with(scheme)))
+            .unwrap_or_else(|| panic!("no {scheme} listener: {lines:?}"))
+            .to_string()
+    };
+    assert!(
+        !lines.iter().any(|l| l.contains("HTTP/3")),
+        "http3 = false: {lines:?}"
+    );
+    for base in [at("http://"), at("https://")] {
+        let (ok, _, err) = tessera(&["get", "-k", "-o", "/dev/null", &format!("{base}/small.bin")]);
+        assert!(ok, "{base}: {err}");
+    }
+    let admin = lines
+        .iter()
+        .find(|l| l.contains("admin on"))
+        .and_then(|l| l.split(' ').find(|w| w.starts_with("http://")))
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = tessera(&["get", &format!("{admin}/healthz")]);
+    assert!(ok && out.contains("ok"), "{out}{err}");
     std::fs::write(&edge_toml, "memory_bytes = \"lots\"\n").unwrap();
     let (ok, _, err) = tessera(&[
         "edge",

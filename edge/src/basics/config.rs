@@ -2,6 +2,7 @@
 //! command line; every field has a default that serves a laptop.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -95,13 +96,31 @@ fn host_name(host: &str) -> String {
 pub struct EdgeConfig {
     /// Where misses go.
     pub backend: Backend,
+    /// Serve plain HTTP/1.1 (and h2c with prior knowledge) on this address. `tessera edge`
+    /// binds the listeners; the library is handed them bound. Neither `http` nor `https`:
+    /// `127.0.0.1:8080`.
+    pub http: Option<SocketAddr>,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on this address, and HTTP/3 on its UDP port.
+    pub https: Option<SocketAddr>,
+    /// Serve HTTP/3 (QUIC) beside `https`.
+    pub http3: bool,
+    /// Certificate chain (PEM) for `https`; without it (and `tls_key`) a development
+    /// certificate for localhost is made in the data folder.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve the admin API (purge, stats, plugins, `/metrics`, `/healthz`) on this address.
+    pub admin: Option<SocketAddr>,
     /// Folder of the SSD tier and the edge's small state files (purges, feed position).
     pub data: PathBuf,
-    /// Bytes of the memory tier.
-    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
+    /// Bytes of the memory tier (`memory` in topology files, as `--memory`).
+    #[serde(
+        alias = "memory",
+        deserialize_with = "tessera_origin_proto::size::bytes"
+    )]
     pub memory_bytes: usize,
-    /// Bytes of the SSD tier; 0: no SSD tier (memory only).
-    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
+    /// Bytes of the SSD tier; 0: no SSD tier (memory only). `disk` is the same key.
+    #[serde(alias = "disk", deserialize_with = "tessera_origin_proto::size::bytes")]
     pub disk_bytes: usize,
     /// Eviction policy of the memory tier.
     pub policy: Policy,
@@ -252,6 +271,12 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
             backend: Backend::Upstream("http://127.0.0.1:8080".into()),
+            http: None,
+            https: None,
+            http3: true,
+            tls_cert: None,
+            tls_key: None,
+            admin: None,
             data: PathBuf::from("tessera-edge-data"),
             memory_bytes: 256 << 20,
             disk_bytes: 1 << 30,

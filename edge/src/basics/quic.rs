@@ -15,10 +15,13 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct QuicSettings {
     /// Bytes a client may send on one request stream before the edge reads them (uploads).
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub stream_window_bytes: u32,
     /// Bytes a client may send on all streams of a connection before the edge reads them.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub connection_window_bytes: u32,
     /// Bytes of response data queued per connection ahead of the client's acknowledgements.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub send_window_bytes: u64,
     /// Requests a client may have open at once on one connection.
     pub max_streams: u32,
@@ -30,6 +33,7 @@ pub struct QuicSettings {
     pub segmentation_offload: bool,
     /// UDP socket send and receive buffers, bytes (the kernel caps them at
     /// `net.core.wmem_max` / `rmem_max`): a burst larger than the receive buffer is lost.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub socket_buffer_bytes: usize,
     /// Handshakes in progress past which a new client must first prove its address with a
     /// stateless Retry (RFC 9000 §8.1): a flood of spoofed Initial packets then costs the

@@ -127,9 +127,11 @@ pub struct StoreConfig {
     /// storing less than restic does.
     pub compression_quality: u32,
     /// An upload starts a new pack file past this many bytes.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub pack_target_bytes: u64,
     /// Chunk bytes an upload gathers before hashing and compressing them as a batch, in
     /// parallel; also the most chunk data an upload holds in memory.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub batch_bytes: usize,
     /// Changes the change feed keeps; an edge that falls further behind revalidates all.
     pub change_retention: u64,

@@ -120,6 +120,7 @@ pub struct Limits {
     /// the thread spends descheduled on a busy machine mostly does not count.
     pub deadline_ms: u64,
     /// Linear memory one plugin instance may use, bytes.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub memory_bytes: usize,
     /// Plugin instances alive at once, all hooks and versions together.
     pub instances: u32,

@@ -64,34 +64,10 @@ pub struct Args {
     id: Option<String>,
 }
 
-/// Where an edge listens, and how it serves TLS.
-#[derive(Debug, Default, Clone)]
-pub struct Listen {
-    pub http: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
-    pub no_http3: bool,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub admin: Option<SocketAddr>,
-}
-
 pub async fn run(a: Args) -> Result<()> {
-    let (mut config, mut listen) = match (&a.topology, &a.id) {
-        (Some(t), Some(id)) => {
-            let topo = crate::file::load(t)?;
-            let (e, cfg) = topo.edge_config(id)?;
-            let listen = Listen {
-                http: e.http,
-                https: e.https,
-                admin: e.admin,
-                ..Default::default()
-            };
-            (cfg, listen)
-        }
-        _ => (
-            super::load_config::<EdgeConfig>(a.config.as_deref())?,
-            Listen::default(),
-        ),
+    let mut config = match (&a.topology, &a.id) {
+        (Some(t), Some(id)) => crate::file::load(t)?.edge_config(id)?.1,
+        _ => super::load_config::<EdgeConfig>(a.config.as_deref())?,
     };
     match (a.origin.is_empty(), a.upstream) {
         (false, _) => {
@@ -115,17 +91,19 @@ pub async fn run(a: Args) -> Result<()> {
         config.admin_token = a.admin_token;
     }
     config.access_log |= a.access_log;
-    listen.http = a.http.or(listen.http);
-    listen.https = a.https.or(listen.https);
-    listen.admin = a.admin.or(listen.admin);
-    listen.no_http3 |= a.no_http3;
-    listen.tls_cert = a.tls_cert;
-    listen.tls_key = a.tls_key;
-    if listen.http.is_none() && listen.https.is_none() {
-        listen.http = Some("127.0.0.1:8080".parse()?);
+    config.http = a.http.or(config.http);
+    config.https = a.https.or(config.https);
+    config.admin = a.admin.or(config.admin);
+    config.http3 &= !a.no_http3;
+    if a.tls_cert.is_some() {
+        config.tls_cert = a.tls_cert;
+        config.tls_key = a.tls_key;
+    }
+    if config.http.is_none() && config.https.is_none() {
+        config.http = Some("127.0.0.1:8080".parse()?);
     }
     let _lock = super::lock_data_folder(&config.data, "edge")?;
-    let (listeners, lines) = bind_all(&listen, &config).await?;
+    let (listeners, lines) = bind_all(&config).await?;
     let edge = tessera_edge::Edge::open(config, Default::default()).await?;
     // The lines tests and scripts wait for: the bound addresses (ports may have been 0).
     for l in lines {
@@ -134,12 +112,12 @@ pub async fn run(a: Args) -> Result<()> {
     tessera_edge::run(listeners, edge, super::origin::shutdown_signal("edge")).await
 }
 
-/// Binds every listener of `listen`; returns them and one line per listener saying where
-/// it is ("tessera edge listening on http://ADDR", …).
-pub async fn bind_all(listen: &Listen, config: &EdgeConfig) -> Result<(Listeners, Vec<String>)> {
+/// Binds every listener `config` names (`http`, `https` and HTTP/3, `admin`); returns them
+/// and one line per listener saying where it is ("tessera edge listening on http://ADDR", …).
+pub async fn bind_all(config: &EdgeConfig) -> Result<(Listeners, Vec<String>)> {
     let mut listeners = Listeners::default();
     let mut lines = Vec::new();
-    if let Some(addr) = listen.http {
+    if let Some(addr) = config.http {
         let l = bind(addr).await?;
         lines.push(format!(
             "tessera edge listening on http://{}",
@@ -147,10 +125,13 @@ pub async fn bind_all(listen: &Listen, config: &EdgeConfig) -> Result<(Listeners
         ));
         listeners.http = Some(l);
     }
-    if let Some(addr) = listen.https {
-        let id = match (&listen.tls_cert, &listen.tls_key) {
+    if let Some(addr) = config.https {
+        let id = match (&config.tls_cert, &config.tls_key) {
             (Some(c), Some(k)) => tessera_edge::tls::load(c, k)?,
-            _ => {
+            (Some(_), None) | (None, Some(_)) => {
+                anyhow::bail!("tls_cert and tls_key go together: give both, or neither")
+            }
+            (None, None) => {
                 let id = tessera_edge::tls::development(&config.data.join("tls"))?;
                 eprintln!(
                     "no --tls-cert given: using the development certificate {} (for localhost only)",
@@ -160,7 +141,7 @@ pub async fn bind_all(listen: &Listen, config: &EdgeConfig) -> Result<(Listeners
             }
         };
         let tls = tessera_edge::tls::server_config(&id, &[b"h2", b"http/1.1"])?;
-        let (l, udp) = if listen.no_http3 {
+        let (l, udp) = if !config.http3 {
             (bind(addr).await?, None)
         } else {
             let (l, udp) = tessera_edge::h3::bind_https_and_quic(addr)
@@ -177,7 +158,7 @@ pub async fn bind_all(listen: &Listen, config: &EdgeConfig) -> Result<(Listeners
         }
         listeners.https = Some((l, tls));
     }
-    if let Some(addr) = listen.admin {
+    if let Some(addr) = config.admin {
         let l = bind(addr).await?;
         lines.push(format!("tessera edge admin on http://{}", l.local_addr()?));
         listeners.admin = Some(l);

@@ -9,7 +9,8 @@ use tessera_origin::OriginConfig;
 /// Options of `tessera origin`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to serve the origin API on [default: 127.0.0.1:7070, or the topology's].
+    /// Address to serve the origin API on [default: 127.0.0.1:7070, or `listen` of --config or
+    /// --topology].
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Folder for the node's chunks and metadata (created if missing) [default:
@@ -36,20 +37,11 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let (from_file, mut config) = match (&a.topology, &a.id) {
-        (Some(t), Some(id)) => {
-            let (addr, cfg) = crate::file::load(t)?.origin_config(id)?;
-            (Some(addr), cfg)
-        }
-        _ => (
-            None,
-            super::load_config::<OriginConfig>(a.config.as_deref())?,
-        ),
+    let mut config = match (&a.topology, &a.id) {
+        (Some(t), Some(id)) => crate::file::load(t)?.origin_config(id)?,
+        _ => super::load_config::<OriginConfig>(a.config.as_deref())?,
     };
-    let listen = a
-        .listen
-        .or(from_file)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+    let listen = a.listen.unwrap_or(config.listen);
     if let Some(d) = a.data {
         config.data = d;
     }

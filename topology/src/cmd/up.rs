@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tessera_origin_proto::OriginClient;
 use tokio::sync::watch;
 
-use super::edge::{Listen, bind_all};
+use super::edge::bind_all;
 use crate::file::{self, Topology};
 
 /// Options of `tessera up`.
@@ -50,22 +50,21 @@ pub async fn run(a: Args) -> Result<()> {
     // Every node's data folder is locked before anything is bound.
     let mut locks = Vec::new();
     for o in &topo.origins {
-        let (_, cfg) = topo.origin_config(&o.id)?;
         locks.push(super::lock_data_folder(
-            &cfg.data,
+            &o.config.data,
             &format!("origin {}", o.id),
         )?);
     }
     for e in &topo.edges {
-        let (_, cfg) = topo.edge_config(&e.id)?;
         locks.push(super::lock_data_folder(
-            &cfg.data,
+            &e.config.data,
             &format!("edge {}", e.id),
         )?);
     }
     let mut nodes = tokio::task::JoinSet::new();
     for o in &topo.origins {
-        let (addr, cfg) = topo.origin_config(&o.id)?;
+        let cfg = topo.origin_config(&o.id)?;
+        let addr = cfg.listen;
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("origin {}: cannot listen on {addr}", o.id))?;
@@ -77,17 +76,11 @@ pub async fn run(a: Args) -> Result<()> {
         });
     }
     for o in &topo.origins {
-        wait_healthy(&format!("http://{}", o.listen)).await?;
+        wait_healthy(&format!("http://{}", o.config.listen)).await?;
     }
     for e in &topo.edges {
         let (e, cfg) = topo.edge_config(&e.id)?;
-        let listen = Listen {
-            http: e.http,
-            https: e.https,
-            admin: e.admin,
-            ..Default::default()
-        };
-        let (listeners, _) = bind_all(&listen, &cfg)
+        let (listeners, _) = bind_all(&cfg)
             .await
             .with_context(|| format!("edge {}", e.id))?;
         let edge = tessera_edge::Edge::open(cfg, Default::default())
@@ -144,7 +137,7 @@ async fn wait_healthy(url: &str) -> Result<()> {
 
 /// Publishes the demo site through the first origin (it places every chunk by the ring).
 async fn publish_demo(topo: &Topology) -> Result<()> {
-    let url = format!("http://{}", topo.origins[0].listen);
+    let url = format!("http://{}", topo.origins[0].config.listen);
     let client = OriginClient::new(&url, topo.token.clone())?;
     for (path, text) in DEMO {
         client
@@ -164,10 +157,10 @@ fn print_summary(topo: &Topology, demo: bool) {
         topo.edges.len()
     );
     for e in &topo.edges {
-        if let Some(h) = e.http {
+        if let Some(h) = e.config.http {
             println!("  open   http://{h}/{page}    (edge {})", e.id);
         }
-        if let Some(s) = e.https {
+        if let Some(s) = e.config.https {
             // The address itself, not `localhost`: browsers try `::1` first for that name,
             // where a listener on 127.0.0.1 gets no QUIC.
             println!(
@@ -176,20 +169,20 @@ fn print_summary(topo: &Topology, demo: bool) {
                 s.port()
             );
         }
-        if let Some(a) = e.admin {
+        if let Some(a) = e.config.admin {
             println!(
                 "  admin  http://{a}/metrics   http://{a}/api/v1/stats   (edge {}, data in {})",
                 e.id,
-                e.data.display()
+                e.config.data.display()
             );
         }
     }
     for o in &topo.origins {
         println!(
             "  origin http://{}/api/v1/cluster    ({}, data in {})",
-            o.listen,
+            o.config.listen,
             o.id,
-            o.data.display()
+            o.config.data.display()
         );
     }
     let token = if topo.token.is_some() {
@@ -199,7 +192,7 @@ fn print_summary(topo: &Topology, demo: bool) {
     };
     println!(
         "  publish: tessera push ./site --origin http://{} --prefix site{token}",
-        topo.origins[0].listen
+        topo.origins[0].config.listen
     );
     println!("Ctrl-C stops everything.");
 }
