@@ -8,6 +8,8 @@
 
 mod cmd;
 mod file;
+#[cfg(test)]
+mod reference;
 mod size;
 
 use clap::{Parser, Subcommand};
