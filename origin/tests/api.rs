@@ -138,6 +138,97 @@ async fn a_new_version_with_an_insertion_shares_most_chunks() {
     node.stop().await;
 }
 
+/// A publisher names the chunks the origin has instead of sending them: the origin says
+/// which it has, reads the named ones back (checked) and publishes exactly the file those
+/// bytes make. What it cannot check is refused and publishes nothing.
+#[tokio::test]
+async fn a_publish_in_pieces_names_the_chunks_the_origin_has() {
+    let node = Node::start(|c| c.token = Some("t".into())).await;
+    let auth = [("authorization", "Bearer t")];
+    let writer = tessera_origin_proto::OriginClient::new(&node.url(""), Some("t".into())).unwrap();
+    let v1 = noise(4 << 20, 42);
+    writer.put_bytes("release.tar", v1.clone()).await.unwrap();
+    let m1 = node.client.manifest("release.tar").await.unwrap().unwrap();
+    let held: std::collections::HashSet<ChunkHash> = m1.chunks.iter().map(|c| c.hash).collect();
+
+    // Which chunks it has: one byte each, in order; only for writers.
+    let mut asked: Vec<ChunkHash> = m1.chunks.iter().take(3).map(|c| c.hash).collect();
+    asked.push(ChunkHash([9; 32]));
+    assert_eq!(
+        writer.known_chunks(&asked).await.unwrap(),
+        [true, true, true, false]
+    );
+    let body = tessera_origin_proto::batch::encode_request(&asked);
+    let known_url = node.url("/api/v1/chunks/known");
+    assert_eq!(send(Method::POST, &known_url, &[], body).await.status, 401);
+
+    // A new version with an insertion: its unchanged chunks named, the rest sent.
+    let mut v2 = v1.clone();
+    v2.splice(2 << 20..2 << 20, noise(1000, 7));
+    let body = common::pieces(&v2, |h| held.contains(h));
+    assert!(body.len() < 200_000, "{} bytes sent", body.len());
+    let typed = [
+        auth[0],
+        ("content-type", tessera_origin_proto::upload::CONTENT_TYPE),
+    ];
+    let r = send(
+        Method::PUT,
+        &node.url("/api/v1/files/release.tar"),
+        &typed,
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["size"], v2.len());
+    assert!(get(&node.url("/api/v1/files/release.tar")).await.body == v2);
+    let m2 = node.client.manifest("release.tar").await.unwrap().unwrap();
+    assert_eq!(m2.blake3, ChunkHash(*blake3::hash(&v2).as_bytes()));
+
+    // A chunk it does not have: 409, and nothing is published.
+    let unknown = common::pieces(&noise(300_000, 8), |_| true);
+    let r = send(
+        Method::PUT,
+        &node.url("/api/v1/files/other.bin"),
+        &typed,
+        unknown,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("send the file's bytes")
+    );
+    assert!(node.client.manifest("other.bin").await.unwrap().is_none());
+    // A chunk named with the wrong length, a body cut inside a piece, an unknown tag: 400.
+    let c = m1.chunks[0];
+    let mut wrong = bytes::BytesMut::new();
+    tessera_origin_proto::upload::Piece::Chunk(c.hash, c.size + 1).encode(&mut wrong);
+    let cut = common::pieces(&v2, |h| held.contains(h));
+    for (body, words) in [
+        (wrong.freeze(), "bytes, not"),
+        (cut.slice(..cut.len() - 3), "ends inside piece"),
+        (Bytes::from_static(b"Zzz"), "unknown tag"),
+    ] {
+        let r = send(
+            Method::PUT,
+            &node.url("/api/v1/files/bad.bin"),
+            &typed,
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{words}: {:?}", r.body);
+        assert!(
+            r.json()["error"].as_str().unwrap().contains(words),
+            "{:?}",
+            r.body
+        );
+        assert!(node.client.manifest("bad.bin").await.unwrap().is_none());
+    }
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn delete_reclaims_unshared_chunks_only() {
     let node = Node::start(|_| {}).await;

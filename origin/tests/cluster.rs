@@ -164,6 +164,49 @@ fn sorted(mut v: Vec<usize>) -> Vec<usize> {
     v
 }
 
+/// A publish in pieces through a node that holds few of the named chunks: it reads them
+/// from their owners (checked), and the cluster serves the new version byte-exact.
+#[tokio::test]
+async fn a_publish_in_pieces_reads_named_chunks_from_their_owners() {
+    let nodes = start_cluster(3, 1).await;
+    let v1 = noise(2 << 20, 5);
+    publish(&nodes[0], "big.bin", &v1).await;
+    let held: std::collections::HashSet<ChunkHash> = manifest(&nodes[0], "big.bin")
+        .await
+        .chunks
+        .iter()
+        .map(|c| c.hash)
+        .collect();
+    // With one copy each, node 2 holds about a third of them itself.
+    let mut local = 0;
+    for h in &held {
+        if holders(&nodes, h).await == [2] {
+            local += 1;
+        }
+    }
+    assert!(local < held.len(), "{local} of {}", held.len());
+    let mut v2 = v1.clone();
+    v2.splice(1 << 20..1 << 20, noise(500, 6));
+    let body = common::pieces(&v2, |h| held.contains(h));
+    let r = send(
+        Method::PUT,
+        &nodes[2].url("/api/v1/files/big.bin"),
+        &[
+            AUTH,
+            ("content-type", tessera_origin_proto::upload::CONTENT_TYPE),
+        ],
+        body,
+    )
+    .await;
+    assert!(r.status.is_success(), "{} {:?}", r.status, r.body);
+    for n in &nodes {
+        assert!(get(&n.url("/api/v1/files/big.bin")).await.body == v2);
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_chunk_and_record_lives_on_its_owners_and_any_node_serves_the_file() {
     let nodes = start_cluster(3, 2).await;

@@ -83,6 +83,15 @@ async fn push_publishes_a_folder_and_reports() {
         again.contains("(0 new)") && again.contains("already had every chunk"),
         "{again}"
     );
+    // Its big files went as names of the chunks the origin has: only the small one was sent.
+    assert!(again.contains("sent 14 B of them"), "{again}");
+    // Pushing it again to the same place sends nothing: the origin has those bytes there.
+    let (ok, same, err) = tessera(&["push", site_arg, "--origin", &url, "--prefix", "www"]);
+    assert!(ok, "{same}{err}");
+    assert!(
+        same.contains("published 0 files") && same.contains("unchanged: 3 files, 585.95 KiB"),
+        "{same}"
+    );
     let client = tessera_origin_proto::OriginClient::new(&url, None).unwrap();
     let m = client.manifest("www/img/copy.bin").await.unwrap().unwrap();
     assert_eq!(m.size, 300_000);
@@ -90,6 +99,36 @@ async fn push_publishes_a_folder_and_reports() {
     // The copy cost nothing: stored bytes are about one copy's worth.
     let stats = client.stats().await.unwrap();
     assert!(stats.unique_bytes < 310_000, "{stats:?}");
+    // A changed big file sends about the chunks around the change, and reads back exact.
+    let mut changed = common::noise(300_000, 1);
+    changed.splice(150_000..150_000, common::noise(100, 9));
+    std::fs::write(site.join("img/a.bin"), &changed).unwrap();
+    let (ok, out, err) = tessera(&["push", site_arg, "--origin", &url, "--prefix", "www"]);
+    assert!(ok, "{out}{err}");
+    let sent_kib: f64 = out
+        .split("sent ")
+        .nth(1)
+        .and_then(|r| r.split(" KiB of them").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(sent_kib < 150.0, "{out}");
+    assert!(
+        out.contains("published 1 files") && out.contains("unchanged: 2 files"),
+        "{out}"
+    );
+    let back = dir.path().join("back.bin");
+    let (ok, _, err) = tessera(&[
+        "get",
+        "-o",
+        back.to_str().unwrap(),
+        &format!("{url}/api/v1/files/www/img/a.bin"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        std::fs::read(&back).unwrap() == changed,
+        "the changed file reads back different"
+    );
+    std::fs::write(site.join("img/a.bin"), common::noise(300_000, 1)).unwrap();
 
     // Links: one to a file inside is published as that file; one out of the folder and
     // links to folders (two to `.` would expand without end) are skipped, and said so.

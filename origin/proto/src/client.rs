@@ -301,9 +301,52 @@ impl OriginClient {
         path: &str,
         body: UploadBody,
     ) -> Result<PublishReply, ClientError> {
+        self.put(path, body, &[]).await
+    }
+
+    /// Publishes at `path` a body in the [`crate::upload`] format: the chunks the origin has
+    /// named, the rest sent. A `409` means a named chunk is not (or no longer) there: send
+    /// the bytes with [`OriginClient::put_file`].
+    pub async fn put_pieces(
+        &self,
+        path: &str,
+        body: UploadBody,
+    ) -> Result<PublishReply, ClientError> {
+        let content_type = (
+            header::CONTENT_TYPE,
+            crate::upload::CONTENT_TYPE.to_string(),
+        );
+        self.put(path, body, &[content_type]).await
+    }
+
+    async fn put(
+        &self,
+        path: &str,
+        body: UploadBody,
+        extra: &[(header::HeaderName, String)],
+    ) -> Result<PublishReply, ClientError> {
         let url = format!("{}/api/v1/files/{}", self.base, encode_path(path));
-        let (_, bytes) = self.send(Method::PUT, url.clone(), body, &[]).await?;
+        let (_, bytes) = self.send(Method::PUT, url.clone(), body, extra).await?;
         Self::json(&url, &bytes)
+    }
+
+    /// Which of `hashes` (at most [`crate::batch::MAX_BATCH_CHUNKS`]) the origin has
+    /// (`POST /api/v1/chunks/known`), in order.
+    pub async fn known_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<bool>, ClientError> {
+        let url = format!("{}/api/v1/chunks/known", self.base);
+        let body = full(crate::batch::encode_request(hashes));
+        let (_, bytes) = self.send(Method::POST, url.clone(), body, &[]).await?;
+        if bytes.len() != hashes.len() || bytes.iter().any(|&b| b > 1) {
+            return Err(ClientError::Malformed {
+                url,
+                why: format!(
+                    "{} answer bytes for {} addresses",
+                    bytes.len(),
+                    hashes.len()
+                ),
+            });
+        }
+        Ok(bytes.iter().map(|&b| b == 1).collect())
     }
 
     /// Publishes an in-memory body at `path`.

@@ -14,6 +14,7 @@
 //! - [`ring`]: consistent-hash placement of chunks and manifests on origin nodes.
 //! - [`batch`]: many chunks in one streamed response (the edges' misses), format version 1.
 //! - [`inline`]: a small file's bytes with its manifest (one round trip), format version 1.
+//! - [`upload`]: publishing with the chunks the origin has named instead of sent, format version 1.
 //! - [`client`]: [`OriginClient`], an HTTP client for the publisher and edge APIs.
 //!
 //! # Chunk wire format (version 1)
@@ -33,6 +34,7 @@ pub mod path;
 pub mod range;
 pub mod ring;
 pub mod size;
+pub mod upload;
 
 pub use client::{BatchItem, ChunkBatch, ClientError, ManifestFetch, OriginClient, PublishReply};
 pub use hash::ChunkHash;

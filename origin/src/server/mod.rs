@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tessera_origin_proto::upload::Piece;
 use tessera_origin_proto::{CHUNK_CACHE_CONTROL, ChunkHash, Manifest, inline, validate_path};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -392,6 +393,15 @@ async fn route(app: &Arc<App>, req: &http::request::Parts, body: &mut Option<Inc
             _ => Err(method_not_allowed("GET, HEAD")),
         };
     }
+    if path == "/api/v1/chunks/known" {
+        return match method {
+            Method::POST => {
+                authorize(app, &req.headers)?;
+                known_chunks(app, body).await
+            }
+            _ => Err(method_not_allowed("POST")),
+        };
+    }
     if path == "/api/v1/chunks" {
         return match method {
             Method::POST => batch::chunks(app, &req.headers, body).await,
@@ -519,9 +529,16 @@ async fn publish(
             "request body already read",
         ));
     };
+    // A body of pieces ([`tessera_origin_proto::upload`]) names chunks this node has; they
+    // are read back (and checked) into the same stream of the file's bytes.
+    let mut pieces = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == tessera_origin_proto::upload::CONTENT_TYPE.as_bytes())
+        .then(tessera_origin_proto::upload::Decoder::default);
     let mut received = 0u64;
     let mut refused = None;
-    while let Some(frame) = body.frame().await {
+    let mut ingest_stopped = false;
+    'frames: while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
@@ -538,14 +555,60 @@ async fn publish(
         if data.is_empty() {
             continue;
         }
-        received += data.len() as u64;
-        if received > limit {
-            refused = Some(too_large());
-            break;
+        let Some(decoder) = pieces.as_mut() else {
+            received += data.len() as u64;
+            if received > limit {
+                refused = Some(too_large());
+                break;
+            }
+            if tx.send(Ok(data)).await.is_err() {
+                break; // the ingest stopped on an error; it is reported below
+            }
+            continue;
+        };
+        decoder.push(&data);
+        loop {
+            let piece = match decoder.next_piece() {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    refused = Some(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()));
+                    break 'frames;
+                }
+            };
+            let data = match piece {
+                Piece::Data(b) => b,
+                Piece::Chunk(hash, len) => match stored_chunk(app, hash).await {
+                    Ok(b) if b.len() == len as usize => b,
+                    Ok(b) => {
+                        refused = Some(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("chunk {hash} is {} bytes, not {len}", b.len()),
+                        ));
+                        break 'frames;
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        break 'frames;
+                    }
+                },
+            };
+            received += data.len() as u64;
+            if received > limit {
+                refused = Some(too_large());
+                break 'frames;
+            }
+            if tx.send(Ok(data)).await.is_err() {
+                ingest_stopped = true;
+                break 'frames; // the ingest stopped on an error; it is reported below
+            }
         }
-        if tx.send(Ok(data)).await.is_err() {
-            break; // the ingest stopped on an error; it is reported below
-        }
+    }
+    if refused.is_none()
+        && !ingest_stopped
+        && let Some(Err(e)) = pieces.as_ref().map(|d| d.finish())
+    {
+        refused = Some(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()));
     }
     let _ = tx
         .send(if refused.is_none() {
@@ -581,6 +644,60 @@ async fn publish(
         StatusCode::CREATED
     };
     Ok((status, json))
+}
+
+/// The bytes of chunk `hash` named by an upload, checked against it: from this node's store
+/// or, in a cluster, from the node that holds it. `409` when no node has it.
+async fn stored_chunk(app: &Arc<App>, hash: ChunkHash) -> Result<Bytes, ApiError> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("chunk {hash} is not stored here: send the file's bytes"),
+        )
+    };
+    match &app.cluster {
+        Some(c) => c.chunk(hash).await.map_err(|e| match e {
+            ClusterError::ChunkUnavailable(_) => missing(),
+            e => e.into(),
+        }),
+        None => {
+            let store = app.store.clone();
+            blocking(move || store.read_chunk(&hash))
+                .await??
+                .ok_or_else(missing)
+        }
+    }
+}
+
+/// `POST /api/v1/chunks/known`: which of the listed chunks this node's store has, one byte
+/// each ([`tessera_origin_proto::upload`]).
+async fn known_chunks(app: &Arc<App>, body: &mut Option<Incoming>) -> Reply {
+    let Some(body) = body.take() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "request body already read",
+        ));
+    };
+    let max = tessera_origin_proto::batch::MAX_BATCH_CHUNKS * 32;
+    let bytes = http_body_util::Limited::new(body, max)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a chunk list is at most {max} bytes: {e}"),
+            )
+        })?
+        .to_bytes();
+    let hashes = tessera_origin_proto::batch::decode_request(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let store = app.store.clone();
+    let known = blocking(move || store.has_chunks(&hashes)).await??;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(full(tessera_origin_proto::upload::encode_known(&known)))
+        .unwrap())
 }
 
 /// Decrements `g` when dropped.

@@ -462,6 +462,17 @@ impl Store {
         Err(StoreError::MissingChunk(*hash))
     }
 
+    /// Whether the store has each of `hashes` (its index says so; the bytes are checked
+    /// when read).
+    pub fn has_chunks(&self, hashes: &[ChunkHash]) -> Result<Vec<bool>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CHUNKS)?;
+        hashes
+            .iter()
+            .map(|h| Ok(t.get(h.as_bytes())?.is_some()))
+            .collect()
+    }
+
     /// The bytes of chunk `hash`, verified against it; `None` if the store lacks it.
     pub fn read_chunk(&self, hash: &ChunkHash) -> Result<Option<Bytes>> {
         Ok(self.load_chunk(hash)?.map(|c| c.data))

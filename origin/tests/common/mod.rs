@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tessera_origin::OriginConfig;
-use tessera_origin_proto::OriginClient;
+use tessera_origin_proto::{ChunkHash, OriginClient};
 
 pub struct Node {
     pub addr: SocketAddr,
@@ -227,4 +227,25 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// An upload body in pieces ([`tessera_origin_proto::upload`]) for `data`, cut as the origin
+/// cuts it, naming every chunk `name` accepts and sending the others.
+#[allow(dead_code)]
+pub fn pieces(data: &[u8], mut name: impl FnMut(&ChunkHash) -> bool) -> Bytes {
+    use tessera_origin_proto::upload::Piece;
+    let mut chunker = tessera_origin::chunker::Chunker::new(Default::default());
+    let mut cut = Vec::new();
+    chunker.push(data, &mut cut);
+    chunker.finish(&mut cut);
+    let mut out = bytes::BytesMut::new();
+    for c in cut {
+        let h = ChunkHash(*blake3::hash(&c).as_bytes());
+        if name(&h) {
+            Piece::Chunk(h, c.len() as u32).encode(&mut out);
+        } else {
+            Piece::Data(c).encode(&mut out);
+        }
+    }
+    out.freeze()
 }

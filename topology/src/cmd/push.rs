@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tessera_origin_proto::client::UploadBody;
-use tessera_origin_proto::{ClientError, OriginClient, PublishReply, validate_path};
+use tessera_origin_proto::{ChunkHash, ClientError, OriginClient, PublishReply, validate_path};
 use tokio::io::AsyncReadExt;
 
 /// Options of `tessera push`.
@@ -257,6 +257,189 @@ fn file_body(file: tokio::fs::File, bar: ProgressBar) -> UploadBody {
     BodyExt::boxed(StreamBody::new(stream))
 }
 
+/// Files at least this large that changed are sent as pieces ([`tessera_origin_proto::upload`]):
+/// the chunks the origin has named, the others sent. Smaller ones are sent whole (one round
+/// trip fewer).
+const PIECES_FROM: u64 = 256 << 10;
+
+/// What the origin has published: path → size and blake3.
+type Published = std::collections::HashMap<String, (u64, ChunkHash)>;
+
+/// What pushing one file did.
+enum Pushed {
+    /// The origin already publishes these bytes at that path: nothing sent.
+    Unchanged(u64),
+    /// Published; `sent` bytes of the file went over the wire (the rest was named).
+    Published { reply: PublishReply, sent: u64 },
+}
+
+/// The blake3 of the file at `path`.
+fn file_blake3(path: &Path) -> Result<ChunkHash> {
+    let mut h = blake3::Hasher::new();
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    h.update_reader(f)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(ChunkHash(*h.finalize().as_bytes()))
+}
+
+/// Cuts the file at `path` as the origin does (FastCDC, default sizes) and calls `each` with
+/// every chunk in order.
+fn cut_file(path: &Path, mut each: impl FnMut(Bytes) -> Result<()>) -> Result<()> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut chunker = tessera_origin::chunker::Chunker::new(Default::default());
+    let (mut buf, mut out) = (vec![0u8; 1 << 20], Vec::new());
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            chunker.finish(&mut out);
+        } else {
+            chunker.push(&buf[..n], &mut out);
+        }
+        for c in out.drain(..) {
+            each(c)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Publishes one file: not at all when the origin already has its bytes at `path`; as
+/// pieces when it is large and the origin has some of its chunks; else whole.
+async fn push_one(
+    client: &OriginClient,
+    local: PathBuf,
+    path: &str,
+    published: Option<(u64, ChunkHash)>,
+    bar: ProgressBar,
+) -> Result<Pushed> {
+    let size = tokio::fs::metadata(&local)
+        .await
+        .with_context(|| format!("cannot read {}", local.display()))?
+        .len();
+    if let Some((s, h)) = published
+        && s == size
+    {
+        let l = local.clone();
+        if tokio::task::spawn_blocking(move || file_blake3(&l)).await?? == h {
+            bar.inc(size);
+            return Ok(Pushed::Unchanged(size));
+        }
+    }
+    if size >= PIECES_FROM
+        && let Some(done) = push_pieces(client, &local, path, &bar).await?
+    {
+        return Ok(done);
+    }
+    let f = tokio::fs::File::open(&local)
+        .await
+        .with_context(|| format!("cannot open {}", local.display()))?;
+    let reply = client.put_file(path, file_body(f, bar)).await?;
+    Ok(Pushed::Published { reply, sent: size })
+}
+
+/// Publishes the file as pieces: asks which of its chunks the origin has and names those
+/// instead of sending them. `None` when that saves nothing (the origin has none of them,
+/// or does not know the format) or the origin no longer had a named chunk: send it whole.
+async fn push_pieces(
+    client: &OriginClient,
+    local: &Path,
+    path: &str,
+    bar: &ProgressBar,
+) -> Result<Option<Pushed>> {
+    use tessera_origin_proto::upload::Piece;
+    let l = local.to_path_buf();
+    let chunks: Vec<(ChunkHash, u32)> = tokio::task::spawn_blocking(move || {
+        let mut v = Vec::new();
+        cut_file(&l, |c| {
+            v.push((ChunkHash(*blake3::hash(&c).as_bytes()), c.len() as u32));
+            Ok(())
+        })
+        .map(|()| v)
+    })
+    .await??;
+    let mut known = Vec::with_capacity(chunks.len());
+    for batch in chunks.chunks(tessera_origin_proto::batch::MAX_BATCH_CHUNKS) {
+        let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.0).collect();
+        match client.known_chunks(&hashes).await {
+            Ok(k) => known.extend(k),
+            // An origin without the endpoint: the bytes go whole.
+            Err(ClientError::Status { status, .. })
+                if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !known.iter().any(|&k| k) {
+        return Ok(None);
+    }
+    // The second pass cuts the file again and sends each chunk or its name; a chunk whose
+    // bytes changed since the first pass is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let (l, b) = (local.to_path_buf(), bar.clone());
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (c2, s2) = (counted.clone(), sent.clone());
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut out = bytes::BytesMut::new();
+        let mut i = 0;
+        cut_file(&l, |c| {
+            let named = known.get(i).copied().unwrap_or(false)
+                && chunks[i] == (ChunkHash(*blake3::hash(&c).as_bytes()), c.len() as u32);
+            let n = c.len() as u64;
+            if named {
+                Piece::Chunk(chunks[i].0, chunks[i].1).encode(&mut out);
+            } else {
+                s2.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                Piece::Data(c).encode(&mut out);
+            }
+            i += 1;
+            b.inc(n);
+            c2.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            if out.len() >= 256 << 10 {
+                tx.blocking_send(out.split().freeze())
+                    .map_err(|_| anyhow::anyhow!("the upload stopped"))?;
+            }
+            Ok(())
+        })?;
+        if !out.is_empty() {
+            let _ = tx.blocking_send(out.freeze());
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| {
+            (
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)),
+                rx,
+            )
+        })
+    });
+    let result = client
+        .put_pieces(path, BodyExt::boxed(StreamBody::new(stream)))
+        .await;
+    let produced = producer.await?;
+    match result {
+        Ok(reply) => {
+            produced?;
+            let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+            Ok(Some(Pushed::Published { reply, sent }))
+        }
+        // A named chunk went away (a garbage collection in between): send the file whole.
+        Err(ClientError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+            bar.dec(counted.load(std::sync::atomic::Ordering::Relaxed));
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub async fn run(a: Args) -> Result<()> {
     let client = OriginClient::new(&a.origin, a.token.clone())?;
     let Plan { files, skipped } = plan(
@@ -296,23 +479,29 @@ pub async fn run(a: Args) -> Result<()> {
     let single = (files.len() == 1 && std::fs::metadata(&a.path).is_ok_and(|m| m.is_file()))
         .then(|| files[0].clone());
     let planned: std::collections::HashSet<String> = files.iter().map(|(_, p)| p.clone()).collect();
+    // What is published already: a file whose bytes are there at its path is not sent.
+    let published: Arc<Published> = Arc::new(
+        list(&client, &folder_of(&a.prefix))
+            .await
+            .map(|l| {
+                l.into_iter()
+                    .map(|f| (f.path, (f.size, f.blake3)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
     // A refused token refuses every file alike: the first refusal stops what has not started.
     let refused = Arc::new(std::sync::OnceLock::<String>::new());
-    let results: Vec<(String, Result<PublishReply>)> = futures_util::stream::iter(files)
+    let results: Vec<(String, Result<Pushed>)> = futures_util::stream::iter(files)
         .map(|(local, path)| {
             let (client, bar, refused) = (client.clone(), bar.clone(), refused.clone());
+            let before = published.get(&path).copied();
             async move {
                 if refused.get().is_some() {
                     return (path, Err(anyhow::anyhow!("not sent")));
                 }
-                let r = async {
-                    let f = tokio::fs::File::open(&local)
-                        .await
-                        .with_context(|| format!("cannot open {}", local.display()))?;
-                    Ok(client.put_file(&path, file_body(f, bar)).await?)
-                }
-                .await;
-                let r: Result<PublishReply> = r.inspect_err(|e: &anyhow::Error| {
+                let r = push_one(&client, local, &path, before, bar).await;
+                let r: Result<Pushed> = r.inspect_err(|e: &anyhow::Error| {
                     if let Some(ClientError::Status {
                         status, message, ..
                     }) = e.downcast_ref::<ClientError>()
@@ -338,14 +527,23 @@ pub async fn run(a: Args) -> Result<()> {
     }
     let (mut n, mut bytes, mut chunks, mut new_chunks, mut added, mut failed) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut unchanged, mut unchanged_bytes, mut sent) = (0u64, 0u64, 0u64);
     for (path, r) in &results {
         match r {
-            Ok(rep) => {
+            Ok(Pushed::Unchanged(size)) => {
+                unchanged += 1;
+                unchanged_bytes += size;
+            }
+            Ok(Pushed::Published {
+                reply: rep,
+                sent: s,
+            }) => {
                 n += 1;
                 bytes += rep.size;
                 chunks += rep.chunks;
                 new_chunks += rep.new_chunks;
                 added += rep.stored_bytes_added;
+                sent += s;
             }
             Err(e) => {
                 failed += 1;
@@ -354,6 +552,10 @@ pub async fn run(a: Args) -> Result<()> {
         }
     }
     match &single {
+        Some((local, path)) if failed == 0 && unchanged == 1 => println!(
+            "/{path} already holds the bytes of {}: not sent",
+            local.display()
+        ),
         Some((local, path)) if failed == 0 => {
             println!("published {} as /{path}", local.display())
         }
@@ -367,6 +569,19 @@ pub async fn run(a: Args) -> Result<()> {
             p => format!(" under /{p}/"),
         }
     );
+    if sent < bytes {
+        println!(
+            "sent {} of them: the origin had the other chunks",
+            HumanBytes(sent)
+        );
+    }
+    if unchanged > 0 {
+        println!(
+            "unchanged: {unchanged} files, {} (the origin publishes the same bytes at their \
+             paths; not sent)",
+            HumanBytes(unchanged_bytes)
+        );
+    }
     println!("{}", stored_line(bytes, added));
     if let Ok(s) = client.stats().await {
         println!(
@@ -417,14 +632,10 @@ async fn delete_unlisted(
     planned: &std::collections::HashSet<String>,
 ) -> Result<()> {
     let prefix = prefix.trim_matches('/');
-    // `www/`, not `www`: the folder's files, not also those of `www2/`.
-    let folder = match prefix {
-        "" => String::new(),
-        p => format!("{p}/"),
-    };
-    let listed = list(client, &folder).await?;
+    let listed = list(client, &folder_of(prefix)).await?;
     let gone: Vec<String> = listed
         .into_iter()
+        .map(|l| l.path)
         .filter(|p| !planned.contains(p))
         .collect();
     for p in &gone {
@@ -437,12 +648,25 @@ async fn delete_unlisted(
     Ok(())
 }
 
-/// The published paths starting with `prefix`.
-async fn list(client: &OriginClient, prefix: &str) -> Result<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct Listed {
-        path: String,
+/// The listing prefix of the files a push under `prefix` publishes: `www/`, not `www`, so
+/// the folder's files and not also those of `www2/`.
+fn folder_of(prefix: &str) -> String {
+    match prefix.trim_matches('/') {
+        "" => String::new(),
+        p => format!("{p}/"),
     }
+}
+
+/// A published file, as the origin lists it.
+#[derive(serde::Deserialize)]
+struct Listed {
+    path: String,
+    size: u64,
+    blake3: ChunkHash,
+}
+
+/// The published files whose paths start with `prefix`.
+async fn list(client: &OriginClient, prefix: &str) -> Result<Vec<Listed>> {
     let q: String = url_escape(prefix);
     let (parts, body) = client
         .call(
@@ -457,9 +681,7 @@ async fn list(client: &OriginClient, prefix: &str) -> Result<Vec<String>> {
         parts.status,
         String::from_utf8_lossy(&body)
     );
-    let listed: Vec<Listed> =
-        serde_json::from_slice(&body).context("the origin's file list is malformed")?;
-    Ok(listed.into_iter().map(|l| l.path).collect())
+    serde_json::from_slice(&body).context("the origin's file list is malformed")
 }
 
 /// Deletes one published file; an error names it and what the origin said.
