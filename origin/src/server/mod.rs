@@ -568,39 +568,49 @@ async fn publish(
         };
         decoder.push(&data);
         loop {
-            let piece = match decoder.next_piece() {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
+            // The whole pieces at hand (a bounded number), their named chunks read together.
+            let mut batch = Vec::new();
+            while batch.len() < 512 {
+                match decoder.next_piece() {
+                    Ok(Some(p)) => batch.push(p),
+                    Ok(None) => break,
+                    Err(e) => {
+                        refused = Some(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()));
+                        break 'frames;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let named: Vec<(ChunkHash, u32)> = batch
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Chunk(h, len) => Some((*h, *len)),
+                    Piece::Data(_) => None,
+                })
+                .collect();
+            let mut read = match stored_chunks(app, named).await {
+                Ok(r) => r.into_iter(),
                 Err(e) => {
-                    refused = Some(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()));
+                    refused = Some(e);
                     break 'frames;
                 }
             };
-            let data = match piece {
-                Piece::Data(b) => b,
-                Piece::Chunk(hash, len) => match stored_chunk(app, hash).await {
-                    Ok(b) if b.len() == len as usize => b,
-                    Ok(b) => {
-                        refused = Some(ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            format!("chunk {hash} is {} bytes, not {len}", b.len()),
-                        ));
-                        break 'frames;
-                    }
-                    Err(e) => {
-                        refused = Some(e);
-                        break 'frames;
-                    }
-                },
-            };
-            received += data.len() as u64;
-            if received > limit {
-                refused = Some(too_large());
-                break 'frames;
-            }
-            if tx.send(Ok(data)).await.is_err() {
-                ingest_stopped = true;
-                break 'frames; // the ingest stopped on an error; it is reported below
+            for piece in batch {
+                let data = match piece {
+                    Piece::Data(b) => b,
+                    Piece::Chunk(..) => read.next().expect("one read per named chunk"),
+                };
+                received += data.len() as u64;
+                if received > limit {
+                    refused = Some(too_large());
+                    break 'frames;
+                }
+                if tx.send(Ok(data)).await.is_err() {
+                    ingest_stopped = true;
+                    break 'frames; // the ingest stopped on an error; it is reported below
+                }
             }
         }
     }
@@ -646,25 +656,56 @@ async fn publish(
     Ok((status, json))
 }
 
-/// The bytes of chunk `hash` named by an upload, checked against it: from this node's store
-/// or, in a cluster, from the node that holds it. `409` when no node has it.
-async fn stored_chunk(app: &Arc<App>, hash: ChunkHash) -> Result<Bytes, ApiError> {
-    let missing = || {
+/// The bytes of the chunks an upload names, in order, each checked against its address and
+/// its stated length: from this node's store (one pass) or, in a cluster, from the nodes
+/// that hold them (a few at a time). `409` when no node has one.
+async fn stored_chunks(
+    app: &Arc<App>,
+    named: Vec<(ChunkHash, u32)>,
+) -> Result<Vec<Bytes>, ApiError> {
+    let missing = |hash: ChunkHash| {
         ApiError::new(
             StatusCode::CONFLICT,
             format!("chunk {hash} is not stored here: send the file's bytes"),
         )
     };
+    let sized = |hash: ChunkHash, len: u32, b: Bytes| {
+        if b.len() == len as usize {
+            Ok(b)
+        } else {
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("chunk {hash} is {} bytes, not {len}", b.len()),
+            ))
+        }
+    };
     match &app.cluster {
-        Some(c) => c.chunk(hash).await.map_err(|e| match e {
-            ClusterError::ChunkUnavailable(_) => missing(),
-            e => e.into(),
-        }),
+        Some(c) => {
+            use futures_util::{StreamExt as _, TryStreamExt as _};
+            futures_util::stream::iter(named)
+                .map(|(hash, len)| async move {
+                    let b = c.chunk(hash).await.map_err(|e| match e {
+                        ClusterError::ChunkUnavailable(_) => missing(hash),
+                        e => e.into(),
+                    })?;
+                    sized(hash, len, b)
+                })
+                .buffered(8)
+                .try_collect()
+                .await
+        }
         None => {
             let store = app.store.clone();
-            blocking(move || store.read_chunk(&hash))
-                .await??
-                .ok_or_else(missing)
+            blocking(move || {
+                named
+                    .into_iter()
+                    .map(|(hash, len)| {
+                        let b = store.read_chunk(&hash)?.ok_or_else(|| missing(hash))?;
+                        sized(hash, len, b)
+                    })
+                    .collect()
+            })
+            .await?
         }
     }
 }

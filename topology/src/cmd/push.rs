@@ -561,14 +561,16 @@ pub async fn run(a: Args) -> Result<()> {
         }
         _ => {}
     }
-    println!(
-        "published {n} files, {} ({bytes} bytes) in {chunks} chunks ({new_chunks} new){}",
-        HumanBytes(bytes),
-        match a.prefix.trim_matches('/') {
-            "" => String::new(),
-            p => format!(" under /{p}/"),
-        }
-    );
+    if n > 0 || unchanged == 0 {
+        println!(
+            "published {n} files, {} ({bytes} bytes) in {chunks} chunks ({new_chunks} new){}",
+            HumanBytes(bytes),
+            match a.prefix.trim_matches('/') {
+                "" => String::new(),
+                p => format!(" under /{p}/"),
+            }
+        );
+    }
     if sent < bytes {
         println!(
             "sent {} of them: the origin had the other chunks",
