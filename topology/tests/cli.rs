@@ -331,6 +331,23 @@ fn push_without_the_token_fails_with_the_reason() {
         out.contains(&format!("published {} as /f.txt", file.display())),
         "{out}"
     );
+    // Again: its manifest says the origin has these bytes there; nothing is sent.
+    let (ok, out, err) = tessera(&[
+        "push",
+        file.to_str().unwrap(),
+        "--origin",
+        &url,
+        "--token",
+        "s3cret",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "/f.txt already holds the bytes of {}: not sent",
+            file.display()
+        )),
+        "{out}"
+    );
     child.kill_9();
 }
 

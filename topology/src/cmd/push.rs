@@ -479,9 +479,14 @@ pub async fn run(a: Args) -> Result<()> {
     let single = (files.len() == 1 && std::fs::metadata(&a.path).is_ok_and(|m| m.is_file()))
         .then(|| files[0].clone());
     let planned: std::collections::HashSet<String> = files.iter().map(|(_, p)| p.clone()).collect();
-    // What is published already: a file whose bytes are there at its path is not sent.
-    let published: Arc<Published> = Arc::new(
-        list(&client, &folder_of(&a.prefix))
+    // What is published already: a file whose bytes are there at its path is not sent. One
+    // file: its manifest; a folder: one listing of the prefix. Unknown: everything is sent.
+    let published: Arc<Published> = Arc::new(match &single {
+        Some((_, path)) => match client.manifest(path).await {
+            Ok(Some(m)) => [(m.path, (m.size, m.blake3))].into(),
+            _ => Published::new(),
+        },
+        None => list(&client, &folder_of(&a.prefix))
             .await
             .map(|l| {
                 l.into_iter()
@@ -489,7 +494,7 @@ pub async fn run(a: Args) -> Result<()> {
                     .collect()
             })
             .unwrap_or_default(),
-    );
+    });
     // A refused token refuses every file alike: the first refusal stops what has not started.
     let refused = Arc::new(std::sync::OnceLock::<String>::new());
     let results: Vec<(String, Result<Pushed>)> = futures_util::stream::iter(files)
