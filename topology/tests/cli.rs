@@ -960,3 +960,44 @@ fn node_config_files_describe_a_whole_node_with_human_sizes() {
     );
     origin.kill_9();
 }
+
+/// An origin reachable beyond this machine without a write token lets anyone publish: it
+/// says so at start. On loopback, or with a token, it does not.
+#[test]
+fn an_origin_open_to_the_network_without_a_token_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (listen, token, warns)) in [
+        ("0.0.0.0:0", None, true),
+        ("0.0.0.0:0", Some("t"), false),
+        ("127.0.0.1:0", None, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = dir.path().join(format!("o{i}"));
+        let mut args = vec![
+            "origin",
+            "--listen",
+            listen,
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        if let Some(t) = token {
+            args.extend(["--token", t]);
+        }
+        let log = dir.path().join(format!("o{i}.log"));
+        let (mut p, _) = common::start_tessera_with(
+            &args,
+            "listening on",
+            std::fs::File::create(&log).unwrap().into(),
+        );
+        // The warning is written before the line waited for.
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            text.contains("no write token: anyone who can reach this address"),
+            warns,
+            "{args:?}: {text}"
+        );
+        p.kill_9();
+    }
+}
