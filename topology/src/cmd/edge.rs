@@ -102,7 +102,7 @@ pub async fn run(a: Args) -> Result<()> {
     if config.http.is_none() && config.https.is_none() {
         config.http = Some("127.0.0.1:8080".parse()?);
     }
-    let _lock = super::lock_data_folder(&config.data, "edge")?;
+    let _lock = super::lock_data_folder(&config.data, "edge", "another --data")?;
     let (listeners, lines) = bind_all(&config).await?;
     let edge = tessera_edge::Edge::open(config, Default::default()).await?;
     // The lines tests and scripts wait for: the bound addresses (ports may have been 0).

@@ -53,8 +53,13 @@ pub fn announce(line: &str) {
 /// Takes the lock of a node's data folder (`tessera.lock`, created with the folder if
 /// missing) for as long as the returned file is open: a second process given the same
 /// folder is refused before it binds or reads anything, as two writers would corrupt the
-/// cache or the store. `role` names the node in the message.
-pub fn lock_data_folder(dir: &std::path::Path, role: &str) -> anyhow::Result<std::fs::File> {
+/// cache or the store. `role` names the node in the message, `fix` says how to give it
+/// another folder (`another --data`).
+pub fn lock_data_folder(
+    dir: &std::path::Path,
+    role: &str,
+    fix: &str,
+) -> anyhow::Result<std::fs::File> {
     use anyhow::Context;
     use std::io::{Read, Seek, Write};
     std::fs::create_dir_all(dir)
@@ -80,7 +85,7 @@ pub fn lock_data_folder(dir: &std::path::Path, role: &str) -> anyhow::Result<std
             };
             anyhow::bail!(
                 "the data folder {} is in use by another tessera node{by}: stop it, or give \
-                 this {role} another --data",
+                 this {role} {fix}",
                 dir.display()
             );
         }

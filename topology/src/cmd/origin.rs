@@ -51,7 +51,7 @@ pub async fn run(a: Args) -> Result<()> {
     if let Some(m) = a.max_body {
         config.max_body_bytes = m;
     }
-    let _lock = super::lock_data_folder(&config.data, "origin")?;
+    let _lock = super::lock_data_folder(&config.data, "origin", "another --data")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -53,12 +53,14 @@ pub async fn run(a: Args) -> Result<()> {
         locks.push(super::lock_data_folder(
             &o.config.data,
             &format!("origin {}", o.id),
+            "another `data` in the topology",
         )?);
     }
     for e in &topo.edges {
         locks.push(super::lock_data_folder(
             &e.config.data,
             &format!("edge {}", e.id),
+            "another `data` in the topology",
         )?);
     }
     let mut nodes = tokio::task::JoinSet::new();
