@@ -31,6 +31,66 @@ async fn twice(edge: &EdgeNode, up: &Upstream, path: &str) -> (usize, Reply) {
 }
 
 over_protocols! {
+    /// RFC 9111's finer points through a real edge: a list-valued `Age` counts by its first
+    /// member, fields a response's `Connection` names are neither stored nor sent, weak
+    /// ETags match `If-None-Match` from the cache, `If-Modified-Since` compares with `Date`
+    /// when there is no `Last-Modified`, and `Expires` is read whatever the case.
+    async fn age_lists_connection_fields_weak_etags_and_dates() {
+        let now = std::time::SystemTime::now();
+        let tomorrow = httpdate::fmt_http_date(now + Duration::from_secs(86_400)).to_lowercase();
+        let up = Upstream::start(move |req, _| {
+            let mut h: Vec<(&str, &str)> = vec![("content-type", "text/plain")];
+            match req.uri().path() {
+                "/age-list" => h.extend([("cache-control", "max-age=3600"), ("age", "7200, 0")]),
+                "/conn" => h.extend([
+                    ("cache-control", "max-age=600"),
+                    ("connection", "x-trace"),
+                    ("x-trace", "upstream-internal"),
+                ]),
+                "/weak" => h.extend([("cache-control", "max-age=600"), ("etag", "W/\"v1\"")]),
+                "/dated" => h.push(("cache-control", "max-age=600")),
+                "/expires" => h.push(("expires", tomorrow.as_str())),
+                _ => {}
+            }
+            response(200, &h, b"body")
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+
+        // Stale on arrival: the second request goes to the upstream again.
+        let (n, _) = twice(&edge, &up, "/age-list").await;
+        assert_eq!(n, 2, "an Age of 7200 (first member) is past max-age=3600");
+
+        let first = edge.get("/conn").await;
+        let (n, second) = twice(&edge, &up, "/conn").await;
+        assert_eq!(n, 1, "{}", second.cache_status());
+        for r in [&first, &second] {
+            assert!(r.headers.get("x-trace").is_none(), "{:?}", r.headers);
+        }
+
+        edge.get("/weak").await;
+        for asked in ["W/\"v1\"", "\"v1\""] {
+            let r = edge.get_with("/weak", &[("if-none-match", asked)]).await;
+            assert_eq!(r.status, 304, "{asked}: {}", r.cache_status());
+            assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        }
+        assert_eq!(up.count("/weak"), 1);
+
+        edge.get("/dated").await;
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(3600));
+        let r = edge.get_with("/dated", &[("if-modified-since", &later)]).await;
+        assert_eq!(r.status, 304, "{}", r.cache_status());
+        let r = edge
+            .get_with("/dated", &[("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT")])
+            .await;
+        assert_eq!(r.status, 200);
+
+        let (n, r) = twice(&edge, &up, "/expires").await;
+        assert_eq!(n, 1, "a lower-case Expires of tomorrow: {}", r.cache_status());
+    }
+}
+
+over_protocols! {
     async fn response_directives_decide_what_is_stored() {
         let up = Upstream::start(|req, _| {
             let cc: &str = match req.uri().path() {

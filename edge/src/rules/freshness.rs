@@ -205,11 +205,57 @@ pub struct Freshness {
     pub stale_if_error: u64,
 }
 
-/// Parses an HTTP date header into seconds since the epoch.
+/// Parses an HTTP date header into seconds since the epoch (see [`parse_date`]).
 pub fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<u64> {
-    let v = headers.get(name)?.to_str().ok()?;
-    let t = httpdate::parse_http_date(v).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH)
+    parse_date(headers.get(name)?.to_str().ok()?)
+}
+
+/// An HTTP date in any of the three formats a recipient must accept (RFC 9110 §5.6.7:
+/// IMF-fixdate, the obsolete RFC 850 form and asctime), day and month names in any case, as
+/// seconds since the epoch.
+pub fn parse_date(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let parsed = httpdate::parse_http_date(v).or_else(|_| {
+        // Names as the grammar spells them: `sun` → `Sun`, `NOVEMBER`-style words keep
+        // their first letter upper, the rest lower; `gmt` → `GMT`.
+        let canonical: String = v
+            .split(' ')
+            .map(|w| {
+                let mut out = String::with_capacity(w.len());
+                for (i, c) in w.chars().enumerate() {
+                    out.push(if i == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    });
+                }
+                if out == "Gmt" { "GMT".to_string() } else { out }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        // RFC 850 names the month inside `06-nov-94`.
+        let canonical = canonical
+            .split('-')
+            .enumerate()
+            .map(|(i, part)| {
+                if i == 1 {
+                    let mut c = part.chars();
+                    c.next()
+                        .map(|f| {
+                            f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase()
+                        })
+                        .unwrap_or_default()
+                } else {
+                    part.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("-");
+        httpdate::parse_http_date(&canonical)
+    });
+    parsed
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())
 }
@@ -245,10 +291,12 @@ impl Freshness {
             0
         };
         // §4.2.3
+        // A list-valued `Age` (two caches each added one) counts by its first member
+        // (§5.1); one that is not a number is ignored.
         let age_value = headers
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| seconds(Some(v)))
+            .and_then(|v| seconds(v.split(',').next()))
             .unwrap_or(0);
         let apparent_age = response_time.saturating_sub(date);
         let response_delay = response_time.saturating_sub(request_time);
@@ -337,6 +385,32 @@ pub enum Use {
     StaleWhileRevalidate,
     /// Must be revalidated with the origin before use.
     Revalidate,
+}
+
+/// The field names a message's `Connection` lists (lower case): connection options, which a
+/// proxy removes with `Connection` itself (RFC 9110 §7.6.1).
+pub fn connection_options(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A response's end-to-end fields, the ones a cache stores and sends: without hop-by-hop
+/// fields by name ([`is_hop_by_hop`]) and without those its `Connection` names.
+pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
+    let listed = connection_options(from);
+    let mut h = HeaderMap::new();
+    for (k, v) in from {
+        if !is_hop_by_hop(k) && !listed.iter().any(|c| c == k.as_str()) {
+            h.append(k.clone(), v.clone());
+        }
+    }
+    h
 }
 
 /// Headers a cache does not store or forward (RFC 9110 §7.6.1 hop-by-hop, plus those only
@@ -431,6 +505,66 @@ mod tests {
         assert_eq!(f.age(T + 12), 42);
         assert_eq!(f.judge(T + 60, &CacheControl::default()), Use::Fresh);
         assert_eq!(f.judge(T + 80, &CacheControl::default()), Use::Revalidate);
+    }
+
+    #[test]
+    fn dates_in_every_format_a_recipient_must_accept() {
+        // RFC 9110 §5.6.7's example instant in its three formats, and in other cases.
+        let t = 784_111_777;
+        for v in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "sun, 06 nov 1994 08:49:37 gmt",
+            "SUN, 06 NOV 1994 08:49:37 GMT",
+            "sunday, 06-nov-94 08:49:37 GMT",
+            "sun nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_date(v), Some(t), "{v}");
+        }
+        for v in ["0", "", "yesterday", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+            assert_eq!(parse_date(v), None, "{v}");
+        }
+        // An `Expires` in the obsolete form sets the lifetime like any other.
+        let hs = h(&[
+            ("expires", "sunday, 06-nov-94 08:59:37 gmt"),
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert_eq!(Freshness::of(StatusCode::OK, &hs, t, t, 0).lifetime, 600);
+    }
+
+    #[test]
+    fn a_list_valued_age_counts_by_its_first_member() {
+        let hs = h(&[
+            ("cache-control", "max-age=3600"),
+            ("age", "7200, 0"),
+            ("date", &date(T)),
+        ]);
+        let f = Freshness::of(StatusCode::OK, &hs, T, T, 3600);
+        assert_eq!(f.age(T), 7200);
+        assert_eq!(f.judge(T, &CacheControl::default()), Use::Revalidate);
+        // Two `Age` lines: the first.
+        let hs = h(&[
+            ("cache-control", "max-age=3600"),
+            ("age", "10"),
+            ("age", "9000"),
+        ]);
+        assert_eq!(Freshness::of(StatusCode::OK, &hs, T, T, 3600).age(T), 10);
+    }
+
+    #[test]
+    fn fields_named_in_connection_are_not_end_to_end() {
+        let hs = h(&[
+            ("connection", "close, X-Trace"),
+            ("connection", "x-debug"),
+            ("x-trace", "1"),
+            ("x-debug", "2"),
+            ("keep-alive", "timeout=5"),
+            ("etag", "\"e\""),
+        ]);
+        let kept = end_to_end(&hs);
+        let names: Vec<&str> = kept.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["etag"]);
     }
 
     #[test]

@@ -39,8 +39,16 @@ pub fn plan(
 ) -> Plan {
     let etag = headers.get(header::ETAG).and_then(|v| v.to_str().ok());
     let modified = date_header(headers, header::LAST_MODIFIED);
+    // `If-Modified-Since` against a response without `Last-Modified` compares with its
+    // `Date` (RFC 9111 §4.3.2); `If-Unmodified-Since` and `If-Range` need the real one.
+    let compared = match modified {
+        None if !req.contains_key(header::IF_UNMODIFIED_SINCE) => {
+            date_header(headers, header::DATE)
+        }
+        m => m,
+    };
     if status == StatusCode::OK
-        && let Some(decided) = preconditions(req, etag, modified)
+        && let Some(decided) = preconditions(req, etag, compared)
     {
         return Plan::Decided(decided);
     }
@@ -182,6 +190,43 @@ mod tests {
         );
         assert_eq!(headers["content-length"], "10");
         assert_eq!(headers["accept-ranges"], "bytes");
+    }
+
+    #[test]
+    fn conditionals_compare_weakly_and_fall_back_to_the_date() {
+        use crate::rules::test_fields::{T, date};
+        let plan_for = |req: &[(&'static str, &str)], stored: &[(&'static str, &str)]| {
+            plan(&h(req), StatusCode::OK, &mut h(stored), Some(10))
+        };
+        let not_modified = Plan::Decided(StatusCode::NOT_MODIFIED);
+        // A weak validator on either side: If-None-Match compares weakly.
+        for (asked, stored) in [
+            ("W/\"x\"", "W/\"x\""),
+            ("W/\"x\"", "\"x\""),
+            ("\"x\"", "W/\"x\""),
+        ] {
+            assert_eq!(
+                plan_for(&[("if-none-match", asked)], &[("etag", stored)]),
+                not_modified,
+                "{asked} against {stored}"
+            );
+        }
+        assert_ne!(
+            plan_for(&[("if-none-match", "W/\"y\"")], &[("etag", "W/\"x\"")]),
+            not_modified
+        );
+        // No Last-Modified: If-Modified-Since compares with the response's Date.
+        let stored = [("date", date(T))];
+        let stored: Vec<(&'static str, &str)> =
+            stored.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            plan_for(&[("if-modified-since", &date(T))], &stored),
+            not_modified
+        );
+        assert_ne!(
+            plan_for(&[("if-modified-since", &date(T - 60))], &stored),
+            not_modified
+        );
     }
 
     #[test]

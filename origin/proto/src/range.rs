@@ -85,17 +85,23 @@ fn parse_one(spec: &str, size: u64) -> RangeAsk {
     }
 }
 
-/// Whether an `If-None-Match` / `If-Match` list matches `etag` (quoted). `weak` selects the
-/// weak comparison (`If-None-Match`), which ignores a `W/` prefix.
+/// Whether an `If-None-Match` / `If-Match` list matches `etag` (quoted, maybe `W/`). `weak`
+/// selects the weak comparison (`If-None-Match`), which ignores a `W/` prefix on either side;
+/// the strong one (`If-Match`) needs both strong and equal (RFC 9110 §8.8.3.2).
 pub fn etag_matches(list: &str, etag: &str, weak: bool) -> bool {
+    let (stored_weak, stored) = match etag.strip_prefix("W/") {
+        Some(e) => (true, e),
+        None => (false, etag),
+    };
     list.split(',').map(str::trim).any(|t| {
         if t == "*" {
             return true;
         }
-        match t.strip_prefix("W/") {
-            Some(w) => weak && w == etag,
-            None => t == etag,
-        }
+        let (listed_weak, listed) = match t.strip_prefix("W/") {
+            Some(e) => (true, e),
+            None => (false, t),
+        };
+        listed == stored && (weak || !(listed_weak || stored_weak))
     })
 }
 
@@ -213,6 +219,14 @@ mod tests {
         assert!(etag_matches("W/\"abc\"", e, true));
         assert!(!etag_matches("W/\"abc\"", e, false));
         assert!(!etag_matches("\"abd\"", e, true));
+        // A weak stored ETag: the weak comparison ignores `W/` on both sides, the strong
+        // one never matches it.
+        let w = "W/\"abc\"";
+        assert!(etag_matches("W/\"abc\"", w, true));
+        assert!(etag_matches("\"abc\"", w, true));
+        assert!(!etag_matches("W/\"abc\"", w, false));
+        assert!(!etag_matches("\"abc\"", w, false));
+        assert!(!etag_matches("W/\"abd\"", w, true));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::FetchKind;
 use crate::coalesce::Flights;
 use crate::coalesce::fill::Fill;
-use crate::rules::freshness::is_hop_by_hop;
+use crate::rules::freshness::{connection_options, end_to_end, is_hop_by_hop};
 use crate::store::entry::Key;
 
 /// The most an upstream connection reads at once (hyper's minimum is 8 KiB).
@@ -325,13 +325,7 @@ pub fn set_forwarded(
 /// representation for everyone, so the client's own validators and ranges stay behind: they
 /// are answered from the stored copy.
 fn forward_headers(up: &Upstream, from: &HeaderMap, for_fill: bool) -> HeaderMap {
-    let connection_listed: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
+    let connection_listed = connection_options(from);
     let mut h = HeaderMap::new();
     for (k, v) in from {
         // Framing is the body's that is sent (hyper writes it from the body: none for a
@@ -373,13 +367,7 @@ fn forward_headers(up: &Upstream, from: &HeaderMap, for_fill: bool) -> HeaderMap
 
 /// Response headers as stored and sent: end-to-end only.
 fn response_headers(from: &HeaderMap) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in from {
-        if !is_hop_by_hop(k) {
-            h.append(k.clone(), v.clone());
-        }
-    }
-    h
+    end_to_end(from)
 }
 
 #[cfg(test)]
