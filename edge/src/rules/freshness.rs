@@ -390,14 +390,7 @@ pub enum Use {
 /// The field names a message's `Connection` lists (lower case): connection options, which a
 /// proxy removes with `Connection` itself (RFC 9110 §7.6.1).
 pub fn connection_options(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect()
+    crate::rules::vary::listed_names(headers, header::CONNECTION)
 }
 
 /// A response's end-to-end fields, the ones a cache stores and sends: without hop-by-hop

@@ -2,16 +2,22 @@
 
 use http::{HeaderMap, HeaderValue, header};
 
-/// The header names a response varies by (lowercase, deduplicated, sorted).
-pub fn vary_names(headers: &HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = headers
-        .get_all(header::VARY)
+/// The field names listed in every `name` field of `headers` (comma-separated, over any
+/// number of lines), in lower case: `Vary`, `Connection`.
+pub fn listed_names(headers: &HeaderMap, name: header::HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
         .filter(|n| !n.is_empty())
-        .collect();
+        .collect()
+}
+
+/// The header names a response varies by (lowercase, deduplicated, sorted).
+pub fn vary_names(headers: &HeaderMap) -> Vec<String> {
+    let mut names = listed_names(headers, header::VARY);
     names.sort();
     names.dedup();
     names
