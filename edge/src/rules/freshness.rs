@@ -11,6 +11,9 @@ pub struct CacheControl {
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub no_store: bool,
+    /// `must-understand`: store only if the cache understands the status code's caching
+    /// requirements, and then ignore `no-store` (RFC 9111 §5.2.2.3).
+    pub must_understand: bool,
     /// `no-cache` without field names: the response may be stored but must be revalidated
     /// before every use. With field names (`no-cache="Set-Cookie"`) those fields are not
     /// reused, which this cache does by dropping them when storing.
@@ -56,6 +59,7 @@ impl CacheControl {
                     "max-age" => cc.max_age = seconds(v).or(Some(0)),
                     "s-maxage" => cc.s_maxage = seconds(v).or(Some(0)),
                     "no-store" => cc.no_store = true,
+                    "must-understand" => cc.must_understand = true,
                     "no-cache" => match v {
                         Some(fields) => cc.no_cache_fields.extend(
                             fields
@@ -159,7 +163,13 @@ pub fn not_storable(
         return Some("request no-store");
     }
     let cc = response_directives(resp);
-    if cc.no_store {
+    // `must-understand` stands in for `no-store` where this cache knows the status code's
+    // caching rules (those it may cache heuristically); elsewhere it is not stored at all.
+    if cc.must_understand {
+        if !heuristically_cacheable(status) {
+            return Some("must-understand");
+        }
+    } else if cc.no_store {
         return Some("no-store");
     }
     if cc.private {
@@ -608,6 +618,13 @@ mod tests {
         assert_eq!(
             not_storable(&get, &none, ok, &h(&[("cache-control", "no-store")])),
             Some("no-store")
+        );
+        // `no-store, must-understand`: stored where the status is understood.
+        let mu = h(&[("cache-control", "no-store, must-understand, max-age=60")]);
+        assert_eq!(not_storable(&get, &none, ok, &mu), None);
+        assert_eq!(
+            not_storable(&get, &none, StatusCode::from_u16(299).unwrap(), &mu),
+            Some("must-understand")
         );
         assert_eq!(
             not_storable(
