@@ -34,7 +34,8 @@ over_protocols! {
     /// RFC 9111's finer points through a real edge: a list-valued `Age` counts by its first
     /// member, fields a response's `Connection` names are neither stored nor sent, weak
     /// ETags match `If-None-Match` from the cache, `If-Modified-Since` compares with `Date`
-    /// when there is no `Last-Modified`, and `Expires` is read whatever the case.
+    /// when there is no `Last-Modified`, `Expires` is read whatever the case, and a
+    /// `CDN-Cache-Control` that is not a valid Structured Field is ignored as a whole.
     async fn age_lists_connection_fields_weak_etags_and_dates() {
         let now = std::time::SystemTime::now();
         let tomorrow = httpdate::fmt_http_date(now + Duration::from_secs(86_400)).to_lowercase();
@@ -50,6 +51,11 @@ over_protocols! {
                 "/weak" => h.extend([("cache-control", "max-age=600"), ("etag", "W/\"v1\"")]),
                 "/dated" => h.push(("cache-control", "max-age=600")),
                 "/expires" => h.push(("expires", tomorrow.as_str())),
+                // Not a valid Dictionary member: the whole field is ignored.
+                "/cdn-invalid" => h.extend([
+                    ("cache-control", "max-age=600"),
+                    ("cdn-cache-control", "no-store=1"),
+                ]),
                 _ => {}
             }
             response(200, &h, b"body")
@@ -87,6 +93,9 @@ over_protocols! {
 
         let (n, r) = twice(&edge, &up, "/expires").await;
         assert_eq!(n, 1, "a lower-case Expires of tomorrow: {}", r.cache_status());
+
+        let (n, r) = twice(&edge, &up, "/cdn-invalid").await;
+        assert_eq!(n, 1, "an invalid CDN-Cache-Control: {}", r.cache_status());
     }
 }
 

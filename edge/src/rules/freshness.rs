@@ -107,15 +107,90 @@ fn split_list(value: &str) -> Vec<&str> {
     out
 }
 
-/// The caching directives that apply to this cache: `CDN-Cache-Control` when the response
-/// has one (RFC 9213 §2.1: it then replaces `Cache-Control` for CDNs), else `Cache-Control`.
-pub fn response_directives(headers: &HeaderMap) -> CacheControl {
-    let cdn = CacheControl::parse(headers, "cdn-cache-control");
-    if cdn.present {
-        cdn
-    } else {
-        CacheControl::parse(headers, header::CACHE_CONTROL)
+impl CacheControl {
+    /// Reads a `CDN-Cache-Control` field (every line of it): a Structured Field Dictionary
+    /// (RFC 9213 §2, RFC 8941). `None` when it is not one, or a directive this cache knows
+    /// has a value of the wrong type (a lifetime that is not a non-negative Integer, a flag
+    /// that is not a Boolean): such a field is ignored as a whole.
+    pub fn parse_cdn(headers: &HeaderMap) -> Option<CacheControl> {
+        let lines: Vec<&str> = headers
+            .get_all("cdn-cache-control")
+            .iter()
+            .map(|v| v.to_str().ok())
+            .collect::<Option<_>>()?;
+        let joined = lines.join(", ");
+        let dict: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
+        let mut cc = CacheControl {
+            present: true,
+            ..CacheControl::default()
+        };
+        for (key, entry) in &dict {
+            let item = match entry {
+                sfv::ListEntry::Item(i) => Some(&i.bare_item),
+                sfv::ListEntry::InnerList(_) => None,
+            };
+            let secs = || {
+                let n = i64::from(item?.as_integer()?);
+                (n >= 0).then(|| (n as u64).min(1 << 31))
+            };
+            let flag = || item.and_then(|i| i.as_boolean());
+            match key.as_str() {
+                "max-age" => cc.max_age = Some(secs()?),
+                "s-maxage" => cc.s_maxage = Some(secs()?),
+                "stale-while-revalidate" => cc.stale_while_revalidate = Some(secs()?),
+                "stale-if-error" => cc.stale_if_error = Some(secs()?),
+                "no-store" => cc.no_store = flag()?,
+                "public" => cc.public = flag()?,
+                "must-revalidate" => cc.must_revalidate = flag()?,
+                "proxy-revalidate" => cc.proxy_revalidate = flag()?,
+                "immutable" => cc.immutable = flag()?,
+                "must-understand" => cc.must_understand = flag()?,
+                // `no-cache` and `private` are flags, or list the fields they concern
+                // (`no-cache=("set-cookie")`, as Cache-Control's quoted lists).
+                "no-cache" | "private" => {
+                    let fields: Vec<String> = match entry {
+                        sfv::ListEntry::InnerList(l) => l
+                            .items
+                            .iter()
+                            .map(|i| {
+                                i.bare_item
+                                    .as_string()
+                                    .map(|s| s.as_str().to_ascii_lowercase())
+                            })
+                            .collect::<Option<_>>()?,
+                        sfv::ListEntry::Item(_) => {
+                            if !flag()? {
+                                continue;
+                            }
+                            Vec::new()
+                        }
+                    };
+                    match (key.as_str(), fields.is_empty()) {
+                        ("no-cache", true) => cc.no_cache = true,
+                        ("no-cache", false) => cc.no_cache_fields.extend(fields),
+                        // A private field list: those fields are not stored, as with
+                        // `no-cache="…"`; without one, the response is not stored.
+                        (_, true) => cc.private = true,
+                        (_, false) => cc.no_cache_fields.extend(fields),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(cc)
     }
+}
+
+/// The caching directives that apply to this cache: `CDN-Cache-Control` when the response
+/// has a valid one (RFC 9213 §2.1: it then replaces `Cache-Control` for CDNs), else
+/// `Cache-Control`.
+pub fn response_directives(headers: &HeaderMap) -> CacheControl {
+    if headers.contains_key("cdn-cache-control")
+        && let Some(cdn) = CacheControl::parse_cdn(headers)
+    {
+        return cdn;
+    }
+    CacheControl::parse(headers, header::CACHE_CONTROL)
 }
 
 /// Status codes that are heuristically cacheable (RFC 9110 §15.1).
@@ -465,6 +540,43 @@ mod tests {
         ]);
         let f = Freshness::of(StatusCode::OK, &hs, T, T, 3600);
         assert_eq!(f.lifetime, 600);
+    }
+
+    #[test]
+    fn an_invalid_cdn_cache_control_is_ignored_as_a_whole() {
+        let lifetime = |cdn: &str| {
+            let hs = h(&[("cache-control", "max-age=10"), ("cdn-cache-control", cdn)]);
+            Freshness::of(StatusCode::OK, &hs, T, T, 3600).lifetime
+        };
+        // Valid dictionaries govern the edge.
+        assert_eq!(lifetime("max-age=600"), 600);
+        assert_eq!(
+            lifetime("max-age=600, stale-if-error=30, x-new=\"any\""),
+            600
+        );
+        assert_eq!(lifetime("public, max-age=600;x=1"), 600);
+        // Not a dictionary, or a known directive of the wrong type: Cache-Control applies.
+        for cdn in [
+            "max-age=\"600\"",
+            "max-age=600.5",
+            "max-age=-1",
+            "max-age=600, no-store=1",
+            "max-age=600, public=yes",
+            "max-age=600 600",
+            "max-age=(1 2)",
+            "MAX-AGE=600",
+            "max-age=600,",
+        ] {
+            assert_eq!(lifetime(cdn), 10, "{cdn}");
+        }
+        let cc = CacheControl::parse_cdn(&h(&[
+            ("cdn-cache-control", "no-cache=(\"Set-Cookie\"), max-age=60"),
+            ("cdn-cache-control", "private=?0"),
+        ]))
+        .unwrap();
+        assert_eq!(cc.no_cache_fields, ["set-cookie"]);
+        assert!(!cc.no_cache && !cc.private);
+        assert_eq!(cc.max_age, Some(60));
     }
 
     #[test]
