@@ -404,6 +404,26 @@ async fn vary_stores_several_variants() {
             );
         }
         assert_eq!(up.count("/v"), 2);
+        // Equivalent selecting values (order, case, whitespace, how a weight is written)
+        // share one stored variant; a different weight is another one.
+        for (i, lang) in [
+            "en-US, fr;q=0.8",
+            "FR;q=0.80,en-us",
+            "fr; q=0.8 , EN-US",
+            "en-US;q=1.0, fr;q=0.8",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = edge.get_with("/w", &[("accept-language", lang)]).await;
+            assert_eq!(&r.body[..], b"hello");
+            assert_eq!(up.count("/w"), 1, "{lang}: {}", r.cache_status());
+            if i > 0 {
+                assert!(r.cache_status().contains("hit"), "{lang}: {}", r.cache_status());
+            }
+        }
+        edge.get_with("/w", &[("accept-language", "en-US;q=0.5, fr;q=0.8")]).await;
+        assert_eq!(up.count("/w"), 2);
     }
 async fn conditionals_ranges_and_head_from_cache() {
         let up = Upstream::start(|_, _| {

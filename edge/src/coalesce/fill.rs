@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
@@ -35,9 +35,10 @@ pub struct FillHead {
     pub headers: HeaderMap,
     /// Whether the body will be stored (else followers fetch on their own).
     pub storable: bool,
-    /// The request header values the response varies by, as the leader sent them: a
-    /// follower whose values differ fetches on its own.
-    pub vary: Vec<(String, Option<HeaderValue>)>,
+    /// The request header values the response varies by, as the leader sent them
+    /// (normalised, `rules::vary::selecting_value`): a follower whose values differ fetches
+    /// on its own.
+    pub vary: Vec<(String, Option<String>)>,
     /// Set when the fill was a revalidation that the upstream answered `304`: the refreshed
     /// stored response, under `key`.
     pub revalidated: Option<Arc<Meta>>,

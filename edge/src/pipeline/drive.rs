@@ -17,6 +17,7 @@ use crate::coalesce::fill::{FillHead, FillReader};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::{Outcome, PassReason, StaleReason, refusal_of};
 use crate::rules::freshness::{CacheControl, Use};
+use crate::rules::vary::selecting_value;
 use crate::store::Found;
 use crate::store::bans::BanVerdict;
 use crate::store::entry::{Key, Meta, Placement};
@@ -272,7 +273,7 @@ impl Edge {
                 let same_variant = head
                     .vary
                     .iter()
-                    .all(|(n, v)| parts.headers.get(n.as_str()) == v.as_ref());
+                    .all(|(n, v)| selecting_value(n, &parts.headers) == *v);
                 let shared = head.storable && same_variant && reader.is_some();
                 if !leader
                     && !shared

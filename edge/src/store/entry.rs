@@ -344,15 +344,12 @@ pub fn variant_key(primary: &Key, names: &[String], req: &HeaderMap) -> Key {
     let values: Vec<Vec<u8>> = names
         .iter()
         .map(|n| {
-            // Field values are compared after joining repeated lines and trimming (RFC 9111
-            // §4.1 allows this normalisation).
-            let joined = req
-                .get_all(n.as_str())
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!("{n}:{joined}").into_bytes()
+            // Field values are compared normalised (RFC 9111 §4.1 allows it): equivalent
+            // requests share one variant.
+            match crate::rules::vary::selecting_value(n, req) {
+                Some(v) => format!("{n}:{v}").into_bytes(),
+                None => format!("{n}:").into_bytes(),
+            }
         })
         .collect();
     let mut parts: Vec<&[u8]> = vec![&primary.0];
