@@ -31,6 +31,38 @@ async fn twice(edge: &EdgeNode, up: &Upstream, path: &str) -> (usize, Reply) {
 }
 
 over_protocols! {
+    /// A response with `Set-Cookie` is passed and never stored, unless the operator allows
+    /// storing it: then the cookie goes to no client and the response is reused.
+    async fn set_cookie_responses_are_stored_only_when_allowed_and_without_the_cookie() {
+        let up = Upstream::start(|_, _| {
+            response(
+                200,
+                &[("cache-control", "max-age=600"), ("set-cookie", "session=alice")],
+                b"page",
+            )
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let (n, r) = twice(&edge, &up, "/default").await;
+        assert_eq!(n, 2, "{}", r.cache_status());
+        assert_eq!(r.header("set-cookie"), "session=alice");
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+        cfg.store_set_cookie_responses = true;
+        let edge = EdgeNode::start(cfg).await;
+        let first = edge.get("/allowed").await;
+        let (n, second) = twice(&edge, &up, "/allowed").await;
+        assert_eq!(n, 1, "{}", second.cache_status());
+        assert!(second.cache_status().contains("hit"), "{}", second.cache_status());
+        for r in [&first, &second] {
+            assert_eq!(&r.body[..], b"page");
+            assert!(r.headers.get("set-cookie").is_none(), "{:?}", r.headers);
+        }
+    }
+}
+
+over_protocols! {
     /// RFC 9111's finer points through a real edge: a list-valued `Age` counts by its first
     /// member, fields a response's `Connection` names are neither stored nor sent, weak
     /// ETags match `If-None-Match` from the cache, `If-Modified-Since` compares with `Date`

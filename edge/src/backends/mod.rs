@@ -33,6 +33,8 @@ pub struct Context {
     pub heuristic_cap_secs: u64,
     /// Largest body stored, bytes.
     pub max_object_bytes: u64,
+    /// Whether a response with `Set-Cookie` may be stored (without it).
+    pub store_set_cookie: bool,
     /// Body bytes one fill holds at most ([`crate::coalesce::fill`]).
     pub fill_window_bytes: usize,
     /// The stored fills that may go on with no reader left.

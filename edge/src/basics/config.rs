@@ -129,6 +129,12 @@ pub struct EdgeConfig {
     pub admin_token: Option<String>,
     /// Cap on heuristic freshness (10 % of the time since `Last-Modified`), seconds.
     pub heuristic_cap_secs: u64,
+    /// Upstream mode: store a response that carries `Set-Cookie`, dropping the cookie (no
+    /// client gets it, the one whose request fetched it included), as nginx's
+    /// `proxy_ignore_headers Set-Cookie` with `proxy_hide_header Set-Cookie` or Varnish's
+    /// `unset beresp.http.set-cookie` do: for sites that set cookies on static files. Off: such responses are passed to their client
+    /// and never stored.
+    pub store_set_cookie_responses: bool,
     /// Largest response body the edge stores; larger ones are streamed through uncached.
     #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub max_object_bytes: u64,
@@ -283,6 +289,7 @@ impl Default for EdgeConfig {
             policy: Policy::default(),
             admin_token: None,
             heuristic_cap_secs: 24 * 3600,
+            store_set_cookie_responses: false,
             max_object_bytes: 1 << 30,
             fill_window_bytes: 2 << 20,
             max_background_fills: 16,

@@ -101,6 +101,7 @@ impl Edge {
             timeouts: cfg.timeouts,
             heuristic_cap_secs: cfg.heuristic_cap_secs,
             max_object_bytes: cfg.max_object_bytes,
+            store_set_cookie: cfg.store_set_cookie_responses,
             fill_window_bytes: cfg.fill_window_bytes.max(2 * SEGMENT),
             background_fills: Background::new(
                 cfg.max_background_fills,

@@ -14,17 +14,19 @@ pub const SEGMENT: usize = 1 << 20;
 pub const INLINE_MAX: usize = 256 << 10;
 
 /// Whether a response to a `GET` with request fields `req` may be stored, judged from its
-/// head: RFC 9111 §3, no `Set-Cookie` (a shared cache must not hand one client's cookie to
-/// another), and a declared length within `max_object` bytes.
+/// head: RFC 9111 §3, no `Set-Cookie` unless `set_cookie_ok` (the operator's choice; the
+/// stored copy never keeps it, [`stored_headers`]: a shared cache must not hand one
+/// client's cookie to another), and a declared length within `max_object` bytes.
 pub fn storable(
     req: &HeaderMap,
     status: StatusCode,
     resp: &HeaderMap,
     content_length: Option<u64>,
     max_object: u64,
+    set_cookie_ok: bool,
 ) -> bool {
     not_storable(&Method::GET, req, status, resp).is_none()
-        && !resp.contains_key(header::SET_COOKIE)
+        && (set_cookie_ok || !resp.contains_key(header::SET_COOKIE))
         && content_length.is_none_or(|n| n <= max_object)
 }
 
@@ -295,21 +297,20 @@ mod tests {
         let none = HeaderMap::new();
         let ok = StatusCode::OK;
         let public = h(&[("cache-control", "max-age=60")]);
-        assert!(storable(&none, ok, &public, Some(10), 100));
-        assert!(!storable(&none, ok, &public, Some(101), 100));
-        assert!(!storable(
-            &none,
-            ok,
-            &h(&[("cache-control", "max-age=60"), ("set-cookie", "a=1")]),
-            None,
-            100
-        ));
+        assert!(storable(&none, ok, &public, Some(10), 100, false));
+        assert!(!storable(&none, ok, &public, Some(101), 100, false));
+        let cookie = h(&[("cache-control", "max-age=60"), ("set-cookie", "a=1")]);
+        assert!(!storable(&none, ok, &cookie, None, 100, false));
+        // Allowed by the operator: stored, and the stored copy has no cookie.
+        assert!(storable(&none, ok, &cookie, None, 100, true));
+        assert!(!stored_headers(cookie).contains_key("set-cookie"));
         assert!(!storable(
             &none,
             ok,
             &h(&[("cache-control", "no-store")]),
             None,
-            100
+            100,
+            true
         ));
         let kept = stored_headers(h(&[
             ("cache-control", "max-age=60, no-cache=\"x-user\""),

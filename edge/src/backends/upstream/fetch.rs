@@ -229,13 +229,19 @@ impl Upstream {
             &rparts.headers,
             content_length,
             ctx.max_object_bytes,
+            ctx.store_set_cookie,
         );
         let mut advice: Option<Advice> = None;
         if storing && let Some(n) = content_length {
             advice = advise(n);
             storing = advice.is_none_or(|a| a.admit);
         }
-        let headers = response_headers(&rparts.headers);
+        let mut headers = response_headers(&rparts.headers);
+        // A stored response is everyone's: a cookie it carried (stored only when the
+        // operator allows it) goes to no one, as Varnish's `unset beresp.http.set-cookie`.
+        if storing {
+            headers.remove(header::SET_COOKIE);
+        }
         let names = vary_names(&headers);
         fill.set_head(Ok(FillHead {
             status: rparts.status,

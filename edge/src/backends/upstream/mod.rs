@@ -396,6 +396,7 @@ mod tests {
             timeouts: Default::default(),
             heuristic_cap_secs: 3600,
             max_object_bytes: 1 << 20,
+            store_set_cookie: false,
             fill_window_bytes: 8 << 20,
             background_fills: crate::coalesce::fill::Background::new(
                 16,
