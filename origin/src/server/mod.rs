@@ -568,11 +568,19 @@ async fn publish(
         };
         decoder.push(&data);
         loop {
-            // The whole pieces at hand (a bounded number), their named chunks read together.
+            // The whole pieces at hand, their named chunks read together: at most 64 pieces
+            // and about 4 MiB of named bytes, so 37 bytes of body naming 64 KiB cannot make
+            // an upload hold more than that.
             let mut batch = Vec::new();
-            while batch.len() < 512 {
+            let mut named_bytes = 0u64;
+            while batch.len() < 64 && named_bytes < 4 << 20 {
                 match decoder.next_piece() {
-                    Ok(Some(p)) => batch.push(p),
+                    Ok(Some(p)) => {
+                        if let Piece::Chunk(_, len) = p {
+                            named_bytes += u64::from(len);
+                        }
+                        batch.push(p);
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         refused = Some(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()));
