@@ -10,7 +10,6 @@ mod cmd;
 mod file;
 #[cfg(test)]
 mod reference;
-mod size;
 
 use clap::{Parser, Subcommand};
 

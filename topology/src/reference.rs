@@ -47,7 +47,7 @@ fn says(key: &str, cell: &str, value: &serde_json::Value) -> bool {
         serde_json::Value::Null => cell.starts_with("none"),
         serde_json::Value::Bool(b) => cell == b.to_string(),
         serde_json::Value::Number(n) if key.contains("bytes") => {
-            crate::size::parse_size(cell).ok() == n.as_u64()
+            tessera_origin_proto::size::parse_size(cell).ok() == n.as_u64()
         }
         serde_json::Value::Number(n) => cell.replace('_', "") == n.to_string(),
         serde_json::Value::String(s) => cell == format!("{s:?}"),

@@ -317,14 +317,17 @@ fn push_without_the_token_fails_with_the_reason() {
             && err.contains("--token"),
         "{err}"
     );
-    let (ok, out, err) = tessera(&[
-        "push",
-        file.to_str().unwrap(),
-        "--origin",
-        &url,
-        "--token",
-        "s3cret",
-    ]);
+    let push_with_token = || {
+        tessera(&[
+            "push",
+            file.to_str().unwrap(),
+            "--origin",
+            &url,
+            "--token",
+            "s3cret",
+        ])
+    };
+    let (ok, out, err) = push_with_token();
     assert!(ok, "{out}{err}");
     // A file named alone says where it went.
     assert!(
@@ -332,14 +335,7 @@ fn push_without_the_token_fails_with_the_reason() {
         "{out}"
     );
     // Again: its manifest says the origin has these bytes there; nothing is sent.
-    let (ok, out, err) = tessera(&[
-        "push",
-        file.to_str().unwrap(),
-        "--origin",
-        &url,
-        "--token",
-        "s3cret",
-    ]);
+    let (ok, out, err) = push_with_token();
     assert!(ok, "{out}{err}");
     assert!(
         out.contains(&format!(

@@ -132,8 +132,8 @@ pub struct EdgeConfig {
     /// Upstream mode: store a response that carries `Set-Cookie`, dropping the cookie (no
     /// client gets it, the one whose request fetched it included), as nginx's
     /// `proxy_ignore_headers Set-Cookie` with `proxy_hide_header Set-Cookie` or Varnish's
-    /// `unset beresp.http.set-cookie` do: for sites that set cookies on static files. Off: such responses are passed to their client
-    /// and never stored.
+    /// `unset beresp.http.set-cookie` do: for sites that set cookies on static files. Off:
+    /// such responses are passed to their client and never stored.
     pub store_set_cookie_responses: bool,
     /// Largest response body the edge stores; larger ones are streamed through uncached.
     #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]

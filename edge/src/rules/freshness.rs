@@ -301,42 +301,19 @@ pub fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<u64>
 pub fn parse_date(v: &str) -> Option<u64> {
     let v = v.trim();
     let parsed = httpdate::parse_http_date(v).or_else(|_| {
-        // Names as the grammar spells them: `sun` → `Sun`, `NOVEMBER`-style words keep
-        // their first letter upper, the rest lower; `gmt` → `GMT`.
-        let canonical: String = v
-            .split(' ')
-            .map(|w| {
-                let mut out = String::with_capacity(w.len());
-                for (i, c) in w.chars().enumerate() {
-                    out.push(if i == 0 {
-                        c.to_ascii_uppercase()
-                    } else {
-                        c.to_ascii_lowercase()
-                    });
-                }
-                if out == "Gmt" { "GMT".to_string() } else { out }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-        // RFC 850 names the month inside `06-nov-94`.
-        let canonical = canonical
-            .split('-')
-            .enumerate()
-            .map(|(i, part)| {
-                if i == 1 {
-                    let mut c = part.chars();
-                    c.next()
-                        .map(|f| {
-                            f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase()
-                        })
-                        .unwrap_or_default()
-                } else {
-                    part.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("-");
-        httpdate::parse_http_date(&canonical)
+        // Names as the grammar spells them: each run of letters (`sun`, `NOV` in
+        // `06-NOV-94`) with its first letter upper and the rest lower; `GMT` upper.
+        let mut canonical = String::with_capacity(v.len());
+        let mut in_word = false;
+        for c in v.chars() {
+            canonical.push(if in_word {
+                c.to_ascii_lowercase()
+            } else {
+                c.to_ascii_uppercase()
+            });
+            in_word = c.is_ascii_alphabetic();
+        }
+        httpdate::parse_http_date(&canonical.replace("Gmt", "GMT"))
     });
     parsed
         .ok()?

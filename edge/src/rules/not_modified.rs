@@ -14,7 +14,7 @@
 
 use http::{HeaderMap, StatusCode, header};
 
-use crate::rules::freshness::{Freshness, connection_options, is_hop_by_hop};
+use crate::rules::freshness::{Freshness, end_to_end};
 
 /// The stored `headers` refreshed by a `304` whose fields are `not_modified`, for a request
 /// sent at `request_time` and answered at `response_time`: the headers to keep and their
@@ -46,18 +46,16 @@ pub fn merge_304(
 /// Updates stored headers from a `304` (RFC 9111 §4.3.4): every header of the `304` replaces
 /// the stored one of that name, except framing headers.
 fn update_from_304(stored: &mut HeaderMap, not_modified: &HeaderMap) {
-    let listed = connection_options(not_modified);
-    for name in not_modified.keys() {
-        if is_hop_by_hop(name)
-            || listed.iter().any(|c| c == name.as_str())
-            || name == header::CONTENT_LENGTH
+    let fields = end_to_end(not_modified);
+    for name in fields.keys() {
+        if name == header::CONTENT_LENGTH
             || name == header::CONTENT_ENCODING
             || name == header::CONTENT_RANGE
         {
             continue;
         }
         stored.remove(name);
-        for v in not_modified.get_all(name) {
+        for v in fields.get_all(name) {
             stored.append(name.clone(), v.clone());
         }
     }

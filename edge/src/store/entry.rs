@@ -346,10 +346,8 @@ pub fn variant_key(primary: &Key, names: &[String], req: &HeaderMap) -> Key {
         .map(|n| {
             // Field values are compared normalised (RFC 9111 §4.1 allows it): equivalent
             // requests share one variant.
-            match crate::rules::vary::selecting_value(n, req) {
-                Some(v) => format!("{n}:{v}").into_bytes(),
-                None => format!("{n}:").into_bytes(),
-            }
+            let v = crate::rules::vary::selecting_value(n, req).unwrap_or_default();
+            format!("{n}:{v}").into_bytes()
         })
         .collect();
     let mut parts: Vec<&[u8]> = vec![&primary.0];

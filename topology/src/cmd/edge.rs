@@ -37,10 +37,10 @@ pub struct Args {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Size of the memory tier, e.g. 1GiB [default: 256MiB].
-    #[arg(long, value_parser = crate::size::parse_size)]
+    #[arg(long, value_parser = tessera_origin_proto::size::parse_size)]
     memory: Option<u64>,
     /// Size of the SSD tier, e.g. 4GiB; 0 keeps the cache in memory only [default: 1GiB].
-    #[arg(long, value_parser = crate::size::parse_size)]
+    #[arg(long, value_parser = tessera_origin_proto::size::parse_size)]
     disk: Option<u64>,
     /// Serve the admin API (purge, stats, /metrics, /healthz) here.
     #[arg(long)]

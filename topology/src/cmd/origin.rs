@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Largest accepted upload, e.g. 10GiB [default: 64GiB].
-    #[arg(long, value_parser = crate::size::parse_size)]
+    #[arg(long, value_parser = tessera_origin_proto::size::parse_size)]
     max_body: Option<u64>,
     /// TOML file of origin settings (README "Configuration files"); command-line options
     /// override it.
