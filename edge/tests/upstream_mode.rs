@@ -1031,3 +1031,280 @@ async fn a_full_or_damaged_ssd_tier_serves_no_corrupt_byte() {
     assert!(kept > 0.0);
     edge.stop().await;
 }
+
+/// An upstream's answer to `req` for a representation `body` with fields `fields`, as a
+/// server that does ranges answers: `206` with its part for one byte range (unless an
+/// `If-Range` names another validator), `416` past the end, else `200`.
+fn ranged(
+    req: &http::Request<Bytes>,
+    body: &Bytes,
+    fields: &[(&str, &str)],
+) -> http::Response<http_body_util::Full<Bytes>> {
+    let mut r = http::Response::builder();
+    for (k, v) in fields {
+        r = r.header(*k, *v);
+    }
+    let etag = fields.iter().find(|(k, _)| *k == "etag").map(|(_, v)| *v);
+    let if_range_holds = match req.headers().get("if-range") {
+        None => true,
+        Some(v) => Some(v.to_str().unwrap()) == etag,
+    };
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().unwrap().strip_prefix("bytes="))
+        .filter(|_| if_range_holds)
+        .and_then(|v| v.split_once('-'));
+    let len = body.len() as u64;
+    let Some((a, b)) = range else {
+        return r.status(200).body(body.clone().into()).unwrap();
+    };
+    let a: u64 = a.parse().unwrap();
+    if a >= len {
+        return r
+            .status(416)
+            .header("content-range", format!("bytes */{len}"))
+            .body(Bytes::new().into())
+            .unwrap();
+    }
+    let b = b.parse::<u64>().map_or(len - 1, |b| b.min(len - 1));
+    r.status(206)
+        .header("content-range", format!("bytes {a}-{b}/{len}"))
+        .body(body.slice(a as usize..=b as usize).into())
+        .unwrap()
+}
+
+/// The `Range` of every request the upstream got for `path`, in order.
+fn ranges_asked(up: &Upstream, path: &str) -> Vec<String> {
+    (0..up.count(path))
+        .map(|i| {
+            let h = up.request_headers(path, i);
+            h.get("range")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+const MIB: usize = 1 << 20;
+
+over_protocols! {
+    /// A range of a cold large object fetches the slice it lies in, not the object; ranges
+    /// within held slices are hits, a range over held and missing slices fetches only the
+    /// missing one, and a whole GET completes the object from what is missing.
+    async fn a_range_fetches_its_slice_and_a_partial_object_is_completed() {
+        let body = Bytes::from(noise(5 * MIB + 123, 40));
+        let b2 = body.clone();
+        let fields = [("cache-control", "max-age=600"), ("etag", "\"v1\"")];
+        let up = Upstream::start(move |req, _| ranged(req, &b2, &fields)).await;
+        let (edge, _d) = edge_for(&up).await;
+        let (a, total) = (2 * MIB + 512 * 1024, body.len());
+        let range = format!("bytes={a}-{}", a + 99);
+        let r = edge.get_with("/video", &[("range", &range)]).await;
+        assert_eq!(r.status, 206);
+        assert_eq!(r.header("content-range"), format!("bytes {a}-{}/{total}", a + 99));
+        assert_eq!(&r.body[..], &body[a..a + 100]);
+        assert!(r.cache_status().contains("fwd=miss; stored"), "{}", r.cache_status());
+        assert_eq!(
+            ranges_asked(&up, "/video"),
+            [format!("bytes={}-{}", 2 * MIB, 3 * MIB - 1)],
+            "one slice fetched, not 5 MiB"
+        );
+        // Again, and another range inside the same slice: hits.
+        for range in [range.clone(), format!("bytes={}-{}", 2 * MIB, 2 * MIB + 10)] {
+            let r = edge.get_with("/video", &[("range", &range)]).await;
+            assert_eq!(r.status, 206);
+            assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        }
+        assert_eq!(up.count("/video"), 1);
+        // Across slices 2 and 3: only 3 is fetched, conditional on the stored validator.
+        let range = format!("bytes={}-{}", 3 * MIB - 10, 3 * MIB + 9);
+        let r = edge.get_with("/video", &[("range", &range)]).await;
+        assert_eq!(&r.body[..], &body[3 * MIB - 10..3 * MIB + 10]);
+        assert_eq!(up.count("/video"), 2);
+        assert_eq!(up.request_headers("/video", 1)["if-range"], "\"v1\"");
+        // A suffix range: the last slice.
+        let r = edge.get_with("/video", &[("range", "bytes=-50")]).await;
+        assert_eq!(&r.body[..], &body[total - 50..]);
+        assert_eq!(up.count("/video"), 3);
+        // The whole object: the three missing slices, then everything from the store.
+        let r = edge.get("/video").await;
+        assert_eq!((r.status.as_u16(), r.body.len()), (200, total));
+        assert!(r.body == body, "the joined slices are the object");
+        assert_eq!(r.header("etag"), "\"v1\"");
+        assert_eq!(r.header("content-length"), total.to_string());
+        let mut asked = ranges_asked(&up, "/video");
+        asked.sort();
+        let mut every: Vec<String> = (0..6)
+            .map(|i| format!("bytes={}-{}", i * MIB, ((i + 1) * MIB).min(total) - 1))
+            .collect();
+        every.sort();
+        assert_eq!(asked, every, "each slice fetched once");
+        let r = edge.get("/video").await;
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        assert!(r.body == body);
+        assert_eq!(up.count("/video"), 6);
+        // A range past the end of a cold object: the upstream's 416, nothing stored.
+        let r = edge.get_with("/other", &[("range", "bytes=99999999-")]).await;
+        assert_eq!(r.status, 416);
+        assert_eq!(r.header("content-range"), format!("bytes */{total}"));
+    }
+
+    /// Slices of two representations are never joined: a slice fetched after the object
+    /// changed upstream fails its If-Range, the partial object is dropped, and the next
+    /// request starts over on the new representation.
+    async fn slices_of_a_changed_object_are_never_joined() {
+        let v1 = Bytes::from(noise(3 * MIB, 41));
+        let v2 = Bytes::from(noise(3 * MIB, 42));
+        let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c2 = changed.clone();
+        let (b1, b2) = (v1.clone(), v2.clone());
+        let up = Upstream::start(move |req, _| {
+            if c2.load(std::sync::atomic::Ordering::SeqCst) {
+                ranged(req, &b2, &[("cache-control", "max-age=600"), ("etag", "\"v2\"")])
+            } else {
+                ranged(req, &b1, &[("cache-control", "max-age=600"), ("etag", "\"v1\"")])
+            }
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let r = edge.get_with("/f", &[("range", "bytes=0-99")]).await;
+        assert_eq!(&r.body[..], &v1[..100]);
+        changed.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Slice 1 is asked for with If-Range "v1": the upstream answers 200 with v2. The
+        // partial object of v1 is dropped, and the request is a miss of v2.
+        let r = edge.get_with("/f", &[("range", &format!("bytes={}-{}", MIB, MIB + 99))]).await;
+        assert_eq!(r.status, 206, "{:?}", r.body);
+        assert_eq!(r.header("etag"), "\"v2\"");
+        assert_eq!(&r.body[..], &v2[MIB..MIB + 100]);
+        assert_eq!(up.request_headers("/f", 1)["if-range"], "\"v1\"");
+        assert_eq!(edge.metric("tessera_edge_origin_errors_total", &[("kind", "changed")]), 1.0);
+        // Slice 0 is v2's now, too: the whole object is v2's bytes.
+        let r = edge.get("/f").await;
+        assert_eq!(r.header("etag"), "\"v2\"");
+        assert!(r.body == v2, "no byte of v1 joined to v2");
+    }
+
+    /// An upstream that does not do ranges (a 200 to a slice's range) gets the request
+    /// the whole-response way; the stored whole response answers later ranges.
+    async fn an_upstream_without_ranges_is_fetched_whole() {
+        let body = Bytes::from(noise(2 * MIB, 43));
+        let b2 = body.clone();
+        let up = Upstream::start(move |_, _| {
+            http::Response::builder()
+                .header("cache-control", "max-age=600")
+                .body(b2.clone().into())
+                .unwrap()
+        })
+        .await;
+        let (edge, _d) = edge_for(&up).await;
+        let range = format!("bytes={}-{}", MIB + 5, MIB + 14);
+        let r = edge.get_with("/plain", &[("range", &range)]).await;
+        assert_eq!(r.status, 206);
+        assert_eq!(&r.body[..], &body[MIB + 5..MIB + 15]);
+        assert_eq!(up.count("/plain"), 2, "the slice's range, then the whole response");
+        let r = edge.get_with("/plain", &[("range", "bytes=0-9")]).await;
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        assert_eq!(&r.body[..], &body[..10]);
+        assert_eq!(up.count("/plain"), 2);
+    }
+}
+
+/// Concurrent ranges in one cold slice make one upstream request; a partial object gone
+/// stale is revalidated by the range of the slice a request needs first, and keeps its other
+/// slices when the representation is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_are_fetched_once_and_kept_across_revalidations() {
+    let body = Bytes::from(noise(3 * MIB, 44));
+    let b2 = body.clone();
+    let up = Upstream::start(move |req, _| {
+        // Stale as soon as stored (Age = max-age), so every request revalidates.
+        let fields = [
+            ("cache-control", "max-age=60"),
+            ("age", "60"),
+            ("etag", "\"s\""),
+        ];
+        ranged(req, &b2, &fields)
+    })
+    .await;
+    let (edge, _d) = edge_for(&up).await;
+    let edge = std::sync::Arc::new(edge);
+    let gets: Vec<_> = (0..20)
+        .map(|i| {
+            let edge = edge.clone();
+            let range = format!("bytes={}-{}", MIB + i * 1000, MIB + i * 1000 + 99);
+            tokio::spawn(async move { edge.get_with("/gated/s", &[("range", &range)]).await })
+        })
+        .collect();
+    edge.until("20 requests to join the slice's fetch", |e| {
+        e.edge.metrics().coalesced.get() >= 19
+    })
+    .await;
+    up.open_gate();
+    for (i, g) in gets.into_iter().enumerate() {
+        let r = g.await.unwrap();
+        assert_eq!(r.status, 206);
+        assert_eq!(&r.body[..], &body[MIB + i * 1000..MIB + i * 1000 + 100]);
+    }
+    assert_eq!(up.count("/gated/s"), 1, "one fetch for 20 requests");
+    // Slices 1 and 2 (2 is new).
+    let range = format!("bytes={}-{}", 2 * MIB - 5, 2 * MIB + 4);
+    let r = edge.get_with("/gated/s", &[("range", &range)]).await;
+    assert_eq!(&r.body[..], &body[2 * MIB - 5..2 * MIB + 5]);
+    // Stale: slice 1 is fetched again (the revalidation), slice 2 not.
+    assert_eq!(
+        ranges_asked(&up, "/gated/s"),
+        [
+            format!("bytes={}-{}", MIB, 2 * MIB - 1),
+            format!("bytes={}-{}", MIB, 2 * MIB - 1),
+            format!("bytes={}-{}", 2 * MIB, 3 * MIB - 1),
+        ],
+        "the stale object's first slice revalidates it, then only slice 2 is missing"
+    );
+    let r = edge.get_with("/gated/s", &[("range", &range)]).await;
+    assert!(
+        r.cache_status().contains("fwd=stale"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(&r.body[..], &body[2 * MIB - 5..2 * MIB + 5]);
+    assert_eq!(
+        up.count("/gated/s"),
+        4,
+        "slice 2 kept: only slice 1 revalidated"
+    );
+    assert_eq!(
+        edge.metric("tessera_edge_origin_fetches_total", &[("kind", "slice")]),
+        4.0
+    );
+}
+
+/// With slices off, a range miss fetches the whole response, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_off_fetches_ranges_whole() {
+    let body = Bytes::from(noise(2 * MIB, 45));
+    let b2 = body.clone();
+    let up =
+        Upstream::start(move |req, _| ranged(req, &b2, &[("cache-control", "max-age=60")])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    cfg.slice_bytes = 0;
+    let edge = EdgeNode::start(cfg).await;
+    let r = edge.get_with("/w", &[("range", "bytes=10-19")]).await;
+    assert_eq!(&r.body[..], &body[10..20]);
+    assert_eq!(ranges_asked(&up, "/w"), [""]);
+}
+
+/// A slice size outside 64 KiB..=64 MiB is refused at start, naming the setting.
+#[tokio::test]
+async fn a_slice_size_out_of_bounds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [1000, 65 << 20] {
+        let mut cfg = config(Backend::Upstream("http://127.0.0.1:9".into()), dir.path());
+        cfg.slice_bytes = bad;
+        let e = tessera_edge::Edge::open(cfg, Default::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("slice_bytes"), "{e}");
+    }
+}

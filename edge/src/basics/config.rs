@@ -144,6 +144,13 @@ pub struct EdgeConfig {
     /// reader.
     #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
     pub fill_window_bytes: usize,
+    /// Upstream mode: a request for one byte range that the edge does not hold fetches the
+    /// slices of this many bytes its range covers (each a range request of its own, stored
+    /// on its own, as nginx's `slice`), not the whole response; a partial object is then
+    /// completed slice by slice as requests need them. 0: ranges are answered from the
+    /// whole response, fetched whole. From 64 KiB to 64 MiB.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
+    pub slice_bytes: u64,
     /// Upstream mode: stored responses whose readers all went away that are still fetched
     /// to the end into the cache, at most (as nginx and Varnish finish a cacheable fetch
     /// whose client left). Each holds up to its window and takes the upstream's pace of
@@ -292,6 +299,7 @@ impl Default for EdgeConfig {
             store_set_cookie_responses: false,
             max_object_bytes: 1 << 30,
             fill_window_bytes: 2 << 20,
+            slice_bytes: 1 << 20,
             max_background_fills: 16,
             timeouts: Timeouts::default(),
             outliers: Outliers::default(),

@@ -74,6 +74,9 @@ pub enum FetchFailure {
     Malformed,
     /// Bytes that do not match their blake3.
     Corrupt,
+    /// A slice of a partial object came from another representation than the stored one
+    /// (the object changed upstream): the stored object is dropped.
+    Changed,
     /// The request that led a shared fetch went away before it ended.
     Abandoned,
     /// The client's own request body, passed on, was malformed or broke off: a `400`,
@@ -92,6 +95,7 @@ impl FetchFailure {
             FetchFailure::Malformed => "malformed",
             FetchFailure::Corrupt => "corrupt",
             FetchFailure::Abandoned => "abandoned",
+            FetchFailure::Changed => "changed",
             FetchFailure::Client => "client",
         }
     }

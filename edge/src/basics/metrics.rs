@@ -18,6 +18,8 @@ pub enum FetchKind {
     Chunks,
     /// A whole response (upstream mode).
     Object,
+    /// One slice of a partial object, a range request (upstream mode).
+    Slice,
     /// A conditional request for a stored response gone stale.
     Revalidate,
     /// A request passed through without caching.
@@ -26,11 +28,12 @@ pub enum FetchKind {
 
 impl FetchKind {
     /// Every kind, in the order stats list them.
-    pub const ALL: [FetchKind; 6] = [
+    pub const ALL: [FetchKind; 7] = [
         FetchKind::Manifest,
         FetchKind::Chunk,
         FetchKind::Chunks,
         FetchKind::Object,
+        FetchKind::Slice,
         FetchKind::Revalidate,
         FetchKind::Pass,
     ];
@@ -42,6 +45,7 @@ impl FetchKind {
             FetchKind::Chunk => "chunk",
             FetchKind::Chunks => "chunks",
             FetchKind::Object => "object",
+            FetchKind::Slice => "slice",
             FetchKind::Revalidate => "revalidate",
             FetchKind::Pass => "pass",
         }

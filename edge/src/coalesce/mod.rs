@@ -121,6 +121,30 @@ impl<K: Hash + Eq + Clone, S: Flight> Flights<K, S> {
     }
 }
 
+impl<K, V> Flights<K, Once<Result<V, FetchError>>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// The value of the flight for `key`: joined, or led by running `fetch` on a task of its
+    /// own, so that a caller that goes away does not cancel it for the others.
+    pub async fn shared(
+        &self,
+        key: K,
+        fetch: impl std::future::Future<Output = Result<V, FetchError>> + Send + 'static,
+    ) -> Result<V, FetchError> {
+        let once = match self.join(key) {
+            Join::Follow(once) => once,
+            Join::Lead(permit) => {
+                let once = permit.flight().clone();
+                tokio::spawn(async move { permit.flight().set(fetch.await) });
+                once
+            }
+        };
+        once.wait().await
+    }
+}
+
 /// A value set once by a flight's leader and read by any number of followers.
 #[derive(Debug)]
 pub struct Once<T> {

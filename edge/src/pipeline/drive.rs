@@ -6,21 +6,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Response, StatusCode};
+use http::{Method, Response, StatusCode, header};
+use tessera_origin_proto::range::{RangeAsk, parse_range};
 
 use crate::backends::origin::{ManifestAnswer, OriginBackend};
 use crate::backends::upstream::Upstream;
+use crate::backends::upstream::slices::FirstSlice;
 use crate::basics::body::EdgeBody;
 use crate::basics::clock::now_secs;
-use crate::basics::error::{FetchError, Refusal};
+use crate::basics::error::{FetchError, FetchFailure, Refusal};
 use crate::coalesce::fill::{FillHead, FillReader};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::{Outcome, PassReason, StaleReason, refusal_of};
+use crate::pipeline::respond::{SliceSource, unsatisfiable};
 use crate::rules::freshness::{CacheControl, Use};
+use crate::rules::partial::first_slice;
 use crate::rules::vary::selecting_value;
 use crate::store::Found;
 use crate::store::bans::BanVerdict;
-use crate::store::entry::{Key, Meta, Placement};
+use crate::store::entry::{BodyRef, Key, Meta, Placement, slice_key};
+use crate::store::tiers::Tier;
 
 /// How long a background revalidation may take before it is pointless.
 const BACKGROUND_REVALIDATE: Duration = Duration::from_secs(30);
@@ -146,10 +151,16 @@ impl Edge {
             && let Some(found) = self.store.lookup(&key, &parts.headers).await
             && via.intact(&found)
         {
-            let usage = if found.verdict == BanVerdict::Stale {
-                Use::Revalidate
-            } else {
-                found.meta.freshness.judge(now, req_cc)
+            let partial = matches!(found.meta.body, BodyRef::Slices { .. });
+            let usage = match found.verdict {
+                BanVerdict::Stale => Use::Revalidate,
+                _ => found.meta.freshness.judge(now, req_cc),
+            };
+            // A partial object is revalidated by the range request of the slice the request
+            // needs first (below), never by a whole-response fill in the background.
+            let usage = match usage {
+                Use::StaleWhileRevalidate if partial => Use::Revalidate,
+                u => u,
             };
             let (tier, ttl) = (found.tier, found.meta.freshness.ttl(now));
             match usage {
@@ -165,19 +176,40 @@ impl Edge {
                         Via::Origin { .. } => found.meta,
                         Via::Upstream { .. } => found.meta,
                     };
-                    let r = self.serve(parts, meta, found.key, Some(tier), now).await;
-                    return Ok((r, Outcome::hit(tier, ttl)));
+                    // A partial object's first missing slice is fetched before the head is
+                    // sent: when the object changed upstream, the request becomes a miss
+                    // of the new one instead of an error.
+                    let (mut fetched, mut changed) = (None, false);
+                    if let Via::Upstream { up, pq } = &via
+                        && let Some(i) = self.first_missing_slice(parts, &meta)
+                    {
+                        match up.slice(parts, pq, found.key, &meta, i).await {
+                            Ok(bytes) => fetched = Some((i, bytes)),
+                            Err(e) if e.failure == FetchFailure::Changed => changed = true,
+                            Err(e) => return Err(refusal_of(&e)),
+                        }
+                    }
+                    if !changed {
+                        let outcome = match fetched {
+                            Some(_) => Outcome::miss(true),
+                            None => Outcome::hit(tier, ttl),
+                        };
+                        let r = self
+                            .serve_found(parts, &via, meta, found.key, Some(tier), now, fetched)
+                            .await;
+                        return Ok((r, outcome));
+                    }
                 }
                 Use::StaleAllowed => {
                     let r = self
-                        .serve(parts, found.meta, found.key, Some(tier), now)
+                        .serve_found(parts, &via, found.meta, found.key, Some(tier), now, None)
                         .await;
                     return Ok((r, Outcome::stale(tier, ttl, StaleReason::MaxStale)));
                 }
                 Use::StaleWhileRevalidate => {
                     via.revalidate_in_background(parts, key, &found);
                     let r = self
-                        .serve(parts, found.meta, found.key, Some(tier), now)
+                        .serve_found(parts, &via, found.meta, found.key, Some(tier), now, None)
                         .await;
                     return Ok((r, Outcome::stale(tier, ttl, StaleReason::WhileRevalidate)));
                 }
@@ -190,11 +222,56 @@ impl Edge {
                 "only-if-cached, and this edge does not hold it",
             ));
         }
+        // Upstream mode: a request for one range the store cannot answer, or for a partial
+        // object gone stale, fetches the slice it needs first, not the whole response.
+        if let Via::Upstream { up, pq } = &via
+            && use_stored
+            && let Some(index) = self.slice_to_fetch(parts, stale.as_ref())
+        {
+            let stale_meta = stale.as_ref().map(|f| f.meta.clone());
+            let slice = self.cfg.slice_bytes;
+            match up
+                .first_slice(parts, pq, key, index, slice, stale_meta)
+                .await
+            {
+                Ok(FirstSlice::Stored {
+                    meta,
+                    index,
+                    bytes,
+                    same_as_stale,
+                }) => {
+                    let outcome = match (&stale, same_as_stale) {
+                        (None, _) => Outcome::miss(true),
+                        (Some(_), true) => Outcome::revalidated(206),
+                        (Some(_), false) => Outcome::refetched(206, true),
+                    };
+                    let fetched = Some((index, bytes));
+                    let r = self
+                        .serve_found(parts, &via, meta, key, None, now, fetched)
+                        .await;
+                    return Ok((r, outcome));
+                }
+                Ok(FirstSlice::Unsatisfiable(size)) => {
+                    return Ok((unsatisfiable(size), Outcome::miss(false)));
+                }
+                Ok(FirstSlice::Whole) => {}
+                Err(e) => {
+                    if let Some(r) = self
+                        .stale_on_error(parts, &via, stale.as_ref(), now, req_cc)
+                        .await
+                    {
+                        tracing::warn!(path = %parts.uri.path(), error = %e, "upstream failed; serving stale");
+                        return Ok(r);
+                    }
+                    return Err(refusal_of(&e));
+                }
+            }
+        }
         let (fetched, collapsed) = match via.fetch(parts, key, stale.as_ref()).await {
             Ok(f) => f,
             Err(e) => {
                 if let Some(r) = self
-                    .stale_on_error(parts, stale.as_ref(), now, req_cc)
+                    .stale_on_error(parts, &via, stale.as_ref(), now, req_cc)
                     .await
                 {
                     tracing::warn!(path = %parts.uri.path(), error = %e, "origin failed; serving stale");
@@ -224,7 +301,9 @@ impl Edge {
                     }
                     _ => meta,
                 };
-                let r = self.serve(parts, meta, key, None, now).await;
+                let r = self
+                    .serve_found(parts, &via, meta, key, None, now, None)
+                    .await;
                 Ok((r, outcome.collapsed(collapsed)))
             }
             Fetched::Missing(file) => {
@@ -265,7 +344,7 @@ impl Edge {
             } => {
                 if head.status.is_server_error()
                     && let Some(r) = self
-                        .stale_on_error(parts, stale.as_ref(), now, req_cc)
+                        .stale_on_error(parts, &via, stale.as_ref(), now, req_cc)
                         .await
                 {
                     return Ok(r);
@@ -300,6 +379,7 @@ impl Edge {
     async fn stale_on_error(
         self: &Arc<Self>,
         parts: &http::request::Parts,
+        via: &Via,
         stale: Option<&Found>,
         now: u64,
         req_cc: &CacheControl,
@@ -309,9 +389,89 @@ impl Edge {
             return None;
         }
         let ttl = found.meta.freshness.ttl(now);
+        let (meta, key, tier) = (found.meta.clone(), found.key, Some(found.tier));
         let r = self
-            .serve(parts, found.meta.clone(), found.key, Some(found.tier), now)
+            .serve_found(parts, via, meta, key, tier, now, None)
             .await;
         Some((r, Outcome::stale(found.tier, ttl, StaleReason::IfError)))
+    }
+
+    /// Serves a stored response; a partial object's missing slices come from the request's
+    /// upstream (`fetched`: a slice just fetched).
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_found(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        via: &Via,
+        meta: Arc<Meta>,
+        key: Key,
+        tier: Option<Tier>,
+        now: u64,
+        fetched: Option<(u64, bytes::Bytes)>,
+    ) -> Response<EdgeBody> {
+        let src = match via {
+            Via::Upstream { up, pq } if matches!(meta.body, BodyRef::Slices { .. }) => {
+                Some(SliceSource {
+                    up: up.clone(),
+                    pq: pq.clone(),
+                    fetched,
+                })
+            }
+            _ => None,
+        };
+        self.serve(parts, meta, key, tier, now, src).await
+    }
+
+    /// The slice to fetch first for a request the store cannot answer as it is: for a
+    /// partial object gone stale, the one the request's range (or the whole body) starts
+    /// in; with nothing usable stored, the one a request for one byte range starts in.
+    /// `None`: the request goes the whole-response way (slices off, not one range, a whole
+    /// stored response to revalidate).
+    fn slice_to_fetch(&self, parts: &http::request::Parts, stale: Option<&Found>) -> Option<u64> {
+        let slice = self.cfg.slice_bytes;
+        if slice == 0 {
+            return None;
+        }
+        match stale.map(|f| (&f.meta.body, f.meta.size)) {
+            Some((BodyRef::Slices { slice, .. }, size)) => {
+                let start = match parts
+                    .headers
+                    .get(header::RANGE)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some(r) => match parse_range(r, size) {
+                        RangeAsk::Part { start, .. } => start,
+                        _ => 0,
+                    },
+                    None => 0,
+                };
+                Some(start / slice)
+            }
+            Some(_) => None,
+            None => first_slice(&parts.headers, slice),
+        }
+    }
+
+    /// The first slice of a partial object the request needs that the store does not hold;
+    /// `None` when it holds them all (a hit) and for anything but a partial object.
+    fn first_missing_slice(&self, parts: &http::request::Parts, meta: &Meta) -> Option<u64> {
+        let BodyRef::Slices { id, slice } = meta.body else {
+            return None;
+        };
+        if parts.method == Method::HEAD || meta.size == 0 {
+            return None;
+        }
+        let (start, end) = match parts
+            .headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(r) => match parse_range(r, meta.size) {
+                RangeAsk::Part { start, end } => (start, end),
+                _ => (0, meta.size - 1),
+            },
+            None => (0, meta.size - 1),
+        };
+        (start / slice..=end / slice).find(|i| !self.store.cache.contains(&slice_key(&id, *i)))
     }
 }

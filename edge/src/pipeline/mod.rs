@@ -73,6 +73,11 @@ pub struct Edge {
 impl Edge {
     /// Opens the cache and state in `cfg.data` and prepares the backend.
     pub async fn open(cfg: EdgeConfig, metrics: Metrics) -> anyhow::Result<Arc<Edge>> {
+        anyhow::ensure!(
+            cfg.slice_bytes == 0 || (64 << 10..=64 << 20).contains(&cfg.slice_bytes),
+            "slice_bytes: {} is outside 64KiB..=64MiB (0 turns slices off)",
+            cfg.slice_bytes
+        );
         std::fs::create_dir_all(&cfg.data).map_err(|e| {
             anyhow::anyhow!("cannot create the data folder {}: {e}", cfg.data.display())
         })?;

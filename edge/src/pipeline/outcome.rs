@@ -228,6 +228,10 @@ pub fn refusal_of(e: &FetchError) -> Refusal {
             StatusCode::BAD_GATEWAY,
             "the origin's data failed its integrity check",
         ),
+        FetchFailure::Changed => (
+            StatusCode::BAD_GATEWAY,
+            "the object changed at the origin while it was read in parts; retry",
+        ),
         FetchFailure::Abandoned => (
             StatusCode::BAD_GATEWAY,
             "the fetch this request shared was abandoned; retry",

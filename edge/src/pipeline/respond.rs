@@ -9,19 +9,21 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
+use crate::backends::upstream::Upstream;
 use crate::basics::body::{BoxError, ByteStream, EdgeBody, empty_body, full_body, stream_body};
 use crate::basics::error::{FetchError, FetchFailure, Refusal};
 use crate::coalesce::Join;
 use crate::coalesce::fill::{FillHead, FillReader};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::refusal_of;
+use crate::rules::partial::slice_bounds;
 use crate::rules::representation::{Plan, mark_brotli, plan, wants_brotli, weaken_etag};
-use crate::store::entry::{BodyRef, Key, Meta, Value};
+use crate::store::entry::{BodyRef, Key, Meta, Value, slice_key};
 use crate::store::tiers::Tier;
 
 impl Edge {
     /// Answers the request `parts` from the stored response `meta` (under `key`), found in
-    /// `tier` (`None`: just fetched).
+    /// `tier` (`None`: just fetched); a partial object's missing slices come from `slices`.
     pub(crate) async fn serve(
         self: &Arc<Self>,
         parts: &http::request::Parts,
@@ -29,8 +31,10 @@ impl Edge {
         key: Key,
         tier: Option<Tier>,
         now: u64,
+        slices: Option<SliceSource>,
     ) -> Response<EdgeBody> {
         let req = &parts.headers;
+        let partial = matches!(meta.body, BodyRef::Slices { .. });
         let status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
         let mut headers = meta.headers.to_map();
         headers.remove(header::CONTENT_LENGTH);
@@ -41,6 +45,7 @@ impl Edge {
                 // ETag and its Vary (RFC 9110 §15.4.5).
                 if decided == StatusCode::NOT_MODIFIED
                     && status == StatusCode::OK
+                    && !partial
                     && wants_brotli(self.cfg.brotli, meta.size, &mut headers, req)
                 {
                     weaken_etag(&mut headers);
@@ -55,7 +60,9 @@ impl Edge {
             .metrics
             .bytes_served
             .with_label_values(&[tier.map(Tier::as_str).unwrap_or("origin")]);
+        // A partial object is sent as stored: compressing needs every byte at once.
         if code == StatusCode::OK
+            && !partial
             && wants_brotli(self.cfg.brotli, meta.size, &mut headers, req)
             && let Some(compressed) = self.brotli_copy(&meta, key).await
         {
@@ -74,8 +81,11 @@ impl Edge {
             counter.inc_by(end - start);
             full_body(b.slice(start as usize..end as usize))
         } else {
-            let mut stream = self.body_stream(&meta, key, start, end);
-            if matches!(meta.body, BodyRef::Chunks(_)) {
+            let mut stream = match slices {
+                Some(src) if partial => self.slices_stream(src, parts, &meta, key, start, end),
+                _ => self.body_stream(&meta, key, start, end),
+            };
+            if matches!(meta.body, BodyRef::Chunks(_) | BodyRef::Slices { .. }) {
                 // The first bytes before the head: when the origin cannot give them (or
                 // gives corrupt bytes), the client gets a clear 502 instead of a cut-off 200.
                 match stream.next().await {
@@ -111,6 +121,63 @@ impl Edge {
                 ))
             })),
         }
+    }
+
+    /// The bytes `start..end` of the partial object `meta` (under `key`): each slice read
+    /// from the store, or fetched from `src` when the store lacks it (and stored). One slice
+    /// is fetched ahead of the one being sent, so a response holds two slices at most.
+    fn slices_stream(
+        &self,
+        src: SliceSource,
+        parts: &http::request::Parts,
+        meta: &Arc<Meta>,
+        key: Key,
+        start: u64,
+        end: u64,
+    ) -> ByteStream {
+        let BodyRef::Slices { id, slice } = meta.body else {
+            return Box::pin(futures_util::stream::once(async {
+                Err(BoxError::from("not a partial object"))
+            }));
+        };
+        let (first, last) = (start / slice, (end - 1) / slice);
+        let cache = self.store.cache.clone();
+        let (meta, parts, src) = (meta.clone(), Arc::new(parts.clone()), Arc::new(src));
+        Box::pin(
+            futures_util::stream::iter(first..=last)
+                .map(move |i| {
+                    let (cache, meta, parts, src) =
+                        (cache.clone(), meta.clone(), parts.clone(), src.clone());
+                    async move {
+                        if let Some((n, b)) = &src.fetched
+                            && *n == i
+                        {
+                            return Ok((i, b.clone()));
+                        }
+                        let (s, e) = slice_bounds(i, slice, meta.size);
+                        if let Some((Value::Bytes(b), _)) =
+                            cache.get_as(&slice_key(&id, i), meta.placement).await
+                            && b.len() as u64 == e - s
+                        {
+                            return Ok((i, b));
+                        }
+                        src.up
+                            .slice(&parts, &src.pq, key, &meta, i)
+                            .await
+                            .map(|b| (i, b))
+                            .map_err(BoxError::from)
+                    }
+                })
+                .buffered(2)
+                .map(move |r| {
+                    r.map(|(i, b)| {
+                        let off = i * slice;
+                        let s = start.saturating_sub(off).min(b.len() as u64) as usize;
+                        let e = (end - off).min(b.len() as u64) as usize;
+                        b.slice(s..e)
+                    })
+                }),
+        )
     }
 
     /// The brotli-compressed copy of a stored body; `None` when it does not get smaller or
@@ -238,6 +305,15 @@ impl Edge {
     }
 }
 
+/// Where a partial object's missing slices come from: its upstream, the path and query to
+/// ask, and a slice just fetched (served as it is, not read back).
+#[derive(Debug)]
+pub(crate) struct SliceSource {
+    pub up: Arc<Upstream>,
+    pub pq: String,
+    pub fetched: Option<(u64, Bytes)>,
+}
+
 fn respond(status: StatusCode, headers: HeaderMap, body: EdgeBody) -> Response<EdgeBody> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -276,7 +352,7 @@ fn precondition_answer(decided: StatusCode, headers: &HeaderMap) -> Response<Edg
 }
 
 /// `416` for a range outside a representation of `size` bytes.
-fn unsatisfiable(size: u64) -> Response<EdgeBody> {
+pub(crate) fn unsatisfiable(size: u64) -> Response<EdgeBody> {
     let mut r = Refusal::new(
         StatusCode::RANGE_NOT_SATISFIABLE,
         format!("the range is outside the representation's {size} bytes"),

@@ -5,7 +5,7 @@
 //!   two versions that share a chunk share its entry);
 //! - a stored response's description, [`Meta`], under a key derived from the request (its
 //!   body inline when small, else in segments or, in origin mode, as the manifest's chunks);
-//! - a segment of a large upstream-mode body;
+//! - a segment of a large upstream-mode body, or a slice of a partial one;
 //! - a `Vary` index: the request header names that select among a URL's stored variants.
 //!
 //! # On-disk value format (version 1)
@@ -74,11 +74,20 @@ pub enum BodyRef {
     Segments { id: [u8; 16], count: u32 },
     /// The chunks of a Tessera-origin file, each under its blake3.
     Chunks(Arc<Vec<ManifestChunk>>),
+    /// Slices of `slice` bytes under [`slice_key`]`(id, i)`, each fetched with a range
+    /// request of its own and kept on its own, any of them possibly absent: a partial
+    /// object, completed as it is read ([`crate::rules::partial`]).
+    Slices { id: [u8; 16], slice: u64 },
 }
 
 /// The key of segment `i` of the body stored under `id`.
 pub fn segment_key(id: &[u8; 16], i: u32) -> Key {
     Key::derive("seg", &[id, &i.to_le_bytes()])
+}
+
+/// The key of slice `i` of the partial object stored under `id`.
+pub fn slice_key(id: &[u8; 16], i: u64) -> Key {
+    Key::derive("slice", &[id, &i.to_le_bytes()])
 }
 
 /// Where a response's bytes may be kept, as eviction advice said (the built-in policy:
@@ -149,6 +158,10 @@ struct MetaRecord {
     size: u64,
     segments: Option<([u8; 16], u32)>,
     chunks: Option<Vec<ManifestChunk>>,
+    /// A partial object's slices: their id and size. Absent in entries written before it
+    /// existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slices: Option<([u8; 16], u64)>,
     /// Absent in entries written before it existed: `both`.
     #[serde(default)]
     placement: Placement,
@@ -176,7 +189,7 @@ impl Value {
                     BodyRef::Chunks(c) => {
                         heap(16 + 24) + heap(c.len() * std::mem::size_of::<ManifestChunk>())
                     }
-                    BodyRef::Segments { .. } => 0,
+                    BodyRef::Segments { .. } | BodyRef::Slices { .. } => 0,
                 };
                 let keys: usize = m.surrogate_keys.iter().map(|k| heap(k.len())).sum();
                 heap(16 + std::mem::size_of::<Meta>())
@@ -231,10 +244,15 @@ impl Code for Value {
                 w.write_all(b).map_err(io)
             }
             Value::Meta(m) => {
+                let (mut slices, empty) = (None, Bytes::new());
                 let (segments, chunks, inline) = match &m.body {
                     BodyRef::Inline(b) => (None, None, b.clone()),
-                    BodyRef::Segments { id, count } => (Some((*id, *count)), None, Bytes::new()),
-                    BodyRef::Chunks(c) => (None, Some(c.as_ref().clone()), Bytes::new()),
+                    BodyRef::Segments { id, count } => (Some((*id, *count)), None, empty),
+                    BodyRef::Chunks(c) => (None, Some(c.as_ref().clone()), empty),
+                    BodyRef::Slices { id, slice } => {
+                        slices = Some((*id, *slice));
+                        (None, None, empty)
+                    }
                 };
                 let f = &m.freshness;
                 let rec = MetaRecord {
@@ -258,6 +276,7 @@ impl Code for Value {
                     size: m.size,
                     segments,
                     chunks,
+                    slices,
                     placement: m.placement,
                 };
                 let json = serde_json::to_vec(&rec).map_err(io_err)?;
@@ -301,10 +320,12 @@ impl Code for Value {
                     map.append(k, v);
                 }
                 let headers = StoredHeaders::from_map(&map);
-                let body = match (rec.segments, rec.chunks) {
-                    (Some((id, count)), _) => BodyRef::Segments { id, count },
-                    (None, Some(c)) => BodyRef::Chunks(Arc::new(c)),
-                    (None, None) => BodyRef::Inline(inline),
+                let body = match (rec.segments, rec.chunks, rec.slices) {
+                    (Some((id, count)), ..) => BodyRef::Segments { id, count },
+                    (None, Some(c), _) => BodyRef::Chunks(Arc::new(c)),
+                    (None, None, Some((id, slice))) if slice > 0 => BodyRef::Slices { id, slice },
+                    (None, None, Some(_)) => return Err(io_err("a slice size of 0")),
+                    (None, None, None) => BodyRef::Inline(inline),
                 };
                 Ok(Value::Meta(Arc::new(Meta {
                     status: rec.status,
@@ -414,6 +435,15 @@ mod tests {
             panic!("not a meta")
         };
         assert!(matches!(&m.body, BodyRef::Chunks(c) if c[0] == chunk));
+        let Value::Meta(m) = roundtrip(&Value::Meta(Arc::new(meta(BodyRef::Slices {
+            id: [3; 16],
+            slice: 1 << 20,
+        })))) else {
+            panic!("not a meta")
+        };
+        assert!(
+            matches!(m.body, BodyRef::Slices { id, slice } if id == [3; 16] && slice == 1 << 20)
+        );
         assert!(matches!(
             roundtrip(&Value::Bytes(Bytes::from_static(b"abc"))),
             Value::Bytes(b) if &b[..] == b"abc"

@@ -82,7 +82,7 @@ impl Store {
     }
 
     /// The bytes `start..end` of a body stored inline or in segments, as they are read; `None`
-    /// for a body made of an origin's chunks (the origin backend reads those).
+    /// for a body made of an origin's chunks or of slices (the backends read those).
     pub fn body_stream(&self, meta: &Meta, start: u64, end: u64) -> Option<ByteStream> {
         match &meta.body {
             BodyRef::Inline(b) => {
@@ -119,7 +119,7 @@ impl Store {
                         }),
                 ))
             }
-            BodyRef::Chunks(_) => None,
+            BodyRef::Chunks(_) | BodyRef::Slices { .. } => None,
         }
     }
 }

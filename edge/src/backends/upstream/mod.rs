@@ -5,12 +5,14 @@
 //! miss joins or leads a [`Fill`]: one `GET` to the upstream per key however many clients
 //! miss at once ([`crate::coalesce`]); each streams the body as it arrives, and the cache
 //! stores it (inline, or in segments for large bodies) once it is complete and matched its
-//! framing ([`crate::rules::store_plan`] decides; [`fetch`] moves the bytes). Unsafe methods
-//! pass through and invalidate what the cache holds for their target.
+//! framing ([`crate::rules::store_plan`] decides; [`fetch`] moves the bytes). A request for
+//! one byte range that the store cannot answer fetches slices instead ([`slices`]). Unsafe
+//! methods pass through and invalidate what the cache holds for their target.
 //!
 //! [`Fill`]: crate::coalesce::fill::Fill
 
 pub mod fetch;
+pub mod slices;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -45,6 +47,9 @@ pub struct Upstream {
     client: Client<HttpConnector, EdgeBody>,
     ctx: Context,
     fills: Flights<Key, Fill>,
+    /// Slices of partial objects being fetched ([`slices`]).
+    slices: slices::SliceFlights,
+    first_slices: slices::FirstSliceFlights,
 }
 
 impl Upstream {
@@ -79,6 +84,8 @@ impl Upstream {
             authority: uri.authority().unwrap().clone(),
             client,
             fills: Flights::new(Some(ctx.metrics.coalesced.clone())),
+            slices: Flights::new(None),
+            first_slices: Flights::new(Some(ctx.metrics.coalesced.clone())),
             ctx,
         })
     }
