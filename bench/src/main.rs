@@ -32,6 +32,7 @@ mod plugins;
 mod policy;
 mod report;
 mod run;
+mod seeks;
 mod slow_readers;
 #[cfg(test)]
 mod testing;
@@ -67,6 +68,9 @@ enum Command {
     /// Cold misses through an edge whose first of two origins is healthy, hung, resetting or
     /// slow (the fault proxy between them): failures, latency, hedges, ejections.
     Faults(faults::Args),
+    /// Seeks into a cold large object (random ranges) through an upstream-mode edge, which
+    /// fetches slices, against nginx with its slice module, same upstream.
+    Seeks(seeks::Args),
     /// Many slow clients on cold large objects through an upstream-mode edge: its RSS, and a
     /// fast client's throughput beside them.
     SlowReaders(slow_readers::Args),
@@ -126,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             connections::run(a)
         }
         Command::SlowReaders(a) => slow_readers::run(a),
+        Command::Seeks(a) => seeks::run(a),
         Command::Cluster(a) => cluster::run(a),
         Command::Plugins(a) => plugins::run(a),
         Command::Report(a) => report::run(a),

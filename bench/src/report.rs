@@ -172,6 +172,11 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
             args: q(&["cold-miss"], &["--mib", "16", "--rounds", "1"]),
         },
         Section {
+            name: "seeks",
+            title: "Seeks into a cold 1 GiB object: Tessera's slices against nginx's slice module",
+            args: q(&["seeks", "--no-slices"], &["--mib", "64", "--seeks", "20"]),
+        },
+        Section {
             name: "faults",
             title: "Cold misses with one of two origins hung, resetting or slow (hedging, ejection)",
             args: q(&["faults"], &["--misses", "60"]),
