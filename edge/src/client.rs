@@ -286,7 +286,8 @@ impl Connection {
     }
 
     /// Sends `req` (its URI may be a bare path) and returns the response once its head has
-    /// arrived; the body streams.
+    /// arrived; the body streams. Interim responses before it (HTTP/3) are in its
+    /// extensions as [`Interim`].
     pub async fn send(&mut self, req: Request<Bytes>) -> Result<Response<ClientBody>, ClientError> {
         let (mut parts, body) = req.into_parts();
         let pq = parts
@@ -347,12 +348,25 @@ impl Connection {
                     stream.finish().await
                 }
                 .await;
-                let head = match stream.recv_response().await {
-                    Ok(h) => h,
-                    Err(e) => {
-                        return Err(fail(&sent.err().map_or(e.to_string(), |s| s.to_string())));
+                // Interim responses (`103 Early Hints`) come first; they are kept in the final
+                // response's extensions.
+                let mut interim = Interim::default();
+                let mut head = loop {
+                    let head = match stream.recv_response().await {
+                        Ok(h) => h,
+                        Err(e) => {
+                            return Err(fail(&sent.err().map_or(e.to_string(), |s| s.to_string())));
+                        }
+                    };
+                    if !head.status().is_informational() {
+                        break head;
                     }
+                    let (parts, ()) = head.into_parts();
+                    interim.0.push((parts.status, parts.headers));
                 };
+                if !interim.0.is_empty() {
+                    head.extensions_mut().insert(interim);
+                }
                 let (_, recv) = stream.split();
                 Ok(head.map(|()| H3Body { recv, done: false }.boxed_unsync()))
             }
@@ -446,6 +460,10 @@ fn tls_config(opts: &ClientOptions, alpn: &[&[u8]]) -> Result<ClientConfig, Clie
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)
 }
+
+/// The interim (1xx) responses that came before a final one: status and fields, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Interim(pub Vec<(http::StatusCode, http::HeaderMap)>);
 
 async fn h3_connect(
     addr: SocketAddr,

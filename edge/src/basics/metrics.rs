@@ -118,6 +118,8 @@ pub struct Metrics {
     pub bad_requests: IntCounter,
     /// Requests for a host this edge does not serve (421).
     pub misdirected: IntCounter,
+    /// `103 Early Hints` sent to clients (HTTP/3).
+    pub early_hints: IntCounter,
     /// Purges by kind (`path`, `prefix`, `key`, `all`) and mode (`hard`, `soft`).
     pub purges: IntCounterVec,
     /// Change feed position (origin mode).
@@ -337,6 +339,14 @@ impl Metrics {
                 IntCounter::new(
                     "tessera_edge_misdirected_requests_total",
                     "Requests for a host this edge does not serve (421)",
+                )
+                .unwrap(),
+            ),
+            early_hints: reg(
+                &registry,
+                IntCounter::new(
+                    "tessera_edge_early_hints_total",
+                    "103 Early Hints sent to clients (HTTP/3)",
                 )
                 .unwrap(),
             ),

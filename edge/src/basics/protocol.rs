@@ -18,6 +18,22 @@ impl Protocol {
     }
 }
 
+/// Where a request's interim responses go (`103 Early Hints`: their fields), put in its
+/// extensions by a listener that can send them before the final response. HTTP/3 only:
+/// hyper 1.x answers a 1xx status from a service with a 500 on HTTP/1.1 and has no way to
+/// send one on HTTP/2. Bounded; hints that do not fit are dropped (they are only hints).
+#[derive(Debug, Clone)]
+pub struct Interim(pub tokio::sync::mpsc::Sender<http::HeaderMap>);
+
+impl Interim {
+    /// Sends early hints with the fields `hints`, if the request can take them.
+    pub fn send(extensions: &http::Extensions, hints: http::HeaderMap) {
+        if let Some(i) = extensions.get::<Interim>() {
+            let _ = i.0.try_send(hints);
+        }
+    }
+}
+
 /// Decodes every `%XX` of `s`; `None` when an escape is malformed or the result is not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(percent_decode_bytes(s)?).ok()

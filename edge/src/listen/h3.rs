@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::basics::body::{BoxError, data_frame};
 use crate::basics::config::EdgeConfig;
-use crate::basics::protocol::Protocol;
+use crate::basics::protocol::{Interim, Protocol};
 use crate::basics::tls::{Identity, TlsError};
 use crate::pipeline::Edge;
 
@@ -272,8 +272,36 @@ type RecvStream = RequestStream<h3_quinn::RecvStream, Bytes>;
 
 async fn request(edge: &Arc<Edge>, req: Request<()>, stream: Stream, peer: SocketAddr) {
     let (mut send, recv) = stream.split();
-    let req = req.map(|()| RecvBody::new(recv).boxed_unsync());
-    let resp = edge.handle(req, Protocol::Http3, peer).await;
+    let mut req = req.map(|()| RecvBody::new(recv).boxed_unsync());
+    // Early hints the request's handling gives are sent as `103`s while it goes on; none
+    // after the final response.
+    let (hints, mut interim) = tokio::sync::mpsc::channel(4);
+    req.extensions_mut().insert(Interim(hints));
+    let handling = edge.handle(req, Protocol::Http3, peer);
+    let mut handling = std::pin::pin!(handling);
+    let early = |fields| {
+        let mut early = Response::new(());
+        *early.status_mut() = http::StatusCode::EARLY_HINTS;
+        *early.headers_mut() = fields;
+        edge.metrics().early_hints.inc();
+        early
+    };
+    let resp = loop {
+        tokio::select! {
+            resp = &mut handling => break resp,
+            Some(fields) = interim.recv() => {
+                if let Err(e) = send.send_response(early(fields)).await {
+                    return stream_error(edge, &e);
+                }
+            }
+        }
+    };
+    // Hints given before the response was ready still go first.
+    while let Ok(fields) = interim.try_recv() {
+        if let Err(e) = send.send_response(early(fields)).await {
+            return stream_error(edge, &e);
+        }
+    }
     let (mut parts, body) = resp.into_parts();
     if !parts.headers.contains_key(http::header::DATE) {
         // hyper adds Date on HTTP/1.1 and HTTP/2 (RFC 9110 §6.6.1); h3 does not.

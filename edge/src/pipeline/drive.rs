@@ -15,11 +15,13 @@ use crate::backends::upstream::slices::FirstSlice;
 use crate::basics::body::EdgeBody;
 use crate::basics::clock::now_secs;
 use crate::basics::error::{FetchError, FetchFailure, Refusal};
+use crate::basics::protocol::Interim;
 use crate::coalesce::fill::{FillHead, FillReader};
 use crate::pipeline::Edge;
 use crate::pipeline::outcome::{Outcome, PassReason, StaleReason, refusal_of};
 use crate::pipeline::respond::{SliceSource, unsatisfiable};
 use crate::rules::freshness::{CacheControl, Use};
+use crate::rules::hints::early_hints;
 use crate::rules::partial::first_slice;
 use crate::rules::vary::selecting_value;
 use crate::store::Found;
@@ -221,6 +223,14 @@ impl Edge {
                 StatusCode::GATEWAY_TIMEOUT,
                 "only-if-cached, and this edge does not hold it",
             ));
+        }
+        // While a stored response is revalidated, the client may already fetch what it
+        // preloads: early hints from its `Link` fields (clients that can take them).
+        if let Some(found) = &stale
+            && parts.method == Method::GET
+            && let Some(hints) = early_hints(&found.meta.headers.to_map())
+        {
+            Interim::send(&parts.extensions, hints);
         }
         // Upstream mode: a request for one range the store cannot answer, or for a partial
         // object gone stale, fetches the slice it needs first, not the whole response.

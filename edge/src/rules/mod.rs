@@ -2,10 +2,11 @@
 //! tested case by case with made-up times — RFC 9111 freshness and directives
 //! ([`freshness`]), `Vary` ([`vary`]), the representation plan for hits and fills alike
 //! ([`representation`]: preconditions, ranges, brotli), the `304` merge ([`not_modified`]),
-//! the store plan of a fetched response ([`store_plan`]), request paths ([`path`]) and
-//! partial content kept in slices ([`partial`]).
+//! the store plan of a fetched response ([`store_plan`]), request paths ([`path`]), partial
+//! content kept in slices ([`partial`]) and early hints ([`hints`]).
 
 pub mod freshness;
+pub mod hints;
 pub mod not_modified;
 pub mod partial;
 pub mod path;

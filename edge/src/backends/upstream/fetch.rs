@@ -159,7 +159,11 @@ impl Upstream {
         } else {
             FetchKind::Object
         };
-        let resp = match self.request(kind, req, None).await {
+        // The upstream's early hints go to the client whose request leads the fill.
+        let resp = match self
+            .request_hinted(kind, req, None, Some(&parts.extensions))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 fill.set_head(Err(e));

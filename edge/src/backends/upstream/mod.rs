@@ -29,9 +29,11 @@ use crate::backends::Context;
 use crate::basics::body::{BoxError, EdgeBody, empty_body};
 use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::FetchKind;
+use crate::basics::protocol::Interim;
 use crate::coalesce::Flights;
 use crate::coalesce::fill::Fill;
 use crate::rules::freshness::{connection_options, end_to_end, is_hop_by_hop};
+use crate::rules::hints::passed_hints;
 use crate::store::entry::Key;
 
 /// The most an upstream connection reads at once (hyper's minimum is 8 KiB).
@@ -147,6 +149,25 @@ impl Upstream {
         req: Request<EdgeBody>,
         client_body: Option<&ClientBody>,
     ) -> Result<Response<hyper::body::Incoming>, FetchError> {
+        self.request_hinted(kind, req, client_body, None).await
+    }
+
+    /// [`Upstream::request`], passing the upstream's `103 Early Hints` on to `interim` (the
+    /// client's, when it can take them), never storing them.
+    async fn request_hinted(
+        &self,
+        kind: FetchKind,
+        mut req: Request<EdgeBody>,
+        client_body: Option<&ClientBody>,
+        interim: Option<&http::Extensions>,
+    ) -> Result<Response<hyper::body::Incoming>, FetchError> {
+        if let Some(i) = interim.and_then(|e| e.get::<Interim>()).cloned() {
+            hyper::ext::on_informational(&mut req, move |r| {
+                if r.status() == http::StatusCode::EARLY_HINTS {
+                    let _ = i.0.try_send(passed_hints(r.headers()));
+                }
+            });
+        }
         match self.ctx.call(kind, self.client.request(req)).await {
             Some(Ok(r)) => Ok(r),
             None => Err(FetchError::new(
@@ -186,7 +207,9 @@ impl Upstream {
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = self.uri(pq);
         *req.headers_mut() = forward_headers(self, &parts.headers, false);
-        let resp = self.request(FetchKind::Pass, req, Some(&watch)).await?;
+        let resp = self
+            .request_hinted(FetchKind::Pass, req, Some(&watch), Some(&parts.extensions))
+            .await?;
         let (rparts, body) = resp.into_parts();
         let counter = self.ctx.metrics.bytes_served.with_label_values(&["origin"]);
         let frames = timed_frames(self.ctx.clone(), body).map_err(BoxError::from);
