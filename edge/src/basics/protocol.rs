@@ -18,18 +18,19 @@ impl Protocol {
     }
 }
 
-/// Where a request's interim responses go (`103 Early Hints`: their fields), put in its
-/// extensions by a listener that can send them before the final response. HTTP/3 only:
+/// Where a request's interim responses go (`103 Early Hints`, `102 Processing`: status and
+/// fields), put in its extensions by a listener that can send them before the final
+/// response. HTTP/3 only:
 /// hyper 1.x answers a 1xx status from a service with a 500 on HTTP/1.1 and has no way to
 /// send one on HTTP/2. Bounded; hints that do not fit are dropped (they are only hints).
 #[derive(Debug, Clone)]
-pub struct Interim(pub tokio::sync::mpsc::Sender<http::HeaderMap>);
+pub struct Interim(pub tokio::sync::mpsc::Sender<(http::StatusCode, http::HeaderMap)>);
 
 impl Interim {
-    /// Sends early hints with the fields `hints`, if the request can take them.
-    pub fn send(extensions: &http::Extensions, hints: http::HeaderMap) {
+    /// Sends an interim response `status` with `fields`, if the request can take one.
+    pub fn send(extensions: &http::Extensions, status: http::StatusCode, fields: http::HeaderMap) {
         if let Some(i) = extensions.get::<Interim>() {
-            let _ = i.0.try_send(hints);
+            let _ = i.0.try_send((status, fields));
         }
     }
 }

@@ -273,17 +273,19 @@ type RecvStream = RequestStream<h3_quinn::RecvStream, Bytes>;
 async fn request(edge: &Arc<Edge>, req: Request<()>, stream: Stream, peer: SocketAddr) {
     let (mut send, recv) = stream.split();
     let mut req = req.map(|()| RecvBody::new(recv).boxed_unsync());
-    // Early hints the request's handling gives are sent as `103`s while it goes on; none
-    // after the final response.
+    // Interim responses the request's handling gives (`103`, `102`) are sent while it goes
+    // on; none after the final response.
     let (hints, mut interim) = tokio::sync::mpsc::channel(4);
     req.extensions_mut().insert(Interim(hints));
     let handling = edge.handle(req, Protocol::Http3, peer);
     let mut handling = std::pin::pin!(handling);
-    let early = |fields| {
+    let early = |(status, fields)| {
         let mut early = Response::new(());
-        *early.status_mut() = http::StatusCode::EARLY_HINTS;
+        *early.status_mut() = status;
         *early.headers_mut() = fields;
-        edge.metrics().early_hints.inc();
+        if status == http::StatusCode::EARLY_HINTS {
+            edge.metrics().early_hints.inc();
+        }
         early
     };
     let resp = loop {

@@ -230,7 +230,7 @@ impl Edge {
             && parts.method == Method::GET
             && let Some(hints) = early_hints(&found.meta.headers.to_map())
         {
-            Interim::send(&parts.extensions, hints);
+            Interim::send(&parts.extensions, StatusCode::EARLY_HINTS, hints);
         }
         // Upstream mode: a request for one range the store cannot answer, or for a partial
         // object gone stale, fetches the slice it needs first, not the whole response.

@@ -64,6 +64,13 @@ fn hinted(member: &str) -> bool {
     })
 }
 
+/// Whether an upstream's interim response is passed on to the client: `102 Processing` and
+/// `103 Early Hints`. `100 Continue` answers the edge's own request (which never expects
+/// one), and `101` is never passed (no upgrades through the cache).
+pub fn passed_on(status: http::StatusCode) -> bool {
+    status == http::StatusCode::PROCESSING || status == http::StatusCode::EARLY_HINTS
+}
+
 /// The fields of an upstream's `103` passed on: end-to-end ones only.
 pub fn passed_hints(upstream: &HeaderMap) -> HeaderMap {
     crate::rules::freshness::end_to_end(upstream)
@@ -117,5 +124,10 @@ mod tests {
         let passed = passed_hints(&up);
         assert_eq!(passed["link"], "</a.css>; rel=preload");
         assert!(!passed.contains_key("x-secret") && !passed.contains_key("connection"));
+        assert!(
+            passed_on(http::StatusCode::EARLY_HINTS) && passed_on(http::StatusCode::PROCESSING)
+        );
+        assert!(!passed_on(http::StatusCode::CONTINUE));
+        assert!(!passed_on(http::StatusCode::SWITCHING_PROTOCOLS));
     }
 }

@@ -33,7 +33,7 @@ use crate::basics::protocol::Interim;
 use crate::coalesce::Flights;
 use crate::coalesce::fill::Fill;
 use crate::rules::freshness::{connection_options, end_to_end, is_hop_by_hop};
-use crate::rules::hints::passed_hints;
+use crate::rules::hints::{passed_hints, passed_on};
 use crate::store::entry::Key;
 
 /// The most an upstream connection reads at once (hyper's minimum is 8 KiB).
@@ -152,8 +152,8 @@ impl Upstream {
         self.request_hinted(kind, req, client_body, None).await
     }
 
-    /// [`Upstream::request`], passing the upstream's `103 Early Hints` on to `interim` (the
-    /// client's, when it can take them), never storing them.
+    /// [`Upstream::request`], passing the upstream's `103 Early Hints` and `102 Processing`
+    /// on to `interim` (the client's, when it can take them), never storing them.
     async fn request_hinted(
         &self,
         kind: FetchKind,
@@ -163,8 +163,8 @@ impl Upstream {
     ) -> Result<Response<hyper::body::Incoming>, FetchError> {
         if let Some(i) = interim.and_then(|e| e.get::<Interim>()).cloned() {
             hyper::ext::on_informational(&mut req, move |r| {
-                if r.status() == http::StatusCode::EARLY_HINTS {
-                    let _ = i.0.try_send(passed_hints(r.headers()));
+                if passed_on(r.status()) {
+                    let _ = i.0.try_send((r.status(), passed_hints(r.headers())));
                 }
             });
         }
