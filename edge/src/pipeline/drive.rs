@@ -424,7 +424,7 @@ impl Edge {
                 Some(SliceSource {
                     up: up.clone(),
                     pq: pq.clone(),
-                    fetched,
+                    fetched: std::sync::Mutex::new(fetched),
                 })
             }
             _ => None,

@@ -149,10 +149,9 @@ impl Edge {
                     let (cache, meta, parts, src) =
                         (cache.clone(), meta.clone(), parts.clone(), src.clone());
                     async move {
-                        if let Some((n, b)) = &src.fetched
-                            && *n == i
-                        {
-                            return Ok((i, b.clone()));
+                        let ready = src.fetched.lock().unwrap().take_if(|(n, _)| *n == i);
+                        if let Some((_, b)) = ready {
+                            return Ok((i, b));
                         }
                         let (s, e) = slice_bounds(i, slice, meta.size);
                         if let Some((Value::Bytes(b), _)) =
@@ -311,7 +310,7 @@ impl Edge {
 pub(crate) struct SliceSource {
     pub up: Arc<Upstream>,
     pub pq: String,
-    pub fetched: Option<(u64, Bytes)>,
+    pub fetched: std::sync::Mutex<Option<(u64, Bytes)>>,
 }
 
 fn respond(status: StatusCode, headers: HeaderMap, body: EdgeBody) -> Response<EdgeBody> {
