@@ -22,7 +22,7 @@ impl Protocol {
 /// fields), put in its extensions by a listener that can send them before the final
 /// response. HTTP/3 only:
 /// hyper 1.x answers a 1xx status from a service with a 500 on HTTP/1.1 and has no way to
-/// send one on HTTP/2. Bounded; hints that do not fit are dropped (they are only hints).
+/// send one on HTTP/2 (hyperium/hyper#4114 proposes one). Bounded; hints that do not fit are dropped (they are only hints).
 #[derive(Debug, Clone)]
 pub struct Interim(pub tokio::sync::mpsc::Sender<(http::StatusCode, http::HeaderMap)>);
 
