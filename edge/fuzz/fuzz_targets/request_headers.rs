@@ -1,13 +1,19 @@
 //! A request's and a stored response's header fields, as clients and origins send them,
 //! through every rule that reads them: Cache-Control (and CDN-Cache-Control) parsing,
 //! storability, freshness and its judgement, `Vary`, and the representation plan
-//! (conditionals, `Range`, `If-Range`). Never a panic; a planned range lies within the body.
+//! (conditionals, `Range`, `If-Range`), the partial-content rules (a slice asked for, a
+//! `Content-Range` checked against it) and early hints from `Link`. Never a panic; a planned
+//! range lies within the body; a slice accepted is the one asked for.
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use tessera_edge::rules::freshness::{
     Freshness, not_storable, request_directives, response_directives,
+};
+use tessera_edge::rules::hints::early_hints;
+use tessera_edge::rules::partial::{
+    check_slice, content_range, first_slice, same_representation, slice_bounds, slice_range,
 };
 use tessera_edge::rules::representation::{Plan, plan};
 use tessera_edge::rules::vary::{selecting_values, vary_names};
@@ -64,6 +70,29 @@ fuzz_target!(|data: &[u8]| {
             "range {start}..{end} outside a body of {size}"
         );
     }
-    let mut headers = resp;
+    let mut headers = resp.clone();
     let _ = plan(&req, status, &mut headers, None);
+
+    if let Some(r) = content_range(&resp) {
+        assert!(r.first <= r.last && r.last < r.total, "{r:?}");
+    }
+    let _ = early_hints(&resp);
+    let _ = same_representation(&req, &resp);
+    for slice in [64 << 10, 1 << 20] {
+        let Some(i) = first_slice(&req, slice) else {
+            continue;
+        };
+        let _ = slice_range(i, slice);
+        for total in [None, Some(size)] {
+            if let Ok(r) = check_slice(status, &resp, i, slice, total) {
+                let (start, end) = slice_bounds(i, slice, r.total);
+                assert_eq!(
+                    (r.first, r.last + 1),
+                    (start, end),
+                    "not the slice asked for"
+                );
+                assert!(total.is_none_or(|t| t == r.total));
+            }
+        }
+    }
 });

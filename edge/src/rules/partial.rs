@@ -56,10 +56,17 @@ pub fn slice_count(total: u64, slice: u64) -> u64 {
     total.div_ceil(slice)
 }
 
-/// The bytes slice `i` covers of a representation of `total` bytes: `start..end`.
+/// The bytes slice `i` covers of a representation of `total` bytes: `start..end` (empty
+/// past the end).
 pub fn slice_bounds(i: u64, slice: u64, total: u64) -> (u64, u64) {
-    let start = i * slice;
-    (start, (start + slice).min(total))
+    let start = i.saturating_mul(slice).min(total);
+    (start, start.saturating_add(slice).min(total))
+}
+
+/// The `Range` that asks for slice `i` of `slice` bytes, the length not known yet.
+pub fn slice_range(i: u64, slice: u64) -> String {
+    let start = i.saturating_mul(slice);
+    format!("bytes={start}-{}", start.saturating_add(slice - 1))
 }
 
 /// The slice a request's `Range` starts in, for a representation whose length is not known
@@ -202,6 +209,16 @@ mod tests {
         assert_eq!(slice_bounds(0, S, 10), (0, 10));
         assert_eq!(slice_bounds(1, S, S + 5), (S, S + 5));
         assert_eq!(slice_bounds(2, S, 5 * S), (2 * S, 3 * S));
+        assert_eq!(
+            slice_bounds(9, S, 5 * S),
+            (5 * S, 5 * S),
+            "past the end: empty"
+        );
+        assert_eq!(slice_range(2, S), format!("bytes={}-{}", 2 * S, 3 * S - 1));
+        // A range a client may send, at the end of u64: no overflow.
+        let i = first_slice(&h(&[("range", "bytes=18446744073709551615-")]), S).unwrap();
+        assert_eq!(slice_range(i, S), format!("bytes={}-{}", i * S, u64::MAX));
+        assert_eq!(slice_bounds(i, S, 10), (10, 10));
     }
 
     #[test]

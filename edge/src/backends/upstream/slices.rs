@@ -29,8 +29,8 @@ use crate::basics::metrics::FetchKind;
 use crate::coalesce::Once;
 use crate::rules::freshness::Freshness;
 use crate::rules::partial::{
-    check_slice, if_range_validator, same_representation, slice_bounds, unsatisfied_length,
-    whole_fields,
+    check_slice, if_range_validator, same_representation, slice_bounds, slice_range,
+    unsatisfied_length, whole_fields,
 };
 use crate::rules::store_plan::{storable, stored_headers, surrogate_keys, worth_keeping};
 use crate::rules::vary::vary_names;
@@ -93,14 +93,8 @@ impl Upstream {
         stale: Option<Arc<Meta>>,
     ) -> Result<FirstSlice, FetchError> {
         let ctx = &self.ctx;
-        let start = index * slice;
         let mut headers = forward_headers(self, &parts.headers, true);
-        headers.insert(
-            header::RANGE,
-            format!("bytes={start}-{}", start + slice - 1)
-                .parse()
-                .unwrap(),
-        );
+        headers.insert(header::RANGE, slice_range(index, slice).parse().unwrap());
         let mut req = Request::new(empty_body());
         *req.uri_mut() = self.uri(pq);
         *req.headers_mut() = headers;
