@@ -1311,3 +1311,41 @@ async fn a_slice_size_out_of_bounds_is_refused() {
         assert!(e.to_string().contains("slice_bytes"), "{e}");
     }
 }
+
+/// A large whole response that can be fetched in parts is stored as slices: once some of
+/// them are evicted, the next request fetches only those (with `If-Range`), not the whole
+/// object again. A 12 MiB memory tier (8 shards of 1.5 MiB) cannot keep two 1 MiB segments
+/// in one shard, and 10 segments must share 8 shards: some are evicted as they are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_that_lost_segments_is_completed_not_refetched() {
+    let body = Bytes::from(noise(10 * MIB + 7, 46));
+    let b2 = body.clone();
+    let up = Upstream::start(move |req, _| {
+        let fields = [
+            ("cache-control", "max-age=600"),
+            ("etag", "\"big\""),
+            ("accept-ranges", "bytes"),
+        ];
+        ranged(req, &b2, &fields)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    (cfg.memory_bytes, cfg.disk_bytes) = (12 << 20, 0);
+    let edge = EdgeNode::start(cfg).await;
+    let r = edge.get("/big").await;
+    assert!(r.body == body);
+    let r = edge.get("/big").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "completed byte-exact");
+    let asked = ranges_asked(&up, "/big");
+    assert_eq!(asked[0], "", "the first request is whole");
+    assert!(
+        asked.len() > 1 && asked[1..].iter().all(|r| r.starts_with("bytes=")),
+        "then only evicted slices, never the whole object again: {asked:?}"
+    );
+    assert!(asked.len() <= 11, "{asked:?}");
+    for i in 1..asked.len() {
+        assert_eq!(up.request_headers("/big", i)["if-range"], "\"big\"");
+    }
+}

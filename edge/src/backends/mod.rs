@@ -37,6 +37,8 @@ pub struct Context {
     pub store_set_cookie: bool,
     /// Body bytes one fill holds at most ([`crate::coalesce::fill`]).
     pub fill_window_bytes: usize,
+    /// Whether partial objects are kept in slices (upstream mode; `slice_bytes` not 0).
+    pub slices: bool,
     /// The stored fills that may go on with no reader left.
     pub background_fills: Background,
 }

@@ -108,6 +108,7 @@ impl Edge {
             max_object_bytes: cfg.max_object_bytes,
             store_set_cookie: cfg.store_set_cookie_responses,
             fill_window_bytes: cfg.fill_window_bytes.max(2 * SEGMENT),
+            slices: cfg.slice_bytes > 0,
             background_fills: Background::new(
                 cfg.max_background_fills,
                 metrics.fills_background.clone(),

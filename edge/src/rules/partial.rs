@@ -140,6 +140,19 @@ pub fn if_range_validator(stored: &HeaderMap) -> Option<http::HeaderValue> {
         .cloned()
 }
 
+/// Whether a stored representation with fields `stored` can be completed in parts later: it
+/// says the upstream takes byte ranges (`Accept-Ranges: bytes`) and has a validator to send
+/// as `If-Range`.
+pub fn in_parts(stored: &HeaderMap) -> bool {
+    let ranges = stored
+        .get_all(header::ACCEPT_RANGES)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|u| u.trim().eq_ignore_ascii_case("bytes"));
+    ranges && if_range_validator(stored).is_some()
+}
+
 /// Whether a slice's response `fresh` comes from the same representation as the stored
 /// one `stored` (RFC 9110 §14.3's rule for combining parts): the same strong `ETag` when
 /// either has one, else the same `Last-Modified` when either has one. Without any validator
@@ -311,6 +324,27 @@ mod tests {
             if_range_validator(&h(&[("etag", "W/\"v1\""), ("last-modified", "x")])).unwrap(),
             "x"
         );
+    }
+
+    #[test]
+    fn a_whole_response_is_kept_in_parts_when_it_can_be_fetched_in_parts() {
+        assert!(in_parts(&h(&[
+            ("accept-ranges", "bytes"),
+            ("etag", "\"a\"")
+        ])));
+        assert!(in_parts(&h(&[
+            ("accept-ranges", "none, Bytes"),
+            ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")
+        ])));
+        assert!(!in_parts(&h(&[("etag", "\"a\"")])), "no Accept-Ranges");
+        assert!(!in_parts(&h(&[
+            ("accept-ranges", "none"),
+            ("etag", "\"a\"")
+        ])));
+        assert!(!in_parts(&h(&[
+            ("accept-ranges", "bytes"),
+            ("etag", "W/\"a\"")
+        ])));
     }
 
     #[test]

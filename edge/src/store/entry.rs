@@ -85,9 +85,15 @@ pub fn segment_key(id: &[u8; 16], i: u32) -> Key {
     Key::derive("seg", &[id, &i.to_le_bytes()])
 }
 
-/// The key of slice `i` of the partial object stored under `id`.
+/// The key of slice `i` of the partial object stored under `id`: the key of segment `i`
+/// (so a body stored in segments of [`SEGMENT`] bytes is also one in slices of that size,
+/// which may be completed slice by slice once some are evicted), and a key of its own past
+/// the segments' `u32` indexes.
 pub fn slice_key(id: &[u8; 16], i: u64) -> Key {
-    Key::derive("slice", &[id, &i.to_le_bytes()])
+    match u32::try_from(i) {
+        Ok(i) => segment_key(id, i),
+        Err(_) => Key::derive("slice", &[id, &i.to_le_bytes()]),
+    }
 }
 
 /// Where a response's bytes may be kept, as eviction advice said (the built-in policy:

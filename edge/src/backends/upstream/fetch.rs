@@ -19,6 +19,8 @@ use crate::coalesce::fill::{Fill, FillHead, FillLimits, FillReader, Rest, Room};
 use crate::coalesce::{Join, Permit};
 use crate::rules::freshness::Freshness;
 use crate::rules::not_modified::merge_304;
+use crate::rules::partial::in_parts;
+use crate::rules::representation::BROTLI_MAX;
 use crate::rules::store_plan::{
     BodyLayout, Layout, storable, stored_headers, surrogate_keys, worth_keeping,
 };
@@ -346,6 +348,20 @@ impl Upstream {
                 size: total,
                 body: match stored {
                     Layout::Inline(b) => BodyRef::Inline(b),
+                    // A large body that can be fetched again in parts is kept as slices: one
+                    // whose segments were evicted is completed from what is missing, not
+                    // fetched whole again.
+                    Layout::Segments(_)
+                        if ctx.slices
+                            && names.is_empty()
+                            && total > BROTLI_MAX
+                            && in_parts(&kept) =>
+                    {
+                        BodyRef::Slices {
+                            id: seg_id,
+                            slice: SEGMENT as u64,
+                        }
+                    }
                     Layout::Segments(count) => BodyRef::Segments { id: seg_id, count },
                 },
                 placement: Placement::of(advice),

@@ -428,6 +428,7 @@ mod tests {
             max_object_bytes: 1 << 20,
             store_set_cookie: false,
             fill_window_bytes: 8 << 20,
+            slices: true,
             background_fills: crate::coalesce::fill::Background::new(
                 16,
                 prometheus::IntGauge::new("going", "going").unwrap(),
