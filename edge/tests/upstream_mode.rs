@@ -1349,3 +1349,63 @@ async fn a_large_object_that_lost_segments_is_completed_not_refetched() {
         assert_eq!(up.request_headers("/big", i)["if-range"], "\"big\"");
     }
 }
+
+/// `stale-while-revalidate` on a partial object: the stale slices are served at once and the
+/// object is revalidated behind with a conditional request, whose `304` keeps its slices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_object_is_revalidated_behind_and_keeps_its_slices() {
+    let body = Bytes::from(noise(2 * MIB, 47));
+    let b2 = body.clone();
+    let up = Upstream::start(move |req, n| {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"w\"")
+        {
+            // Fresh again: no Age.
+            return http::Response::builder()
+                .status(304)
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"w\"")
+                .body(Bytes::new().into())
+                .unwrap();
+        }
+        assert_eq!(n, 0, "only the first request fetches bytes");
+        let fields = [
+            ("cache-control", "max-age=60, stale-while-revalidate=600"),
+            ("age", "60"),
+            ("etag", "\"w\""),
+        ];
+        ranged(req, &b2, &fields)
+    })
+    .await;
+    let (edge, _d) = edge_for(&up).await;
+    let r = edge.get_with("/swr", &[("range", "bytes=10-19")]).await;
+    assert_eq!(&r.body[..], &body[10..20]);
+    let r = edge.get_with("/swr", &[("range", "bytes=20-29")]).await;
+    assert_eq!(&r.body[..], &body[20..30]);
+    assert!(
+        r.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        r.cache_status()
+    );
+    edge.until("the background revalidation", |_| up.count("/swr") == 2)
+        .await;
+    let h = up.request_headers("/swr", 1);
+    assert!(
+        h.get("range").is_none(),
+        "a conditional request, not a slice"
+    );
+    assert_eq!(h["if-none-match"], "\"w\"");
+    // The 304 is merged (possibly a moment after the upstream sent it).
+    let mut r = edge.get_with("/swr", &[("range", "bytes=30-39")]).await;
+    for _ in 0..200 {
+        if r.cache_status().contains("hit") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        r = edge.get_with("/swr", &[("range", "bytes=30-39")]).await;
+    }
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(&r.body[..], &body[30..40]);
+}

@@ -153,16 +153,12 @@ impl Edge {
             && let Some(found) = self.store.lookup(&key, &parts.headers).await
             && via.intact(&found)
         {
-            let partial = matches!(found.meta.body, BodyRef::Slices { .. });
+            // A partial object gone stale is revalidated by the range request of the slice
+            // the request needs first (below); in the background (`stale-while-revalidate`)
+            // by a conditional request, whose `304` keeps its slices.
             let usage = match found.verdict {
                 BanVerdict::Stale => Use::Revalidate,
                 _ => found.meta.freshness.judge(now, req_cc),
-            };
-            // A partial object is revalidated by the range request of the slice the request
-            // needs first (below), never by a whole-response fill in the background.
-            let usage = match usage {
-                Use::StaleWhileRevalidate if partial => Use::Revalidate,
-                u => u,
             };
             let (tier, ttl) = (found.tier, found.meta.freshness.ttl(now));
             match usage {
