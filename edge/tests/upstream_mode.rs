@@ -1409,3 +1409,46 @@ async fn a_partial_object_is_revalidated_behind_and_keeps_its_slices() {
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
     assert_eq!(&r.body[..], &body[30..40]);
 }
+
+/// A large whole response kept in its 1 MiB segments, gone stale, is revalidated in those
+/// slices whatever `slice_bytes` says, and keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_large_object_is_revalidated_in_its_own_slices() {
+    let body = Bytes::from(noise(9 * MIB, 48));
+    let b2 = body.clone();
+    let up = Upstream::start(move |req, _| {
+        // Stale as soon as stored.
+        let fields = [
+            ("cache-control", "max-age=60"),
+            ("age", "60"),
+            ("etag", "\"l\""),
+            ("accept-ranges", "bytes"),
+        ];
+        ranged(req, &b2, &fields)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Backend::Upstream(up.url()), dir.path());
+    cfg.slice_bytes = 4 << 20;
+    (cfg.memory_bytes, cfg.disk_bytes) = (64 << 20, 0);
+    let edge = EdgeNode::start(cfg).await;
+    assert!(edge.get("/l").await.body == body);
+    let at = 5 * MIB + 3;
+    let r = edge
+        .get_with("/l", &[("range", &format!("bytes={at}-{}", at + 9))])
+        .await;
+    assert_eq!(&r.body[..], &body[at..at + 10]);
+    assert!(
+        r.cache_status().contains("fwd=stale"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(
+        ranges_asked(&up, "/l"),
+        ["".to_string(), format!("bytes={}-{}", 5 * MIB, 6 * MIB - 1)],
+        "its own 1 MiB slice revalidated it"
+    );
+    let r = edge.get("/l").await;
+    assert!(r.body == body, "the other slices kept");
+    assert_eq!(up.count("/l"), 3, "one more revalidation, no other fetch");
+}

@@ -232,10 +232,9 @@ impl Edge {
         // object gone stale, fetches the slice it needs first, not the whole response.
         if let Via::Upstream { up, pq } = &via
             && use_stored
-            && let Some(index) = self.slice_to_fetch(parts, stale.as_ref())
+            && let Some((index, slice)) = self.slice_to_fetch(parts, stale.as_ref())
         {
             let stale_meta = stale.as_ref().map(|f| f.meta.clone());
-            let slice = self.cfg.slice_bytes;
             match up
                 .first_slice(parts, pq, key, index, slice, stale_meta)
                 .await
@@ -428,18 +427,24 @@ impl Edge {
         self.serve(parts, meta, key, tier, now, src).await
     }
 
-    /// The slice to fetch first for a request the store cannot answer as it is: for a
-    /// partial object gone stale, the one the request's range (or the whole body) starts
-    /// in; with nothing usable stored, the one a request for one byte range starts in.
-    /// `None`: the request goes the whole-response way (slices off, not one range, a whole
-    /// stored response to revalidate).
-    fn slice_to_fetch(&self, parts: &http::request::Parts, stale: Option<&Found>) -> Option<u64> {
+    /// The slice to fetch first, and the slice size, for a request the store cannot answer
+    /// as it is: for a partial object gone stale, the one the request's range (or the whole
+    /// body) starts in; with nothing usable stored, the one a request for one byte range
+    /// starts in. `None`: the request goes the whole-response way (slices off, not one range,
+    /// a whole stored response to revalidate).
+    fn slice_to_fetch(
+        &self,
+        parts: &http::request::Parts,
+        stale: Option<&Found>,
+    ) -> Option<(u64, u64)> {
         let slice = self.cfg.slice_bytes;
         if slice == 0 {
             return None;
         }
         match stale.map(|f| (&f.meta.body, f.meta.size)) {
-            Some((BodyRef::Slices { slice, .. }, size)) => {
+            // In the stored object's own slices (a whole response kept in 1 MiB segments
+            // has those, whatever `slice_bytes` says), so they can be kept.
+            Some((&BodyRef::Slices { slice, .. }, size)) => {
                 let start = match parts
                     .headers
                     .get(header::RANGE)
@@ -451,10 +456,10 @@ impl Edge {
                     },
                     None => 0,
                 };
-                Some(start / slice)
+                Some((start / slice, slice))
             }
             Some(_) => None,
-            None => first_slice(&parts.headers, slice),
+            None => first_slice(&parts.headers, slice).map(|i| (i, slice)),
         }
     }
 
