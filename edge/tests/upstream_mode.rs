@@ -1206,8 +1206,14 @@ over_protocols! {
         assert_eq!(r.status, 206);
         assert_eq!(&r.body[..], &body[MIB + 5..MIB + 15]);
         assert_eq!(up.count("/plain"), 2, "the slice's range, then the whole response");
+        // Stored by then (a hit), or still arriving (the request joins the fill): either
+        // way no third request upstream.
         let r = edge.get_with("/plain", &[("range", "bytes=0-9")]).await;
-        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+        assert!(
+            r.cache_status().contains("hit") || r.cache_status().contains("collapsed"),
+            "{}",
+            r.cache_status()
+        );
         assert_eq!(&r.body[..], &body[..10]);
         assert_eq!(up.count("/plain"), 2);
     }
