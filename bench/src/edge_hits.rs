@@ -192,10 +192,11 @@ pub(crate) async fn spawn_edge_on(
     admin: Option<SocketAddr>,
     tls: bool,
 ) -> Result<Server> {
-    spawn_edge_with(name, backend, data, [cache_mib, 1024], admin, tls).await
+    spawn_edge_with(name, backend, data, [cache_mib, 1024], admin, tls, None).await
 }
 
-/// [`spawn_edge_on`] with `[memory, disk]` MiB (disk 0: memory only).
+/// [`spawn_edge_on`] with `[memory, disk]` MiB (disk 0: memory only) and, when given, the
+/// settings of the TOML file `config`.
 pub(crate) async fn spawn_edge_with(
     name: &'static str,
     backend: [&str; 2],
@@ -203,12 +204,16 @@ pub(crate) async fn spawn_edge_with(
     [memory_mib, disk_mib]: [usize; 2],
     admin: Option<SocketAddr>,
     tls: bool,
+    config: Option<&Path>,
 ) -> Result<Server> {
     let port = free_port();
     let mut cmd = Command::new(tessera_exe()?);
     cmd.arg("edge");
     if let Some(a) = admin {
         cmd.args(["--admin", &a.to_string()]);
+    }
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
     }
     let child = cmd
         .args(backend)

@@ -340,6 +340,7 @@ async fn start(name: &str, dir: &std::path::Path, up: SocketAddr, mib: usize) ->
                 [mib, 0],
                 None,
                 false,
+                None,
             )
             .await
         }

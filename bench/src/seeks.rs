@@ -12,17 +12,15 @@
 //! each front fetched are counted by the upstream itself.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use http_body_util::BodyExt;
 use rand::{RngExt, SeedableRng};
 use tessera_edge::client::{ClientOptions, Connection, Mode};
 
-use crate::edge_hits::{Server, free_port, machine, start_nginx, tessera_exe, wait_listening};
+use crate::edge_hits::{Server, free_port, machine, spawn_edge_with, start_nginx};
 
 /// Options of `tessera-bench seeks`.
 #[derive(Debug, clap::Args)]
@@ -68,26 +66,17 @@ async fn spawn_edge(upstream: &str, data: &Path, toml: &str) -> Result<Server> {
     std::fs::create_dir_all(data)?;
     let config = data.join("edge.toml");
     std::fs::write(&config, toml)?;
-    let port = free_port();
-    let child = Command::new(tessera_exe()?)
-        .args(["edge", "--upstream", upstream, "--http"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--memory", "512MiB", "--disk", "2GiB", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(data)
-        .env("TESSERA_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting tessera edge")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let server = Server {
-        name: "tessera",
-        addr,
-        child,
-    };
-    wait_listening(addr, "tessera").await?;
-    Ok(server)
+    let backend = ["--upstream", upstream];
+    spawn_edge_with(
+        "tessera",
+        backend,
+        data.to_path_buf(),
+        [512, 2048],
+        None,
+        false,
+        Some(&config),
+    )
+    .await
 }
 
 /// Seconds to the last byte of `len` bytes from `offset` of `path`, checked against

@@ -173,6 +173,7 @@ async fn start(name: &str, dir: &Path, origin: SocketAddr, mib: usize) -> Result
                 [mib, 0],
                 None,
                 false,
+                None,
             )
             .await
         }
