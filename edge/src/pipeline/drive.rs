@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Response, StatusCode, header};
-use tessera_origin_proto::range::{RangeAsk, parse_range};
+use http::{Method, Response, StatusCode};
 
 use crate::backends::origin::{ManifestAnswer, OriginBackend};
 use crate::backends::upstream::Upstream;
@@ -22,7 +21,7 @@ use crate::pipeline::outcome::{Outcome, PassReason, StaleReason, refusal_of};
 use crate::pipeline::respond::{SliceSource, unsatisfiable};
 use crate::rules::freshness::{CacheControl, Use};
 use crate::rules::hints::early_hints;
-use crate::rules::partial::first_slice;
+use crate::rules::partial::{asked_bytes, first_slice};
 use crate::rules::vary::selecting_value;
 use crate::store::Found;
 use crate::store::bans::BanVerdict;
@@ -445,17 +444,7 @@ impl Edge {
             // In the stored object's own slices (a whole response kept in 1 MiB segments
             // has those, whatever `slice_bytes` says), so they can be kept.
             Some((&BodyRef::Slices { slice, .. }, size)) => {
-                let start = match parts
-                    .headers
-                    .get(header::RANGE)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    Some(r) => match parse_range(r, size) {
-                        RangeAsk::Part { start, .. } => start,
-                        _ => 0,
-                    },
-                    None => 0,
-                };
+                let (start, _) = asked_bytes(&parts.headers, size);
                 Some((start / slice, slice))
             }
             Some(_) => None,
@@ -472,17 +461,7 @@ impl Edge {
         if parts.method == Method::HEAD || meta.size == 0 {
             return None;
         }
-        let (start, end) = match parts
-            .headers
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(r) => match parse_range(r, meta.size) {
-                RangeAsk::Part { start, end } => (start, end),
-                _ => (0, meta.size - 1),
-            },
-            None => (0, meta.size - 1),
-        };
+        let (start, end) = asked_bytes(&parts.headers, meta.size);
         (start / slice..=end / slice).find(|i| !self.store.cache.contains(&slice_key(&id, *i)))
     }
 }

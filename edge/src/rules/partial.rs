@@ -11,6 +11,7 @@
 //! same representation (so that slices fetched at different times may be joined).
 
 use http::{HeaderMap, StatusCode, header};
+use tessera_origin_proto::range::{RangeAsk, parse_range};
 
 /// A `Content-Range: bytes FIRST-LAST/TOTAL` (RFC 9110 §14.4), `last` inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,18 @@ pub fn slice_bounds(i: u64, slice: u64, total: u64) -> (u64, u64) {
 pub fn slice_range(i: u64, slice: u64) -> String {
     let start = i.saturating_mul(slice);
     format!("bytes={start}-{}", start.saturating_add(slice - 1))
+}
+
+/// The first and last byte a request asks of a representation of `size` bytes: its one
+/// byte range, else the whole (`(0, 0)` for an empty one).
+pub fn asked_bytes(req: &HeaderMap, size: u64) -> (u64, u64) {
+    match req.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(r) => match parse_range(r, size) {
+            RangeAsk::Part { start, end } => (start, end),
+            _ => (0, size.saturating_sub(1)),
+        },
+        None => (0, size.saturating_sub(1)),
+    }
 }
 
 /// The slice a request's `Range` starts in, for a representation whose length is not known
@@ -253,6 +266,15 @@ mod tests {
             assert_eq!(f(whole), None, "{whole}");
         }
         assert_eq!(first_slice(&h(&[]), S), None);
+    }
+
+    #[test]
+    fn the_bytes_asked_are_the_range_or_the_whole() {
+        assert_eq!(asked_bytes(&h(&[("range", "bytes=5-9")]), 100), (5, 9));
+        assert_eq!(asked_bytes(&h(&[("range", "bytes=-10")]), 100), (90, 99));
+        assert_eq!(asked_bytes(&h(&[("range", "bytes=0-1,5-6")]), 100), (0, 99));
+        assert_eq!(asked_bytes(&h(&[]), 100), (0, 99));
+        assert_eq!(asked_bytes(&h(&[]), 0), (0, 0));
     }
 
     #[test]
