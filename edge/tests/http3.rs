@@ -514,9 +514,10 @@ fn early_hints(resp: &http::Response<tessera_edge::client::ClientBody>) -> Vec<S
         .unwrap_or_default()
 }
 
-/// An upstream's `102 Processing` and `103 Early Hints` reach an HTTP/3 client before the
-/// response, and are not stored: the hit that follows has none. (Written on a raw socket: hyper's server cannot
-/// send a 1xx.) Over HTTP/1.1 the same response arrives without them.
+/// An upstream's `102 Processing` and `103 Early Hints` reach the client before the
+/// response, over HTTP/3 and (to curl) over HTTP/1.1 and HTTP/2, plain and over TLS, and are
+/// not stored: the hit that follows has none. HTTP/1.0 clients get none (RFC 9110 §15.2).
+/// (The upstream writes on a raw socket: hyper's server cannot send a 1xx.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstreams_early_hints_are_passed_on_and_never_stored() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -572,14 +573,72 @@ async fn an_upstreams_early_hints_are_passed_on_and_never_stored() {
     let r = Reply::read(resp).await;
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
     assert_eq!(edge.metric("tessera_edge_early_hints_total", &[]), 1.0);
-    // HTTP/1.1 and HTTP/2 clients get the final response as usual.
-    for proto in [Proto::Http1, Proto::Http2] {
-        let mut c = edge.connect(proto).await;
-        let r = Reply::read(c.get("/other").await.unwrap()).await;
-        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello"[..]));
+    let https = format!("https://localhost:{}", edge.https.unwrap().port());
+    let plain = format!("http://{}", edge.http);
+    let hinted = [
+        (102, vec![]),
+        (103, vec!["</style.css>; rel=preload; as=style".to_string()]),
+        (200, vec![]),
+    ];
+    for (i, (args, base)) in [
+        (["--http1.1"], &plain),
+        (["--http1.1"], &https),
+        (["--http2"], &https),
+        (["--http2-prior-knowledge"], &plain),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/page-{i}");
+        let heads = curl_heads(&args, &format!("{base}{path}")).await;
+        assert_eq!(heads, hinted, "{args:?} {base}");
+        let heads = curl_heads(&args, &format!("{base}{path}")).await;
+        assert_eq!(heads, [(200, vec![])], "a hit, {args:?} {base}");
     }
+    assert_eq!(edge.metric("tessera_edge_early_hints_total", &[]), 5.0);
+    let heads = curl_heads(&["--http1.0"], &format!("{plain}/page-http10")).await;
+    assert_eq!(heads, [(200, vec![])], "nothing interim for HTTP/1.0");
     conn.close().await;
     server.abort();
+}
+
+/// What curl (a real HTTP/1.1 and HTTP/2 client, trusting any certificate) receives for
+/// `url` with `args`: each response head's status and `Link` fields, interim ones first.
+async fn curl_heads(args: &[&str], url: &str) -> Vec<(u16, Vec<String>)> {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "--max-time",
+            "20",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl runs (README: apt-get install curl)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?} {url}: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut heads: Vec<(u16, Vec<String>)> = Vec::new();
+    for line in text.lines().map(str::trim_end) {
+        if line.starts_with("HTTP/") {
+            let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+            heads.push((status, Vec::new()));
+        } else if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("link")
+        {
+            heads.last_mut().unwrap().1.push(value.trim().to_string());
+        }
+    }
+    heads
 }
 
 /// While a stored response is revalidated, the edge sends its `Link: rel=preload` fields as
@@ -611,5 +670,31 @@ async fn the_edge_hints_what_a_stored_response_preloads_while_revalidating_it() 
     let r = Reply::read(again).await;
     assert_eq!(&r.body[..], b"<html>");
     assert_eq!(up.count("/index.html"), 2, "the second request revalidated");
+    // The same over HTTP/1.1 and HTTP/2, plain and over TLS (curl). The plain listener's
+    // authority keys its own stored response: its first request learns it.
+    let https = format!("https://localhost:{}", edge.https.unwrap().port());
+    let plain = format!("http://{}", edge.http);
+    let first = curl_heads(&["--http1.1"], &format!("{plain}/index.html")).await;
+    assert_eq!(first.len(), 1, "nothing learned yet: {first:?}");
+    for (args, base) in [
+        (["--http1.1"], &plain),
+        (["--http1.1"], &https),
+        (["--http2"], &https),
+        (["--http2-prior-knowledge"], &plain),
+    ] {
+        let heads = curl_heads(&args, &format!("{base}/index.html")).await;
+        assert_eq!(
+            heads,
+            [
+                (103, vec!["</app.js>; rel=modulepreload".to_string()]),
+                (
+                    200,
+                    vec!["</app.js>; rel=modulepreload, </about>; rel=next".to_string()]
+                )
+            ],
+            "{args:?} {base}"
+        );
+    }
+    assert_eq!(up.count("/index.html"), 7, "each revalidated");
     conn.close().await;
 }

@@ -20,9 +20,8 @@ impl Protocol {
 
 /// Where a request's interim responses go (`103 Early Hints`, `102 Processing`: status and
 /// fields), put in its extensions by a listener that can send them before the final
-/// response. HTTP/3 only:
-/// hyper 1.x answers a 1xx status from a service with a 500 on HTTP/1.1 and has no way to
-/// send one on HTTP/2 (hyperium/hyper#4114 proposes one). Bounded; hints that do not fit are dropped (they are only hints).
+/// response (every content listener, for HTTP/1.1, HTTP/2 and HTTP/3 requests: see
+/// `listen/interim.rs`). Bounded; hints that do not fit are dropped (they are only hints).
 #[derive(Debug, Clone)]
 pub struct Interim(pub tokio::sync::mpsc::Sender<(http::StatusCode, http::HeaderMap)>);
 

@@ -34,9 +34,10 @@ use tracing::debug;
 
 use tokio_util::task::TaskTracker;
 
+use super::interim::{Sink, relay};
 use crate::basics::body::{BoxError, data_frame};
 use crate::basics::config::EdgeConfig;
-use crate::basics::protocol::{Interim, Protocol};
+use crate::basics::protocol::Protocol;
 use crate::basics::tls::{Identity, TlsError};
 use crate::pipeline::Edge;
 
@@ -268,6 +269,29 @@ fn stream_error(edge: &Edge, e: &StreamError) {
 }
 
 type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// Interim responses of an HTTP/3 request, sent on its stream.
+struct Interims<'a> {
+    send: &'a mut SendStream,
+    failed: Option<StreamError>,
+}
+
+impl Sink for Interims<'_> {
+    async fn send(&mut self, status: http::StatusCode, fields: http::HeaderMap) -> bool {
+        let mut early = Response::new(());
+        *early.status_mut() = status;
+        *early.headers_mut() = fields;
+        match self.send.send_response(early).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed = Some(e);
+                false
+            }
+        }
+    }
+}
+
 type RecvStream = RequestStream<h3_quinn::RecvStream, Bytes>;
 
 async fn request(edge: &Arc<Edge>, req: Request<()>, stream: Stream, peer: SocketAddr) {
@@ -275,43 +299,24 @@ async fn request(edge: &Arc<Edge>, req: Request<()>, stream: Stream, peer: Socke
     let mut req = req.map(|()| RecvBody::new(recv).boxed_unsync());
     // Interim responses the request's handling gives (`103`, `102`) are sent while it goes
     // on; none after the final response.
-    let (hints, mut interim) = tokio::sync::mpsc::channel(4);
-    req.extensions_mut().insert(Interim(hints));
+    let (interim, interims) = super::interim::channel();
+    req.extensions_mut().insert(interim);
     let handling = edge.handle(req, Protocol::Http3, peer);
-    let mut handling = std::pin::pin!(handling);
-    let early = |(status, fields)| {
-        let mut early = Response::new(());
-        *early.status_mut() = status;
-        *early.headers_mut() = fields;
-        if status == http::StatusCode::EARLY_HINTS {
-            edge.metrics().early_hints.inc();
-        }
-        early
+    let mut sink = Interims {
+        send: &mut send,
+        failed: None,
     };
-    let resp = loop {
-        tokio::select! {
-            resp = &mut handling => break resp,
-            Some(fields) = interim.recv() => {
-                if let Err(e) = send.send_response(early(fields)).await {
-                    return stream_error(edge, &e);
-                }
-            }
-        }
-    };
-    // Hints given before the response was ready still go first.
-    while let Ok(fields) = interim.try_recv() {
-        if let Err(e) = send.send_response(early(fields)).await {
-            return stream_error(edge, &e);
-        }
+    let resp = relay(edge, handling, interims, &mut sink).await;
+    if let Some(e) = sink.failed {
+        return stream_error(edge, &e);
     }
+    let Some(resp) = resp else { return };
     let (mut parts, body) = resp.into_parts();
-    if !parts.headers.contains_key(http::header::DATE) {
-        // hyper adds Date on HTTP/1.1 and HTTP/2 (RFC 9110 §6.6.1); h3 does not.
-        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
-        if let Ok(v) = http::HeaderValue::from_str(&now) {
-            parts.headers.insert(http::header::DATE, v);
-        }
-    }
+    // hyper adds Date on HTTP/1.1 (RFC 9110 §6.6.1); h3 does not.
+    parts
+        .headers
+        .entry(http::header::DATE)
+        .or_insert_with(super::date_now);
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
         return stream_error(edge, &e);
     }

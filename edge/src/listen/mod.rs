@@ -2,14 +2,18 @@
 //! (HTTP/1.1 and HTTP/2 by ALPN) in [`tcp`], HTTP/3 over QUIC in [`h3`], and the admin API
 //! in [`admin`], one file per group of endpoints. Each hands requests to the pipeline
 //! ([`crate::pipeline::Edge::handle`]). Plain HTTP/1.1 connections leave hyper between
-//! requests and wait with nothing but their socket (`parked.rs`).
+//! requests and wait with nothing but their socket (`parked.rs`). HTTP/2 content
+//! connections are served with the h2 crate (`h2.rs`), so that they, like HTTP/1.1 and
+//! HTTP/3 ones, can take interim responses (`interim.rs`).
 //!
 //! Every connection runs as a task of one [`TaskTracker`]: shutdown stops the accept loops,
 //! closes the tracker and waits (up to 30 s) for the connections to finish their requests in
 //! flight.
 
 pub mod admin;
+mod h2;
 pub mod h3;
+mod interim;
 mod parked;
 pub mod tcp;
 
@@ -95,6 +99,13 @@ impl Drop for ClientSlot {
             }
         }
     }
+}
+
+/// A `Date` field for a response now (hyper adds one on HTTP/1.1; the HTTP/2 and HTTP/3
+/// listeners add theirs, RFC 9110 §6.6.1).
+fn date_now() -> http::HeaderValue {
+    http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+        .expect("an HTTP date is a valid field value")
 }
 
 /// How long connections may take to finish after shutdown.

@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::interim::{Informing, Interims};
 use super::tcp::{Idle, Service};
 use crate::pipeline::Edge;
 
@@ -54,13 +55,23 @@ pub(super) fn builder(edge: &Edge) -> http1::Builder {
 /// The HTTP/2 connection preface a client with prior knowledge opens with.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether the bytes waiting on `stream` may be the start of an HTTP/2 preface (then the
-/// auto-detecting builder serves it, as it serves any HTTP/1 request that begins with `P`).
-pub(super) async fn may_be_h2c(stream: &TcpStream) -> bool {
+/// What a plain connection's first bytes are.
+pub(super) enum Opening {
+    /// Not the start of an HTTP/2 preface: HTTP/1.
+    Http1,
+    /// The whole HTTP/2 preface (h2c with prior knowledge).
+    Http2,
+    /// A part of it so far: the auto-detecting builder waits for more and serves either.
+    Unsure,
+}
+
+/// What the bytes waiting on `stream` begin.
+pub(super) async fn opening(stream: &TcpStream) -> Opening {
     let mut head = [0u8; PREFACE.len()];
     match stream.peek(&mut head).await {
-        Ok(n) => PREFACE.starts_with(&head[..n]),
-        Err(_) => true,
+        Ok(n) if n == PREFACE.len() && head == PREFACE => Opening::Http2,
+        Ok(n) if !PREFACE.starts_with(&head[..n]) => Opening::Http1,
+        _ => Opening::Unsure,
     }
 }
 
@@ -224,11 +235,16 @@ async fn exchange(
 ) -> Ended {
     let park = Arc::new(Parking::default());
     svc.park = Some(park.clone());
+    let interims = Arc::new(Interims::default());
+    if svc.is_content() {
+        svc.interims = Some(interims.clone());
+    }
     let io = Rewind {
         ahead,
         socket,
         park: park.clone(),
     };
+    let io = Informing::new(io, interims);
     let mut conn = Box::new(h1.serve_connection(TokioIo::new(io), svc));
     let mut parking = false;
     let mut closing = false;
@@ -261,7 +277,7 @@ async fn exchange(
     let parts = conn.into_parts();
     // What hyper read and did not parse comes first, then what it had not read yet of the
     // bytes this exchange began with.
-    let Rewind { ahead, socket, .. } = parts.io.into_inner();
+    let Rewind { ahead, socket, .. } = parts.io.into_inner().into_inner();
     let ahead = if ahead.is_empty() {
         parts.read_buf
     } else {

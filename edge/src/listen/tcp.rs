@@ -29,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::interim::{Informing, Interims, relay};
+use super::parked::Opening;
 use crate::basics::body::{BoxError, EdgeBody};
 use crate::basics::protocol::{OverTls, Protocol};
 use crate::pipeline::Edge;
@@ -92,15 +94,18 @@ macro_rules! drive {
 pub(super) struct Service {
     pub(super) edge: Arc<Edge>,
     serves: Serves,
-    touched: Idle,
+    pub(super) touched: Idle,
     refused: bool,
     per_client_limit: usize,
-    peer: SocketAddr,
+    pub(super) peer: SocketAddr,
     over_tls: bool,
     /// Whether the request being answered lets its plain HTTP/1.1 connection leave hyper
     /// afterwards ([`super::parked::Parking`]): each exchange of a plain HTTP/1.1
     /// connection has its own; `None` on TLS and HTTP/2 connections, which never park.
     pub(super) park: Option<Arc<super::parked::Parking>>,
+    /// Where an HTTP/1.1 content connection's interim responses wait to be written under
+    /// hyper ([`super::interim::Informing`]); `None` on the admin listener.
+    pub(super) interims: Option<Arc<Interims>>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<EdgeBody>, Infallible>> + Send>>;
@@ -118,7 +123,19 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             p.asked();
         }
         Box::pin(async move {
-            let resp = this.answer(req).await;
+            let resp = match this.interims.clone() {
+                // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
+                Some(queue) if req.version() == Version::HTTP_11 && !this.refused => {
+                    let mut req = req;
+                    let (interim, interims) = super::interim::channel();
+                    req.extensions_mut().insert(interim);
+                    let resp = relay(&this.edge, this.answer(req), interims, &mut &*queue).await;
+                    // The interim responses go out before hyper has the final one.
+                    queue.written().await;
+                    resp.expect("queueing an interim response cannot fail")
+                }
+                _ => this.answer(req).await,
+            };
             if let Some(p) = &this.park {
                 p.answered(parkable, &resp);
             }
@@ -129,26 +146,9 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 
 impl Service {
     async fn answer(&self, req: Request<Incoming>) -> Response<EdgeBody> {
-        let peer = self.peer;
         match &self.serves {
-            _ if self.refused => {
-                let mut r = crate::basics::error::Refusal::new(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "too many connections from {} (max_connections_per_client {})",
-                        peer.ip().to_canonical(),
-                        self.per_client_limit
-                    ),
-                )
-                .response();
-                if req.version() < Version::HTTP_2 {
-                    r.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                r
-            }
-            Serves::Admin => crate::listen::admin::handle(&self.edge, req).await,
-            Serves::Content(alt_svc) => {
+            Serves::Admin if !self.refused => crate::listen::admin::handle(&self.edge, req).await,
+            _ => {
                 let proto = if req.version() == Version::HTTP_2 {
                     Protocol::Http2
                 } else {
@@ -158,14 +158,54 @@ impl Service {
                 if self.over_tls && proto == Protocol::Http1 {
                     req.extensions_mut().insert(OverTls);
                 }
-                let mut resp = self.edge.handle(req, proto, peer).await;
-                if let Some(v) = alt_svc {
-                    resp.headers_mut().insert(header::ALT_SVC, v.clone());
-                }
-                resp
+                self.content(req, proto).await
             }
         }
     }
+
+    pub(super) fn is_content(&self) -> bool {
+        matches!(self.serves, Serves::Content(_))
+    }
+
+    /// Answers a content request (or refuses it, past the client's connection limit).
+    pub(super) async fn content(
+        &self,
+        req: Request<EdgeBody>,
+        proto: Protocol,
+    ) -> Response<EdgeBody> {
+        let peer = self.peer;
+        if self.refused {
+            let mut r = crate::basics::error::Refusal::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many connections from {} (max_connections_per_client {})",
+                    peer.ip().to_canonical(),
+                    self.per_client_limit
+                ),
+            )
+            .response();
+            if req.version() < Version::HTTP_2 {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return r;
+        }
+        let mut resp = self.edge.handle(req, proto, peer).await;
+        if let Serves::Content(Some(v)) = &self.serves {
+            resp.headers_mut().insert(header::ALT_SVC, v.clone());
+        }
+        resp
+    }
+}
+
+/// A content connection's socket for hyper, writing the interim responses of its HTTP/1.1
+/// requests; the admin listener's as it is.
+fn informing<S>(io: S, mut svc: Service) -> (TokioIo<Informing<S>>, Service) {
+    let interims = Arc::new(Interims::default());
+    if svc.is_content() {
+        svc.interims = Some(interims.clone());
+    }
+    (TokioIo::new(Informing::new(io, interims)), svc)
 }
 
 /// When a connection last began a request, to close it once idle.
@@ -231,6 +271,7 @@ pub(crate) async fn accept_loop(
     let first_byte = Duration::from_secs(edge.config().header_timeout_secs.max(1));
     let idle_limit = Duration::from_secs(edge.config().idle_timeout_secs.max(1));
     let cap = limit.as_ref().map_or(0, |l| l.available_permits());
+    let content = matches!(serves, Serves::Content(_));
     let mut warned = false;
     loop {
         // A place for the connection before accepting it: at the cap, clients wait in
@@ -292,6 +333,7 @@ pub(crate) async fn accept_loop(
             peer,
             over_tls,
             park: None,
+            interims: None,
         };
         let builder = builder.clone();
         match &acceptor {
@@ -304,18 +346,23 @@ pub(crate) async fn accept_loop(
                         debug!(%peer, "closed a connection that sent nothing");
                         return;
                     }
-                    if !super::parked::may_be_h2c(&stream).await {
-                        super::parked::serve(stream, svc, &h1, stop, idle).await;
-                        return;
+                    match super::parked::opening(&stream).await {
+                        Opening::Http1 => {
+                            super::parked::serve(stream, svc, &h1, stop, idle).await;
+                        }
+                        Opening::Http2 if content => {
+                            Box::pin(super::h2::serve(stream, svc, stop, idle)).await;
+                        }
+                        // Boxed: the task's own size is what a parked connection costs.
+                        _ => {
+                            Box::pin(async move {
+                                let (io, svc) = informing(stream, svc);
+                                let conn = builder.serve_connection(io, svc).into_owned();
+                                drive!(conn, stop, peer, idle);
+                            })
+                            .await
+                        }
                     }
-                    // Boxed: the task's own size is what a parked connection costs.
-                    Box::pin(async move {
-                        let conn = builder
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .into_owned();
-                        drive!(conn, stop, peer, idle);
-                    })
-                    .await;
                 });
             }
             Some(acceptor) => {
@@ -339,9 +386,11 @@ pub(crate) async fn accept_loop(
                             return;
                         }
                     };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .into_owned();
+                    if content && tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        return super::h2::serve(tls, svc, stop, idle).await;
+                    }
+                    let (io, svc) = informing(tls, svc);
+                    let conn = builder.serve_connection(io, svc).into_owned();
                     drive!(conn, stop, peer, idle);
                 });
             }
