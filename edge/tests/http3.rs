@@ -696,5 +696,31 @@ async fn the_edge_hints_what_a_stored_response_preloads_while_revalidating_it() 
         );
     }
     assert_eq!(up.count("/index.html"), 7, "each revalidated");
+    // Two requests pipelined on one HTTP/1.1 connection: each response has its own hint
+    // before it, never inside the response before.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let req = format!("GET /index.html HTTP/1.1\r\nHost: {}\r\n\r\n", edge.http);
+    s.write_all(format!("{req}{req}").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while got.windows(6).filter(|w| w == b"<html>").count() < 2 {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("both responses within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(got).unwrap();
+    let heads: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    let statuses: Vec<&str> = heads.iter().map(|h| &h[..3]).collect();
+    assert_eq!(statuses, ["103", "200", "103", "200"], "{text}");
+    assert!(heads[0].contains("link: </app.js>; rel=modulepreload\r\n\r\n"));
+    assert!(
+        heads[1].ends_with("<html>") && heads[3].ends_with("<html>"),
+        "{text}"
+    );
+    assert_eq!(up.count("/index.html"), 9);
     conn.close().await;
 }

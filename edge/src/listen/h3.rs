@@ -272,12 +272,12 @@ type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
 /// Interim responses of an HTTP/3 request, sent on its stream.
-struct Interims<'a> {
+struct StreamInterims<'a> {
     send: &'a mut SendStream,
     failed: Option<StreamError>,
 }
 
-impl Sink for Interims<'_> {
+impl Sink for StreamInterims<'_> {
     async fn send(&mut self, status: http::StatusCode, fields: http::HeaderMap) -> bool {
         let mut early = Response::new(());
         *early.status_mut() = status;
@@ -302,7 +302,7 @@ async fn request(edge: &Arc<Edge>, req: Request<()>, stream: Stream, peer: Socke
     let (interim, interims) = super::interim::channel();
     req.extensions_mut().insert(interim);
     let handling = edge.handle(req, Protocol::Http3, peer);
-    let mut sink = Interims {
+    let mut sink = StreamInterims {
         send: &mut send,
         failed: None,
     };

@@ -11,8 +11,13 @@
 //!   at a moment its place in the stream is certain: when hyper flushes with nothing of its
 //!   own left to write (everything of the responses before is out), and while the request's
 //!   final response is not yet handed to hyper (the service waits for the interim
-//!   responses it queued to be written before it returns). Never to an HTTP/1.0 client
-//!   (RFC 9110 §15.2).
+//!   responses it queued to be written before it returns). This rests on two facts of
+//!   hyper's HTTP/1 server (1.12, `proto/h1`): it flushes the socket only once its write
+//!   buffer is empty (`Buffered::poll_flush`), and it reads a pipelined request's head only
+//!   once the response before is wholly in that buffer (`Conn::can_read_head` after
+//!   `try_keep_alive`), and its dispatcher flushes after every poll of the service. The
+//!   tests in `edge/tests/http3.rs` check the bytes a real client (curl) reads. Never to an
+//!   HTTP/1.0 client (RFC 9110 §15.2).
 
 use std::collections::VecDeque;
 use std::future::Future;
