@@ -666,6 +666,18 @@ pub fn run(a: Args) -> Result<()> {
         },
         charts.concat()
     );
+    // What follows the last section in the old file (notes written by hand) stays.
+    let trailing = all
+        .iter()
+        .filter_map(|s| {
+            let (_, e) = section_marks(s.name);
+            old.find(&e).map(|i| i + e.len())
+        })
+        .max()
+        .map_or("", |end| old[end..].trim());
+    if !trailing.is_empty() {
+        body = format!("{}\n\n{trailing}", body.trim_end());
+    }
     std::fs::write(&a.out, format!("{head}{}", body.trim_end()) + "\n")
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!("report: wrote {}", a.out.display());

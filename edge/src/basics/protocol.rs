@@ -21,16 +21,29 @@ impl Protocol {
 /// Where a request's interim responses go (`103 Early Hints`, `102 Processing`: status and
 /// fields), put in its extensions by a listener that can send them before the final
 /// response (every content listener, for HTTP/1.1, HTTP/2 and HTTP/3 requests: see
-/// `listen/interim.rs`). Bounded; hints that do not fit are dropped (they are only hints).
-#[derive(Debug, Clone)]
-pub struct Interim(pub tokio::sync::mpsc::Sender<(http::StatusCode, http::HeaderMap)>);
+/// `listen/interim.rs`).
+#[derive(Clone)]
+pub struct Interim(pub std::sync::Arc<dyn InterimSink>);
+
+/// What takes a request's interim responses (each protocol has its own).
+pub trait InterimSink: Send + Sync {
+    /// Takes one to send, or drops it: when too many wait, or the request's final response
+    /// has gone (they are only hints).
+    fn give(&self, status: http::StatusCode, fields: http::HeaderMap);
+}
 
 impl Interim {
     /// Sends an interim response `status` with `fields`, if the request can take one.
     pub fn send(extensions: &http::Extensions, status: http::StatusCode, fields: http::HeaderMap) {
         if let Some(i) = extensions.get::<Interim>() {
-            let _ = i.0.try_send((status, fields));
+            i.0.give(status, fields);
         }
+    }
+}
+
+impl std::fmt::Debug for Interim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interim")
     }
 }
 

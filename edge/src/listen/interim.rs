@@ -1,8 +1,8 @@
 //! Interim responses (`103 Early Hints`, `102 Processing`) on every protocol.
 //!
-//! A request's handling gives them through the [`Interim`] sender a listener puts in its
-//! extensions; [`relay`] passes each on as it comes, and those given just before the final
-//! response still ahead of it. How each protocol sends one:
+//! A request's handling gives them through the [`Interim`] a listener puts in its
+//! extensions. On HTTP/2 and HTTP/3, [`relay`] passes each on as it comes, and those given
+//! just before the final response still ahead of it. How each protocol sends one:
 //! - HTTP/3: the h3 crate's `send_response` with a 1xx status (`h3.rs`).
 //! - HTTP/2: served with the h2 crate directly (`h2.rs`), whose `send_informational` sends
 //!   a HEADERS frame with a 1xx status (hyper 1.x's server has no way to, hyperium/hyper#4114).
@@ -10,8 +10,10 @@
 //!   response is written into the connection's byte stream under hyper, by [`Informing`],
 //!   at a moment its place in the stream is certain: when hyper flushes with nothing of its
 //!   own left to write (everything of the responses before is out), and while the request's
-//!   final response is not yet handed to hyper (the service waits for the interim
-//!   responses it queued to be written before it returns). This rests on two facts of
+//!   final response is not yet handed to hyper (the service closes the request's queue and
+//!   waits for what it holds to be written before it returns). No channel per request:
+//!   [`Interims::open`] gives the request a ticket into its connection's queue, which wakes
+//!   the connection so that hyper flushes. This rests on two facts of
 //!   hyper's HTTP/1 server (1.12, `proto/h1`): it flushes the socket only once its write
 //!   buffer is empty (`Buffered::poll_flush`), and it reads a pipelined request's head only
 //!   once the response before is wholly in that buffer (`Conn::can_read_head` after
@@ -24,7 +26,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Response, StatusCode};
@@ -32,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, mpsc};
 
 use crate::basics::body::EdgeBody;
-use crate::basics::protocol::Interim;
+use crate::basics::protocol::{Interim, InterimSink};
 use crate::pipeline::Edge;
 
 /// How a protocol sends a request's interim responses.
@@ -50,7 +52,13 @@ pub(super) trait Sink {
 /// receiver for [`relay`]. Bounded: hints that do not fit are dropped (they are only hints).
 pub(super) fn channel() -> (Interim, mpsc::Receiver<(StatusCode, HeaderMap)>) {
     let (tx, rx) = mpsc::channel(4);
-    (Interim(tx), rx)
+    (Interim(Arc::new(tx)), rx)
+}
+
+impl InterimSink for mpsc::Sender<(StatusCode, HeaderMap)> {
+    fn give(&self, status: StatusCode, fields: HeaderMap) {
+        let _ = self.try_send((status, fields));
+    }
 }
 
 /// Runs `handling` to its final response, sending each interim response it gives on
@@ -91,11 +99,12 @@ pub(super) async fn relay<S: Sink>(
 
 /// The interim responses of an HTTP/1.1 connection's current request, as bytes on the
 /// wire, waiting for [`Informing`] to write them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Interims {
     queue: Mutex<Queue>,
     /// Told when the queue has been written out.
     written: Notify,
+    early_hints: prometheus::IntCounter,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +113,11 @@ struct Queue {
     waiting: VecDeque<Bytes>,
     /// What is left of the one being written.
     writing: Bytes,
+    /// The request whose interim responses the queue takes (counted from 1), while `open`.
+    request: u64,
+    open: bool,
+    /// The connection's task, woken when an interim response arrives so that hyper flushes.
+    waker: Option<Waker>,
 }
 
 impl Queue {
@@ -112,17 +126,52 @@ impl Queue {
     }
 }
 
+/// A request's way into its connection's [`Interims`].
+struct Ticket {
+    interims: Arc<Interims>,
+    request: u64,
+}
+
+impl InterimSink for Ticket {
+    fn give(&self, status: StatusCode, fields: HeaderMap) {
+        let mut queue = self.interims.queue.lock().unwrap();
+        if !queue.open || queue.request != self.request || queue.waiting.len() >= 4 {
+            return;
+        }
+        queue.waiting.push_back(http1_head(status, &fields));
+        if status == StatusCode::EARLY_HINTS {
+            self.interims.early_hints.inc();
+        }
+        if let Some(w) = queue.waker.take() {
+            w.wake();
+        }
+    }
+}
+
 impl Interims {
-    fn push(&self, status: StatusCode, fields: &HeaderMap) {
-        self.queue
-            .lock()
-            .unwrap()
-            .waiting
-            .push_back(http1_head(status, fields));
+    pub(super) fn new(edge: &Edge) -> Interims {
+        Interims {
+            queue: Mutex::default(),
+            written: Notify::new(),
+            early_hints: edge.metrics().early_hints.clone(),
+        }
     }
 
-    /// Resolves once every interim response queued is written (to the socket, or to TLS).
-    pub(super) async fn written(&self) {
+    /// A request begins: what its extensions carry for its interim responses.
+    pub(super) fn open(self: &Arc<Self>) -> Interim {
+        let mut queue = self.queue.lock().unwrap();
+        queue.request += 1;
+        queue.open = true;
+        Interim(Arc::new(Ticket {
+            interims: self.clone(),
+            request: queue.request,
+        }))
+    }
+
+    /// The request's final response is ready: it takes no more interim responses. Resolves
+    /// once those it gave are written (to the socket, or to TLS).
+    pub(super) async fn close(&self) {
+        self.queue.lock().unwrap().open = false;
         loop {
             let told = self.written.notified();
             let mut told = std::pin::pin!(told);
@@ -132,13 +181,6 @@ impl Interims {
             }
             told.await;
         }
-    }
-}
-
-impl Sink for &Interims {
-    async fn send(&mut self, status: StatusCode, fields: HeaderMap) -> bool {
-        self.push(status, &fields);
-        true
     }
 }
 
@@ -244,6 +286,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Informing<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        {
+            let mut queue = self.interims.queue.lock().unwrap();
+            if queue.open
+                && !queue
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                queue.waker = Some(cx.waker().clone());
+            }
+        }
         ready!(self.poll_interims(cx, true))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
@@ -279,9 +332,14 @@ mod tests {
     async fn interim_responses_go_out_at_a_flush_and_whole() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (client, server) = tokio::io::duplex(8);
-        let interims = Arc::new(Interims::default());
+        let interims = Arc::new(Interims {
+            queue: Mutex::default(),
+            written: Notify::new(),
+            early_hints: prometheus::IntCounter::new("hints", "hints").unwrap(),
+        });
         let mut io = Informing::new(server, interims.clone());
-        interims.push(StatusCode::PROCESSING, &HeaderMap::new());
+        let first = interims.open();
+        first.0.give(StatusCode::PROCESSING, HeaderMap::new());
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
             let mut client = client;
@@ -290,13 +348,25 @@ mod tests {
         });
         // A flush writes the interim response (through an 8-byte pipe: many writes).
         io.flush().await.unwrap();
-        interims.written().await;
+        interims.close().await;
         io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        // Given after its request's final response, or for an earlier request: dropped.
+        first.0.give(StatusCode::EARLY_HINTS, HeaderMap::new());
+        let second = interims.open();
+        first.0.give(StatusCode::EARLY_HINTS, HeaderMap::new());
+        io.flush().await.unwrap();
+        second.0.give(StatusCode::PROCESSING, HeaderMap::new());
+        io.flush().await.unwrap();
+        interims.close().await;
+        io.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
         io.shutdown().await.unwrap();
         drop(io);
         assert_eq!(
             reader.await.unwrap(),
-            b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"
+            b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\n\r\n\
+              HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
         );
     }
 }

@@ -235,7 +235,7 @@ async fn exchange(
 ) -> Ended {
     let park = Arc::new(Parking::default());
     svc.park = Some(park.clone());
-    let interims = Arc::new(Interims::default());
+    let interims = Arc::new(Interims::new(&svc.edge));
     if svc.is_content() {
         svc.interims = Some(interims.clone());
     }

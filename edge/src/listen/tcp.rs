@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::interim::{Informing, Interims, relay};
+use super::interim::{Informing, Interims};
 use super::parked::Opening;
 use crate::basics::body::{BoxError, EdgeBody};
 use crate::basics::protocol::{OverTls, Protocol};
@@ -127,12 +127,11 @@ impl hyper::service::Service<Request<Incoming>> for Service {
                 // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
                 Some(queue) if req.version() == Version::HTTP_11 && !this.refused => {
                     let mut req = req;
-                    let (interim, interims) = super::interim::channel();
-                    req.extensions_mut().insert(interim);
-                    let resp = relay(&this.edge, this.answer(req), interims, &mut &*queue).await;
+                    req.extensions_mut().insert(queue.open());
+                    let resp = this.answer(req).await;
                     // The interim responses go out before hyper has the final one.
-                    queue.written().await;
-                    resp.expect("queueing an interim response cannot fail")
+                    queue.close().await;
+                    resp
                 }
                 _ => this.answer(req).await,
             };
@@ -201,7 +200,7 @@ impl Service {
 /// A content connection's socket for hyper, writing the interim responses of its HTTP/1.1
 /// requests; the admin listener's as it is.
 fn informing<S>(io: S, mut svc: Service) -> (TokioIo<Informing<S>>, Service) {
-    let interims = Arc::new(Interims::default());
+    let interims = Arc::new(Interims::new(&svc.edge));
     if svc.is_content() {
         svc.interims = Some(interims.clone());
     }

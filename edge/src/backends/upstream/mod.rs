@@ -164,7 +164,7 @@ impl Upstream {
         if let Some(i) = interim.and_then(|e| e.get::<Interim>()).cloned() {
             hyper::ext::on_informational(&mut req, move |r| {
                 if passed_on(r.status()) {
-                    let _ = i.0.try_send((r.status(), passed_hints(r.headers())));
+                    i.0.give(r.status(), passed_hints(r.headers()));
                 }
             });
         }
