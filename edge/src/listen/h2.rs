@@ -194,6 +194,7 @@ async fn pump(
 ) -> Result<(), BoxError> {
     loop {
         let frame = tokio::select! {
+            biased;
             f = body.frame() => f,
             reason = poll_fn(|cx| send.poll_reset(cx)) => {
                 return Err(format!("the client reset the stream: {:?}", reason?).into());
@@ -224,13 +225,16 @@ async fn pump(
         if !data.is_empty() {
             // As hyper: claim one byte of window, then hand h2 the whole chunk once there
             // is some (h2 buffers what the window does not yet allow, up to its limit).
+            // The stall timer only when there is no window at once.
             send.reserve_capacity(1);
-            let room = tokio::time::timeout(stall, poll_fn(|cx| capacity(&mut send, cx))).await;
-            match room {
-                Ok(r) => r?,
-                Err(_) => {
-                    send.send_reset(Reason::CANCEL);
-                    return Err("the client took nothing for send_stall_secs".into());
+            if send.capacity() == 0 {
+                let room = tokio::time::timeout(stall, poll_fn(|cx| capacity(&mut send, cx))).await;
+                match room {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        send.send_reset(Reason::CANCEL);
+                        return Err("the client took nothing for send_stall_secs".into());
+                    }
                 }
             }
         }

@@ -103,9 +103,24 @@ impl Drop for ClientSlot {
 
 /// A `Date` field for a response now (hyper adds one on HTTP/1.1; the HTTP/2 and HTTP/3
 /// listeners add theirs, RFC 9110 §6.6.1).
+/// Formatted once a second per thread, as hyper does.
 fn date_now() -> http::HeaderValue {
-    http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
-        .expect("an HTTP date is a valid field value")
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, http::HeaderValue)> =
+            const { std::cell::RefCell::new((u64::MAX, http::HeaderValue::from_static(""))) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.with_borrow_mut(|(at, value)| {
+        if *at != secs {
+            *value = http::HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .expect("an HTTP date is a valid field value");
+            *at = secs;
+        }
+        value.clone()
+    })
 }
 
 /// How long connections may take to finish after shutdown.
