@@ -523,21 +523,32 @@ async fn an_upstreams_early_hints_are_passed_on_and_never_stored() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // `/slow` gets its `103` at once and its final response only once the gate opens.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let opened = gate.clone();
     let server = tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
+            let gate = opened.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let slow = buf.starts_with(b"GET /slow ");
                         buf.drain(..end + 4);
-                        let answer = "HTTP/1.1 102 Processing\r\n\r\n\
+                        let hints = "HTTP/1.1 102 Processing\r\n\r\n\
                             HTTP/1.1 103 Early Hints\r\n\
-                            Link: </style.css>; rel=preload; as=style\r\n\r\n\
-                            HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n\
+                            Link: </style.css>; rel=preload; as=style\r\n\r\n";
+                        let last = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n\
                             Content-Length: 5\r\n\r\nhello";
-                        if s.write_all(answer.as_bytes()).await.is_err() {
+                        if s.write_all(hints.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if slow {
+                            gate.notified().await;
+                        }
+                        if s.write_all(last.as_bytes()).await.is_err() {
                             return;
                         }
                     }
@@ -598,6 +609,33 @@ async fn an_upstreams_early_hints_are_passed_on_and_never_stored() {
     assert_eq!(edge.metric("tessera_edge_early_hints_total", &[]), 5.0);
     let heads = curl_heads(&["--http1.0"], &format!("{plain}/page-http10")).await;
     assert_eq!(heads, [(200, vec![])], "nothing interim for HTTP/1.0");
+    // As they arrive: an HTTP/1.1 client has the hints while the upstream still holds back
+    // the response.
+    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut read_until = async |s: &mut tokio::net::TcpStream, what: &[u8]| {
+        while !got.windows(what.len()).any(|w| w == what) {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("within 10 s")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).to_string()
+    };
+    let early = read_until(&mut s, b"rel=preload; as=style\r\n\r\n").await;
+    assert!(
+        early.starts_with("HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n"),
+        "{early}"
+    );
+    gate.notify_one();
+    let all = read_until(&mut s, b"hello").await;
+    assert!(all.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"), "{all}");
     conn.close().await;
     server.abort();
 }
