@@ -96,8 +96,9 @@ pub(super) async fn serve<S>(
             () = &mut keepalive => {
                 debug!(peer = %svc.peer, "no answer to an HTTP/2 PING: closing");
                 conn.abrupt_shutdown(Reason::NO_ERROR);
-                // Sends the GOAWAY, then ends.
-                while let Some(Ok(_)) = conn.accept().await {}
+                // Sends the GOAWAY, if the peer takes it within a second, then closes.
+                let goaway = async { while let Some(Ok(_)) = conn.accept().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), goaway).await;
                 return;
             }
         }
