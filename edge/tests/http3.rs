@@ -616,28 +616,36 @@ async fn an_upstreams_early_hints_are_passed_on_and_never_stored() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    let mut read_until = async |s: &mut tokio::net::TcpStream, what: &[u8]| {
-        while !got.windows(what.len()).any(|w| w == what) {
-            let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
-                .await
-                .expect("within 10 s")
-                .unwrap();
-            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&got).to_string()
-    };
-    let early = read_until(&mut s, b"rel=preload; as=style\r\n\r\n").await;
+    let has = |what: &'static [u8]| move |got: &[u8]| got.windows(what.len()).any(|w| w == what);
+    let early = read_until(&mut s, &mut got, has(b"rel=preload; as=style\r\n\r\n")).await;
     assert!(
         early.starts_with("HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n"),
         "{early}"
     );
     gate.notify_one();
-    let all = read_until(&mut s, b"hello").await;
+    let all = read_until(&mut s, &mut got, has(b"hello")).await;
     assert!(all.contains("\r\n\r\nHTTP/1.1 200 OK\r\n"), "{all}");
     conn.close().await;
     server.abort();
+}
+
+/// Reads from `s` into `got` until `done(got)`, each read within 10 s: the text so far.
+async fn read_until(
+    s: &mut tokio::net::TcpStream,
+    got: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    while !done(got) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(got).to_string()
 }
 
 /// What curl (a real HTTP/1.1 and HTTP/2 client, trusting any certificate) receives for
@@ -736,21 +744,15 @@ async fn the_edge_hints_what_a_stored_response_preloads_while_revalidating_it() 
     assert_eq!(up.count("/index.html"), 7, "each revalidated");
     // Two requests pipelined on one HTTP/1.1 connection: each response has its own hint
     // before it, never inside the response before.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
     let req = format!("GET /index.html HTTP/1.1\r\nHost: {}\r\n\r\n", edge.http);
     s.write_all(format!("{req}{req}").as_bytes()).await.unwrap();
     let mut got = Vec::new();
-    while got.windows(6).filter(|w| w == b"<html>").count() < 2 {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("both responses within 10 s")
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8(got).unwrap();
+    let text = read_until(&mut s, &mut got, |got| {
+        got.windows(6).filter(|w| w == b"<html>").count() == 2
+    })
+    .await;
     let heads: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
     let statuses: Vec<&str> = heads.iter().map(|h| &h[..3]).collect();
     assert_eq!(statuses, ["103", "200", "103", "200"], "{text}");
