@@ -916,6 +916,55 @@ async fn chunk_batches_stream_many_chunks_in_the_order_asked() {
     node.stop().await;
 }
 
+/// A batch whose client stops reading holds no thread: its chunks are read ahead into a
+/// bounded buffer by jobs that stop when it is full. On a runtime with two blocking threads,
+/// four stalled batches (each asking for 64 MiB) leave room for a plain read, which would
+/// wait forever if each batch's reader waited for its client on a thread.
+#[test]
+fn stalled_batch_clients_hold_no_thread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let node = Node::start(|_| {}).await;
+        let data = noise(256 << 10, 61);
+        node.client.put_bytes("s.bin", data.clone()).await.unwrap();
+        let m = node.client.manifest("s.bin").await.unwrap().unwrap();
+        let first = m.chunks[0].hash;
+        let list = tessera_origin_proto::batch::encode_request(
+            &[first; tessera_origin_proto::batch::MAX_BATCH_CHUNKS],
+        );
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+            let head = format!(
+                "POST /api/v1/chunks HTTP/1.1\r\nhost: o\r\ncontent-length: {}\r\n\r\n",
+                list.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&list).await.unwrap();
+            let mut some = [0u8; 64];
+            let n = s.read(&mut some).await.unwrap();
+            assert!(some[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &some[..n]);
+            stalled.push(s); // and never read again
+        }
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            get(&node.url("/api/v1/files/s.bin")),
+        )
+        .await
+        .expect("a plain read is served while four batch clients stall");
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body[..] == data[..]);
+        drop(stalled);
+        node.stop().await;
+    });
+}
+
 /// A small file's manifest comes with its bytes when the edge asks, framed as
 /// `tessera_origin_proto::inline` documents; a larger file, a `HEAD` or a request without the
 /// header gets the manifest alone, as before.

@@ -1,9 +1,14 @@
 //! `POST /api/v1/chunks`: many chunks in one streamed response, the edges' misses (wire
 //! format: [`tessera_origin_proto::batch`]).
 //!
-//! Chunks are read and verified a group at a time on the blocking pool, in parallel, while
-//! the previous group is being sent; a bounded channel between the two holds the body back
-//! when the client reads slowly, so one batch holds at most about two groups in memory.
+//! A blocking job reads and verifies a batch's chunks in order into a bounded channel, up to
+//! [`READ_AHEAD`] ahead of the body, which sends each as the client takes it. The job stops
+//! when the channel is full and the body starts another once half of it is free: a client
+//! that reads slowly or not at all holds no thread, and one batch holds at most
+//! [`READ_AHEAD`] chunks in memory. For a client that keeps up, one job reads the whole
+//! batch on one thread, with no hand-off per group: on a small machine the edge fetching the
+//! batch needs the other core, and waking a parallel pool for every 16 chunks cost the origin
+//! a fifth of its CPU in sched_yield and futex waits (bench/HISTORY.md).
 
 use std::sync::Arc;
 
@@ -17,13 +22,13 @@ use tessera_origin_proto::range::accepts_encoding;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{ApiError, App, Reply, blocking};
+use super::{ApiError, App, Reply};
 use crate::cluster::HOP_HEADER;
 use crate::codec::Codec;
 use crate::store::{LoadedChunk, StoreError};
 
-/// Chunks read and verified at once, in parallel.
-const GROUP: usize = 16;
+/// Chunks read and verified ahead of the one being sent.
+const READ_AHEAD: usize = 32;
 
 /// Answers a batch request whose body is `body` (taken when it is read; a list declared
 /// too long is refused unread, and the caller drains it).
@@ -79,48 +84,117 @@ pub(super) async fn chunks(
         .cluster
         .clone()
         .filter(|_| !headers.contains_key(HOP_HEADER));
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4 * GROUP);
-    let app = app.clone();
-    tokio::spawn(async move {
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from_static(&batch::MAGIC))))
-            .await;
-        for group in hashes.chunks(GROUP) {
-            let store = app.store.clone();
-            let group = group.to_vec();
-            let loaded = match blocking(move || {
-                use rayon::prelude::*;
-                group
-                    .par_iter()
-                    .map(|h| (*h, store.load_chunk(h)))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.message))).await;
-                    return;
-                }
-            };
-            for (hash, got) in loaded {
-                let (head, payload) = frame(&app, cluster.as_deref(), hash, got, brotli).await;
-                if tx.send(Ok(Frame::data(head))).await.is_err() {
-                    return; // the client went away
-                }
-                if !payload.is_empty() && tx.send(Ok(Frame::data(payload))).await.is_err() {
-                    return;
-                }
-            }
-        }
+    let (tx, rx) = mpsc::channel::<Loaded>(READ_AHEAD);
+    let state = Body {
+        hashes: hashes.into(),
+        read: 0,
+        reader: None,
+        tx,
+        rx,
+        app: app.clone(),
+        cluster,
+        brotli,
+        payload: Some(Bytes::from_static(&batch::MAGIC)),
+    };
+    let stream = futures_util::stream::unfold(state, |mut b| async move {
+        let item = b.next().await?;
+        Some((item, b))
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, batch::RESPONSE_TYPE)
         .header(header::CACHE_CONTROL, "no-store")
         .body(StreamBody::new(stream).boxed())
         .unwrap())
+}
+
+/// A chunk as the store gave it.
+type Loaded = (ChunkHash, Result<Option<LoadedChunk>, StoreError>);
+
+/// The state of a batch's body: the chunks asked for, the blocking job reading them ahead
+/// into a bounded channel, and what goes out before the next of them (the magic, then the
+/// payload of the frame whose header went last).
+struct Body {
+    hashes: Arc<[ChunkHash]>,
+    /// Chunks read (or being read by `reader`) so far: `hashes[..read]`.
+    read: usize,
+    /// The job reading `hashes[read..]`; it returns where it stopped.
+    reader: Option<tokio::task::JoinHandle<usize>>,
+    tx: mpsc::Sender<Loaded>,
+    rx: mpsc::Receiver<Loaded>,
+    app: Arc<App>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    brotli: bool,
+    payload: Option<Bytes>,
+}
+
+impl Body {
+    /// The next piece of the body: a frame header, its payload, or an error when a reading
+    /// job failed (it panicked), so the client sees a broken batch rather than a short one.
+    async fn next(&mut self) -> Option<Result<Frame<Bytes>, std::io::Error>> {
+        if let Some(p) = self.payload.take() {
+            return Some(Ok(Frame::data(p)));
+        }
+        let (hash, got) = match self.loaded().await? {
+            Ok(l) => l,
+            Err(e) => {
+                self.read = self.hashes.len(); // nothing more after the error
+                return Some(Err(e));
+            }
+        };
+        let (head, payload) =
+            frame(&self.app, self.cluster.as_deref(), hash, got, self.brotli).await;
+        self.payload = (!payload.is_empty()).then_some(payload);
+        Some(Ok(Frame::data(head)))
+    }
+
+    /// The next chunk read, in order; `None` once all were sent.
+    async fn loaded(&mut self) -> Option<Result<Loaded, std::io::Error>> {
+        loop {
+            // Read on while at least half the read-ahead is free.
+            if self.reader.is_none()
+                && self.read < self.hashes.len()
+                && self.rx.len() <= READ_AHEAD / 2
+            {
+                self.reader = Some(self.spawn_reader());
+            }
+            if let Ok(l) = self.rx.try_recv() {
+                return Some(Ok(l));
+            }
+            let job = self.reader.as_mut()?;
+            tokio::select! {
+                biased;
+                Some(l) = self.rx.recv() => return Some(Ok(l)),
+                done = job => {
+                    self.reader = None;
+                    match done {
+                        Ok(stopped) => self.read = stopped,
+                        Err(e) => {
+                            return Some(Err(std::io::Error::other(format!(
+                                "reading the batch's chunks failed: {e}"
+                            ))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A blocking job that reads `hashes[read..]` in order into the channel while it has
+    /// room, and returns where it stopped: it never waits for the client, so a client that
+    /// stops reading holds no thread, only the chunks already read.
+    fn spawn_reader(&self) -> tokio::task::JoinHandle<usize> {
+        let (hashes, start, tx) = (self.hashes.clone(), self.read, self.tx.clone());
+        let store = self.app.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for (i, h) in hashes.iter().enumerate().skip(start) {
+                let Ok(slot) = tx.try_reserve() else {
+                    return i; // full: the body starts a new job when it has room again
+                };
+                slot.send((*h, store.load_chunk(h)));
+            }
+            hashes.len()
+        })
+    }
 }
 
 /// The frame for one chunk as the store gave it: its bytes, or in a cluster a replica's
