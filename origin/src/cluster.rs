@@ -12,6 +12,14 @@
 //! before writing anything. A publish that fails part-way is never visible: the record is
 //! written last, and the fragments it left are dropped (at once, or by repair).
 //!
+//! # Versions
+//! A file version is `(stamp, upload id)`, newest wins. Stamps come from a hybrid logical
+//! clock ([`Cluster::stamp`]): a node's wall clock, pushed past every stamp it issued or saw;
+//! every request between nodes and every answer carries the sender's clock
+//! ([`tessera_origin_proto::client::CLOCK_HEADER`]), and a publish or delete reads the
+//! path's record from its owners before it stamps. A write that follows another is ordered
+//! after it whatever the wall clocks say.
+//!
 //! # What each node keeps
 //! Chunks, fragments (which chunks of which file version this node holds, see
 //! [`crate::store::cluster`]) and the file records it owns. Garbage collection is local and
@@ -188,11 +196,52 @@ pub struct Cluster {
     cfg: ClusterConfig,
     store: Arc<Store>,
     metrics: Metrics,
-    last_stamp: AtomicU64,
+    /// The hybrid logical clock: the newest stamp this node issued or saw ([`Self::stamp`]).
+    clock: Hlc,
     report: Mutex<RepairReport>,
     /// One repair pass at a time.
     repairing: tokio::sync::Mutex<()>,
 }
+
+/// A hybrid logical clock whose logical counter is folded into the milliseconds: the newest
+/// stamp issued or seen, shared with the node's clients to its peers (which send it and
+/// advance it to their answers').
+#[derive(Debug, Clone, Default)]
+struct Hlc(Arc<AtomicU64>);
+
+impl Hlc {
+    /// A stamp after every one issued or seen: `now`, or one more than the newest.
+    fn next(&self, now: u64) -> u64 {
+        let mut prev = self.0.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(prev.saturating_add(1));
+            match self
+                .0
+                .compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    /// Sees `stamp`; returns the clock before.
+    fn observe(&self, stamp: u64) -> u64 {
+        self.0.fetch_max(stamp, Ordering::SeqCst)
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn shared(&self) -> Arc<AtomicU64> {
+        self.0.clone()
+    }
+}
+
+/// A stamp or peer clock this far ahead of the wall clock is logged (it is still followed:
+/// ignoring it could order a later write before an earlier one).
+const CLOCK_AHEAD_WARNING_MS: u64 = 3600 * 1000;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -317,7 +366,7 @@ pub struct Placement {
     pub record_nodes: Vec<String>,
     /// Chunk copies written per node.
     pub chunk_copies: HashMap<String, u64>,
-    /// The version's stamp (Unix ms) and id.
+    /// The version's stamp (hybrid logical clock, Unix ms) and id.
     pub stamp: u64,
     pub upload: String,
     /// Whether a newer version (a concurrent publish) already superseded this one.
@@ -342,11 +391,12 @@ impl Cluster {
                     cfg.me
                 )
             })?;
+        let clock = Hlc::default();
         let mut peers = Vec::new();
         for n in &cfg.nodes {
             let client = OriginClient::new(&n.url, token.clone())
                 .map_err(|e| format!("origin node {}: {e}", n.id))?
-                .hop();
+                .hop_with_clock(clock.shared());
             peers.push(Peer {
                 id: n.id.clone(),
                 client,
@@ -371,7 +421,7 @@ impl Cluster {
             cfg,
             store,
             metrics,
-            last_stamp: AtomicU64::new(0),
+            clock,
             report: Mutex::new(RepairReport::default()),
             repairing: tokio::sync::Mutex::new(()),
         })
@@ -505,15 +555,32 @@ impl Cluster {
         Ok(())
     }
 
-    /// A stamp later than any this node handed out before.
+    /// A new version stamp: this node's wall clock (Unix ms), or one more than the newest
+    /// stamp it issued or saw when that is later (a hybrid logical clock, with the logical
+    /// counter folded into the milliseconds). Every request between nodes and every answer
+    /// carries the clock ([`tessera_origin_proto::client::CLOCK_HEADER`]) and every
+    /// record read is seen, and a publish or delete first reads the path's current record
+    /// from its owners: so a write that follows another (acknowledged, or read) is stamped
+    /// after it even when its node's clock is behind.
     fn stamp(&self) -> u64 {
-        let now = now_ms();
-        let prev = self.last_stamp.fetch_max(now, Ordering::SeqCst);
-        if prev >= now {
-            self.last_stamp.fetch_add(1, Ordering::SeqCst) + 1
-        } else {
-            now
+        self.clock.next(now_ms())
+    }
+
+    /// Advances the clock to `stamp`, a stamp or clock seen in a record or a message.
+    pub fn observe(&self, stamp: u64) {
+        let before = self.clock.observe(stamp);
+        let ahead = stamp.saturating_sub(now_ms());
+        if stamp > before && ahead > CLOCK_AHEAD_WARNING_MS {
+            warn!(
+                ahead_secs = ahead / 1000,
+                "a peer's clock or a record's stamp is far ahead of this node's wall clock; versions follow it (check the nodes' time)"
+            );
         }
+    }
+
+    /// The clock, for the answer to a peer's request.
+    pub fn clock(&self) -> u64 {
+        self.clock.get()
     }
 
     /// Opens the fragment stream of version `key` on node `i`.
@@ -563,6 +630,7 @@ impl Cluster {
         mut pieces: mpsc::Receiver<Result<Bytes, ()>>,
     ) -> Result<(PublishReply, Placement), ClusterError> {
         self.ensure_quorum().await?;
+        self.see_current(path).await;
         let stamp = self.stamp();
         let upload = new_id();
         // The chunker runs on a blocking thread; chunks come back with their hashes.
@@ -845,6 +913,7 @@ impl Cluster {
                 }),
             });
         }
+        self.observe(newest.stamp);
         Ok((written, newest))
     }
 
@@ -957,6 +1026,19 @@ impl Cluster {
         Ok(n)
     }
 
+    /// Read before write: sees the stamps of `path`'s records on its live owners (and
+    /// their clocks), so the version stamped next is ordered after them. Errors are left
+    /// to the write that follows.
+    async fn see_current(&self, path: &str) {
+        let owners = self.targets(self.ring.file_preference(path));
+        let calls = owners.iter().map(|&i| self.record_on(i, path));
+        for r in futures_util::future::join_all(calls).await {
+            if let Ok(Some(rec)) = r {
+                self.observe(rec.stamp);
+            }
+        }
+    }
+
     /// The current record of `path`: the newest among its live owners, or further down its
     /// preference list when no owner has one. Tombstones are returned too.
     pub async fn record(&self, path: &str) -> Result<Option<FileRecord>, ClusterError> {
@@ -967,6 +1049,7 @@ impl Cluster {
         for r in futures_util::future::join_all(calls).await {
             match r {
                 Ok(Some(rec)) => {
+                    self.observe(rec.stamp);
                     if best.as_ref().is_none_or(|b| rec.newer_than(b)) {
                         best = Some(rec);
                     }
@@ -987,7 +1070,10 @@ impl Cluster {
                 continue;
             }
             match self.record_on(i, path).await {
-                Ok(Some(r)) => return Ok(Some(r)),
+                Ok(Some(r)) => {
+                    self.observe(r.stamp);
+                    return Ok(Some(r));
+                }
                 Ok(None) => {}
                 Err(_) => errors += 1,
             }
@@ -1583,6 +1669,24 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_orders_stamps_after_everything_seen_whatever_the_wall_clock() {
+        let c = Hlc::default();
+        assert_eq!(c.next(1_000), 1_000);
+        assert_eq!(c.next(1_000), 1_001, "the same millisecond: one more");
+        assert_eq!(c.next(900), 1_002, "the wall clock went back: still later");
+        c.observe(600_000); // a peer ten minutes ahead
+        assert_eq!(c.next(1_003), 600_001);
+        c.observe(5); // an older stamp changes nothing
+        assert_eq!(c.next(1_004), 600_002);
+        assert_eq!(c.next(700_000), 700_000, "the wall clock caught up");
+        // A peer's clock is also what its client sends and takes from answers.
+        c.shared().fetch_max(800_000, Ordering::SeqCst);
+        assert_eq!(c.get(), 800_000);
+        c.observe(u64::MAX);
+        assert_eq!(c.next(1), u64::MAX, "saturates, never wraps to the past");
+    }
 
     #[test]
     fn frames_round_trip_in_any_split_and_are_checked() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{OriginProcess, free_port, noise, start_tessera, terminate};
+use common::{OriginProcess, free_port, noise, start_tessera, start_tessera_under, terminate};
 use tessera_origin_proto::OriginClient;
 use tessera_origin_proto::client::full;
 
@@ -299,6 +299,123 @@ async fn an_owner_killed_mid_stream_leaves_the_rest_to_the_replica() {
     }
     assert_eq!(body.len(), data.len());
     assert!(body == data, "the bytes served are the file's");
+}
+
+/// Versions are ordered by hybrid logical clocks, not by the coordinating node's wall clock:
+/// with o1's clock ten minutes behind and o3's ten minutes ahead (Debian's `faketime`), a
+/// publish or delete acknowledged through one node and followed by another through a
+/// different node is always the older of the two, in every order of nodes, on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_clocks_never_order_an_acknowledged_write_after_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (topology, ports, _) = write_topology(dir.path(), 3);
+    let t = topology.to_str().unwrap();
+    // libfaketime preloaded by `env`, which execs: the process stays tessera itself, so
+    // SIGTERM reaches it (the `faketime` command would stand between).
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "{lib} is missing: install Debian's faketime (README, Test it)"
+    );
+    let preload = format!("LD_PRELOAD={lib}");
+    let skews = [Some("FAKETIME=-600s"), None, Some("FAKETIME=+600s")];
+    let mut origins: Vec<OriginProcess> = Vec::new();
+    for (i, skew) in skews.iter().enumerate() {
+        let id = format!("o{}", i + 1);
+        let args = ["origin", "--topology", t, "--id", &id];
+        let wrapper: Vec<&str> = match skew {
+            Some(s) => vec!["env", &preload, s],
+            None => vec![],
+        };
+        let (p, _) =
+            start_tessera_under(&wrapper, &args, "listening on", std::process::Stdio::null());
+        origins.push(p);
+    }
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    for u in &urls {
+        for i in 1..=3 {
+            wait_live(u, &format!("o{i}"), true).await;
+        }
+    }
+    // The skews hold: each node's `Date` is its own clock.
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let mut dates = Vec::new();
+    for u in &urls {
+        let r = c
+            .get(format!("{u}/healthz").parse().unwrap())
+            .await
+            .unwrap();
+        let d = r.headers()["date"].to_str().unwrap().to_string();
+        dates.push(httpdate::parse_http_date(&d).unwrap());
+    }
+    let behind = dates[1].duration_since(dates[0]).unwrap().as_secs();
+    let ahead = dates[2].duration_since(dates[1]).unwrap().as_secs();
+    assert!(
+        (590..=610).contains(&behind) && (590..=610).contains(&ahead),
+        "{dates:?}"
+    );
+    let clients: Vec<OriginClient> = urls
+        .iter()
+        .map(|u| OriginClient::new(u, Some("t0k".into())).unwrap())
+        .collect();
+    // What every node serves at `path`: the body, or None for a 404.
+    let everywhere = async |path: &str| -> Vec<Option<Bytes>> {
+        let mut got = Vec::new();
+        for u in &urls {
+            let (status, body) = fetch(&format!("{u}/api/v1/files/{path}")).await;
+            assert!(status == 200 || status == 404, "{u} {path}: {status}");
+            got.push((status == 200).then_some(body));
+        }
+        got
+    };
+    let delete = async |node: usize, path: &str| {
+        let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<Bytes>>();
+        let req = http::Request::delete(format!("{}/api/v1/files/{path}", urls[node]))
+            .header("authorization", "Bearer t0k")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let status = c.request(req).await.unwrap().status();
+        assert!(
+            status.is_success(),
+            "delete {path} through o{}: {status}",
+            node + 1
+        );
+    };
+    for a in 0..3 {
+        for b in (0..3).filter(|&b| b != a) {
+            let path = format!("skew/o{}-then-o{}.txt", a + 1, b + 1);
+            let v1 = Bytes::from(format!("{path}: v1 through o{}", a + 1));
+            let v2 = Bytes::from(format!("{path}: v2 through o{}", b + 1));
+            clients[a].put_bytes(&path, v1).await.unwrap();
+            clients[b].put_bytes(&path, v2.clone()).await.unwrap();
+            assert_eq!(
+                everywhere(&path).await,
+                vec![Some(v2); 3],
+                "{path}: the second publish"
+            );
+            delete(a, &path).await;
+            assert_eq!(
+                everywhere(&path).await,
+                vec![None; 3],
+                "{path}: deleted after it"
+            );
+            let v3 = Bytes::from(format!("{path}: v3 through o{}", b + 1));
+            clients[b].put_bytes(&path, v3.clone()).await.unwrap();
+            assert_eq!(
+                everywhere(&path).await,
+                vec![Some(v3); 3],
+                "{path}: published again"
+            );
+        }
+    }
+    for mut o in origins {
+        assert!(terminate(&mut o), "an origin did not stop cleanly");
+    }
 }
 
 #[test]

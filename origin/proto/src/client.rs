@@ -1,5 +1,7 @@
 //! An HTTP client for the origin's publisher and edge APIs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -155,6 +157,20 @@ pub struct OriginClient {
     http: Client<HttpConnector, UploadBody>,
     /// Marks every request as a hop inside the cluster ([`HOP_HEADER`]).
     hop: bool,
+    /// The node's hybrid logical clock, sent with every request and advanced by every
+    /// answer's ([`CLOCK_HEADER`]).
+    clock: Option<Arc<AtomicU64>>,
+}
+
+/// Header of requests between the nodes of an origin cluster, and of their answers: the
+/// sender's hybrid logical clock (the newest version stamp it issued or saw, Unix ms). A
+/// node that receives one never stamps a version at or below it afterwards, so versions
+/// follow the order of the operations whatever the nodes' wall clocks say.
+pub const CLOCK_HEADER: &str = "x-tessera-clock";
+
+/// The clock a request or answer carries, if any and well formed.
+pub fn clock_of(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(CLOCK_HEADER)?.to_str().ok()?.parse().ok()
 }
 
 /// Header of requests between the nodes of an origin cluster: the receiving node answers
@@ -182,6 +198,7 @@ impl OriginClient {
             token,
             http: Self::pool(Duration::from_secs(10)),
             hop: false,
+            clock: None,
         })
     }
 
@@ -202,6 +219,14 @@ impl OriginClient {
     /// This client, marking its requests as hops between cluster nodes.
     pub fn hop(mut self) -> Self {
         self.hop = true;
+        self
+    }
+
+    /// This client, marking its requests as hops between cluster nodes that carry `clock`
+    /// ([`CLOCK_HEADER`]) and advance it to the clock of each answer.
+    pub fn hop_with_clock(mut self, clock: Arc<AtomicU64>) -> Self {
+        self.hop = true;
+        self.clock = Some(clock);
         self
     }
 
@@ -275,17 +300,27 @@ impl OriginClient {
         if self.hop {
             req = req.header(HOP_HEADER, "1");
         }
+        if let Some(c) = &self.clock {
+            req = req.header(CLOCK_HEADER, c.load(Ordering::SeqCst));
+        }
         let req = req.body(body).map_err(|e| ClientError::BadUrl {
             url: url.to_string(),
             why: e.to_string(),
         })?;
-        self.http
+        let resp = self
+            .http
             .request(req)
             .await
             .map_err(|e| ClientError::Transport {
                 url: url.to_string(),
                 source: Box::new(e),
-            })
+            })?;
+        if let Some(c) = &self.clock
+            && let Some(theirs) = clock_of(resp.headers())
+        {
+            c.fetch_max(theirs, Ordering::SeqCst);
+        }
+        Ok(resp)
     }
 
     fn json<T: serde::de::DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, ClientError> {

@@ -241,7 +241,15 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let op = op_of(req.method(), req.uri().path());
     let span = info_span!("request", op, method = %req.method(), path = %req.uri().path());
-    let resp = async {
+    // A peer's clock: followed, and answered with this node's (see `Cluster::stamp`).
+    let peer_clock = app
+        .cluster
+        .as_ref()
+        .and_then(|cl| Some((cl, tessera_origin_proto::client::clock_of(req.headers())?)));
+    if let Some((cl, theirs)) = peer_clock {
+        cl.observe(theirs);
+    }
+    let mut resp = async {
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
         match route(&app, &parts, &mut body).await {
@@ -264,6 +272,12 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
     .instrument(span)
     .await;
+    if let Some((cl, _)) = peer_clock {
+        resp.headers_mut().insert(
+            tessera_origin_proto::client::CLOCK_HEADER,
+            HeaderValue::from(cl.clock()),
+        );
+    }
     app.metrics
         .requests
         .with_label_values(&[op, resp.status().as_str()])

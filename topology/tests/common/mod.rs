@@ -84,7 +84,27 @@ pub fn start_tessera_with(
     last: &str,
     stderr: Stdio,
 ) -> (OriginProcess, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    start_tessera_under(&[], args, last, stderr)
+}
+
+/// [`start_tessera_with`] run by the command `wrapper` (as `faketime -f -600s`), when it
+/// is not empty.
+pub fn start_tessera_under(
+    wrapper: &[&str],
+    args: &[&str],
+    last: &str,
+    stderr: Stdio,
+) -> (OriginProcess, Vec<String>) {
+    let exe = env!("CARGO_BIN_EXE_tessera");
+    let mut cmd = match wrapper {
+        [] => Command::new(exe),
+        [program, rest @ ..] => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(exe);
+            c
+        }
+    };
+    let mut child = cmd
         .args(args)
         .stdout(Stdio::piped())
         .stderr(stderr)
