@@ -138,6 +138,9 @@ pub enum ClusterError {
     /// A node failed during an operation.
     #[error("origin node {node} failed: {why}")]
     Node { node: String, why: String },
+    /// A node the write needs has no disk space left: nothing of it is visible.
+    #[error("origin node {node} has no disk space left, nothing was published: {why}")]
+    DiskFull { node: String, why: String },
     /// No node could serve a chunk the manifest names.
     #[error("no origin node could serve chunk {0}")]
     ChunkUnavailable(ChunkHash),
@@ -353,8 +356,21 @@ enum Sink {
     },
     Remote {
         tx: mpsc::Sender<Bytes>,
-        done: tokio::task::JoinHandle<Result<PublishReply, String>>,
+        done: tokio::task::JoinHandle<Result<PublishReply, SinkError>>,
     },
+}
+
+/// Why a node did not take its fragment of a publish: `full` when its disk is.
+#[derive(Debug)]
+struct SinkError {
+    full: bool,
+    why: String,
+}
+
+impl From<String> for SinkError {
+    fn from(why: String) -> Self {
+        SinkError { full: false, why }
+    }
 }
 
 /// What a publish reports beyond the single-node reply.
@@ -609,12 +625,15 @@ impl Cluster {
             // limits cut a stalled one.
             match me.peers[i].client.call(Method::PUT, &url, body).await {
                 Ok((p, b)) if p.status.is_success() => {
-                    serde_json::from_slice(&b).map_err(|e| format!("bad reply: {e}"))
+                    serde_json::from_slice(&b).map_err(|e| format!("bad reply: {e}").into())
                 }
-                Ok((p, b)) => Err(format!("{}: {}", p.status, String::from_utf8_lossy(&b))),
+                Ok((p, b)) => Err(SinkError {
+                    full: p.status == StatusCode::INSUFFICIENT_STORAGE,
+                    why: format!("{}: {}", p.status, String::from_utf8_lossy(&b)),
+                }),
                 Err(e) => {
                     me.mark(i, false);
-                    Err(e.to_string())
+                    Err(e.to_string().into())
                 }
             }
         });
@@ -746,9 +765,12 @@ impl Cluster {
                     drop(tx);
                     match done.await {
                         Ok(Ok(Some(reply))) => Ok(reply),
-                        Ok(Ok(None)) => Err("the publish was abandoned".to_string()),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                        Ok(Ok(None)) => Err("the publish was abandoned".to_string().into()),
+                        Ok(Err(e)) => Err(SinkError {
+                            full: e.is_disk_full(),
+                            why: e.to_string(),
+                        }),
+                        Err(e) => Err(e.to_string().into()),
                     }
                 }
                 Sink::Remote { tx, done } => {
@@ -758,7 +780,9 @@ impl Cluster {
                         continue;
                     }
                     drop(tx);
-                    done.await.map_err(|e| e.to_string()).and_then(|r| r)
+                    done.await
+                        .map_err(|e| SinkError::from(e.to_string()))
+                        .and_then(|r| r)
                 }
             };
             results.push((t, r));
@@ -786,11 +810,13 @@ impl Cluster {
                     new_chunks += rep.new_chunks;
                     stored += rep.stored_bytes_added;
                 }
-                Err(why) => {
+                Err(e) => {
                     cleanup(self);
-                    return Err(ClusterError::Node {
-                        node: self.peers[*t].id.clone(),
-                        why: why.clone(),
+                    let (node, why) = (self.peers[*t].id.clone(), e.why.clone());
+                    return Err(if e.full {
+                        ClusterError::DiskFull { node, why }
+                    } else {
+                        ClusterError::Node { node, why }
                     });
                 }
             }
@@ -940,9 +966,14 @@ impl Cluster {
     }
 
     fn node_error(&self, t: usize, status: StatusCode, body: &[u8]) -> ClusterError {
-        ClusterError::Node {
-            node: self.peers[t].id.clone(),
-            why: format!("{status}: {}", String::from_utf8_lossy(body)),
+        let (node, why) = (
+            self.peers[t].id.clone(),
+            format!("{status}: {}", String::from_utf8_lossy(body)),
+        );
+        if status == StatusCode::INSUFFICIENT_STORAGE {
+            ClusterError::DiskFull { node, why }
+        } else {
+            ClusterError::Node { node, why }
         }
     }
 

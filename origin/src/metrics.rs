@@ -50,6 +50,9 @@ pub struct Metrics {
     logical_bytes: IntGauge,
     unique_bytes: IntGauge,
     stored_bytes: IntGauge,
+    /// The file system of the data folder: its size and what is free on it.
+    pub disk_bytes: IntGauge,
+    pub disk_free_bytes: IntGauge,
     dedup_ratio: Gauge,
     compression_ratio: Gauge,
     efficiency: Gauge,
@@ -172,6 +175,14 @@ impl Metrics {
                 "tessera_origin_stored_bytes",
                 "Bytes allocated on disk for chunks and metadata",
             ),
+            disk_bytes: g(
+                "tessera_origin_disk_bytes",
+                "Size of the file system holding the data folder",
+            ),
+            disk_free_bytes: g(
+                "tessera_origin_disk_free_bytes",
+                "Bytes free on the file system holding the data folder; publishes get 507 when it is full",
+            ),
             dedup_ratio: f("tessera_origin_dedup_ratio", "logical_bytes / unique_bytes"),
             compression_ratio: f(
                 "tessera_origin_compression_ratio",
@@ -211,6 +222,8 @@ impl Metrics {
             &m.logical_bytes,
             &m.unique_bytes,
             &m.stored_bytes,
+            &m.disk_bytes,
+            &m.disk_free_bytes,
         ] {
             m.registry.register(Box::new(x.clone())).unwrap();
         }

@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Node, get, metric, noise, send};
+use common::{Node, Tmpfs, get, metric, noise, publish_until_refused, put_as_writer, send};
 use http::{Method, StatusCode};
 use tessera_origin_proto::{BatchItem, ChunkHash};
 
@@ -963,6 +963,55 @@ fn stalled_batch_clients_hold_no_thread() {
         drop(stalled);
         node.stop().await;
     });
+}
+
+/// A full data disk (a real 24 MiB tmpfs): publishes get `507` with a JSON reason and
+/// leave nothing visible, what was published reads back byte for byte, the metrics show the
+/// disk, and once files are deleted publishing works again.
+#[tokio::test]
+async fn a_full_disk_refuses_publishes_with_507_and_reads_go_on() {
+    let disk = Tmpfs::new("24m");
+    let data = disk.path().join("data");
+    let node = Node::start(|c| c.data = data).await;
+    let (mut published, failed, r) = publish_until_refused(&node, "f", 3_000_000, 70, 20).await;
+    assert!(published.len() >= 3, "{} published first", published.len());
+    assert_eq!(r.status, StatusCode::INSUFFICIENT_STORAGE, "{:?}", r.json());
+    let why = r.json()["error"].as_str().unwrap().to_string();
+    assert!(why.contains("data disk is full"), "{why}");
+    // Nothing of the refused publish is visible; everything before it reads back.
+    let r = get(&node.url(&format!("/api/v1/files/f{failed}.bin"))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    for (i, body) in &published {
+        let r = get(&node.url(&format!("/api/v1/files/f{i}.bin"))).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body[..] == body[..], "f{i} reads back");
+    }
+    let text = get(&node.url("/metrics")).await.body;
+    let text = String::from_utf8_lossy(&text);
+    let (size, free) = (
+        metric(&text, "tessera_origin_disk_bytes"),
+        metric(&text, "tessera_origin_disk_free_bytes"),
+    );
+    assert_eq!(size, (24 << 20) as f64);
+    assert!(free < 3e6, "{free} bytes free after the refusal");
+    // Deleting files frees their chunks: publishing works again.
+    for (i, _) in published.drain(..2) {
+        let url = node.url(&format!("/api/v1/files/f{i}.bin"));
+        let r = send(
+            Method::DELETE,
+            &url,
+            &[("authorization", "Bearer secret")],
+            "",
+        )
+        .await;
+        assert!(r.status.is_success(), "{}", r.status);
+    }
+    let body = noise(3_000_000, 99);
+    let url = node.url(&format!("/api/v1/files/f{failed}.bin"));
+    let r = put_as_writer(&url, body.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    assert!(get(&url).await.body[..] == body[..]);
+    node.stop().await;
 }
 
 /// A small file's manifest comes with its bytes when the edge asks, framed as

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    Node, cluster_config, get, noise, restart_node, send, start_cluster, start_cluster_with,
-    start_member,
+    Node, Tmpfs, cluster_config, get, noise, publish_until_refused, restart_node, send,
+    start_cluster, start_cluster_with, start_member,
 };
 use http::{Method, StatusCode};
 use tessera_origin_proto::ring::{Ring, RingNode};
@@ -718,5 +718,54 @@ async fn internal_calls_refuse_bad_input() {
         "the token reads records"
     );
     assert_eq!(get(&n.url("/api/v1/cluster")).await.status, StatusCode::OK);
+    stop_all(nodes).await;
+}
+
+/// One node of three (replication 2) on a full disk (a real 12 MiB tmpfs): a publish whose
+/// chunks it owns is refused with `507` naming it, nothing of that publish is visible on any
+/// node, what was published before reads back from every node, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_full_disk_makes_publishes_507_and_nothing_partial_is_visible() {
+    let disk = Tmpfs::new("12m");
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let cfg = cluster_config(&addrs, i, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let data = (i == 0).then(|| disk.path().join("data"));
+        nodes.push(
+            Node::start_on(l, dir, move |c| {
+                c.token = Some("secret".into());
+                c.cluster = Some(cfg);
+                if let Some(d) = data {
+                    c.data = d;
+                }
+            })
+            .await,
+        );
+    }
+    // o1's 12 MiB cannot hold its share of 60 MB.
+    let (published, failed, r) = publish_until_refused(&nodes[1], "c", 2_000_000, 300, 30).await;
+    assert_eq!(r.status, StatusCode::INSUFFICIENT_STORAGE, "{:?}", r.json());
+    let why = r.json()["error"].as_str().unwrap().to_string();
+    assert!(why.contains("o1") && why.contains("no disk space"), "{why}");
+    assert!(!published.is_empty());
+    for n in &nodes {
+        let r = get(&n.url(&format!("/api/v1/files/c{failed}.bin"))).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "the refused publish is not visible"
+        );
+        for (i, body) in &published {
+            let r = get(&n.url(&format!("/api/v1/files/c{i}.bin"))).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert!(r.body[..] == body[..], "c{i} reads back");
+        }
+    }
     stop_all(nodes).await;
 }

@@ -95,6 +95,15 @@ impl From<StoreError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("chunk {hash} failed its integrity check and was not served"),
             ),
+            e if e.is_disk_full() => {
+                warn!(error = %e, "publish refused: the data disk is full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!(
+                        "the origin's data disk is full, nothing was published ({e}); reads go on: free space or add capacity, then publish again"
+                    ),
+                )
+            }
             _ => {
                 error!(error = %e, "store error");
                 ApiError::new(
@@ -111,6 +120,10 @@ impl From<ClusterError> for ApiError {
         match e {
             ClusterError::Store(s) => s.into(),
             ClusterError::BadInput(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            e @ ClusterError::DiskFull { .. } => {
+                warn!(error = %e, "publish refused: a node's data disk is full");
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+            }
             e @ (ClusterError::TooFewNodes { .. }
             | ClusterError::Node { .. }
             | ClusterError::ChunkUnavailable(_)) => {
@@ -338,8 +351,13 @@ async fn route(app: &Arc<App>, req: &http::request::Parts, body: &mut Option<Inc
     }
     if path == "/metrics" {
         let store = app.store.clone();
-        if let Ok(stats) = blocking(move || store.stats()).await? {
+        let (stats, space) = blocking(move || (store.stats(), store.disk_space())).await?;
+        if let Ok(stats) = stats {
             app.metrics.set_storage(&stats);
+        }
+        if let Ok((size, free)) = space {
+            app.metrics.disk_bytes.set(size as i64);
+            app.metrics.disk_free_bytes.set(free as i64);
         }
         return Ok(Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")

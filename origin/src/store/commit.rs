@@ -120,8 +120,15 @@ impl Committer {
                     // new one; the tail is truncated at the next start.
                     self.open = None;
                     self.open_id.store(0, Ordering::SeqCst);
+                    let full = e.is_disk_full();
                     for job in &jobs {
-                        let _ = job.reply.send(Err(StoreError::Commit(e.to_string())));
+                        let why = e.to_string();
+                        let err = if full {
+                            StoreError::Full(why)
+                        } else {
+                            StoreError::Commit(why)
+                        };
+                        let _ = job.reply.send(Err(err));
                     }
                 }
             }

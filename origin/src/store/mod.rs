@@ -87,6 +87,28 @@ pub enum StoreError {
     /// The group commit that carried this publish failed (the cause is logged).
     #[error("commit failed: {0}")]
     Commit(String),
+    /// The group commit that carried this publish failed for want of disk space.
+    #[error("no space left on the data disk: {0}")]
+    Full(String),
+}
+
+impl StoreError {
+    /// Whether this is the data disk being full (`ENOSPC`, or a quota: `EDQUOT`): the
+    /// publish is refused with `507`, and reads go on.
+    pub fn is_disk_full(&self) -> bool {
+        fn full(e: &std::io::Error) -> bool {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        }
+        match self {
+            StoreError::Io { source, .. } => full(source),
+            StoreError::Db(redb::Error::Io(e)) => full(e),
+            StoreError::Full(_) => true,
+            _ => false,
+        }
+    }
 }
 
 macro_rules! from_redb {
@@ -326,6 +348,13 @@ impl Store {
     /// The store's settings.
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
+    }
+
+    /// The size of the file system holding the data folder and the bytes free on it for
+    /// this process (`statvfs`: blocks available to unprivileged users).
+    pub fn disk_space(&self) -> std::io::Result<(u64, u64)> {
+        let st = rustix::fs::statvfs(&self.dir)?;
+        Ok((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
     }
 
     /// The folder holding pack files.

@@ -249,3 +249,74 @@ pub fn pieces(data: &[u8], mut name: impl FnMut(&ChunkHash) -> bool) -> Bytes {
     }
     out.freeze()
 }
+
+/// A real small file system: a tmpfs of `size` (`24m`) mounted on a new temporary folder,
+/// unmounted and removed on drop. Mounting needs root (CI runs as root).
+pub struct Tmpfs(Option<tempfile::TempDir>);
+
+impl Tmpfs {
+    pub fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed: the disk-full tests need root"
+        );
+        Tmpfs(Some(dir))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let dir = self.0.take().unwrap();
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        drop(dir);
+    }
+}
+
+/// `PUT` of `body` at `url` with the write token `secret`.
+pub async fn put_as_writer(url: &str, body: Vec<u8>) -> Reply {
+    send(
+        Method::PUT,
+        url,
+        &[("authorization", "Bearer secret")],
+        body,
+    )
+    .await
+}
+
+/// Publishes files of `size` noise bytes (seeds from `seed`) at `/{name}{i}.bin` through
+/// `node` until one is refused: the files published with their bytes, then the refused
+/// one's number and reply. Panics if all `max` are accepted.
+pub async fn publish_until_refused(
+    node: &Node,
+    name: &str,
+    size: usize,
+    seed: u64,
+    max: u64,
+) -> (Vec<(u64, Vec<u8>)>, u64, Reply) {
+    let mut published = Vec::new();
+    for i in 0..max {
+        let body = noise(size, seed + i);
+        let r = put_as_writer(
+            &node.url(&format!("/api/v1/files/{name}{i}.bin")),
+            body.clone(),
+        )
+        .await;
+        if r.status != StatusCode::CREATED {
+            return (published, i, r);
+        }
+        published.push((i, body));
+    }
+    panic!("all {max} publishes of {size} bytes were accepted");
+}
