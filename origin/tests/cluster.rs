@@ -769,3 +769,52 @@ async fn a_node_with_a_full_disk_makes_publishes_507_and_nothing_partial_is_visi
     }
     stop_all(nodes).await;
 }
+
+/// Only callers with the write token (the peers) move a node's clock: a reader's huge clock
+/// is ignored and gets none back, while a peer's is followed and answered, and the next
+/// version is stamped after it.
+#[tokio::test]
+async fn only_callers_with_the_token_move_the_clock() {
+    let nodes = start_cluster(2, 2).await;
+    let auth = ("authorization", "Bearer secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let stamp_of = |r: &common::Reply| r.json()["placement"]["stamp"].as_u64().unwrap();
+    let far = (u64::MAX / 2).to_string();
+    let r = send(
+        Method::GET,
+        &nodes[0].url("/healthz"),
+        &[("x-tessera-clock", &far)],
+        "",
+    )
+    .await;
+    assert_eq!(r.header("x-tessera-clock"), "", "no clock for a reader");
+    let url = nodes[0].url("/api/v1/files/a.txt");
+    let r = send(Method::PUT, &url, &[auth], "a").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(
+        stamp_of(&r) < now + 60_000,
+        "{} against {now}",
+        stamp_of(&r)
+    );
+
+    let ahead = (now + 3_600_000).to_string();
+    let r = send(
+        Method::GET,
+        &nodes[0].url("/healthz"),
+        &[auth, ("x-tessera-clock", &ahead)],
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.header("x-tessera-clock"),
+        ahead,
+        "a peer's clock is followed"
+    );
+    let r = send(Method::PUT, &url, &[auth], "a2").await;
+    assert!(r.status.is_success(), "{}", r.status);
+    assert!(stamp_of(&r) > now + 3_600_000);
+    stop_all(nodes).await;
+}

@@ -254,10 +254,13 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let op = op_of(req.method(), req.uri().path());
     let span = info_span!("request", op, method = %req.method(), path = %req.uri().path());
-    // A peer's clock: followed, and answered with this node's (see `Cluster::stamp`).
+    // A peer's clock: followed, and answered with this node's (see `Cluster::stamp`). Only
+    // from a caller with the write token (the peers have it), so no reader can push the
+    // version stamps ahead.
     let peer_clock = app
         .cluster
         .as_ref()
+        .filter(|_| authorize(&app, req.headers()).is_ok())
         .and_then(|cl| Some((cl, tessera_origin_proto::client::clock_of(req.headers())?)));
     if let Some((cl, theirs)) = peer_clock {
         cl.observe(theirs);
