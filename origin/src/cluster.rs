@@ -257,10 +257,14 @@ fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Frame of a fragment stream: `blake3 [32] | length u32 BE | bytes`.
+/// Frame of a fragment stream: `blake3 [32] | length u32 BE | bytes` for a chunk sent, or
+/// `blake3 [32] | (HELD | length) u32 BE` with no bytes for a chunk the receiving node said
+/// it already holds (it checks that it does).
 const FRAME_HEAD: usize = 36;
 /// Largest chunk a fragment stream accepts.
 const MAX_FRAME: usize = 16 << 20;
+/// The length bit of a frame naming a chunk the receiver holds.
+const HELD: u32 = 1 << 31;
 
 fn frame(hash: &ChunkHash, data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(FRAME_HEAD + data.len());
@@ -270,6 +274,22 @@ fn frame(hash: &ChunkHash, data: &[u8]) -> Bytes {
     b.freeze()
 }
 
+fn held_frame(hash: &ChunkHash, size: u32) -> Bytes {
+    let mut b = BytesMut::with_capacity(FRAME_HEAD);
+    b.put_slice(hash.as_bytes());
+    b.put_u32(HELD | size);
+    b.freeze()
+}
+
+/// What a fragment's chunk list gets next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// A chunk's bytes, checked against its address.
+    Chunk(ChunkHash, Bytes),
+    /// A chunk of this size the node already holds, named without its bytes.
+    Held(ChunkHash, u32),
+}
+
 /// Splits a fragment stream into verified chunks as its bytes arrive.
 #[derive(Debug, Default)]
 pub struct FrameReader {
@@ -277,28 +297,34 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    /// Adds received bytes; returns the chunks now complete, each checked against its
+    /// Adds received bytes; returns the pieces now complete, each chunk checked against its
     /// address.
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<(ChunkHash, Bytes)>, String> {
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Piece>, String> {
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
         while self.buf.len() >= FRAME_HEAD {
-            let len = u32::from_be_bytes(self.buf[32..36].try_into().unwrap()) as usize;
+            let word = u32::from_be_bytes(self.buf[32..36].try_into().unwrap());
+            let (held, len) = (word & HELD != 0, (word & !HELD) as usize);
             if len == 0 || len > MAX_FRAME {
                 return Err(format!("chunk frame of {len} bytes (1 to {MAX_FRAME})"));
             }
-            if self.buf.len() < FRAME_HEAD + len {
+            let body = if held { 0 } else { len };
+            if self.buf.len() < FRAME_HEAD + body {
                 break;
             }
             let mut head = self.buf.split_to(FRAME_HEAD);
             let mut h = [0u8; 32];
             head.copy_to_slice(&mut h);
-            let data = self.buf.split_to(len).freeze();
             let hash = ChunkHash(h);
+            if held {
+                out.push(Piece::Held(hash, len as u32));
+                continue;
+            }
+            let data = self.buf.split_to(len).freeze();
             if ChunkHash::of(&data) != hash {
                 return Err(format!("chunk {hash} does not match its bytes"));
             }
-            out.push((hash, data));
+            out.push(Piece::Chunk(hash, data));
         }
         Ok(out)
     }
@@ -311,15 +337,16 @@ impl FrameReader {
 
 /// A fragment being written on this node by [`fragment_writer`].
 pub type FragmentWriter = (
-    mpsc::Sender<Bytes>,
+    mpsc::Sender<Option<Piece>>,
     tokio::task::JoinHandle<Result<Option<PublishReply>, StoreError>>,
 );
 
-/// Writes the chunks sent on the returned channel into this node's fragment of version
-/// `(stamp, upload)` of `path`, on a blocking thread: an empty chunk commits it (the task
-/// returns the reply), closing the channel first abandons it (`None`, nothing kept). With
-/// `merge` the fragment keeps the chunks it already had. Used for the publish's own share
-/// and for fragments other nodes send.
+/// Writes the pieces sent on the returned channel into this node's fragment of version
+/// `(stamp, upload)` of `path`, on a blocking thread: `None` commits it (the task returns
+/// the reply), closing the channel first abandons it (`None`, nothing kept). A piece naming
+/// a held chunk this node lacks fails the fragment. With `merge` the fragment keeps the
+/// chunks it already had. Used for the publish's own share and for fragments other nodes
+/// send.
 pub fn fragment_writer(
     store: Arc<Store>,
     path: &str,
@@ -327,7 +354,7 @@ pub fn fragment_writer(
     upload: &str,
     merge: bool,
 ) -> FragmentWriter {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let (tx, mut rx) = mpsc::channel::<Option<Piece>>(16);
     let key = fragment_key(path, stamp, upload);
     let (p, u) = (path.to_string(), upload.to_string());
     let done = tokio::task::spawn_blocking(move || {
@@ -337,11 +364,16 @@ pub fn fragment_writer(
                 up.reference_chunk(h, size)?;
             }
         }
-        while let Some(c) = rx.blocking_recv() {
-            if c.is_empty() {
-                return up.finish_fragment(&key).map(|(r, _)| Some(r));
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                None => return up.finish_fragment(&key).map(|(r, _)| Some(r)),
+                Some(Piece::Chunk(_, c)) => up.push_chunk(c)?,
+                Some(Piece::Held(h, size)) => {
+                    if !up.reference_chunk(h, size)? {
+                        return Err(StoreError::MissingChunk(h));
+                    }
+                }
             }
-            up.push_chunk(c)?;
         }
         Ok(None)
     });
@@ -351,14 +383,19 @@ pub fn fragment_writer(
 /// Where a publish sends the chunks one node will hold.
 enum Sink {
     Local {
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<Option<Piece>>,
         done: tokio::task::JoinHandle<Result<Option<PublishReply>, StoreError>>,
     },
+    /// Chunks go through a task that asks the node which it holds, a batch at a time, and
+    /// frames those it lacks with their bytes, the others by address only ([`HELD`]).
     Remote {
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<(ChunkHash, Bytes)>,
         done: tokio::task::JoinHandle<Result<PublishReply, SinkError>>,
     },
 }
+
+/// Chunks a remote sink asks about at once (at most: it asks about those waiting).
+const HELD_QUERY: usize = 256;
 
 /// Why a node did not take its fragment of a publish: `full` when its disk is.
 #[derive(Debug)]
@@ -605,7 +642,9 @@ impl Cluster {
             let (tx, done) = fragment_writer(self.store.clone(), path, stamp, upload, false);
             return Sink::Local { tx, done };
         }
+        let (chunks_tx, chunks_rx) = mpsc::channel::<(ChunkHash, Bytes)>(HELD_QUERY);
         let (tx, rx) = mpsc::channel::<Bytes>(16);
+        tokio::spawn(self.clone().frame_for(i, chunks_rx, tx));
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|b| {
                 (
@@ -637,7 +676,49 @@ impl Cluster {
                 }
             }
         });
-        Sink::Remote { tx, done }
+        Sink::Remote {
+            tx: chunks_tx,
+            done,
+        }
+    }
+
+    /// Frames the chunks of a publish for node `i`: each batch of those waiting (at most
+    /// [`HELD_QUERY`]) is first checked with the node (`POST /api/v1/chunks/known`), and a
+    /// chunk it holds goes as its address alone. If the question fails (an older node), the
+    /// bytes go. Counts the bytes sent and spared.
+    async fn frame_for(
+        self: Arc<Self>,
+        i: usize,
+        mut chunks: mpsc::Receiver<(ChunkHash, Bytes)>,
+        body: mpsc::Sender<Bytes>,
+    ) {
+        let mut batch = Vec::with_capacity(HELD_QUERY);
+        while chunks.recv_many(&mut batch, HELD_QUERY).await > 0 {
+            let hashes: Vec<ChunkHash> = batch.iter().map(|(h, _)| *h).collect();
+            let held = match self.peers[i].client.known_chunks(&hashes).await {
+                Ok(k) => k,
+                Err(e) => {
+                    debug!(node = %self.peers[i].id, error = %e, "asking which chunks a node holds failed; sending them all");
+                    vec![false; hashes.len()]
+                }
+            };
+            for ((hash, data), held) in batch.drain(..).zip(held) {
+                let f = if held {
+                    self.metrics
+                        .cluster_chunk_bytes_spared
+                        .inc_by(data.len() as u64);
+                    held_frame(&hash, data.len() as u32)
+                } else {
+                    self.metrics
+                        .cluster_chunk_bytes_sent
+                        .inc_by(data.len() as u64);
+                    frame(&hash, &data)
+                };
+                if body.send(f).await.is_err() {
+                    return; // the stream was abandoned
+                }
+            }
+        }
     }
 
     /// Publishes the stream of `pieces` at `path`: chunks to their nodes, then the record.
@@ -739,8 +820,11 @@ impl Cluster {
                     .or_insert_with(|| self.open_sink(t, path, stamp, &upload));
                 *copies.entry(t).or_default() += 1;
                 let sent = match sink {
-                    Sink::Local { tx, .. } => tx.send(data.clone()).await.is_ok(),
-                    Sink::Remote { tx, .. } => tx.send(frame(&hash, &data)).await.is_ok(),
+                    Sink::Local { tx, .. } => tx
+                        .send(Some(Piece::Chunk(hash, data.clone())))
+                        .await
+                        .is_ok(),
+                    Sink::Remote { tx, .. } => tx.send((hash, data.clone())).await.is_ok(),
                 };
                 if !sent {
                     failed = Some(ClusterError::Node {
@@ -760,7 +844,7 @@ impl Cluster {
             let r = match sink {
                 Sink::Local { tx, done } => {
                     if ok {
-                        let _ = tx.send(Bytes::new()).await;
+                        let _ = tx.send(None).await;
                     }
                     drop(tx);
                     match done.await {
@@ -1725,6 +1809,7 @@ mod tests {
         let b = Bytes::from_static(b"hello");
         let (ha, hb) = (ChunkHash::of(&a), ChunkHash::of(&b));
         let mut wire = frame(&ha, &a).to_vec();
+        wire.extend_from_slice(&held_frame(&hb, 5));
         wire.extend_from_slice(&frame(&hb, &b));
         for split in [1, 7, 36, 500, wire.len()] {
             let mut r = FrameReader::default();
@@ -1733,7 +1818,14 @@ mod tests {
                 got.extend(r.push(part).unwrap());
             }
             assert!(r.is_clean());
-            assert_eq!(got, vec![(ha, a.clone()), (hb, b.clone())]);
+            assert_eq!(
+                got,
+                vec![
+                    Piece::Chunk(ha, a.clone()),
+                    Piece::Held(hb, 5),
+                    Piece::Chunk(hb, b.clone())
+                ]
+            );
         }
         let mut bad = frame(&ha, &a).to_vec();
         bad[40] ^= 1;
@@ -1741,5 +1833,11 @@ mod tests {
         let mut huge = vec![0u8; 32];
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(FrameReader::default().push(&huge).is_err());
+        let mut empty = vec![0u8; 32];
+        empty.extend_from_slice(&HELD.to_be_bytes());
+        assert!(
+            FrameReader::default().push(&empty).is_err(),
+            "a held chunk of 0 bytes"
+        );
     }
 }

@@ -42,6 +42,10 @@ pub struct Metrics {
     /// checked so far.
     pub cluster_repair_running: IntGauge,
     pub cluster_repair_checked: IntGauge,
+    /// Cluster publishes: chunk bytes sent to other nodes, and bytes not sent because the
+    /// node already held the chunk.
+    pub cluster_chunk_bytes_sent: IntCounter,
+    pub cluster_chunk_bytes_spared: IntCounter,
     /// Scrub: chunks read and verified, found corrupt, and replaced from a replica.
     pub scrub_chunks: IntCounter,
     pub scrub_corrupt: IntCounter,
@@ -150,6 +154,14 @@ impl Metrics {
                 "tessera_origin_cluster_repair_checked",
                 "Records and fragments the current (or last) repair pass has checked",
             ),
+            cluster_chunk_bytes_sent: c(
+                "tessera_origin_cluster_chunk_bytes_sent_total",
+                "Chunk bytes a publish through this node sent to other nodes",
+            ),
+            cluster_chunk_bytes_spared: c(
+                "tessera_origin_cluster_chunk_bytes_spared_total",
+                "Chunk bytes a publish through this node did not send: the node they went to already held them",
+            ),
             scrub_chunks: c(
                 "tessera_origin_scrub_chunks_total",
                 "Chunks read and verified by the scrub",
@@ -205,6 +217,8 @@ impl Metrics {
             &m.gc_chunks,
             &m.cluster_repair_copies,
             &m.cluster_repair_passes,
+            &m.cluster_chunk_bytes_sent,
+            &m.cluster_chunk_bytes_spared,
             &m.scrub_chunks,
             &m.scrub_corrupt,
             &m.scrub_repaired,

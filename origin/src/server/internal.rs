@@ -18,7 +18,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -229,9 +228,9 @@ async fn put_fragment(
             }
         };
         match frames.push(&data) {
-            Ok(chunks) => {
-                for (_, c) in chunks {
-                    if tx.send(c).await.is_err() {
+            Ok(pieces) => {
+                for p in pieces {
+                    if tx.send(Some(p)).await.is_err() {
                         break 'read;
                     }
                 }
@@ -246,7 +245,7 @@ async fn put_fragment(
         refused = Some("the body ended inside a chunk frame".into());
     }
     if refused.is_none() {
-        let _ = tx.send(Bytes::new()).await;
+        let _ = tx.send(None).await;
     }
     drop(tx);
     let outcome = ingest.await.map_err(|e| {
