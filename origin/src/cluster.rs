@@ -394,8 +394,10 @@ enum Sink {
     },
 }
 
-/// Chunks a remote sink asks about at once (at most: it asks about those waiting).
-const HELD_QUERY: usize = 256;
+/// Chunks a remote sink asks about at once (at most: it asks about those waiting), and
+/// holds while it asks: with the default largest chunk (64 KiB), 4 MiB per node a publish
+/// writes to.
+const HELD_QUERY: usize = 64;
 
 /// Why a node did not take its fragment of a publish: `full` when its disk is.
 #[derive(Debug)]
