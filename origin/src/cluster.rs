@@ -686,8 +686,9 @@ impl Cluster {
 
     /// Frames the chunks of a publish for node `i`: each batch of those waiting (at most
     /// [`HELD_QUERY`]) is first checked with the node (`POST /api/v1/chunks/known`), and a
-    /// chunk it holds goes as its address alone. If the question fails (an older node), the
-    /// bytes go. Counts the bytes sent and spared.
+    /// chunk it holds goes as its address alone. If the question fails or gets no answer
+    /// within the call timeout (an older node, a slow one), the bytes go. Counts the bytes
+    /// sent and spared.
     async fn frame_for(
         self: Arc<Self>,
         i: usize,
@@ -697,10 +698,15 @@ impl Cluster {
         let mut batch = Vec::with_capacity(HELD_QUERY);
         while chunks.recv_many(&mut batch, HELD_QUERY).await > 0 {
             let hashes: Vec<ChunkHash> = batch.iter().map(|(h, _)| *h).collect();
-            let held = match self.peers[i].client.known_chunks(&hashes).await {
-                Ok(k) => k,
-                Err(e) => {
-                    debug!(node = %self.peers[i].id, error = %e, "asking which chunks a node holds failed; sending them all");
+            let asked = self.peers[i].client.known_chunks(&hashes);
+            let held = match tokio::time::timeout(self.timeout(), asked).await {
+                Ok(Ok(k)) => k,
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {:?}", self.timeout()),
+                    };
+                    debug!(node = %self.peers[i].id, %error, "asking which chunks a node holds failed; sending them all");
                     vec![false; hashes.len()]
                 }
             };
