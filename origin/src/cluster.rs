@@ -1155,11 +1155,7 @@ impl Cluster {
     async fn see_current(&self, path: &str) {
         let owners = self.targets(self.ring.file_preference(path));
         let calls = owners.iter().map(|&i| self.record_on(i, path));
-        for r in futures_util::future::join_all(calls).await {
-            if let Ok(Some(rec)) = r {
-                self.observe(rec.stamp);
-            }
-        }
+        futures_util::future::join_all(calls).await;
     }
 
     /// The current record of `path`: the newest among its live owners, or further down its
@@ -1172,7 +1168,6 @@ impl Cluster {
         for r in futures_util::future::join_all(calls).await {
             match r {
                 Ok(Some(rec)) => {
-                    self.observe(rec.stamp);
                     if best.as_ref().is_none_or(|b| rec.newer_than(b)) {
                         best = Some(rec);
                     }
@@ -1193,10 +1188,7 @@ impl Cluster {
                 continue;
             }
             match self.record_on(i, path).await {
-                Ok(Some(r)) => {
-                    self.observe(r.stamp);
-                    return Ok(Some(r));
-                }
+                Ok(Some(r)) => return Ok(Some(r)),
                 Ok(None) => {}
                 Err(_) => errors += 1,
             }
@@ -1211,7 +1203,16 @@ impl Cluster {
         Ok(None)
     }
 
+    /// The record of `path` on node `i`; its stamp is seen by the clock ([`Self::observe`]).
     async fn record_on(&self, i: usize, path: &str) -> Result<Option<FileRecord>, ClusterError> {
+        let rec = self.fetch_record(i, path).await;
+        if let Ok(Some(r)) = &rec {
+            self.observe(r.stamp);
+        }
+        rec
+    }
+
+    async fn fetch_record(&self, i: usize, path: &str) -> Result<Option<FileRecord>, ClusterError> {
         if i == self.me {
             let store = self.store.clone();
             let p = path.to_string();
