@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{OriginProcess, free_port, noise, start_tessera, start_tessera_under, terminate};
+use common::{OriginProcess, free_port, noise, start_tessera, start_tessera_env, terminate};
 use tessera_origin_proto::OriginClient;
 use tessera_origin_proto::client::full;
 
@@ -310,25 +310,23 @@ async fn skewed_clocks_never_order_an_acknowledged_write_after_a_later_one() {
     let dir = tempfile::tempdir().unwrap();
     let (topology, ports, _) = write_topology(dir.path(), 3);
     let t = topology.to_str().unwrap();
-    // libfaketime preloaded by `env`, which execs: the process stays tessera itself, so
-    // SIGTERM reaches it (the `faketime` command would stand between).
+    // libfaketime preloaded into tessera itself (the `faketime` command would stand between
+    // it and the SIGTERM that stops it).
     let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
     assert!(
         Path::new(lib).exists(),
         "{lib} is missing: install Debian's faketime (README, Test it)"
     );
-    let preload = format!("LD_PRELOAD={lib}");
-    let skews = [Some("FAKETIME=-600s"), None, Some("FAKETIME=+600s")];
+    let skews = [Some("-600s"), None, Some("+600s")];
     let mut origins: Vec<OriginProcess> = Vec::new();
     for (i, skew) in skews.iter().enumerate() {
         let id = format!("o{}", i + 1);
         let args = ["origin", "--topology", t, "--id", &id];
-        let wrapper: Vec<&str> = match skew {
-            Some(s) => vec!["env", &preload, s],
+        let env: Vec<(&str, &str)> = match skew {
+            Some(s) => vec![("LD_PRELOAD", lib), ("FAKETIME", s)],
             None => vec![],
         };
-        let (p, _) =
-            start_tessera_under(&wrapper, &args, "listening on", std::process::Stdio::null());
+        let (p, _) = start_tessera_env(&env, &args, "listening on", std::process::Stdio::null());
         origins.push(p);
     }
     let urls: Vec<String> = ports
@@ -373,8 +371,6 @@ async fn skewed_clocks_never_order_an_acknowledged_write_after_a_later_one() {
         got
     };
     let delete = async |node: usize, path: &str| {
-        let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Full<Bytes>>();
         let req = http::Request::delete(format!("{}/api/v1/files/{path}", urls[node]))
             .header("authorization", "Bearer t0k")
             .body(http_body_util::Full::new(Bytes::new()))

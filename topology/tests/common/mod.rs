@@ -84,27 +84,19 @@ pub fn start_tessera_with(
     last: &str,
     stderr: Stdio,
 ) -> (OriginProcess, Vec<String>) {
-    start_tessera_under(&[], args, last, stderr)
+    start_tessera_env(&[], args, last, stderr)
 }
 
-/// [`start_tessera_with`] run by the command `wrapper` (as `faketime -f -600s`), when it
-/// is not empty.
-pub fn start_tessera_under(
-    wrapper: &[&str],
+/// [`start_tessera_with`] with the environment variables `env` added (as libfaketime's
+/// `LD_PRELOAD` and `FAKETIME`).
+pub fn start_tessera_env(
+    env: &[(&str, &str)],
     args: &[&str],
     last: &str,
     stderr: Stdio,
 ) -> (OriginProcess, Vec<String>) {
-    let exe = env!("CARGO_BIN_EXE_tessera");
-    let mut cmd = match wrapper {
-        [] => Command::new(exe),
-        [program, rest @ ..] => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(exe);
-            c
-        }
-    };
-    let mut child = cmd
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .envs(env.iter().copied())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(stderr)
