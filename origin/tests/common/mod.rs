@@ -251,8 +251,11 @@ pub fn pieces(data: &[u8], mut name: impl FnMut(&ChunkHash) -> bool) -> Bytes {
 }
 
 /// A real small file system: a tmpfs of `size` (`24m`) mounted on a new temporary folder,
-/// unmounted and removed on drop. Mounting needs root (CI runs as root).
-pub struct Tmpfs(Option<tempfile::TempDir>);
+/// unmounted on drop, even while files are open in it (then the folder is removed). Mounting needs root (CI runs as root).
+/// The edge's tests have the same in `SmallDisk` (edge/tests/upstream_mode.rs).
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
 
 impl Tmpfs {
     pub fn new(size: &str) -> Tmpfs {
@@ -266,21 +269,21 @@ impl Tmpfs {
             status.success(),
             "mounting a tmpfs failed: the disk-full tests need root"
         );
-        Tmpfs(Some(dir))
+        Tmpfs { dir }
     }
 
     pub fn path(&self) -> &std::path::Path {
-        self.0.as_ref().unwrap().path()
+        self.dir.path()
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let dir = self.0.take().unwrap();
+        // Lazily: after a failed assertion the node still holds files open there.
         let _ = std::process::Command::new("umount")
-            .arg(dir.path())
+            .arg("--lazy")
+            .arg(self.dir.path())
             .status();
-        drop(dir);
     }
 }
 
