@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{
     Node, Tmpfs, cluster_config, get, noise, publish_until_refused, restart_node, send,
-    start_cluster, start_cluster_with, start_member,
+    start_cluster, start_cluster_each, start_cluster_with, start_member,
 };
 use http::{Method, StatusCode};
 use tessera_origin_proto::ring::{Ring, RingNode};
@@ -727,27 +727,12 @@ async fn internal_calls_refuse_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_full_disk_makes_publishes_507_and_nothing_partial_is_visible() {
     let disk = Tmpfs::new("12m");
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let mut nodes = Vec::new();
-    for (i, l) in listeners.into_iter().enumerate() {
-        let cfg = cluster_config(&addrs, i, 2);
-        let dir = tempfile::tempdir().unwrap();
-        let data = (i == 0).then(|| disk.path().join("data"));
-        nodes.push(
-            Node::start_on(l, dir, move |c| {
-                c.token = Some("secret".into());
-                c.cluster = Some(cfg);
-                if let Some(d) = data {
-                    c.data = d;
-                }
-            })
-            .await,
-        );
-    }
+    let nodes = start_cluster_each(3, 2, |i, c| {
+        if i == 0 {
+            c.data = disk.path().join("data");
+        }
+    })
+    .await;
     // o1's 12 MiB cannot hold its share of 60 MB.
     let (published, failed, r) = publish_until_refused(&nodes[1], "c", 2_000_000, 300, 30).await;
     assert_eq!(r.status, StatusCode::INSUFFICIENT_STORAGE, "{:?}", r.json());

@@ -119,6 +119,16 @@ pub async fn start_cluster_with(
     r: usize,
     change: impl Fn(&mut tessera_origin::cluster::ClusterConfig),
 ) -> Vec<Node> {
+    start_cluster_each(n, r, |_, c| change(c.cluster.as_mut().unwrap())).await
+}
+
+/// [`start_cluster`], node `i`'s whole configuration changed by `change(i, …)` once its
+/// cluster part and token are set.
+pub async fn start_cluster_each(
+    n: usize,
+    r: usize,
+    change: impl Fn(usize, &mut OriginConfig),
+) -> Vec<Node> {
     let mut listeners = Vec::new();
     for _ in 0..n {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -126,9 +136,9 @@ pub async fn start_cluster_with(
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        let mut cfg = cluster_config(&addrs, i, r);
-        change(&mut cfg);
-        nodes.push(start_member(l, tempfile::tempdir().unwrap(), cfg).await);
+        let cfg = cluster_config(&addrs, i, r);
+        let dir = tempfile::tempdir().unwrap();
+        nodes.push(start_member_with(l, dir, cfg, |c| change(i, c)).await);
     }
     nodes
 }
@@ -140,9 +150,20 @@ pub async fn start_member(
     dir: tempfile::TempDir,
     cfg: tessera_origin::cluster::ClusterConfig,
 ) -> Node {
+    start_member_with(listener, dir, cfg, |_| {}).await
+}
+
+/// [`start_member`], its configuration then changed by `change`.
+async fn start_member_with(
+    listener: tokio::net::TcpListener,
+    dir: tempfile::TempDir,
+    cfg: tessera_origin::cluster::ClusterConfig,
+    change: impl FnOnce(&mut OriginConfig),
+) -> Node {
     Node::start_on(listener, dir, move |c| {
         c.token = Some("secret".into());
         c.cluster = Some(cfg);
+        change(c);
     })
     .await
 }
