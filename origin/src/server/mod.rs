@@ -260,8 +260,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let peer_clock = app
         .cluster
         .as_ref()
-        .filter(|_| authorize(&app, req.headers()).is_ok())
-        .and_then(|cl| Some((cl, tessera_origin_proto::client::clock_of(req.headers())?)));
+        .and_then(|cl| Some((cl, tessera_origin_proto::client::clock_of(req.headers())?)))
+        .filter(|_| authorize(&app, req.headers()).is_ok());
     if let Some((cl, theirs)) = peer_clock {
         cl.observe(theirs);
     }
