@@ -32,9 +32,19 @@
 //!
 //! # Repair and scrub
 //! [`Cluster::repair`] (every `repair_interval_secs`, and on `POST /api/v1/cluster/repair`)
-//! pushes each record and each fragment's chunks this node holds to their current owners,
-//! then drops what this node holds but no longer owns, and fragments of versions
-//! superseded or deleted longer ago than [`ClusterConfig::superseded_grace_secs`]. [`Cluster::scrub`] reads every chunk at a bounded rate, checks it against its
+//! costs what changed. It compares this node's anti-entropy digests with each live peer's
+//! ([`crate::digest`]: XOR digests per bucket of paths over what both should hold, kept up
+//! to date from the store's change events), lists the items of the buckets that differ,
+//! and looks only at the paths whose items differ and at the paths changed here since the
+//! last pass (fragments received, hinted copies, versions a publish or delete superseded).
+//! For those it pushes records and chunks to owners that lack them, drops what this node
+//! holds but no longer owns once its owners have it, and drops fragments of versions
+//! superseded or deleted longer ago than [`ClusterConfig::superseded_grace_secs`] (or of
+//! failed publishes). So a pass over an unchanged cluster exchanges digests and nothing
+//! else. A full pass (every [`ClusterConfig::full_repair_secs`], or `?full=1`) also looks
+//! at every record and fragment this node holds, for what no digest shows: expired
+//! tombstones, and versions superseded while every holder of their fragments missed the
+//! news. [`Cluster::scrub`] reads every chunk at a bounded rate, checks it against its
 //! blake3 and replaces a corrupt one with a replica's copy.
 
 use std::collections::{HashMap, HashSet};
@@ -55,6 +65,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::chunker::Chunker;
+use crate::digest::{Digests, Listed, SyncEvent, SyncItem};
 use crate::metrics::Metrics;
 use crate::store::cluster::{FileRecord, Fragment, fragment_key};
 use crate::store::{Store, StoreError};
@@ -106,6 +117,9 @@ pub struct ClusterConfig {
     pub superseded_grace_secs: u64,
     /// Seconds a node call may take before the node is treated as down for that call.
     pub call_timeout_secs: u64,
+    /// Seconds between full repair passes, which also look at what the digests vouch for
+    /// (expired tombstones, versions whose supersession every holder missed); 0: never.
+    pub full_repair_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -121,6 +135,7 @@ impl Default for ClusterConfig {
             fragment_grace_secs: 600,
             superseded_grace_secs: 600,
             call_timeout_secs: 10,
+            full_repair_secs: 24 * 3600,
         }
     }
 }
@@ -181,6 +196,13 @@ pub struct RepairReport {
     pub fragments_dropped: u64,
     /// Errors met (each also logged).
     pub errors: u64,
+    /// Whether the pass looked at everything this node holds, not only what changed.
+    pub full: bool,
+    /// Peers whose digests were compared, and digest buckets found differing.
+    pub peers_compared: u64,
+    pub buckets_differing: u64,
+    /// Paths looked at: changed here since the last pass, or differing from a peer.
+    pub paths: u64,
 }
 
 #[derive(Debug)]
@@ -194,7 +216,7 @@ struct Peer {
 #[derive(Debug)]
 pub struct Cluster {
     me: usize,
-    ring: Ring,
+    ring: Arc<Ring>,
     peers: Vec<Peer>,
     cfg: ClusterConfig,
     store: Arc<Store>,
@@ -204,6 +226,37 @@ pub struct Cluster {
     report: Mutex<RepairReport>,
     /// One repair pass at a time.
     repairing: tokio::sync::Mutex<()>,
+    /// Anti-entropy digests against each peer ([`crate::digest`]).
+    digests: Arc<Digests>,
+    /// Paths the next repair pass looks at.
+    dirty: Arc<Mutex<Dirty>>,
+    /// Unix seconds of the last full repair pass (0: none).
+    last_full: AtomicU64,
+}
+
+/// Paths changed on this node since the last repair pass: fragments that arrived, hinted
+/// copies, versions superseded elsewhere. Bounded: past [`Dirty::MAX`] paths the set is
+/// dropped and the next pass is full.
+#[derive(Debug, Default)]
+struct Dirty {
+    paths: HashSet<String>,
+    overflow: bool,
+}
+
+impl Dirty {
+    const MAX: usize = 1 << 20;
+
+    fn insert(&mut self, path: &str) {
+        if self.overflow || self.paths.contains(path) {
+            return;
+        }
+        if self.paths.len() >= Self::MAX {
+            self.paths = HashSet::new();
+            self.overflow = true;
+            return;
+        }
+        self.paths.insert(path.to_string());
+    }
 }
 
 /// A hybrid logical clock whose logical counter is folded into the milliseconds: the newest
@@ -458,7 +511,7 @@ impl Cluster {
                 alive: AtomicBool::new(true),
             });
         }
-        let ring = Ring::new(
+        let ring = Arc::new(Ring::new(
             cfg.nodes
                 .iter()
                 .map(|n| RingNode {
@@ -468,7 +521,40 @@ impl Cluster {
                 .collect(),
             cfg.vnodes,
             cfg.replication,
-        );
+        ));
+        // The digests start from what the store holds; from then on the store reports each
+        // change. Nothing writes before the node serves, so none is missed or counted twice.
+        let digests = Arc::new(Digests::new(me, ring.clone()));
+        let dirty = Arc::new(Mutex::new(Dirty::default()));
+        {
+            let mut d = dirty.lock().unwrap();
+            let mut last_fragment = String::new();
+            store
+                .sync_scan(|item| {
+                    let hinted = digests.apply(&item, true);
+                    // Two versions of one path: one of them is on its way out.
+                    let again = matches!(item, SyncItem::Fragment { .. })
+                        && std::mem::replace(&mut last_fragment, item.path().to_string())
+                            == item.path();
+                    if hinted || again {
+                        d.insert(item.path());
+                    }
+                })
+                .map_err(|e| format!("reading the sync index: {e}"))?;
+        }
+        {
+            let (digests, dirty) = (digests.clone(), dirty.clone());
+            store.observe_sync(Arc::new(move |events: &[SyncEvent]| {
+                let mut d = dirty.lock().unwrap();
+                for ev in events {
+                    let hinted = digests.apply(&ev.item, ev.added);
+                    let fragment = matches!(ev.item, SyncItem::Fragment { .. });
+                    if ev.added && (hinted || fragment) {
+                        d.insert(ev.item.path());
+                    }
+                }
+            }));
+        }
         Ok(Self {
             me,
             ring,
@@ -479,6 +565,9 @@ impl Cluster {
             clock,
             report: Mutex::new(RepairReport::default()),
             repairing: tokio::sync::Mutex::new(()),
+            digests,
+            dirty,
+            last_full: AtomicU64::new(now_ms() / 1000),
         })
     }
 
@@ -738,7 +827,7 @@ impl Cluster {
         mut pieces: mpsc::Receiver<Result<Bytes, ()>>,
     ) -> Result<(PublishReply, Placement), ClusterError> {
         self.ensure_quorum().await?;
-        self.see_current(path).await;
+        let previous = self.see_current(path).await;
         let stamp = self.stamp();
         let upload = new_id();
         // The chunker runs on a blocking thread; chunks come back with their hashes.
@@ -948,7 +1037,9 @@ impl Cluster {
             }
         };
         let superseded = current.newer_than(&rec);
-        if self.cfg.superseded_grace_secs == 0 {
+        // Nodes holding fragments of the version replaced (which may receive none of this
+        // one) drop them now, or note the path for repair after the grace period.
+        if previous || self.cfg.superseded_grace_secs == 0 {
             self.spawn_drop_older(&current);
         }
         let reply = PublishReply {
@@ -1129,6 +1220,11 @@ impl Cluster {
             .ok_or_else(|| ClusterError::BadInput("\"upload\" is missing".into()))?
             .to_string();
         let older = body["older"].as_bool().unwrap_or(true);
+        if older && self.cfg.superseded_grace_secs > 0 {
+            // Reads of the older versions may still be going: repair drops them later.
+            self.dirty.lock().unwrap().insert(&path);
+            return Ok(0);
+        }
         let store = self.store.clone();
         let n = blocking(move || -> Result<usize, StoreError> {
             let n = if older {
@@ -1152,10 +1248,14 @@ impl Cluster {
     /// Read before write: sees the stamps of `path`'s records on its live owners (and
     /// their clocks), so the version stamped next is ordered after them. Errors are left
     /// to the write that follows.
-    async fn see_current(&self, path: &str) {
+    /// Returns whether some owner has a record of the path.
+    async fn see_current(&self, path: &str) -> bool {
         let owners = self.targets(self.ring.file_preference(path));
         let calls = owners.iter().map(|&i| self.record_on(i, path));
-        futures_util::future::join_all(calls).await;
+        futures_util::future::join_all(calls)
+            .await
+            .iter()
+            .any(|r| matches!(r, Ok(Some(_))))
     }
 
     /// The current record of `path`: the newest among its live owners, or further down its
@@ -1297,9 +1397,7 @@ impl Cluster {
             manifest: None,
         };
         let (_, current) = self.put_record(&rec).await.map_err(|e| e.error)?;
-        if self.cfg.superseded_grace_secs == 0 {
-            self.drop_older(&current).await;
-        }
+        self.drop_older(&current).await;
         Ok(true)
     }
 
@@ -1481,20 +1579,73 @@ impl Cluster {
         }
     }
 
-    /// One repair pass over what this node holds (see the module docs).
+    /// One repair pass (see the module docs): full when due.
     pub async fn repair(self: &Arc<Self>) -> Result<RepairReport, ClusterError> {
+        self.repair_pass(false).await
+    }
+
+    /// One repair pass. It compares digests with every live peer and looks at the paths
+    /// that differ and at those changed here since the last pass; a full pass (`full`, every
+    /// `full_repair_secs`, or after the changed set overflowed) looks at everything this
+    /// node holds as well.
+    pub async fn repair_pass(self: &Arc<Self>, full: bool) -> Result<RepairReport, ClusterError> {
         let _one = self.repairing.lock().await;
         let m = &self.metrics;
         m.cluster_repair_running.set(1);
         m.cluster_repair_checked.set(0);
         let mut rep = RepairReport::default();
+        let now = now_ms() / 1000;
+        let (mut paths, overflow) = {
+            let mut d = self.dirty.lock().unwrap();
+            let taken = std::mem::take(&mut *d);
+            (taken.paths, taken.overflow)
+        };
+        let due = self.cfg.full_repair_secs > 0
+            && now.saturating_sub(self.last_full.load(Ordering::Relaxed))
+                >= self.cfg.full_repair_secs;
+        rep.full = full || overflow || due;
+        let mut redo = HashSet::new();
         let done = async {
-            self.repair_records(&mut rep).await?;
-            self.repair_fragments(&mut rep).await
+            for o in 0..self.peers.len() {
+                if o == self.me {
+                    continue;
+                }
+                if !self.alive(o) {
+                    rep.chunks_waiting += self.digests.shared_chunks(o);
+                    continue;
+                }
+                match self.sync_with(o, &mut rep).await {
+                    Ok(differ) => paths.extend(differ),
+                    Err(e) => {
+                        rep.errors += 1;
+                        rep.chunks_waiting += self.digests.shared_chunks(o);
+                        debug!(node = %self.peers[o].id, error = %e, "digest exchange");
+                    }
+                }
+            }
+            rep.paths = paths.len() as u64;
+            self.repair_records(rep.full, &paths, &mut rep, &mut redo)
+                .await?;
+            self.repair_fragments(rep.full, &paths, &mut rep, &mut redo)
+                .await
         }
         .await;
         m.cluster_repair_running.set(0);
+        {
+            // What could not be settled (and, after an error, everything) is looked at again.
+            let mut d = self.dirty.lock().unwrap();
+            let again = if done.is_err() { &paths } else { &redo };
+            for p in again {
+                d.insert(p);
+            }
+            if done.is_err() && rep.full {
+                d.overflow = true;
+            }
+        }
         done?;
+        if rep.full {
+            self.last_full.store(now, Ordering::Relaxed);
+        }
         let store = self.store.clone();
         blocking(move || store.collect_garbage()).await??;
         rep.finished = now_ms() / 1000;
@@ -1502,18 +1653,121 @@ impl Cluster {
         m.cluster_repair_copies
             .inc_by(rep.chunks_copied + rep.records_copied);
         m.cluster_repair_passes.inc();
+        m.cluster_repair_buckets_differing
+            .inc_by(rep.buckets_differing);
+        m.cluster_repair_paths.inc_by(rep.paths);
         *self.report.lock().unwrap() = rep.clone();
         Ok(rep)
     }
 
-    async fn repair_records(&self, rep: &mut RepairReport) -> Result<(), ClusterError> {
+    /// This node's digests toward `peer` ([`Digests::encoded`]).
+    pub fn digest_for(&self, peer: &str) -> Result<Vec<u8>, ClusterError> {
+        Ok(self.digests.encoded(self.peer_index(peer)?))
+    }
+
+    /// This node's items of `buckets` as listed toward `peer`.
+    pub async fn items_for(
+        &self,
+        peer: &str,
+        buckets: Vec<u16>,
+    ) -> Result<Vec<Listed>, ClusterError> {
+        let o = self.peer_index(peer)?;
+        if let Some(b) = buckets
+            .iter()
+            .find(|&&b| b as usize >= crate::digest::BUCKETS)
+        {
+            return Err(ClusterError::BadInput(format!(
+                "bucket {b} is out of range (0..{})",
+                crate::digest::BUCKETS
+            )));
+        }
         let store = self.store.clone();
-        let records = blocking(move || store.files("")).await??;
+        let items = blocking(move || store.sync_items(&buckets)).await??;
+        Ok(self.digests.listed(&items, o))
+    }
+
+    fn peer_index(&self, peer: &str) -> Result<usize, ClusterError> {
+        match self.peers.iter().position(|p| p.id == peer) {
+            Some(i) if i != self.me => Ok(i),
+            _ => Err(ClusterError::BadInput(format!(
+                "{peer:?} is not another node of this cluster"
+            ))),
+        }
+    }
+
+    /// Compares digests with node `o`; returns the paths whose items differ.
+    async fn sync_with(
+        &self,
+        o: usize,
+        rep: &mut RepairReport,
+    ) -> Result<HashSet<String>, ClusterError> {
+        let me = encode_path(&self.peers[self.me].id);
+        let url = format!("/api/v1/cluster/sync/digest?peer={me}");
+        let (status, theirs) = self.call(o, Method::GET, &url, full(Bytes::new())).await?;
+        if !status.is_success() {
+            return Err(self.node_error(o, status, &theirs));
+        }
+        let bad = |why: String| ClusterError::Node {
+            node: self.peers[o].id.clone(),
+            why,
+        };
+        let differ = self
+            .digests
+            .differing(o, &theirs)
+            .ok_or_else(|| bad(format!("a digest of {} bytes", theirs.len())))?;
+        rep.peers_compared += 1;
+        rep.buckets_differing += differ.len() as u64;
+        let mut paths = HashSet::new();
+        for group in differ.chunks(256) {
+            let body = Bytes::from(serde_json::json!({ "buckets": group }).to_string());
+            let url = format!("/api/v1/cluster/sync/items?peer={me}");
+            let (status, bytes) = self.call(o, Method::POST, &url, full(body)).await?;
+            if !status.is_success() {
+                return Err(self.node_error(o, status, &bytes));
+            }
+            let theirs: HashSet<Listed> = serde_json::from_slice::<Vec<Listed>>(&bytes)
+                .map_err(|e| bad(format!("bad item list: {e}")))?
+                .into_iter()
+                .collect();
+            let store = self.store.clone();
+            let group = group.to_vec();
+            let items = blocking(move || store.sync_items(&group)).await??;
+            let mine: HashSet<Listed> = self.digests.listed(&items, o).into_iter().collect();
+            for l in mine.symmetric_difference(&theirs) {
+                paths.insert(l.path.clone());
+            }
+        }
+        Ok(paths)
+    }
+
+    /// Records of `paths` (of everything with `full`): pushed to owners that lack them,
+    /// dropped here once their owners have them if this node is not one, or once an old
+    /// tombstone expires.
+    async fn repair_records(
+        &self,
+        full: bool,
+        paths: &HashSet<String>,
+        rep: &mut RepairReport,
+        redo: &mut HashSet<String>,
+    ) -> Result<(), ClusterError> {
+        let store = self.store.clone();
+        let records = if full {
+            blocking(move || store.files("")).await??
+        } else {
+            let list: Vec<String> = paths.iter().cloned().collect();
+            blocking(move || store.files_of(&list)).await??
+        };
         let now = now_ms();
         for rec in records {
+            let owners = self.ring.file_owners(&rec.path);
+            let expired = rec.manifest.is_none()
+                && now.saturating_sub(rec.stamp) > self.cfg.tombstone_secs * 1000;
+            // An owned record no digest flagged is where its co-owners have it.
+            if owners.contains(&self.me) && !expired && !paths.contains(&rec.path) {
+                continue;
+            }
             rep.records += 1;
             self.metrics.cluster_repair_checked.inc();
-            let owners = self.ring.file_owners(&rec.path);
             let body = Bytes::from(serde_json::to_vec(&rec).expect("records serialise"));
             let mut confirmed = 0;
             for &o in &owners {
@@ -1522,9 +1776,10 @@ impl Cluster {
                     continue;
                 }
                 if !self.alive(o) {
+                    redo.insert(rec.path.clone());
                     continue;
                 }
-                // Ask first: most passes find every owner up to date and write nothing.
+                // Ask first: a path flagged for its fragments often has its record in place.
                 let cur = match self.record_on(o, &rec.path).await {
                     Ok(Some(b)) if !rec.newer_than(&b) => Ok(b),
                     Ok(_) => {
@@ -1546,12 +1801,11 @@ impl Cluster {
                     }
                     Err(e) => {
                         rep.errors += 1;
+                        redo.insert(rec.path.clone());
                         debug!(error = %e, "record repair");
                     }
                 }
             }
-            let expired = rec.manifest.is_none()
-                && now.saturating_sub(rec.stamp) > self.cfg.tombstone_secs * 1000;
             let moved = !owners.contains(&self.me) && confirmed == owners.len();
             if expired || moved {
                 let store = self.store.clone();
@@ -1562,9 +1816,22 @@ impl Cluster {
         Ok(())
     }
 
-    async fn repair_fragments(&self, rep: &mut RepairReport) -> Result<(), ClusterError> {
+    /// Fragments of `paths` (of everything with `full`): dropped once superseded (or
+    /// failed) long enough ago, else their chunks pushed to owners that lack them.
+    async fn repair_fragments(
+        &self,
+        full: bool,
+        paths: &HashSet<String>,
+        rep: &mut RepairReport,
+        redo: &mut HashSet<String>,
+    ) -> Result<(), ClusterError> {
         let store = self.store.clone();
-        let fragments = blocking(move || store.fragments()).await??;
+        let fragments = if full {
+            blocking(move || store.fragments()).await??
+        } else {
+            let list: Vec<String> = paths.iter().cloned().collect();
+            blocking(move || store.fragments_of(&list)).await??
+        };
         let now = now_ms();
         let mut current: HashMap<String, Option<FileRecord>> = HashMap::new();
         for f in fragments {
@@ -1575,6 +1842,7 @@ impl Cluster {
                     Ok(r) => r,
                     Err(e) => {
                         rep.errors += 1;
+                        redo.insert(f.path.clone());
                         debug!(error = %e, "fragment repair: no record");
                         continue;
                     }
@@ -1599,10 +1867,23 @@ impl Cluster {
                     let (p, s, u) = (f.path.clone(), f.stamp, f.upload.clone());
                     rep.fragments_dropped +=
                         blocking(move || store.drop_one_fragment(&p, s, &u)).await?? as u64;
+                } else {
+                    redo.insert(f.path.clone());
                 }
                 continue;
             }
+            let hinted = f
+                .chunks
+                .iter()
+                .any(|(h, _)| !self.ring.chunk_owners(h).contains(&self.me));
+            if !hinted && !paths.contains(&f.path) {
+                continue; // the digests vouch for its owners' copies
+            }
+            let before = (rep.errors, rep.chunks_waiting);
             self.repair_fragment(&f, rep).await?;
+            if (rep.errors, rep.chunks_waiting) != before {
+                redo.insert(f.path.clone());
+            }
         }
         Ok(())
     }

@@ -17,6 +17,7 @@
 pub mod chunker;
 pub mod cluster;
 pub mod codec;
+pub mod digest;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -42,6 +42,10 @@ pub struct Metrics {
     /// checked so far.
     pub cluster_repair_running: IntGauge,
     pub cluster_repair_checked: IntGauge,
+    /// Cluster: digest buckets repair found differing from a peer's, and paths it looked
+    /// at (changed here, or differing); both stay flat while nothing changes.
+    pub cluster_repair_buckets_differing: IntCounter,
+    pub cluster_repair_paths: IntCounter,
     /// Cluster publishes: chunk bytes sent to other nodes, and bytes not sent because the
     /// node already held the chunk.
     pub cluster_chunk_bytes_sent: IntCounter,
@@ -154,6 +158,14 @@ impl Metrics {
                 "tessera_origin_cluster_repair_checked",
                 "Records and fragments the current (or last) repair pass has checked",
             ),
+            cluster_repair_buckets_differing: c(
+                "tessera_origin_cluster_repair_buckets_differing_total",
+                "Anti-entropy digest buckets repair found differing from a peer's",
+            ),
+            cluster_repair_paths: c(
+                "tessera_origin_cluster_repair_paths_total",
+                "Paths repair looked at: changed on this node, or differing from a peer",
+            ),
             cluster_chunk_bytes_sent: c(
                 "tessera_origin_cluster_chunk_bytes_sent_total",
                 "Chunk bytes a publish through this node sent to other nodes",
@@ -219,6 +231,8 @@ impl Metrics {
             &m.cluster_repair_passes,
             &m.cluster_chunk_bytes_sent,
             &m.cluster_chunk_bytes_spared,
+            &m.cluster_repair_buckets_differing,
+            &m.cluster_repair_paths,
             &m.scrub_chunks,
             &m.scrub_corrupt,
             &m.scrub_repaired,

@@ -15,6 +15,10 @@
 //!   bytes`, each checked) committed as that fragment when the body ends; with `merge=1`
 //!   the fragment keeps the chunks it already had.
 //! - `POST /api/v1/cluster/fragments/drop`: `{"path", "stamp", "upload", "older"}`.
+//! - `GET /api/v1/cluster/sync/digest?peer=ID`: this node's anti-entropy digests toward
+//!   node `ID`, binary (see [`crate::digest`]); `POST /api/v1/cluster/sync/items?peer=ID`
+//!   with `{"buckets": [...]}`: its items of those buckets, as listed toward `ID`.
+//! - `POST /api/v1/cluster/repair[?full=1]`: see above; `full=1` makes the pass full.
 
 use std::sync::Arc;
 
@@ -39,6 +43,14 @@ fn cluster_of(app: &App) -> Result<&Arc<Cluster>, ApiError> {
             "this origin node is standalone, not part of a cluster",
         )
     })
+}
+
+/// The `peer` query parameter: the node asking for its digests or items.
+fn peer_of(req: &http::request::Parts) -> Result<String, ApiError> {
+    form_pairs(req.uri.query().unwrap_or(""))
+        .find(|(k, _)| k == "peer")
+        .map(|(_, v)| v)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "\"peer\" is missing"))
 }
 
 fn path_of(raw: &str) -> Result<String, ApiError> {
@@ -76,7 +88,8 @@ pub(super) async fn route(
     let path = req.uri.path();
     let method = &req.method;
     let rest = path.strip_prefix("/api/v1/cluster").unwrap_or("");
-    let node_call = rest.starts_with("/files") || rest.starts_with("/fragments");
+    let node_call =
+        rest.starts_with("/files") || rest.starts_with("/fragments") || rest.starts_with("/sync");
     if node_call || (*method != Method::GET && *method != Method::HEAD) {
         authorize(app, &req.headers)?;
     }
@@ -84,8 +97,28 @@ pub(super) async fn route(
         (Method::GET, "" | "/") => Ok(json_reply(StatusCode::OK, &cluster.status())),
         (Method::GET, "/stats") => Ok(json_reply(StatusCode::OK, &cluster.stats().await?)),
         (Method::POST, "/repair") => {
-            let rep = cluster.repair().await?;
+            let full =
+                form_pairs(req.uri.query().unwrap_or("")).any(|(k, v)| k == "full" && v == "1");
+            let rep = cluster.repair_pass(full).await?;
             Ok(json_reply(StatusCode::OK, &rep))
+        }
+        (Method::GET, "/sync/digest") => {
+            let d = cluster.digest_for(&peer_of(req)?)?;
+            Ok(http::Response::builder()
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                .body(super::full(d))
+                .expect("a valid response"))
+        }
+        (Method::POST, "/sync/items") => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Buckets {
+                buckets: Vec<u16>,
+            }
+            let b: Buckets = read_json(body).await?;
+            let items = cluster.items_for(&peer_of(req)?, b.buckets).await?;
+            Ok(json_reply(StatusCode::OK, &items))
         }
         (Method::POST, "/scrub") => {
             let (checked, repaired) = cluster.scrub(u64::MAX).await?;

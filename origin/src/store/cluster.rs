@@ -20,7 +20,7 @@ use tessera_origin_proto::{ChunkHash, Manifest};
 
 use super::meta::{CHUNKS, COUNTERS, GARBAGE, MANIFESTS, PACKS, PackEntry, StoredManifest};
 use super::pack::{PackWriter, RECORD_HEAD};
-use super::{Result, Store, StoreError, fsync_dir, get_entry, io, record_change, retire};
+use super::{Result, Store, StoreError, fsync_dir, get_entry, io, record_change, retire, sync};
 use crate::codec::{self, Codec};
 
 /// Path → [`FileRecord`] JSON: the versions of files this node owns.
@@ -28,7 +28,7 @@ pub const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 
 /// The first character of every fragment key: a control character, which publish paths
 /// never contain.
-const FRAGMENT_MARK: char = '\u{1}';
+pub(super) const FRAGMENT_MARK: char = '\u{1}';
 
 /// The current version of a path in the cluster, or its tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +85,20 @@ pub struct Fragment {
     pub chunks: Vec<(ChunkHash, u32)>,
 }
 
+/// The fragment stored under `key` as `stored`.
+fn fragment_of(key: &str, stored: &[u8]) -> Result<Fragment> {
+    let (path, stamp, upload) =
+        parse_fragment_key(key).ok_or_else(|| damaged(format!("fragment key {key:?}")))?;
+    let m =
+        StoredManifest::decode(key, stored).ok_or_else(|| damaged(format!("fragment {key:?}")))?;
+    Ok(Fragment {
+        path: path.to_string(),
+        stamp,
+        upload: upload.to_string(),
+        chunks: m.chunks.iter().map(|c| (c.hash, c.size)).collect(),
+    })
+}
+
 fn damaged(what: impl Into<String>) -> StoreError {
     StoreError::Damaged(what.into())
 }
@@ -95,17 +109,21 @@ impl Store {
     /// delete for a tombstone).
     pub fn put_file(&self, rec: &FileRecord) -> Result<FileRecord> {
         let txn = self.db.begin_write()?;
+        let mut events = Vec::new();
         {
             let mut t = txn.open_table(FILES)?;
-            if let Some(v) = t.get(rec.path.as_str())? {
-                let cur: FileRecord = serde_json::from_slice(v.value())
+            let old = t.get(rec.path.as_str())?.map(|v| v.value().to_vec());
+            if let Some(v) = old {
+                let cur: FileRecord = serde_json::from_slice(&v)
                     .map_err(|_| damaged(format!("file record of {}", rec.path)))?;
                 if !rec.newer_than(&cur) {
                     return Ok(cur);
                 }
+                sync::note(&txn, &mut events, sync::record_item(&cur), false)?;
             }
             let bytes = serde_json::to_vec(rec).expect("records serialise");
             t.insert(rec.path.as_str(), &bytes[..])?;
+            sync::note(&txn, &mut events, sync::record_item(rec), true)?;
         }
         let (op, b3) = match &rec.manifest {
             Some(m) => (ChangeOp::Put, Some(m.blake3)),
@@ -114,6 +132,7 @@ impl Store {
         let seq = record_change(&txn, op, &rec.path, b3, self.cfg.change_retention)?;
         txn.commit()?;
         self.changes.send_replace(seq);
+        self.sync.fire(&events);
         Ok(rec.clone())
     }
 
@@ -151,6 +170,7 @@ impl Store {
     /// owners, or an old tombstone expired), if it is still version `(stamp, upload)`.
     pub fn forget_file(&self, path: &str, stamp: u64, upload: &str) -> Result<bool> {
         let txn = self.db.begin_write()?;
+        let mut events = Vec::new();
         {
             let mut t = txn.open_table(FILES)?;
             let same = match t.get(path)? {
@@ -163,9 +183,41 @@ impl Store {
                 return Ok(false);
             }
             t.remove(path)?;
+            let item = sync::SyncItem::Record {
+                path: path.to_string(),
+                stamp,
+                upload: upload.to_string(),
+            };
+            sync::note(&txn, &mut events, item, false)?;
         }
         txn.commit()?;
+        self.sync.fire(&events);
         Ok(true)
+    }
+
+    /// The records this node holds of `paths`.
+    pub fn files_of(&self, paths: &[String]) -> Result<Vec<FileRecord>> {
+        let mut out = Vec::new();
+        for p in paths {
+            out.extend(self.file(p)?);
+        }
+        Ok(out)
+    }
+
+    /// The fragments this node holds of `paths`, every version.
+    pub fn fragments_of(&self, paths: &[String]) -> Result<Vec<Fragment>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(MANIFESTS)?;
+        let mut out = Vec::new();
+        for p in paths {
+            let lo = format!("{FRAGMENT_MARK}{p}\0");
+            let hi = format!("{FRAGMENT_MARK}{p}\u{1}");
+            for r in t.range(lo.as_str()..hi.as_str())? {
+                let (k, v) = r?;
+                out.push(fragment_of(k.value(), v.value())?);
+            }
+        }
+        Ok(out)
     }
 
     /// Every fragment on this node.
@@ -180,16 +232,7 @@ impl Store {
             if !is_fragment_key(key) {
                 break;
             }
-            let (path, stamp, upload) =
-                parse_fragment_key(key).ok_or_else(|| damaged(format!("fragment key {key:?}")))?;
-            let m = StoredManifest::decode(key, v.value())
-                .ok_or_else(|| damaged(format!("fragment {key:?}")))?;
-            out.push(Fragment {
-                path: path.to_string(),
-                stamp,
-                upload: upload.to_string(),
-                chunks: m.chunks.iter().map(|c| (c.hash, c.size)).collect(),
-            });
+            out.push(fragment_of(key, v.value())?);
         }
         Ok(out)
     }
@@ -220,6 +263,7 @@ impl Store {
         let hi = format!("{FRAGMENT_MARK}{path}\u{1}");
         let txn = self.db.begin_write()?;
         let mut dropped = 0;
+        let mut events = Vec::new();
         {
             let mut manifests = txn.open_table(MANIFESTS)?;
             let mut doomed = Vec::new();
@@ -240,11 +284,15 @@ impl Store {
                 if let Some(old) = manifests.remove(key.as_str())? {
                     let old = old.value().to_vec();
                     retire(&mut chunks, &mut garbage, &mut counters, &key, &old)?;
+                    if let Some(item) = sync::fragment_item(&key, &old)? {
+                        sync::note(&txn, &mut events, item, false)?;
+                    }
                     dropped += 1;
                 }
             }
         }
         txn.commit()?;
+        self.sync.fire(&events);
         Ok(dropped)
     }
 
@@ -253,6 +301,7 @@ impl Store {
     pub fn drop_one_fragment(&self, path: &str, stamp: u64, upload: &str) -> Result<usize> {
         let key = fragment_key(path, stamp, upload);
         let txn = self.db.begin_write()?;
+        let mut events = Vec::new();
         let dropped = {
             let mut manifests = txn.open_table(MANIFESTS)?;
             let old = manifests.remove(key.as_str())?.map(|v| v.value().to_vec());
@@ -262,12 +311,16 @@ impl Store {
                     let mut garbage = txn.open_table(GARBAGE)?;
                     let mut counters = txn.open_table(COUNTERS)?;
                     retire(&mut chunks, &mut garbage, &mut counters, &key, &old)?;
+                    if let Some(item) = sync::fragment_item(&key, &old)? {
+                        sync::note(&txn, &mut events, item, false)?;
+                    }
                     1
                 }
                 None => 0,
             }
         };
         txn.commit()?;
+        self.sync.fire(&events);
         Ok(dropped)
     }
 

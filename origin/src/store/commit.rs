@@ -92,6 +92,8 @@ pub(super) struct Committer {
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Changes the feed keeps.
     pub change_retention: u64,
+    /// Where fragment changes are reported after the commit.
+    pub sync: Arc<super::sync::SyncHub>,
 }
 
 /// Most publishes committed in one transaction.
@@ -187,8 +189,9 @@ impl Committer {
         let mut dead: HashMap<u64, u64> = HashMap::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut seq = 0;
+        let mut events = Vec::new();
         for job in jobs.iter() {
-            outcomes.push(apply(&txn, job, &mut dead)?);
+            outcomes.push(apply(&txn, job, &mut dead, &mut events)?);
             let m = &job.manifest;
             if !job.feed {
                 continue;
@@ -217,6 +220,7 @@ impl Committer {
         if seq > 0 {
             self.changes.send_replace(seq);
         }
+        self.sync.fire(&events);
         Ok(outcomes)
     }
 }
@@ -228,6 +232,7 @@ fn apply(
     txn: &WriteTransaction,
     job: &CommitJob,
     dead: &mut HashMap<u64, u64>,
+    events: &mut Vec<super::sync::SyncEvent>,
 ) -> Result<Committed> {
     let m = &job.manifest;
     let (mut new_chunks, mut stored_added, mut unique_added) = (0u64, 0u64, 0u64);
@@ -295,6 +300,12 @@ fn apply(
     let replaced = old.is_some();
     if let Some(old) = old {
         retire(&mut chunks, &mut garbage, &mut counters, &m.path, &old)?;
+        if let Some(item) = super::sync::fragment_item(&m.path, &old)? {
+            super::sync::note(txn, events, item, false)?;
+        }
+    }
+    if let Some(item) = super::sync::manifest_item(m) {
+        super::sync::note(txn, events, item, true)?;
     }
     counter_add(&mut counters, "objects", 1)?;
     counter_add(&mut counters, "logical_bytes", i128::from(m.size))?;

@@ -24,6 +24,7 @@ pub mod cluster;
 mod commit;
 pub mod meta;
 pub mod pack;
+pub mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -230,6 +231,8 @@ pub struct Store {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// One collection (and compaction) at a time.
     gc: Mutex<()>,
+    /// Where committed record and fragment changes go ([`sync`]).
+    sync: Arc<sync::SyncHub>,
 }
 
 fn now_secs() -> u64 {
@@ -305,8 +308,10 @@ impl Store {
             }
             txn.commit()?;
         }
+        sync::build_if_missing(&db)?;
         let db = Arc::new(db);
         remove_orphan_packs(&db, &packs_dir)?;
+        let sync_hub = Arc::new(sync::SyncHub::default());
         let open_shared = Arc::new(AtomicU64::new(0));
         let latest = {
             let txn = db.begin_read()?;
@@ -323,6 +328,7 @@ impl Store {
             open: None,
             changes: changes.clone(),
             change_retention: cfg.change_retention,
+            sync: sync_hub.clone(),
         };
         let committer = std::thread::Builder::new()
             .name("tessera-commit".into())
@@ -340,6 +346,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             gc: Mutex::new(()),
+            sync: sync_hub,
         };
         store.collect_garbage()?;
         Ok(store)
