@@ -547,9 +547,8 @@ impl Cluster {
             store.observe_sync(Arc::new(move |events: &[SyncEvent]| {
                 let mut d = dirty.lock().unwrap();
                 for ev in events {
-                    let hinted = digests.apply(&ev.item, ev.added);
-                    let fragment = matches!(ev.item, SyncItem::Fragment { .. });
-                    if ev.added && (hinted || fragment) {
+                    // A hinted copy is handed to its owners by the next pass.
+                    if digests.apply(&ev.item, ev.added) && ev.added {
                         d.insert(ev.item.path());
                     }
                 }
@@ -1039,7 +1038,7 @@ impl Cluster {
         let superseded = current.newer_than(&rec);
         // Nodes holding fragments of the version replaced (which may receive none of this
         // one) drop them now, or note the path for repair after the grace period.
-        if previous || self.cfg.superseded_grace_secs == 0 {
+        if previous || superseded || self.cfg.superseded_grace_secs == 0 {
             self.spawn_drop_older(&current);
         }
         let reply = PublishReply {
@@ -1660,9 +1659,21 @@ impl Cluster {
         Ok(rep)
     }
 
-    /// This node's digests toward `peer` ([`Digests::encoded`]).
+    /// The top level of this node's digests toward `peer` ([`Digests::encoded_top`]).
     pub fn digest_for(&self, peer: &str) -> Result<Vec<u8>, ClusterError> {
-        Ok(self.digests.encoded(self.peer_index(peer)?))
+        Ok(self.digests.encoded_top(self.peer_index(peer)?))
+    }
+
+    /// The bucket digests of `groups` toward `peer` ([`Digests::encoded_buckets`]).
+    pub fn bucket_digests_for(&self, peer: &str, groups: &[u16]) -> Result<Vec<u8>, ClusterError> {
+        let o = self.peer_index(peer)?;
+        if let Some(g) = groups.iter().find(|&&g| g as usize >= crate::digest::TOP) {
+            return Err(ClusterError::BadInput(format!(
+                "group {g} is out of range (0..{})",
+                crate::digest::TOP
+            )));
+        }
+        Ok(self.digests.encoded_buckets(o, groups))
     }
 
     /// This node's items of `buckets` as listed toward `peer`.
@@ -1672,15 +1683,6 @@ impl Cluster {
         buckets: Vec<u16>,
     ) -> Result<Vec<Listed>, ClusterError> {
         let o = self.peer_index(peer)?;
-        if let Some(b) = buckets
-            .iter()
-            .find(|&&b| b as usize >= crate::digest::BUCKETS)
-        {
-            return Err(ClusterError::BadInput(format!(
-                "bucket {b} is out of range (0..{})",
-                crate::digest::BUCKETS
-            )));
-        }
         let store = self.store.clone();
         let items = blocking(move || store.sync_items(&buckets)).await??;
         Ok(self.digests.listed(&items, o))
@@ -1695,49 +1697,72 @@ impl Cluster {
         }
     }
 
-    /// Compares digests with node `o`; returns the paths whose items differ.
+    /// Compares digests with node `o`, top level, then the buckets of the groups that
+    /// differ, then the items of the buckets that differ; returns the paths whose items
+    /// differ.
     async fn sync_with(
         &self,
         o: usize,
         rep: &mut RepairReport,
     ) -> Result<HashSet<String>, ClusterError> {
         let me = encode_path(&self.peers[self.me].id);
-        let url = format!("/api/v1/cluster/sync/digest?peer={me}");
-        let (status, theirs) = self.call(o, Method::GET, &url, full(Bytes::new())).await?;
-        if !status.is_success() {
-            return Err(self.node_error(o, status, &theirs));
-        }
+        let digest_url = format!("/api/v1/cluster/sync/digest?peer={me}");
         let bad = |why: String| ClusterError::Node {
             node: self.peers[o].id.clone(),
             why,
         };
-        let differ = self
+        let top = self
+            .sync_call(o, Method::GET, &digest_url, Bytes::new())
+            .await?;
+        let groups = self
             .digests
-            .differing(o, &theirs)
-            .ok_or_else(|| bad(format!("a digest of {} bytes", theirs.len())))?;
+            .differing_top(o, &top)
+            .ok_or_else(|| bad(format!("a top digest of {} bytes", top.len())))?;
         rep.peers_compared += 1;
-        rep.buckets_differing += differ.len() as u64;
+        let mut buckets = Vec::new();
+        for part in groups.chunks(1024) {
+            let body = Bytes::from(serde_json::json!({ "groups": part }).to_string());
+            let theirs = self.sync_call(o, Method::POST, &digest_url, body).await?;
+            buckets.extend(
+                self.digests
+                    .differing_buckets(o, part, &theirs)
+                    .ok_or_else(|| bad(format!("bucket digests of {} bytes", theirs.len())))?,
+            );
+        }
+        rep.buckets_differing += buckets.len() as u64;
         let mut paths = HashSet::new();
-        for group in differ.chunks(256) {
-            let body = Bytes::from(serde_json::json!({ "buckets": group }).to_string());
+        for part in buckets.chunks(1024) {
+            let body = Bytes::from(serde_json::json!({ "buckets": part }).to_string());
             let url = format!("/api/v1/cluster/sync/items?peer={me}");
-            let (status, bytes) = self.call(o, Method::POST, &url, full(body)).await?;
-            if !status.is_success() {
-                return Err(self.node_error(o, status, &bytes));
-            }
+            let bytes = self.sync_call(o, Method::POST, &url, body).await?;
             let theirs: HashSet<Listed> = serde_json::from_slice::<Vec<Listed>>(&bytes)
                 .map_err(|e| bad(format!("bad item list: {e}")))?
                 .into_iter()
                 .collect();
             let store = self.store.clone();
-            let group = group.to_vec();
-            let items = blocking(move || store.sync_items(&group)).await??;
+            let part = part.to_vec();
+            let items = blocking(move || store.sync_items(&part)).await??;
             let mine: HashSet<Listed> = self.digests.listed(&items, o).into_iter().collect();
             for l in mine.symmetric_difference(&theirs) {
                 paths.insert(l.path.clone());
             }
         }
         Ok(paths)
+    }
+
+    /// One anti-entropy call to node `o`: the body of a success, else the node's error.
+    async fn sync_call(
+        &self,
+        o: usize,
+        method: Method,
+        url: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ClusterError> {
+        let (status, bytes) = self.call(o, method, url, full(body)).await?;
+        if !status.is_success() {
+            return Err(self.node_error(o, status, &bytes));
+        }
+        Ok(bytes)
     }
 
     /// Records of `paths` (of everything with `full`): pushed to owners that lack them,

@@ -340,11 +340,6 @@ async fn repair_exchanges_only_digests_when_nothing_changed_and_refills_a_replac
     let mut nodes = start_cluster(3, 2).await;
     let ring = ring(3, 2);
     let paths = publish_files(&nodes, "d", 40, 100 << 10, 900).await;
-    let first = repair_all(&nodes).await;
-    assert!(
-        first.iter().any(|r| r["paths"].as_u64().unwrap() > 0),
-        "{first:?}"
-    );
     let idle = |reports: Vec<serde_json::Value>| {
         for r in reports {
             for k in [
@@ -386,10 +381,6 @@ async fn repair_exchanges_only_digests_when_nothing_changed_and_refills_a_replac
             "{path}"
         );
     }
-    // What o3 received is looked at once by its own next pass (it changed there); then
-    // nothing is.
-    let settle = repair_all(&nodes).await;
-    assert_eq!(settle[2]["paths"], paths.len() as u64, "{settle:?}");
     idle(repair_all(&nodes).await);
     stop_all(nodes).await;
 }
@@ -735,7 +726,13 @@ async fn internal_calls_refuse_bad_input() {
         (
             Method::POST,
             "/api/v1/cluster/sync/items?peer=o2",
-            "{\"buckets\": [4096]}",
+            "{\"buckets\": [65536]}",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/api/v1/cluster/sync/digest?peer=o2",
+            "{\"groups\": [4096]}",
             StatusCode::BAD_REQUEST,
         ),
         (

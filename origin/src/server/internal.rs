@@ -15,9 +15,10 @@
 //!   bytes`, each checked) committed as that fragment when the body ends; with `merge=1`
 //!   the fragment keeps the chunks it already had.
 //! - `POST /api/v1/cluster/fragments/drop`: `{"path", "stamp", "upload", "older"}`.
-//! - `GET /api/v1/cluster/sync/digest?peer=ID`: this node's anti-entropy digests toward
-//!   node `ID`, binary (see [`crate::digest`]); `POST /api/v1/cluster/sync/items?peer=ID`
-//!   with `{"buckets": [...]}`: its items of those buckets, as listed toward `ID`.
+//! - `GET /api/v1/cluster/sync/digest?peer=ID`: the top level of this node's anti-entropy
+//!   digests toward node `ID`, binary; `POST` with `{"groups": [...]}`: the bucket digests
+//!   of those groups; `POST /api/v1/cluster/sync/items?peer=ID` with `{"buckets": [...]}`:
+//!   its items of those buckets, as listed toward `ID` (see [`crate::digest`]).
 //! - `POST /api/v1/cluster/repair[?full=1]`: see above; `full=1` makes the pass full.
 
 use std::sync::Arc;
@@ -43,6 +44,14 @@ fn cluster_of(app: &App) -> Result<&Arc<Cluster>, ApiError> {
             "this origin node is standalone, not part of a cluster",
         )
     })
+}
+
+fn binary(bytes: Vec<u8>) -> http::Response<super::Body> {
+    http::Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+        .body(super::full(bytes))
+        .expect("a valid response")
 }
 
 /// The `peer` query parameter: the node asking for its digests or items.
@@ -102,13 +111,17 @@ pub(super) async fn route(
             let rep = cluster.repair_pass(full).await?;
             Ok(json_reply(StatusCode::OK, &rep))
         }
-        (Method::GET, "/sync/digest") => {
-            let d = cluster.digest_for(&peer_of(req)?)?;
-            Ok(http::Response::builder()
-                .status(StatusCode::OK)
-                .header(http::header::CONTENT_TYPE, "application/octet-stream")
-                .body(super::full(d))
-                .expect("a valid response"))
+        (Method::GET, "/sync/digest") => Ok(binary(cluster.digest_for(&peer_of(req)?)?)),
+        (Method::POST, "/sync/digest") => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Groups {
+                groups: Vec<u16>,
+            }
+            let g: Groups = read_json(body).await?;
+            Ok(binary(
+                cluster.bucket_digests_for(&peer_of(req)?, &g.groups)?,
+            ))
         }
         (Method::POST, "/sync/items") => {
             #[derive(serde::Deserialize)]
@@ -117,6 +130,12 @@ pub(super) async fn route(
                 buckets: Vec<u16>,
             }
             let b: Buckets = read_json(body).await?;
+            if b.buckets.len() > crate::digest::BUCKETS {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "more buckets than a digest has",
+                ));
+            }
             let items = cluster.items_for(&peer_of(req)?, b.buckets).await?;
             Ok(json_reply(StatusCode::OK, &items))
         }
