@@ -175,6 +175,9 @@ struct RecordError {
     error: ClusterError,
 }
 
+/// Paths a repair pass works on at once.
+const REPAIR_CONCURRENCY: usize = 16;
+
 /// What the last repair pass found and did, for `GET /api/v1/cluster` and the metrics.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RepairReport {
@@ -203,6 +206,21 @@ pub struct RepairReport {
     pub buckets_differing: u64,
     /// Paths looked at: changed here since the last pass, or differing from a peer.
     pub paths: u64,
+}
+
+impl RepairReport {
+    /// Adds the counts of `o`, the part of a pass that looked at one path.
+    fn add(&mut self, o: &RepairReport) {
+        self.records += o.records;
+        self.records_copied += o.records_copied;
+        self.fragments += o.fragments;
+        self.chunks_missing += o.chunks_missing;
+        self.chunks_copied += o.chunks_copied;
+        self.chunks_waiting += o.chunks_waiting;
+        self.chunks_moved_off += o.chunks_moved_off;
+        self.fragments_dropped += o.fragments_dropped;
+        self.errors += o.errors;
+    }
 }
 
 #[derive(Debug)]
@@ -1623,9 +1641,7 @@ impl Cluster {
                 }
             }
             rep.paths = paths.len() as u64;
-            self.repair_records(rep.full, &paths, &mut rep, &mut redo)
-                .await?;
-            self.repair_fragments(rep.full, &paths, &mut rep, &mut redo)
+            self.repair_paths(rep.full, &paths, &mut rep, &mut redo)
                 .await
         }
         .await;
@@ -1765,10 +1781,9 @@ impl Cluster {
         Ok(bytes)
     }
 
-    /// Records of `paths` (of everything with `full`): pushed to owners that lack them,
-    /// dropped here once their owners have them if this node is not one, or once an old
-    /// tombstone expires.
-    async fn repair_records(
+    /// Repairs the records and fragments this node holds of `paths` (of everything with
+    /// `full`), [`REPAIR_CONCURRENCY`] paths at a time. Paths left unsettled go to `redo`.
+    async fn repair_paths(
         &self,
         full: bool,
         paths: &HashSet<String>,
@@ -1776,109 +1791,145 @@ impl Cluster {
         redo: &mut HashSet<String>,
     ) -> Result<(), ClusterError> {
         let store = self.store.clone();
-        let records = if full {
-            blocking(move || store.files("")).await??
+        let (records, fragments) = if full {
+            blocking(move || Ok::<_, StoreError>((store.files("")?, store.fragments()?))).await??
         } else {
             let list: Vec<String> = paths.iter().cloned().collect();
-            blocking(move || store.files_of(&list)).await??
+            blocking(move || {
+                Ok::<_, StoreError>((store.files_of(&list)?, store.fragments_of(&list)?))
+            })
+            .await??
         };
-        let now = now_ms();
-        for rec in records {
-            let owners = self.ring.file_owners(&rec.path);
-            let expired = rec.manifest.is_none()
-                && now.saturating_sub(rec.stamp) > self.cfg.tombstone_secs * 1000;
-            // An owned record no digest flagged is where its co-owners have it.
-            if owners.contains(&self.me) && !expired && !paths.contains(&rec.path) {
-                continue;
+        let mut by_path: HashMap<String, (Option<FileRecord>, Vec<Fragment>)> = HashMap::new();
+        for r in records {
+            let path = r.path.clone();
+            by_path.entry(path).or_default().0 = Some(r);
+        }
+        for f in fragments {
+            by_path.entry(f.path.clone()).or_default().1.push(f);
+        }
+        let jobs = by_path.into_iter().map(|(path, (rec, frags))| {
+            let flagged = paths.contains(&path);
+            async move {
+                let mut r = RepairReport::default();
+                let mut again = false;
+                if let Some(rec) = rec {
+                    self.repair_record(rec, flagged, &mut r, &mut again).await?;
+                }
+                if !frags.is_empty() {
+                    self.repair_fragments(&path, frags, flagged, &mut r, &mut again)
+                        .await?;
+                }
+                Ok::<_, ClusterError>((path, r, again))
             }
-            rep.records += 1;
-            self.metrics.cluster_repair_checked.inc();
-            let body = Bytes::from(serde_json::to_vec(&rec).expect("records serialise"));
-            let mut confirmed = 0;
-            for &o in &owners {
-                if o == self.me {
-                    confirmed += 1;
-                    continue;
-                }
-                if !self.alive(o) {
-                    redo.insert(rec.path.clone());
-                    continue;
-                }
-                // Ask first: a path flagged for its fragments often has its record in place.
-                let cur = match self.record_on(o, &rec.path).await {
-                    Ok(Some(b)) if !rec.newer_than(&b) => Ok(b),
-                    Ok(_) => {
-                        let pushed = self.put_record_on(o, &rec, body.clone()).await;
-                        if pushed.is_ok() {
-                            rep.records_copied += 1;
-                        }
-                        pushed
-                    }
-                    Err(e) => Err(e),
-                };
-                match cur {
-                    Ok(cur) => {
-                        confirmed += 1;
-                        if cur.newer_than(&rec) && owners.contains(&self.me) {
-                            let store = self.store.clone();
-                            blocking(move || store.put_file(&cur)).await??;
-                        }
-                    }
-                    Err(e) => {
-                        rep.errors += 1;
-                        redo.insert(rec.path.clone());
-                        debug!(error = %e, "record repair");
-                    }
-                }
-            }
-            let moved = !owners.contains(&self.me) && confirmed == owners.len();
-            if expired || moved {
-                let store = self.store.clone();
-                let (p, s, u) = (rec.path.clone(), rec.stamp, rec.upload.clone());
-                blocking(move || store.forget_file(&p, s, &u)).await??;
+        });
+        use futures_util::StreamExt as _;
+        let mut results = futures_util::stream::iter(jobs).buffer_unordered(REPAIR_CONCURRENCY);
+        while let Some(done) = results.next().await {
+            let (path, r, again) = done?;
+            rep.add(&r);
+            if again {
+                redo.insert(path);
             }
         }
         Ok(())
     }
 
-    /// Fragments of `paths` (of everything with `full`): dropped once superseded (or
-    /// failed) long enough ago, else their chunks pushed to owners that lack them.
+    /// A record this node holds: pushed to owners that lack it, dropped here once its
+    /// owners have it if this node is not one, or once an old tombstone expires. An owned
+    /// record no digest flagged (`flagged`) is where its co-owners have it and is skipped.
+    async fn repair_record(
+        &self,
+        rec: FileRecord,
+        flagged: bool,
+        rep: &mut RepairReport,
+        again: &mut bool,
+    ) -> Result<(), ClusterError> {
+        let owners = self.ring.file_owners(&rec.path);
+        let expired = rec.manifest.is_none()
+            && now_ms().saturating_sub(rec.stamp) > self.cfg.tombstone_secs * 1000;
+        if owners.contains(&self.me) && !expired && !flagged {
+            return Ok(());
+        }
+        rep.records += 1;
+        self.metrics.cluster_repair_checked.inc();
+        let body = Bytes::from(serde_json::to_vec(&rec).expect("records serialise"));
+        let mut confirmed = 0;
+        for &o in &owners {
+            if o == self.me {
+                confirmed += 1;
+                continue;
+            }
+            if !self.alive(o) {
+                *again = true;
+                continue;
+            }
+            // Ask first: a path flagged for its fragments often has its record in place.
+            let cur = match self.record_on(o, &rec.path).await {
+                Ok(Some(b)) if !rec.newer_than(&b) => Ok(b),
+                Ok(_) => {
+                    let pushed = self.put_record_on(o, &rec, body.clone()).await;
+                    if pushed.is_ok() {
+                        rep.records_copied += 1;
+                    }
+                    pushed
+                }
+                Err(e) => Err(e),
+            };
+            match cur {
+                Ok(cur) => {
+                    confirmed += 1;
+                    if cur.newer_than(&rec) && owners.contains(&self.me) {
+                        let store = self.store.clone();
+                        blocking(move || store.put_file(&cur)).await??;
+                    }
+                }
+                Err(e) => {
+                    rep.errors += 1;
+                    *again = true;
+                    debug!(error = %e, "record repair");
+                }
+            }
+        }
+        let moved = !owners.contains(&self.me) && confirmed == owners.len();
+        if expired || moved {
+            let store = self.store.clone();
+            let (p, s, u) = (rec.path.clone(), rec.stamp, rec.upload.clone());
+            blocking(move || store.forget_file(&p, s, &u)).await??;
+        }
+        Ok(())
+    }
+
+    /// The fragments this node holds of `path`: dropped once superseded (or failed) long
+    /// enough ago, else their chunks pushed to owners that lack them (for a current
+    /// version no digest flagged, only if this node holds chunks it does not own).
     async fn repair_fragments(
         &self,
-        full: bool,
-        paths: &HashSet<String>,
+        path: &str,
+        frags: Vec<Fragment>,
+        flagged: bool,
         rep: &mut RepairReport,
-        redo: &mut HashSet<String>,
+        again: &mut bool,
     ) -> Result<(), ClusterError> {
-        let store = self.store.clone();
-        let fragments = if full {
-            blocking(move || store.fragments()).await??
-        } else {
-            let list: Vec<String> = paths.iter().cloned().collect();
-            blocking(move || store.fragments_of(&list)).await??
+        let cur = match self.record(path).await {
+            Ok(r) => r,
+            Err(e) => {
+                rep.errors += 1;
+                *again = true;
+                debug!(error = %e, "fragment repair: no record");
+                return Ok(());
+            }
         };
         let now = now_ms();
-        let mut current: HashMap<String, Option<FileRecord>> = HashMap::new();
-        for f in fragments {
+        for f in frags {
             rep.fragments += 1;
             self.metrics.cluster_repair_checked.inc();
-            if !current.contains_key(&f.path) {
-                let r = match self.record(&f.path).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        rep.errors += 1;
-                        redo.insert(f.path.clone());
-                        debug!(error = %e, "fragment repair: no record");
-                        continue;
-                    }
-                };
-                current.insert(f.path.clone(), r);
-            }
-            let cur = current[&f.path].as_ref();
             let version = (f.stamp, f.upload.as_str());
-            let is_current = cur.is_some_and(|c| c.manifest.is_some() && c.version() == version);
+            let is_current = cur
+                .as_ref()
+                .is_some_and(|c| c.manifest.is_some() && c.version() == version);
             if !is_current {
-                let stale = match cur {
+                let stale = match &cur {
                     // Superseded (or deleted) long enough ago that reads of it are over.
                     Some(c) => {
                         c.version() > version
@@ -1893,7 +1944,7 @@ impl Cluster {
                     rep.fragments_dropped +=
                         blocking(move || store.drop_one_fragment(&p, s, &u)).await?? as u64;
                 } else {
-                    redo.insert(f.path.clone());
+                    *again = true;
                 }
                 continue;
             }
@@ -1901,13 +1952,13 @@ impl Cluster {
                 .chunks
                 .iter()
                 .any(|(h, _)| !self.ring.chunk_owners(h).contains(&self.me));
-            if !hinted && !paths.contains(&f.path) {
+            if !hinted && !flagged {
                 continue; // the digests vouch for its owners' copies
             }
             let before = (rep.errors, rep.chunks_waiting);
             self.repair_fragment(&f, rep).await?;
             if (rep.errors, rep.chunks_waiting) != before {
-                redo.insert(f.path.clone());
+                *again = true;
             }
         }
         Ok(())
