@@ -484,8 +484,11 @@ pub async fn anti_entropy(files: usize, missed: usize, concurrency: usize) -> Re
         "- {missed} publishes with o3 down: {secs:.1} s ({:.0}/s)",
         missed as f64 / secs
     );
-    servers.push(spawn_origin(&file, "o3", ports[2]).await?);
+    // The clock runs from the restart: o3 rebuilds its digests from its store before it
+    // listens.
     let started = Instant::now();
+    servers.push(spawn_origin(&file, "o3", ports[2]).await?);
+    let listening = started.elapsed().as_secs_f64();
     let mut rounds = 0;
     let mut copied = 0u64;
     loop {
@@ -536,7 +539,7 @@ pub async fn anti_entropy(files: usize, missed: usize, concurrency: usize) -> Re
         "after repair o3 holds {held} records of the missed publishes, owns {owned}"
     );
     println!(
-        "- repair of o3 after it missed {missed} publishes: {took:.1} s from its restart to a quiet round ({rounds} rounds of a pass on each node, {copied} copies pushed); o3 then holds all {owned} records it owns (goal < 60 s: {})",
+        "- repair of o3 after it missed {missed} publishes: {took:.1} s from its restart ({listening:.1} s of which before it listened) to a quiet round ({rounds} rounds of a pass on each node, {copied} copies pushed); o3 then holds all {owned} records it owns (goal < 60 s: {})",
         if took < 60.0 { "PASS" } else { "FAIL" }
     );
     Ok(())

@@ -206,6 +206,10 @@ pub struct RepairReport {
     pub buckets_differing: u64,
     /// Paths looked at: changed here since the last pass, or differing from a peer.
     pub paths: u64,
+    /// Whether the pass was a resynchronisation ([`Cluster::resync`]), and the records it
+    /// dropped as deleted while this node was away.
+    pub resynchronising: bool,
+    pub records_dropped: u64,
 }
 
 impl RepairReport {
@@ -250,6 +254,11 @@ pub struct Cluster {
     dirty: Arc<Mutex<Dirty>>,
     /// Unix seconds of the last full repair pass (0: none).
     last_full: AtomicU64,
+    /// When a peer last answered (Unix ms): this node was in contact with its cluster.
+    contact: AtomicU64,
+    /// Away longer than the tombstone horizon: its records are not trusted until a
+    /// resynchronisation (see [`Cluster::resync`]).
+    resyncing: AtomicBool,
 }
 
 /// Paths changed on this node since the last repair pass: fragments that arrived, hinted
@@ -572,6 +581,30 @@ impl Cluster {
                 }
             }));
         }
+        let now = now_ms();
+        let contact = match store
+            .cluster_contact()
+            .map_err(|e| format!("reading the last cluster contact: {e}"))?
+        {
+            Some(t) => t,
+            None => {
+                // A new node (or one from before this was kept): in contact from now.
+                store
+                    .set_cluster_contact(now)
+                    .map_err(|e| format!("saving the cluster contact: {e}"))?;
+                now
+            }
+        };
+        let away = now.saturating_sub(contact);
+        let resyncing = away > cfg.tombstone_secs.saturating_mul(1000);
+        if resyncing {
+            warn!(
+                away_secs = away / 1000,
+                tombstone_secs = cfg.tombstone_secs,
+                "this node was out of contact with its cluster for longer than tombstones are kept: it serves none of its file records until it has resynchronised"
+            );
+        }
+        metrics.cluster_resyncing.set(resyncing as i64);
         Ok(Self {
             me,
             ring,
@@ -584,7 +617,9 @@ impl Cluster {
             repairing: tokio::sync::Mutex::new(()),
             digests,
             dirty,
-            last_full: AtomicU64::new(now_ms() / 1000),
+            last_full: AtomicU64::new(now / 1000),
+            contact: AtomicU64::new(contact),
+            resyncing: AtomicBool::new(resyncing),
         })
     }
 
@@ -683,6 +718,9 @@ impl Cluster {
             .await,
             Ok(Ok((p, _))) if p.status.is_success()
         );
+        if ok {
+            self.contact.fetch_max(now_ms(), Ordering::Relaxed);
+        }
         self.mark(i, ok);
     }
 
@@ -1278,7 +1316,14 @@ impl Cluster {
     /// The current record of `path`: the newest among its live owners, or further down its
     /// preference list when no owner has one. Tombstones are returned too.
     pub async fn record(&self, path: &str) -> Result<Option<FileRecord>, ClusterError> {
-        let owners = self.targets(self.ring.file_preference(path));
+        // A node resynchronising does not trust its own records: they may name files
+        // deleted while it was away.
+        let trusted = |i: &usize| *i != self.me || !self.resyncing();
+        let owners: Vec<usize> = self
+            .targets(self.ring.file_preference(path))
+            .into_iter()
+            .filter(trusted)
+            .collect();
         let mut best: Option<FileRecord> = None;
         let mut errors = 0;
         let calls = owners.iter().map(|&i| self.record_on(i, path));
@@ -1299,7 +1344,7 @@ impl Cluster {
         for i in self
             .ring
             .file_preference(path)
-            .filter(|i| !owners.contains(i))
+            .filter(|i| !owners.contains(i) && trusted(i))
         {
             if !self.alive(i) {
                 continue;
@@ -1579,7 +1624,14 @@ impl Cluster {
             "repair_running": self.metrics.cluster_repair_running.get() == 1,
             "repair_checked": self.metrics.cluster_repair_checked.get(),
             "repair": *self.report.lock().unwrap(),
+            "resynchronising": self.resyncing(),
         })
+    }
+
+    /// Whether this node is resynchronising after being away longer than the tombstone
+    /// horizon: it answers no peer's question about its records meanwhile.
+    pub fn resyncing(&self) -> bool {
+        self.resyncing.load(Ordering::Relaxed)
     }
 
     /// Runs repair passes every `repair_interval_secs`, forever.
@@ -1611,6 +1663,31 @@ impl Cluster {
         m.cluster_repair_running.set(1);
         m.cluster_repair_checked.set(0);
         let mut rep = RepairReport::default();
+        let horizon = self.cfg.tombstone_secs.saturating_mul(1000);
+        let away = now_ms().saturating_sub(self.contact.load(Ordering::Relaxed));
+        if away > horizon && !self.resyncing.swap(true, Ordering::Relaxed) {
+            warn!(
+                away_secs = away / 1000,
+                "no peer answered for longer than tombstones are kept: resynchronising"
+            );
+        }
+        if self.resyncing() {
+            m.cluster_resyncing.set(1);
+            let done = self.resync(&mut rep).await;
+            m.cluster_repair_running.set(0);
+            if done? {
+                self.resyncing.store(false, Ordering::Relaxed);
+                m.cluster_resyncing.set(0);
+                self.save_contact().await?;
+                info!(
+                    records_dropped = rep.records_dropped,
+                    "resynchronised with the cluster: serving records again"
+                );
+            }
+            rep.finished = now_ms() / 1000;
+            *self.report.lock().unwrap() = rep.clone();
+            return Ok(rep);
+        }
         let now = now_ms() / 1000;
         let (mut paths, overflow) = {
             let mut d = self.dirty.lock().unwrap();
@@ -1661,6 +1738,7 @@ impl Cluster {
         if rep.full {
             self.last_full.store(now, Ordering::Relaxed);
         }
+        self.save_contact().await?;
         let store = self.store.clone();
         blocking(move || store.collect_garbage()).await??;
         rep.finished = now_ms() / 1000;
@@ -1673,6 +1751,108 @@ impl Cluster {
         m.cluster_repair_paths.inc_by(rep.paths);
         *self.report.lock().unwrap() = rep.clone();
         Ok(rep)
+    }
+
+    /// Whether every other node answers that it is resynchronising too.
+    async fn all_peers_resyncing(&self) -> bool {
+        let asks = (0..self.peers.len())
+            .filter(|&o| o != self.me)
+            .map(|o| async move {
+                match self
+                    .call(o, Method::GET, "/api/v1/cluster", full(Bytes::new()))
+                    .await
+                {
+                    Ok((s, body)) if s.is_success() => {
+                        serde_json::from_slice::<serde_json::Value>(&body)
+                            .is_ok_and(|v| v["resynchronising"] == true)
+                    }
+                    _ => false,
+                }
+            });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .all(|r| r)
+    }
+
+    /// Saves when a peer last answered, for the check at the next start.
+    async fn save_contact(&self) -> Result<(), ClusterError> {
+        let (store, ms) = (self.store.clone(), self.contact.load(Ordering::Relaxed));
+        blocking(move || store.set_cluster_contact(ms)).await??;
+        Ok(())
+    }
+
+    /// Resynchronises a node back after longer than the tombstone horizon: a file deleted
+    /// meanwhile has no tombstone left anywhere, so this node's record of it would bring
+    /// it back. Each record it holds is compared with the path's other owners: one they
+    /// have newer is taken, one none of them has is dropped (deleted while away, its
+    /// tombstone expired), one they have older stays for repair to push. Returns whether
+    /// every record was settled (every other owner answered).
+    async fn resync(&self, rep: &mut RepairReport) -> Result<bool, ClusterError> {
+        rep.resynchronising = true;
+        if self.all_peers_resyncing().await {
+            // The whole cluster was away together: nothing was deleted meanwhile.
+            info!("every other node is resynchronising too: the cluster was down as a whole");
+            return Ok(true);
+        }
+        let store = self.store.clone();
+        let records = blocking(move || store.files("")).await??;
+        let jobs = records.into_iter().map(|rec| async move {
+            let others: Vec<usize> = self
+                .ring
+                .file_owners(&rec.path)
+                .into_iter()
+                .filter(|&o| o != self.me)
+                .collect();
+            if others.iter().any(|&o| !self.alive(o)) {
+                return Ok::<_, ClusterError>((rec.path, false, false));
+            }
+            let answers = futures_util::future::join_all(
+                others.iter().map(|&o| self.record_on(o, &rec.path)),
+            )
+            .await;
+            let mut newest: Option<FileRecord> = None;
+            for a in answers {
+                match a {
+                    Ok(Some(r)) => {
+                        if newest.as_ref().is_none_or(|n| r.newer_than(n)) {
+                            newest = Some(r);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => return Ok((rec.path, false, false)),
+                }
+            }
+            let store = self.store.clone();
+            let dropped = match newest {
+                None => {
+                    let (p, s, u) = (rec.path.clone(), rec.stamp, rec.upload.clone());
+                    blocking(move || store.forget_file(&p, s, &u)).await??
+                }
+                Some(n) if n.newer_than(&rec) => {
+                    if self.ring.file_owners(&rec.path).contains(&self.me) {
+                        blocking(move || store.put_file(&n)).await??;
+                    }
+                    false
+                }
+                Some(_) => false,
+            };
+            Ok((rec.path, true, dropped))
+        });
+        use futures_util::StreamExt as _;
+        let mut results = futures_util::stream::iter(jobs).buffer_unordered(REPAIR_CONCURRENCY);
+        let mut settled = true;
+        while let Some(r) = results.next().await {
+            let (path, ok, dropped) = r?;
+            rep.records += 1;
+            settled &= ok;
+            if dropped {
+                rep.records_dropped += 1;
+            }
+            // Its fragments are looked at by the next pass.
+            self.dirty.lock().unwrap().insert(&path);
+        }
+        Ok(settled)
     }
 
     /// The top level of this node's digests toward `peer` ([`Digests::encoded_top`]).

@@ -46,6 +46,9 @@ pub struct Metrics {
     /// at (changed here, or differing); both stay flat while nothing changes.
     pub cluster_repair_buckets_differing: IntCounter,
     pub cluster_repair_paths: IntCounter,
+    /// Cluster: 1 while this node resynchronises after being away longer than the tombstone
+    /// horizon (it serves none of its records meanwhile).
+    pub cluster_resyncing: IntGauge,
     /// Cluster publishes: chunk bytes sent to other nodes, and bytes not sent because the
     /// node already held the chunk.
     pub cluster_chunk_bytes_sent: IntCounter,
@@ -166,6 +169,10 @@ impl Metrics {
                 "tessera_origin_cluster_repair_paths_total",
                 "Paths repair looked at: changed on this node, or differing from a peer",
             ),
+            cluster_resyncing: g(
+                "tessera_origin_cluster_resyncing",
+                "1 while this node resynchronises after being away longer than tombstones are kept",
+            ),
             cluster_chunk_bytes_sent: c(
                 "tessera_origin_cluster_chunk_bytes_sent_total",
                 "Chunk bytes a publish through this node sent to other nodes",
@@ -244,6 +251,7 @@ impl Metrics {
             &m.cluster_nodes,
             &m.cluster_repair_running,
             &m.cluster_repair_checked,
+            &m.cluster_resyncing,
             &m.cluster_nodes_live,
             &m.cluster_under_replicated,
             &m.objects,

@@ -385,6 +385,108 @@ async fn repair_exchanges_only_digests_when_nothing_changed_and_refills_a_replac
     stop_all(nodes).await;
 }
 
+/// A node away for longer than tombstones are kept cannot bring back a file deleted
+/// meanwhile: it comes back resynchronising and answers no peer about its records (so reads
+/// through any node find the file deleted), drops the record no other owner has any more,
+/// keeps the ones they still have, and then serves again; the file stays deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_back_after_the_tombstone_horizon_cannot_resurrect_a_deleted_file() {
+    // Tombstones kept 3 s: longer than the peers' 1 s health checks, which keep the nodes
+    // that stay up in contact.
+    let tombstone_secs = 3;
+    let mut nodes = start_cluster_with(3, 2, |c| c.tombstone_secs = tombstone_secs).await;
+    let ring = ring(3, 2);
+    let owned_by_o3: Vec<String> = (0..)
+        .map(|i| format!("t/{i}.txt"))
+        .filter(|p| ring.file_owners(p).contains(&2))
+        .take(2)
+        .collect();
+    let (gone, kept) = (&owned_by_o3[0], &owned_by_o3[1]);
+    publish(&nodes[0], gone, b"deleted while o3 was away").await;
+    publish(&nodes[0], kept, b"still here").await;
+    let (addr, dir) = nodes.pop().unwrap().stop_keep().await;
+    wait_live(&nodes[0], "o3", false).await;
+    wait_live(&nodes[1], "o3", false).await;
+    let r = send(
+        Method::DELETE,
+        &nodes[0].url(&format!("/api/v1/files/{gone}")),
+        &[AUTH],
+        "",
+    )
+    .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    // The tombstones expire; full passes forget them (bounded wait: expiry is wall time).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for n in &nodes {
+            let url = n.url("/api/v1/cluster/repair?full=1");
+            let r = send(Method::POST, &url, &[AUTH], Bytes::new()).await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        }
+        if record_holders(&nodes, gone).await.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tombstones never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // o3 returns with its old disk, which still has the file's record.
+    let mut cfg = cluster_config(&[nodes[0].addr, nodes[1].addr, addr], 2, 2);
+    cfg.tombstone_secs = tombstone_secs;
+    nodes.push(restart_node(addr, dir, cfg).await);
+    let status = get(&nodes[2].url("/api/v1/cluster")).await.json();
+    assert_eq!(status["resynchronising"], true, "{status}");
+    let url = nodes[2].url(&format!("/api/v1/cluster/files/{gone}"));
+    let r = send(Method::GET, &url, &[AUTH], Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("resynchronising")
+    );
+    wait_live(&nodes[0], "o3", true).await;
+    wait_live(&nodes[1], "o3", true).await;
+    for n in &nodes {
+        let r = get(&n.url(&format!("/api/v1/files/{gone}"))).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "through {}: {:?}",
+            n.addr,
+            r.body
+        );
+    }
+    let rep = send(
+        Method::POST,
+        &nodes[2].url("/api/v1/cluster/repair"),
+        &[AUTH],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(rep["resynchronising"], true, "{rep}");
+    assert_eq!(rep["records_dropped"], 1, "{rep}");
+    let status = get(&nodes[2].url("/api/v1/cluster")).await.json();
+    assert_eq!(status["resynchronising"], false, "{status}");
+    repair_all(&nodes).await;
+    repair_all(&nodes).await;
+    assert_eq!(record_holders(&nodes, gone).await, Vec::<usize>::new());
+    assert_eq!(
+        record_holders(&nodes, kept).await,
+        sorted(ring.file_owners(kept))
+    );
+    for n in &nodes {
+        let r = get(&n.url(&format!("/api/v1/files/{gone}"))).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "through {}", n.addr);
+        let r = get(&n.url(&format!("/api/v1/files/{kept}"))).await;
+        assert!(r.status == StatusCode::OK && r.body == "still here"[..]);
+    }
+    stop_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn too_few_live_nodes_refuse_a_publish_cleanly() {
     let mut nodes = start_cluster(2, 2).await;

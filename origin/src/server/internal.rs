@@ -102,6 +102,15 @@ pub(super) async fn route(
     if node_call || (*method != Method::GET && *method != Method::HEAD) {
         authorize(app, &req.headers)?;
     }
+    let trusted_read =
+        *method == Method::GET && rest.starts_with("/files") || rest.starts_with("/sync");
+    if trusted_read && cluster.resyncing() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is resynchronising after being away longer than tombstones are kept; its records are not answered until it is done",
+        )
+        .with_header(http::header::RETRY_AFTER, http::HeaderValue::from_static("5")));
+    }
     match (method.clone(), rest) {
         (Method::GET, "" | "/") => Ok(json_reply(StatusCode::OK, &cluster.status())),
         (Method::GET, "/stats") => Ok(json_reply(StatusCode::OK, &cluster.stats().await?)),

@@ -385,6 +385,22 @@ impl Store {
         Ok(t.get(hash.as_bytes())?.is_some())
     }
 
+    /// When this node last knew itself in contact with its cluster (Unix ms), as last
+    /// saved with [`Store::set_cluster_contact`].
+    pub fn cluster_contact(&self) -> Result<Option<u64>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(COUNTERS)?;
+        Ok(t.get("cluster_contact_ms")?.map(|v| v.value()))
+    }
+
+    /// Saves when this node was last in contact with its cluster.
+    pub fn set_cluster_contact(&self, ms: u64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(COUNTERS)?.insert("cluster_contact_ms", ms)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Every chunk address in this node's index.
     pub fn chunk_addresses(&self) -> Result<Vec<ChunkHash>> {
         let txn = self.db.begin_read()?;
