@@ -259,10 +259,19 @@ pub fn sections(plots: &Path, quick: bool) -> Vec<Section> {
         },
         Section {
             name: "cluster",
-            title: "The origin cluster: ring balance, 1–3 nodes, scale model",
+            title: "The origin cluster: ring balance, 1–3 nodes, scale model, anti-entropy",
             args: q(
                 &["cluster"],
-                &["--publish-mib", "64", "--metadata-secs", "1"],
+                &[
+                    "--publish-mib",
+                    "64",
+                    "--metadata-secs",
+                    "1",
+                    "--repair-files",
+                    "20000",
+                    "--missed",
+                    "2000",
+                ],
             ),
         },
         Section {

@@ -1326,8 +1326,16 @@ impl Cluster {
             .collect();
         let mut best: Option<FileRecord> = None;
         let mut errors = 0;
+        // The path's owners that answered: "no such file" needs one of them (a stand-in
+        // alone, as on the small side of a partition, may just not have heard of it).
+        let real_owners = self.ring.file_owners(path);
+        let mut heard = 0;
         let calls = owners.iter().map(|&i| self.record_on(i, path));
-        for r in futures_util::future::join_all(calls).await {
+        let answers = futures_util::future::join_all(calls).await;
+        for (i, r) in owners.iter().zip(answers) {
+            if r.is_ok() && real_owners.contains(i) {
+                heard += 1;
+            }
             match r {
                 Ok(Some(rec)) => {
                     if best.as_ref().is_none_or(|b| rec.newer_than(b)) {
@@ -1355,7 +1363,7 @@ impl Cluster {
                 Err(_) => errors += 1,
             }
         }
-        if errors > 0 && errors >= owners.len() {
+        if heard == 0 || (errors > 0 && errors >= owners.len()) {
             return Err(ClusterError::TooFewNodes {
                 live: self.live_count(),
                 nodes: self.peers.len(),

@@ -447,3 +447,165 @@ fn a_topology_with_mistakes_is_refused_with_its_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no edge \"e9\""));
 }
+
+/// A partition (real network namespaces, root only): o3 is cut off from o1 and o2 but not
+/// from clients. On the majority side publishes go on (hinted handoff) and read back; on
+/// the minority side a publish or delete is refused with `503` before anything is written,
+/// and a read either serves bytes of an acknowledged version or fails with `503`. After
+/// the cut heals, repair converges: every acknowledged write reads back as the newest from
+/// every node, nothing refused is visible, and nothing is under-replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_loses_no_acknowledged_write_and_heals() {
+    let net = common::Netns::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = format!(
+        "replication = 2\nvnodes = 64\ndata = {:?}\ntoken = \"t0k\"\n",
+        dir.path().join("data").display().to_string()
+    );
+    for i in 0..3 {
+        t += &format!(
+            "\n[[origin]]\nid = \"o{}\"\nlisten = \"{}:7070\"\ncluster = {{ call_timeout_secs = 2, repair_interval_secs = 0 }}\n",
+            i + 1,
+            net.ip(i)
+        );
+    }
+    let topology = dir.path().join("net.toml");
+    std::fs::write(&topology, t).unwrap();
+    let tp = topology.to_str().unwrap();
+    let _origins: Vec<OriginProcess> = (0..3)
+        .map(|i| {
+            let id = format!("o{}", i + 1);
+            net.start(
+                i,
+                &["origin", "--topology", tp, "--id", &id],
+                "listening on",
+            )
+            .0
+        })
+        .collect();
+    let urls: Vec<String> = (0..3)
+        .map(|i| format!("http://{}:7070", net.ip(i)))
+        .collect();
+    for u in &urls {
+        for i in 1..=3 {
+            wait_live(u, &format!("o{i}"), true).await;
+        }
+    }
+    let clients: Vec<OriginClient> = urls
+        .iter()
+        .map(|u| OriginClient::new(u, Some("t0k".into())).unwrap())
+        .collect();
+    // Acknowledged writes: path → the bytes it must read back as after healing.
+    let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
+    for k in 0..8u64 {
+        let (p, d) = (format!("before/{k}.bin"), noise(40_000, 100 + k));
+        clients[0]
+            .put_bytes(&p, Bytes::from(d.clone()))
+            .await
+            .unwrap();
+        acked.push((p, d));
+    }
+    net.cut(2, 0);
+    net.cut(2, 1);
+    for (u, id) in [(0, "o3"), (1, "o3"), (2, "o1"), (2, "o2")] {
+        wait_live(&urls[u], id, false).await;
+    }
+    // Majority side: publishes and a replacement go on.
+    for k in 0..8u64 {
+        let (p, d) = (format!("during/{k}.bin"), noise(40_000, 200 + k));
+        clients[k as usize % 2]
+            .put_bytes(&p, Bytes::from(d.clone()))
+            .await
+            .unwrap();
+        acked.push((p, d));
+    }
+    let v2 = noise(40_000, 300);
+    clients[1]
+        .put_bytes("before/0.bin", Bytes::from(v2.clone()))
+        .await
+        .unwrap();
+    acked[0].1 = v2.clone();
+    for (p, d) in &acked {
+        for u in &urls[..2] {
+            let (s, b) = fetch(&format!("{u}/api/v1/files/{p}")).await;
+            assert!(s == 200 && b == *d, "{u} {p} during the partition: {s}");
+        }
+    }
+    // Minority side: writes are refused, reads serve an acknowledged version or a 503.
+    let refused = clients[2]
+        .put_bytes("minority/x.bin", Bytes::from_static(b"never"))
+        .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("503")),
+        "{refused:?}"
+    );
+    let req = http::Request::delete(format!("{}/api/v1/files/before/1.bin", urls[2]))
+        .header("authorization", "Bearer t0k")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    assert_eq!(c.request(req).await.unwrap().status(), 503);
+    let before_v1 = noise(40_000, 100);
+    for (p, d) in &acked {
+        let (s, b) = fetch(&format!("{}/api/v1/files/{p}", urls[2])).await;
+        let acceptable = (s == 200 && (b == *d || (p == "before/0.bin" && b == before_v1)))
+            || s == 503
+            || (s == 404 && p.starts_with("during/"));
+        assert!(acceptable, "o3 {p} during the partition: {s}");
+    }
+    net.heal(2, 0);
+    net.heal(2, 1);
+    for u in &urls {
+        for i in 1..=3 {
+            wait_live(u, &format!("o{i}"), true).await;
+        }
+    }
+    // Repair until a round finds nothing to copy (bounded).
+    let mut quiet = false;
+    for _ in 0..10 {
+        quiet = true;
+        for u in &urls {
+            let req = http::Request::post(format!("{u}/api/v1/cluster/repair"))
+                .header("authorization", "Bearer t0k")
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap();
+            let r = c.request(req).await.unwrap();
+            assert_eq!(r.status(), 200);
+            use http_body_util::BodyExt;
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            for k in [
+                "chunks_missing",
+                "records_copied",
+                "chunks_waiting",
+                "errors",
+            ] {
+                if v[k] != 0 {
+                    quiet = false;
+                }
+            }
+        }
+        if quiet {
+            break;
+        }
+    }
+    assert!(quiet, "repair never converged after the partition healed");
+    for u in &urls {
+        for (p, d) in &acked {
+            let (s, b) = fetch(&format!("{u}/api/v1/files/{p}")).await;
+            assert!(s == 200 && b == *d, "{u} {p} after healing: {s}");
+        }
+        let (s, _) = fetch(&format!("{u}/api/v1/files/minority/x.bin")).await;
+        assert_eq!(s, 404, "{u}: a refused publish is visible");
+        let (_, m) = fetch(&format!("{u}/metrics")).await;
+        let m = String::from_utf8_lossy(&m);
+        assert!(
+            m.lines()
+                .any(|l| l == "tessera_origin_cluster_under_replicated_chunks 0"),
+            "{u}"
+        );
+    }
+}
