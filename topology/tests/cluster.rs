@@ -456,7 +456,7 @@ fn a_topology_with_mistakes_is_refused_with_its_line() {
 /// every node, nothing refused is visible, and nothing is under-replicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_loses_no_acknowledged_write_and_heals() {
-    let net = common::Netns::new(3);
+    let net = tessera_faults::netns::Netns::new(3).expect("network namespaces (root and iproute2)");
     let dir = tempfile::tempdir().unwrap();
     let mut t = format!(
         "replication = 2\nvnodes = 64\ndata = {:?}\ntoken = \"t0k\"\n",
@@ -475,12 +475,8 @@ async fn a_partition_loses_no_acknowledged_write_and_heals() {
     let _origins: Vec<OriginProcess> = (0..3)
         .map(|i| {
             let id = format!("o{}", i + 1);
-            net.start(
-                i,
-                &["origin", "--topology", tp, "--id", &id],
-                "listening on",
-            )
-            .0
+            let args = ["origin", "--topology", tp, "--id", &id];
+            common::start_in(&net, i, &args, "listening on").0
         })
         .collect();
     let urls: Vec<String> = (0..3)
@@ -505,8 +501,8 @@ async fn a_partition_loses_no_acknowledged_write_and_heals() {
             .unwrap();
         acked.push((p, d));
     }
-    net.cut(2, 0);
-    net.cut(2, 1);
+    net.cut(2, 0).unwrap();
+    net.cut(2, 1).unwrap();
     for (u, id) in [(0, "o3"), (1, "o3"), (2, "o1"), (2, "o2")] {
         wait_live(&urls[u], id, false).await;
     }
@@ -556,8 +552,8 @@ async fn a_partition_loses_no_acknowledged_write_and_heals() {
             || (s == 404 && p.starts_with("during/"));
         assert!(acceptable, "o3 {p} during the partition: {s}");
     }
-    net.heal(2, 0);
-    net.heal(2, 1);
+    net.heal(2, 0).unwrap();
+    net.heal(2, 1).unwrap();
     for u in &urls {
         for i in 1..=3 {
             wait_live(u, &format!("o{i}"), true).await;

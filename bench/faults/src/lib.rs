@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod netns;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -162,141 +162,35 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// A private network of namespaces for partition tests (needs root and iproute2, as CI
-/// has): a hub namespace with a bridge, one namespace per node joined to the bridge by a
-/// veth pair, and a veth from the test's own namespace, so the test reaches every node.
-/// Everything is removed on drop (drop the processes inside first).
-pub struct Netns {
-    tag: String,
-    subnet: String,
-    nodes: usize,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
-    /// A network of `nodes` namespaces.
-    pub fn new(nodes: usize) -> Self {
-        let pid = std::process::id();
-        let n = Netns {
-            tag: format!("{}", pid % 100_000),
-            subnet: format!("10.213.{}", pid % 250),
-            nodes,
-        };
-        let hub = n.hub();
-        ip(&["netns", "add", &hub]);
-        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &hub, "link", "set", "br0", "up"]);
-        for i in 0..nodes {
-            let (ns, a, b) = (
-                n.ns(i),
-                format!("tn{}a{i}", n.tag),
-                format!("tn{}b{i}", n.tag),
-            );
-            ip(&["netns", "add", &ns]);
-            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-            ip(&["link", "set", &a, "netns", &ns]);
-            ip(&["link", "set", &b, "netns", &hub]);
-            ip(&["-n", &hub, "link", "set", &b, "master", "br0", "up"]);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", n.ip(i)),
-                "dev",
-                &a,
-            ]);
-            ip(&["-n", &ns, "link", "set", &a, "up"]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+/// Starts `tessera ARGS` inside node `i`'s namespace of `net`, as [`start_tessera_env`]
+/// does.
+pub fn start_in(
+    net: &tessera_faults::netns::Netns,
+    i: usize,
+    args: &[&str],
+    last: &str,
+) -> (OriginProcess, Vec<String>) {
+    let mut child = net
+        .command(i, env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "tessera {args:?} in {} exited: {lines:?}",
+            net.ns(i)
+        );
+        let done = line.contains(last);
+        lines.push(line.trim_end().to_string());
+        if done {
+            break;
         }
-        let (c, h) = (n.client_link(), format!("tn{}h", n.tag));
-        ip(&["link", "add", &c, "type", "veth", "peer", "name", &h]);
-        ip(&["link", "set", &h, "netns", &hub]);
-        ip(&["-n", &hub, "link", "set", &h, "master", "br0", "up"]);
-        ip(&["addr", "add", &format!("{}.254/24", n.subnet), "dev", &c]);
-        ip(&["link", "set", &c, "up"]);
-        n
     }
-
-    fn hub(&self) -> String {
-        format!("tess{}hub", self.tag)
-    }
-
-    fn client_link(&self) -> String {
-        format!("tn{}c", self.tag)
-    }
-
-    /// Node `i`'s namespace.
-    pub fn ns(&self, i: usize) -> String {
-        format!("tess{}n{i}", self.tag)
-    }
-
-    /// Node `i`'s address.
-    pub fn ip(&self, i: usize) -> String {
-        format!("{}.{}", self.subnet, i + 1)
-    }
-
-    /// Cuts nodes `a` and `b` apart: each drops what it would send the other (a blackhole
-    /// route, so connections time out as across a real partition). Clients still reach both.
-    pub fn cut(&self, a: usize, b: usize) {
-        ip(&["-n", &self.ns(a), "route", "add", "blackhole", &self.ip(b)]);
-        ip(&["-n", &self.ns(b), "route", "add", "blackhole", &self.ip(a)]);
-    }
-
-    /// Undoes [`Netns::cut`].
-    pub fn heal(&self, a: usize, b: usize) {
-        ip(&["-n", &self.ns(a), "route", "del", "blackhole", &self.ip(b)]);
-        ip(&["-n", &self.ns(b), "route", "del", "blackhole", &self.ip(a)]);
-    }
-
-    /// Starts `tessera ARGS` inside node `i`'s namespace, as [`start_tessera_env`] does.
-    pub fn start(&self, i: usize, args: &[&str], last: &str) -> (OriginProcess, Vec<String>) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(i), env!("CARGO_BIN_EXE_tessera")])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = Vec::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        loop {
-            let mut line = String::new();
-            assert!(
-                out.read_line(&mut line).unwrap() > 0,
-                "tessera {args:?} in {} exited: {lines:?}",
-                self.ns(i)
-            );
-            let done = line.contains(last);
-            lines.push(line.trim_end().to_string());
-            if done {
-                break;
-            }
-        }
-        (OriginProcess(child), lines)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.client_link()])
-            .output();
-        for i in 0..self.nodes {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(i)])
-                .output();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.hub()])
-            .output();
-    }
+    (OriginProcess(child), lines)
 }
