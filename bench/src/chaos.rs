@@ -10,6 +10,11 @@
 //! process is killed (`kill -9`) and restarted; the edge is killed and restarted on its data
 //! folder.
 //!
+//! With `--partitions` (root, iproute2 and Debian's faketime), the origins run in network
+//! namespaces of their own ([`tessera_faults::netns`]) with o1's clock ten minutes behind
+//! and o3's ten minutes ahead (libfaketime), and the schedule also cuts one origin off from
+//! the other two (not from the writer, the readers or the edge) for a step.
+//!
 //! Reported: reads (failed while the edge was up; failed while it was down, which no cache
 //! can help), corrupt bodies served (must be 0), writes acknowledged and acknowledged
 //! writes lost (must be 0: at the end each file reads back at its last acknowledged
@@ -50,7 +55,13 @@ pub struct Args {
     /// Where the charts go.
     #[arg(long, default_value = "bench/plots")]
     plots: PathBuf,
+    /// Origins in network namespaces with skewed clocks, and partitions in the schedule.
+    #[arg(long)]
+    partitions: bool,
 }
+
+/// libfaketime, preloaded into an origin to skew its clock.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 pub fn run(a: Args) -> Result<()> {
     crate::runtime(2)?.block_on(run_async(a))
@@ -87,17 +98,30 @@ struct Ledger {
 /// The cluster's processes and the edge, restartable.
 struct Nodes {
     topology: PathBuf,
-    ports: Vec<u16>,
+    /// Each origin's address.
+    addrs: Vec<SocketAddr>,
     origins: Vec<Option<Server>>,
     edge_config: PathBuf,
     edge_data: PathBuf,
     edge_port: u16,
     edge: Option<Server>,
+    /// Each origin's clock skew (libfaketime's `FAKETIME`), if any.
+    skew: Vec<Option<&'static str>>,
+    /// The origins' network namespaces, with `--partitions`; dropped after the processes.
+    net: Option<tessera_faults::netns::Netns>,
 }
 
 impl Nodes {
     fn start_origin(&mut self, i: usize) -> Result<()> {
-        let child = Command::new(tessera_exe()?)
+        let exe = tessera_exe()?;
+        let mut cmd = match &self.net {
+            Some(net) => net.command(i, exe.to_str().context("a UTF-8 path")?),
+            None => Command::new(&exe),
+        };
+        if let Some(skew) = self.skew[i] {
+            cmd.env("LD_PRELOAD", FAKETIME_LIB).env("FAKETIME", skew);
+        }
+        let child = cmd
             .args(["origin", "--topology"])
             .arg(&self.topology)
             .args(["--id", &format!("o{}", i + 1)])
@@ -105,10 +129,9 @@ impl Nodes {
             .stdout(Stdio::null())
             .spawn()
             .context("starting tessera origin")?;
-        let addr = format!("127.0.0.1:{}", self.ports[i]).parse()?;
         self.origins[i] = Some(Server {
             name: "origin",
-            addr,
+            addr: self.addrs[i],
             child,
         });
         Ok(())
@@ -167,13 +190,28 @@ fn sample(pid: u32) -> Option<(u64, u64)> {
 /// The schedule's steps, in turn.
 #[derive(Debug, Clone, Copy)]
 enum Step {
+    /// Origin k cut off from the other two (network namespaces).
+    Partition(usize),
     Proxy(usize, Fault),
     KillOrigin(usize),
     KillEdge,
     Calm,
 }
 
-fn schedule() -> Vec<Step> {
+fn schedule(partitions: bool) -> Vec<Step> {
+    if partitions {
+        return vec![
+            Step::Partition(0),
+            Step::Proxy(1, Fault::Latency(Duration::from_millis(500))),
+            Step::KillOrigin(2),
+            Step::Partition(2),
+            Step::KillEdge,
+            Step::Partition(1),
+            Step::KillOrigin(0),
+            Step::Proxy(2, Fault::Reset),
+            Step::Calm,
+        ];
+    }
     vec![
         Step::Proxy(0, Fault::Blackhole),
         Step::Calm,
@@ -192,21 +230,40 @@ async fn run_async(a: Args) -> Result<()> {
     println!("machine: {}", machine());
     let dir = tempfile::tempdir()?;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let net = if a.partitions {
+        anyhow::ensure!(
+            Path::new(FAKETIME_LIB).exists(),
+            "{FAKETIME_LIB} is missing: apt-get install faketime"
+        );
+        Some(
+            tessera_faults::netns::Netns::new(3)
+                .context("network namespaces for --partitions (needs root and iproute2)")?,
+        )
+    } else {
+        None
+    };
+    let host = |i: usize| net.as_ref().map_or("127.0.0.1".to_string(), |n| n.ip(i));
     let mut topo = format!(
         "replication = 2\nvnodes = 1024\ndata = {:?}\ntoken = \"chaos\"\n",
         dir.path().join("data").display().to_string()
     );
     for (i, p) in ports.iter().enumerate() {
         topo += &format!(
-            "[[origin]]\nid = \"o{}\"\nlisten = \"127.0.0.1:{p}\"\n",
-            i + 1
+            "[[origin]]\nid = \"o{}\"\nlisten = \"{}:{p}\"\n",
+            i + 1,
+            host(i)
         );
+        if net.is_some() {
+            // A cut-off peer answers nothing: give up on it after 2 s, not 10.
+            topo += "cluster = { call_timeout_secs = 2 }\n";
+        }
     }
     let topology = dir.path().join("cluster.toml");
     std::fs::write(&topology, topo)?;
     let origin_addrs: Vec<SocketAddr> = ports
         .iter()
-        .map(|p| format!("127.0.0.1:{p}").parse())
+        .enumerate()
+        .map(|(i, p)| format!("{}:{p}", host(i)).parse())
         .collect::<Result<_, _>>()?;
     let mut proxies = Vec::new();
     for addr in &origin_addrs {
@@ -224,14 +281,21 @@ async fn run_async(a: Args) -> Result<()> {
     }
     let edge_config = dir.path().join("edge.toml");
     std::fs::write(&edge_config, edge_toml)?;
+    let skew = if net.is_some() {
+        vec![Some("-600s"), None, Some("+600s")]
+    } else {
+        vec![None; 3]
+    };
     let mut nodes = Nodes {
         topology,
-        ports: ports.clone(),
+        addrs: origin_addrs.clone(),
         origins: vec![None, None, None],
         edge_config,
         edge_data: dir.path().join("edge"),
         edge_port: free_port(),
         edge: None,
+        skew,
+        net,
     };
     for i in 0..3 {
         nodes.start_origin(i)?;
@@ -394,7 +458,7 @@ async fn run_async(a: Args) -> Result<()> {
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(a.minutes * 60.0);
     let mut samples: HashMap<String, Vec<(f64, u64, u64)>> = HashMap::new();
-    let steps = schedule();
+    let steps = schedule(a.partitions);
     let mut step = 0usize;
     let mut next_step = started + Duration::from_secs(a.period);
     let mut undo: Option<Step> = None;
@@ -414,6 +478,12 @@ async fn run_async(a: Args) -> Result<()> {
             let s = steps[step % steps.len()];
             step += 1;
             match s {
+                Step::Partition(k) => {
+                    let net = nodes.net.as_ref().context("partitions need --partitions")?;
+                    for j in (0..3).filter(|&j| j != k) {
+                        net.cut(k, j)?;
+                    }
+                }
                 Step::Proxy(k, f) => proxies[k].set(f),
                 Step::KillOrigin(k) => {
                     origin_up[k].store(false, Ordering::Relaxed);
@@ -458,6 +528,13 @@ async fn run_async(a: Args) -> Result<()> {
          2), one edge through a fault proxy per origin, {} files, {} readers, a writer every 50 ms",
         a.minutes, a.period, a.files, a.readers
     );
+    if a.partitions {
+        println!(
+            "With --partitions: the origins in network namespaces of their own, o1's clock 10 \
+             minutes behind and o3's 10 minutes ahead (libfaketime), and steps that cut one \
+             origin off from the other two (not from the writer, the readers or the edge)."
+        );
+    }
     println!(
         "| reads | failed (edge up) | failed (edge down) | corrupt | writes | acknowledged | acknowledged lost |"
     );
@@ -525,6 +602,12 @@ async fn end_step(
     edge_up: &AtomicBool,
 ) -> Result<()> {
     match step {
+        Step::Partition(k) => {
+            let net = nodes.net.as_ref().context("partitions need --partitions")?;
+            for j in (0..3).filter(|&j| j != k) {
+                net.heal(k, j)?;
+            }
+        }
         Step::Proxy(k, _) => proxies[k].set(Fault::None),
         Step::KillOrigin(k) => {
             nodes.start_origin(k)?;
