@@ -1327,7 +1327,7 @@ impl Cluster {
         let mut best: Option<FileRecord> = None;
         let mut errors = 0;
         // The path's owners that answered: "no such file" needs one of them (a stand-in
-        // alone, as on the small side of a partition, may just not have heard of it).
+        // alone may just not have heard of it).
         let real_owners = self.ring.file_owners(path);
         let mut heard = 0;
         let calls = owners.iter().map(|&i| self.record_on(i, path));
@@ -1363,7 +1363,12 @@ impl Cluster {
                 Err(_) => errors += 1,
             }
         }
-        if heard == 0 || (errors > 0 && errors >= owners.len()) {
+        // Nor does a node that cannot reach as many nodes as a write needs, unless every
+        // owner answered: those nodes, together, may have taken a publish of it (as on the
+        // other side of a partition).
+        let unreachable = self.peers.len() - self.live_count();
+        let cut_off = heard < real_owners.len() && unreachable >= self.ring.replication();
+        if heard == 0 || cut_off || (errors > 0 && errors >= owners.len()) {
             return Err(ClusterError::TooFewNodes {
                 live: self.live_count(),
                 nodes: self.peers.len(),

@@ -547,9 +547,8 @@ async fn a_partition_loses_no_acknowledged_write_and_heals() {
     let before_v1 = noise(40_000, 100);
     for (p, d) in &acked {
         let (s, b) = fetch(&format!("{}/api/v1/files/{p}", urls[2])).await;
-        let acceptable = (s == 200 && (b == *d || (p == "before/0.bin" && b == before_v1)))
-            || s == 503
-            || (s == 404 && p.starts_with("during/"));
+        let acceptable =
+            (s == 200 && (b == *d || (p == "before/0.bin" && b == before_v1))) || s == 503;
         assert!(acceptable, "o3 {p} during the partition: {s}");
     }
     net.heal(2, 0).unwrap();
