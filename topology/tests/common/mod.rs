@@ -95,20 +95,22 @@ pub fn start_tessera_env(
     last: &str,
     stderr: Stdio,
 ) -> (OriginProcess, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .envs(env.iter().copied())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.envs(env.iter().copied()).args(args).stderr(stderr);
+    spawn_until(cmd, last)
+}
+
+/// Spawns `cmd` (a `tessera` command) with its stdout piped and returns it with the lines
+/// it printed up to and including the one containing `last`.
+fn spawn_until(mut cmd: Command, last: &str) -> (OriginProcess, Vec<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = Vec::new();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     loop {
         let mut line = String::new();
         assert!(
             out.read_line(&mut line).unwrap() > 0,
-            "tessera {args:?} exited: {lines:?}"
+            "{cmd:?} exited: {lines:?}"
         );
         let done = line.contains(last);
         lines.push(line.trim_end().to_string());
@@ -170,27 +172,7 @@ pub fn start_in(
     args: &[&str],
     last: &str,
 ) -> (OriginProcess, Vec<String>) {
-    let mut child = net
-        .command(i, env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "tessera {args:?} in {} exited: {lines:?}",
-            net.ns(i)
-        );
-        let done = line.contains(last);
-        lines.push(line.trim_end().to_string());
-        if done {
-            break;
-        }
-    }
-    (OriginProcess(child), lines)
+    let mut cmd = net.command(i, env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args).stderr(Stdio::null());
+    spawn_until(cmd, last)
 }
