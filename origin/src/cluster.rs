@@ -1677,6 +1677,10 @@ impl Cluster {
         m.cluster_repair_checked.set(0);
         let mut rep = RepairReport::default();
         let horizon = self.cfg.tombstone_secs.saturating_mul(1000);
+        if self.peers.len() == 1 {
+            // A cluster of one is never out of contact with itself.
+            self.contact.store(now_ms(), Ordering::Relaxed);
+        }
         let away = now_ms().saturating_sub(self.contact.load(Ordering::Relaxed));
         if away > horizon && !self.resyncing.swap(true, Ordering::Relaxed) {
             warn!(
