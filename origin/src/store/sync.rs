@@ -5,7 +5,7 @@
 //! `bucket (u16 BE) | kind (b'r' or b'f') | path | 0 | stamp (u64 BE) | upload`, where the
 //! bucket is the first 16 bits of the blake3 of the path ([`bucket_of`]). So the items of a
 //! bucket, on any node, are one range scan, and a node that finds one bucket of its digest
-//! differing from a peer's lists that bucket only (see `crate::digest`).
+//! differing from a peer's lists that bucket only (the cluster's anti-entropy).
 //!
 //! Each committed change of a record or fragment is also handed, after its commit, to the
 //! observer installed with [`Store::observe_sync`] as a [`SyncEvent`]: the cluster keeps
