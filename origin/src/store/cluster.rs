@@ -86,7 +86,7 @@ pub struct Fragment {
 }
 
 /// The fragment stored under `key` as `stored`.
-fn fragment_of(key: &str, stored: &[u8]) -> Result<Fragment> {
+pub(super) fn fragment_of(key: &str, stored: &[u8]) -> Result<Fragment> {
     let (path, stamp, upload) =
         parse_fragment_key(key).ok_or_else(|| damaged(format!("fragment key {key:?}")))?;
     let m =

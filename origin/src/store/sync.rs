@@ -16,8 +16,8 @@ use std::sync::{Arc, RwLock};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tessera_origin_proto::ChunkHash;
 
-use super::cluster::{FILES, FileRecord, is_fragment_key, parse_fragment_key};
-use super::meta::{MANIFESTS, StoredManifest};
+use super::cluster::{FILES, FileRecord, fragment_of, is_fragment_key, parse_fragment_key};
+use super::meta::MANIFESTS;
 use super::{Result, Store, StoreError};
 
 /// Sync entries; the value is unused.
@@ -158,15 +158,12 @@ pub(super) fn fragment_item(key: &str, stored: &[u8]) -> Result<Option<SyncItem>
     if !is_fragment_key(key) {
         return Ok(None);
     }
-    let (path, stamp, upload) = parse_fragment_key(key)
-        .ok_or_else(|| StoreError::Damaged(format!("fragment key {key:?}")))?;
-    let m = StoredManifest::decode(key, stored)
-        .ok_or_else(|| StoreError::Damaged(format!("fragment {key:?}")))?;
+    let f = fragment_of(key, stored)?;
     Ok(Some(SyncItem::Fragment {
-        path: path.to_string(),
-        stamp,
-        upload: upload.to_string(),
-        chunks: m.chunks.iter().map(|c| c.hash).collect(),
+        path: f.path,
+        stamp: f.stamp,
+        upload: f.upload,
+        chunks: f.chunks.into_iter().map(|(h, _)| h).collect(),
     }))
 }
 
