@@ -11,7 +11,7 @@
 //! 4. Anti-entropy ([`anti_entropy`]): the CPU a repair pass costs on an idle cluster of a
 //!    million files, and the time to repair a node that missed 10,000 publishes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -138,8 +138,13 @@ struct Figures {
     manifest_ops: f64,
 }
 
-/// Starts `nodes` origin processes from one topology file in `dir`.
-async fn start_cluster(dir: &Path, nodes: usize) -> Result<(Vec<Server>, Vec<String>)> {
+/// Starts `nodes` origin processes from one topology file in `dir`, `extra` added to each
+/// `[[origin]]` entry; returns them, their URLs and the topology file.
+async fn start_cluster(
+    dir: &Path,
+    nodes: usize,
+    extra: &str,
+) -> Result<(Vec<Server>, Vec<String>, PathBuf)> {
     let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
     let mut t = format!(
         "replication = {}\ndata = {:?}\ntoken = \"bench\"\n",
@@ -148,35 +153,21 @@ async fn start_cluster(dir: &Path, nodes: usize) -> Result<(Vec<Server>, Vec<Str
     );
     for (i, p) in ports.iter().enumerate() {
         t += &format!(
-            "[[origin]]\nid = \"o{}\"\nlisten = \"127.0.0.1:{p}\"\n",
+            "[[origin]]\nid = \"o{}\"\nlisten = \"127.0.0.1:{p}\"\n{extra}",
             i + 1
         );
     }
     let file = dir.join("cluster.toml");
     std::fs::write(&file, t)?;
     let mut servers = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let child = Command::new(tessera_exe()?)
-            .args(["origin", "--topology"])
-            .arg(&file)
-            .args(["--id", &format!("o{}", i + 1)])
-            .env("TESSERA_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting tessera origin")?;
-        let addr = format!("127.0.0.1:{port}").parse()?;
-        servers.push(Server {
-            name: "origin",
-            addr,
-            child,
-        });
-        wait_listening(addr, "tessera origin").await?;
+    for (i, &port) in ports.iter().enumerate() {
+        servers.push(spawn_origin(&file, &format!("o{}", i + 1), port).await?);
     }
     let urls = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    Ok((servers, urls))
+    Ok((servers, urls, file))
 }
 
 /// Runs `count` operations with `concurrency` in flight; `op(i)` is the i-th. Returns the
@@ -218,7 +209,7 @@ where
 
 async fn measure(nodes: usize, a: &Args) -> Result<Figures> {
     let dir = tempfile::tempdir()?;
-    let (_servers, urls) = start_cluster(dir.path(), nodes).await?;
+    let (_servers, urls, _) = start_cluster(dir.path(), nodes, "").await?;
     let clients: Arc<Vec<OriginClient>> = Arc::new(
         urls.iter()
             .map(|u| OriginClient::new(u, Some("bench".into())))
@@ -371,17 +362,26 @@ async fn spawn_origin(file: &Path, id: &str, port: u16) -> Result<Server> {
     })
 }
 
-/// One repair pass on a node; its report.
-async fn repair(c: &OriginClient) -> Result<serde_json::Value> {
+/// A call to a node that must answer 200 with JSON; the JSON.
+async fn call_json(
+    c: &OriginClient,
+    method: http::Method,
+    path: &str,
+) -> Result<serde_json::Value> {
     let (p, body) = c
         .call(
-            http::Method::POST,
-            "/api/v1/cluster/repair",
+            method,
+            path,
             tessera_origin_proto::client::full(Bytes::new()),
         )
         .await?;
-    anyhow::ensure!(p.status == 200, "repair: {}", p.status);
+    anyhow::ensure!(p.status == 200, "{path}: {}", p.status);
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// One repair pass on a node; its report.
+async fn repair(c: &OriginClient) -> Result<serde_json::Value> {
+    call_json(c, http::Method::POST, "/api/v1/cluster/repair").await
 }
 
 /// Publishes `count` small distinct files `{prefix}{i}` through `clients` in turn, with
@@ -414,28 +414,13 @@ pub async fn anti_entropy(files: usize, missed: usize, concurrency: usize) -> Re
         "\n## anti-entropy: 3 origin nodes, replication 2, {files} files, then {missed} publishes missed by one node"
     );
     let dir = tempfile::tempdir()?;
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut t = format!(
-        "replication = 2\ndata = {:?}\ntoken = \"bench\"\n",
-        dir.path().join("data").display().to_string()
-    );
-    for (i, p) in ports.iter().enumerate() {
-        // Passes are driven by the bench; no scrub competes for the CPU.
-        t += &format!(
-            "[[origin]]\nid = \"o{}\"\nlisten = \"127.0.0.1:{p}\"\ncluster = {{ repair_interval_secs = 0, scrub_bytes_per_sec = 0 }}\n",
-            i + 1
-        );
-    }
-    let file = dir.path().join("cluster.toml");
-    std::fs::write(&file, t)?;
-    let mut servers = Vec::new();
-    for (i, &port) in ports.iter().enumerate() {
-        servers.push(spawn_origin(&file, &format!("o{}", i + 1), port).await?);
-    }
+    // Passes are driven by the bench; no scrub competes for the CPU.
+    let extra = "cluster = { repair_interval_secs = 0, scrub_bytes_per_sec = 0 }\n";
+    let (mut servers, urls, file) = start_cluster(dir.path(), 3, extra).await?;
+    let o3_port = servers[2].addr.port();
     let clients: Arc<Vec<OriginClient>> = Arc::new(
-        ports
-            .iter()
-            .map(|p| OriginClient::new(&format!("http://127.0.0.1:{p}"), Some("bench".into())))
+        urls.iter()
+            .map(|u| OriginClient::new(u, Some("bench".into())))
             .collect::<Result<_, _>>()?,
     );
     let secs = publish_small(&clients, "f/", files, concurrency).await?;
@@ -487,7 +472,7 @@ pub async fn anti_entropy(files: usize, missed: usize, concurrency: usize) -> Re
     // The clock runs from the restart: o3 rebuilds its digests from its store before it
     // answers.
     let started = Instant::now();
-    servers.push(spawn_origin(&file, "o3", ports[2]).await?);
+    servers.push(spawn_origin(&file, "o3", o3_port).await?);
     loop {
         let r = clients[2]
             .call(
@@ -542,15 +527,14 @@ pub async fn anti_entropy(files: usize, missed: usize, concurrency: usize) -> Re
     let owned = (0..missed)
         .filter(|i| ring.file_owners(&format!("m/{i}")).contains(&2))
         .count();
-    let (p, body) = clients[2]
-        .call(
-            http::Method::GET,
-            "/api/v1/cluster/files?prefix=m/",
-            tessera_origin_proto::client::full(Bytes::new()),
-        )
-        .await?;
-    anyhow::ensure!(p.status == 200, "listing o3's records: {}", p.status);
-    let held = serde_json::from_slice::<Vec<serde_json::Value>>(&body)?.len();
+    let listed = call_json(
+        &clients[2],
+        http::Method::GET,
+        "/api/v1/cluster/files?prefix=m/",
+    )
+    .await
+    .context("listing o3's records")?;
+    let held = serde_json::from_value::<Vec<serde_json::Value>>(listed)?.len();
     anyhow::ensure!(
         held == owned,
         "after repair o3 holds {held} records of the missed publishes, owns {owned}"
