@@ -53,6 +53,11 @@ fn one() -> u32 {
 pub struct Ring {
     ring: HashRing<VNode>,
     nodes: Vec<RingNode>,
+    /// Per node, whether it is out of the ring (no points, in no preference list): a
+    /// node removed from a live cluster keeps its index ([`Ring::without`]).
+    absent: Vec<bool>,
+    /// Nodes in the ring.
+    present: usize,
     replication: usize,
 }
 
@@ -65,8 +70,25 @@ impl Ring {
     /// A ring over `nodes` (ids must be distinct), `vnodes` points per unit of weight, each
     /// key held by `replication` distinct nodes (at most the number of nodes).
     pub fn new(nodes: Vec<RingNode>, vnodes: u32, replication: usize) -> Self {
+        let absent = vec![false; nodes.len()];
+        Self::without(nodes, absent, vnodes, replication)
+    }
+
+    /// A ring over the nodes of `nodes` whose `absent` entry is false; the others keep
+    /// their index but own nothing and are in no preference list (nodes removed from a
+    /// cluster while it runs, so that indexes stay valid).
+    pub fn without(
+        nodes: Vec<RingNode>,
+        absent: Vec<bool>,
+        vnodes: u32,
+        replication: usize,
+    ) -> Self {
+        assert_eq!(nodes.len(), absent.len());
         let mut ring = HashRing::new();
         for (i, n) in nodes.iter().enumerate() {
+            if absent[i] {
+                continue;
+            }
             let points = vnodes.max(1) * n.weight.max(1);
             ring.batch_add(
                 (0..points)
@@ -77,17 +99,31 @@ impl Ring {
                     .collect(),
             );
         }
-        let replication = replication.clamp(1, nodes.len().max(1));
+        let present = absent.iter().filter(|a| !**a).count();
+        let replication = replication.clamp(1, present.max(1));
         Self {
             ring,
             nodes,
+            absent,
+            present,
             replication,
         }
     }
 
     /// The nodes, in topology order; indexes in preference lists refer to this list.
+    /// Absent nodes ([`Ring::without`]) are listed too.
     pub fn nodes(&self) -> &[RingNode] {
         &self.nodes
+    }
+
+    /// Whether node `i` is in the ring (not absent).
+    pub fn contains(&self, i: usize) -> bool {
+        !self.absent.get(i).copied().unwrap_or(true)
+    }
+
+    /// Indexes of the nodes in the ring.
+    pub fn members(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|&i| !self.absent[i])
     }
 
     /// How many distinct nodes own each key.
@@ -167,10 +203,10 @@ impl Iterator for Preference<'_> {
 
     fn next(&mut self) -> Option<usize> {
         let n = self.ring.nodes.len();
-        if self.seen.len() >= n {
+        if self.seen.len() >= self.ring.present {
             return None;
         }
-        while self.probe < 4 * n as u64 + 4 {
+        while self.probe < 4 * self.ring.present as u64 + 4 {
             let k = if self.probe == 0 {
                 self.key
             } else {
@@ -192,7 +228,7 @@ impl Iterator for Preference<'_> {
         while self.fill < n {
             let i = self.fill;
             self.fill += 1;
-            if !self.seen.contains(&i) {
+            if !self.ring.absent[i] && !self.seen.contains(&i) {
                 self.seen.push(i);
                 return Some(i);
             }
@@ -274,6 +310,41 @@ mod tests {
                 assert_eq!(a, &before.nodes()[before.primary(k).unwrap()].id);
             }
         }
+    }
+
+    #[test]
+    fn an_absent_node_keeps_its_index_and_places_as_if_it_were_never_there() {
+        // o2 removed from o1..o4: placement is that of a ring of o1, o3, o4.
+        let all = ring(4, 64, 2);
+        let gone = Ring::without(all.nodes().to_vec(), vec![false, true, false, false], 64, 2);
+        let three = Ring::new(
+            ["o1", "o3", "o4"]
+                .iter()
+                .map(|id| RingNode {
+                    id: id.to_string(),
+                    weight: 1,
+                })
+                .collect(),
+            64,
+            2,
+        );
+        assert!(!gone.contains(1) && gone.contains(3));
+        assert_eq!(gone.members().collect::<Vec<_>>(), [0, 2, 3]);
+        for k in keys(2000) {
+            let p = gone.chunk_nodes(&k);
+            assert_eq!(p.len(), 3, "{p:?}");
+            let ids: Vec<&str> = p.iter().map(|&i| gone.nodes()[i].id.as_str()).collect();
+            let expected: Vec<&str> = three
+                .chunk_nodes(&k)
+                .iter()
+                .map(|&i| three.nodes()[i].id.as_str())
+                .collect();
+            assert_eq!(ids, expected);
+        }
+        // Replication is clamped to the nodes present.
+        let one = Ring::without(all.nodes().to_vec(), vec![true, true, true, false], 64, 2);
+        assert_eq!(one.replication(), 1);
+        assert_eq!(one.file_owners("a"), [3]);
     }
 
     #[test]
