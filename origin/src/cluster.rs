@@ -49,7 +49,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -120,6 +120,11 @@ pub struct ClusterConfig {
     /// Seconds between full repair passes, which also look at what the digests vouch for
     /// (expired tombstones, versions whose supersession every holder missed); 0: never.
     pub full_repair_secs: u64,
+    /// Bytes per second repair copies to other nodes (chunks handed to their owners, and
+    /// all the data a membership change moves), so that reads and publishes go on at
+    /// speed meanwhile; 0: unbounded.
+    #[serde(deserialize_with = "tessera_origin_proto::size::bytes")]
+    pub repair_bytes_per_sec: u64,
 }
 
 impl Default for ClusterConfig {
@@ -136,6 +141,7 @@ impl Default for ClusterConfig {
             superseded_grace_secs: 600,
             call_timeout_secs: 10,
             full_repair_secs: 24 * 3600,
+            repair_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -165,6 +171,9 @@ pub enum ClusterError {
     /// The client sent something wrong.
     #[error("{0}")]
     BadInput(String),
+    /// The request conflicts with the cluster's state (a membership change in progress).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A record write that reached fewer nodes than the write rule asks.
@@ -232,14 +241,88 @@ struct Peer {
     id: String,
     client: OriginClient,
     alive: AtomicBool,
+    /// The membership epoch it last reported, and the epoch whose data it has moved
+    /// ([`Membership`]), from its answers to the peer checks.
+    epoch: AtomicU64,
+    moved: AtomicU64,
+}
+
+/// The members of a cluster at one epoch. The configured nodes are epoch 0; each live
+/// change (`tessera cluster add|remove`, [`Cluster::change_members`]) makes the next epoch,
+/// which every node keeps in its store and passes on to the others: the newest epoch wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Membership {
+    pub epoch: u64,
+    /// The members, in the order they joined.
+    pub nodes: Vec<NodeAddr>,
+    /// The members before the last change, while its data is moving: reads also ask
+    /// their owners under it. `None` once every node has moved its data.
+    #[serde(default)]
+    pub previous: Option<Vec<NodeAddr>>,
+}
+
+/// A membership change asked of `POST /api/v1/cluster/members`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum MemberChange {
+    /// A new node (started, reachable, empty or not).
+    Add(NodeAddr),
+    /// A member to take out: its data moves to the others; it can be stopped once
+    /// `tessera cluster status` shows the change settled.
+    Remove(String),
+}
+
+/// What this node keeps of the membership across restarts.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedMembership {
+    membership: Membership,
+    moved: u64,
+}
+
+/// Where the membership is kept in the store.
+const MEMBERSHIP_KEY: &str = "membership";
+
+/// The cluster as this node sees it at one epoch. Nodes are never renumbered: one that
+/// joins is appended, one that leaves stays absent from the ring ([`Ring::without`]), so
+/// an index taken from one view is valid in every later one.
+#[derive(Debug)]
+struct View {
+    membership: Membership,
+    /// Every node this process has known, members or not.
+    peers: Vec<Arc<Peer>>,
+    ring: Arc<Ring>,
+    /// The ring of `membership.previous`, while data moves.
+    previous: Option<Arc<Ring>>,
+}
+
+impl View {
+    /// Indexes of the members, and of the previous members while data moves.
+    fn in_play(&self) -> Vec<usize> {
+        (0..self.peers.len())
+            .filter(|&i| self.ring.contains(i) || self.previous.as_ref().is_some_and(|r| r.contains(i)))
+            .collect()
+    }
 }
 
 /// The cluster state of one origin node.
 #[derive(Debug)]
 pub struct Cluster {
+    /// This node's index (stable, see [`View`]) and id.
     me: usize,
-    ring: Arc<Ring>,
-    peers: Vec<Peer>,
+    me_id: String,
+    /// The current membership, ring and peers.
+    view: RwLock<Arc<View>>,
+    /// One membership change at a time on this node.
+    changing: tokio::sync::Mutex<()>,
+    /// The newest epoch whose data this node has moved: a full repair pass at that epoch
+    /// left nothing waiting.
+    moved: AtomicU64,
+    /// Wakes the repair loop (a membership change wants a pass now).
+    kick: tokio::sync::Notify,
+    /// Paces repair's copies to other nodes ([`ClusterConfig::repair_bytes_per_sec`]).
+    pacer: tokio::sync::Mutex<tokio::time::Instant>,
+    token: Option<String>,
     cfg: ClusterConfig,
     store: Arc<Store>,
     metrics: Metrics,
@@ -248,8 +331,9 @@ pub struct Cluster {
     report: Mutex<RepairReport>,
     /// One repair pass at a time.
     repairing: tokio::sync::Mutex<()>,
-    /// Anti-entropy digests against each peer ([`crate::digest`]).
-    digests: Arc<Digests>,
+    /// Anti-entropy digests against each peer ([`crate::digest`]), rebuilt when the ring
+    /// changes.
+    digests: Arc<RwLock<Arc<Digests>>>,
     /// Paths the next repair pass looks at.
     dirty: Arc<Mutex<Dirty>>,
     /// Unix seconds of the last full repair pass (0: none).
@@ -508,6 +592,83 @@ pub struct Placement {
     pub superseded: bool,
 }
 
+/// Checks a member list: at least `replication` members, distinct ids, valid addresses.
+fn check_members(nodes: &[NodeAddr], replication: usize) -> Result<(), ClusterError> {
+    if nodes.len() < replication.max(1) {
+        return Err(ClusterError::BadInput(format!(
+            "a cluster with replication {replication} needs at least {replication} members; this change leaves {}",
+            nodes.len()
+        )));
+    }
+    let mut ids = HashSet::new();
+    for n in nodes {
+        if n.id.is_empty() || !ids.insert(n.id.as_str()) {
+            return Err(ClusterError::BadInput(format!(
+                "member ids must be distinct and not empty: {:?}",
+                n.id
+            )));
+        }
+        OriginClient::new(&n.url, None)
+            .map_err(|e| ClusterError::BadInput(format!("node {}: {e}", n.id)))?;
+    }
+    Ok(())
+}
+
+/// A peer for node `n`, reached with `token`, its calls carrying `clock`.
+fn new_peer(n: &NodeAddr, token: &Option<String>, clock: &Hlc) -> Result<Peer, String> {
+    let client = OriginClient::new(&n.url, token.clone())
+        .map_err(|e| format!("origin node {}: {e}", n.id))?
+        .hop_with_clock(clock.shared());
+    Ok(Peer {
+        id: n.id.clone(),
+        client,
+        alive: AtomicBool::new(true),
+        epoch: AtomicU64::new(0),
+        moved: AtomicU64::new(0),
+    })
+}
+
+/// The view of membership `m`, keeping the indexes of `known` (a node whose address
+/// changed gets a new client at its index; a new node is appended).
+fn build_view(
+    known: &[Arc<Peer>],
+    m: Membership,
+    cfg: &ClusterConfig,
+    token: &Option<String>,
+    clock: &Hlc,
+) -> Result<View, String> {
+    let mut peers = known.to_vec();
+    let mut weights: HashMap<String, u32> = HashMap::new();
+    for n in m.nodes.iter().chain(m.previous.iter().flatten()) {
+        weights.entry(n.id.clone()).or_insert(n.weight);
+        match peers.iter().position(|p| p.id == n.id) {
+            Some(i) if peers[i].client.base() == n.url.trim_end_matches('/') => {}
+            Some(i) => peers[i] = Arc::new(new_peer(n, token, clock)?),
+            None => peers.push(Arc::new(new_peer(n, token, clock)?)),
+        }
+    }
+    let ring_of = |members: &[NodeAddr]| {
+        let nodes = peers
+            .iter()
+            .map(|p| RingNode {
+                id: p.id.clone(),
+                weight: weights.get(&p.id).copied().unwrap_or(1),
+            })
+            .collect();
+        let absent = peers
+            .iter()
+            .map(|p| !members.iter().any(|n| n.id == p.id))
+            .collect();
+        Arc::new(Ring::without(nodes, absent, cfg.vnodes, cfg.replication))
+    };
+    Ok(View {
+        ring: ring_of(&m.nodes),
+        previous: m.previous.as_deref().map(ring_of),
+        peers,
+        membership: m,
+    })
+}
+
 impl Cluster {
     /// The cluster of `cfg`, this node's store being `store`.
     pub fn new(
@@ -527,28 +688,39 @@ impl Cluster {
                 )
             })?;
         let clock = Hlc::default();
+        let configured = Membership {
+            epoch: 0,
+            nodes: cfg.nodes.clone(),
+            previous: None,
+        };
+        // A live change since the configured nodes (a larger epoch) wins over them.
+        let saved: Option<SavedMembership> = match store
+            .cluster_state(MEMBERSHIP_KEY)
+            .map_err(|e| format!("reading the cluster membership: {e}"))?
+        {
+            Some(b) => Some(
+                serde_json::from_slice(&b)
+                    .map_err(|e| format!("the saved cluster membership is unreadable: {e}"))?,
+            ),
+            None => None,
+        };
+        let (membership, moved) = match saved {
+            Some(s) if s.membership.epoch > 0 => {
+                info!(
+                    epoch = s.membership.epoch,
+                    nodes = s.membership.nodes.len(),
+                    "using the cluster membership of a live change, not the configured nodes"
+                );
+                (s.membership, s.moved)
+            }
+            _ => (configured, 0),
+        };
         let mut peers = Vec::new();
         for n in &cfg.nodes {
-            let client = OriginClient::new(&n.url, token.clone())
-                .map_err(|e| format!("origin node {}: {e}", n.id))?
-                .hop_with_clock(clock.shared());
-            peers.push(Peer {
-                id: n.id.clone(),
-                client,
-                alive: AtomicBool::new(true),
-            });
+            peers.push(Arc::new(new_peer(n, &token, &clock)?));
         }
-        let ring = Arc::new(Ring::new(
-            cfg.nodes
-                .iter()
-                .map(|n| RingNode {
-                    id: n.id.clone(),
-                    weight: n.weight,
-                })
-                .collect(),
-            cfg.vnodes,
-            cfg.replication,
-        ));
+        let view = build_view(&peers, membership, &cfg, &token, &clock)?;
+        let ring = view.ring.clone();
         // The digests start from what the store holds; from then on the store reports each
         // change. Nothing writes before the node serves, so none is missed or counted twice.
         let digests = Arc::new(Digests::new(me, ring.clone()));
@@ -569,9 +741,13 @@ impl Cluster {
                 })
                 .map_err(|e| format!("reading the sync index: {e}"))?;
         }
+        let digests = Arc::new(RwLock::new(digests));
         {
             let (digests, dirty) = (digests.clone(), dirty.clone());
             store.observe_sync(Arc::new(move |events: &[SyncEvent]| {
+                // Held while the events apply: a rebuild (a new ring) waits for them and
+                // they for it, so none is lost or counted twice.
+                let digests = digests.read().unwrap();
                 let mut d = dirty.lock().unwrap();
                 for ev in events {
                     // A hinted copy is handed to its owners by the next pass.
@@ -607,8 +783,13 @@ impl Cluster {
         metrics.cluster_resyncing.set(resyncing as i64);
         Ok(Self {
             me,
-            ring,
-            peers,
+            me_id: cfg.me.clone(),
+            view: RwLock::new(Arc::new(view)),
+            changing: tokio::sync::Mutex::new(()),
+            moved: AtomicU64::new(moved),
+            kick: tokio::sync::Notify::new(),
+            pacer: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            token,
             cfg,
             store,
             metrics,
@@ -623,32 +804,62 @@ impl Cluster {
         })
     }
 
+    /// The current view: membership, ring, peers.
+    fn view(&self) -> Arc<View> {
+        self.view.read().unwrap().clone()
+    }
+
     /// The placement ring.
-    pub fn ring(&self) -> &Ring {
-        &self.ring
+    pub fn ring(&self) -> Arc<Ring> {
+        self.view().ring.clone()
+    }
+
+    /// The current membership.
+    pub fn membership(&self) -> Membership {
+        self.view().membership.clone()
+    }
+
+    /// Node `i` (an index from any view: indexes are never reused).
+    fn peer(&self, i: usize) -> Arc<Peer> {
+        self.view().peers[i].clone()
+    }
+
+    /// Node `i`'s id.
+    fn id(&self, i: usize) -> String {
+        self.peer(i).id.clone()
+    }
+
+    fn digests(&self) -> Arc<Digests> {
+        self.digests.read().unwrap().clone()
     }
 
     /// This node's id.
     pub fn me(&self) -> &str {
-        &self.peers[self.me].id
+        &self.me_id
     }
 
     fn alive(&self, i: usize) -> bool {
-        i == self.me || self.peers[i].alive.load(Ordering::Relaxed)
+        i == self.me || self.peer(i).alive.load(Ordering::Relaxed)
     }
 
     fn mark(&self, i: usize, up: bool) {
-        if i != self.me && self.peers[i].alive.swap(up, Ordering::Relaxed) != up {
+        if i != self.me && self.peer(i).alive.swap(up, Ordering::Relaxed) != up {
             if up {
-                info!(node = %self.peers[i].id, "origin node is reachable again");
+                info!(node = %self.peer(i).id, "origin node is reachable again");
             } else {
-                warn!(node = %self.peers[i].id, "origin node is unreachable");
+                warn!(node = %self.peer(i).id, "origin node is unreachable");
             }
         }
     }
 
+    /// Live members.
     fn live_count(&self) -> usize {
-        (0..self.peers.len()).filter(|&i| self.alive(i)).count()
+        self.ring().members().filter(|&i| self.alive(i)).count()
+    }
+
+    /// How many members the cluster has.
+    fn member_count(&self) -> usize {
+        self.ring().members().count()
     }
 
     /// The first `replication` live nodes of a preference list.
@@ -656,7 +867,7 @@ impl Cluster {
         preference
             .into_iter()
             .filter(|&i| self.alive(i))
-            .take(self.ring.replication())
+            .take(self.ring().replication())
             .collect()
     }
 
@@ -672,7 +883,7 @@ impl Cluster {
         path: &str,
         body: UploadBody,
     ) -> Result<(StatusCode, Bytes), ClusterError> {
-        let peer = &self.peers[i];
+        let peer = &self.peer(i);
         let fail = |why: String| ClusterError::Node {
             node: peer.id.clone(),
             why,
@@ -693,14 +904,33 @@ impl Cluster {
         }
     }
 
-    /// Checks every other node's `/healthz` every second, forever.
+    /// Checks every other node every second, forever: whether it answers, and which
+    /// membership it has (a newer one is adopted, see [`Membership`]); settles a
+    /// membership change once every node has moved its data.
     pub async fn watch_peers(self: Arc<Self>) {
-        self.metrics.cluster_nodes.set(self.peers.len() as i64);
         loop {
-            let checks = (0..self.peers.len())
+            let v = self.view();
+            self.metrics.cluster_nodes.set(self.member_count() as i64);
+            let checks = v
+                .in_play()
+                .into_iter()
                 .filter(|&i| i != self.me)
                 .map(|i| self.probe(i));
-            futures_util::future::join_all(checks).await;
+            let newest = futures_util::future::join_all(checks)
+                .await
+                .into_iter()
+                .flatten()
+                .max_by_key(|m| m.epoch);
+            if let Some(m) = newest {
+                let epoch = m.epoch;
+                match self.adopt(m).await {
+                    Ok(_) => {}
+                    Err(e) => warn!(epoch, error = %e, "a peer's newer cluster membership was refused"),
+                }
+            }
+            if let Err(e) = self.settle().await {
+                warn!(error = %e, "settling a membership change");
+            }
             self.metrics
                 .cluster_nodes_live
                 .set(self.live_count() as i64);
@@ -708,26 +938,256 @@ impl Cluster {
         }
     }
 
-    /// Checks node `i`'s `/healthz` and marks it.
-    async fn probe(&self, i: usize) {
-        let ok = matches!(
-            tokio::time::timeout(
-                Duration::from_millis(800),
-                self.peers[i].client.call(Method::GET, "/healthz", full(Bytes::new()))
-            )
-            .await,
-            Ok(Ok((p, _))) if p.status.is_success()
-        );
+    /// Checks node `i` (its membership document) and marks it; returns its membership
+    /// when that is newer than this node's.
+    async fn probe(&self, i: usize) -> Option<Membership> {
+        let peer = self.peer(i);
+        let answer = tokio::time::timeout(
+            Duration::from_millis(800),
+            peer.client
+                .call(Method::GET, "/api/v1/cluster/members", full(Bytes::new())),
+        )
+        .await;
+        let doc = match answer {
+            Ok(Ok((p, body))) if p.status.is_success() => {
+                serde_json::from_slice::<serde_json::Value>(&body).ok()
+            }
+            _ => None,
+        };
+        let ok = doc.is_some();
         if ok {
             self.contact.fetch_max(now_ms(), Ordering::Relaxed);
         }
         self.mark(i, ok);
+        let doc = doc?;
+        let m: Membership = serde_json::from_value(doc["membership"].clone()).ok()?;
+        peer.epoch.store(m.epoch, Ordering::Relaxed);
+        peer.moved
+            .store(doc["moved"].as_u64().unwrap_or(0), Ordering::Relaxed);
+        (m.epoch > self.view().membership.epoch).then_some(m)
+    }
+
+    /// The membership document of `GET /api/v1/cluster/members`.
+    pub fn members_doc(&self) -> serde_json::Value {
+        let v = self.view();
+        serde_json::json!({
+            "me": self.me_id,
+            "membership": v.membership,
+            "moved": self.moved.load(Ordering::Relaxed),
+            "settled": v.previous.is_none(),
+        })
+    }
+
+    /// Adopts membership `m` if it is newer than this node's: kept in the store, the ring
+    /// and digests rebuilt, and a full repair pass started to move the data. Returns
+    /// whether it was adopted.
+    pub async fn adopt(self: &Arc<Self>, m: Membership) -> Result<bool, ClusterError> {
+        let _one = self.changing.lock().await;
+        let cur = self.view();
+        if m.epoch <= cur.membership.epoch {
+            return Ok(false);
+        }
+        check_members(&m.nodes, self.cfg.replication)?;
+        let named = m
+            .nodes
+            .iter()
+            .chain(m.previous.iter().flatten())
+            .any(|n| n.id == self.me_id);
+        if !named {
+            return Err(ClusterError::BadInput(format!(
+                "membership epoch {} does not name this node ({})",
+                m.epoch, self.me_id
+            )));
+        }
+        let view = build_view(&cur.peers, m.clone(), &self.cfg, &self.token, &self.clock)
+            .map_err(ClusterError::BadInput)?;
+        self.save_membership(&m).await?;
+        let ring = view.ring.clone();
+        *self.view.write().unwrap() = Arc::new(view);
+        // The digests compare what both nodes should hold: that follows the ring.
+        let (digests, store, me) = (self.digests.clone(), self.store.clone(), self.me);
+        blocking(move || -> Result<(), StoreError> {
+            let mut held = digests.write().unwrap();
+            let fresh = Digests::new(me, ring);
+            store.sync_scan(|item| {
+                fresh.apply(&item, true);
+            })?;
+            *held = Arc::new(fresh);
+            Ok(())
+        })
+        .await??;
+        let me_member = m.nodes.iter().any(|n| n.id == self.me_id);
+        info!(
+            epoch = m.epoch,
+            nodes = ?m.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+            member = me_member,
+            "new cluster membership: moving data to the new owners"
+        );
+        // The repair pass that moves the data (full: see `repair_pass`) starts now.
+        self.kick.notify_one();
+        Ok(true)
+    }
+
+    /// Keeps membership `m` and the moved epoch in the store.
+    async fn save_membership(&self, m: &Membership) -> Result<(), ClusterError> {
+        let saved = SavedMembership {
+            membership: m.clone(),
+            moved: self.moved.load(Ordering::Relaxed),
+        };
+        let bytes = serde_json::to_vec(&saved).expect("a membership serialises");
+        let store = self.store.clone();
+        blocking(move || store.set_cluster_state(MEMBERSHIP_KEY, &bytes)).await??;
+        Ok(())
+    }
+
+    /// Ends a membership change once this node and every member (and every previous
+    /// member still reachable) has moved its data: reads stop asking the previous owners.
+    async fn settle(&self) -> Result<(), ClusterError> {
+        let _one = self.changing.lock().await;
+        let v = self.view();
+        if v.previous.is_none() {
+            return Ok(());
+        }
+        let epoch = v.membership.epoch;
+        if self.moved.load(Ordering::Relaxed) < epoch {
+            return Ok(());
+        }
+        for i in v.in_play() {
+            if i == self.me {
+                continue;
+            }
+            let p = &v.peers[i];
+            let done = p.epoch.load(Ordering::Relaxed) >= epoch
+                && p.moved.load(Ordering::Relaxed) >= epoch;
+            // A removed node that is gone is not waited for: its data has other copies.
+            if !done && (v.ring.contains(i) || self.alive(i)) {
+                return Ok(());
+            }
+        }
+        let m = Membership {
+            previous: None,
+            ..v.membership.clone()
+        };
+        self.save_membership(&m).await?;
+        let view = build_view(&v.peers, m, &self.cfg, &self.token, &self.clock)
+            .map_err(ClusterError::BadInput)?;
+        *self.view.write().unwrap() = Arc::new(view);
+        info!(epoch, "membership change settled: every node has moved its data");
+        Ok(())
+    }
+
+    /// Adds or removes a member (`POST /api/v1/cluster/members`): the next epoch is adopted
+    /// here and sent to every node, old and new. One change at a time: a change whose data
+    /// is still moving is refused. Returns the membership and each node's answer.
+    pub async fn change_members(
+        self: &Arc<Self>,
+        change: MemberChange,
+    ) -> Result<serde_json::Value, ClusterError> {
+        let cur = self.view();
+        let epoch = cur.membership.epoch;
+        if cur.previous.is_some() {
+            return Err(ClusterError::Conflict(format!(
+                "the membership change to epoch {epoch} is still moving data; try again once `tessera cluster status` shows it settled"
+            )));
+        }
+        let mut nodes = cur.membership.nodes.clone();
+        match change {
+            MemberChange::Add(n) => {
+                if nodes.iter().any(|m| m.id == n.id) {
+                    return Err(ClusterError::BadInput(format!(
+                        "{} is already a member",
+                        n.id
+                    )));
+                }
+                // The new node must answer, as the node it is said to be.
+                let client = OriginClient::new(&n.url, self.token.clone())
+                    .map_err(|e| ClusterError::BadInput(format!("node {}: {e}", n.id)))?;
+                let asked = tokio::time::timeout(
+                    self.timeout(),
+                    client.call(Method::GET, "/api/v1/cluster/members", full(Bytes::new())),
+                )
+                .await;
+                let unreachable = |why: String| ClusterError::Node {
+                    node: n.id.clone(),
+                    why: format!("cannot add it: {why}"),
+                };
+                let said = match asked {
+                    Ok(Ok((p, body))) if p.status.is_success() => {
+                        serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v["me"].as_str().map(str::to_string))
+                    }
+                    Ok(Ok((p, body))) => {
+                        return Err(unreachable(format!(
+                            "{} answered {}: {}",
+                            n.url,
+                            p.status,
+                            String::from_utf8_lossy(&body)
+                        )));
+                    }
+                    Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                    Err(_) => return Err(unreachable(format!("{} does not answer", n.url))),
+                };
+                if said.as_deref() != Some(n.id.as_str()) {
+                    return Err(ClusterError::BadInput(format!(
+                        "the origin at {} is {}, not {} (start it with --id {})",
+                        n.url,
+                        said.unwrap_or_else(|| "not a cluster node".into()),
+                        n.id,
+                        n.id
+                    )));
+                }
+                nodes.push(n);
+            }
+            MemberChange::Remove(id) => {
+                let Some(at) = nodes.iter().position(|m| m.id == id) else {
+                    return Err(ClusterError::BadInput(format!("{id} is not a member")));
+                };
+                nodes.remove(at);
+            }
+        }
+        let m = Membership {
+            epoch: epoch + 1,
+            nodes,
+            previous: Some(cur.membership.nodes.clone()),
+        };
+        check_members(&m.nodes, self.cfg.replication)?;
+        self.adopt(m.clone()).await?;
+        // Every node hears of it now; one that misses it learns it from the others' answers
+        // to its peer checks.
+        let v = self.view();
+        let body = Bytes::from(serde_json::to_vec(&m).expect("a membership serialises"));
+        let pushes = v.in_play().into_iter().filter(|&i| i != self.me).map(|i| {
+            let body = body.clone();
+            async move {
+                let r = self
+                    .call(i, Method::PUT, "/api/v1/cluster/members", full(body))
+                    .await;
+                let answer = match r {
+                    Ok((s, _)) if s.is_success() => "adopted".to_string(),
+                    Ok((s, b)) => format!("{s}: {}", String::from_utf8_lossy(&b)),
+                    Err(e) => format!("{e} (it will learn the change from the others)"),
+                };
+                (self.id(i), answer)
+            }
+        });
+        let mut answers: serde_json::Map<String, serde_json::Value> =
+            futures_util::future::join_all(pushes)
+                .await
+                .into_iter()
+                .map(|(id, a)| (id, a.into()))
+                .collect();
+        answers.insert(self.me_id.clone(), "adopted".into());
+        Ok(serde_json::json!({"membership": m, "nodes": answers}))
     }
 
     /// Probes every node marked down once, now (a node that just started or returned
     /// should not wait for the next periodic check).
     async fn probe_down(&self) {
-        let probes = (0..self.peers.len())
+        let probes = self
+            .view()
+            .in_play()
+            .into_iter()
             .filter(|&i| !self.alive(i))
             .map(|i| self.probe(i));
         futures_util::future::join_all(probes).await;
@@ -743,11 +1203,11 @@ impl Cluster {
 
     fn check_quorum(&self) -> Result<(), ClusterError> {
         let live = self.live_count();
-        let needed = self.ring.replication();
+        let needed = self.ring().replication();
         if live < needed {
             return Err(ClusterError::TooFewNodes {
                 live,
-                nodes: self.peers.len(),
+                nodes: self.member_count(),
                 needed,
             });
         }
@@ -808,7 +1268,7 @@ impl Cluster {
         let done = tokio::spawn(async move {
             // No overall timeout: the stream lasts as long as the upload; the node's own
             // limits cut a stalled one.
-            match me.peers[i].client.call(Method::PUT, &url, body).await {
+            match me.peer(i).client.call(Method::PUT, &url, body).await {
                 Ok((p, b)) if p.status.is_success() => {
                     serde_json::from_slice(&b).map_err(|e| format!("bad reply: {e}").into())
                 }
@@ -842,7 +1302,8 @@ impl Cluster {
         let mut batch = Vec::with_capacity(HELD_QUERY);
         while chunks.recv_many(&mut batch, HELD_QUERY).await > 0 {
             let hashes: Vec<ChunkHash> = batch.iter().map(|(h, _)| *h).collect();
-            let asked = self.peers[i].client.known_chunks(&hashes);
+            let peer = self.peer(i);
+            let asked = peer.client.known_chunks(&hashes);
             let held = match tokio::time::timeout(self.timeout(), asked).await {
                 Ok(Ok(k)) => k,
                 failed => {
@@ -850,7 +1311,7 @@ impl Cluster {
                         Ok(Err(e)) => e.to_string(),
                         _ => format!("no answer within {:?}", self.timeout()),
                     };
-                    debug!(node = %self.peers[i].id, %error, "asking which chunks a node holds failed; sending them all");
+                    debug!(node = %self.peer(i).id, %error, "asking which chunks a node holds failed; sending them all");
                     vec![false; hashes.len()]
                 }
             };
@@ -958,8 +1419,8 @@ impl Cluster {
             if failed.is_some() {
                 continue; // drain, so the chunker finishes
             }
-            let targets = self.targets(self.ring.chunk_preference(&hash));
-            if targets.len() < self.ring.replication() {
+            let targets = self.targets(self.ring().chunk_preference(&hash));
+            if targets.len() < self.ring().replication() {
                 failed = Some(self.check_quorum().err().unwrap_or(ClusterError::Node {
                     node: "?".into(),
                     why: "too few live nodes".into(),
@@ -980,7 +1441,7 @@ impl Cluster {
                 };
                 if !sent {
                     failed = Some(ClusterError::Node {
-                        node: self.peers[t].id.clone(),
+                        node: self.id(t),
                         why: "the fragment stream stopped".into(),
                     });
                 }
@@ -1048,7 +1509,7 @@ impl Cluster {
                 }
                 Err(e) => {
                     cleanup(self);
-                    let (node, why) = (self.peers[*t].id.clone(), e.why.clone());
+                    let (node, why) = (self.id(*t), e.why.clone());
                     return Err(if e.full {
                         ClusterError::DiskFull { node, why }
                     } else {
@@ -1086,7 +1547,7 @@ impl Cluster {
                     node: "-".into(),
                     why: format!(
                         "the file is published but only {written} of {} copies of its record were written ({error}); repair adds the others",
-                        self.ring.replication()
+                        self.ring().replication()
                     ),
                 });
             }
@@ -1106,11 +1567,11 @@ impl Cluster {
             stored_bytes_added: stored,
         };
         let placement = Placement {
-            replication: self.ring.replication(),
-            record_nodes: nodes.iter().map(|&i| self.peers[i].id.clone()).collect(),
+            replication: self.ring().replication(),
+            record_nodes: nodes.iter().map(|&i| self.id(i)).collect(),
             chunk_copies: copies
                 .into_iter()
-                .map(|(i, n)| (self.peers[i].id.clone(), n))
+                .map(|(i, n)| (self.id(i), n))
                 .collect(),
             stamp,
             upload,
@@ -1122,9 +1583,9 @@ impl Cluster {
     /// Writes `rec` to the first `replication` live nodes of its path's preference list;
     /// returns them and the newest record they hold afterwards.
     async fn put_record(&self, rec: &FileRecord) -> Result<(Vec<usize>, FileRecord), RecordError> {
-        let want = self.ring.replication();
-        let mut pref = self
-            .ring
+        let ring = self.ring();
+        let want = ring.replication();
+        let mut pref = ring
             .file_preference(&rec.path)
             .filter(|&i| self.alive(i));
         let mut targets: Vec<usize> = pref.by_ref().take(want).collect();
@@ -1159,7 +1620,7 @@ impl Cluster {
                     Err(e) => {
                         failed += 1;
                         last_error = Some(ClusterError::Node {
-                            node: self.peers[t].id.clone(),
+                            node: self.id(t),
                             why: format!("could not store the file record: {e}"),
                         });
                     }
@@ -1172,7 +1633,7 @@ impl Cluster {
                 written: written.len(),
                 error: last_error.unwrap_or(ClusterError::TooFewNodes {
                     live: self.live_count(),
-                    nodes: self.peers.len(),
+                    nodes: self.member_count(),
                     needed: want,
                 }),
             });
@@ -1198,14 +1659,14 @@ impl Cluster {
             return Err(self.node_error(t, status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClusterError::Node {
-            node: self.peers[t].id.clone(),
+            node: self.id(t),
             why: format!("bad record reply: {e}"),
         })
     }
 
     fn node_error(&self, t: usize, status: StatusCode, body: &[u8]) -> ClusterError {
         let (node, why) = (
-            self.peers[t].id.clone(),
+            self.id(t),
             format!("{status}: {}", String::from_utf8_lossy(body)),
         );
         if status == StatusCode::INSUFFICIENT_STORAGE {
@@ -1238,7 +1699,7 @@ impl Cluster {
 
     async fn broadcast_drop(&self, body: serde_json::Value) {
         let bytes = Bytes::from(body.to_string());
-        for i in 0..self.peers.len() {
+        for i in self.view().in_play() {
             if !self.alive(i) {
                 continue; // repair drops it there later
             }
@@ -1305,7 +1766,7 @@ impl Cluster {
     /// to the write that follows.
     /// Returns whether some owner has a record of the path.
     async fn see_current(&self, path: &str) -> bool {
-        let owners = self.targets(self.ring.file_preference(path));
+        let owners = self.targets(self.ring().file_preference(path));
         let calls = owners.iter().map(|&i| self.record_on(i, path));
         futures_util::future::join_all(calls)
             .await
@@ -1319,22 +1780,40 @@ impl Cluster {
         // A node resynchronising does not trust its own records: they may name files
         // deleted while it was away.
         let trusted = |i: &usize| *i != self.me || !self.resyncing();
-        let owners: Vec<usize> = self
-            .targets(self.ring.file_preference(path))
+        let v = self.view();
+        let ring = &v.ring;
+        let mut owners: Vec<usize> = self
+            .targets(ring.file_preference(path))
             .into_iter()
             .filter(trusted)
             .collect();
+        // While a membership change moves data, the owners before it are asked too: the
+        // record may not have reached its new owners yet.
+        let previous_owners = v
+            .previous
+            .as_ref()
+            .map(|r| r.file_owners(path))
+            .unwrap_or_default();
+        for &i in &previous_owners {
+            if !owners.contains(&i) && self.alive(i) && trusted(&i) {
+                owners.push(i);
+            }
+        }
         let mut best: Option<FileRecord> = None;
         let mut errors = 0;
         // The path's owners that answered: "no such file" needs one of them (a stand-in
-        // alone may just not have heard of it).
-        let real_owners = self.ring.file_owners(path);
-        let mut heard = 0;
+        // alone may just not have heard of it), and during a move one of the owners
+        // before it as well.
+        let real_owners = ring.file_owners(path);
+        let (mut heard, mut heard_before) = (0, 0);
         let calls = owners.iter().map(|&i| self.record_on(i, path));
         let answers = futures_util::future::join_all(calls).await;
         for (i, r) in owners.iter().zip(answers) {
             if r.is_ok() && real_owners.contains(i) {
                 heard += 1;
+            }
+            if r.is_ok() && previous_owners.contains(i) {
+                heard_before += 1;
             }
             match r {
                 Ok(Some(rec)) => {
@@ -1349,8 +1828,7 @@ impl Cluster {
         if best.is_some() {
             return Ok(best);
         }
-        for i in self
-            .ring
+        for i in ring
             .file_preference(path)
             .filter(|i| !owners.contains(i) && trusted(i))
         {
@@ -1366,12 +1844,13 @@ impl Cluster {
         // Nor does a node that cannot reach as many nodes as a write needs, unless every
         // owner answered: those nodes, together, may have taken a publish of it (as on the
         // other side of a partition).
-        let unreachable = self.peers.len() - self.live_count();
-        let cut_off = heard < real_owners.len() && unreachable >= self.ring.replication();
-        if heard == 0 || cut_off || (errors > 0 && errors >= owners.len()) {
+        let unreachable = self.member_count() - self.live_count();
+        let cut_off = heard < real_owners.len() && unreachable >= ring.replication();
+        let moving_unheard = !previous_owners.is_empty() && heard_before == 0;
+        if heard == 0 || cut_off || moving_unheard || (errors > 0 && errors >= owners.len()) {
             return Err(ClusterError::TooFewNodes {
                 live: self.live_count(),
-                nodes: self.peers.len(),
+                nodes: self.member_count(),
                 needed: 1,
             });
         }
@@ -1401,7 +1880,7 @@ impl Cluster {
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|e| ClusterError::Node {
-                        node: self.peers[i].id.clone(),
+                        node: self.id(i),
                         why: format!("bad record: {e}"),
                     })
             }
@@ -1432,14 +1911,27 @@ impl Cluster {
 
     /// Chunk `hash` from another node.
     async fn remote_chunk(&self, hash: ChunkHash) -> Result<Bytes, ClusterError> {
-        let pref = self.ring.chunk_nodes(&hash);
+        let v = self.view();
+        let mut pref = v.ring.chunk_nodes(&hash);
+        if let Some(before) = &v.previous {
+            // During a move, its owners before the change come right after its owners.
+            let at = v.ring.replication().min(pref.len());
+            let extra: Vec<usize> = before
+                .chunk_owners(&hash)
+                .into_iter()
+                .filter(|i| !pref[..at].contains(i))
+                .collect();
+            pref.retain(|i| !extra.contains(i));
+            pref.splice(at..at, extra);
+        }
         // Live nodes first, in preference order; then the others, in case the marks lag.
         let order = pref
             .iter()
             .filter(|&&i| i != self.me && self.alive(i))
             .chain(pref.iter().filter(|&&i| i != self.me && !self.alive(i)));
         for &i in order {
-            match tokio::time::timeout(self.timeout(), self.peers[i].client.chunk(hash)).await {
+            let peer = self.peer(i);
+            match tokio::time::timeout(self.timeout(), peer.client.chunk(hash)).await {
                 Ok(Ok(b)) => {
                     self.mark(i, true);
                     return Ok(b);
@@ -1448,7 +1940,7 @@ impl Cluster {
                     if !matches!(e, tessera_origin_proto::ClientError::Status { .. }) {
                         self.mark(i, false);
                     }
-                    debug!(node = %self.peers[i].id, error = %e, "chunk not served by this node");
+                    debug!(node = %self.peer(i).id, error = %e, "chunk not served by this node");
                 }
                 Err(_) => self.mark(i, false),
             }
@@ -1479,7 +1971,7 @@ impl Cluster {
     /// Published files under `prefix`, merged from every live node.
     pub async fn list(&self, prefix: &str) -> Result<Vec<FileRecord>, ClusterError> {
         let mut merged: HashMap<String, FileRecord> = HashMap::new();
-        for i in 0..self.peers.len() {
+        for i in self.view().in_play() {
             if !self.alive(i) {
                 continue;
             }
@@ -1522,7 +2014,7 @@ impl Cluster {
             return Err(self.node_error(i, status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClusterError::Node {
-            node: self.peers[i].id.clone(),
+            node: self.id(i),
             why: format!("bad listing: {e}"),
         })
     }
@@ -1545,7 +2037,7 @@ impl Cluster {
             s if s.is_success() => {
                 let list: Vec<ManifestChunk> =
                     serde_json::from_slice(&bytes).map_err(|e| ClusterError::Node {
-                        node: self.peers[i].id.clone(),
+                        node: self.id(i),
                         why: format!("bad fragment: {e}"),
                     })?;
                 Ok(Some(list.into_iter().map(|c| (c.hash, c.size)).collect()))
@@ -1564,7 +2056,7 @@ impl Cluster {
     pub async fn stats(&self) -> Result<serde_json::Value, ClusterError> {
         let mut nodes = serde_json::Map::new();
         let (mut unique, mut stored) = (0u64, 0u64);
-        for i in 0..self.peers.len() {
+        for i in self.view().in_play() {
             let st = if i == self.me {
                 let store = self.store.clone();
                 blocking(move || store.stats()).await??
@@ -1577,14 +2069,14 @@ impl Cluster {
                 }
                 serde_json::from_slice::<tessera_origin_proto::client::Stats>(&bytes).map_err(
                     |e| ClusterError::Node {
-                        node: self.peers[i].id.clone(),
+                        node: self.id(i),
                         why: format!("bad stats: {e}"),
                     },
                 )?
             };
             unique += st.unique_bytes;
             stored += st.stored_bytes;
-            nodes.insert(self.peers[i].id.clone(), serde_json::to_value(&st).unwrap());
+            nodes.insert(self.id(i), serde_json::to_value(&st).unwrap());
         }
         let files = self.list("").await?;
         let logical: u64 = files
@@ -1592,7 +2084,7 @@ impl Cluster {
             .filter_map(|r| r.manifest.as_ref())
             .map(|m| m.size)
             .sum();
-        let r = self.ring.replication() as u64;
+        let r = self.ring().replication() as u64;
         let unique = unique / r.max(1);
         let ratio = |a: f64, b: f64| if b == 0.0 { 1.0 } else { a / b };
         Ok(serde_json::json!({
@@ -1611,15 +2103,20 @@ impl Cluster {
 
     /// The status document of `GET /api/v1/cluster`.
     pub fn status(&self) -> serde_json::Value {
-        let nodes: Vec<_> = self
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
+        let v = self.view();
+        let nodes: Vec<_> = v
+            .in_play()
+            .into_iter()
+            .map(|i| {
+                let p = &v.peers[i];
+                let member = v.membership.nodes.iter().find(|n| n.id == p.id);
                 serde_json::json!({
                     "id": p.id,
                     "url": p.client.base(),
-                    "weight": self.cfg.nodes[i].weight,
+                    "weight": member.map_or(0, |n| n.weight),
+                    "member": member.is_some(),
+                    "epoch": if i == self.me { v.membership.epoch } else { p.epoch.load(Ordering::Relaxed) },
+                    "moved": if i == self.me { self.moved.load(Ordering::Relaxed) } else { p.moved.load(Ordering::Relaxed) },
                     "live": self.alive(i),
                     "me": i == self.me,
                 })
@@ -1627,17 +2124,20 @@ impl Cluster {
             .collect();
         serde_json::json!({
             "me": self.me(),
-            "replication": self.ring.replication(),
+            "replication": self.ring().replication(),
             "vnodes": self.cfg.vnodes,
             "write_rule": format!(
                 "every chunk and the file record durable on {} distinct live nodes (owners first, then stand-ins)",
-                self.ring.replication()
+                self.ring().replication()
             ),
             "nodes": nodes,
             "repair_running": self.metrics.cluster_repair_running.get() == 1,
             "repair_checked": self.metrics.cluster_repair_checked.get(),
             "repair": *self.report.lock().unwrap(),
             "resynchronising": self.resyncing(),
+            "epoch": v.membership.epoch,
+            "settled": v.previous.is_none(),
+            "moved": self.moved.load(Ordering::Relaxed),
         })
     }
 
@@ -1654,7 +2154,11 @@ impl Cluster {
             return;
         }
         loop {
-            tokio::time::sleep(Duration::from_secs(every)).await;
+            // A membership change wants a pass now, not at the next tick.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(every)) => {}
+                _ = self.kick.notified() => {}
+            }
             if let Err(e) = self.repair().await {
                 warn!(error = %e, "repair pass failed");
             }
@@ -1672,12 +2176,13 @@ impl Cluster {
     /// node holds as well.
     pub async fn repair_pass(self: &Arc<Self>, full: bool) -> Result<RepairReport, ClusterError> {
         let _one = self.repairing.lock().await;
+        let epoch = self.view().membership.epoch;
         let m = &self.metrics;
         m.cluster_repair_running.set(1);
         m.cluster_repair_checked.set(0);
         let mut rep = RepairReport::default();
         let horizon = self.cfg.tombstone_secs.saturating_mul(1000);
-        if self.peers.len() == 1 {
+        if self.member_count() == 1 {
             // A cluster of one is never out of contact with itself.
             self.contact.store(now_ms(), Ordering::Relaxed);
         }
@@ -1714,23 +2219,32 @@ impl Cluster {
         let due = self.cfg.full_repair_secs > 0
             && now.saturating_sub(self.last_full.load(Ordering::Relaxed))
                 >= self.cfg.full_repair_secs;
-        rep.full = full || overflow || due;
+        // Until this node has moved its data for the membership, every pass is full.
+        let unmoved = self.moved.load(Ordering::Relaxed) < epoch;
+        rep.full = full || overflow || due || unmoved;
         let mut redo = HashSet::new();
         let done = async {
-            for o in 0..self.peers.len() {
+            let v = self.view();
+            for o in v.ring.members() {
                 if o == self.me {
                     continue;
                 }
+                if v.peers[o].epoch.load(Ordering::Relaxed) != v.membership.epoch {
+                    // Digests follow the ring: a node on another membership differs
+                    // everywhere. Its data moves in the full pass of the change.
+                    rep.chunks_waiting += self.digests().shared_chunks(o);
+                    continue;
+                }
                 if !self.alive(o) {
-                    rep.chunks_waiting += self.digests.shared_chunks(o);
+                    rep.chunks_waiting += self.digests().shared_chunks(o);
                     continue;
                 }
                 match self.sync_with(o, &mut rep).await {
                     Ok(differ) => paths.extend(differ),
                     Err(e) => {
                         rep.errors += 1;
-                        rep.chunks_waiting += self.digests.shared_chunks(o);
-                        debug!(node = %self.peers[o].id, error = %e, "digest exchange");
+                        rep.chunks_waiting += self.digests().shared_chunks(o);
+                        debug!(node = %self.peer(o).id, error = %e, "digest exchange");
                     }
                 }
             }
@@ -1754,6 +2268,16 @@ impl Cluster {
         done?;
         if rep.full {
             self.last_full.store(now, Ordering::Relaxed);
+            // Everything this node holds is where the membership of this pass puts it.
+            let moved = rep.errors == 0 && rep.chunks_waiting == 0 && redo.is_empty();
+            let v = self.view();
+            if moved
+                && v.membership.epoch == epoch
+                && self.moved.fetch_max(epoch, Ordering::Relaxed) < epoch
+            {
+                self.save_membership(&v.membership).await?;
+                info!(epoch, "this node has moved its data for the current membership");
+            }
         }
         self.save_contact().await?;
         let store = self.store.clone();
@@ -1772,7 +2296,11 @@ impl Cluster {
 
     /// Whether every other node answers that it is resynchronising too.
     async fn all_peers_resyncing(&self) -> bool {
-        let asks = (0..self.peers.len())
+        let asks = self
+            .ring()
+            .members()
+            .collect::<Vec<_>>()
+            .into_iter()
             .filter(|&o| o != self.me)
             .map(|o| async move {
                 match self
@@ -1816,7 +2344,7 @@ impl Cluster {
         let records = blocking(move || store.files("")).await??;
         let jobs = records.into_iter().map(|rec| async move {
             let others: Vec<usize> = self
-                .ring
+                .ring()
                 .file_owners(&rec.path)
                 .into_iter()
                 .filter(|&o| o != self.me)
@@ -1847,7 +2375,7 @@ impl Cluster {
                     blocking(move || store.forget_file(&p, s, &u)).await??
                 }
                 Some(n) if n.newer_than(&rec) => {
-                    if self.ring.file_owners(&rec.path).contains(&self.me) {
+                    if self.ring().file_owners(&rec.path).contains(&self.me) {
                         blocking(move || store.put_file(&n)).await??;
                     }
                     false
@@ -1874,7 +2402,7 @@ impl Cluster {
 
     /// The top level of this node's digests toward `peer` ([`Digests::encoded_top`]).
     pub fn digest_for(&self, peer: &str) -> Result<Vec<u8>, ClusterError> {
-        Ok(self.digests.encoded_top(self.peer_index(peer)?))
+        Ok(self.digests().encoded_top(self.peer_index(peer)?))
     }
 
     /// The bucket digests of `groups` toward `peer` ([`Digests::encoded_buckets`]).
@@ -1886,7 +2414,7 @@ impl Cluster {
                 crate::digest::TOP
             )));
         }
-        Ok(self.digests.encoded_buckets(o, groups))
+        Ok(self.digests().encoded_buckets(o, groups))
     }
 
     /// This node's items of `buckets` as listed toward `peer`.
@@ -1898,11 +2426,11 @@ impl Cluster {
         let o = self.peer_index(peer)?;
         let store = self.store.clone();
         let items = blocking(move || store.sync_items(&buckets)).await??;
-        Ok(self.digests.listed(&items, o))
+        Ok(self.digests().listed(&items, o))
     }
 
     fn peer_index(&self, peer: &str) -> Result<usize, ClusterError> {
-        match self.peers.iter().position(|p| p.id == peer) {
+        match self.view().peers.iter().position(|p| p.id == peer) {
             Some(i) if i != self.me => Ok(i),
             _ => Err(ClusterError::BadInput(format!(
                 "{peer:?} is not another node of this cluster"
@@ -1918,17 +2446,17 @@ impl Cluster {
         o: usize,
         rep: &mut RepairReport,
     ) -> Result<HashSet<String>, ClusterError> {
-        let me = encode_path(&self.peers[self.me].id);
+        let me = encode_path(&self.me_id);
         let digest_url = format!("/api/v1/cluster/sync/digest?peer={me}");
         let bad = |why: String| ClusterError::Node {
-            node: self.peers[o].id.clone(),
+            node: self.id(o),
             why,
         };
         let top = self
             .sync_call(o, Method::GET, &digest_url, Bytes::new())
             .await?;
-        let groups = self
-            .digests
+        let digests = self.digests();
+        let groups = digests
             .differing_top(o, &top)
             .ok_or_else(|| bad(format!("a top digest of {} bytes", top.len())))?;
         rep.peers_compared += 1;
@@ -1937,7 +2465,7 @@ impl Cluster {
             let body = Bytes::from(serde_json::json!({ "groups": part }).to_string());
             let theirs = self.sync_call(o, Method::POST, &digest_url, body).await?;
             buckets.extend(
-                self.digests
+                digests
                     .differing_buckets(o, part, &theirs)
                     .ok_or_else(|| bad(format!("bucket digests of {} bytes", theirs.len())))?,
             );
@@ -1955,7 +2483,7 @@ impl Cluster {
             let store = self.store.clone();
             let part = part.to_vec();
             let items = blocking(move || store.sync_items(&part)).await??;
-            let mine: HashSet<Listed> = self.digests.listed(&items, o).into_iter().collect();
+            let mine: HashSet<Listed> = self.digests().listed(&items, o).into_iter().collect();
             for l in mine.symmetric_difference(&theirs) {
                 paths.insert(l.path.clone());
             }
@@ -2042,7 +2570,7 @@ impl Cluster {
         rep: &mut RepairReport,
         again: &mut bool,
     ) -> Result<(), ClusterError> {
-        let owners = self.ring.file_owners(&rec.path);
+        let owners = self.ring().file_owners(&rec.path);
         let expired = rec.manifest.is_none()
             && now_ms().saturating_sub(rec.stamp) > self.cfg.tombstone_secs * 1000;
         if owners.contains(&self.me) && !expired && !flagged {
@@ -2148,7 +2676,7 @@ impl Cluster {
             let hinted = f
                 .chunks
                 .iter()
-                .any(|(h, _)| !self.ring.chunk_owners(h).contains(&self.me));
+                .any(|(h, _)| !self.ring().chunk_owners(h).contains(&self.me));
             if !hinted && !flagged {
                 continue; // the digests vouch for its owners' copies
             }
@@ -2171,7 +2699,7 @@ impl Cluster {
         let mut by_owner: HashMap<usize, Vec<(ChunkHash, u32)>> = HashMap::new();
         let mut mine_owned = HashSet::new();
         for &(h, size) in &f.chunks {
-            for o in self.ring.chunk_owners(&h) {
+            for o in self.ring().chunk_owners(&h) {
                 if o == self.me {
                     mine_owned.insert(h);
                 } else {
@@ -2207,7 +2735,7 @@ impl Cluster {
                     Err(e) => {
                         rep.errors += 1;
                         rep.chunks_waiting += missing.len() as u64;
-                        warn!(node = %self.peers[o].id, error = %e, "could not copy chunks to their owner");
+                        warn!(node = %self.peer(o).id, error = %e, "could not copy chunks to their owner");
                         continue;
                     }
                 }
@@ -2222,7 +2750,7 @@ impl Cluster {
             .iter()
             .filter(|(h, _)| {
                 mine_owned.contains(h)
-                    || confirmed.get(h).copied().unwrap_or(0) < self.ring.replication()
+                    || confirmed.get(h).copied().unwrap_or(0) < self.ring().replication()
             })
             .copied()
             .collect();
@@ -2263,6 +2791,7 @@ impl Cluster {
             let data = self.chunk(h).await?;
             body.extend_from_slice(&frame(&h, &data));
         }
+        self.pace(body.len() as u64).await;
         let url = format!(
             "/api/v1/cluster/fragments/{}.{}/{}?merge=1",
             f.stamp,
@@ -2274,6 +2803,22 @@ impl Cluster {
             return Err(self.node_error(o, status, &bytes));
         }
         Ok(())
+    }
+
+    /// Waits for `bytes` more of repair copies to fit [`ClusterConfig::repair_bytes_per_sec`].
+    async fn pace(&self, bytes: u64) {
+        let rate = self.cfg.repair_bytes_per_sec;
+        if rate == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.pacer.lock().await;
+            let now = tokio::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
     }
 
     /// Reads and verifies every chunk of this node at `scrub_bytes_per_sec`, forever,

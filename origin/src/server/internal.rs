@@ -20,6 +20,11 @@
 //!   of those groups; `POST /api/v1/cluster/sync/items?peer=ID` with `{"buckets": [...]}`:
 //!   its items of those buckets, as listed toward `ID` (see [`crate::digest`]).
 //! - `POST /api/v1/cluster/repair[?full=1]`: see above; `full=1` makes the pass full.
+//! - `GET /api/v1/cluster/members`: this node's membership (`{"me", "membership": {"epoch",
+//!   "nodes", "previous"}, "moved", "settled"}`), what the nodes' peer checks read.
+//!   `POST` with `{"add": {"id", "url", "weight"}}` or `{"remove": "ID"}`: a membership
+//!   change, coordinated by this node (`409` while the last one still moves data);
+//!   `PUT` with a membership: adopted if its epoch is newer (what the coordinator sends).
 
 use std::sync::Arc;
 
@@ -119,6 +124,19 @@ pub(super) async fn route(
                 form_pairs(req.uri.query().unwrap_or("")).any(|(k, v)| k == "full" && v == "1");
             let rep = cluster.repair_pass(full).await?;
             Ok(json_reply(StatusCode::OK, &rep))
+        }
+        (Method::GET, "/members") => Ok(json_reply(StatusCode::OK, &cluster.members_doc())),
+        (Method::POST, "/members") => {
+            let change: crate::cluster::MemberChange = read_json(body).await?;
+            Ok(json_reply(
+                StatusCode::OK,
+                &cluster.change_members(change).await?,
+            ))
+        }
+        (Method::PUT, "/members") => {
+            let m: crate::cluster::Membership = read_json(body).await?;
+            cluster.adopt(m).await?;
+            Ok(json_reply(StatusCode::OK, &cluster.members_doc()))
         }
         (Method::GET, "/sync/digest") => Ok(binary(cluster.digest_for(&peer_of(req)?)?)),
         (Method::POST, "/sync/digest") => {

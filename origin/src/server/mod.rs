@@ -120,6 +120,7 @@ impl From<ClusterError> for ApiError {
         match e {
             ClusterError::Store(s) => s.into(),
             ClusterError::BadInput(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            ClusterError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             e @ ClusterError::DiskFull { .. } => {
                 warn!(error = %e, "publish refused: a node's data disk is full");
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())

@@ -25,6 +25,8 @@ use crate::codec::{self, Codec};
 
 /// Path → [`FileRecord`] JSON: the versions of files this node owns.
 pub const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+/// Small documents of the cluster layer by name (its membership).
+pub const CLUSTER_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster_state");
 
 /// The first character of every fragment key: a control character, which publish paths
 /// never contain.
@@ -391,6 +393,25 @@ impl Store {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(COUNTERS)?;
         Ok(t.get("cluster_contact_ms")?.map(|v| v.value()))
+    }
+
+    /// The cluster layer's document `key` ([`CLUSTER_STATE`]), if saved.
+    pub fn cluster_state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(CLUSTER_STATE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Saves the cluster layer's document `key`, durably.
+    pub fn set_cluster_state(&self, key: &str, value: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(CLUSTER_STATE)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// Saves when this node was last in contact with its cluster.
