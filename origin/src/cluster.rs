@@ -300,7 +300,9 @@ impl View {
     /// Indexes of the members, and of the previous members while data moves.
     fn in_play(&self) -> Vec<usize> {
         (0..self.peers.len())
-            .filter(|&i| self.ring.contains(i) || self.previous.as_ref().is_some_and(|r| r.contains(i)))
+            .filter(|&i| {
+                self.ring.contains(i) || self.previous.as_ref().is_some_and(|r| r.contains(i))
+            })
             .collect()
     }
 }
@@ -925,7 +927,9 @@ impl Cluster {
                 let epoch = m.epoch;
                 match self.adopt(m).await {
                     Ok(_) => {}
-                    Err(e) => warn!(epoch, error = %e, "a peer's newer cluster membership was refused"),
+                    Err(e) => {
+                        warn!(epoch, error = %e, "a peer's newer cluster membership was refused")
+                    }
                 }
             }
             if let Err(e) = self.settle().await {
@@ -1072,7 +1076,10 @@ impl Cluster {
         let view = build_view(&v.peers, m, &self.cfg, &self.token, &self.clock)
             .map_err(ClusterError::BadInput)?;
         *self.view.write().unwrap() = Arc::new(view);
-        info!(epoch, "membership change settled: every node has moved its data");
+        info!(
+            epoch,
+            "membership change settled: every node has moved its data"
+        );
         Ok(())
     }
 
@@ -1569,10 +1576,7 @@ impl Cluster {
         let placement = Placement {
             replication: self.ring().replication(),
             record_nodes: nodes.iter().map(|&i| self.id(i)).collect(),
-            chunk_copies: copies
-                .into_iter()
-                .map(|(i, n)| (self.id(i), n))
-                .collect(),
+            chunk_copies: copies.into_iter().map(|(i, n)| (self.id(i), n)).collect(),
             stamp,
             upload,
             superseded,
@@ -1585,9 +1589,7 @@ impl Cluster {
     async fn put_record(&self, rec: &FileRecord) -> Result<(Vec<usize>, FileRecord), RecordError> {
         let ring = self.ring();
         let want = ring.replication();
-        let mut pref = ring
-            .file_preference(&rec.path)
-            .filter(|&i| self.alive(i));
+        let mut pref = ring.file_preference(&rec.path).filter(|&i| self.alive(i));
         let mut targets: Vec<usize> = pref.by_ref().take(want).collect();
         if targets.len() < want
             && let Err(e) = self.check_quorum()
@@ -2147,17 +2149,20 @@ impl Cluster {
         self.resyncing.load(Ordering::Relaxed)
     }
 
-    /// Runs repair passes every `repair_interval_secs`, forever.
+    /// Runs repair passes every `repair_interval_secs` and after a membership change,
+    /// forever.
     pub async fn repair_loop(self: Arc<Self>) {
         let every = self.cfg.repair_interval_secs;
-        if every == 0 {
-            return;
-        }
         loop {
-            // A membership change wants a pass now, not at the next tick.
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(every)) => {}
-                _ = self.kick.notified() => {}
+            // A membership change wants a pass now, not at the next tick (and even when
+            // passes run only on request: its data must move).
+            if every == 0 {
+                self.kick.notified().await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(every)) => {}
+                    _ = self.kick.notified() => {}
+                }
             }
             if let Err(e) = self.repair().await {
                 warn!(error = %e, "repair pass failed");
@@ -2276,7 +2281,10 @@ impl Cluster {
                 && self.moved.fetch_max(epoch, Ordering::Relaxed) < epoch
             {
                 self.save_membership(&v.membership).await?;
-                info!(epoch, "this node has moved its data for the current membership");
+                info!(
+                    epoch,
+                    "this node has moved its data for the current membership"
+                );
             }
         }
         self.save_contact().await?;

@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `up` runs a whole network from a topology file, `origin` runs a storage
 //! node, `edge` a caching edge node, `push` publishes files to an origin, `get` fetches a
-//! URL over HTTP/1.1, HTTP/2 or HTTP/3, `plugin` deploys an edge's WebAssembly plugins.
+//! URL over HTTP/1.1, HTTP/2 or HTTP/3, `plugin` deploys an edge's WebAssembly plugins,
+//! `cluster` adds and removes origin cluster members.
 //! The roles themselves live in their own library crates; this binary only wires them
 //! together (and holds the topology file, `file`).
 
@@ -42,6 +43,8 @@ enum Command {
     Get(cmd::get::Args),
     /// Deploy, list, roll back or remove an edge's WebAssembly plugins; sign URLs.
     Plugin(cmd::plugin::Args),
+    /// Add or remove an origin cluster's members while it runs; show its state.
+    Cluster(cmd::cluster::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +94,7 @@ fn main() -> std::process::ExitCode {
             Command::Delete(a) => cmd::push::delete(a).await,
             Command::Get(a) => cmd::get::run(a).await,
             Command::Plugin(a) => cmd::plugin::run(a).await,
+            Command::Cluster(a) => cmd::cluster::run(a).await,
         }
     });
     match result {

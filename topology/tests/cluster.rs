@@ -604,3 +604,229 @@ async fn a_partition_loses_no_acknowledged_write_and_heals() {
         );
     }
 }
+
+/// Runs `tessera ARGS` to its end: its exit success and its stdout and stderr.
+fn tessera(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Live membership: a fourth origin joins a running cluster and then a first member leaves
+/// it, with `tessera cluster add|remove`, while reads and publishes go on through the
+/// others. No read fails, every publish is acknowledged and reads back, the new node takes
+/// its share, the removed one hands everything over, and once it is killed a full repair
+/// on every member finds nothing missing: the data is where the ring puts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_and_a_member_leaves_while_reads_and_publishes_go_on() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    // What the operator writes: the topology with the new node, which starts from it; the
+    // running nodes started from the one before.
+    let topology = |n: usize| {
+        let mut t = format!(
+            "replication = 2\nvnodes = 64\ndata = {:?}\ntoken = \"t0k\"\n",
+            dir.path().join("data").display().to_string()
+        );
+        for (i, p) in ports.iter().enumerate().take(n) {
+            t += &format!(
+                "\n[[origin]]\nid = \"o{}\"\nlisten = \"127.0.0.1:{p}\"\ncluster = {{ repair_interval_secs = 1 }}\n",
+                i + 1
+            );
+        }
+        let path = dir.path().join(format!("net{n}.toml"));
+        std::fs::write(&path, t).unwrap();
+        path
+    };
+    let (three, four) = (topology(3), topology(4));
+    let mut origins: Vec<OriginProcess> = ["o1", "o2", "o3"]
+        .iter()
+        .map(|id| start_origin(&three, id))
+        .collect();
+    let client = |i: usize| OriginClient::new(&url(i), Some("t0k".into())).unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..40u64 {
+        let (p, d) = (format!("f/{i}.bin"), noise(20_000 + i as usize * 3000, i));
+        client(0)
+            .put_bytes(&p, Bytes::from(d.clone()))
+            .await
+            .unwrap();
+        files.push((p, d));
+    }
+    origins.push(start_origin(&four, "o4"));
+
+    // Reads and publishes through o2 and o3 (members throughout) until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let files = files.clone();
+        let (a, b) = (client(1), client(2));
+        let bases = [url(1), url(2)];
+        tokio::spawn(async move {
+            let (mut reads, mut failures, mut published) = (0u64, Vec::new(), Vec::new());
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (p, d) = &files[(n as usize * 7) % files.len()];
+                let base = &bases[n as usize % 2];
+                let (s, body) = fetch(&format!("{base}/api/v1/files/{p}")).await;
+                reads += 1;
+                if s != 200 || body != *d {
+                    failures.push(format!("read of {p} through {base}: {s}"));
+                }
+                if n % 4 == 0 {
+                    let (p, d) = (format!("during/{n}.bin"), noise(30_000, 10_000 + n));
+                    let c = if n % 8 == 0 { &a } else { &b };
+                    match c.put_bytes(&p, Bytes::from(d.clone())).await {
+                        Ok(_) => published.push((p, d)),
+                        Err(e) => failures.push(format!("publish of {p}: {e}")),
+                    }
+                }
+                n += 1;
+            }
+            (reads, failures, published)
+        })
+    };
+
+    // Refused changes leave the cluster as it is, with the reason.
+    let o4_at = format!("o4={}", url(3));
+    let (ok, out) = tessera(&[
+        "cluster",
+        "add",
+        "--origin",
+        &url(0),
+        "--token",
+        "t0k",
+        &format!("o5={}", url(1)),
+    ]);
+    assert!(!ok && out.contains("is o2, not o5"), "{out}");
+    let (ok, out) = tessera(&[
+        "cluster",
+        "remove",
+        "--origin",
+        &url(0),
+        "--token",
+        "t0k",
+        "o9",
+    ]);
+    assert!(!ok && out.contains("o9 is not a member"), "{out}");
+    let (ok, out) = tessera(&["cluster", "add", "--origin", &url(0), &o4_at]);
+    assert!(
+        !ok && out.contains("401"),
+        "a change needs the token: {out}"
+    );
+
+    // o4 joins.
+    let (ok, out) = tessera(&[
+        "cluster",
+        "add",
+        "--origin",
+        &url(0),
+        "--token",
+        "t0k",
+        &o4_at,
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("membership epoch 1: o1, o2, o3, o4"), "{out}");
+    let (ok, out) = tessera(&["cluster", "status", "--origin", &url(0), "--wait", "120"]);
+    assert!(ok, "the join did not settle: {out}");
+    assert!(out.contains("settled"), "{out}");
+    let held = |i: usize| async move {
+        let req = http::Request::get(format!("{}/api/v1/cluster/files?prefix=", url(i)))
+            .header("authorization", "Bearer t0k")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<tessera_origin_proto::client::UploadBody>();
+        let r = c.request(req).await.unwrap();
+        assert_eq!(r.status(), 200);
+        use http_body_util::BodyExt;
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice::<Vec<serde_json::Value>>(&b)
+            .unwrap()
+            .len()
+    };
+    let on_o4 = held(3).await;
+    assert!(on_o4 > 0, "o4 holds no file record after joining");
+
+    // o1 leaves: its data moves to the others, then it is killed.
+    let (ok, out) = tessera(&[
+        "cluster",
+        "remove",
+        "--origin",
+        &url(1),
+        "--token",
+        "t0k",
+        "o1",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("membership epoch 2: o2, o3, o4"), "{out}");
+    let (ok, out) = tessera(&["cluster", "status", "--origin", &url(1), "--wait", "120"]);
+    assert!(ok, "the removal did not settle: {out}");
+    assert_eq!(
+        held(0).await,
+        0,
+        "o1 still holds file records after leaving"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (reads, failures, published) = load.await.unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(reads > 0 && !published.is_empty());
+    eprintln!(
+        "during the changes: {reads} reads, {} publishes, 0 failed; o4 took {on_o4} records",
+        published.len()
+    );
+    origins[0].kill_9();
+
+    // Everything reads back from every member, and nothing is missing anywhere.
+    for (p, d) in files.iter().chain(&published) {
+        for i in 1..4 {
+            let (s, b) = fetch(&format!("{}/api/v1/files/{p}", url(i))).await;
+            assert!(s == 200 && b == *d, "o{} read of {p}: {s}", i + 1);
+        }
+    }
+    let admin = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<tessera_origin_proto::client::UploadBody>();
+    for i in 1..4 {
+        let req = http::Request::post(format!("{}/api/v1/cluster/repair?full=1", url(i)))
+            .header("authorization", "Bearer t0k")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let r = admin.request(req).await.unwrap();
+        assert_eq!(r.status(), 200);
+        use http_body_util::BodyExt;
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        for k in [
+            "chunks_missing",
+            "chunks_waiting",
+            "records_copied",
+            "errors",
+        ] {
+            assert_eq!(v[k], 0, "o{}: {k} after the move: {v}", i + 1);
+        }
+    }
+
+    // A member restarted from the old topology file keeps the live membership.
+    assert!(terminate(&mut origins[1]));
+    origins[1] = start_origin(&three, "o2");
+    let (_, body) = fetch(&format!("{}/api/v1/cluster/members", url(1))).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["membership"]["epoch"], 2, "{v}");
+    let ids: Vec<&str> = v["membership"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["o2", "o3", "o4"]);
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod cluster;
 pub mod edge;
 pub mod get;
 pub mod origin;
