@@ -30,6 +30,20 @@
 //! chunks from the node itself or from the nodes of the chunk's preference list in order.
 //! Requests between nodes carry [`HOP_HEADER`] and are answered locally, never forwarded.
 //!
+//! # Membership
+//! The members are a [`Membership`] at an epoch: the configured nodes are epoch 0, each
+//! live change ([`Cluster::change_members`], `tessera cluster add|remove`) the next one.
+//! The node asked coordinates: it adopts the new epoch and sends it to every node, old and
+//! new; each node's peer checks read the others' membership and adopt a newer one, so a
+//! node that missed the change catches up. Each node keeps the membership in its store.
+//! Adopting rebuilds the ring (nodes keep their indexes: a removed one is absent, see
+//! [`Ring::without`]) and the digests, and starts a full repair pass: it moves what the
+//! node holds to the new owners (paced by [`ClusterConfig::repair_bytes_per_sec`]), and
+//! once it left nothing waiting the node has *moved* its data for that epoch. Until every
+//! member (and every removed node still reachable) has, the membership keeps the previous
+//! members and reads also ask the previous owners; then it *settles*, and a next change
+//! may start (one at a time: a change while data moves is refused).
+//!
 //! # Repair and scrub
 //! [`Cluster::repair`] (every `repair_interval_secs`, and on `POST /api/v1/cluster/repair`)
 //! costs what changed. It compares this node's anti-entropy digests with each live peer's
