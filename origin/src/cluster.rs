@@ -539,17 +539,32 @@ pub fn fragment_writer(
     let (p, u) = (path.to_string(), upload.to_string());
     let done = tokio::task::spawn_blocking(move || {
         let mut up = store.upload();
-        if merge && let Some(old) = store.fragment(&p, stamp, &u)? {
-            for (h, size) in old.chunks {
-                up.reference_chunk(h, size)?;
-            }
-        }
+        let mut sent = HashSet::new();
         while let Some(piece) = rx.blocking_recv() {
             match piece {
-                None => return up.finish_fragment(&key).map(|(r, _)| Some(r)),
-                Some(Piece::Chunk(_, c)) => up.push_chunk(c)?,
+                None => {
+                    if !merge {
+                        return up.finish_fragment(&key).map(|(r, _)| Some(r));
+                    }
+                    // The chunks the fragment holds now are kept: read and committed under
+                    // the fragment guard, so a concurrent merge or drop is not undone.
+                    let _guard = store.fragment_guard(&key);
+                    if let Some(old) = store.fragment(&p, stamp, &u)? {
+                        for (h, size) in old.chunks {
+                            if sent.insert(h) && !up.reference_chunk(h, size)? {
+                                return Err(StoreError::MissingChunk(h));
+                            }
+                        }
+                    }
+                    return up.finish_fragment(&key).map(|(r, _)| Some(r));
+                }
+                Some(Piece::Chunk(h, c)) => {
+                    if sent.insert(h) {
+                        up.push_chunk(c)?;
+                    }
+                }
                 Some(Piece::Held(h, size)) => {
-                    if !up.reference_chunk(h, size)? {
+                    if sent.insert(h) && !up.reference_chunk(h, size)? {
                         return Err(StoreError::MissingChunk(h));
                     }
                 }
@@ -2778,10 +2793,27 @@ impl Cluster {
             .collect();
         if keep.len() < f.chunks.len() {
             rep.chunks_moved_off += (f.chunks.len() - keep.len()) as u64;
+            let gone: HashSet<ChunkHash> = f
+                .chunks
+                .iter()
+                .map(|(h, _)| *h)
+                .filter(|h| !keep.iter().any(|(k, _)| k == h))
+                .collect();
             let store = self.store.clone();
             let key = fragment_key(&f.path, f.stamp, &f.upload);
             let (p, s, u) = (f.path.clone(), f.stamp, f.upload.clone());
             blocking(move || -> Result<(), StoreError> {
+                // What the fragment holds now, less what its owners confirmed: chunks
+                // merged in since `f` was read stay.
+                let _guard = store.fragment_guard(&key);
+                let Some(now) = store.fragment(&p, s, &u)? else {
+                    return Ok(());
+                };
+                let keep: Vec<(ChunkHash, u32)> = now
+                    .chunks
+                    .into_iter()
+                    .filter(|(h, _)| !gone.contains(h))
+                    .collect();
                 if keep.is_empty() {
                     store.drop_one_fragment(&p, s, &u)?;
                     return Ok(());

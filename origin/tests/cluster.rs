@@ -1041,3 +1041,49 @@ async fn a_republish_sends_only_the_chunks_a_node_lacks() {
     }
     stop_all(nodes).await;
 }
+
+/// Chunks merged into one fragment by many nodes at once (repair moving data after a
+/// membership change, each holder sending what the owner lacks) are all kept: each merge
+/// reads the fragment and commits it under the fragment's lock, so none writes back a
+/// fragment read before another merge committed (whose chunks would then be collected,
+/// though their senders were told they were kept and dropped their own copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_merges_into_one_fragment_keep_every_chunk() {
+    let nodes = start_cluster(2, 1).await;
+    let n = &nodes[0];
+    let url = n.url("/api/v1/cluster/fragments/7.ab/moved.bin?merge=1");
+    let chunks: Vec<Vec<u8>> = (0..24).map(|i| noise(20_000, 500 + i)).collect();
+    let merges = chunks.iter().map(|c| {
+        let mut frame = ChunkHash::of(c).as_bytes().to_vec();
+        frame.extend_from_slice(&(c.len() as u32).to_be_bytes());
+        frame.extend_from_slice(c);
+        let url = url.clone();
+        async move { send(Method::PUT, &url, &[AUTH, HOP], frame).await }
+    });
+    for r in futures_util::future::join_all(merges).await {
+        assert!(r.status.is_success(), "{:?}", r.body);
+    }
+    let r = send(
+        Method::GET,
+        &n.url("/api/v1/cluster/fragments/7.ab/moved.bin"),
+        &[AUTH],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
+    let held: std::collections::HashSet<String> = list
+        .iter()
+        .map(|c| c["hash"].as_str().unwrap().to_string())
+        .collect();
+    for c in &chunks {
+        assert!(
+            held.contains(&ChunkHash::of(c).to_string()),
+            "a merged chunk was lost: {} of {} kept",
+            held.len(),
+            chunks.len()
+        );
+    }
+    assert_eq!(list.len(), chunks.len(), "each chunk once");
+    stop_all(nodes).await;
+}

@@ -710,9 +710,9 @@ async fn a_node_joins_and_a_member_leaves_while_reads_and_publishes_go_on() {
                         String::from_utf8_lossy(&body[..body.len().min(300)])
                     ));
                 }
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     let (p, d) = (format!("during/{n}.bin"), noise(30_000, 10_000 + n));
-                    let c = if n % 8 == 0 { &a } else { &b };
+                    let c = if n.is_multiple_of(8) { &a } else { &b };
                     match c.put_bytes(&p, Bytes::from(d.clone())).await {
                         Ok(_) => published.push((p, d)),
                         Err(e) => failures.push(format!("publish of {p}: {e}")),

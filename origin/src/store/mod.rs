@@ -231,9 +231,15 @@ pub struct Store {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// One collection (and compaction) at a time.
     gc: Mutex<()>,
+    /// Held across a read-modify-write of a fragment ([`Store::fragment_guard`]), one lock
+    /// per stripe of fragment keys.
+    fragment_rmw: Vec<Mutex<()>>,
     /// Where committed record and fragment changes go ([`sync`]).
     sync: Arc<sync::SyncHub>,
 }
+
+/// Locks of [`Store::fragment_guard`].
+const FRAGMENT_STRIPES: usize = 64;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -346,6 +352,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             gc: Mutex::new(()),
+            fragment_rmw: (0..FRAGMENT_STRIPES).map(|_| Mutex::new(())).collect(),
             sync: sync_hub,
         };
         store.collect_garbage()?;
@@ -385,6 +392,20 @@ impl Store {
             small_len: 0,
             packs: Vec::new(),
         }
+    }
+
+    /// Held while a fragment is read, changed and committed again (chunks merged into it
+    /// from another node, or dropped from it by repair): two of those at once on one
+    /// fragment would each write back what it read, and the chunks the other added would
+    /// lose their reference (and be collected) though their sender was told they were kept.
+    /// `key` is the fragment's ([`cluster::fragment_key`]); fragments of different keys
+    /// mostly take different locks, so their commits still group.
+    pub fn fragment_guard(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        let h = blake3::hash(key.as_bytes());
+        let stripe = h.as_bytes()[0] as usize % FRAGMENT_STRIPES;
+        self.fragment_rmw[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The manifest published at `path`.
