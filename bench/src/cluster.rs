@@ -10,6 +10,9 @@
 //!    at the measured per-node rates.
 //! 4. Anti-entropy ([`anti_entropy`]): the CPU a repair pass costs on an idle cluster of a
 //!    million files, and the time to repair a node that missed 10,000 publishes.
+//! 5. Live membership ([`join`]): a fourth node added to a running cluster with `tessera
+//!    cluster add`'s API; the time until the change settles, the rate data moves at against
+//!    `repair_bytes_per_sec`, and reads and publishes meanwhile against before.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -54,6 +57,15 @@ pub struct Args {
     /// The anti-entropy measurement only.
     #[arg(long)]
     repair_only: bool,
+    /// MiB in the cluster before a node joins (the join measurement; 0: skip it).
+    #[arg(long, default_value_t = 512)]
+    join_mib: usize,
+    /// Each node's `repair_bytes_per_sec` during the join, MiB/s.
+    #[arg(long, default_value_t = 16)]
+    move_mib_per_sec: u64,
+    /// The join measurement only.
+    #[arg(long)]
+    join_only: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -65,6 +77,9 @@ pub fn run(a: Args) -> Result<()> {
     let rt = crate::runtime(2)?;
     if a.repair_only {
         return rt.block_on(anti_entropy(a.repair_files, a.missed, 64));
+    }
+    if a.join_only {
+        return rt.block_on(join(a.join_mib, a.move_mib_per_sec));
     }
     let mut rows = Vec::new();
     for nodes in 1..=3 {
@@ -84,6 +99,9 @@ pub fn run(a: Args) -> Result<()> {
     scale_model(&rows);
     if a.repair_files > 0 {
         rt.block_on(anti_entropy(a.repair_files, a.missed, 64))?;
+    }
+    if a.join_mib > 0 {
+        rt.block_on(join(a.join_mib, a.move_mib_per_sec))?;
     }
     if let (Some((_, one)), Some((n, last))) = (rows.first(), rows.last()) {
         println!(
@@ -542,6 +560,240 @@ pub async fn anti_entropy(files: usize, missed: usize, concurrency: usize) -> Re
     println!(
         "- repair of o3 after it missed {missed} publishes: {took:.1} s from its restart ({ready:.1} s of which until it answered, its digests rebuilt) to a quiet round ({rounds} rounds of a pass on each node, {copied} copies pushed); o3 then holds all {owned} records it owns (goal < 60 s: {})",
         if took < 60.0 { "PASS" } else { "FAIL" }
+    );
+    Ok(())
+}
+
+/// Reads of `files` (1 MiB each, `f/{i}`) through `clients`, 4 in flight, and a publish of a
+/// new 256 KiB file every 100 ms, until `stop`: read latency (µs), reads, publishes, and
+/// the failures (each named).
+async fn read_and_publish(
+    clients: Arc<Vec<OriginClient>>,
+    files: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tag: &'static str,
+) -> (hdrhistogram::Histogram<u64>, u64, u64, Vec<String>) {
+    let mut tasks = Vec::new();
+    for t in 0..4usize {
+        let (clients, stop) = (clients.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+            let mut failures = Vec::new();
+            let mut i = t * 7919;
+            while !stop.load(Ordering::Relaxed) {
+                let c = &clients[i % clients.len()];
+                let path = format!("f/{}", (i * 31) % files);
+                let started = Instant::now();
+                match c.get_bytes(&path).await {
+                    Ok(b) if b.len() == 1 << 20 => {}
+                    Ok(b) => failures.push(format!("{path}: {} bytes", b.len())),
+                    Err(e) => failures.push(format!("{path}: {e}")),
+                }
+                h.record(started.elapsed().as_micros() as u64).unwrap();
+                i += 1;
+            }
+            (h, failures, 0u64)
+        }));
+    }
+    {
+        let (clients, stop) = (clients.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+            let mut failures = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body = Bytes::from(noise_mib(n + 1_000_000, 256 << 10));
+                let path = format!("{tag}/{n}");
+                if let Err(e) = clients[n as usize % clients.len()]
+                    .put_bytes(&path, body)
+                    .await
+                {
+                    failures.push(format!("publish {path}: {e}"));
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (h, failures, n)
+        }));
+    }
+    let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let (mut failures, mut published) = (Vec::new(), 0);
+    for t in tasks {
+        let (th, f, n) = t.await.expect("a load task");
+        h.add(&th).unwrap();
+        failures.extend(f);
+        published += n;
+    }
+    let reads = h.len();
+    (h, reads, published, failures)
+}
+
+/// `len` bytes of seeded noise (incompressible).
+fn noise_mib(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// One metric's value summed over `clients`' `/metrics`.
+async fn metric_sum(clients: &[OriginClient], name: &str) -> Result<f64> {
+    let mut sum = 0.0;
+    for c in clients {
+        let (_, body) = c
+            .call(
+                http::Method::GET,
+                "/metrics",
+                tessera_origin_proto::client::full(Bytes::new()),
+            )
+            .await?;
+        let text = String::from_utf8_lossy(&body);
+        sum += text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    Ok(sum)
+}
+
+/// Live membership: 3 nodes (replication 2) holding `mib` files of 1 MiB, then a fourth
+/// node added while reads and publishes go on, each node moving data at `rate_mib` MiB/s.
+pub async fn join(mib: usize, rate_mib: u64) -> Result<()> {
+    println!(
+        "\n## live membership: a 4th origin node joins 3 (replication 2) holding {mib} MiB, repair_bytes_per_sec {rate_mib} MiB/s per node"
+    );
+    let dir = tempfile::tempdir()?;
+    let extra = format!(
+        "cluster = {{ repair_interval_secs = 5, scrub_bytes_per_sec = 0, repair_bytes_per_sec = \"{rate_mib}MiB\" }}\n"
+    );
+    let (mut servers, urls, file) = start_cluster(dir.path(), 3, &extra).await?;
+    let clients: Arc<Vec<OriginClient>> = Arc::new(
+        urls.iter()
+            .map(|u| OriginClient::new(u, Some("bench".into())))
+            .collect::<Result<_, _>>()?,
+    );
+    let c = clients.clone();
+    let (secs, _) = drive(mib, 4, move |i| {
+        let c = c.clone();
+        async move {
+            c[i % c.len()]
+                .put_bytes(&format!("f/{i}"), Bytes::from(noise_mib(i as u64, 1 << 20)))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    println!("- filled: {mib} files of 1 MiB in {secs:.1} s");
+    // The new node, from the topology that lists it.
+    let port = free_port();
+    let four = dir.path().join("cluster4.toml");
+    std::fs::write(
+        &four,
+        std::fs::read_to_string(&file)?
+            + &format!("[[origin]]\nid = \"o4\"\nlisten = \"127.0.0.1:{port}\"\n{extra}"),
+    )?;
+    servers.push(spawn_origin(&four, "o4", port).await?);
+    let all: Vec<OriginClient> = clients
+        .iter()
+        .cloned()
+        .chain([OriginClient::new(
+            &format!("http://127.0.0.1:{port}"),
+            Some("bench".into()),
+        )?])
+        .collect();
+    // Before: 10 s of the load on the three nodes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(read_and_publish(
+        clients.clone(),
+        mib,
+        stop.clone(),
+        "before",
+    ));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (before, reads_before, _, failed_before) = load.await?;
+    // The join, under the same load, until every node says it settled.
+    let sent0 = metric_sum(&all, "tessera_origin_cluster_repair_bytes_sent_total").await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(read_and_publish(
+        clients.clone(),
+        mib,
+        stop.clone(),
+        "during",
+    ));
+    let started = Instant::now();
+    let body = serde_json::json!({"add": {"id": "o4", "url": format!("http://127.0.0.1:{port}")}});
+    let (p, reply) = clients[0]
+        .call(
+            http::Method::POST,
+            "/api/v1/cluster/members",
+            tessera_origin_proto::client::full(Bytes::from(body.to_string())),
+        )
+        .await?;
+    anyhow::ensure!(
+        p.status == 200,
+        "the join was refused: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    loop {
+        let mut settled = true;
+        for c in &all {
+            let v = call_json(c, http::Method::GET, "/api/v1/cluster/members").await?;
+            settled &= v["membership"]["epoch"] == 1 && v["settled"] == true;
+        }
+        if settled {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the join did not settle within 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let (during, reads_during, published, failed_during) = load.await?;
+    let sent = metric_sum(&all, "tessera_origin_cluster_repair_bytes_sent_total").await? - sent0;
+    let o4 = call_json(&all[3], http::Method::GET, "/api/v1/stats").await?;
+    let rate = sent / took / f64::from(1 << 20);
+    let bound = 3.0 * rate_mib as f64;
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    println!(
+        "- join settled in {took:.1} s: {:.0} MiB sent by repair ({rate:.1} MiB/s, bound {bound:.0} MiB/s for the 3 senders: {}); o4 holds {:.0} MiB",
+        sent / f64::from(1 << 20),
+        if rate <= bound * 1.05 { "PASS" } else { "FAIL" },
+        o4["unique_bytes"].as_f64().unwrap_or(0.0) / f64::from(1 << 20)
+    );
+    println!(
+        "- 1 MiB reads through o1..o3, 4 in flight: before p50 {:.1} ms p99 {:.1} ms ({:.0}/s); during the move p50 {:.1} ms p99 {:.1} ms ({:.0}/s), {published} publishes meanwhile; failed: {} before, {} during ({})",
+        ms(&before, 0.5),
+        ms(&before, 0.99),
+        reads_before as f64 / 10.0,
+        ms(&during, 0.5),
+        ms(&during, 0.99),
+        reads_during as f64 / took,
+        failed_before.len(),
+        failed_during.len(),
+        if failed_during.is_empty() && failed_before.is_empty() {
+            "PASS".to_string()
+        } else {
+            format!(
+                "FAIL: {:?}",
+                failed_during
+                    .iter()
+                    .chain(&failed_before)
+                    .take(3)
+                    .collect::<Vec<_>>()
+            )
+        }
     );
     Ok(())
 }

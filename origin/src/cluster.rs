@@ -2845,17 +2845,19 @@ impl Cluster {
             let data = self.chunk(h).await?;
             body.extend_from_slice(&frame(&h, &data));
         }
-        self.pace(body.len() as u64).await;
+        let bytes = body.len() as u64;
+        self.pace(bytes).await;
         let url = format!(
             "/api/v1/cluster/fragments/{}.{}/{}?merge=1",
             f.stamp,
             f.upload,
             encode_path(&f.path)
         );
-        let (status, bytes) = self.call(o, Method::PUT, &url, full(body.freeze())).await?;
+        let (status, reply) = self.call(o, Method::PUT, &url, full(body.freeze())).await?;
         if !status.is_success() {
-            return Err(self.node_error(o, status, &bytes));
+            return Err(self.node_error(o, status, &reply));
         }
+        self.metrics.cluster_repair_bytes_sent.inc_by(bytes);
         Ok(())
     }
 

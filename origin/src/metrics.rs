@@ -37,6 +37,7 @@ pub struct Metrics {
     pub cluster_under_replicated: IntGauge,
     /// Cluster: copies (records and chunks) repair pushed to owners, and repair passes.
     pub cluster_repair_copies: IntCounter,
+    pub cluster_repair_bytes_sent: IntCounter,
     pub cluster_repair_passes: IntCounter,
     /// Cluster: 1 while a repair pass runs, and the items (records and fragments) it has
     /// checked so far.
@@ -149,6 +150,10 @@ impl Metrics {
                 "tessera_origin_cluster_repair_copies_total",
                 "Records and chunk copies repair pushed to their owners",
             ),
+            cluster_repair_bytes_sent: c(
+                "tessera_origin_cluster_repair_bytes_sent_total",
+                "Chunk bytes repair sent to other nodes (paced by repair_bytes_per_sec)",
+            ),
             cluster_repair_passes: c(
                 "tessera_origin_cluster_repair_passes_total",
                 "Repair passes completed",
@@ -235,6 +240,7 @@ impl Metrics {
             &m.corrupt_chunks,
             &m.gc_chunks,
             &m.cluster_repair_copies,
+            &m.cluster_repair_bytes_sent,
             &m.cluster_repair_passes,
             &m.cluster_chunk_bytes_sent,
             &m.cluster_chunk_bytes_spared,
