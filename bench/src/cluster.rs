@@ -584,9 +584,21 @@ async fn read_and_publish(
                 let c = &clients[i % clients.len()];
                 let path = format!("f/{}", (i * 31) % files);
                 let started = Instant::now();
-                match c.get_bytes(&path).await {
-                    Ok(b) if b.len() == 1 << 20 => {}
-                    Ok(b) => failures.push(format!("{path}: {} bytes", b.len())),
+                let url = format!("/api/v1/files/{path}");
+                match c
+                    .call(
+                        http::Method::GET,
+                        &url,
+                        tessera_origin_proto::client::full(Bytes::new()),
+                    )
+                    .await
+                {
+                    Ok((p, b)) if p.status == 200 && b.len() == 1 << 20 => {}
+                    Ok((p, b)) => failures.push(format!(
+                        "{path}: {} {}",
+                        p.status,
+                        String::from_utf8_lossy(&b[..b.len().min(200)])
+                    )),
                     Err(e) => failures.push(format!("{path}: {e}")),
                 }
                 h.record(started.elapsed().as_micros() as u64).unwrap();
