@@ -845,11 +845,6 @@ impl Cluster {
         self.view().ring.clone()
     }
 
-    /// The current membership.
-    pub fn membership(&self) -> Membership {
-        self.view().membership.clone()
-    }
-
     /// Node `i` (an index from any view: indexes are never reused).
     fn peer(&self, i: usize) -> Arc<Peer> {
         self.view().peers[i].clone()
@@ -952,7 +947,14 @@ impl Cluster {
                 .into_iter()
                 .flatten()
                 .max_by_key(|m| m.epoch);
-            if let Some(m) = newest {
+            // A removed node goes on hearing of later changes, which no longer name it.
+            let named = |m: &Membership| {
+                m.nodes
+                    .iter()
+                    .chain(m.previous.iter().flatten())
+                    .any(|n| n.id == self.me_id)
+            };
+            if let Some(m) = newest.filter(named) {
                 let epoch = m.epoch;
                 match self.adopt(m).await {
                     Ok(_) => {}

@@ -202,7 +202,11 @@ impl Digests {
     /// 16 bytes LE each.
     pub fn encoded_top(&self, peer: usize) -> Vec<u8> {
         let peers = self.peers.lock().unwrap();
-        let p = &peers[peer];
+        // A node that joined after these digests were built (they are being rebuilt for
+        // the new ring): nothing shared yet.
+        let Some(p) = peers.get(peer) else {
+            return vec![0; 2 * TOP * 16];
+        };
         let mut out = Vec::with_capacity(2 * TOP * 16);
         for side in [&p.records, &p.fragments] {
             for group in side.chunks(FANOUT) {
@@ -236,7 +240,9 @@ impl Digests {
     /// digests then its fragment digests, 16 bytes LE each.
     pub fn encoded_buckets(&self, peer: usize, groups: &[u16]) -> Vec<u8> {
         let peers = self.peers.lock().unwrap();
-        let p = &peers[peer];
+        let Some(p) = peers.get(peer) else {
+            return vec![0; groups.len() * 2 * FANOUT * 16];
+        };
         let mut out = Vec::with_capacity(groups.len() * 2 * FANOUT * 16);
         for &g in groups {
             let r = g as usize * FANOUT..(g as usize + 1) * FANOUT;
@@ -274,7 +280,7 @@ impl Digests {
 
     /// Chunk references this node holds that `peer` also owns.
     pub fn shared_chunks(&self, peer: usize) -> u64 {
-        self.peers.lock().unwrap()[peer].chunks
+        self.peers.lock().unwrap().get(peer).map_or(0, |p| p.chunks)
     }
 
     /// `items` as listed toward `peer`: those that count in the pair's digests.
@@ -326,6 +332,20 @@ mod tests {
             64,
             2,
         ))
+    }
+
+    #[test]
+    fn a_peer_newer_than_the_digests_shares_nothing_and_panics_nothing() {
+        // A node joined; these digests, built for the ring before, are being rebuilt.
+        let d = Digests::new(0, ring());
+        assert_eq!(d.encoded_top(3), vec![0; 2 * TOP * 16]);
+        assert_eq!(d.encoded_buckets(3, &[0, 1]).len(), 2 * 2 * FANOUT * 16);
+        assert_eq!(d.shared_chunks(3), 0);
+        assert!(
+            d.differing_top(3, &vec![0; 2 * TOP * 16])
+                .unwrap()
+                .is_empty()
+        );
     }
 
     fn fragment(path: &str, chunks: &[u8]) -> SyncItem {
