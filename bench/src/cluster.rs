@@ -238,17 +238,7 @@ async fn measure(nodes: usize, a: &Args) -> Result<Figures> {
     // Distinct random files (no dedup between them), generated before the clock starts.
     let data: Arc<Vec<Bytes>> = Arc::new(
         (0..files)
-            .map(|i| {
-                let mut v = vec![0u8; size];
-                let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                for c in v.chunks_mut(8) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-                }
-                Bytes::from(v)
-            })
+            .map(|i| Bytes::from(noise(i as u64 + 1, size)))
             .collect(),
     );
     let (c, d) = (clients.clone(), data.clone());
@@ -614,7 +604,7 @@ async fn read_and_publish(
             let mut failures = Vec::new();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let body = Bytes::from(noise_mib(n + 1_000_000, 256 << 10));
+                let body = Bytes::from(noise(n + 1_000_000, 256 << 10));
                 let path = format!("{tag}/{n}");
                 if let Err(e) = clients[n as usize % clients.len()]
                     .put_bytes(&path, body)
@@ -641,7 +631,7 @@ async fn read_and_publish(
 }
 
 /// `len` bytes of seeded noise (incompressible).
-fn noise_mib(seed: u64, len: usize) -> Vec<u8> {
+fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -697,7 +687,7 @@ pub async fn join(mib: usize, rate_mib: u64) -> Result<()> {
         let c = c.clone();
         async move {
             c[i % c.len()]
-                .put_bytes(&format!("f/{i}"), Bytes::from(noise_mib(i as u64, 1 << 20)))
+                .put_bytes(&format!("f/{i}"), Bytes::from(noise(i as u64, 1 << 20)))
                 .await?;
             Ok(())
         }

@@ -563,15 +563,7 @@ async fn a_partition_loses_no_acknowledged_write_and_heals() {
     for _ in 0..10 {
         quiet = true;
         for u in &urls {
-            let req = http::Request::post(format!("{u}/api/v1/cluster/repair"))
-                .header("authorization", "Bearer t0k")
-                .body(http_body_util::Full::new(Bytes::new()))
-                .unwrap();
-            let r = c.request(req).await.unwrap();
-            assert_eq!(r.status(), 200);
-            use http_body_util::BodyExt;
-            let v: serde_json::Value =
-                serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            let v = repair_report(u, false).await;
             for k in [
                 "chunks_missing",
                 "records_copied",
@@ -603,6 +595,22 @@ async fn a_partition_loses_no_acknowledged_write_and_heals() {
             "{u}"
         );
     }
+}
+
+/// One repair pass on the origin at `url` (`full`: a full one), with the topology's token;
+/// its report.
+async fn repair_report(url: &str, full: bool) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let q = if full { "?full=1" } else { "" };
+    let req = http::Request::post(format!("{url}/api/v1/cluster/repair{q}"))
+        .header("authorization", "Bearer t0k")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let r = c.request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }
 
 /// Runs `tessera ARGS` to its end: its exit success and its stdout and stderr.
@@ -847,15 +855,7 @@ async fn a_node_joins_and_a_member_leaves_while_reads_and_publishes_go_on() {
         }
     }
     for i in 1..4 {
-        let req = http::Request::post(format!("{}/api/v1/cluster/repair?full=1", url(i)))
-            .header("authorization", "Bearer t0k")
-            .body(full(Bytes::new()))
-            .unwrap();
-        let r = admin.request(req).await.unwrap();
-        assert_eq!(r.status(), 200);
-        use http_body_util::BodyExt;
-        let v: serde_json::Value =
-            serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let v = repair_report(&url(i), true).await;
         for k in [
             "chunks_missing",
             "chunks_waiting",
