@@ -1799,7 +1799,14 @@ impl Cluster {
     /// to the write that follows.
     /// Returns whether some owner has a record of the path.
     async fn see_current(&self, path: &str) -> bool {
-        let owners = self.targets(self.ring().file_preference(path));
+        let v = self.view();
+        let mut owners = self.targets(v.ring.file_preference(path));
+        // During a move the record may still be only on its owners before the change.
+        for i in v.previous.iter().flat_map(|r| r.file_owners(path)) {
+            if !owners.contains(&i) && self.alive(i) {
+                owners.push(i);
+            }
+        }
         let calls = owners.iter().map(|&i| self.record_on(i, path));
         futures_util::future::join_all(calls)
             .await
