@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{OriginProcess, free_port, noise, start_tessera, start_tessera_env, terminate};
 use tessera_origin_proto::OriginClient;
-use tessera_origin_proto::client::full;
 
 /// A topology of `origins` origins (replication 2) and one edge, data under `dir`.
 fn write_topology(dir: &Path, origins: usize) -> (std::path::PathBuf, Vec<u16>, u16) {
@@ -34,12 +33,29 @@ fn write_topology(dir: &Path, origins: usize) -> (std::path::PathBuf, Vec<u16>, 
 }
 
 async fn fetch(url: &str) -> (u16, Bytes) {
+    request(http::Method::GET, url, None).await
+}
+
+/// `METHOD url` with an empty body, with the topology's token when `token`: status and body.
+async fn request(method: http::Method, url: &str, token: Option<&str>) -> (u16, Bytes) {
     let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<Bytes>>();
-    let r = c.get(url.parse().unwrap()).await.unwrap();
+    let mut req = http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let r = c
+        .request(req.body(http_body_util::Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     use http_body_util::BodyExt;
     (status, r.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// `METHOD url` with the token of the test topologies.
+async fn with_token(method: http::Method, url: &str) -> (u16, Bytes) {
+    request(method, url, Some("t0k")).await
 }
 
 fn start_origin(topology: &Path, id: &str) -> OriginProcess {
@@ -229,16 +245,9 @@ async fn kill_9_of_an_origin_loses_no_read_and_publishes_go_on_then_repair_heals
     origins[1] = start_origin(&topology, "o2");
     wait_live(&url(0), "o2", true).await;
     wait_live(&url(2), "o2", true).await;
-    let admin = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<tessera_origin_proto::client::UploadBody>();
     for _pass in 0..2 {
         for i in 0..3 {
-            let req = http::Request::post(format!("{}/api/v1/cluster/repair", url(i)))
-                .header("authorization", "Bearer t0k")
-                .body(full(Bytes::new()))
-                .unwrap();
-            let r = admin.request(req).await.unwrap();
-            assert_eq!(r.status(), 200);
+            repair_report(&url(i), false).await;
         }
     }
     for i in 0..3 {
@@ -600,17 +609,19 @@ async fn a_partition_loses_no_acknowledged_write_and_heals() {
 /// One repair pass on the origin at `url` (`full`: a full one), with the topology's token;
 /// its report.
 async fn repair_report(url: &str, full: bool) -> serde_json::Value {
-    use http_body_util::BodyExt;
-    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<Bytes>>();
     let q = if full { "?full=1" } else { "" };
-    let req = http::Request::post(format!("{url}/api/v1/cluster/repair{q}"))
-        .header("authorization", "Bearer t0k")
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
-    let r = c.request(req).await.unwrap();
-    assert_eq!(r.status(), 200);
-    serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    let (s, body) = with_token(
+        http::Method::POST,
+        &format!("{url}/api/v1/cluster/repair{q}"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// `tessera cluster SUB --origin ORIGIN --token t0k ARG`.
+fn cluster(sub: &str, origin: &str, arg: &str) -> (bool, String) {
+    tessera(&["cluster", sub, "--origin", origin, "--token", "t0k", arg])
 }
 
 /// Runs `tessera ARGS` to its end: its exit success and its stdout and stderr.
@@ -724,25 +735,9 @@ async fn a_node_joins_and_a_member_leaves_while_reads_and_publishes_go_on() {
 
     // Refused changes leave the cluster as it is, with the reason.
     let o4_at = format!("o4={}", url(3));
-    let (ok, out) = tessera(&[
-        "cluster",
-        "add",
-        "--origin",
-        &url(0),
-        "--token",
-        "t0k",
-        &format!("o5={}", url(1)),
-    ]);
+    let (ok, out) = cluster("add", &url(0), &format!("o5={}", url(1)));
     assert!(!ok && out.contains("is o2, not o5"), "{out}");
-    let (ok, out) = tessera(&[
-        "cluster",
-        "remove",
-        "--origin",
-        &url(0),
-        "--token",
-        "t0k",
-        "o9",
-    ]);
+    let (ok, out) = cluster("remove", &url(0), "o9");
     assert!(!ok && out.contains("o9 is not a member"), "{out}");
     let (ok, out) = tessera(&["cluster", "add", "--origin", &url(0), &o4_at]);
     assert!(
@@ -751,31 +746,16 @@ async fn a_node_joins_and_a_member_leaves_while_reads_and_publishes_go_on() {
     );
 
     // o4 joins.
-    let (ok, out) = tessera(&[
-        "cluster",
-        "add",
-        "--origin",
-        &url(0),
-        "--token",
-        "t0k",
-        &o4_at,
-    ]);
+    let (ok, out) = cluster("add", &url(0), &o4_at);
     assert!(ok, "{out}");
     assert!(out.contains("membership epoch 1: o1, o2, o3, o4"), "{out}");
     let (ok, out) = tessera(&["cluster", "status", "--origin", &url(0), "--wait", "120"]);
     assert!(ok, "the join did not settle: {out}");
     assert!(out.contains("settled"), "{out}");
     let held = |i: usize| async move {
-        let req = http::Request::get(format!("{}/api/v1/cluster/files?prefix=", url(i)))
-            .header("authorization", "Bearer t0k")
-            .body(full(Bytes::new()))
-            .unwrap();
-        let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<tessera_origin_proto::client::UploadBody>();
-        let r = c.request(req).await.unwrap();
-        assert_eq!(r.status(), 200);
-        use http_body_util::BodyExt;
-        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let url = format!("{}/api/v1/cluster/files?prefix=", url(i));
+        let (s, b) = with_token(http::Method::GET, &url).await;
+        assert_eq!(s, 200);
         serde_json::from_slice::<Vec<serde_json::Value>>(&b)
             .unwrap()
             .len()
@@ -784,15 +764,7 @@ async fn a_node_joins_and_a_member_leaves_while_reads_and_publishes_go_on() {
     assert!(on_o4 > 0, "o4 holds no file record after joining");
 
     // o1 leaves: its data moves to the others, then it is killed.
-    let (ok, out) = tessera(&[
-        "cluster",
-        "remove",
-        "--origin",
-        &url(1),
-        "--token",
-        "t0k",
-        "o1",
-    ]);
+    let (ok, out) = cluster("remove", &url(1), "o1");
     assert!(ok, "{out}");
     assert!(out.contains("membership epoch 2: o2, o3, o4"), "{out}");
     let (ok, out) = tessera(&["cluster", "status", "--origin", &url(1), "--wait", "120"]);
@@ -824,22 +796,12 @@ async fn a_node_joins_and_a_member_leaves_while_reads_and_publishes_go_on() {
         64,
         2,
     );
-    let admin = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<tessera_origin_proto::client::UploadBody>();
     for (p, _) in files.iter().chain(&published) {
         for o in ring.file_owners(p) {
             let i: usize = ring.nodes()[o].id[1..].parse::<usize>().unwrap() - 1;
-            let req = http::Request::get(format!("{}/api/v1/cluster/files/{p}", url(i)))
-                .header("authorization", "Bearer t0k")
-                .body(full(Bytes::new()))
-                .unwrap();
-            let r = admin.request(req).await.unwrap();
-            assert_eq!(
-                r.status(),
-                200,
-                "o{} lacks the record of {p}, which it owns",
-                i + 1
-            );
+            let record = format!("{}/api/v1/cluster/files/{p}", url(i));
+            let (s, _) = with_token(http::Method::GET, &record).await;
+            assert_eq!(s, 200, "o{} lacks the record of {p}, which it owns", i + 1);
         }
     }
     // The edge goes on too, with the member it knew gone.
