@@ -276,6 +276,18 @@ pub struct Membership {
     pub previous: Option<Vec<NodeAddr>>,
 }
 
+impl Membership {
+    /// Every node it names: the members, then the previous members.
+    fn named(&self) -> impl Iterator<Item = &NodeAddr> {
+        self.nodes.iter().chain(self.previous.iter().flatten())
+    }
+
+    /// Whether it names node `id`, as a member or a previous one.
+    fn names(&self, id: &str) -> bool {
+        self.named().any(|n| n.id == id)
+    }
+}
+
 /// A membership change asked of `POST /api/v1/cluster/members`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -670,7 +682,7 @@ fn build_view(
 ) -> Result<View, String> {
     let mut peers = known.to_vec();
     let mut weights: HashMap<String, u32> = HashMap::new();
-    for n in m.nodes.iter().chain(m.previous.iter().flatten()) {
+    for n in m.named() {
         weights.entry(n.id.clone()).or_insert(n.weight);
         match peers.iter().position(|p| p.id == n.id) {
             Some(i) if peers[i].client.base() == n.url.trim_end_matches('/') => {}
@@ -948,13 +960,7 @@ impl Cluster {
                 .flatten()
                 .max_by_key(|m| m.epoch);
             // A removed node goes on hearing of later changes, which no longer name it.
-            let named = |m: &Membership| {
-                m.nodes
-                    .iter()
-                    .chain(m.previous.iter().flatten())
-                    .any(|n| n.id == self.me_id)
-            };
-            if let Some(m) = newest.filter(named) {
+            if let Some(m) = newest.filter(|m| m.names(&self.me_id)) {
                 let epoch = m.epoch;
                 match self.adopt(m).await {
                     Ok(_) => {}
@@ -1023,12 +1029,7 @@ impl Cluster {
             return Ok(false);
         }
         check_members(&m.nodes, self.cfg.replication)?;
-        let named = m
-            .nodes
-            .iter()
-            .chain(m.previous.iter().flatten())
-            .any(|n| n.id == self.me_id);
-        if !named {
+        if !m.names(&self.me_id) {
             return Err(ClusterError::BadInput(format!(
                 "membership epoch {} does not name this node ({})",
                 m.epoch, self.me_id
@@ -1104,9 +1105,13 @@ impl Cluster {
             ..v.membership.clone()
         };
         self.save_membership(&m).await?;
-        let view = build_view(&v.peers, m, &self.cfg, &self.token, &self.clock)
-            .map_err(ClusterError::BadInput)?;
-        *self.view.write().unwrap() = Arc::new(view);
+        // Same members, same ring: only the previous one goes.
+        *self.view.write().unwrap() = Arc::new(View {
+            membership: m,
+            peers: v.peers.clone(),
+            ring: v.ring.clone(),
+            previous: None,
+        });
         info!(
             epoch,
             "membership change settled: every node has moved its data"
