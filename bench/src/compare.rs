@@ -200,7 +200,8 @@ async fn run_async(a: Args) -> Result<()> {
         dir.path().join("edge/tls/dev-key.pem"),
     );
     let mut servers = vec![edge];
-    for p in &a.peers {
+    // `--peers ""`: Tessera alone.
+    for p in a.peers.iter().filter(|p| !p.is_empty()) {
         if let Some(why) = unsupported(p, &a.protocol) {
             println!("{p} left out over {}: {why}", a.protocol);
             continue;

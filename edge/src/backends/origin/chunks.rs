@@ -17,7 +17,7 @@ use crate::basics::error::{FetchError, FetchFailure};
 use crate::basics::metrics::FetchKind;
 use crate::coalesce::{Join, Once, Permit};
 use crate::store::entry::{Key, Placement, Value};
-use crate::store::tiers::Tier;
+use crate::store::tiers::{DiskBatch, Tier};
 
 impl OriginBackend {
     /// The bytes `start..end` of a file made of `chunks`, in order, as they are found or
@@ -221,6 +221,7 @@ impl OriginBackend {
         };
         let mut leads = leads.into_iter();
         let mut left = Vec::new();
+        let mut stores = self.ctx.store.cache.disk_batch();
         loop {
             // Each chunk must arrive within the between-bytes timeout of the one before it.
             let item = self.ctx.next_piece(batch.next(), origin.base()).await;
@@ -229,7 +230,7 @@ impl OriginBackend {
                 Ok(Some(Ok(item))) => {
                     let lead = leads.next().expect("the decoder checks the frame count");
                     match item {
-                        BatchItem::Chunk(_, b) => self.deliver(lead, b),
+                        BatchItem::Chunk(_, b) => self.deliver(lead, b, &mut stores),
                         BatchItem::Unavailable(h) => left.push(lead.failed(FetchError::new(
                             FetchFailure::Status,
                             format!("origin error: {} has no chunk {h}", origin.base()),
@@ -266,11 +267,11 @@ impl OriginBackend {
         left
     }
 
-    /// A chunk arrived and was checked: counted, stored, and handed to everyone waiting.
-    fn deliver(&self, lead: Lead, b: Bytes) {
+    /// A chunk arrived and was checked: counted, stored (its SSD copy with the rest of
+    /// `stores`), and handed to everyone waiting.
+    fn deliver(&self, lead: Lead, b: Bytes, stores: &mut DiskBatch<'_>) {
         self.ctx.metrics.origin_chunks.inc();
-        let cache = &self.ctx.store.cache;
-        cache.insert_placed(Key(lead.hash.0), Value::Bytes(b.clone()), lead.keep);
+        stores.insert_placed(Key(lead.hash.0), Value::Bytes(b.clone()), lead.keep);
         lead.permit.flight().set(Ok(b));
     }
 
@@ -282,7 +283,7 @@ impl OriginBackend {
             let error = match self.ctx.call(FetchKind::Chunk, origin.chunk(lead.hash)).await {
                 Some(Ok(b)) => {
                     self.origins.succeeded(i);
-                    self.deliver(lead, b);
+                    self.deliver(lead, b, &mut self.ctx.store.cache.disk_batch());
                     return None;
                 }
                 Some(Err(e)) => {
