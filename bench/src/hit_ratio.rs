@@ -291,7 +291,8 @@ fn simulate(ops: &[(String, u64)], mib: usize) -> f64 {
         fields.insert(name, http::HeaderValue::from_static(value));
     }
     let cache: foyer::Cache<String, usize> = CacheBuilder::new(mib << 20)
-        .with_shards(8)
+        // One shard: the policy itself, not eight smaller caches.
+        .with_shards(1)
         .with_eviction_config(S3FifoConfig::default())
         .with_weighter(|_k: &String, w: &usize| *w)
         .build::<foyer::CacheProperties>();
