@@ -385,4 +385,3 @@ mod tests {
         assert_eq!(simulate(&t, 1, foyer::LruConfig::default().into()), 0.9);
     }
 }
-

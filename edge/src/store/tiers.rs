@@ -430,36 +430,6 @@ fn allocate_files(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    #[tokio::test]
-    async fn a_cache_without_disk_keeps_entries_in_memory_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path(), 1 << 20, 0, Policy::S3Fifo, &Metrics::default())
-            .await
-            .unwrap();
-        let key = |i: u32| Key::derive("t", &[&i.to_le_bytes()]);
-        // 4 MiB through a 1 MiB memory tier: the early entries are evicted, with nowhere
-        // to go, and the last one is a memory hit.
-        for i in 0..64 {
-            cache.insert(key(i), Value::Bytes(Bytes::from(vec![i as u8; 64 << 10])));
-        }
-        let (v, tier) = cache.get(&key(63)).await.expect("the newest entry");
-        assert_eq!(tier, Tier::Memory);
-        assert!(matches!(v, Value::Bytes(b) if b.len() == 64 << 10 && b[0] == 63));
-        assert!(
-            cache.get(&key(0)).await.is_none(),
-            "evicted entries are gone"
-        );
-        cache.hybrid.close().await.unwrap();
-        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert!(files.is_empty(), "no SSD files: {files:?}");
-    }
-}
-
 /// Stores made one after another (the chunks of one origin batch): each is in memory at once,
 /// and their SSD copies go to the tier's writer a group at a time. foyer's flusher writes
 /// whatever has queued whenever its last write finished, so entries that arrive one by one
@@ -514,5 +484,35 @@ impl std::fmt::Debug for DiskBatch<'_> {
 impl Drop for DiskBatch<'_> {
     fn drop(&mut self) {
         self.hand_over();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_cache_without_disk_keeps_entries_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20, 0, Policy::S3Fifo, &Metrics::default())
+            .await
+            .unwrap();
+        let key = |i: u32| Key::derive("t", &[&i.to_le_bytes()]);
+        // 4 MiB through a 1 MiB memory tier: the early entries are evicted, with nowhere
+        // to go, and the last one is a memory hit.
+        for i in 0..64 {
+            cache.insert(key(i), Value::Bytes(Bytes::from(vec![i as u8; 64 << 10])));
+        }
+        let (v, tier) = cache.get(&key(63)).await.expect("the newest entry");
+        assert_eq!(tier, Tier::Memory);
+        assert!(matches!(v, Value::Bytes(b) if b.len() == 64 << 10 && b[0] == 63));
+        assert!(
+            cache.get(&key(0)).await.is_none(),
+            "evicted entries are gone"
+        );
+        cache.hybrid.close().await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(files.is_empty(), "no SSD files: {files:?}");
     }
 }
