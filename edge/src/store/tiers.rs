@@ -515,4 +515,37 @@ mod tests {
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(files.is_empty(), "no SSD files: {files:?}");
     }
+
+    /// A [`DiskBatch`] stores in memory at once and writes every entry to the SSD tier, those
+    /// of a full group and, when dropped, the rest.
+    #[tokio::test]
+    async fn a_disk_batch_writes_every_entry_to_the_ssd_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(
+            dir.path(),
+            64 << 20,
+            64 << 20,
+            Policy::S3Fifo,
+            &Metrics::default(),
+        )
+        .await
+        .unwrap();
+        let key = |i: u32| Key::derive("t", &[&i.to_le_bytes()]);
+        let value = |i: u32| Value::Bytes(Bytes::from(vec![i as u8; 48 << 10]));
+        // 40 entries of 48 KiB: one full group of 1 MiB handed over while storing, the rest
+        // when the batch is dropped.
+        let mut batch = cache.disk_batch();
+        for i in 0..40 {
+            batch.insert_placed(key(i), value(i), Placement::Both);
+            assert!(cache.in_memory(&key(i)), "in memory at once");
+        }
+        drop(batch);
+        cache.hybrid.storage().wait().await;
+        for i in 0..40 {
+            cache.forget_in_memory(&key(i));
+            let (v, tier) = cache.get(&key(i)).await.expect("on the SSD tier");
+            assert_eq!(tier, Tier::Disk, "entry {i}");
+            assert!(matches!(v, Value::Bytes(b) if b.len() == 48 << 10 && b[0] == i as u8));
+        }
+    }
 }
